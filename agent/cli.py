@@ -1,0 +1,199 @@
+"""edge-agent: the command line of the agent.
+
+Commissioning: ``check`` (validate; ``--connect`` reaches every device and unit), ``read``
+(one read of some or all tags), ``write`` (a deliberate, logged write of one writable tag).
+``simulate`` serves the embedded plant alone.
+
+Exit codes: 0 success, 1 a device or tag problem was found, 2 usage or config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from agent.config import Config, ModbusTag, load_config
+from agent.drivers.modbus import ModbusDriver, UnitStatus
+from agent.errors import AgentError, ConfigError, DriverError, WriteRefused
+from agent.ops.logging import setup_logging
+from agent.types import Sample, Value
+
+__all__ = ["main"]
+
+log = structlog.get_logger("agent.cli")
+
+
+def _sample_json(s: Sample) -> dict[str, Any]:
+    return {
+        "tag": s.tag,
+        "value": s.value,
+        "quality": s.quality.code.name,
+        "reason": s.quality.reason,
+        "source_time": s.source_time.isoformat() if s.source_time else None,
+        "received_at": s.received_at.isoformat(),
+    }
+
+
+async def _poll_once(cfg: Config, only: set[str] | None) -> tuple[list[Sample], dict[str, list[UnitStatus]]]:
+    samples: list[Sample] = []
+    status: dict[str, list[UnitStatus]] = {}
+    for dev in cfg.devices:
+        if only is not None and not any(t.name in only for t in dev.tags):
+            continue
+        async with ModbusDriver(dev) as driver:
+            # One cycle, with room for every request to time out once.
+            budget = dev.timeout_ms / 1000 * (len(dev.tags) + 2)
+            got = await driver.poll(time.monotonic() + budget)
+            status[dev.name] = driver.unit_status()
+        samples.extend(s for s in got if only is None or s.tag in only)
+    return samples, status
+
+
+def _cmd_check(cfg: Config, args: argparse.Namespace) -> int:
+    n_tags = sum(len(d.tags) for d in cfg.devices)
+    print(f"{args.config}: OK ({len(cfg.devices)} devices, {n_tags} tags)")
+    for dev in cfg.devices:
+        print(f"  {dev.name} {dev.protocol} {dev.endpoint} units {dev.units} poll {dev.poll_interval_ms} ms")
+    if not args.connect:
+        return 0
+    _, status = asyncio.run(_poll_once(cfg, None))
+    rc = 0
+    for dev in cfg.devices:
+        for st in status.get(dev.name, []):
+            ok = st.state == "ok"
+            rc = rc if ok else 1
+            extra = "" if ok else f": {st.last_error}"
+            print(f"  {dev.name} unit {st.unit}: {'reachable' if ok else 'NOT REACHABLE'}{extra}")
+    return rc
+
+
+def _cmd_read(cfg: Config, args: argparse.Namespace) -> int:
+    only = set(args.tag) if args.tag else None
+    if only:
+        known = {t.name for _, t in cfg.iter_tags()}
+        unknown = sorted(only - known)
+        if unknown:
+            print(f"unknown tag(s): {', '.join(unknown)}", file=sys.stderr)
+            return 2
+    samples, _ = asyncio.run(_poll_once(cfg, only))
+    rc = 0
+    for s in samples:
+        if not s.quality.is_good:
+            rc = 1
+        if args.json:
+            print(json.dumps(_sample_json(s)))
+        else:
+            _, tag = cfg.tag(s.tag)
+            value = "-" if s.value is None else f"{s.value}"
+            unit = f" {tag.engineering_unit}" if tag.engineering_unit else ""
+            print(f"{s.tag:32} {value + unit:>20}  {s.quality}  {s.received_at.isoformat()}")
+    return rc
+
+
+def parse_value(tag: ModbusTag, text: str) -> Value:
+    """Command-line text → a value of the tag's type (bool: true/false/1/0/on/off)."""
+    if tag.type in ("bool", "bit"):
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "on", "yes"):
+            return True
+        if lowered in ("0", "false", "off", "no"):
+            return False
+        raise WriteRefused(f"{tag.name}: {text!r} is not a boolean (true/false, 1/0, on/off)")
+    if tag.type == "string":
+        return text
+    try:
+        number = float(text)
+    except ValueError:
+        raise WriteRefused(f"{tag.name}: {text!r} is not a number") from None
+    return int(number) if number.is_integer() and tag.type.startswith(("int", "uint")) else number
+
+
+async def _write(cfg: Config, tag_name: str, text: str) -> Value:
+    dev, tag = cfg.tag(tag_name)
+    value = parse_value(tag, text)
+    user = getpass.getuser()
+    log.warning(
+        "commissioning write", tag=tag_name, value=value, device=dev.name, reference=tag.reference, user=user
+    )
+    async with ModbusDriver(dev) as driver:
+        back = await driver.write(tag_name, value)
+    log.warning("commissioning write done", tag=tag_name, read_back=back, user=user)
+    return back
+
+
+def _cmd_write(cfg: Config, args: argparse.Namespace) -> int:
+    try:
+        _, tag = cfg.tag(args.tag)
+    except KeyError:
+        print(f"unknown tag {args.tag!r}", file=sys.stderr)
+        return 2
+    if not tag.writable:
+        print(f"refused: {tag.name} ({tag.reference}) is read-only (access: {tag.access})", file=sys.stderr)
+        return 1
+    try:
+        back = asyncio.run(_write(cfg, args.tag, args.value))
+    except DriverError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.tag} ({tag.reference}) = {back} (read back), written by {getpass.getuser()}")
+    return 0
+
+
+def _cmd_simulate(argv: Sequence[str]) -> int:
+    from simulator.cli import main as simulate_main
+
+    return simulate_main(list(argv))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-agent", description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("check", help="validate a config; --connect reaches every device and unit")
+    c.add_argument("-c", "--config", required=True)
+    c.add_argument("--connect", action="store_true")
+
+    r = sub.add_parser("read", help="read tags once: value, quality, reason, timestamps")
+    r.add_argument("-c", "--config", required=True)
+    r.add_argument("--tag", action="append", help="tag name (repeatable); all tags when omitted")
+    r.add_argument("--json", action="store_true", help="one JSON object per tag per line")
+
+    w = sub.add_parser("write", help="write one writable tag (logged with the OS user)")
+    w.add_argument("-c", "--config", required=True)
+    w.add_argument("tag")
+    w.add_argument("value")
+
+    sub.add_parser(
+        "simulate", help="serve the embedded pump station (see: edge-agent simulate --help)", add_help=False
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "simulate":
+        return _cmd_simulate(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    setup_logging(args.log_level or cfg.agent.log_level, cfg.agent.log_format)
+    handlers = {"check": _cmd_check, "read": _cmd_read, "write": _cmd_write}
+    try:
+        return handlers[args.command](cfg, args)
+    except AgentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
