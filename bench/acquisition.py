@@ -63,8 +63,14 @@ async def run(seconds: float, n_tags: int) -> dict[str, Any]:
     size = max(t["address"] for t in tags) + 8
     async with ModbusTestServer(size=size) as srv:
         dev = ModbusTcpDevice.model_validate(
-            {"name": "bench", "protocol": "modbus_tcp", "host": "127.0.0.1", "port": srv.port, "timeout_ms": 2000,
-             "tags": tags}
+            {
+                "name": "bench",
+                "protocol": "modbus_tcp",
+                "host": "127.0.0.1",
+                "port": srv.port,
+                "timeout_ms": 2000,
+                "tags": tags,
+            }
         )
         counts = {"uint16": 1, "int16": 1, "float32": 2, "int32": 2, "float64": 4, "uint32": 2}
         spans_regs = sum(counts[t["type"]] for t in tags)
@@ -96,7 +102,9 @@ async def run(seconds: float, n_tags: int) -> dict[str, Any]:
 
             async def bare_per_tag() -> None:
                 for t in tags:
-                    rr = await client.read_holding_registers(t["address"], count=counts[t["type"]], device_id=1)
+                    rr = await client.read_holding_registers(
+                        t["address"], count=counts[t["type"]], device_id=1
+                    )
                     assert not rr.isError()
 
             results["bare_planned"] = await measure(bare_planned, seconds)
@@ -128,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'row':40} {'cycles/s':>10} {'registers/s':>14}")
     for r in rows:
         print(f"{r['row']:40} {r['cycles_per_s']:10.1f} {r['registers_per_s']:14.0f}")
-    print(f"agent vs bare planned:  {ratio_planned:.2f}x (target >= 0.9x) {'OK' if ratio_planned >= 0.9 else 'MISSED'}")
-    print(f"agent vs one-per-tag:   {ratio_per_tag:.1f}x (target >= 10x) {'OK' if ratio_per_tag >= 10 else 'MISSED'}")
+    verdict = {True: "OK", False: "MISSED"}
+    print(f"agent vs bare planned:  {ratio_planned:.2f}x (target >= 0.9x) {verdict[ratio_planned >= 0.9]}")
+    print(f"agent vs one-per-tag:   {ratio_per_tag:.1f}x (target >= 10x) {verdict[ratio_per_tag >= 10]}")
     out = ROOT / "bench" / "results" / "acquisition.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(

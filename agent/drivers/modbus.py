@@ -40,7 +40,7 @@ from agent.errors import (
     WriteRefused,
 )
 from agent.running import Backoff, BreakerState, CircuitBreaker, Counters
-from agent.types import Quality, Sample, Value
+from agent.types import Quality, Sample, Value, utcnow
 
 __all__ = ["EXCEPTION_NAMES", "ModbusDriver", "UnitStatus", "decode_tag", "encode_tag"]
 
@@ -79,6 +79,12 @@ class _Table:
     name: str  # coil, discrete, holding, input
     planner: RequestPlanner
     tags: dict[str, ModbusTag]
+    fast: dict[str, codec.NumericDecoder] = field(default_factory=dict)
+    # per tag: (tag, register/bit count, compiled decoder or None), computed once
+    readers: dict[str, tuple[ModbusTag, int, codec.NumericDecoder | None]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.readers = {k: (t, t.register_count, self.fast.get(k)) for k, t in self.tags.items()}
 
 
 @dataclass
@@ -96,14 +102,23 @@ def _bad(tag: ModbusTag, reason: str) -> Sample:
     return Sample.now(tag.name, None, Quality.bad(reason))
 
 
-def decode_tag(tag: ModbusTag, words: Sequence[int] | Sequence[bool]) -> tuple[Value, Quality]:
-    """Raw words (or bits) of one tag → engineering value and quality."""
+def decode_tag(
+    tag: ModbusTag, words: Sequence[int] | Sequence[bool], fast: codec.NumericDecoder | None = None
+) -> tuple[Value, Quality]:
+    """Raw words (or bits) of one tag → engineering value and quality.
+
+    ``fast`` is the tag's compiled numeric decoder (see :func:`codec.compile_decoder`), for
+    the poll loop; without it the general decoder is used.
+    """
     try:
-        if tag.type is codec.DataType.BOOL:
+        if fast is not None:
+            raw: bool | int | float | str = fast(words)
+        elif tag.type is codec.DataType.BOOL:
             return bool(words[0]), Quality.good()
-        raw = codec.decode(
-            [int(w) for w in words], tag.type, tag.word_order, bit=tag.bit, byte_swap=tag.byte_swap
-        )
+        else:
+            raw = codec.decode(
+                [int(w) for w in words], tag.type, tag.word_order, bit=tag.bit, byte_swap=tag.byte_swap
+            )
     except CodecError as exc:
         return None, Quality.bad(str(exc))
     if isinstance(raw, str | bool):
@@ -248,7 +263,13 @@ class ModbusDriver:
                 limit = device.max_bits if table in ("coil", "discrete") else device.max_registers
                 gap = device.hole_fill_gap if table in ("holding", "input") else device.hole_fill_gap * 16
                 spans = [Span(t.name, t.address, t.register_count) for t in tags.values()]
-                unit.tables.append(_Table(table, RequestPlanner(spans, max_count=limit, max_gap=gap), tags))
+                fast = {
+                    t.name: codec.compile_decoder(t.type, t.word_order)
+                    for t in tags.values()
+                    if t.type not in (codec.DataType.BOOL, codec.DataType.BIT, codec.DataType.STRING)
+                }
+                planner = RequestPlanner(spans, max_count=limit, max_gap=gap)
+                unit.tables.append(_Table(table, planner, tags, fast))
             self._units[unit_id] = unit
         self.counters = Counters()
 
@@ -427,12 +448,15 @@ class ModbusDriver:
         return out
 
     def _decode(self, table: _Table, req: ReadRequest, data: Sequence[int] | Sequence[bool]) -> list[Sample]:
+        # One reply, one receive time: every sample of it carries the same stamps.
+        received_at, mono = utcnow(), self._clock()
         out = []
+        start = req.start
         for k in req.keys:
-            tag = table.tags[k]
-            offset = tag.address - req.start
-            value, quality = decode_tag(tag, data[offset : offset + tag.register_count])
-            out.append(Sample.now(tag.name, value, quality))
+            tag, count, fast = table.readers[k]
+            offset = tag.address - start
+            value, quality = decode_tag(tag, data[offset : offset + count], fast)
+            out.append(Sample(k, value, quality, received_at, mono))
         return out
 
     async def _read(

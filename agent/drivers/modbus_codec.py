@@ -36,11 +36,12 @@ direction; integers out of the type's range or not integral; non-ASCII or too lo
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import numbers
 import operator
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final, SupportsIndex
 
 from agent.errors import CodecError
@@ -50,6 +51,7 @@ __all__ = [
     "ORDERS_32",
     "ORDERS_64",
     "DataType",
+    "compile_decoder",
     "decode",
     "default_order",
     "encode",
@@ -298,16 +300,52 @@ def decode(
         except UnicodeDecodeError as exc:
             raise CodecError(f"string: byte 0x{raw[exc.start]:02X} is not ASCII") from None
 
+    _, count = _NUMERIC[dtype]
+    return compile_decoder(dtype, order)(_check_words(words, count, dtype.value))
+
+
+NumericDecoder = Callable[[Sequence[int]], int | float]
+
+
+@functools.lru_cache(maxsize=64)
+def compile_decoder(dtype: DataType, order: str | None = None) -> NumericDecoder:
+    """A fast decoder for one numeric type and order, for the poller's hot path.
+
+    The four orders of each width are a choice of word order (as read, or reversed) and byte
+    order within a word (big or little), so a value is two ``struct`` calls away: pack the
+    words in that order, unpack the value big-endian. The decoder checks word count and range
+    through ``struct`` (``CodecError`` on failure) and refuses NaN/Inf like :func:`decode`.
+    """
+    dtype = _dtype(dtype)
+    if dtype not in _NUMERIC:
+        raise CodecError(f"compile_decoder: {dtype.value} is not a fixed-size numeric type")
     fmt, count = _NUMERIC[dtype]
     canonical = _resolve_order(dtype, order)
-    wire = _words_to_wire(_check_words(words, count, dtype.value))
-    (value,) = struct.unpack(fmt, _permute_from_wire(wire, canonical))
-    if dtype in _FLOATS:
-        number = float(value)
-        if not math.isfinite(number):
-            raise CodecError(f"not finite: {number!r}")
-        return number
-    return int(value)
+    letters = "ABCDEFGH"[: 2 * count]
+    reverse = canonical[:2] != letters[:2] and canonical[:2] != letters[1::-1]
+    little = canonical[0] > canonical[1]
+    pack_words = struct.Struct(("<" if little else ">") + "H" * count).pack
+    unpack_value = struct.Struct(fmt).unpack
+    is_float = dtype in _FLOATS
+    # Checked once here against the reference permutation, so the fast path cannot drift.
+    probe = list(range(0x0102, 0x0102 + 0x0202 * count, 0x0202))
+    expected = _permute_from_wire(_words_to_wire(probe), canonical)
+    got = pack_words(*(probe[::-1] if reverse else probe))
+    if got != expected:  # pragma: no cover - a programming error, caught by the golden tests
+        raise AssertionError(f"fast decoder for {dtype.value} {canonical} disagrees with the reference")
+
+    def decoder(words: Sequence[int]) -> int | float:
+        if len(words) != count:
+            raise CodecError(f"{dtype.value}: expected {count} register word(s), got {len(words)}")
+        try:
+            (value,) = unpack_value(pack_words(*(words[::-1] if reverse else words)))
+        except struct.error:
+            raise CodecError(f"{dtype.value}: a word is not in 0..65535: {list(words)!r}") from None
+        if is_float and not math.isfinite(value):
+            raise CodecError(f"not finite: {value!r}")
+        return value  # type: ignore[no-any-return]
+
+    return decoder
 
 
 def encode(
