@@ -1,0 +1,59 @@
+"""The pump-energy rule against the plant's own oracle (independent code in simulator/)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from agent.pipeline.policy import PumpEnergyRule, RecommenderConfig, RecommenderPump, StationState
+from simulator.physics import StationParams, oracle_speed
+
+
+def rule(n: int = 2) -> PumpEnergyRule:
+    pumps = [
+        RecommenderPump(asset=f"pump{i}", target=f"Pump{i}.ExternalSpeedSetpoint") for i in range(1, n + 1)
+    ]
+    return PumpEnergyRule(RecommenderConfig(level_tag="lvl", demand_tag="dem", pumps=pumps))
+
+
+@pytest.mark.parametrize(
+    "demand,level", list(itertools.product([20, 60, 100, 120, 160, 200, 240], [2.0, 2.4, 3.0, 3.6, 4.0]))
+)
+def test_matches_the_plant_oracle_when_all_pumps_are_healthy(demand: float, level: float) -> None:
+    speeds, _ = rule().speeds(level, demand, [])
+    assert speeds["pump1"] == speeds["pump2"]
+    assert speeds["pump1"] == pytest.approx(oracle_speed(demand, level, StationParams()), abs=0.5)
+
+
+def test_alarmed_pump_is_unloaded_and_the_other_carries_the_flow() -> None:
+    r = rule()
+    recs = r.recommend(
+        StationState(level_m=3.0, demand_m3h=120, severity={"pump1": 3}, inputs_good=True), 100.0
+    )
+    by = {x.target_tag: x for x in recs}
+    assert by["Pump1.ExternalSpeedSetpoint"].value == 1500
+    healthy = by["Pump2.ExternalSpeedSetpoint"].value
+    both, _ = r.speeds(3.0, 120, [])
+    assert healthy > both["pump2"] + 100  # one pump must run faster to deliver the flow
+    assert "pump1 unloaded" in by["Pump2.ExternalSpeedSetpoint"].reason
+    assert all(x.model == "pump-energy-rule" and x.expires_mono == 110.0 for x in recs)
+
+
+def test_low_severity_alert_does_not_unload() -> None:
+    recs = rule().recommend(StationState(3.0, 120, {"pump1": 1}, True), 0.0)
+    assert recs[0].value == recs[1].value
+
+
+def test_no_recommendation_without_good_level_or_demand() -> None:
+    assert rule().recommend(StationState(None, 120, {}, False), 0.0) == []
+    assert rule().recommend(StationState(3.0, None, {}, False), 0.0) == []
+
+
+def test_band_edges_track_the_demand() -> None:
+    r = rule()
+    top, _ = r.speeds(4.0, 60, [])
+    mid, _ = r.speeds(3.0, 60, [])
+    assert top["pump1"] < mid["pump1"]  # full tank: slow down
+    low, why = r.speeds(2.0, 240, [])
+    assert low["pump1"] > mid["pump1"] and "bottom of its band" in why
