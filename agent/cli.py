@@ -20,8 +20,9 @@ from typing import Any
 
 import structlog
 
-from agent.config import Config, ModbusTag, load_config
-from agent.drivers.modbus import ModbusDriver, UnitStatus
+from agent.config import AnyTag, Config, ModbusTag, load_config
+from agent.drivers import make_driver
+from agent.drivers.modbus import UnitStatus
 from agent.errors import AgentError, ConfigError, DriverError, WriteRefused
 from agent.ops.logging import setup_logging
 from agent.types import Sample, Value
@@ -48,9 +49,10 @@ async def _poll_once(cfg: Config, only: set[str] | None) -> tuple[list[Sample], 
     for dev in cfg.devices:
         if only is not None and not any(t.name in only for t in dev.tags):
             continue
-        async with ModbusDriver(dev) as driver:
-            # One cycle, with room for every request to time out once.
-            budget = dev.timeout_ms / 1000 * (len(dev.tags) + 2)
+        async with make_driver(dev) as driver:
+            # One cycle, with room for every request to time out once (a secure OPC UA
+            # connect may take several round trips).
+            budget = dev.timeout_ms / 1000 * (len(dev.tags) + 4)
             got = await driver.poll(time.monotonic() + budget)
             status[dev.name] = driver.unit_status()
         samples.extend(s for s in got if only is None or s.tag in only)
@@ -61,7 +63,8 @@ def _cmd_check(cfg: Config, args: argparse.Namespace) -> int:
     n_tags = sum(len(d.tags) for d in cfg.devices)
     print(f"{args.config}: OK ({len(cfg.devices)} devices, {n_tags} tags)")
     for dev in cfg.devices:
-        print(f"  {dev.name} {dev.protocol} {dev.endpoint} units {dev.units} poll {dev.poll_interval_ms} ms")
+        units = f" units {dev.units}" if dev.protocol != "opcua" else ""
+        print(f"  {dev.name} {dev.protocol} {dev.endpoint}{units} poll {dev.poll_interval_ms} ms")
     if not args.connect:
         return 0
     _, status = asyncio.run(_poll_once(cfg, None))
@@ -71,7 +74,9 @@ def _cmd_check(cfg: Config, args: argparse.Namespace) -> int:
             ok = st.state == "ok"
             rc = rc if ok else 1
             extra = "" if ok else f": {st.last_error}"
-            print(f"  {dev.name} unit {st.unit}: {'reachable' if ok else 'NOT REACHABLE'}{extra}")
+            opcua = dev.protocol == "opcua"
+            where = f"{dev.name} ({dev.endpoint})" if opcua else f"{dev.name} unit {st.unit}"
+            print(f"  {where}: {'reachable' if ok else 'NOT REACHABLE'}{extra}")
     return rc
 
 
@@ -98,8 +103,20 @@ def _cmd_read(cfg: Config, args: argparse.Namespace) -> int:
     return rc
 
 
-def parse_value(tag: ModbusTag, text: str) -> Value:
-    """Command-line text → a value of the tag's type (bool: true/false/1/0/on/off)."""
+def parse_value(tag: AnyTag, text: str) -> Value:
+    """Command-line text → a value of the tag's type (bool: true/false/1/0/on/off).
+
+    OPC UA tags take a bool, number or text; the driver converts it to the node's own type.
+    """
+    if not isinstance(tag, ModbusTag):
+        lowered = text.strip().lower()
+        if lowered in ("true", "false", "on", "off"):
+            return lowered in ("true", "on")
+        try:
+            number = float(text)
+        except ValueError:
+            return text
+        return int(number) if number.is_integer() and "." not in text else number
     if tag.type in ("bool", "bit"):
         lowered = text.strip().lower()
         if lowered in ("1", "true", "on", "yes"):
@@ -123,7 +140,7 @@ async def _write(cfg: Config, tag_name: str, text: str) -> Value:
     log.warning(
         "commissioning write", tag=tag_name, value=value, device=dev.name, reference=tag.reference, user=user
     )
-    async with ModbusDriver(dev) as driver:
+    async with make_driver(dev) as driver:
         back = await driver.write(tag_name, value)
     log.warning("commissioning write done", tag=tag_name, read_back=back, user=user)
     return back
@@ -175,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "simulate", help="serve the embedded pump station (see: edge-agent simulate --help)", add_help=False
     )
+
+    from agent.ops.certs import add_certs_parser
+
+    add_certs_parser(sub)
     return p
 
 
@@ -183,6 +204,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "simulate":
         return _cmd_simulate(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command == "certs":
+        from agent.ops.certs import run_certs
+
+        setup_logging(args.log_level or "info")
+        return run_certs(args)
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:

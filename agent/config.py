@@ -28,10 +28,13 @@ from pydantic import (
 
 from agent.configbase import FrozenModel, Secret
 from agent.drivers.modbus_codec import DataType, register_count, valid_orders
+from agent.drivers.opcua_config import OpcUaDevice, OpcUaTag
 from agent.errors import ConfigError
 
 __all__ = [
     "AgentSection",
+    "AnyDevice",
+    "AnyTag",
     "BreakerConfig",
     "Config",
     "Device",
@@ -214,7 +217,9 @@ class ModbusRtuDevice(_ModbusDeviceBase):
         return self.serial_port
 
 
-Device = Annotated[ModbusTcpDevice | ModbusRtuDevice, Field(discriminator="protocol")]
+AnyDevice = ModbusTcpDevice | ModbusRtuDevice | OpcUaDevice
+AnyTag = ModbusTag | OpcUaTag
+Device = Annotated[AnyDevice, Field(discriminator="protocol")]
 
 
 class AgentSection(FrozenModel):
@@ -238,7 +243,8 @@ class Config(FrozenModel):
             if dev.name in seen_dev:
                 raise _LocatedError(("devices", d, "name"), f"duplicate device name {dev.name!r}")
             seen_dev.add(dev.name)
-            for t, tag in enumerate(dev.tags):
+            tags: list[AnyTag] = list(dev.tags)
+            for t, tag in enumerate(tags):
                 if tag.name in seen_tag:
                     raise _LocatedError(
                         ("devices", d, "tags", t, "name"),
@@ -247,14 +253,14 @@ class Config(FrozenModel):
                 seen_tag[tag.name] = dev.name
         return self
 
-    def tag(self, name: str) -> tuple[ModbusTcpDevice | ModbusRtuDevice, ModbusTag]:
+    def tag(self, name: str) -> tuple[AnyDevice, AnyTag]:
         for dev in self.devices:
             for tag in dev.tags:
                 if tag.name == name:
                     return dev, tag
         raise KeyError(name)
 
-    def iter_tags(self) -> Iterator[tuple[ModbusTcpDevice | ModbusRtuDevice, ModbusTag]]:
+    def iter_tags(self) -> Iterator[tuple[AnyDevice, AnyTag]]:
         for dev in self.devices:
             for tag in dev.tags:
                 yield dev, tag
@@ -340,7 +346,7 @@ def _message(err: Mapping[str, Any]) -> str:
 
 def _clean_loc(loc: Sequence[int | str]) -> Loc:
     # Discriminated unions add the tag ('modbus_tcp') into the loc: drop it.
-    return tuple(p for p in loc if p not in ("modbus_tcp", "modbus_rtu"))
+    return tuple(p for p in loc if p not in ("modbus_tcp", "modbus_rtu", "opcua"))
 
 
 def _line_for(loc: Loc, lines: Mapping[Loc, int]) -> int:

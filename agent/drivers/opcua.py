@@ -69,7 +69,7 @@ from agent.drivers.opcua_config import OpcUaDevice, OpcUaTag
 from agent.errors import AgentError, BadReply, DeviceUnreachable, DriverError, WriteRefused
 from agent.ops import certs
 from agent.running import Backoff, CircuitBreaker, Counters
-from agent.types import Quality, Sample, Value, utcnow
+from agent.types import Quality, QualityCode, Sample, Value, utcnow
 
 __all__ = ["OpcUaDriver", "OpcUaStatus", "UnitStatus", "quality_of_status"]
 
@@ -85,6 +85,7 @@ _MARGIN_S = 0.005
 _MIN_BUDGET_S = 0.050
 _CLOSE_TIMEOUT_S = 2.0
 _CERT_RECHECK_S = 3600.0
+_MAX_READ_TIMEOUTS = 3
 _EPOCH_1601 = datetime(1601, 1, 2, tzinfo=UTC)
 # Status codes that mean the session or channel is gone (reconnect), not that a node is bad.
 _SESSION_GONE = frozenset(
@@ -103,8 +104,12 @@ _SESSION_GONE = frozenset(
     }
 )
 _FILTER_REFUSED = frozenset(
-    {"BadFilterNotAllowed", "BadMonitoredItemFilterUnsupported", "BadMonitoredItemFilterInvalid",
-     "BadDeadbandFilterInvalid"}
+    {
+        "BadFilterNotAllowed",
+        "BadMonitoredItemFilterUnsupported",
+        "BadMonitoredItemFilterInvalid",
+        "BadDeadbandFilterInvalid",
+    }
 )
 _USER_REFUSED = frozenset(
     {"BadIdentityTokenInvalid", "BadIdentityTokenRejected", "BadUserAccessDenied", "BadUserSignatureInvalid"}
@@ -132,7 +137,6 @@ def _lib(module: str) -> Any:
     its objects are translated into ours.
     """
     return importlib.import_module(module)
-
 
 
 def _status_name(code: int) -> tuple[str, str]:
@@ -201,7 +205,7 @@ def _sample(tag: OpcUaTag, dv: Any, mono: float | None = None, received_at: date
     source_time = _timestamp(dv.SourceTimestamp) or _timestamp(dv.ServerTimestamp)
     mono = time.monotonic() if mono is None else mono
     received_at = received_at or utcnow()
-    if quality.code.name == "BAD":
+    if quality.code is QualityCode.BAD:
         return Sample(tag.name, None, quality, received_at, mono, source_time)
     value, problem = _python_value(dv.Value)
     if problem is not None:
@@ -265,6 +269,7 @@ class _Session:
     keepalive_s: float = 0.0
     silence_limit_s: float = 0.0
     lost_reason: str | None = None
+    read_timeouts: int = 0
     vtypes: dict[str, Any] = field(default_factory=dict)
 
 
@@ -365,9 +370,7 @@ class OpcUaDriver:
     ) -> None:
         self._entered = False
         sess, self._session = self._session, None
-        self._epoch += 1
-        self._pending.clear()
-        self._last.clear()
+        self._forget_values()
         if sess is not None:
             await self._close_client(sess.client, graceful=True)
 
@@ -375,6 +378,7 @@ class OpcUaDriver:
 
     @property
     def connected(self) -> bool:
+        """A session is up and its transport has not been reported lost."""
         sess = self._session
         return sess is not None and self._transport_problem(sess) is None
 
@@ -401,7 +405,7 @@ class OpcUaDriver:
         per = self.counters.per_unit.get("0", {})
         mode: str = self.device.mode
         if sess is not None and mode == "subscription" and sess.sub is None:
-            mode = "polling (subscription unavailable)"
+            mode = f"polling ({sess.sub_error or 'subscription unavailable'})"
         return OpcUaStatus(
             device=self.name,
             endpoint=self.device.endpoint,
@@ -467,21 +471,26 @@ class OpcUaDriver:
                 return reason
             if not self._link.allow():
                 wait = max(0.0, self._link.open_until - self._clock())
-                prefix = "connection lost" if self._link.ever_connected else "not connected"
-                return f"{prefix}: {self._link.last_error}; next attempt in {wait:.1f} s"
+                return self._down(f"{self._link.last_error}; next attempt in {wait:.1f} s")
             reconnect = self._link.ever_connected
             try:
                 sess = await self._connect(deadline)
             except DriverError as exc:
                 self.counters.bump("0", "failures")
                 self._link.record_failure(str(exc))
-                return str(exc)
+                return self._down(str(exc))
             self._link.record_success()
             self._session = sess
             self.counters.bump("0", "connects")
             if reconnect:
                 self.counters.bump("0", "reconnects")
             return sess
+
+    def _down(self, reason: str) -> str:
+        """The BAD reason while not connected: "connection lost: ..." once it had been up."""
+        if self._link.ever_connected and not reason.startswith("connection lost"):
+            return f"connection lost: {reason}"
+        return reason
 
     def _transport_problem(self, sess: _Session) -> str | None:
         if sess.lost_reason is not None:
@@ -495,13 +504,17 @@ class OpcUaDriver:
         async with self._lock:
             await self._drop_locked(sess, reason)
 
+    def _forget_values(self) -> None:
+        """Nothing received so far counts any more (a new epoch: late callbacks are dropped)."""
+        self._epoch += 1
+        self._pending.clear()
+        self._last.clear()
+
     async def _drop_locked(self, sess: _Session, reason: str) -> None:
         if self._session is not sess:
             return
         self._session = None
-        self._epoch += 1
-        self._pending.clear()
-        self._last.clear()
+        self._forget_values()
         self.counters.bump("0", "failures")
         self._link.record_failure(reason)
         await self._close_client(sess.client, graceful=False)
@@ -580,12 +593,18 @@ class OpcUaDriver:
             self.counters.bump("0", "failures")
             return [_bad(t, f"read refused: {name}") for t in tags]
         except TimeoutError:
-            raise _SessionLost(
-                f"timeout: {self.device.endpoint} did not answer a read within {budget * 1000:.0f} ms"
-            ) from None
+            # One slow answer is not a lost session (asyncua's watchdog probes the server every
+            # second and reports a dead one); a server that keeps not answering is.
+            reason = f"timeout: {self.device.endpoint} did not answer a read within {budget * 1000:.0f} ms"
+            self.counters.bump("0", "failures")
+            sess.read_timeouts += 1
+            if sess.read_timeouts >= _MAX_READ_TIMEOUTS:
+                raise _SessionLost(f"{reason} ({sess.read_timeouts} times in a row)") from None
+            return [_bad(t, reason) for t in tags]
         except (ConnectionError, OSError) as exc:
             self._reraise_if_cancelled()
             raise _SessionLost(f"{self.device.endpoint}: {exc or type(exc).__name__}") from None
+        sess.read_timeouts = 0
         if len(results) != len(tags):
             self.counters.bump("0", "failures")
             return [_bad(t, f"bad reply: {len(results)} results for {len(tags)} nodes") for t in tags]
@@ -649,9 +668,7 @@ class OpcUaDriver:
                 step = "namespace resolution"
                 await self._resolve(sess)
                 step = "initial read"
-                self._pending.clear()
-                self._last.clear()
-                self._epoch += 1
+                self._forget_values()
                 for s in await self._read_tags(sess, self._readable, self._clock() + self._timeout_s):
                     self._pending[s.tag] = s
                     self._last[s.tag] = s
@@ -660,8 +677,10 @@ class OpcUaDriver:
                     await self._subscribe(sess)
         except asyncio.CancelledError:
             self._abandon(client)
+            self._forget_values()
             raise
         except BaseException as exc:
+            self._forget_values()
             await self._close_client(client, graceful=False)
             if not isinstance(exc, Exception):
                 raise
@@ -914,7 +933,14 @@ class OpcUaDriver:
         tags = [t for t in self._readable if t.name in sess.nodeids]
         for i, tag in enumerate(tags, start=1):
             handles[i] = tag.name
-        todo = [(i, tag, True) for i, tag in enumerate(tags, start=1)]
+        # A deadband is for numbers: servers refuse it on other types (or, like asyncua, fail
+        # when they apply it), and the initial read told us which nodes hold numbers.
+        numeric = {
+            name
+            for name, s in self._last.items()
+            if isinstance(s.value, int | float) and not isinstance(s.value, bool)
+        }
+        todo = [(i, tag, tag.name in numeric) for i, tag in enumerate(tags, start=1)]
         while todo:
             self.counters.bump("0", "requests")
             results = await sub.create_monitored_items(
@@ -942,6 +968,7 @@ class OpcUaDriver:
                 raise _SessionLost(self._link.last_error or "session replaced")
             old, sess.sub = sess.sub, None
             self._epoch += 1
+            sess.vtypes.clear()
             try:
                 async with asyncio.timeout(max(self._timeout_s, deadline - self._clock())):
                     if old is not None and old.subscription_id is not None:
@@ -1077,6 +1104,7 @@ class OpcUaDriver:
     # ------------------------------------------------------------------ writing
 
     def tag(self, name: str) -> OpcUaTag:
+        """The configured tag; WriteRefused when there is none by that name."""
         try:
             return self._tags[name]
         except KeyError:

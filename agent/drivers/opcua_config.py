@@ -179,7 +179,7 @@ class OpcUaDevice(FrozenModel):
 
     protocol: Literal["opcua"]
     name: Annotated[str, Field(pattern=_NAME, max_length=64)]
-    endpoint: str
+    endpoint: str  # opc.tcp://host:port[/path]; never credentials (see username, password)
 
     security_policy: SecurityPolicy = "Basic256Sha256"
     security_mode: SecurityMode = "SignAndEncrypt"
@@ -219,9 +219,11 @@ class OpcUaDevice(FrozenModel):
         if url.scheme != "opc.tcp" or not url.hostname:
             raise ValueError("endpoint must look like opc.tcp://<host>:<port>[/path]")
         try:
-            url.port  # noqa: B018 - raises ValueError for a malformed port
+            port = url.port
         except ValueError:
             raise ValueError("endpoint has an invalid port") from None
+        if port is None:
+            raise ValueError(f"endpoint needs a port (OPC UA's default is 4840): opc.tcp://{url.hostname}:4840")
         if url.username or url.password:
             raise ValueError("put no credentials in the endpoint URL: use username and password (a secret)")
         return value

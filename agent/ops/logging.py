@@ -35,3 +35,6 @@ def setup_logging(level: str = "info", fmt: str = "console") -> None:
     )
     # pymodbus logs every unanswered request at ERROR: our breaker reports transitions once.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    # asyncua prints a traceback for every refused handshake: the driver reports it once, clearly.
+    for name in ("asyncua", "asyncuagds"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
