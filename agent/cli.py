@@ -167,7 +167,7 @@ def _cmd_write(cfg: Config, args: argparse.Namespace) -> int:
 def _cmd_simulate(argv: Sequence[str]) -> int:
     from simulator.cli import main as simulate_main
 
-    return simulate_main(list(argv))
+    return simulate_main(list(argv), prog="edge-agent simulate")
 
 
 def build_parser() -> argparse.ArgumentParser:
