@@ -29,5 +29,9 @@ lint: venv
 
 typecheck: lint
 
+# Rebuild the shipped models from plant recordings (seeded: what it builds is what ships).
+models: venv
+	bash models/build.sh
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

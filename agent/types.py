@@ -115,8 +115,10 @@ class Sample:
 class Frame:
     """One model's aligned window for one or more assets.
 
-    ``values`` has shape (assets, window, inputs); ``good_mask`` the same shape, True where
-    the input was GOOD and fresh (or held within the configured policy).
+    ``values`` has shape (assets, window, inputs) in engineering units (the scorer turns them
+    into model input with :func:`agent.pipeline.features.window_to_input`); ``good_mask`` the
+    same shape, True only where the input was GOOD and fresh. A value held under the
+    bad-input policy is False there, so the Guard can refuse to act on held inputs.
     """
 
     model: str

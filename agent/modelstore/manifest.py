@@ -1,0 +1,383 @@
+"""The model manifest: the contract between export/ and agent/, saved as ``manifest.json``.
+
+A bundle is a directory holding ``manifest.json`` beside one or more ONNX files (its
+*variants*, e.g. an FP32 and an INT8 build of the same model). The manifest says what the
+model needs and what it gives:
+
+* ``inputs``: *roles* (``bearing_vibration``), each with its engineering unit, plausible range
+  and normalisation. The config binds roles to tags per asset (:mod:`agent.modelstore.binding`),
+  so one bundle serves every identical pump.
+* ``window``: sample period, window length and stride, common to every role (one aligned
+  window per asset per frame).
+* ``features``: how :func:`agent.pipeline.features.window_to_input` turns a window into the
+  model input (the one feature function training and serving share).
+* ``model_input`` / ``outputs``: the ONNX tensors (names, shapes, dtypes), each output with its
+  meaning, class labels and thresholds. Checked against the session at load.
+* ``variants``: every ONNX file with its sha256, size, precision and the CPU features it was
+  measured and chosen on; ``files``: sha256 of every other file shipped in the bundle.
+
+Example (abridged)::
+
+    {
+      "schema_version": 1,
+      "name": "pca-pump", "version": "1", "task": "anomaly",
+      "window": {"sample_period_s": 1.0, "length": 60, "stride": 10},
+      "inputs": [{"role": "bearing_vibration", "unit": "mm/s", "range": [0.0, 50.0],
+                  "normalisation": {"kind": "standard", "mean": 2.1, "std": 0.4}}],
+      "features": {"kind": "summary", "stats": ["mean", "std"]},
+      "model_input": {"name": "x", "shape": ["batch", 2], "dtype": "float32"},
+      "outputs": [{"name": "t2", "meaning": "Hotelling T^2", "shape": ["batch"],
+                   "thresholds": {"alarm": 18.4}}],
+      "variants": [{"file": "model.onnx", "precision": "fp32", "sha256": "…", "size": 1234}]
+    }
+
+:func:`load_manifest` turns every problem into a :class:`~agent.errors.ModelError` naming the
+file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent.errors import ModelError
+
+__all__ = [
+    "MANIFEST_FILE",
+    "SCHEMA_VERSION",
+    "Dim",
+    "FeatureSpec",
+    "FileHash",
+    "InputRole",
+    "Manifest",
+    "Normalisation",
+    "OutputSpec",
+    "Stat",
+    "Task",
+    "TensorSpec",
+    "Variant",
+    "WindowSpec",
+    "load_manifest",
+]
+
+SCHEMA_VERSION: Literal[1] = 1
+"""The manifest schema this agent reads; a bundle written for another version is refused."""
+
+MANIFEST_FILE = "manifest.json"
+
+Task = Literal["anomaly", "classifier", "rul", "setpoint"]
+Stat = Literal["mean", "std", "min", "max", "last", "slope"]
+Dim = int | str
+"""A tensor dimension: a fixed size, or a symbolic name (``"batch"``) for a dynamic one."""
+
+_NAME = r"^[a-z0-9][a-z0-9._\-]*$"
+_ROLE = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_SHA256 = r"^[0-9a-f]{64}$"
+# A bundle file is a plain name inside the bundle directory: no separators, no "..".
+_FILE = r"^[A-Za-z0-9_][A-Za-z0-9._\-]*$"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Normalisation(_Frozen):
+    """How one role is scaled before features are computed: ``(x - offset) / scale``.
+
+    ``standard``: ``mean``/``std``; ``minmax``: ``min``/``max`` (to [0, 1]); ``none``: as is.
+    """
+
+    kind: Literal["standard", "minmax", "none"] = "standard"
+    mean: float | None = None
+    std: float | None = None
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self) -> Self:
+        given = {k for k in ("mean", "std", "min", "max") if getattr(self, k) is not None}
+        need = {"standard": {"mean", "std"}, "minmax": {"min", "max"}, "none": set[str]()}[self.kind]
+        if given != need:
+            wanted = ", ".join(sorted(need)) or "no parameters"
+            got = ", ".join(sorted(given)) or "none"
+            raise ValueError(f"normalisation {self.kind} takes {wanted} (got {got})")
+        for k in given:
+            if not math.isfinite(getattr(self, k)):
+                raise ValueError(f"normalisation {k} must be finite")
+        if self.kind == "standard" and not (self.std is not None and self.std > 0):
+            raise ValueError("normalisation std must be > 0")
+        if self.kind == "minmax" and not (self.min is not None and self.max is not None
+                                          and self.min < self.max):
+            raise ValueError("normalisation needs min < max")
+        return self
+
+    @property
+    def offset(self) -> float:
+        if self.kind == "standard":
+            return float(self.mean or 0.0)
+        if self.kind == "minmax":
+            return float(self.min or 0.0)
+        return 0.0
+
+    @property
+    def scale(self) -> float:
+        if self.kind == "standard":
+            return float(self.std or 1.0)
+        if self.kind == "minmax":
+            return float((self.max or 1.0) - (self.min or 0.0))
+        return 1.0
+
+
+class InputRole(_Frozen):
+    """One model input, named by what it means on the asset, not by a tag.
+
+    ``range`` is the plausible range in ``unit``: a value outside it is treated as BAD.
+    """
+
+    role: Annotated[str, Field(pattern=_ROLE, max_length=64)]
+    unit: str
+    range: tuple[float, float]
+    normalisation: Normalisation = Normalisation(kind="none")
+    description: str = ""
+
+    @field_validator("range")
+    @classmethod
+    def _range_ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = value
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError("range must be [low, high], finite, with low < high")
+        return value
+
+
+class WindowSpec(_Frozen):
+    """The aligned window every role shares: one row per ``sample_period_s`` tick.
+
+    A frame is produced every ``stride`` ticks once ``length`` rows are present.
+    """
+
+    sample_period_s: Annotated[float, Field(gt=0, le=86400)]
+    length: Annotated[int, Field(ge=1, le=100_000)]
+    stride: Annotated[int, Field(ge=1, le=100_000)] = 1
+
+
+class FeatureSpec(_Frozen):
+    """How a normalised window [T, R] becomes the model input (per asset).
+
+    ``sequence``: [T, R] as is; ``flatten``: [T*R] time-major; ``summary``: for each stat in
+    ``stats``, one value per role ([len(stats) * R], stat-major).
+    """
+
+    kind: Literal["sequence", "flatten", "summary"] = "sequence"
+    stats: tuple[Stat, ...] = ()
+
+    @model_validator(mode="after")
+    def _stats_fit_kind(self) -> Self:
+        if (self.kind == "summary") != bool(self.stats):
+            raise ValueError("stats are required for kind summary (and only for it)")
+        if len(set(self.stats)) != len(self.stats):
+            raise ValueError("stats must not repeat")
+        return self
+
+    def shape(self, length: int, n_roles: int) -> tuple[int, ...]:
+        """The per-asset input shape (without the batch dimension)."""
+        if self.kind == "sequence":
+            return (length, n_roles)
+        if self.kind == "flatten":
+            return (length * n_roles,)
+        return (len(self.stats) * n_roles,)
+
+
+class TensorSpec(_Frozen):
+    """An ONNX input tensor: its name, shape (first dim the dynamic batch) and element type."""
+
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: Literal["float32", "float64"] = "float32"
+
+
+class OutputSpec(_Frozen):
+    """An ONNX output: what it means and how to read it.
+
+    ``shape`` is ``["batch"]`` for one value per asset or ``["batch", C]`` for a vector (class
+    probabilities, with ``labels`` of length C). ``thresholds`` are named limits in the output's
+    own scale; ``"alarm"`` is the one the scorer compares (value above it = 1).
+    """
+
+    name: str
+    meaning: str
+    shape: tuple[Dim, ...] = ("batch",)
+    dtype: Literal["float32", "float64", "int64"] = "float32"
+    unit: str = ""
+    labels: tuple[str, ...] | None = None
+    thresholds: dict[str, float] = {}
+    false_alarm_rate: Annotated[float, Field(gt=0, lt=1)] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if not 1 <= len(self.shape) <= 2:
+            raise ValueError("output shape must be [batch] or [batch, C]")
+        if not isinstance(self.shape[0], str):
+            raise ValueError("the first output dimension must be the dynamic batch (a name)")
+        if self.labels is not None:
+            if len(self.shape) != 2 or self.shape[1] != len(self.labels):
+                raise ValueError(f"{len(self.labels)} labels need shape [batch, {len(self.labels)}]")
+            if len(set(self.labels)) != len(self.labels):
+                raise ValueError("labels must not repeat")
+        for key, value in self.thresholds.items():
+            if not math.isfinite(value):
+                raise ValueError(f"threshold {key} must be finite")
+        return self
+
+
+class Variant(_Frozen):
+    """One ONNX build of the model.
+
+    ``cpu_features`` are the CPU flags of the machine it was measured and chosen on (e.g.
+    ``["avx2", "fma"]``, or ``["asimd", "asimddp"]`` on aarch64): an INT8 variant chosen on a
+    CPU with VNNI/dot-product may be slower than FP32 on one without.
+    """
+
+    file: Annotated[str, Field(pattern=_FILE, max_length=128)]
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    sha256: Annotated[str, Field(pattern=_SHA256)]
+    size: Annotated[int, Field(ge=0)]
+    cpu_features: tuple[str, ...] = ()
+    note: str = ""
+
+
+class FileHash(_Frozen):
+    """A non-model file shipped in the bundle, with its hash and size."""
+
+    sha256: Annotated[str, Field(pattern=_SHA256)]
+    size: Annotated[int, Field(ge=0)]
+
+
+class Manifest(_Frozen):
+    """A model bundle's contract (see the module docstring)."""
+
+    schema_version: Literal[1]
+    name: Annotated[str, Field(pattern=_NAME, max_length=64)]
+    version: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9._+\-]+$")]
+    task: Task
+    description: str = ""
+    window: WindowSpec
+    inputs: Annotated[tuple[InputRole, ...], Field(min_length=1)]
+    features: FeatureSpec = FeatureSpec()
+    model_input: TensorSpec
+    outputs: Annotated[tuple[OutputSpec, ...], Field(min_length=1)]
+    variants: Annotated[tuple[Variant, ...], Field(min_length=1)]
+    files: dict[str, FileHash] = {}
+    provenance: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        roles = [r.role for r in self.inputs]
+        dup = sorted({r for r in roles if roles.count(r) > 1})
+        if dup:
+            raise ValueError(f"duplicate input roles: {', '.join(dup)}")
+        outs = [o.name for o in self.outputs]
+        dup = sorted({o for o in outs if outs.count(o) > 1})
+        if dup:
+            raise ValueError(f"duplicate outputs: {', '.join(dup)}")
+        if self.model_input.name in outs:
+            raise ValueError(f"input and output share the name {self.model_input.name!r}")
+        shape = self.model_input.shape
+        if not shape or not isinstance(shape[0], str):
+            raise ValueError("model_input.shape must start with the dynamic batch dimension (a name)")
+        expected = self.features.shape(self.window.length, len(self.inputs))
+        if tuple(shape[1:]) != expected:
+            raise ValueError(
+                f"model_input.shape {list(shape)} does not fit the features: window {self.window.length} × "
+                f"{len(self.inputs)} roles with features {self.features.kind} give "
+                f"{['batch', *expected]}"
+            )
+        if self.task == "classifier" and not any(o.labels for o in self.outputs):
+            raise ValueError("a classifier needs an output with labels")
+        names = [v.file for v in self.variants] + list(self.files)
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"files listed twice: {', '.join(dup)}")
+        for n in self.files:
+            if not re.match(_FILE, n) or n == MANIFEST_FILE:
+                raise ValueError(f"files: {n!r} is not a plain file name in the bundle (or is the manifest)")
+        return self
+
+    @property
+    def ident(self) -> str:
+        """``name vVERSION``, as every message names a model."""
+        return f"{self.name} v{self.version}"
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return tuple(r.role for r in self.inputs)
+
+    def role(self, name: str) -> InputRole:
+        for r in self.inputs:
+            if r.role == name:
+                return r
+        raise KeyError(name)
+
+    def variant(self, file: str | None = None) -> Variant:
+        """The named variant, or the first listed (the preferred one) when ``file`` is None."""
+        if file is None:
+            return self.variants[0]
+        for v in self.variants:
+            if v.file == file:
+                return v
+        raise ModelError(
+            f"model {self.ident} has no variant {file!r} (it has {', '.join(v.file for v in self.variants)})"
+        )
+
+    def to_json(self) -> str:
+        """The manifest as written to ``manifest.json`` (stable key order, unset options left
+        out, trailing newline)."""
+        return self.model_dump_json(indent=2, exclude_none=True) + "\n"
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def load_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """Read and validate a manifest (a ``manifest.json`` file, or a bundle directory).
+
+    Raises ModelError naming the file and every problem (``field.path: message``).
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / MANIFEST_FILE
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ModelError(f"{p}: cannot read manifest: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{p}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{p}: a manifest must be a JSON object")
+    found = data.get("schema_version")
+    if found != SCHEMA_VERSION:
+        raise ModelError(
+            f"{p}: schema_version {found!r} is not supported "
+            f"(this agent reads schema_version {SCHEMA_VERSION})"
+        )
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            problems.append(f"{p}: {_loc(tuple(err['loc']))}: {msg}")
+        raise ModelError("invalid manifest:\n" + "\n".join(problems)) from None

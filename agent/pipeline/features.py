@@ -1,0 +1,339 @@
+"""Windows and features: the one place a window becomes a model input.
+
+Two parts:
+
+* :func:`window_to_input` (pure): a window of raw values ``[..., T, R]`` (engineering units,
+  roles in manifest order, oldest row first) → the model input, using the manifest's
+  normalisation and feature spec. export/ imports it to build training inputs, so training and
+  serving cannot drift. :func:`sliding_windows` cuts a recorded series the way the agent does.
+* :class:`FeatureWindows` (one per model): ring buffers per asset, aligned on the cycle tick,
+  fed from TagTable samples, with a quality mask and the configured bad-input policy. It emits
+  a :class:`~agent.types.Frame` of raw values every ``stride`` ticks for the assets whose whole
+  window is valid; the scorer turns it into the model input with :func:`window_to_input`.
+
+A model never sees unknown garbage: a sample that is not GOOD, not a finite number, or outside
+the manifest's plausible range is *bad*. With ``bad_input: skip`` the asset is left out of
+frames until the bad row has left its window; with ``hold`` the last good value stands in for
+at most ``hold_cycles`` consecutive ticks (then as ``skip``).
+
+``Frame.good_mask`` is True where the value was GOOD and fresh and False where a held value
+stands in, so later stages (the Guard: "every input the model used was GOOD and fresh") can
+tell the two apart. (agent/types.py's docstring counts held values as True; since an emitted
+frame never holds an invalid value, that mask would always be all-True and say nothing.)
+
+Lifecycle of a tick: :meth:`FeatureWindows.push` once per asset, then :meth:`FeatureWindows.frame`
+closes the tick (or :meth:`FeatureWindows.tick` does both from a TagTable). Not thread-safe:
+call it from the event loop only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.modelstore.binding import ModelBinding
+from agent.modelstore.manifest import FeatureSpec, InputRole, Manifest
+from agent.tagtable import TagTable
+from agent.types import Frame, Sample, utcnow
+
+__all__ = [
+    "FeatureWindows",
+    "InputContract",
+    "WindowCounters",
+    "normalise",
+    "sliding_windows",
+    "window_to_input",
+]
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+# A tick later than this many sample periods after the previous one means ticks were missed
+# (event loop stalled, process paused): the missed rows are inserted as bad.
+_GAP_FACTOR = 1.5
+
+
+class InputContract(Protocol):
+    """What :func:`window_to_input` needs from a manifest (a :class:`Manifest` satisfies it)."""
+
+    @property
+    def inputs(self) -> Sequence[InputRole]: ...
+
+    @property
+    def features(self) -> FeatureSpec: ...
+
+
+def normalise(values: npt.ArrayLike, contract: InputContract) -> FloatArray:
+    """``(x - offset) / scale`` per role along the last axis (float64)."""
+    x = np.asarray(values, dtype=np.float64)
+    offset = np.array([r.normalisation.offset for r in contract.inputs], dtype=np.float64)
+    scale = np.array([r.normalisation.scale for r in contract.inputs], dtype=np.float64)
+    out: FloatArray = (x - offset) / scale
+    return out
+
+
+def _slope(z: FloatArray) -> FloatArray:
+    # Least-squares slope per role over the window, in normalised units per tick.
+    t = z.shape[-2]
+    if t < 2:
+        return np.zeros(z.shape[:-2] + z.shape[-1:], dtype=np.float64)
+    tt = np.arange(t, dtype=np.float64) - (t - 1) / 2.0
+    out: FloatArray = np.einsum("t,...tr->...r", tt, z) / float(np.sum(tt * tt))
+    return out
+
+
+def window_to_input(values: npt.ArrayLike, manifest: InputContract) -> npt.NDArray[np.float32]:
+    """Turn raw windows into the model input (float32). THE feature function.
+
+    ``values``: ``[T, R]`` or batched ``[..., T, R]``, raw engineering units, roles in manifest
+    order, oldest row first. Returns ``[*features.shape(T, R)]`` (with the same leading batch
+    axes). Raises ValueError when the shape does not fit the manifest or a value is not finite:
+    windows with gaps must be skipped (or held) before they reach this function.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    n_roles = len(manifest.inputs)
+    if x.ndim < 2 or x.shape[-1] != n_roles:
+        raise ValueError(
+            f"window shape {list(x.shape)} does not fit {n_roles} roles: expected [..., T, {n_roles}]"
+        )
+    if not np.all(np.isfinite(x)):
+        raise ValueError("window contains values that are not finite (NaN/inf): skip or hold them first")
+    z = normalise(x, manifest)
+    spec = manifest.features
+    batch = z.shape[:-2]
+    out: FloatArray
+    if spec.kind == "sequence":
+        out = z
+    elif spec.kind == "flatten":
+        out = z.reshape(*batch, z.shape[-2] * n_roles)
+    else:
+        parts: list[FloatArray] = []
+        for stat in spec.stats:
+            if stat == "mean":
+                parts.append(z.mean(axis=-2))
+            elif stat == "std":
+                parts.append(z.std(axis=-2))
+            elif stat == "min":
+                parts.append(z.min(axis=-2))
+            elif stat == "max":
+                parts.append(z.max(axis=-2))
+            elif stat == "last":
+                parts.append(z[..., -1, :])
+            else:
+                parts.append(_slope(z))
+        out = np.concatenate(parts, axis=-1)
+    return out.astype(np.float32)
+
+
+def sliding_windows(series: npt.ArrayLike, length: int, stride: int) -> FloatArray:
+    """Windows ``[W, length, R]`` cut from a series ``[N, R]`` every ``stride`` rows.
+
+    The first window ends at row ``length - 1``, the next ``stride`` rows later: the agent's
+    own framing (:class:`FeatureWindows`) on a gap-free series. The result is a read-only
+    view on the series (no copy: days of recordings fit in memory); slice it in chunks.
+    """
+    x = np.asarray(series, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"series must be [N, R], got shape {list(x.shape)}")
+    if x.shape[0] < length:
+        return np.empty((0, length, x.shape[1]), dtype=np.float64)
+    view = np.lib.stride_tricks.sliding_window_view(x, length, axis=0)  # [N-L+1, R, L]
+    out: FloatArray = view[::stride].transpose(0, 2, 1)
+    return out
+
+
+@dataclass(slots=True)
+class WindowCounters:
+    """What :class:`FeatureWindows` did, for metrics and status."""
+
+    ticks: int = 0
+    frames: int = 0
+    empty_frames: int = 0  # stride ticks where no asset had a valid window
+    missed_ticks: int = 0
+    bad_values: int = 0
+    held_values: int = 0
+    not_ready: dict[str, int] = field(default_factory=dict)  # asset → stride ticks left out
+
+
+class _Ring:
+    """One asset's window: values, validity (good or held) and goodness per row and role."""
+
+    __slots__ = ("bad_run", "filled", "good", "last_good", "pending", "pos", "reason", "valid", "values")
+
+    def __init__(self, length: int, n_roles: int) -> None:
+        self.values: FloatArray = np.full((length, n_roles), np.nan)
+        self.valid: BoolArray = np.zeros((length, n_roles), dtype=np.bool_)
+        self.good: BoolArray = np.zeros((length, n_roles), dtype=np.bool_)
+        self.pos = 0
+        self.filled = 0
+        self.last_good: FloatArray = np.full(n_roles, np.nan)
+        self.bad_run = np.zeros(n_roles, dtype=np.int64)
+        self.pending: Mapping[str, Sample] | None = None
+        self.reason = "window not full yet"
+
+    def append(self, values: FloatArray, valid: BoolArray, good: BoolArray) -> None:
+        self.values[self.pos] = values
+        self.valid[self.pos] = valid
+        self.good[self.pos] = good
+        self.pos = (self.pos + 1) % self.values.shape[0]
+        self.filled = min(self.filled + 1, self.values.shape[0])
+
+    def ordered(self, a: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+        return np.roll(a, -self.pos, axis=0)
+
+    @property
+    def ready(self) -> bool:
+        return self.filled == self.values.shape[0] and bool(self.valid.all())
+
+
+class FeatureWindows:
+    """Ring buffers for one model: one window per bound asset, aligned on the cycle tick.
+
+    Call :meth:`push` once per asset per tick with the samples of its roles (from
+    ``TagTable.get(tag, now)``, which already marks stale values BAD), then :meth:`frame` to
+    close the tick. :meth:`tick` does both from a TagTable.
+    """
+
+    def __init__(self, manifest: Manifest, binding: ModelBinding) -> None:
+        self.manifest = manifest
+        self.binding = binding
+        self.roles = manifest.roles
+        self.assets = tuple(binding.assets)
+        self.length = manifest.window.length
+        self.stride = manifest.window.stride
+        self.period_s = manifest.window.sample_period_s
+        self.hold_limit = binding.hold_limit
+        self._lo = np.array([r.range[0] for r in manifest.inputs])
+        self._hi = np.array([r.range[1] for r in manifest.inputs])
+        self._rings = {a: _Ring(self.length, len(self.roles)) for a in self.assets}
+        self._tick_mono: float | None = None
+        self._pending_mono: float | None = None
+        self.counters = WindowCounters(not_ready=dict.fromkeys(self.assets, 0))
+
+    # ------------------------------------------------------------------ feeding
+
+    def push(self, asset: str, samples_by_role: Mapping[str, Sample], now_mono: float) -> None:
+        """Record this tick's samples for one asset (a role without a sample counts as bad).
+
+        A second push for the same asset within one tick replaces the first.
+        """
+        ring = self._rings.get(asset)
+        if ring is None:
+            raise ValueError(
+                f"model {self.manifest.ident}: asset {asset!r} is not bound (assets: {self.assets})"
+            )
+        unknown = set(samples_by_role) - set(self.roles)
+        if unknown:
+            raise ValueError(
+                f"model {self.manifest.ident}: unknown roles {sorted(unknown)} for asset {asset}"
+            )
+        ring.pending = samples_by_role
+        self._pending_mono = now_mono if self._pending_mono is None else max(self._pending_mono, now_mono)
+
+    def tick(self, table: TagTable, now_mono: float, now_utc: datetime | None = None) -> Frame | None:
+        """Push every asset from the tag table (through the binding), then close the tick."""
+        for asset, roles in self.binding.assets.items():
+            self.push(asset, {role: table.get(tag, now_mono) for role, tag in roles.items()}, now_mono)
+        return self.frame(now_utc, now_mono)
+
+    def _row(
+        self, ring: _Ring, samples: Mapping[str, Sample] | None
+    ) -> tuple[FloatArray, BoolArray, BoolArray]:
+        n = len(self.roles)
+        values = np.full(n, np.nan)
+        good = np.zeros(n, dtype=np.bool_)
+        reasons: list[str] = []
+        for i, role in enumerate(self.roles):
+            s = samples.get(role) if samples is not None else None
+            if s is None:
+                reasons.append(f"{role}: no sample this tick")
+                continue
+            v = s.as_float()
+            if not s.quality.is_good:
+                reasons.append(f"{role}: {s.quality}")
+            elif not math.isfinite(v):
+                reasons.append(f"{role}: value {s.value!r} is not a finite number")
+            elif not self._lo[i] <= v <= self._hi[i]:
+                reasons.append(f"{role}: {v:g} outside plausible range [{self._lo[i]:g}, {self._hi[i]:g}]")
+            else:
+                values[i] = v
+                good[i] = True
+        valid = good.copy()
+        ring.last_good[good] = values[good]
+        ring.bad_run[good] = 0
+        bad = ~good
+        self.counters.bad_values += int(bad.sum())
+        ring.bad_run[bad] += 1
+        hold = bad & (ring.bad_run <= self.hold_limit) & np.isfinite(ring.last_good)
+        values[hold] = ring.last_good[hold]
+        valid[hold] = True
+        self.counters.held_values += int(hold.sum())
+        if reasons and not valid.all():
+            ring.reason = "; ".join(reasons)
+        return values, valid, good
+
+    # ------------------------------------------------------------------ framing
+
+    def frame(self, now_utc: datetime | None = None, now_mono: float | None = None) -> Frame | None:
+        """Close the tick; every ``stride`` ticks, a Frame of the assets with a valid window.
+
+        The tick's time is ``now_mono``, by default the latest ``now_mono`` pushed in it (a
+        tick without any push needs it; its assets get bad rows). Returns None between strides,
+        before the windows are full, and when no asset has a valid window (counted in
+        ``counters.empty_frames``; per asset in ``counters.not_ready``).
+        """
+        if now_mono is None:
+            now_mono = self._pending_mono
+        if now_mono is None:
+            raise ValueError("frame(): no asset was pushed in this tick; pass now_mono")
+        missed = 0
+        if self._tick_mono is not None:
+            gap = now_mono - self._tick_mono
+            if gap > _GAP_FACTOR * self.period_s:
+                missed = min(round(gap / self.period_s) - 1, self.length)
+        for ring in self._rings.values():
+            for _ in range(missed):
+                ring.append(*self._row(ring, None))
+            ring.append(*self._row(ring, ring.pending))
+            ring.pending = None
+        self.counters.missed_ticks += missed
+        self.counters.ticks += 1 + missed
+        self._tick_mono = now_mono
+        self._pending_mono = None
+        ticks = self.counters.ticks
+        if ticks < self.length or (ticks - self.length) % self.stride != 0:
+            return None
+        ready = [a for a in self.assets if self._rings[a].ready]
+        for a in self.assets:
+            if a not in ready:
+                self.counters.not_ready[a] += 1
+        if not ready:
+            self.counters.empty_frames += 1
+            return None
+        values = np.stack([self._rings[a].ordered(self._rings[a].values) for a in ready])
+        good = np.stack([self._rings[a].ordered(self._rings[a].good) for a in ready])
+        self.counters.frames += 1
+        return Frame(
+            model=self.manifest.name,
+            end=now_utc if now_utc is not None else utcnow(),
+            end_mono=now_mono,
+            assets=tuple(ready),
+            roles=self.roles,
+            values=values,
+            good_mask=good,
+        )
+
+    def reason(self, asset: str) -> str:
+        """Why the asset was last left out of a frame (for status pages)."""
+        ring = self._rings[asset]
+        if ring.ready:
+            return ""
+        if ring.filled < self.length:
+            return f"window not full yet ({ring.filled}/{self.length})"
+        return ring.reason

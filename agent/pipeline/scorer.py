@@ -1,0 +1,225 @@
+"""The scorer: one model's ONNX session, run off the event loop, all assets in one call.
+
+Contract of :meth:`Scorer.score`:
+
+* Called from the event loop. The features (:func:`~agent.pipeline.features.window_to_input`)
+  and the session call run in an executor thread (the default one, i.e. what
+  :func:`asyncio.to_thread` uses, unless one is given), never on the loop.
+* Every asset in the frame goes into ONE batched session call (the batch dimension).
+* One call per model at a time: a frame arriving while the previous call is still running is
+  skipped (``[]`` is returned) and counted in :attr:`Scorer.skipped`. Calls never stack.
+* Cancelling ``score`` does not cancel the thread (onnxruntime cannot be interrupted); the
+  model stays busy until the thread is done, so a cancelled call can never overlap the next.
+  :meth:`Scorer.drain` waits for it (shutdown: "drain scorer").
+* Outputs are mapped to named values per the manifest; an output with an ``"alarm"``
+  threshold adds ``<name>_alarm`` (0/1), and ``anomaly`` is 1 when any of them is.
+* Failures (onnxruntime errors, wrong output shapes, non-finite outputs) raise ModelError and
+  are counted; the first failure and the recovery are logged once each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from agent.errors import ModelError
+from agent.modelstore.bundle import Bundle
+from agent.modelstore.manifest import Manifest
+from agent.pipeline.features import window_to_input
+from agent.types import Frame, Score
+
+__all__ = ["LatencyStats", "Scorer", "map_outputs"]
+
+log = structlog.get_logger("agent.scorer")
+
+_BUCKETS_S: tuple[float, ...] = (1e-4, 2.5e-4, 1e-3, 2.5e-3, 1e-2, 2.5e-2, 0.1, 0.25, 1.0, float("inf"))
+
+
+@dataclass(slots=True)
+class LatencyStats:
+    """Latency of inference calls: last, count, a histogram, and percentiles over a window."""
+
+    window: int = 1024
+    last_s: float = 0.0
+    count: int = 0
+    buckets_s: tuple[float, ...] = _BUCKETS_S
+    histogram: list[int] = field(default_factory=lambda: [0] * len(_BUCKETS_S))
+    _recent: deque[float] = field(default_factory=deque)
+
+    def record(self, seconds: float) -> None:
+        self.last_s = seconds
+        self.count += 1
+        for i, bound in enumerate(self.buckets_s):
+            if seconds <= bound:
+                self.histogram[i] += 1
+                break
+        self._recent.append(seconds)
+        while len(self._recent) > self.window:
+            self._recent.popleft()
+
+    def percentile(self, q: float) -> float:
+        """The q-th percentile (0..100) of the last ``window`` calls (NaN before the first)."""
+        if not self._recent:
+            return float("nan")
+        return float(np.percentile(np.fromiter(self._recent, dtype=np.float64), q))
+
+    @property
+    def p50_s(self) -> float:
+        return self.percentile(50)
+
+    @property
+    def p99_s(self) -> float:
+        return self.percentile(99)
+
+
+def map_outputs(
+    manifest: Manifest, n_assets: int, arrays: Sequence[npt.NDArray[np.generic]]
+) -> list[tuple[dict[str, float], str | None]]:
+    """Per asset: named outputs (and the class label, for outputs with labels).
+
+    ``arrays`` are the session outputs in manifest order, batch first. Raises ModelError when a
+    shape does not fit or a value is not finite (a NaN score must never read as "normal").
+    """
+    who = f"model {manifest.ident}"
+    if len(arrays) != len(manifest.outputs):
+        raise ModelError(
+            f"{who}: session returned {len(arrays)} outputs, manifest declares {len(manifest.outputs)}"
+        )
+    results: list[tuple[dict[str, float], str | None]] = [({}, None) for _ in range(n_assets)]
+    for spec, raw in zip(manifest.outputs, arrays, strict=True):
+        arr = np.asarray(raw, dtype=np.float64)
+        expected_rank = len(spec.shape)
+        if arr.ndim != expected_rank or arr.shape[0] != n_assets:
+            raise ModelError(
+                f"{who} output {spec.name}: expected shape [{n_assets}{', C' if expected_rank == 2 else ''}] "
+                f"for {n_assets} assets, session returned {list(arr.shape)}"
+            )
+        if not np.all(np.isfinite(arr)):
+            raise ModelError(f"{who} output {spec.name}: session returned values that are not finite")
+        alarm = spec.thresholds.get("alarm")
+        for i in range(n_assets):
+            outputs, label = results[i]
+            if arr.ndim == 1:
+                value = float(arr[i])
+                outputs[spec.name] = value
+                if alarm is not None:
+                    flag = 1.0 if value > alarm else 0.0
+                    outputs[f"{spec.name}_alarm"] = flag
+                    outputs["anomaly"] = max(outputs.get("anomaly", 0.0), flag)
+            else:
+                row = arr[i]
+                if spec.labels is not None:
+                    for name, v in zip(spec.labels, row, strict=True):
+                        outputs[f"{spec.name}.{name}"] = float(v)
+                    if label is None:
+                        label = spec.labels[int(np.argmax(row))]
+                else:
+                    for j, v in enumerate(row):
+                        outputs[f"{spec.name}[{j}]"] = float(v)
+            results[i] = (outputs, label)
+    return results
+
+
+class Scorer:
+    """Scores frames of one model with its bundle's session (see the module docstring)."""
+
+    def __init__(self, bundle: Bundle, *, executor: Executor | None = None) -> None:
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        self._executor = executor
+        self._inflight: asyncio.Future[tuple[list[npt.NDArray[np.generic]], float]] | None = None
+        self._dtype = np.float32 if self.manifest.model_input.dtype == "float32" else np.float64
+        self.calls = 0
+        self.skipped = 0
+        self.errors = 0
+        self.healthy = True
+        self.latency = LatencyStats()
+
+    @property
+    def busy(self) -> bool:
+        """True while a session call is running (even if its ``score`` was cancelled)."""
+        return self._inflight is not None
+
+    def _infer(self, values: npt.NDArray[np.float64]) -> tuple[list[npt.NDArray[np.generic]], float]:
+        # Runs in the executor thread: features, then one batched session call.
+        start = time.perf_counter()
+        try:
+            x = window_to_input(values, self.manifest).astype(self._dtype, copy=False)
+        except ValueError as exc:
+            raise ModelError(f"model {self.manifest.ident}: {exc}") from None
+        outputs = self.bundle.run({self.manifest.model_input.name: x})
+        return outputs, time.perf_counter() - start
+
+    def _done(self, fut: asyncio.Future[tuple[list[npt.NDArray[np.generic]], float]]) -> None:
+        self._inflight = None
+        if not fut.cancelled():
+            fut.exception()  # retrieved here so a cancelled caller leaves no "never retrieved" warning
+
+    def _check(self, frame: Frame) -> npt.NDArray[np.float64]:
+        who = f"model {self.manifest.ident}"
+        if frame.model != self.manifest.name:
+            raise ModelError(f"{who} was given a frame of model {frame.model}")
+        if tuple(frame.roles) != self.manifest.roles:
+            raise ModelError(
+                f"{who} expects roles {list(self.manifest.roles)}, frame has {list(frame.roles)}"
+            )
+        values = np.asarray(frame.values, dtype=np.float64)
+        t, r = self.manifest.window.length, len(self.manifest.roles)
+        if values.shape != (len(frame.assets), t, r):
+            raise ModelError(
+                f"{who} expects frame values [{len(frame.assets)}, {t}, {r}], frame has {list(values.shape)}"
+            )
+        return values
+
+    async def score(self, frame: Frame) -> list[Score]:
+        """Score every asset of the frame in one session call; ``[]`` if busy (skipped) or empty."""
+        if self._inflight is not None:
+            self.skipped += 1
+            return []
+        if not frame.assets:
+            return []
+        values = self._check(frame)
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._executor, self._infer, values)
+        self._inflight = fut
+        fut.add_done_callback(self._done)
+        self.calls += 1
+        try:
+            arrays, latency = await asyncio.shield(fut)
+            results = map_outputs(self.manifest, len(frame.assets), arrays)
+        except ModelError as exc:
+            self.errors += 1
+            if self.healthy:
+                log.warning("inference failed", model=self.manifest.ident, error=str(exc))
+            self.healthy = False
+            raise
+        self.latency.record(latency)
+        if not self.healthy:
+            log.info("inference recovered", model=self.manifest.ident, errors=self.errors)
+        self.healthy = True
+        return [
+            Score(
+                model=self.manifest.name,
+                version=self.manifest.version,
+                asset=asset,
+                frame_end=frame.end,
+                outputs=outputs,
+                latency_s=latency,
+                label=label,
+            )
+            for asset, (outputs, label) in zip(frame.assets, results, strict=True)
+        ]
+
+    async def drain(self) -> None:
+        """Wait until no session call is running (for shutdown; the caller sets the deadline)."""
+        fut = self._inflight
+        if fut is not None:
+            await asyncio.wait([fut])
