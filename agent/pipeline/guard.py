@@ -1,0 +1,505 @@
+"""The Guard: the only way a value reaches a PLC, decided purely from its inputs.
+
+The Guard performs no I/O and reads no clock: the caller hands it everything it needs in a
+:class:`GuardInputs` (the recommendation, the permissive, the setpoint as last read back, the
+qualities of the model's inputs, health flags and the monotonic time ``now``), and it answers
+with a :class:`GuardDecision`: the core :class:`~agent.types.Decision` plus the tag to write
+(``write_tag``), which is the setpoint in ``auto`` mode and the target's
+``recommendation_tag`` in ``advise`` mode, and ``None`` whenever nothing is to be written.
+
+A value is written only if all of these hold (see "Safety of write-back" in ARCHITECTURE.md):
+
+- writes are enabled globally, the mode is ``advise`` or ``auto``, and the tag written is on the
+  allow-list (and is not the permissive);
+- the agent is not stopping, the audit log is healthy, the last write's read-back matched;
+- the permissive sample is for the configured tag, GOOD, true and fresh;
+- the model is healthy, every input it used was GOOD, and its inputs are fresh;
+- the recommendation is finite, for this target, and within its TTL (the earlier of its own
+  ``expires_mono`` and ``created_mono + ttl_s``);
+- the setpoint's read-back is GOOD, numeric, fresh, and newer than our last write.
+
+The value applied is the recommendation clamped to ``[min, max]`` and limited to
+``rate_per_min × min(elapsed, 60 s) / 60 s`` away from the *read-back* (bumpless after a restart
+or a manual change), where ``elapsed`` is the monotonic time since the last write to this target
+(a full minute when there was none). A change no larger than the deadband is not written.
+
+Every time check fails closed: a NaN or infinite time makes a sample stale and a recommendation
+expired, and a non-finite ``now`` holds everything. Before returning a write the Guard checks the
+applied value once more against [min, max] and the rate limit rather than trust the arithmetic.
+
+Every reason string starts with a :class:`Reason` value (optionally followed by ``": detail"``),
+so that a status word can map reasons to codes. Reasons hold no continuously varying numbers:
+a steady HOLD yields identical decisions, which :class:`HoldTracker` uses to audit changes only.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Literal, Self
+
+from pydantic import Field, model_validator
+
+from agent.configbase import FrozenModel
+from agent.types import Action, Decision, Quality, QualityCode, Recommendation, Sample
+
+__all__ = [
+    "RATE_WINDOW_S",
+    "Guard",
+    "GuardConfig",
+    "GuardDecision",
+    "GuardInputs",
+    "HoldTracker",
+    "Mode",
+    "Reason",
+    "SetpointTarget",
+    "max_step",
+    "permissive_on",
+]
+
+RATE_WINDOW_S = 60.0
+"""The most elapsed time one write may take credit for in the rate limit (one minute)."""
+
+Mode = Literal["shadow", "advise", "auto"]
+
+_Finite = Annotated[float, Field(allow_inf_nan=False)]
+_Tag = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+class SetpointTarget(FrozenModel):
+    """One setpoint the agent may drive, with its limits (PLC engineering units)."""
+
+    tag: _Tag
+    """The setpoint tag written in ``auto`` mode (and read back as the rate limit's origin)."""
+    recommendation_tag: _Tag | None = None
+    """The tag written in ``advise`` mode (an HMI display tag); required in ``advise`` mode."""
+    min: _Finite
+    max: _Finite
+    rate_per_min: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    """Largest change per minute, measured from the read-back."""
+    deadband: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    """A change no larger than this is not written."""
+    ttl_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 10.0
+    """A recommendation older than this (monotonic) is dropped, not applied late."""
+    max_input_age_s: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    """Inputs, permissive and read-back older than this (monotonic) are stale."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if not self.min < self.max:
+            raise ValueError(f"min ({self.min}) must be below max ({self.max})")
+        if self.recommendation_tag is not None and self.recommendation_tag == self.tag:
+            raise ValueError(
+                f"recommendation_tag must differ from tag ({self.tag!r}): advise mode must never "
+                "write the setpoint itself"
+            )
+        return self
+
+
+class GuardConfig(FrozenModel):
+    """Write-back policy: one global switch, a mode, an allow-list, a permissive, targets."""
+
+    writes_enabled: bool = False
+    """The single global switch; off by default."""
+    mode: Mode = "shadow"
+    """``shadow`` never writes; ``advise`` writes recommendation tags only; ``auto`` setpoints."""
+    allow_list: list[_Tag] = []
+    """Every tag the agent may ever write; anything else is refused."""
+    permissive_tag: _Tag
+    """The operator's remote-enable; writes happen only while it is GOOD, true and fresh."""
+    targets: list[SetpointTarget] = []
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        allowed = set(self.allow_list)
+        if self.permissive_tag in allowed:
+            raise ValueError(
+                f"permissive_tag {self.permissive_tag!r} must not be on allow_list: "
+                "the agent must never write its own permissive"
+            )
+        seen: set[str] = set()
+        for i, t in enumerate(self.targets):
+            if t.tag in seen:
+                raise ValueError(f"targets[{i}].tag {t.tag!r} is configured twice")
+            seen.add(t.tag)
+            if t.tag not in allowed:
+                raise ValueError(
+                    f"targets[{i}].tag {t.tag!r} is not on allow_list: add it there to let the agent write it"
+                )
+            if t.recommendation_tag is not None and t.recommendation_tag not in allowed:
+                raise ValueError(
+                    f"targets[{i}].recommendation_tag {t.recommendation_tag!r} is not on allow_list: "
+                    "add it there to let the agent write it"
+                )
+            if self.mode == "advise" and t.recommendation_tag is None:
+                raise ValueError(f"targets[{i}] ({t.tag!r}) needs recommendation_tag in advise mode")
+            if t.tag == self.permissive_tag or t.recommendation_tag == self.permissive_tag:
+                raise ValueError(f"targets[{i}] writes the permissive tag {self.permissive_tag!r}")
+        return self
+
+
+# --------------------------------------------------------------------------- inputs and outputs
+
+
+class Reason(enum.StrEnum):
+    """The stable head of every reason string (``"<head>"`` or ``"<head>: <detail>"``)."""
+
+    # REJECT: the recommendation itself is invalid
+    UNKNOWN_TARGET = "unknown target"
+    WRONG_TARGET = "wrong target"
+    NOT_ALLOWED = "not on allow-list"
+    NOT_FINITE = "value not finite"
+    # HOLD: nothing written
+    NO_RECOMMENDATION = "no recommendation"
+    CLOCK_INVALID = "time not finite"
+    WRITES_DISABLED = "writes disabled"
+    MODE_SHADOW = "mode shadow"
+    NO_RECOMMENDATION_TAG = "no recommendation_tag"
+    STOPPING = "stopping"
+    AUDIT_UNAVAILABLE = "audit unavailable"
+    PERMISSIVE_OFF = "permissive off"
+    MODEL_UNHEALTHY = "model unhealthy"
+    INPUTS_UNKNOWN = "input qualities unknown"
+    INPUT_BAD = "input BAD"
+    INPUT_UNCERTAIN = "input UNCERTAIN"
+    INPUTS_NOT_GOOD = "inputs not GOOD"
+    INPUTS_STALE = "inputs stale"
+    EXPIRED = "recommendation expired"
+    READBACK_UNAVAILABLE = "read-back unavailable"
+    READBACK_PENDING = "read-back pending"
+    READBACK_MISMATCH = "read-back mismatch"
+    DEADBAND = "inside deadband"
+    RATE_WAIT = "rate limit allows no change yet"
+    OUT_OF_REACH = "read-back outside limits"
+    # CLAMP: what changed the value
+    CLAMPED_MIN = "clamped to min"
+    CLAMPED_MAX = "clamped to max"
+    RATE_LIMITED = "rate limited"
+
+    @classmethod
+    def of(cls, reason: str) -> Reason:
+        """The :class:`Reason` a reason string starts with (ValueError if none)."""
+        return cls(reason.split(": ", 1)[0])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GuardInputs:
+    """Everything the Guard decides from, for one target at one instant.
+
+    All times are monotonic seconds (``time.monotonic()``), ``now`` included.
+    """
+
+    now: float
+    recommendation: Recommendation | None
+    """The latest recommendation for the target, or None."""
+    permissive: Sample | None
+    """The permissive tag's latest sample; on only if GOOD, true and fresh."""
+    readback: Sample | None
+    """The setpoint (``SetpointTarget.tag``) as last read from the PLC: the rate limit's origin."""
+    input_qualities: Mapping[str, Quality]
+    """Tag → quality of every input the model used for this recommendation."""
+    inputs_mono: float | None
+    """When the model's inputs were sampled (e.g. ``Frame.end_mono``); None if unknown."""
+    model_healthy: bool
+    audit_ok: bool
+    """The audit log is writable (``AuditLog.healthy``)."""
+    stopping: bool
+    last_verify_ok: bool
+    """The verifying read after the last write to this target matched what was written."""
+    last_write_at: float | None = None
+    """When this target was last written (monotonic); None if never since start."""
+
+
+@dataclass(frozen=True, slots=True)
+class GuardDecision:
+    """A Guard decision for one target: the core :class:`Decision` plus where it goes.
+
+    ``write_tag`` is the tag to write ``decision.applied_value`` to (the setpoint in ``auto``,
+    the target's ``recommendation_tag`` in ``advise``), and ``None`` exactly when
+    ``decision.writes`` is False. ``proposed`` is the clamped and rate-limited value the Guard
+    would apply were it not held for another reason (None when it cannot be computed: no valid
+    recommendation or read-back); it is for shadow-mode comparison and is never written.
+    """
+
+    target: str
+    decision: Decision
+    write_tag: str | None = None
+    proposed: float | None = None
+
+    @property
+    def action(self) -> Action:
+        return self.decision.action
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        return self.decision.reasons
+
+    @property
+    def applied_value(self) -> float | None:
+        return self.decision.applied_value
+
+    @property
+    def writes(self) -> bool:
+        return self.decision.writes
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def permissive_on(sample: Sample | None, tag: str, max_age_s: float, now: float) -> str | None:
+    """None when the permissive is on; otherwise the reason it is off."""
+    if sample is None:
+        return f"{Reason.PERMISSIVE_OFF}: no sample"
+    if sample.tag != tag:
+        return f"{Reason.PERMISSIVE_OFF}: sample is for tag {sample.tag!r}, not {tag!r}"
+    if not sample.quality.is_good:
+        return f"{Reason.PERMISSIVE_OFF}: {sample.quality}"
+    if not _fresh(sample.mono, max_age_s, now):
+        return f"{Reason.PERMISSIVE_OFF}: stale"
+    v = sample.value
+    if isinstance(v, bool):
+        on = v
+    elif isinstance(v, int):
+        on = v != 0
+    elif isinstance(v, float):
+        on = math.isfinite(v) and v != 0.0
+    else:
+        return f"{Reason.PERMISSIVE_OFF}: value is not boolean"
+    return None if on else str(Reason.PERMISSIVE_OFF)
+
+
+def _fresh(mono: float, max_age_s: float, now: float) -> bool:
+    """``now - mono <= max_age_s`` with both times finite: time checks fail closed."""
+    return math.isfinite(mono) and math.isfinite(now) and now - mono <= max_age_s
+
+
+def _expired(rec: Recommendation, ttl_s: float, now: float) -> bool:
+    """Past its own expiry or its creation + ``ttl_s``; any non-finite time counts as expired."""
+    created_ok = math.isfinite(rec.created_mono) and now < rec.created_mono + ttl_s
+    return not (created_ok and now < rec.expires_mono)
+
+
+def max_step(rate_per_min: float, last_write_at: float | None, now: float) -> float:
+    """The largest change allowed now: ``rate × min(elapsed, 60 s)/60 s`` (a minute if never)."""
+    elapsed = RATE_WINDOW_S if last_write_at is None else now - last_write_at
+    if math.isnan(elapsed):
+        return 0.0
+    return rate_per_min * min(max(elapsed, 0.0), RATE_WINDOW_S) / RATE_WINDOW_S
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def _limit(
+    target: SetpointTarget, value: float, origin: float, step: float
+) -> tuple[float | None, tuple[str, ...]]:
+    """Clamp ``value`` to [min, max] and to ``origin ± step``.
+
+    Returns (value to apply, CLAMP reasons), or (None, HOLD reasons) when nothing may be written.
+    """
+    lo_limit, hi_limit = target.min, target.max
+    wanted = min(max(value, lo_limit), hi_limit)
+    if abs(wanted - origin) <= target.deadband:
+        return None, (str(Reason.DEADBAND),)
+    lo = max(lo_limit, origin - step)
+    hi = min(hi_limit, origin + step)
+    if lo > hi:
+        return None, (f"{Reason.OUT_OF_REACH}: [{_fmt(lo_limit)}, {_fmt(hi_limit)}] beyond the rate limit",)
+    applied = min(max(value, lo), hi)
+    # origin ± step is rounded: step back by an ulp or two so that |applied - origin| <= step holds
+    # exactly, and check the bounds again rather than trust the arithmetic.
+    for _ in range(4):
+        if abs(applied - origin) <= step:
+            break
+        applied = math.nextafter(applied, origin)
+    if not (lo_limit <= applied <= hi_limit and abs(applied - origin) <= step and math.isfinite(applied)):
+        return None, (f"{Reason.OUT_OF_REACH}: [{_fmt(lo_limit)}, {_fmt(hi_limit)}] beyond the rate limit",)
+    if applied == origin:
+        return None, (str(Reason.RATE_WAIT),)
+    reasons: list[str] = []
+    if value > hi_limit:
+        reasons.append(f"{Reason.CLAMPED_MAX}: {_fmt(hi_limit)}")
+    elif value < lo_limit:
+        reasons.append(f"{Reason.CLAMPED_MIN}: {_fmt(lo_limit)}")
+    if applied != wanted:
+        reasons.append(f"{Reason.RATE_LIMITED}: {_fmt(target.rate_per_min)}/min")
+    return applied, tuple(reasons)
+
+
+# --------------------------------------------------------------------------- the Guard
+
+
+class Guard:
+    """Decides, purely, whether and what to write for each configured target.
+
+    Stateless apart from its frozen config: safe to call from any thread or task.
+    """
+
+    def __init__(self, config: GuardConfig) -> None:
+        self._config = config
+        self._targets = {t.tag: t for t in config.targets}
+        self._allowed = frozenset(config.allow_list) - {config.permissive_tag}
+
+    @property
+    def config(self) -> GuardConfig:
+        return self._config
+
+    @property
+    def targets(self) -> Mapping[str, SetpointTarget]:
+        """Configured targets by setpoint tag."""
+        return dict(self._targets)
+
+    def write_tag(self, target: SetpointTarget) -> str | None:
+        """The tag a write for ``target`` goes to in the configured mode (None in shadow)."""
+        mode = self._config.mode
+        if mode == "auto":
+            return target.tag
+        if mode == "advise":
+            return target.recommendation_tag
+        return None
+
+    def decide(self, target: str, inputs: GuardInputs) -> GuardDecision:
+        """Decide for the setpoint tag ``target``. Never raises for any input values."""
+        rec = inputs.recommendation
+        cfg = self._config
+        t = self._targets.get(target)
+        if t is None:
+            return self._reject(target, rec, (f"{Reason.UNKNOWN_TARGET}: {target!r} is not configured",))
+
+        # REJECT: the recommendation itself is invalid.
+        if rec is not None:
+            bad: list[str] = []
+            if rec.target_tag not in self._allowed:
+                bad.append(f"{Reason.NOT_ALLOWED}: {rec.target_tag!r}")
+            if rec.target_tag != t.tag:
+                bad.append(f"{Reason.WRONG_TARGET}: for {rec.target_tag!r}, not {t.tag!r}")
+            value = rec.value
+            if not isinstance(value, int | float) or not math.isfinite(value):
+                bad.append(f"{Reason.NOT_FINITE}: {value!r}")
+            if bad:
+                return self._reject(target, rec, tuple(bad))
+        write_tag = self.write_tag(t)
+        if write_tag is not None and write_tag not in self._allowed:
+            return self._reject(target, rec, (f"{Reason.NOT_ALLOWED}: {write_tag!r}",))
+
+        # HOLD: collect every reason, in a fixed order, so the status shows all of them.
+        holds: list[str] = []
+        now = inputs.now
+        if not math.isfinite(now):
+            holds.append(f"{Reason.CLOCK_INVALID}: now={now!r}")
+        if rec is None:
+            holds.append(str(Reason.NO_RECOMMENDATION))
+        if not cfg.writes_enabled:
+            holds.append(str(Reason.WRITES_DISABLED))
+        if cfg.mode == "shadow":
+            holds.append(str(Reason.MODE_SHADOW))
+        elif write_tag is None:
+            holds.append(f"{Reason.NO_RECOMMENDATION_TAG}: {t.tag!r} has none for advise mode")
+        if inputs.stopping:
+            holds.append(str(Reason.STOPPING))
+        if not inputs.audit_ok:
+            holds.append(str(Reason.AUDIT_UNAVAILABLE))
+        if not inputs.last_verify_ok:
+            holds.append(str(Reason.READBACK_MISMATCH))
+        off = permissive_on(inputs.permissive, cfg.permissive_tag, t.max_input_age_s, now)
+        if off is not None:
+            holds.append(off)
+        if not inputs.model_healthy:
+            holds.append(str(Reason.MODEL_UNHEALTHY))
+        if rec is not None:
+            if not inputs.input_qualities:
+                holds.append(str(Reason.INPUTS_UNKNOWN))
+            for tag in sorted(inputs.input_qualities):
+                q = inputs.input_qualities[tag]
+                if q.code is QualityCode.GOOD:
+                    continue
+                head = Reason.INPUT_BAD if q.code is QualityCode.BAD else Reason.INPUT_UNCERTAIN
+                holds.append(f"{head}: {q.reason or 'no reason'} ({tag})")
+            if not rec.inputs_good:
+                holds.append(str(Reason.INPUTS_NOT_GOOD))
+            if inputs.inputs_mono is None or not _fresh(inputs.inputs_mono, t.max_input_age_s, now):
+                holds.append(str(Reason.INPUTS_STALE))
+            if _expired(rec, t.ttl_s, now):
+                holds.append(str(Reason.EXPIRED))
+
+        origin, why = self._origin(t, inputs)
+        if why is not None:
+            holds.append(why)
+
+        proposed: float | None = None
+        limit_reasons: tuple[str, ...] = ()
+        if rec is not None and origin is not None:
+            step = max_step(t.rate_per_min, inputs.last_write_at, now)
+            proposed, limit_reasons = _limit(t, float(rec.value), origin, step)
+        if holds or proposed is None:
+            reasons = tuple(holds) if holds else limit_reasons
+            return GuardDecision(target, Decision(rec, Action.HOLD, None, reasons), None, proposed)
+
+        assert rec is not None and write_tag is not None  # for mypy: both checked above
+        action = Action.WRITE if proposed == rec.value else Action.CLAMP
+        return GuardDecision(target, Decision(rec, action, proposed, limit_reasons), write_tag, proposed)
+
+    @staticmethod
+    def _origin(t: SetpointTarget, inputs: GuardInputs) -> tuple[float | None, str | None]:
+        """The read-back value to rate-limit from, or None and why it cannot be used."""
+        rb = inputs.readback
+        if rb is None:
+            return None, f"{Reason.READBACK_UNAVAILABLE}: no sample"
+        if rb.tag != t.tag:
+            return None, f"{Reason.READBACK_UNAVAILABLE}: sample is for tag {rb.tag!r}, not {t.tag!r}"
+        if not rb.quality.is_good:
+            return None, f"{Reason.READBACK_UNAVAILABLE}: {rb.quality}"
+        if not _fresh(rb.mono, t.max_input_age_s, inputs.now):
+            return None, f"{Reason.READBACK_UNAVAILABLE}: stale"
+        v = rb.value
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            return None, f"{Reason.READBACK_UNAVAILABLE}: not a finite number"
+        if inputs.last_write_at is not None and not rb.mono >= inputs.last_write_at:
+            return None, str(Reason.READBACK_PENDING)
+        return float(v), None
+
+    @staticmethod
+    def _reject(target: str, rec: Recommendation | None, reasons: tuple[str, ...]) -> GuardDecision:
+        return GuardDecision(target, Decision(rec, Action.REJECT, None, reasons))
+
+
+# --------------------------------------------------------------------------- audit filter
+
+
+class HoldTracker:
+    """Tells which decisions are changes worth auditing, per target.
+
+    Every WRITE, CLAMP and REJECT is a change; so is entering HOLD, a HOLD whose reasons
+    differ from the previous HOLD's, and (being a WRITE/CLAMP/REJECT) leaving HOLD. A HOLD
+    repeating the previous one exactly is not. Not thread-safe: one owner (the Guard stage).
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[str, ...] | None] = {}
+
+    def observe(self, decision: GuardDecision) -> bool:
+        """Remember ``decision``; True if it should be audited."""
+        previous = self._held.get(decision.target, None)
+        known = decision.target in self._held
+        if decision.action is Action.HOLD:
+            self._held[decision.target] = decision.reasons
+            return not known or previous != decision.reasons
+        self._held[decision.target] = None
+        return True
+
+    def holding(self, target: str) -> tuple[str, ...] | None:
+        """The reasons ``target`` is held for, or None if it is not (known to be) held."""
+        return self._held.get(target)
+
+    def forget(self, target: str | None = None) -> None:
+        """Forget one target (or all): its next decision counts as a change."""
+        if target is None:
+            self._held.clear()
+        else:
+            self._held.pop(target, None)
