@@ -1,8 +1,10 @@
 """edge-agent: the command line of the agent.
 
-Commissioning: ``check`` (validate; ``--connect`` reaches every device and unit), ``read``
-(one read of some or all tags), ``write`` (a deliberate, logged write of one writable tag).
-``simulate`` serves the embedded plant alone.
+``run`` runs the agent (what systemd starts). Commissioning: ``check`` (validate;
+``--connect`` reaches every device and unit), ``read`` (one read of some or all tags),
+``write`` (a deliberate, audited write of one writable tag). ``audit`` prints the audit log,
+``certs`` manages OPC UA certificates, ``simulate`` serves the embedded plant alone and
+``demo`` runs the agent against it with a live console view.
 
 Exit codes: 0 success, 1 a device or tag problem was found, 2 usage or config error.
 """
@@ -13,6 +15,7 @@ import argparse
 import asyncio
 import getpass
 import json
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -23,7 +26,7 @@ import structlog
 from agent.config import AnyTag, Config, ModbusTag, load_config
 from agent.drivers import make_driver
 from agent.drivers.modbus import UnitStatus
-from agent.errors import AgentError, ConfigError, DriverError, WriteRefused
+from agent.errors import AgentError, AuditError, ConfigError, DriverError, WriteRefused
 from agent.ops.logging import setup_logging
 from agent.types import Sample, Value
 
@@ -133,13 +136,31 @@ def parse_value(tag: AnyTag, text: str) -> Value:
     return int(number) if number.is_integer() and tag.type.startswith(("int", "uint")) else number
 
 
+def _owned_in_auto(cfg: Config, tag_name: str) -> bool:
+    """A setpoint the running agent writes in auto mode is not for a commissioning write."""
+    g = cfg.guard
+    return (
+        g is not None and g.writes_enabled and g.mode == "auto" and any(t.tag == tag_name for t in g.targets)
+    )
+
+
 async def _write(cfg: Config, tag_name: str, text: str) -> Value:
+    from agent.ops.audit import AuditLog
+
     dev, tag = cfg.tag(tag_name)
     value = parse_value(tag, text)
     user = getpass.getuser()
     log.warning(
         "commissioning write", tag=tag_name, value=value, device=dev.name, reference=tag.reference, user=user
     )
+    audit = AuditLog(cfg.audit_config())
+    try:
+        audit.open()
+        audit.record_manual_write(tag_name, value, user)  # committed before the write is sent
+    except AuditError as exc:
+        raise WriteRefused(f"not written: the audit log cannot record it ({exc})") from None
+    finally:
+        audit.close()
     async with make_driver(dev) as driver:
         back = await driver.write(tag_name, value)
     log.warning("commissioning write done", tag=tag_name, read_back=back, user=user)
@@ -155,6 +176,13 @@ def _cmd_write(cfg: Config, args: argparse.Namespace) -> int:
     if not tag.writable:
         print(f"refused: {tag.name} ({tag.reference}) is read-only (access: {tag.access})", file=sys.stderr)
         return 1
+    if _owned_in_auto(cfg, args.tag):
+        print(
+            f"refused: {tag.name} is a setpoint the agent writes in mode auto ({args.config}); "
+            "switch the guard to shadow or advise first",
+            file=sys.stderr,
+        )
+        return 1
     try:
         back = asyncio.run(_write(cfg, args.tag, args.value))
     except DriverError as exc:
@@ -162,6 +190,56 @@ def _cmd_write(cfg: Config, args: argparse.Namespace) -> int:
         return 1
     print(f"{args.tag} ({tag.reference}) = {back} (read back), written by {getpass.getuser()}")
     return 0
+
+
+def _install_stop(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def _cmd_run(cfg: Config, args: argparse.Namespace) -> int:
+    from agent.runtime import Agent
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        _install_stop(stop)
+        agent = Agent(cfg, config_path=args.config)
+        await agent.run(stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def _cmd_audit(cfg: Config, args: argparse.Namespace) -> int:
+    from agent.ops.audit import format_rows, parse_since, query_audit
+
+    since = parse_since(args.since) if args.since else None
+    rows = query_audit(cfg.audit_config(), since=since, limit=args.limit)
+    for line in format_rows(rows, as_json=args.json):
+        print(line)
+    return 0
+
+
+def _cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
+    from agent.demo import run_demo
+    from simulator import Plant, serve
+    from simulator.faults import load_scenario
+
+    scenario = load_scenario(args.scenario)
+    plant = Plant(seed=args.seed if args.seed is not None else (scenario.seed or 0), scenario=scenario)
+    return asyncio.run(
+        run_demo(
+            cfg,
+            config_path=args.config,
+            serve=lambda port: serve(plant, modbus_port=port, opcua_port=None, speed=args.speed),
+            plant=plant,
+            duration_s=args.duration,
+            modbus_port=args.modbus_port,
+            console=not args.no_console,
+            install_stop=_install_stop,
+        )
+    )
 
 
 def _cmd_simulate(argv: Sequence[str]) -> int:
@@ -193,6 +271,24 @@ def build_parser() -> argparse.ArgumentParser:
         "simulate", help="serve the embedded pump station (see: edge-agent simulate --help)", add_help=False
     )
 
+    run = sub.add_parser("run", help="run the agent (what the systemd service starts)")
+    run.add_argument("-c", "--config", required=True)
+
+    a = sub.add_parser("audit", help="print the audit log: decisions, writes, alarm transitions")
+    a.add_argument("-c", "--config", required=True)
+    a.add_argument("--since", help="ISO time, or relative: 10m, 2h, 1d")
+    a.add_argument("--limit", type=int, default=None, help="the newest N rows")
+    a.add_argument("--json", action="store_true", help="one JSON object per row")
+
+    d = sub.add_parser("demo", help="the agent against the embedded pump station, with a live view")
+    d.add_argument("-c", "--config", default="configs/demo.yaml")
+    d.add_argument("--scenario", default="configs/scenarios/demo.yaml")
+    d.add_argument("--duration", type=float, default=None, help="stop after S seconds and print a summary")
+    d.add_argument("--speed", type=float, default=1.0, help="simulation speed (x real time)")
+    d.add_argument("--seed", type=int, default=None)
+    d.add_argument("--modbus-port", type=int, default=None, help="default: the config's; 0 picks a free one")
+    d.add_argument("--no-console", action="store_true", help="log lines instead of the live screen")
+
     from agent.ops.certs import add_certs_parser
 
     add_certs_parser(sub)
@@ -215,7 +311,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     setup_logging(args.log_level or cfg.agent.log_level, cfg.agent.log_format)
-    handlers = {"check": _cmd_check, "read": _cmd_read, "write": _cmd_write}
+    handlers = {
+        "check": _cmd_check,
+        "read": _cmd_read,
+        "write": _cmd_write,
+        "run": _cmd_run,
+        "audit": _cmd_audit,
+        "demo": _cmd_demo,
+    }
     try:
         return handlers[args.command](cfg, args)
     except AgentError as exc:

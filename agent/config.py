@@ -30,17 +30,26 @@ from agent.configbase import FrozenModel, Secret
 from agent.drivers.modbus_codec import DataType, register_count, valid_orders
 from agent.drivers.opcua_config import OpcUaDevice, OpcUaTag
 from agent.errors import ConfigError
+from agent.modelstore.binding import ModelBinding
+from agent.ops.audit import AuditConfig
+from agent.pipeline.alarms import AlarmsConfig
+from agent.pipeline.guard import GuardConfig
+from agent.pipeline.policy import RecommenderConfig
 
 __all__ = [
     "AgentSection",
     "AnyDevice",
     "AnyTag",
+    "AssetConfig",
+    "AssetHmi",
     "BreakerConfig",
     "Config",
     "Device",
+    "HmiConfig",
     "ModbusRtuDevice",
     "ModbusTag",
     "ModbusTcpDevice",
+    "ModelsTrust",
     "Secret",
     "load_config",
     "modbus_reference",
@@ -227,6 +236,58 @@ class AgentSection(FrozenModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["console", "json"] = "console"
     state_dir: Path = Path("/var/lib/edge-agent")
+    cycle_ms: Annotated[int, Field(ge=50, le=60_000)] = 1000
+    """The pipeline tick: windows, models, alarms, Guard, HMI writes. A model's sample period
+    must equal it."""
+
+
+class AssetHmi(FrozenModel):
+    """Where an asset's HMI block is written (tag names; any field may be left out)."""
+
+    alarm_word: str | None = None
+    unacked_word: str | None = None
+    shelved_word: str | None = None
+    alert_word: str | None = None
+    highest_severity: str | None = None
+    active_count: str | None = None
+    first_out_code: str | None = None
+    fault_class: str | None = None
+    anomaly_score: str | None = None
+    rul: str | None = None
+
+    def items(self) -> list[tuple[str, str]]:
+        return [(k, v) for k, v in self.model_dump().items() if v is not None]
+
+
+class AssetConfig(FrozenModel):
+    """One monitored asset (a pump): its HMI block and the values its alarms read.
+
+    ``values`` names tags the alarms may use as sources (name → tag); model outputs are
+    available as ``<model>.<output>`` (e.g. ``pca.anomaly``).
+    """
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$", max_length=64)]
+    hmi: AssetHmi = AssetHmi()
+    values: dict[str, str] = {}
+    anomaly_source: str | None = None
+    fault_class_source: str | None = None
+    rul_source: str | None = None
+
+
+class HmiConfig(FrozenModel):
+    """The agent's own HMI tags: heartbeat counter and status word."""
+
+    heartbeat_tag: str | None = None
+    status_tag: str | None = None
+    refresh_s: Annotated[float, Field(gt=0)] = 30.0
+    """Values are written when they change, and at least this often."""
+
+
+class ModelsTrust(FrozenModel):
+    """Which signing keys the agent trusts for model bundles."""
+
+    public_keys: list[Path] = []
+    allow_unsigned: bool = False
 
 
 class Config(FrozenModel):
@@ -234,6 +295,14 @@ class Config(FrozenModel):
 
     agent: AgentSection = AgentSection()
     devices: list[Device] = []
+    models: list[ModelBinding] = []
+    models_trust: ModelsTrust = ModelsTrust()
+    assets: list[AssetConfig] = []
+    alarms: AlarmsConfig = AlarmsConfig()
+    hmi: HmiConfig = HmiConfig()
+    guard: GuardConfig | None = None
+    recommender: RecommenderConfig | None = None
+    audit: AuditConfig | None = None
 
     @model_validator(mode="after")
     def _unique_names(self) -> Self:
@@ -251,7 +320,58 @@ class Config(FrozenModel):
                         f"duplicate tag name {tag.name!r} (also on device {seen_tag[tag.name]})",
                     )
                 seen_tag[tag.name] = dev.name
+        self._check_references(seen_tag)
         return self
+
+    def _check_references(self, tags: Mapping[str, str]) -> None:
+        """Every tag a section names exists; every tag written is writable."""
+        writable = {t.name for _, t in self.iter_tags() if t.access != "read"}
+
+        def need(loc: Loc, tag: str | None, write: bool = False) -> None:
+            if tag is None:
+                return
+            if tag not in tags:
+                raise _LocatedError(loc, f"unknown tag {tag!r}")
+            if write and tag not in writable:
+                raise _LocatedError(loc, f"tag {tag!r} is written by the agent but its access is read")
+
+        asset_names = {a.name for a in self.assets}
+        for i, a in enumerate(self.assets):
+            for field, tag in a.hmi.items():
+                need(("assets", i, "hmi", field), tag, write=True)
+            for name, tag in a.values.items():
+                need(("assets", i, "values", name), tag)
+        for i, m in enumerate(self.models):
+            for asset, roles in m.assets.items():
+                if asset not in asset_names:
+                    raise _LocatedError(("models", i, "assets", asset), f"asset {asset!r} is not in assets")
+                for role, tag in roles.items():
+                    need(("models", i, "assets", asset, role), tag)
+        need(("hmi", "heartbeat_tag"), self.hmi.heartbeat_tag, write=True)
+        need(("hmi", "status_tag"), self.hmi.status_tag, write=True)
+        need(("alarms", "ack_tag"), self.alarms.ack_tag)
+        if self.guard is not None:
+            need(("guard", "permissive_tag"), self.guard.permissive_tag)
+            for i, t in enumerate(self.guard.targets):
+                need(("guard", "targets", i, "tag"), t.tag, write=True)
+                need(("guard", "targets", i, "recommendation_tag"), t.recommendation_tag, write=True)
+        if self.recommender is not None:
+            need(("recommender", "level_tag"), self.recommender.level_tag)
+            need(("recommender", "demand_tag"), self.recommender.demand_tag)
+            targets = {t.tag for t in self.guard.targets} if self.guard is not None else set()
+            for i, p in enumerate(self.recommender.pumps):
+                if p.asset not in asset_names:
+                    raise _LocatedError(
+                        ("recommender", "pumps", i, "asset"), f"asset {p.asset!r} is not in assets"
+                    )
+                if p.target not in targets:
+                    raise _LocatedError(
+                        ("recommender", "pumps", i, "target"), f"{p.target!r} is not a guard target"
+                    )
+
+    def audit_config(self) -> AuditConfig:
+        """The audit section, defaulting to ``state_dir/audit.sqlite``."""
+        return self.audit or AuditConfig(path=self.agent.state_dir / "audit.sqlite")
 
     def tag(self, name: str) -> tuple[AnyDevice, AnyTag]:
         for dev in self.devices:

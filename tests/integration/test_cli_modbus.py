@@ -28,6 +28,8 @@ def write_config(tmp_path: Path, port: int) -> Path:
     path = tmp_path / "plant.yaml"
     path.write_text(
         f"""
+agent:
+  state_dir: {tmp_path / "state"}
 devices:
   - name: plc
     protocol: modbus_tcp
@@ -70,6 +72,10 @@ async def test_check_read_write_against_a_real_server(tmp_path: Path) -> None:
         assert "sp (40011) = 42.5 (read back)" in out
         assert "commissioning write" in err and "user=" in err
         assert await srv.get_registers(1, 10, 1) == [425]
+        rc, out, _ = await run_cli("audit", "-c", str(cfg), "--json")
+        rows = [json.loads(line) for line in out.splitlines()]
+        assert rc == 0 and rows[-1]["kind"] == "manual_write" and rows[-1]["tag"] == "sp"
+        assert rows[-1]["value"] == 42.5 and rows[-1]["user"]
 
         rc, _, err = await run_cli("write", "-c", str(cfg), "level", "1")
         assert rc == 1 and "read-only" in err

@@ -26,7 +26,7 @@ async def test_check_read_write_against_opcua(opcua_server: ServerFactory, tmp_p
         **secure_overrides(pki),
     }
     cfg = tmp_path / "opcua.yaml"
-    cfg.write_text(yaml.safe_dump({"devices": [device]}))
+    cfg.write_text(yaml.safe_dump({"agent": {"state_dir": str(tmp_path / "state")}, "devices": [device]}))
 
     rc, out, err = await run_cli("check", "-c", str(cfg), "--connect")
     assert rc == 0, out + err
