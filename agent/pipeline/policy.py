@@ -7,8 +7,8 @@ curve, tank band), the same data a controls engineer takes from the datasheets:
 
 * specific energy (kWh/m³) over speed has an interior minimum under static head; the rule runs
   the pumps at that optimum while the tank can absorb the difference between flow and demand;
-* over a look-ahead horizon the level must stay in its band, which bounds the station flow to
-  ``[D − A·(level − low)/T, D + A·(high − level)/T]`` and so the speed;
+* over a look-ahead horizon the level must stay in its band (less a margin), which bounds the
+  station flow to ``[D − A·(level − low)/T, D + A·(high − level)/T]`` and so the speed;
 * a pump with an active alarm at or above ``unload_on_severity`` is unloaded to its minimum
   speed (below its zero-flow speed, so it delivers nothing) and the healthy pumps carry the
   flow, each at the optimum for that number of running pumps.
@@ -80,6 +80,9 @@ class RecommenderConfig(FrozenModel):
     pumps: Annotated[list[RecommenderPump], Field(min_length=1)]
     unload_on_severity: Annotated[int, Field(ge=1, le=4)] = 3
     ttl_s: _Pos = 10.0
+    band_margin_m: _NonNeg = 0.1
+    """Aim inside the level band by this much: measurement noise and drive ramps must not
+    carry the level out of it (the plant's oracle rides the band edges exactly)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,8 +187,9 @@ class PumpEnergyRule:
         running = len(running_assets)
         hs = m.static_head_m + level_m
         n_opt = self._phys.optimal_speed(hs, running, parked)
-        q_min = demand_m3h - m.tank_area_m2 * (level_m - m.level_low_m) / (m.horizon_s / 3600)
-        q_max = demand_m3h + m.tank_area_m2 * (m.level_high_m - level_m) / (m.horizon_s / 3600)
+        low, high = m.level_low_m + cfg.band_margin_m, m.level_high_m - cfg.band_margin_m
+        q_min = demand_m3h - m.tank_area_m2 * (level_m - low) / (m.horizon_s / 3600)
+        q_max = demand_m3h + m.tank_area_m2 * (high - level_m) / (m.horizon_s / 3600)
         n_lo = m.min_speed_rpm if q_min <= 0 else self._phys.speed_for_flow(q_min, hs, running)
         n_hi = self._phys.speed_for_flow(max(q_max, 1e-6), hs, running)
         n = n_lo if n_lo > n_hi else min(max(n_opt, n_lo), n_hi)

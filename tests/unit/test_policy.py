@@ -14,7 +14,8 @@ def rule(n: int = 2) -> PumpEnergyRule:
     pumps = [
         RecommenderPump(asset=f"pump{i}", target=f"Pump{i}.ExternalSpeedSetpoint") for i in range(1, n + 1)
     ]
-    return PumpEnergyRule(RecommenderConfig(level_tag="lvl", demand_tag="dem", pumps=pumps))
+    # band_margin_m=0: the plant's oracle rides the band edges exactly
+    return PumpEnergyRule(RecommenderConfig(level_tag="lvl", demand_tag="dem", pumps=pumps, band_margin_m=0))
 
 
 @pytest.mark.parametrize(
@@ -48,6 +49,15 @@ def test_low_severity_alert_does_not_unload() -> None:
 def test_no_recommendation_without_good_level_or_demand() -> None:
     assert rule().recommend(StationState(None, 120, {}, False), 0.0) == []
     assert rule().recommend(StationState(3.0, None, {}, False), 0.0) == []
+
+
+def test_band_margin_aims_inside_the_band() -> None:
+    pumps = [RecommenderPump(asset="pump1", target="a"), RecommenderPump(asset="pump2", target="b")]
+    edge = PumpEnergyRule(RecommenderConfig(level_tag="l", demand_tag="d", pumps=pumps, band_margin_m=0))
+    inner = PumpEnergyRule(RecommenderConfig(level_tag="l", demand_tag="d", pumps=pumps, band_margin_m=0.2))
+    # near the bottom with a high demand the margin asks for more flow, near the top for less
+    assert inner.speeds(2.1, 240, [])[0]["pump1"] > edge.speeds(2.1, 240, [])[0]["pump1"]
+    assert inner.speeds(3.9, 20, [])[0]["pump1"] < edge.speeds(3.9, 20, [])[0]["pump1"]
 
 
 def test_band_edges_track_the_demand() -> None:
