@@ -201,6 +201,10 @@ def _install_stop(stop: asyncio.Event) -> None:
 def _cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     from agent.runtime import Agent
 
+    # A file-size limit or a quota must surface as an error (the audit log then stops auto
+    # writes and the agent keeps running), not kill the process.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
     async def main() -> None:
         stop = asyncio.Event()
         _install_stop(stop)

@@ -129,6 +129,7 @@ class Agent:
         self._state_file = config.agent.state_dir / "alarms.json"
         self._written: dict[str, tuple[Value, float]] = {}
         self._verify_ok: dict[str, bool] = {}
+        self._verify_retry: dict[str, tuple[float, float]] = {}  # target → (retry at, backoff s)
         self._last_write: dict[str, float] = {}
         self._heartbeat = 0
         self._runners: list[RunningSource] = []
@@ -280,8 +281,9 @@ class Agent:
         await self._score(now, now_utc)
         self._evaluate_alarms(now, now_utc)
         await self._write_hmi(now)
-        await self._decide_and_write(now)
+        # The heartbeat before the setpoints: the PLC applies them only while it is alive.
         await self._write_agent_status(now)
+        await self._decide_and_write(now)
         self.view.cycles += 1
         self.view.tags = self.table.snapshot(now=now)
         sdnotify.notify("WATCHDOG=1")
@@ -429,7 +431,7 @@ class Agent:
                     model_healthy=healthy,
                     audit_ok=self.audit.healthy,
                     stopping=self.stopping,
-                    last_verify_ok=self._verify_ok.get(target, True),
+                    last_verify_ok=self._verify_ok.get(target, True) or now >= self._verify_retry[target][0],
                     last_write_at=self._last_write.get(target),
                 ),
             )
@@ -464,17 +466,35 @@ class Agent:
             back = await self.drivers[self._device_of[tag]].write(tag, value)
         except DriverError as exc:
             log.warning("setpoint write failed", tag=tag, error=str(exc))
-            self._verify_ok[target] = False
+            self._verify_failed(target, now)
             return
         self._last_write[target] = now
         self.view.writes += 1
         ok = isinstance(back, int | float) and math.isclose(float(back), value, rel_tol=1e-6, abs_tol=1e-3)
-        if not ok:
-            self.view.verify_failures += 1
-            log.warning("read-back mismatch: holding", tag=tag, written=value, read_back=back)
-            with contextlib.suppress(AuditError):
-                self.audit.record_event("verify_mismatch", f"{tag}: wrote {value}, read back {back}")
-        self._verify_ok[target] = ok
+        if ok:
+            self._verify_ok[target] = True
+            self._verify_retry.pop(target, None)
+            return
+        self.view.verify_failures += 1
+        retry_in = self._verify_failed(target, now)
+        log.warning(
+            "read-back mismatch: holding", tag=tag, written=value, read_back=back, retry_in_s=retry_in
+        )
+        with contextlib.suppress(AuditError):
+            self.audit.record_event("verify_mismatch", f"{tag}: wrote {value}, read back {back}")
+
+    def _verify_failed(self, target: str, now: float) -> float:
+        """Hold the target; one retry after a backoff that doubles per failure (5 s .. 5 min).
+
+        The PLC is the authority: it may refuse an external setpoint (permissive just dropped,
+        heartbeat not yet seen, its own clamp). Holding until a retry keeps the agent from
+        fighting it, and lets it resume once the PLC accepts again.
+        """
+        _, backoff = self._verify_retry.get(target, (0.0, 2.5))
+        backoff = min(300.0, backoff * 2)
+        self._verify_ok[target] = False
+        self._verify_retry[target] = (now + backoff, backoff)
+        return backoff
 
     async def _final_decisions(self) -> None:
         if self.guard is None:
