@@ -12,6 +12,8 @@
     │   ├── BadReply             the reply is malformed: short, wrong unit, wrong function
     │   └── WriteRefused         a write was refused (read-only, not allowed, verify mismatch)
     ├── ModelError               a bundle or session is invalid (manifest/binding mismatch, hash)
+    ├── AlarmError               an alarm command names an unknown asset or code, or saved
+    │                            alarm state is unusable (also a ValueError)
     └── AuditError               the audit log cannot be written (writes must stop)
 
 ``asyncio.CancelledError`` is never turned into any of these.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 __all__ = [
     "AgentError",
+    "AlarmError",
     "AuditError",
     "BadReply",
     "CodecError",
@@ -80,6 +83,11 @@ class WriteRefused(DriverError):
 
 class ModelError(AgentError):
     """A model bundle is invalid or does not match its bindings."""
+
+
+class AlarmError(AgentError, ValueError):
+    """An alarm command names an unknown asset or code or is not allowed, or saved state is
+    unusable."""
 
 
 class AuditError(AgentError):

@@ -65,7 +65,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import Field, model_validator
 
 from agent.configbase import FrozenModel
-from agent.errors import AgentError
+from agent.errors import AlarmError
 from agent.types import Alarm, AlarmState
 
 __all__ = [
@@ -89,14 +89,6 @@ _LIMIT_NAMES: tuple[str, ...] = ("high_high", "high", "low", "low_low")
 _ACTIVE_STATES = (AlarmState.UNACK, AlarmState.ACKED)
 _EPISODE_STATES = (AlarmState.UNACK, AlarmState.ACKED, AlarmState.RTN_UNACK)
 _SUPPRESSED_STATES = (AlarmState.SHELVED, AlarmState.OUT_OF_SERVICE)
-
-
-class AlarmError(AgentError, ValueError):
-    """A command names an unknown asset or code or is not allowed, or saved state is unusable.
-
-    Defined here because :mod:`agent.errors` is owned elsewhere; it belongs in that hierarchy
-    under ``AgentError``.
-    """
 
 
 # --------------------------------------------------------------------------- configuration
