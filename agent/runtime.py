@@ -94,6 +94,7 @@ class AgentView:
     verify_failures: int = 0
     status_word: int = 0
     devices_lost: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. an OPC UA certificate expiring soon
 
 
 class Agent:
@@ -508,11 +509,14 @@ class Agent:
             if any(st.state == "lost" for st in self.drivers[dev.name].unit_status())
         ]
         self.view.devices_lost = [self.config.devices[i].name for i in lost]
+        self.view.warnings = [
+            f"{name}: {w}" for name, drv in self.drivers.items() if (w := getattr(drv, "cert_warning", None))
+        ]
         models_ok = all(m.scorer.healthy for m in self.models)
         holding = any(d.action is Action.HOLD for d in self.view.decisions.values())
         flags = {
             "running": not self.stopping,
-            "degraded": bool(lost) or not models_ok or not self.audit.healthy,
+            "degraded": bool(lost) or not models_ok or not self.audit.healthy or bool(self.view.warnings),
             "models_healthy": models_ok,
             "writes_enabled": self.guard is not None and self.guard.config.writes_enabled,
             "auto": self.guard is not None and self.guard.config.mode == "auto",
