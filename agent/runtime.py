@@ -238,6 +238,7 @@ class Agent:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(_STOP_DEADLINE_S):
                         await asyncio.shield(self._final_decisions())
+                        await asyncio.shield(self._write_final_status())
                 self._save_alarms()
             # 4. audit flushed and closed (callback), 5. sinks closed (exit stack)
 
@@ -375,7 +376,10 @@ class Agent:
                 "anomaly_score": anomaly,
                 "rul": rul,
             }
-            for field_name, tag in a.hmi.items():
+            # The words last: an HMI that sees a new alarm bit finds its severity, count and
+            # first-out already written (the block is several writes, not one transaction).
+            words = ("alarm_word", "unacked_word", "shelved_word", "alert_word")
+            for field_name, tag in sorted(a.hmi.items(), key=lambda kv: kv[0] in words):
                 value = values.get(field_name)
                 if value is not None:
                     await self._write_display(tag, value, now)
@@ -496,6 +500,13 @@ class Agent:
         self._verify_ok[target] = False
         self._verify_retry[target] = (now + backoff, backoff)
         return backoff
+
+    async def _write_final_status(self) -> None:
+        """Show "stopping" (running off) on the HMI; the heartbeat stops, so the PLC falls back."""
+        if self.config.hmi.status_tag is None:
+            return
+        self.view.status_word = self.status_word()
+        await self._write_display(self.config.hmi.status_tag, self.view.status_word, self._clock())
 
     async def _final_decisions(self) -> None:
         if self.guard is None:
