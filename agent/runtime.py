@@ -74,7 +74,8 @@ class _Model:
     bundle: Bundle
     windows: FeatureWindows
     scorer: Scorer
-    latest: dict[str, Score] = field(default_factory=dict)
+    latest: dict[str, Score] = field(default_factory=dict)  # for display
+    fresh: dict[str, Score] = field(default_factory=dict)  # scored this cycle: what alarms see
 
 
 @dataclass
@@ -291,6 +292,8 @@ class Agent:
         sdnotify.notify("WATCHDOG=1")
 
     async def _score(self, now: float, now_utc: datetime) -> None:
+        for m in self.models:
+            m.fresh = {}
         frames = [(m, m.windows.tick(self.table, now, now_utc)) for m in self.models]
         pending = [(m, f) for m, f in frames if f is not None]
         if not pending:
@@ -304,12 +307,16 @@ class Agent:
                 continue
             for score in res:
                 m.latest[score.asset] = score
+                m.fresh[score.asset] = score
             self.view.scores[m.binding.name] = dict(m.latest)
 
-    def _asset_values(self, asset_cfg: Any, now: float) -> dict[str, float | None]:
+    def _asset_values(self, asset_cfg: Any, now: float, *, fresh: bool = True) -> dict[str, float | None]:
+        """Values by source name. With ``fresh``, model outputs only from a frame scored this
+        cycle: between frames (and for an asset left out of a frame) the alarm engine gets
+        nothing for them and holds, rather than re-reading an old score."""
         values: dict[str, float | None] = {}
         for m in self.models:
-            score = m.latest.get(asset_cfg.name)
+            score = (m.fresh if fresh else m.latest).get(asset_cfg.name)
             if score is None:
                 continue
             for out, v in score.outputs.items():
@@ -354,7 +361,8 @@ class Agent:
     def _source_value(self, source: str | None, asset: str, now: float) -> float | None:
         if source is None:
             return None
-        return self._asset_values(next(a for a in self.config.assets if a.name == asset), now).get(source)
+        asset_cfg = next(a for a in self.config.assets if a.name == asset)
+        return self._asset_values(asset_cfg, now, fresh=False).get(source)
 
     async def _write_hmi(self, now: float) -> None:
         for a in self.config.assets:
