@@ -11,7 +11,8 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# torch==2.13.0 (the export extra) is a CPU wheel on local disk; a looser pin pulls CUDA.
+	$(BIN)/python -m pip install --quiet -e '.[test,export]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: venv
@@ -22,9 +23,11 @@ test: venv
 
 bench: venv
 	$(BIN)/python bench/acquisition.py
+	$(BIN)/python bench/scoring.py
+	$(BIN)/python bench/cycle.py
 
 lint: venv
-	$(BIN)/ruff check agent simulator tests bench
+	$(BIN)/ruff check agent simulator export tests bench
 	$(BIN)/mypy
 
 typecheck: lint

@@ -73,7 +73,8 @@ def summary_lines(agent: Agent, plant: Any, wall_s: float) -> list[str]:
     for name, block in sorted(v.hmi.items()):
         lines.append(
             f"HMI {name}: alarm word 0x{block.alarm_word:04X}, highest severity {block.highest_severity}, "
-            f"active {block.active_count}, first out {block.first_out_code}"
+            f"active {block.active_count}, first out {block.first_out_code}, "
+            f"fault class {block.fault_class}, RUL {'-' if block.rul is None else f'{block.rul:.2f} h'}"
         )
     for tag, rec in sorted(v.recommendations.items()):
         d = v.decisions.get(tag)

@@ -144,8 +144,15 @@ class Agent:
 
     def _load_model(self, binding: ModelBinding) -> _Model:
         path = self._resolve(binding.bundle)
-        bundle = load_bundle(path, threads=binding.threads, variant=binding.variant)
-        self._check_signature(path, bundle)
+        trust = self.config.models_trust
+        bundle = load_bundle(
+            path,
+            threads=binding.threads,
+            variant=binding.variant,
+            trusted_keys=[self._resolve(k) for k in trust.public_keys],
+            allow_unsigned=trust.allow_unsigned,
+        )
+        log.info("model loaded", model=bundle.manifest.ident, signature=bundle.signature.detail)
         units: dict[str, str] = {}
         periods: dict[str, float] = {}
         for dev in self.config.devices:
@@ -161,27 +168,6 @@ class Agent:
                 f"agent.cycle_ms in {self.config_path} is {self.config.agent.cycle_ms} ms: they must match"
             )
         return _Model(binding, bundle, FeatureWindows(bundle.manifest, binding), Scorer(bundle))
-
-    def _check_signature(self, path: Path, bundle: Bundle) -> None:
-        trust = self.config.models_trust
-        if trust.allow_unsigned and not trust.public_keys:
-            log.warning(
-                "model signatures not checked (models_trust.allow_unsigned)", model=bundle.manifest.ident
-            )
-            return
-        from agent.modelstore.signing import verify_bundle_signature
-
-        try:
-            key_id = verify_bundle_signature(path, [self._resolve(k) for k in trust.public_keys])
-        except ModelError:
-            if not trust.allow_unsigned:
-                raise
-            log.warning(
-                "model bundle not verified; allowed by models_trust.allow_unsigned",
-                model=bundle.manifest.ident,
-            )
-            return
-        log.info("model signature verified", model=bundle.manifest.ident, key=key_id)
 
     def _restore_alarms(self) -> None:
         try:

@@ -172,15 +172,28 @@ def fit_pca(
     comps = evecs[:, :k]
     signs = np.sign(comps[np.argmax(np.abs(comps), axis=0), np.arange(k)])
     comps = comps * np.where(signs == 0, 1.0, signs)
-    draft = PcaModel(mean, scale, comps, evals[:k], math.inf, math.inf, false_alarm_rate,
-                     float(np.sum(evals[:k]) / total), n, 0)
+    draft = PcaModel(
+        mean,
+        scale,
+        comps,
+        evals[:k],
+        math.inf,
+        math.inf,
+        false_alarm_rate,
+        float(np.sum(evals[:k]) / total),
+        n,
+        0,
+    )
     cal = xf if calibration is None else np.asarray(calibration, dtype=np.float64)
     if cal.ndim != 2 or cal.shape[1] != f or cal.shape[0] < 1:
         raise ValueError(f"calibration data must be [M, {f}], got shape {list(cal.shape)}")
     t2, spe = draft.scores(cal)
     q = 1.0 - false_alarm_rate / 2.0
     return PcaModel(
-        mean, scale, comps, evals[:k],
+        mean,
+        scale,
+        comps,
+        evals[:k],
         t2_limit=float(np.quantile(t2, q)),
         spe_limit=float(np.quantile(spe, q)),
         false_alarm_rate=false_alarm_rate,
@@ -286,8 +299,13 @@ def write_bundle(
             ),
         ),
         variants=(
-            Variant(file=MODEL_FILE, precision="fp32", sha256=_sha256(data), size=len(data),
-                    note="fp32 only: a model this small gains nothing from INT8"),
+            Variant(
+                file=MODEL_FILE,
+                precision="fp32",
+                sha256=_sha256(data),
+                size=len(data),
+                note="fp32 only: a model this small gains nothing from INT8",
+            ),
         ),
         provenance={
             "method": "pca",
@@ -517,7 +535,9 @@ def fit(
         raise ValueError(f"no valid samples for roles {bad}")
     inputs = tuple(
         InputRole(
-            role=r.role, unit=r.unit, range=(r.low, r.high),
+            role=r.role,
+            unit=r.unit,
+            range=(r.low, r.high),
             normalisation=Normalisation(kind="standard", mean=float(mean[i]), std=float(max(std[i], 1e-6))),
         )
         for i, r in enumerate(roles)
@@ -527,8 +547,13 @@ def fit(
     x_cal = _features(cal_segs, window, contract)
     if len(x_fit) < 10 or len(x_cal) < 10:
         raise ValueError(f"too little clean data: {len(x_fit)} fitting and {len(x_cal)} calibration windows")
-    model = fit_pca(x_fit, n_components=n_components, variance=variance,
-                    false_alarm_rate=false_alarm_rate, calibration=x_cal)
+    model = fit_pca(
+        x_fit,
+        n_components=n_components,
+        variance=variance,
+        false_alarm_rate=false_alarm_rate,
+        calibration=x_cal,
+    )
     return FitResult(model, inputs, features, window, len(x_fit), len(x_cal))
 
 
@@ -590,29 +615,52 @@ def _parser() -> argparse.ArgumentParser:
         description="Fit the PCA (T^2/SPE) baseline on normal recordings and write an ONNX bundle.",
     )
     ap.add_argument("--csv", action="append", required=True, type=Path, help="normal recording (repeat)")
-    ap.add_argument("--check", action="append", default=[], type=Path,
-                    help="fresh normal recording to report false alarms on (repeat)")
-    ap.add_argument("--role", action="append", required=True,
-                    help="ROLE:UNIT:LOW:HIGH:COLUMN, COLUMN may contain {asset} (repeat, in input order)")
-    ap.add_argument("--asset", action="append", default=[],
-                    help="asset name substituted for {asset} in columns (repeat; default: one asset)")
+    ap.add_argument(
+        "--check",
+        action="append",
+        default=[],
+        type=Path,
+        help="fresh normal recording to report false alarms on (repeat)",
+    )
+    ap.add_argument(
+        "--role",
+        action="append",
+        required=True,
+        help="ROLE:UNIT:LOW:HIGH:COLUMN, COLUMN may contain {asset} (repeat, in input order)",
+    )
+    ap.add_argument(
+        "--asset",
+        action="append",
+        default=[],
+        help="asset name substituted for {asset} in columns (repeat; default: one asset)",
+    )
     ap.add_argument("--out", required=True, type=Path, help="bundle directory to write")
     ap.add_argument("--name", required=True)
     ap.add_argument("--version", default="1")
     ap.add_argument("--period", type=float, default=1.0, help="sample period in seconds")
     ap.add_argument("--window", type=int, default=60, help="window length in samples")
     ap.add_argument("--stride", type=int, default=10, help="frame every N samples")
-    ap.add_argument("--stats", default="mean,std",
-                    help="per-role window statistics (mean,std,min,max,last,slope)")
+    ap.add_argument(
+        "--stats", default="mean,std", help="per-role window statistics (mean,std,min,max,last,slope)"
+    )
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--components", type=int, help="number of principal components")
     group.add_argument("--variance", type=float, default=0.95, help="variance fraction to keep")
-    ap.add_argument("--false-alarm-rate", type=float, default=1e-3,
-                    help="combined per-frame false alarm rate (each statistic at half)")
+    ap.add_argument(
+        "--false-alarm-rate",
+        type=float,
+        default=1e-3,
+        help="combined per-frame false alarm rate (each statistic at half)",
+    )
     ap.add_argument("--calibration-fraction", type=float, default=0.3)
     ap.add_argument("--on-delay", type=int, default=3, help="frames, for the --check report")
-    ap.add_argument("--provenance", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra provenance recorded in the manifest, e.g. how the recordings were made")
+    ap.add_argument(
+        "--provenance",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra provenance recorded in the manifest, e.g. how the recordings were made",
+    )
     return ap
 
 
@@ -633,9 +681,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         window = WindowSpec(sample_period_s=args.period, length=args.window, stride=args.stride)
         features = FeatureSpec(kind="summary", stats=tuple(s.strip() for s in args.stats.split(",")))
         result = fit(
-            args.csv, role_columns, roles, window, features,
-            n_components=args.components, variance=args.variance,
-            false_alarm_rate=args.false_alarm_rate, calibration_fraction=args.calibration_fraction,
+            args.csv,
+            role_columns,
+            roles,
+            window,
+            features,
+            n_components=args.components,
+            variance=args.variance,
+            false_alarm_rate=args.false_alarm_rate,
+            calibration_fraction=args.calibration_fraction,
         )
         report = check(result, args.check, role_columns, roles, args.on_delay) if args.check else {}
         extra = dict(_key_value(kv) for kv in args.provenance)
@@ -655,19 +709,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{report['asset_days']:.2f} asset-days"
         )
     manifest = write_bundle(
-        args.out, result.model, name=args.name, version=args.version, window=window,
-        inputs=result.inputs, features=features, provenance=provenance,
+        args.out,
+        result.model,
+        name=args.name,
+        version=args.version,
+        window=window,
+        inputs=result.inputs,
+        features=features,
+        provenance=provenance,
     )
     m = result.model
-    print(f"wrote {args.out} ({manifest.ident}): {m.n_features} features, {m.n_components} components "
-          f"({m.explained_variance:.1%} of variance)")
+    print(
+        f"wrote {args.out} ({manifest.ident}): {m.n_features} features, {m.n_components} components "
+        f"({m.explained_variance:.1%} of variance)"
+    )
     print(f"  windows: {result.fit_windows} fit, {result.calibration_windows} calibration")
-    print(f"  thresholds at false-alarm rate {m.false_alarm_rate:g}: "
-          f"T2 > {m.t2_limit:.4g}, SPE > {m.spe_limit:.4g}")
+    print(
+        f"  thresholds at false-alarm rate {m.false_alarm_rate:g}: "
+        f"T2 > {m.t2_limit:.4g}, SPE > {m.spe_limit:.4g}"
+    )
     if report:
-        print(f"  check: {report['frames']:.0f} frames, exceedance {report['exceedance_rate']:.2e}/frame, "
-              f"{report['alarms']:.0f} alarms with on-delay {args.on_delay} in {report['asset_days']:.2f} "
-              f"asset-days = {report['alarms_per_asset_day']:.3f} per asset-day")
+        print(
+            f"  check: {report['frames']:.0f} frames, exceedance {report['exceedance_rate']:.2e}/frame, "
+            f"{report['alarms']:.0f} alarms with on-delay {args.on_delay} in {report['asset_days']:.2f} "
+            f"asset-days = {report['alarms_per_asset_day']:.3f} per asset-day"
+        )
     return 0
 
 

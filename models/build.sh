@@ -34,3 +34,7 @@ done
   --period 1 --window 60 --stride 10 --stats mean,std \
   --variance 0.95 --false-alarm-rate 3e-4 --calibration-fraction 0.3 --on-delay 3 \
   --provenance 'recordings=python -m simulator --pumps 2 --hours 48 --sample-period 1, fault-free, seeds 1-6 (fit), 101-106 (check)'
+# Sign the PCA baseline with the development key (ed25519 is deterministic: same file each time),
+# then train, compress, gate, sign the students (export/README.md).
+.venv/bin/python -m export.cli sign models/pca-pump --key export/keys/dev-ed25519.pem
+.venv/bin/python -m export.cli all --config configs/export-demo.yaml

@@ -1,4 +1,4 @@
-"""Loading a model bundle: hashes, (future) signature, ONNX session, contract check.
+"""Loading a model bundle: hashes, signature, ONNX session, contract check.
 
 :func:`load_bundle` reads ``manifest.json``, verifies the sha256 of every file it lists, calls
 the signature hook, creates one onnxruntime CPU session for the chosen variant, and checks the
@@ -29,6 +29,7 @@ import onnxruntime as ort
 
 from agent.errors import ModelError
 from agent.modelstore.manifest import MANIFEST_FILE, Dim, Manifest, Variant, load_manifest
+from agent.modelstore.signing import SIGNATURE_FILE, verify_bundle_signature
 
 __all__ = ["Bundle", "SignatureStatus", "check_session", "load_bundle", "sha256_file", "verify_signature"]
 
@@ -43,9 +44,10 @@ _ORT_DTYPES: dict[str, str] = {
 
 @dataclass(frozen=True, slots=True)
 class SignatureStatus:
-    """What the signature hook found. Only ``"unsigned"`` exists until signing is implemented."""
+    """What the signature check found: ``signed`` (by a trusted key), ``unsigned`` (and allowed
+    by the caller), or ``unchecked`` (the caller gave no trust settings: tools and tests)."""
 
-    state: Literal["unsigned"]
+    state: Literal["signed", "unsigned", "unchecked"]
     detail: str = ""
 
 
@@ -88,14 +90,29 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def verify_signature(bundle_dir: Path, manifest: Manifest) -> SignatureStatus:
-    """Hook for bundle signatures (a later issue).
+def verify_signature(
+    bundle_dir: Path,
+    manifest: Manifest,
+    trusted_keys: Sequence[str | os.PathLike[str]] | None,
+    allow_unsigned: bool = False,
+) -> SignatureStatus:
+    """Check the bundle's ed25519 signature (over ``manifest.json``, which holds the sha256 of
+    every file) against ``trusted_keys``.
 
-    Nothing is verified yet: it records the bundle as ``unsigned`` and never pretends
-    otherwise. When signing lands, this is where the manifest's signature is checked against
-    the trusted keys, and a bad signature raises ModelError.
+    ``trusted_keys=None`` checks nothing and says so (``unchecked``). An unsigned bundle is
+    accepted only with ``allow_unsigned``; a tampered bundle, or one signed by a key not in the
+    list, is always refused with ModelError.
     """
-    return SignatureStatus("unsigned", f"signatures are not implemented yet; {manifest.ident} not verified")
+    if trusted_keys is None:
+        return SignatureStatus(
+            "unchecked", f"{manifest.ident}: no trust settings given, signature not checked"
+        )
+    if allow_unsigned and not (bundle_dir / SIGNATURE_FILE).exists():
+        return SignatureStatus(
+            "unsigned", f"{manifest.ident}: unsigned, allowed by models_trust.allow_unsigned"
+        )
+    key = verify_bundle_signature(bundle_dir, [Path(k) for k in trusted_keys])
+    return SignatureStatus("signed", f"{manifest.ident}: signed by trusted key {key}")
 
 
 def _read_verified(bundle_dir: Path, name: str, sha256: str, size: int, ident: str) -> bytes:
@@ -135,9 +152,7 @@ def check_session(manifest: Manifest, session: Any, where: str) -> None:
     inputs = {i.name: i for i in session.get_inputs()}
     spec = manifest.model_input
     if list(inputs) != [spec.name]:
-        problems.append(
-            f"{who} manifest declares input {spec.name!r}, {where} has inputs {sorted(inputs)}"
-        )
+        problems.append(f"{who} manifest declares input {spec.name!r}, {where} has inputs {sorted(inputs)}")
     if spec.name in inputs:
         got = inputs[spec.name]
         got_dtype = _ORT_DTYPES.get(got.type, got.type)
@@ -156,9 +171,7 @@ def check_session(manifest: Manifest, session: Any, where: str) -> None:
     missing = [n for n in declared if n not in outputs]
     extra = [n for n in outputs if n not in declared]
     if missing or extra:
-        problems.append(
-            f"{who} manifest declares outputs {declared}, {where} has outputs {list(outputs)}"
-        )
+        problems.append(f"{who} manifest declares outputs {declared}, {where} has outputs {list(outputs)}")
     for o in manifest.outputs:
         if o.name not in outputs:
             continue
@@ -198,11 +211,14 @@ def load_bundle(
     *,
     threads: int = 1,
     variant: str | None = None,
+    trusted_keys: Sequence[str | os.PathLike[str]] | None = None,
+    allow_unsigned: bool = False,
 ) -> Bundle:
     """Load and verify a bundle directory; return it with a ready CPU session.
 
     Verifies the sha256 (and size) of every file the manifest lists (all variants and
-    ``files``), calls :func:`verify_signature`, builds the session for ``variant`` (default:
+    ``files``), the signature (:func:`verify_signature`: the agent always passes its
+    ``models_trust``), builds the session for ``variant`` (default:
     the first listed) with ``threads`` intra-op threads and one inter-op thread, and checks the
     session against the manifest. Raises ModelError on any problem.
     """
@@ -223,7 +239,7 @@ def load_bundle(
     for name, fh in manifest.files.items():
         _read_verified(bundle_dir, name, fh.sha256, fh.size, manifest.ident)
         hashes[name] = fh.sha256
-    signature = verify_signature(bundle_dir, manifest)
+    signature = verify_signature(bundle_dir, manifest, trusted_keys, allow_unsigned)
     where = f"session of {bundle_dir / chosen.file}"
     session = _session(model_bytes, threads, str(bundle_dir / chosen.file), manifest.ident)
     check_session(manifest, session, where)

@@ -85,6 +85,9 @@ def map_outputs(
 ) -> list[tuple[dict[str, float], str | None]]:
     """Per asset: named outputs (and the class label, for outputs with labels).
 
+    A labelled output ``probs`` gives ``probs.<label>`` per class and ``probs.class``, the index
+    of the most likely class (the class code written to HMI tags).
+
     ``arrays`` are the session outputs in manifest order, batch first. Raises ModelError when a
     shape does not fit or a value is not finite (a NaN score must never read as "normal").
     """
@@ -119,8 +122,10 @@ def map_outputs(
                 if spec.labels is not None:
                     for name, v in zip(spec.labels, row, strict=True):
                         outputs[f"{spec.name}.{name}"] = float(v)
+                    best = int(np.argmax(row))
+                    outputs[f"{spec.name}.class"] = float(best)  # the class code, for HMI tags
                     if label is None:
-                        label = spec.labels[int(np.argmax(row))]
+                        label = spec.labels[best]
                 else:
                     for j, v in enumerate(row):
                         outputs[f"{spec.name}[{j}]"] = float(v)

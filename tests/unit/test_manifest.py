@@ -187,7 +187,7 @@ def test_bundle_loads_with_cpu_session_and_configured_threads(bundle_dir: Path) 
     opts = b.session.get_session_options()
     assert opts.intra_op_num_threads == 2
     assert opts.inter_op_num_threads == 1
-    assert b.signature.state == "unsigned"
+    assert b.signature.state == "unchecked"  # no trust settings given: says so
     assert b.hashes["model.onnx"] == b.variant.sha256
     (out,) = b.run({"x": np.ones((3, 4), dtype=np.float32)})
     np.testing.assert_allclose(out, [10.0, 10.0, 10.0])

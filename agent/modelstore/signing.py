@@ -1,0 +1,207 @@
+"""Bundle signatures: ed25519 over the manifest bytes (no torch, no export/ import).
+
+The manifest already holds the sha256 and size of every file in the bundle (each ONNX variant
+and every ``files`` entry), and :func:`agent.modelstore.bundle.load_bundle` checks them, so
+one signature over the exact bytes of ``manifest.json`` covers the whole bundle. It lives
+beside the manifest in ``signature.json``::
+
+    {
+      "algorithm": "ed25519",
+      "key_id": "3f1c0a9be27d4410",
+      "signed_file": "manifest.json",
+      "manifest_sha256": "…",
+      "signature": "<base64 of the 64-byte ed25519 signature over the manifest bytes>"
+    }
+
+Keys are PEM files: the private key PKCS#8 (``-----BEGIN PRIVATE KEY-----``, unencrypted),
+the public key SubjectPublicKeyInfo (``-----BEGIN PUBLIC KEY-----``). A key id is the first
+16 hex digits of the sha256 of the raw 32-byte public key: short enough for messages, long
+enough that two keys never share one by accident.
+
+:func:`verify_bundle_signature` raises :class:`~agent.errors.ModelError` for an unsigned
+bundle, a signature that does not match the manifest (tampered), a signature by a key that is
+not trusted, or an unreadable key or signature file; it returns the key id that signed.
+Everything here is pure file reading and CPU work: call it from the model store, not the
+event loop.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from agent.errors import ModelError
+from agent.modelstore.manifest import MANIFEST_FILE
+
+__all__ = [
+    "ALGORITHM",
+    "SIGNATURE_FILE",
+    "generate_key_pair",
+    "key_id",
+    "load_private_key",
+    "load_public_key",
+    "sign_bundle",
+    "verify_bundle_signature",
+]
+
+SIGNATURE_FILE = "signature.json"
+ALGORITHM = "ed25519"
+
+
+def _raw_public(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def key_id(key: Ed25519PublicKey) -> str:
+    """The short fingerprint of a public key (16 hex digits of sha256 of its raw bytes)."""
+    return hashlib.sha256(_raw_public(key)).hexdigest()[:16]
+
+
+def load_public_key(path: str | Path) -> Ed25519PublicKey:
+    """Read a PEM public key (or the public half of a PEM private key); ModelError if it is not
+    an ed25519 key or cannot be read."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read public key {p}: {exc.strerror}") from None
+    try:
+        if b"PRIVATE KEY" in data:
+            priv = serialization.load_pem_private_key(data, password=None)
+            if not isinstance(priv, Ed25519PrivateKey):
+                raise ModelError(f"{p}: not an ed25519 key ({type(priv).__name__})")
+            return priv.public_key()
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as exc:
+        raise ModelError(f"{p}: not a PEM ed25519 key: {exc}") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ModelError(f"{p}: not an ed25519 public key ({type(key).__name__})")
+    return key
+
+
+def load_private_key(path: str | Path) -> Ed25519PrivateKey:
+    """Read an unencrypted PEM (PKCS#8) ed25519 private key; ModelError otherwise."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read private key {p}: {exc.strerror}") from None
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ModelError(f"{p}: not an unencrypted PEM ed25519 private key: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ModelError(f"{p}: not an ed25519 private key ({type(key).__name__})")
+    return key
+
+
+def generate_key_pair(private_path: str | Path, public_path: str | Path) -> str:
+    """Write a new ed25519 key pair as PEM files (private key mode 0600); return its key id.
+
+    Refuses to overwrite an existing file (a lost signing key cannot be recovered).
+    """
+    priv_p, pub_p = Path(private_path), Path(public_path)
+    for p in (priv_p, pub_p):
+        if p.exists():
+            raise ModelError(f"{p} exists: refusing to overwrite a key")
+    key = Ed25519PrivateKey.generate()
+    priv_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    pub_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    priv_p.parent.mkdir(parents=True, exist_ok=True)
+    pub_p.parent.mkdir(parents=True, exist_ok=True)
+    priv_p.touch(mode=0o600)
+    priv_p.write_bytes(priv_pem)
+    pub_p.write_bytes(pub_pem)
+    return key_id(key.public_key())
+
+
+def sign_bundle(bundle_dir: str | Path, private_key_path: str | Path) -> str:
+    """Sign ``bundle_dir/manifest.json`` and write ``signature.json``; return the key id.
+
+    Sign last: any later change to the manifest (or to a file it hashes) breaks the signature
+    or the hash check.
+    """
+    d = Path(bundle_dir)
+    manifest_path = d / MANIFEST_FILE
+    try:
+        data = manifest_path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot sign {d}: cannot read {manifest_path}: {exc.strerror}") from None
+    key = load_private_key(private_key_path)
+    kid = key_id(key.public_key())
+    record = {
+        "algorithm": ALGORITHM,
+        "key_id": kid,
+        "signed_file": MANIFEST_FILE,
+        "manifest_sha256": hashlib.sha256(data).hexdigest(),
+        "signature": base64.b64encode(key.sign(data)).decode("ascii"),
+    }
+    (d / SIGNATURE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return kid
+
+
+def verify_bundle_signature(bundle_dir: str | Path, trusted_public_keys: Sequence[str | Path]) -> str:
+    """Check ``signature.json`` against the manifest bytes and the trusted keys.
+
+    Returns the key id of the trusted key that signed. Raises ModelError naming the bundle
+    when it is unsigned, when the signature file is malformed, when the signing key is not
+    among ``trusted_public_keys`` (PEM files), or when the signature does not match the
+    manifest (the manifest, and so possibly any file, was changed after signing).
+    """
+    d = Path(bundle_dir)
+    sig_path = d / SIGNATURE_FILE
+    if not sig_path.exists():
+        raise ModelError(
+            f"bundle {d} is unsigned (no {SIGNATURE_FILE}); sign it with `edge-export sign` "
+            "or allow unsigned bundles explicitly in the config"
+        )
+    try:
+        record = json.loads(sig_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"bundle {d}: cannot read {SIGNATURE_FILE}: {exc}") from None
+    if not isinstance(record, dict) or record.get("algorithm") != ALGORITHM:
+        got = record.get("algorithm") if isinstance(record, dict) else None
+        raise ModelError(f"bundle {d}: {SIGNATURE_FILE} must use algorithm {ALGORITHM!r} (got {got!r})")
+    if record.get("signed_file", MANIFEST_FILE) != MANIFEST_FILE:
+        signed = record.get("signed_file")
+        raise ModelError(f"bundle {d}: {SIGNATURE_FILE} signs {signed!r}, not {MANIFEST_FILE}")
+    kid = record.get("key_id")
+    try:
+        signature = base64.b64decode(str(record.get("signature", "")), validate=True)
+    except (binascii.Error, ValueError):
+        raise ModelError(f"bundle {d}: {SIGNATURE_FILE} holds no valid base64 signature") from None
+    trusted: dict[str, Ed25519PublicKey] = {}
+    for p in trusted_public_keys:
+        k = load_public_key(p)
+        trusted[key_id(k)] = k
+    if not trusted:
+        raise ModelError(f"bundle {d} is signed by key {kid}, but no public key is trusted")
+    key = trusted.get(str(kid))
+    if key is None:
+        raise ModelError(
+            f"bundle {d} is signed by key {kid}, which is not trusted (trusted: {', '.join(sorted(trusted))})"
+        )
+    try:
+        data = (d / MANIFEST_FILE).read_bytes()
+    except OSError as exc:
+        raise ModelError(f"bundle {d}: cannot read {MANIFEST_FILE}: {exc.strerror}") from None
+    try:
+        key.verify(signature, data)
+    except InvalidSignature:
+        raise ModelError(
+            f"bundle {d}: signature by key {kid} does not match {MANIFEST_FILE}: the bundle was "
+            "modified after signing (tampered) or the signature is corrupt"
+        ) from None
+    return str(kid)

@@ -1,0 +1,232 @@
+"""``edge-export``: the export tool chain's command line.
+
+::
+
+    edge-export keygen --out export/keys/my-key          # my-key.pem (private) + my-key.pub
+    edge-export sign models/fault-mlp --key export/keys/dev-ed25519.pem
+    edge-export verify models/fault-mlp --trust export/keys/dev-ed25519.pub
+    edge-export record --config configs/export-demo.yaml   # the plant recordings only
+    edge-export train --config configs/export-demo.yaml --model fault-mlp   # one model's chain
+    edge-export compress --module mypkg.nets:build --state-dict w.pt --manifest m.json \\
+        --calibration x.npy --out build/my-model                  # any nn.Module with a manifest
+    edge-export report models/fault-mlp                    # print the bundle's report (Markdown)
+    edge-export all --config configs/export-demo.yaml      # record, train, compress, gate, sign
+
+Exit codes: 0 success, 1 a gate failed or a bundle was refused (the message says which and
+why; nothing is written), 2 a usage, config or data error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="edge-export", description=__doc__.split("\n\n")[0] if __doc__ else "")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    k = sub.add_parser("keygen", help="write a new ed25519 key pair (PEM)")
+    k.add_argument("--out", required=True, type=Path, help="path prefix: PREFIX.pem and PREFIX.pub")
+    s = sub.add_parser("sign", help="sign bundles (writes signature.json over manifest.json)")
+    s.add_argument("bundles", nargs="+", type=Path)
+    s.add_argument("--key", required=True, type=Path, help="private key (PEM)")
+    v = sub.add_parser("verify", help="verify hashes, session, and signature against trusted keys")
+    v.add_argument("bundles", nargs="+", type=Path)
+    v.add_argument("--trust", action="append", default=[], type=Path, help="trusted public key (PEM, repeat)")
+    v.add_argument("--allow-unsigned", action="store_true")
+    r = sub.add_parser("record", help="make the config's plant recordings")
+    r.add_argument("--config", required=True, type=Path)
+    t = sub.add_parser("train", help="train teachers, compress, gate and write one model's bundle")
+    t.add_argument("--config", required=True, type=Path)
+    t.add_argument("--model", action="append", default=[], help="model name (repeat; default: all)")
+    t.add_argument("--task", action="append", default=[], help="every model of this task (repeat)")
+    t.add_argument("--no-sign", action="store_true")
+    c = sub.add_parser("compress", help="export, quantize, gate and bundle a user nn.Module")
+    c.add_argument("--module", required=True, help="pkg.module:factory, called with no arguments")
+    c.add_argument("--state-dict", type=Path, help="weights to load (torch.save of a state_dict)")
+    c.add_argument(
+        "--manifest",
+        required=True,
+        type=Path,
+        help="manifest template JSON (every field but schema_version, variants, files)",
+    )
+    c.add_argument("--calibration", required=True, type=Path, help="model inputs [N, ...] as .npy")
+    c.add_argument("--out", required=True, type=Path)
+    c.add_argument("--int8", choices=("optional", "required", "off"), default="optional")
+    c.add_argument("--int8-gate", choices=("top1", "correlation"), default="correlation")
+    c.add_argument("--key", type=Path)
+    p = sub.add_parser("report", help="print a bundle's report as Markdown (from report.json)")
+    p.add_argument("bundle", type=Path)
+    a = sub.add_parser("all", help="the whole chain: record, every model, sign")
+    a.add_argument("--config", required=True, type=Path)
+    a.add_argument("--no-sign", action="store_true")
+    return ap
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from agent.modelstore.signing import generate_key_pair
+
+    prefix = args.out
+    kid = generate_key_pair(prefix.with_suffix(".pem"), prefix.with_suffix(".pub"))
+    private, public = prefix.with_suffix(".pem"), prefix.with_suffix(".pub")
+    print(f"wrote {private} (private, keep it secret) and {public}: key id {kid}")
+    return 0
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    from agent.modelstore.bundle import load_bundle
+    from agent.modelstore.signing import sign_bundle
+
+    for b in args.bundles:
+        load_bundle(b)  # never sign a bundle whose files do not match its manifest
+        kid = sign_bundle(b, args.key)
+        print(f"signed {b} with key {kid}")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from agent.modelstore.bundle import load_bundle
+    from agent.modelstore.signing import verify_bundle_signature
+
+    for b in args.bundles:
+        bundle = load_bundle(b)
+        for v in bundle.manifest.variants[1:]:
+            load_bundle(b, variant=v.file)
+        if args.allow_unsigned and not (Path(b) / "signature.json").exists():
+            print(f"{b}: {bundle.ident} OK (hashes, sessions), UNSIGNED (allowed)")
+            continue
+        kid = verify_bundle_signature(b, args.trust)
+        print(f"{b}: {bundle.ident} OK (hashes, sessions), signed by trusted key {kid}")
+    return 0
+
+
+def _selected(cfg: object, names: Sequence[str], tasks: Sequence[str]) -> list[object]:
+    models = list(cfg.models)  # type: ignore[attr-defined]
+    if names or tasks:
+        unknown = [n for n in names if n not in {m.name for m in models}]
+        if unknown:
+            raise ValueError(f"no model {unknown} in the config (models: {[m.name for m in models]})")
+        models = [m for m in models if m.name in names or m.task in tasks]
+    return models
+
+
+def _cmd_train(args: argparse.Namespace, every: bool = False) -> int:
+    from export.pipeline import export_model, load_config, record_all
+
+    cfg = load_config(args.config)
+    models = _selected(cfg, [] if every else args.model, [] if every else args.task)
+    recordings = record_all(cfg.recordings, progress=cfg.progress)
+    key = None if args.no_sign else cfg.key
+    for m in models:
+        man = export_model(
+            m,
+            recordings,
+            seed=cfg.seed,
+            threads=cfg.threads,
+            key=key,  # type: ignore[attr-defined]
+            progress=cfg.progress,
+        )
+        files = ", ".join(f"{v.file} ({v.size} B)" for v in man.variants)
+        print(f"wrote {m.out} ({man.ident}): {files}{'; signed' if key else ''}")  # type: ignore[attr-defined]
+    return 0
+
+
+def _cmd_record(args: argparse.Namespace) -> int:
+    from export.pipeline import load_config, record_all
+
+    cfg = load_config(args.config)
+    for r in record_all(cfg.recordings, progress=cfg.progress):
+        print(f"{r.split:5} {r.path}")
+    return 0
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from export.pipeline import Int8Settings, package
+
+    mod_name, _, attr = args.module.partition(":")
+    factory = getattr(importlib.import_module(mod_name), attr or "build")
+    net = factory()
+    if args.state_dict is not None:
+        net.load_state_dict(torch.load(args.state_dict, map_location="cpu", weights_only=True))
+    net.eval()
+    template = json.loads(args.manifest.read_text(encoding="utf-8"))
+    for k in ("schema_version", "variants", "files"):
+        template.pop(k, None)
+    x = np.load(args.calibration).astype(np.float32)
+    man = package(
+        net,
+        manifest=template,
+        x_check=x,
+        x_calibration=x,
+        out=args.out,
+        int8=Int8Settings(mode=args.int8),
+        int8_kind=args.int8_gate,
+        key=args.key,
+        report_data={
+            "name": template["name"],
+            "version": template["version"],
+            "task": template["task"],
+            "summary": f"user module {args.module}",
+            "models": [],
+        },
+    )
+    print(f"wrote {args.out} ({man.ident}): " + ", ".join(f"{v.file} ({v.size} B)" for v in man.variants))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from export.report import render_markdown
+
+    data = json.loads((args.bundle / "report.json").read_text(encoding="utf-8"))
+    print(render_markdown(data))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``edge-export``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    from agent.errors import ModelError
+
+    try:
+        from export.gates import GateError
+    except ImportError as exc:  # pragma: no cover - without the [export] extra
+        print(f"error: {exc}; install the export extra: pip install '.[export]'", file=sys.stderr)
+        return 2
+    try:
+        if args.cmd == "keygen":
+            return _cmd_keygen(args)
+        if args.cmd == "sign":
+            return _cmd_sign(args)
+        if args.cmd == "verify":
+            return _cmd_verify(args)
+        if args.cmd == "record":
+            return _cmd_record(args)
+        if args.cmd == "train":
+            return _cmd_train(args)
+        if args.cmd == "compress":
+            return _cmd_compress(args)
+        if args.cmd == "report":
+            return _cmd_report(args)
+        return _cmd_train(args, every=True)
+    except GateError as exc:
+        print(f"error: {exc}\nno bundle was written", file=sys.stderr)
+        return 1
+    except ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,149 @@
+"""Export gates: each returns what it measured or raises :class:`GateError` with a clear message.
+
+=====================  ======================================================================
+gate                   passes when
+=====================  ======================================================================
+``fp32_parity``        max |torch - onnxruntime FP32| over every output <= 1e-4, absolute for
+                       values up to 1 and relative above (``|d| / max(1, |torch|)``): float32
+                       holds about 7 digits, so an anomaly score of 1e4 cannot agree to 1e-4
+                       absolute in any two implementations
+``int8_agreement``     INT8 vs FP32: top-1 agreement >= 99.5 % (classifiers) and
+                       Pearson correlation of scores >= 0.999 (anomaly scores, regressors)
+``distillation``       the distilled student's held-out metric >= the same-size student
+                       trained from scratch (minus ``tolerance``): distillation earns its place
+``detection_delay``    the student's mean detection delay (missed faults count their whole
+                       duration) < the PCA baseline's, both at the same false-alarm rate
+=====================  ======================================================================
+
+A failed gate stops the export (the CLI prints the message, exits 1 and writes no bundle),
+except where the config says a failure only drops something: an INT8 variant that fails its
+gate is left out of the bundle when ``int8: optional`` (the default), and a distilled student
+that does not beat the scratch one is replaced by it when ``distillation: auto``. Either way
+the report says what happened and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "FP32_TOLERANCE",
+    "INT8_CORRELATION",
+    "INT8_TOP1",
+    "GateError",
+    "gate_detection_delay",
+    "gate_distillation",
+    "gate_fp32_parity",
+    "gate_int8_agreement",
+]
+
+FP32_TOLERANCE = 1e-4
+INT8_TOP1 = 0.995
+INT8_CORRELATION = 0.999
+
+
+class GateError(RuntimeError):
+    """An export gate failed; ``gate`` names it, ``measured`` holds the numbers."""
+
+    def __init__(self, gate: str, message: str, measured: dict[str, float] | None = None) -> None:
+        self.gate = gate
+        self.measured = measured or {}
+        super().__init__(f"gate {gate} failed: {message}")
+
+
+def gate_fp32_parity(
+    torch_out: Sequence[npt.ArrayLike],
+    onnx_out: Sequence[npt.ArrayLike],
+    names: Sequence[str],
+    tolerance: float = FP32_TOLERANCE,
+) -> dict[str, float]:
+    """Max absolute difference per output between torch and onnxruntime FP32."""
+    measured: dict[str, float] = {}
+    for name, a, b in zip(names, torch_out, onnx_out, strict=True):
+        a = np.asarray(a, np.float64)
+        b = np.asarray(b, np.float64)
+        if a.shape != b.shape:
+            raise GateError(
+                "fp32_parity", f"output {name}: torch shape {a.shape}, onnxruntime shape {b.shape}"
+            )
+        measured[f"max_abs_diff_{name}"] = (
+            float(np.max(np.abs(a - b) / np.maximum(1.0, np.abs(a)))) if a.size else 0.0
+        )
+    worst = max(measured.values(), default=0.0)
+    measured["max_abs_diff"] = worst
+    if not worst <= tolerance:
+        raise GateError(
+            "fp32_parity",
+            f"torch and onnxruntime FP32 differ by up to {worst:.3g} (limit {tolerance:g}): {measured}",
+            measured,
+        )
+    return measured
+
+
+def gate_int8_agreement(
+    fp32: npt.ArrayLike,
+    int8: npt.ArrayLike,
+    *,
+    kind: str,
+    top1: float = INT8_TOP1,
+    correlation: float = INT8_CORRELATION,
+) -> dict[str, float]:
+    """``kind`` ``top1`` (class probabilities ``[N, C]``) or ``correlation`` (scores ``[N]``)."""
+    a = np.asarray(fp32, np.float64)
+    b = np.asarray(int8, np.float64)
+    if kind == "top1":
+        agree = float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1)))
+        measured = {"top1_agreement": agree}
+        if not agree >= top1:
+            raise GateError(
+                "int8_agreement",
+                f"INT8 top-1 agreement with FP32 is {agree:.2%} (needs >= {top1:.1%})",
+                measured,
+            )
+        return measured
+    if kind == "correlation":
+        if np.std(a) == 0 or np.std(b) == 0:
+            corr = 1.0 if np.allclose(a, b) else 0.0
+        else:
+            corr = float(np.corrcoef(a.reshape(-1), b.reshape(-1))[0, 1])
+        measured = {"score_correlation": corr}
+        if not corr >= correlation:
+            raise GateError(
+                "int8_agreement",
+                f"INT8 score correlation with FP32 is {corr:.5f} (needs >= {correlation})",
+                measured,
+            )
+        return measured
+    raise ValueError(f"unknown INT8 gate kind {kind!r}")
+
+
+def gate_distillation(
+    distilled: float, scratch: float, *, metric: str, tolerance: float = 0.0
+) -> dict[str, float]:
+    """Distilled student's held-out ``metric`` (higher is better) vs the scratch student's."""
+    measured = {"distilled": distilled, "scratch": scratch, "tolerance": tolerance}
+    if not distilled >= scratch - tolerance:
+        raise GateError(
+            "distillation",
+            f"the distilled student ({metric} {distilled:.4f}) does not match the "
+            f"same-size student trained from scratch ({metric} {scratch:.4f}) on held-out seeds",
+            measured,
+        )
+    return measured
+
+
+def gate_detection_delay(student_s: float, baseline_s: float, *, far: float) -> dict[str, float]:
+    """Mean detection delay (s) of the student vs the PCA baseline at false-alarm rate ``far``."""
+    measured = {"student_mean_delay_s": student_s, "pca_mean_delay_s": baseline_s, "false_alarm_rate": far}
+    if not student_s < baseline_s:
+        raise GateError(
+            "detection_delay",
+            f"the student detects faults after {student_s:.0f} s on average, "
+            f"the PCA baseline after {baseline_s:.0f} s (both at false-alarm rate {far:g} per frame): "
+            "the student must be faster",
+            measured,
+        )
+    return measured

@@ -1,0 +1,1019 @@
+"""The export chain: recordings → teachers → distilled, pruned students → gated ONNX bundles.
+
+One call of :func:`export_model` does, for one model of the config:
+
+1. windows from the recordings (:mod:`export.data`: train / validation by time / test by seed)
+   and per-role normalisation from the training data;
+2. every configured teacher, trained and scored on validation; the best one teaches;
+3. the student (an MLP over summary features), distilled from the teacher, structurally
+   pruned and fine-tuned; a same-size student trained from scratch as the control
+   (gate ``distillation``);
+4. FP32 ONNX (gate ``fp32_parity``), INT8 QDQ (gate ``int8_agreement``), thresholds at the
+   target false-alarm rate on validation normal windows, detection delays against the PCA
+   baseline on test seeds (gate ``detection_delay``), latencies of every variant;
+5. the bundle: ``model.onnx`` (+ ``model.int8.onnx``), ``manifest.json`` with the sha256 of
+   every file, ``report.json``/``report.md`` and plots; then the signature.
+
+:func:`package` is steps 4-5 for any ``nn.Module`` with a manifest (``edge-export module``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from agent.modelstore.bundle import load_bundle
+from agent.modelstore.manifest import (
+    MANIFEST_FILE,
+    SCHEMA_VERSION,
+    FeatureSpec,
+    FileHash,
+    Manifest,
+    OutputSpec,
+    TensorSpec,
+    Variant,
+    WindowSpec,
+)
+from agent.modelstore.signing import sign_bundle
+from export import baselines, gates, report
+from export.data import (
+    NORMAL,
+    Contract,
+    Dataset,
+    DataSpec,
+    Recording,
+    build_dataset,
+    features,
+    fit_normalisation,
+)
+from export.evaluate import detection_delays, false_alarm_rate, summarise_delays, threshold_at
+from export.nets import MLP, AutoEncoder, build_net
+from export.onnx_tools import (
+    ClassifierGraph,
+    ReconstructionScore,
+    RegressorGraph,
+    cpu_features,
+    latency_us,
+    quantize_int8,
+    run_onnx,
+    to_onnx,
+)
+from export.pca_baseline import RoleSpec, fit_pca
+from export.train import (
+    FitConfig,
+    auc,
+    balanced_accuracy,
+    confusion,
+    fit,
+    n_params,
+    predict,
+    prune_mlp,
+    roc_curve,
+    seed_everything,
+)
+
+__all__ = ["ExportConfig", "ModelConfig", "export_model", "load_config", "package", "record_all"]
+
+FAULT_NAMES = {
+    0: "normal",
+    1: "bearing_wear",
+    2: "cavitation",
+    3: "imbalance",
+    4: "motor_electrical",
+    5: "valve_blockage",
+    6: "sensor_stuck",
+    7: "sensor_drift",
+    8: "sensor_spike",
+    9: "sensor_dropout",
+}
+
+
+# --------------------------------------------------------------------------- config
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RecordingSet(_Strict):
+    """Recordings made by the simulator (or existing CSV files, ``files``)."""
+
+    name: str
+    scenario: str = "random"  # "random" (a seeded fault schedule), "normal", or a scenario YAML path
+    seeds: list[int] = []
+    hours: float = 24.0
+    split: Literal["train", "test"] = "train"
+    format: Literal["wide", "long"] = "wide"
+    files: list[Path] = []  # existing recordings instead of simulating
+    targets: dict[str, str] = {}  # label/rul/oracle column overrides (long CSVs name tags)
+
+
+class Recordings(_Strict):
+    dir: Path = Path("build/recordings/export")
+    pumps: int = 2
+    sample_period_s: float = 1.0
+    sets: list[RecordingSet]
+
+
+class DataConfig(_Strict):
+    roles: list[str]  # ROLE:UNIT:LOW:HIGH:COLUMN ({asset}, {n} in COLUMN)
+    assets: list[str]
+    label: str | None = None
+    rul: str | None = None
+    oracle: str | None = None
+    window: WindowSpec = WindowSpec(sample_period_s=1.0, length=60, stride=10)
+    train_stride: int | None = None
+    validation_fraction: float = 0.25
+
+
+class NetConfig(_Strict):
+    arch: Literal["mlp", "cnn", "transformer", "autoencoder"] = "mlp"
+    features: Literal["summary", "sequence", "flatten"] = "summary"
+    hidden: list[int] = [64, 32]
+    bottleneck: int = 8
+    channels: int = 64
+    d_model: int = 32
+    heads: int = 4
+    layers: int = 2
+    dropout: float = 0.0
+    epochs: int | None = None  # a teacher's own epoch count (default: fit.epochs)
+
+
+class FitSettings(_Strict):
+    epochs: int = 30
+    finetune_epochs: int = 10
+    batch: int = 256
+    lr: float = 1e-3
+    patience: int = 6
+    alpha: float = 0.5
+    temperature: float = 4.0
+
+
+class Int8Settings(_Strict):
+    mode: Literal["optional", "required", "off"] = "optional"
+    activation: Literal["uint8", "int8"] = "uint8"
+    weight: Literal["uint8", "int8"] = "int8"
+    reduce_range: bool | None = None  # None: on unless the CPU has VNNI/dot-product... see onnx_tools
+    calibration_windows: int = 2000
+
+
+_DEFAULT_INT8 = Int8Settings()
+
+
+class ModelConfig(_Strict):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._\-]*$")]
+    version: str = "1"
+    task: Literal["classifier", "anomaly", "rul", "setpoint"]
+    description: str = ""
+    out: Path
+    data: DataConfig
+    stats: list[Literal["mean", "std", "min", "max", "last", "slope"]] = [
+        "mean",
+        "std",
+        "min",
+        "max",
+        "slope",
+    ]
+    teachers: list[NetConfig]
+    student: NetConfig
+    prune: Annotated[float, Field(gt=0, le=1)] = 0.5
+    distillation: Literal["auto", "required", "off"] = "auto"
+    distillation_tolerance: float = 0.0
+    int8: Int8Settings = Int8Settings()
+    false_alarm_rate: float = 3e-4
+    on_delay: int = 3
+    detection_gate: bool = True
+    rul_cap_h: float = 8.0
+    baselines: bool = False  # also build Isolation Forest / LOF / kNN and report their delays
+    fit: FitSettings = FitSettings()
+
+
+class ExportConfig(_Strict):
+    seed: int = 0
+    threads: int = 1
+    key: Path | None = None  # private key to sign bundles with
+    progress: bool = True
+    recordings: Recordings
+    models: list[ModelConfig]
+
+
+def load_config(path: str | Path) -> ExportConfig:
+    """Read and validate an export config (YAML); ValueError naming the file and field."""
+    p = Path(path)
+    data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    try:
+        return ExportConfig.model_validate(data)
+    except Exception as exc:  # pydantic.ValidationError: named for the user with the file
+        raise ValueError(f"{p}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- recordings
+
+
+def random_fault_schedule(seed: int, hours: float, pumps: int) -> list[Any]:
+    """A seeded schedule: every fault class in random order on random pumps, with random
+    severities and quiet gaps; bearing wear runs to failure and is then replaced."""
+    from simulator.faults import Fault, FaultKind, ScenarioEvent
+
+    rng = np.random.default_rng(seed + 10_000)
+    kinds = [k for k in FaultKind if k != FaultKind.NORMAL]
+    rng.shuffle(kinds)
+    slot = hours * 3600.0 / (len(kinds) + 1)
+    sensor_tags = ["BearingTemp", "DischargePressure", "Flow", "Vibration", "MotorCurrent"]
+    events: list[Any] = []
+    for i, kind in enumerate(kinds):
+        start = slot * (i + 0.5) + rng.uniform(0, 0.2 * slot)
+        pump = int(rng.integers(1, pumps + 1))
+        duration = slot * rng.uniform(0.5, 0.7)
+        sev = float(rng.uniform(0.7, 1.5))
+        if kind == FaultKind.BEARING_WEAR:
+            ttf = duration
+            events.append(ScenarioEvent(start, fault=Fault(kind, pump, severity=sev, time_to_failure_s=ttf)))
+            events.append(ScenarioEvent(start + ttf + 0.1 * slot, clear=(pump, kind)))
+        elif kind.is_sensor:
+            tag = str(rng.choice(sensor_tags))
+            events.append(
+                ScenarioEvent(
+                    start, fault=Fault(kind, pump, severity=min(sev, 1.0), tag=tag, duration_s=duration)
+                )
+            )
+        else:
+            events.append(ScenarioEvent(start, fault=Fault(kind, pump, severity=sev, duration_s=duration)))
+    return sorted(events, key=lambda e: e.at_s)
+
+
+def record_all(rc: Recordings, *, progress: bool = True) -> list[Recording]:
+    """Make (or reuse) every recording of the config; deterministic for its seeds."""
+    from export.progress import Progress
+    from simulator.faults import load_scenario
+    from simulator.recorder import record
+
+    out: list[Recording] = []
+    jobs = [(s, seed) for s in rc.sets for seed in s.seeds]
+    bar = Progress(len(jobs), "record plant", enabled=progress and bool(jobs))
+    for s in rc.sets:
+        for f in s.files:
+            out.append(Recording(Path(f), s.split, None, s.name, s.targets))
+    for s, seed in jobs:
+        path = rc.dir / f"{s.name}-s{seed}.{s.format}.csv"
+        meta = {
+            "scenario": s.scenario,
+            "seed": seed,
+            "hours": s.hours,
+            "pumps": rc.pumps,
+            "sample_period_s": rc.sample_period_s,
+            "format": s.format,
+        }
+        side = path.with_suffix(".json")
+        if not (path.exists() and side.exists() and json.loads(side.read_text()) == meta):
+            if s.scenario == "random":
+                events: Any = random_fault_schedule(seed, s.hours, rc.pumps)
+            elif s.scenario == "normal":
+                events = []
+            else:
+                events = load_scenario(s.scenario).events
+            rc.dir.mkdir(parents=True, exist_ok=True)
+            record(
+                path,
+                hours=s.hours,
+                seed=seed,
+                scenario=events,
+                fmt=s.format,
+                sample_s=rc.sample_period_s,
+                params=_params(rc.pumps),
+            )
+            side.write_text(json.dumps(meta, sort_keys=True))
+        out.append(Recording(path, s.split, seed, s.name, s.targets))
+        bar.update()
+    bar.close()
+    return out
+
+
+def _params(pumps: int) -> Any:
+    from simulator.physics import StationParams
+
+    return StationParams(pumps=pumps)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _spec(d: DataConfig) -> DataSpec:
+    return DataSpec(
+        tuple(RoleSpec.parse(r) for r in d.roles), tuple(d.assets), d.window, d.label, d.rul, d.oracle
+    )
+
+
+def _feature_spec(kind: str, stats: Sequence[str]) -> FeatureSpec:
+    if kind == "summary":
+        return FeatureSpec(kind="summary", stats=tuple(stats))  # type: ignore[arg-type]
+    return FeatureSpec(kind=kind)  # type: ignore[arg-type]
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+class _Task:
+    """Targets, objective and metric of one task on a dataset."""
+
+    def __init__(self, cfg: ModelConfig, ds: Dataset) -> None:
+        self.cfg = cfg
+        self.name = cfg.task
+        if cfg.task == "classifier":
+            codes = sorted({int(c) for c in np.unique(ds.train.label)})
+            if NORMAL not in codes or len(codes) < 2:
+                raise ValueError(
+                    f"model {cfg.name}: the training data needs normal windows and at least one fault"
+                )
+            self.codes = codes
+            self.labels = [FAULT_NAMES.get(c, f"code{c}") for c in codes]
+            self.kind = "classifier"
+            counts = np.array([np.sum(ds.train.label == c) for c in codes], np.float64)
+            w = (counts.sum() / counts) ** 0.5
+            self.class_weight = (w / w.mean()).astype(np.float32)
+            self.metric = "balanced accuracy"
+        elif cfg.task == "anomaly":
+            self.kind = "autoencoder"
+            self.metric = "ROC AUC (fault vs normal windows)"
+        else:
+            self.kind = "regression"
+            src = ds.train.rul if cfg.task == "rul" else ds.train.oracle
+            y = self._raw_target(src)
+            y = y[np.isfinite(y)]
+            if not len(y):
+                raise ValueError(f"model {cfg.name}: no {cfg.task} targets in the training data")
+            self.y_mean, self.y_std = float(y.mean()), float(max(y.std(), 1e-6))
+            self.metric = "negative mean absolute error (" + ("h" if cfg.task == "rul" else "rpm") + ")"
+
+    def _raw_target(self, src: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        if self.cfg.task == "rul":
+            return np.minimum(src, self.cfg.rul_cap_h)
+        return src
+
+    def rows(self, w: Any, fitting: bool) -> npt.NDArray[np.bool_]:
+        """Which windows take part: known classes / finite targets; normal only to fit an AE."""
+        if self.name == "classifier":
+            return np.isin(w.label, self.codes)
+        if self.name == "anomaly":
+            return (w.label == NORMAL) if fitting else np.ones(len(w), bool)
+        src = w.rul if self.name == "rul" else w.oracle
+        return np.isfinite(src)
+
+    def target(self, w: Any) -> npt.NDArray[np.generic] | None:
+        if self.name == "classifier":
+            lut = {c: i for i, c in enumerate(self.codes)}
+            return np.array([lut[int(c)] for c in w.label], np.int64)
+        if self.name == "anomaly":
+            return None
+        src = w.rul if self.name == "rul" else w.oracle
+        return ((self._raw_target(src) - self.y_mean) / self.y_std).astype(np.float32)
+
+    def n_out(self, n_in: int) -> int:
+        if self.name == "classifier":
+            return len(self.codes)
+        return n_in if self.name == "anomaly" else 1
+
+    def score(self, raw: npt.NDArray[np.float32], x: npt.NDArray[np.float32], w: Any) -> float:
+        """The task metric (higher is better) of raw outputs on windows ``w``."""
+        if self.name == "classifier":
+            return balanced_accuracy(self.target(w), np.argmax(raw, axis=1), len(self.codes))
+        if self.name == "anomaly":
+            s = np.mean((raw - x.reshape(len(x), -1)) ** 2, axis=1)
+            return auc(s, w.label != NORMAL)
+        y = self._raw_target(w.rul if self.name == "rul" else w.oracle)
+        pred = raw.reshape(-1) * self.y_std + self.y_mean
+        return -float(np.mean(np.abs(pred - y)))
+
+
+# --------------------------------------------------------------------------- packaging
+
+
+def _variant_note(prec: str, lat: Mapping[str, float], extra: str = "") -> str:
+    return (
+        f"{prec}: {lat['b1']:.1f} us at batch 1, {lat['bn']:.1f} us at batch {int(lat['n'])} "
+        f"(median, 1 thread){'; ' + extra if extra else ''}"
+    )
+
+
+def package(
+    graph: nn.Module,
+    *,
+    manifest: Mapping[str, Any],
+    x_check: npt.NDArray[np.float32],
+    x_calibration: npt.NDArray[np.float32],
+    out: Path,
+    int8: Int8Settings = _DEFAULT_INT8,
+    int8_kind: str = "correlation",
+    extra_files: Mapping[str, str] | None = None,
+    report_data: dict[str, Any] | None = None,
+    plots: Mapping[str, str] | None = None,
+    key: Path | None = None,
+    batch_n: int = 2,
+    progress: bool = False,
+    quantizer: Callable[..., tuple[bytes, dict[str, str]]] = quantize_int8,
+) -> Manifest:
+    """Export ``graph`` (any nn.Module whose forward takes the model input and returns the
+    manifest's outputs, in order), gate it, and write a signed bundle to ``out``.
+
+    ``manifest``: every Manifest field except ``variants``/``files`` (and ``schema_version``).
+    Gates: fp32_parity always; int8_agreement unless ``int8.mode == "off"`` (``optional``:
+    a failing INT8 is left out and reported; ``required``: GateError). Nothing is written
+    to ``out`` unless every required gate passed.
+    """
+    out_names = [o["name"] if isinstance(o, Mapping) else o.name for o in manifest["outputs"]]
+    in_name = (
+        manifest["model_input"]["name"]
+        if isinstance(manifest["model_input"], Mapping)
+        else manifest["model_input"].name
+    )
+    fp32 = to_onnx(graph, torch.from_numpy(x_check[:2]), in_name, out_names)
+    graph.eval()
+    with torch.no_grad():
+        t_out = graph(torch.from_numpy(x_check))
+    t_out = [t_out] if isinstance(t_out, torch.Tensor) else list(t_out)
+    o_out = run_onnx(fp32, x_check)
+    rep = dict(report_data or {})
+    rep.setdefault("gates", [])
+    rep.setdefault("notes", [])
+    measured = gates.gate_fp32_parity([t.numpy() for t in t_out], o_out, out_names)
+    rep["gates"].append({"gate": "fp32_parity", "result": "pass", "measured": measured})
+    feats = cpu_features()
+    variants: list[tuple[str, bytes, str, dict[str, float], str]] = []
+    lat = {
+        "b1": latency_us(fp32, x_check[:1]),
+        "bn": latency_us(fp32, x_check[:batch_n]),
+        "n": float(batch_n),
+    }
+    variants.append(("model.onnx", fp32, "fp32", lat, ""))
+    rep["variants"] = [
+        {
+            "file": "model.onnx",
+            "precision": "fp32",
+            "size": len(fp32),
+            "latency_us_b1": lat["b1"],
+            "latency_us_bn": lat["bn"],
+            "status": "shipped",
+        }
+    ]
+    if int8.mode != "off":
+        q, settings = quantizer(
+            fp32,
+            x_calibration,
+            activation=int8.activation,
+            weight=int8.weight,
+            reduce_range=int8.reduce_range,
+            progress=progress,
+        )
+        q_out = run_onnx(q, x_check)
+        ref = o_out[0]
+        got = q_out[0]
+        qlat = {"b1": latency_us(q, x_check[:1]), "bn": latency_us(q, x_check[:batch_n]), "n": float(batch_n)}
+        entry = {
+            "file": "model.int8.onnx",
+            "precision": "int8",
+            "size": len(q),
+            "latency_us_b1": qlat["b1"],
+            "latency_us_bn": qlat["bn"],
+            "quantization": settings,
+        }
+        try:
+            m = gates.gate_int8_agreement(ref, got, kind=int8_kind)
+            rep["gates"].append({"gate": "int8_agreement", "result": "pass", "measured": m})
+            variants.append(
+                ("model.int8.onnx", q, "int8", qlat, ", ".join(f"{k}={v}" for k, v in settings.items()))
+            )
+            entry["status"] = "shipped"
+        except gates.GateError as exc:
+            if int8.mode == "required":
+                raise
+            rep["gates"].append(
+                {
+                    "gate": "int8_agreement",
+                    "result": "fail (INT8 left out)",
+                    "measured": exc.measured,
+                    "note": str(exc),
+                }
+            )
+            rep["notes"].append(f"INT8 variant left out: {exc}")
+            entry["status"] = "left out: failed its gate"
+        rep["variants"].append(entry)
+    # The faster variant on this machine is listed first (the agent's default); the agent
+    # benchmarks every variant again on the gateway at install.
+    variants.sort(key=lambda v: v[3]["b1"])
+    rep["cpu_features"] = list(feats)
+    rep["latency_batch"] = batch_n
+    plots = dict(plots or {})
+    plots["variant_size.svg"] = report.bar_chart(
+        {v["file"]: float(v["size"]) for v in rep["variants"]}, title="size of every variant", unit="bytes"
+    )
+    plots["variant_latency.svg"] = report.bar_chart(
+        {
+            f"{v['file']} b{b}": float(v[f"latency_us_b{b if b == 1 else 'n'}"])
+            for v in rep["variants"]
+            for b in (1, batch_n)
+        },
+        title="latency per call (median, 1 thread)",
+        unit="us",
+    )
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    try:
+        files: dict[str, FileHash] = {}
+        for name, content in (extra_files or {}).items():
+            (tmp / name).write_text(content, encoding="utf-8")
+            data = (tmp / name).read_bytes()
+            files[name] = FileHash(sha256=_sha(data), size=len(data))
+        for name in report.write_report(tmp, rep, plots or {}):
+            data = (tmp / name).read_bytes()
+            files[name] = FileHash(sha256=_sha(data), size=len(data))
+        vlist = []
+        for file, data, prec, vlat, extra in variants:
+            (tmp / file).write_bytes(data)
+            vlist.append(
+                Variant(
+                    file=file,
+                    precision=prec,
+                    sha256=_sha(data),
+                    size=len(data),  # type: ignore[arg-type]
+                    cpu_features=feats,
+                    note=_variant_note(prec, vlat, extra),
+                )
+            )
+        prov = dict(manifest.get("provenance", {}))
+        prov["variants_latency_us"] = json.dumps(
+            {
+                v[0]: {"batch1": round(v[3]["b1"], 2), f"batch{batch_n}": round(v[3]["bn"], 2)}
+                for v in variants
+            },
+            sort_keys=True,
+        )
+        prov["gates"] = "; ".join(f"{g['gate']}: {g['result']}" for g in rep["gates"])
+        fields = {k: v for k, v in manifest.items() if k != "provenance"}
+        man = Manifest(
+            schema_version=SCHEMA_VERSION, variants=tuple(vlist), files=files, provenance=prov, **fields
+        )
+        (tmp / MANIFEST_FILE).write_text(man.to_json(), encoding="utf-8")
+        for v in man.variants:  # every variant must load in the agent and match the manifest
+            load_bundle(tmp, variant=v.file)
+        if key is not None:
+            sign_bundle(tmp, key)
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is shipped readable
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return man
+
+
+# --------------------------------------------------------------------------- the chain
+
+
+def _fitcfg(s: FitSettings, seed: int, desc: str, progress: bool, epochs: int | None = None) -> FitConfig:
+    return FitConfig(
+        epochs=epochs if epochs is not None else s.epochs,
+        batch=s.batch,
+        lr=s.lr,
+        patience=s.patience,
+        seed=seed,
+        alpha=s.alpha,
+        temperature=s.temperature,
+        progress=progress,
+        desc=desc,
+    )
+
+
+def _net(nc: NetConfig, *, n_in: int, n_out: int, spec: DataSpec) -> nn.Module:
+    return build_net(
+        nc.arch,
+        n_in=n_in,
+        n_out=n_out,
+        length=spec.window.length,
+        n_roles=len(spec.roles),
+        hidden=nc.hidden,
+        channels=nc.channels,
+        bottleneck=nc.bottleneck,
+        d_model=nc.d_model,
+        heads=nc.heads,
+        layers=nc.layers,
+        dropout=nc.dropout,
+    )
+
+
+def export_model(
+    cfg: ModelConfig,
+    recordings: Sequence[Recording],
+    *,
+    seed: int = 0,
+    threads: int = 1,
+    key: Path | None = None,
+    progress: bool = True,
+    quantizer: Callable[..., tuple[bytes, dict[str, str]]] = quantize_int8,
+) -> Manifest:
+    """Train, compress, gate and write one model's bundle (see the module docstring)."""
+    seed_everything(seed, threads)
+    spec = _spec(cfg.data)
+    ds = build_dataset(
+        spec,
+        recordings,
+        validation_fraction=cfg.data.validation_fraction,
+        train_stride=cfg.data.train_stride,
+        progress=progress,
+    )
+    inputs = fit_normalisation(spec, ds.train_samples)
+    task = _Task(cfg, ds)
+    tr, va, te = (
+        w.take(task.rows(w, fitting)) for w, fitting in ((ds.train, True), (ds.val, True), (ds.test, False))
+    )
+    va_all = ds.val.take(task.rows(ds.val, False))
+    if not len(tr) or not len(va):
+        raise ValueError(f"model {cfg.name}: no training or validation windows")
+    if not len(te):
+        raise ValueError(f"model {cfg.name}: no test windows (mark recordings with other seeds split: test)")
+    y_tr, y_va = task.target(tr), task.target(va)
+    rep: dict[str, Any] = {
+        "name": cfg.name,
+        "version": cfg.version,
+        "task": cfg.task,
+        "metric": task.metric,
+        "models": [],
+        "gates": [],
+        "notes": [],
+        "data": {
+            "train_windows": len(tr),
+            "val_windows": len(va),
+            "test_windows": len(te),
+            "train_seeds": sorted({r.seed for r in recordings if r.split == "train" and r.seed is not None}),
+            "test_seeds": sorted({r.seed for r in recordings if r.split == "test" and r.seed is not None}),
+        },
+    }
+
+    def contract(kind: str) -> Contract:
+        return Contract(inputs, _feature_spec(kind, cfg.stats))
+
+    # ---- teachers: the best on validation teaches
+    best: tuple[float, nn.Module, str, NetConfig] | None = None
+    for i, tc in enumerate(cfg.teachers):
+        c = contract(tc.features)
+        xt, xv = features(tr.x, c), features(va.x, c)
+        if task.name == "anomaly" and tc.arch != "autoencoder":
+            raise ValueError(f"model {cfg.name}: an anomaly teacher must be an autoencoder")
+        net = _net(
+            tc, n_in=int(np.prod(xt.shape[1:])), n_out=task.n_out(int(np.prod(xt.shape[1:]))), spec=spec
+        )
+        net, _ = fit(
+            net,
+            task.kind,
+            xt,
+            y_tr,
+            xv,
+            y_va,
+            _fitcfg(cfg.fit, seed + i, f"teacher {i + 1} {tc.arch}", progress, tc.epochs),
+            class_weight=getattr(task, "class_weight", None),
+        )
+        xva, xte = features(va_all.x, c), features(te.x, c)
+        val = task.score(predict(net, xva), xva, va_all)
+        rep["models"].append(
+            {
+                "role": f"teacher {i + 1}",
+                "arch": f"{tc.arch} ({tc.features})",
+                "params": n_params(net),
+                "val": val,
+                "test": task.score(predict(net, xte), xte, te),
+            }
+        )
+        if best is None or val > best[0]:
+            best = (val, net, tc.features, tc)
+    assert best is not None
+    teacher, t_feat = best[1], best[2]
+    rep["notes"].append(
+        f"teacher: {best[3].arch} over {t_feat} features (best validation {task.metric} {best[0]:.4f})"
+    )
+
+    # ---- students: distilled + pruned, and the same-size control trained from scratch
+    cs = contract(cfg.student.features)
+    xs_tr, xs_va, xs_te = features(tr.x, cs), features(va.x, cs), features(te.x, cs)
+    n_in = int(np.prod(xs_tr.shape[1:]))
+    ct = contract(t_feat)
+    t_tr = predict(teacher, features(tr.x, ct))
+    t_va = predict(teacher, features(va.x, ct))
+    if cfg.student.arch not in ("mlp", "autoencoder"):
+        raise ValueError(f"model {cfg.name}: the student must be an mlp or autoencoder (structured pruning)")
+    cw = getattr(task, "class_weight", None)
+    kd = cfg.distillation != "off"
+    student = _net(cfg.student, n_in=n_in, n_out=task.n_out(n_in), spec=spec)
+    student, _ = fit(
+        student,
+        task.kind,
+        xs_tr,
+        y_tr,
+        xs_va,
+        y_va,
+        _fitcfg(cfg.fit, seed + 100, "student (distil)", progress),
+        teacher=t_tr if kd else None,
+        teacher_val=t_va if kd else None,
+        class_weight=cw,
+    )
+    big = n_params(student)
+    protect = [len(cfg.student.hidden)] if cfg.student.arch == "autoencoder" else []
+    pruned = prune_mlp(student, cfg.prune, xs_tr[:4096], protect=protect)
+    pruned, _ = fit(
+        pruned,
+        task.kind,
+        xs_tr,
+        y_tr,
+        xs_va,
+        y_va,
+        _fitcfg(cfg.fit, seed + 101, "student (prune+tune)", progress, cfg.fit.finetune_epochs),
+        teacher=t_tr if kd else None,
+        teacher_val=t_va if kd else None,
+        class_weight=cw,
+    )
+    hidden = pruned.mlp.hidden if isinstance(pruned, AutoEncoder) else pruned.hidden  # type: ignore[union-attr]
+    if isinstance(pruned, AutoEncoder):
+        scratch: nn.Module = AutoEncoder(
+            n_in, hidden[: len(cfg.student.hidden)], hidden[len(cfg.student.hidden)]
+        )
+    else:
+        scratch = MLP(n_in, hidden, task.n_out(n_in))
+    scratch, _ = fit(
+        scratch,
+        task.kind,
+        xs_tr,
+        y_tr,
+        xs_va,
+        y_va,
+        _fitcfg(cfg.fit, seed + 102, "student (scratch)", progress, cfg.fit.epochs + cfg.fit.finetune_epochs),
+        class_weight=cw,
+    )
+    m_kd = task.score(predict(pruned, xs_te), xs_te, te)
+    m_sc = task.score(predict(scratch, xs_te), xs_te, te)
+    rep["models"] += [
+        {
+            "role": "student before pruning",
+            "arch": f"mlp {cfg.student.hidden}",
+            "params": big,
+            "test": task.score(predict(student, xs_te), xs_te, te),
+        },
+        {
+            "role": "student distilled+pruned",
+            "arch": f"mlp {hidden}",
+            "params": n_params(pruned),
+            "test": m_kd,
+        },
+        {"role": "student from scratch", "arch": f"mlp {hidden}", "params": n_params(scratch), "test": m_sc},
+    ]
+    chosen = pruned
+    if kd:
+        try:
+            m = gates.gate_distillation(m_kd, m_sc, metric=task.metric, tolerance=cfg.distillation_tolerance)
+            rep["gates"].append(
+                {"gate": "distillation", "result": "pass (distilled student ships)", "measured": m}
+            )
+        except gates.GateError as exc:
+            if cfg.distillation == "required":
+                raise
+            chosen = scratch
+            rep["gates"].append(
+                {
+                    "gate": "distillation",
+                    "result": "fail (scratch student ships)",
+                    "measured": exc.measured,
+                    "note": "distillation did not earn its place",
+                }
+            )
+    rep["notes"].append(
+        f"structured pruning kept {cfg.prune:.0%} of every hidden layer: {cfg.student.hidden} -> "
+        f"{hidden} ({big} -> {n_params(pruned)} parameters)"
+    )
+
+    # ---- the served graph, outputs, thresholds
+    raw_te = predict(chosen, xs_te)
+    outputs: list[OutputSpec] = []
+    plots: dict[str, str] = {}
+    score_te: npt.NDArray[np.float64] | None = None
+    score_va: npt.NDArray[np.float64] | None = None
+    if task.name == "classifier":
+        graph: nn.Module = ClassifierGraph(chosen, task.codes.index(NORMAL))
+        probs_va = torch.softmax(torch.from_numpy(predict(chosen, features(va_all.x, cs))), 1).numpy()
+        score_va = 1.0 - probs_va[:, task.codes.index(NORMAL)]
+        probs_te = torch.softmax(torch.from_numpy(raw_te), 1).numpy()
+        score_te = 1.0 - probs_te[:, task.codes.index(NORMAL)]
+        yt = task.target(te)
+        cm = confusion(yt, np.argmax(raw_te, 1), len(task.codes))
+        rep["confusion"] = {"labels": task.labels, "matrix": cm.tolist()}
+        plots["confusion_matrix.svg"] = report.confusion_svg(
+            cm.tolist(), task.labels, title=f"{cfg.name}: test seeds"
+        )
+        int8_kind = "top1"
+    elif task.name == "anomaly":
+        graph = ReconstructionScore(chosen)
+        xva_all = features(va_all.x, cs)
+        score_va = np.mean((predict(chosen, xva_all) - xva_all) ** 2, axis=1)
+        score_te = np.mean((raw_te - xs_te) ** 2, axis=1)
+        int8_kind = "correlation"
+    else:
+        graph = RegressorGraph(chosen, task.y_mean, task.y_std, 0.0 if task.name == "rul" else None)
+        int8_kind = "correlation"
+        pred = raw_te.reshape(-1) * task.y_std + task.y_mean
+        truth = task._raw_target(te.rul if task.name == "rul" else te.oracle)
+        rep["regression"] = {
+            "mae": float(np.mean(np.abs(pred - truth))),
+            "rmse": float(np.sqrt(np.mean((pred - truth) ** 2))),
+        }
+        if task.name == "rul":
+            wear = truth < cfg.rul_cap_h
+            order = np.argsort(-truth[wear], kind="stable")
+            pts = list(
+                zip(truth[wear][order].tolist(), (pred[wear] - truth[wear])[order].tolist(), strict=True)
+            )
+            plots["rul_error.svg"] = report.line_chart(
+                {"prediction - truth": pts[:: max(1, len(pts) // 400)]},
+                title="RUL error over the wear (test seeds)",
+                xlabel="true remaining useful life (h)",
+                ylabel="error (h)",
+            )
+        else:
+            pts = list(zip(range(len(pred)), (pred - truth).tolist(), strict=True))
+            plots["setpoint_error.svg"] = report.line_chart(
+                {"prediction - oracle": pts[:: max(1, len(pts) // 400)]},
+                title="setpoint error (test seeds)",
+                xlabel="window",
+                ylabel="error (rpm)",
+            )
+    if score_te is not None and score_va is not None:
+        normal_va = va_all.label == NORMAL
+        th = threshold_at(score_va[normal_va], cfg.false_alarm_rate)
+        name = "fault_score" if task.name == "classifier" else "score"
+        rep["roc"] = {"auc_test": auc(score_te, te.label != NORMAL)}
+        roc_series = {cfg.name: roc_curve(score_te, te.label != NORMAL)}
+        detectors: dict[str, npt.NDArray[np.bool_]] = {cfg.name: score_te > th}
+        if True:  # the PCA baseline is always measured (and gated against with detection_gate)
+            pc = Contract(inputs, FeatureSpec(kind="summary", stats=("mean", "std")))
+            normal_tr = tr.x[tr.label == NORMAL] if task.name != "anomaly" else tr.x
+            pca = fit_pca(
+                features(normal_tr, pc),
+                variance=0.95,
+                false_alarm_rate=cfg.false_alarm_rate,
+                calibration=features(va_all.x[normal_va], pc),
+            )
+            x_pca_te = features(te.x, pc)
+            detectors["pca baseline"] = pca.alarms(x_pca_te)
+            t2, spe = pca.scores(x_pca_te)
+            roc_series["pca baseline"] = roc_curve(
+                np.maximum(t2 / pca.t2_limit, spe / pca.spe_limit), te.label != NORMAL
+            )
+        if cfg.baselines:
+            xb_tr = features(tr.x[tr.label == NORMAL], cs)
+            xb_va = features(va_all.x[normal_va], cs)
+            for bname, det in (
+                ("isolation forest", baselines.IsolationForest.fit(xb_tr, seed=seed)),
+                ("local outlier factor", baselines.LocalOutlierFactor.fit(xb_tr, seed=seed)),
+                ("knn distance", baselines.KnnDistance.fit(xb_tr, seed=seed)),
+            ):
+                bth = threshold_at(det.score(xb_va), cfg.false_alarm_rate)
+                s = det.score(xs_te)
+                detectors[bname] = s > bth
+                roc_series[bname] = roc_curve(s, te.label != NORMAL)
+                onnx_bytes = det.to_onnx()
+                rep.setdefault("baselines", {})[bname] = {
+                    "size": len(onnx_bytes),
+                    "latency_us_b1": latency_us(onnx_bytes, xs_te[:1], runs=500),
+                    "auc_test": auc(s, te.label != NORMAL),
+                }
+        det_rep: dict[str, Any] = {
+            "false_alarm_rate": cfg.false_alarm_rate,
+            "on_delay": cfg.on_delay,
+            "detectors": {},
+            "per_class": {},
+        }
+        for dname, alarms in detectors.items():
+            d = detection_delays(
+                te,
+                alarms,
+                on_delay=cfg.on_delay,
+                period_s=spec.window.sample_period_s,
+                stride=spec.window.stride,
+                names=FAULT_NAMES,
+            )
+            summ = summarise_delays(d)
+            summ["test_far"] = false_alarm_rate(te, alarms)
+            det_rep["detectors"][dname] = summ
+            for e in d:
+                det_rep["per_class"].setdefault(str(e["label"]), {}).setdefault(dname, [])
+                det_rep["per_class"][str(e["label"])][dname].append(float(e["delay_s"]))
+        for label, row in det_rep["per_class"].items():
+            det_rep["per_class"][label] = {k: float(np.mean(v)) for k, v in row.items()}
+        rep["detection"] = det_rep
+        plots["roc.svg"] = report.line_chart(
+            roc_series,
+            title="ROC on test seeds (fault vs normal windows)",
+            xlabel="false positive rate",
+            ylabel="true positive rate",
+            diagonal=True,
+        )
+        if cfg.detection_gate:
+            m = gates.gate_detection_delay(
+                det_rep["detectors"][cfg.name]["mean_delay_s"],
+                det_rep["detectors"]["pca baseline"]["mean_delay_s"],
+                far=cfg.false_alarm_rate,
+            )
+            rep["gates"].append({"gate": "detection_delay", "result": "pass", "measured": m})
+        outputs_extra = OutputSpec(
+            name=name,
+            meaning=(
+                "1 - P(normal): the probability of any fault"
+                if task.name == "classifier"
+                else "mean squared reconstruction error of the window's features (autoencoder)"
+            ),
+            thresholds={"alarm": th},
+            false_alarm_rate=cfg.false_alarm_rate,
+        )
+        if task.name == "classifier":
+            outputs = [
+                OutputSpec(
+                    name="probs",
+                    meaning="class probabilities (softmax)",
+                    shape=("batch", len(task.labels)),
+                    labels=tuple(task.labels),
+                ),
+                outputs_extra,
+            ]
+        else:
+            outputs = [outputs_extra]
+    elif task.name == "rul":
+        outputs = [
+            OutputSpec(
+                name="rul_h",
+                meaning=f"remaining useful life of the bearing, capped at "
+                f"{cfg.rul_cap_h:g} h (the cap means: no wear seen)",
+                unit="h",
+            )
+        ]
+    else:
+        outputs = [
+            OutputSpec(
+                name="speed_rpm",
+                meaning="recommended pump speed (energy-optimal within the level band, the plant's oracle)",
+                unit="rpm",
+            )
+        ]
+    rep["summary"] = (
+        f"{cfg.description or cfg.task} — teacher {best[3].arch}, student MLP {hidden} "
+        f"({'distilled' if chosen is pruned and kd else 'trained from scratch'}), "
+        f"test {task.metric} {task.score(raw_te, xs_te, te):.4f}."
+    )
+    fs = _feature_spec(cfg.student.features, cfg.stats)
+    manifest = {
+        "name": cfg.name,
+        "version": cfg.version,
+        "task": cfg.task,
+        "description": cfg.description or f"{cfg.task} student (distilled, pruned) exported by edge-export",
+        "window": spec.window,
+        "inputs": inputs,
+        "features": fs,
+        "model_input": TensorSpec(name="x", shape=("batch", *fs.shape(spec.window.length, len(inputs)))),
+        "outputs": tuple(outputs),
+        "provenance": {
+            "method": f"teacher {best[3].arch}; student mlp {hidden}; "
+            f"{'distilled' if chosen is pruned and kd else 'scratch'}; pruned to {cfg.prune:g}",
+            "recordings": " ".join(sorted(r.path.name for r in recordings)),
+            "train_seeds": " ".join(map(str, rep["data"]["train_seeds"])),
+            "test_seeds": " ".join(map(str, rep["data"]["test_seeds"])),
+            "assets": " ".join(spec.assets),
+            "columns": json.dumps({a: spec.columns(a) for a in spec.assets}, sort_keys=True),
+            "seed": str(seed),
+        },
+    }
+    x_cal = xs_tr[np.random.default_rng(seed).permutation(len(xs_tr))[: cfg.int8.calibration_windows]]
+    man = package(
+        graph,
+        manifest=manifest,
+        x_check=xs_te,
+        x_calibration=x_cal,
+        out=cfg.out,
+        int8=cfg.int8,
+        int8_kind=int8_kind,
+        report_data=rep,
+        plots=plots,
+        key=key,
+        batch_n=len(spec.assets),
+        progress=progress,
+        quantizer=quantizer,
+    )
+    return man
