@@ -27,7 +27,6 @@ import csv
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ import numpy.typing as npt
 
 from agent.modelstore.manifest import FeatureSpec, InputRole, Normalisation, WindowSpec
 from agent.pipeline.features import sliding_windows, window_to_input
-from export.pca_baseline import RoleSpec, load_series
+from export.pca_baseline import RoleSpec, _parse_time, load_series
 
 __all__ = [
     "Contract",
@@ -117,17 +116,6 @@ def sniff_format(path: str | Path) -> str:
     return "long" if header[:3] == ["timestamp", "tag", "value"] else "wide"
 
 
-def _time(cell: str, path: Path, line: int) -> float:
-    try:
-        return float(cell)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(cell.strip().replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        raise ValueError(f"{path}:{line}: timestamp {cell!r} is neither seconds nor ISO 8601") from None
-
-
 def read_long_csv(path: str | Path, tags: Sequence[str]) -> dict[str, tuple[FloatArray, FloatArray]]:
     """A long CSV → ``{tag: (times, values)}`` for ``tags``; a non-GOOD or empty value is NaN."""
     p = Path(path)
@@ -148,7 +136,7 @@ def read_long_csv(path: str | Path, tags: Sequence[str]) -> dict[str, tuple[Floa
                 v = float(row[2]) if q_good and row[2].strip() else math.nan
             except ValueError:
                 v = math.nan
-            times[row[1]].append(_time(row[0], p, line))
+            times[row[1]].append(_parse_time(row[0], p, line))
             values[row[1]].append(v)
     missing = [t for t in tags if not times[t]]
     if missing:
