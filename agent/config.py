@@ -308,10 +308,22 @@ class Config(FrozenModel):
     def _unique_names(self) -> Self:
         seen_dev: set[str] = set()
         seen_tag: dict[str, str] = {}
+        seen_endpoint: dict[str, str] = {}
         for d, dev in enumerate(self.devices):
             if dev.name in seen_dev:
                 raise _LocatedError(("devices", d, "name"), f"duplicate device name {dev.name!r}")
             seen_dev.add(dev.name)
+            if dev.protocol != "opcua":
+                # Many devices take one connection at a time and a bus carries one request at a
+                # time: one device entry (one connection) per endpoint, its units listed on it.
+                if dev.endpoint in seen_endpoint:
+                    field = "serial_port" if dev.protocol == "modbus_rtu" else "port"
+                    raise _LocatedError(
+                        ("devices", d, field),
+                        f"{seen_endpoint[dev.endpoint]} already uses {dev.endpoint}: list every unit "
+                        "behind one endpoint in the units of a single device",
+                    )
+                seen_endpoint[dev.endpoint] = dev.name
             tags: list[AnyTag] = list(dev.tags)
             for t, tag in enumerate(tags):
                 if tag.name in seen_tag:

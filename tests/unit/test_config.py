@@ -103,3 +103,13 @@ def test_secrets_from_env_file_and_credentials_never_show_value(tmp_path: Path, 
     with pytest.raises(ValueError, match="exactly one"):
         Secret(env="A", file=f)
     assert os.environ.get("CREDENTIALS_DIRECTORY") == str(tmp_path)
+
+
+def test_one_device_per_endpoint() -> None:
+    text = (
+        "devices:\n"
+        "  - {name: a, protocol: modbus_tcp, host: 10.0.0.1, port: 502, units: [1]}\n"
+        "  - {name: b, protocol: modbus_tcp, host: 10.0.0.1, port: 502, units: [2]}\n"
+    )
+    out = _errors(text)
+    assert out.startswith("x.yaml:3 devices[1].port: a already uses 10.0.0.1:502")
