@@ -41,8 +41,11 @@ def agent_config(tmp_path: Path, port: int) -> Path:
     data["agent"]["log_format"] = "json"
     data["agent"]["log_level"] = "info"
     data["devices"][0]["port"] = port
+    # paths in a config are relative to its file: make them absolute for the copy in tmp_path
     for m in data["models"]:
         m["bundle"] = str((ROOT / "configs" / m["bundle"]).resolve())
+    trust = data["models_trust"]
+    trust["public_keys"] = [str((ROOT / "configs" / k).resolve()) for k in trust["public_keys"]]
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
