@@ -33,6 +33,7 @@ from agent.errors import ConfigError
 from agent.modelstore.binding import ModelBinding
 from agent.ops.audit import AuditConfig
 from agent.pipeline.alarms import AlarmsConfig
+from agent.pipeline.detectors import DetectorConfig
 from agent.pipeline.guard import GuardConfig
 from agent.pipeline.policy import RecommenderConfig
 
@@ -44,6 +45,7 @@ __all__ = [
     "AssetHmi",
     "BreakerConfig",
     "Config",
+    "DetectorBinding",
     "Device",
     "HmiConfig",
     "ModbusRtuDevice",
@@ -259,6 +261,19 @@ class AssetHmi(FrozenModel):
         return [(k, v) for k, v in self.model_dump().items() if v is not None]
 
 
+class DetectorBinding(FrozenModel):
+    """A built-in detector on one of the asset's values (no model needed).
+
+    ``source`` is a name from the asset's ``values`` or a model output ``<model>.<output>``.
+    Alarms read the detector as ``<name>`` (its score, e.g. the z-score) and ``<name>.outlier``
+    (1 when the score is past the detector's threshold, else 0).
+    """
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$", max_length=64)]
+    source: str
+    detector: DetectorConfig
+
+
 class AssetConfig(FrozenModel):
     """One monitored asset (a pump): its HMI block and the values its alarms read.
 
@@ -269,6 +284,7 @@ class AssetConfig(FrozenModel):
     name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$", max_length=64)]
     hmi: AssetHmi = AssetHmi()
     values: dict[str, str] = {}
+    detectors: list[DetectorBinding] = []
     anomaly_source: str | None = None
     fault_class_source: str | None = None
     rul_source: str | None = None
@@ -353,6 +369,11 @@ class Config(FrozenModel):
                 need(("assets", i, "hmi", field), tag, write=True)
             for name, tag in a.values.items():
                 need(("assets", i, "values", name), tag)
+            models = {m.name for m in self.models if a.name in m.assets}
+            for j, det in enumerate(a.detectors):
+                if det.source not in a.values and det.source.split(".")[0] not in models:
+                    what = "neither a value of this asset nor an output of a model bound to it"
+                    raise _LocatedError(("assets", i, "detectors", j, "source"), f"{det.source!r} is {what}")
         for i, m in enumerate(self.models):
             for asset, roles in m.assets.items():
                 if asset not in asset_names:
@@ -464,9 +485,11 @@ def _message(err: Mapping[str, Any]) -> str:
     if kind == "missing":
         return "required field is missing"
     if kind == "union_tag_invalid":
-        return f"unknown protocol {ctx.get('tag')!r}; must be one of {ctx.get('expected_tags')}"
+        field = str(ctx.get("discriminator", "kind")).strip("'")
+        expected = str(ctx.get("expected_tags", "")).replace("'", "")
+        return f"unknown {field} {ctx.get('tag')!r}; must be one of {expected}"
     if kind == "union_tag_not_found":
-        return "required field 'protocol' is missing"
+        return f"required field {ctx.get('discriminator', 'kind')} is missing"
     if kind == "enum":
         return "must be one of " + str(ctx.get("expected", "")).replace("'", "").replace(" or ", ", ")
     msg = str(err["msg"])

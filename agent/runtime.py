@@ -41,6 +41,7 @@ from agent.modelstore.bundle import Bundle, load_bundle
 from agent.ops import sdnotify
 from agent.ops.audit import AuditLog
 from agent.pipeline.alarms import AlarmEngine, HmiBlock
+from agent.pipeline.detectors import Detector, make_detector
 from agent.pipeline.features import FeatureWindows
 from agent.pipeline.guard import Guard, GuardDecision, GuardInputs, HoldTracker
 from agent.pipeline.policy import PumpEnergyRule, StationState
@@ -124,6 +125,9 @@ class Agent:
         self.table = TagTable(limits, clock=clock)
         self.models = [self._load_model(b) for b in config.models]
         self.alarms = AlarmEngine(config.alarms, [a.name for a in config.assets])
+        self.detectors: dict[tuple[str, str], Detector] = {
+            (a.name, d.name): make_detector(d.detector) for a in config.assets for d in a.detectors
+        }
         self.guard = Guard(config.guard) if config.guard is not None else None
         self.rule = PumpEnergyRule(config.recommender) if config.recommender is not None else None
         self.holds = HoldTracker()
@@ -312,6 +316,17 @@ class Agent:
             values[name] = s.as_float() if s.quality.is_good else None
         return values
 
+    def _run_detectors(self, asset_cfg: Any, values: dict[str, float | None]) -> None:
+        """Feed each detector its source (once per new value: a model output only in the cycle
+        it was scored) and add ``<name>`` and ``<name>.outlier`` to ``values``."""
+        for d in asset_cfg.detectors:
+            if d.source not in values:
+                continue  # a model output between frames: nothing new to learn from
+            result = self.detectors[(asset_cfg.name, d.name)].update(values[d.source])
+            ready = result.ready and math.isfinite(result.score)
+            values[d.name] = result.score if ready else None
+            values[f"{d.name}.outlier"] = (1.0 if result.outlier else 0.0) if ready else None
+
     def _alarm_transition(self, alarm: Alarm) -> None:
         log.warning(
             "alarm" if not alarm.is_alert else "alert",
@@ -338,7 +353,9 @@ class Agent:
                 for t in self.alarms.on_ack_tag(a.name, ack_value, now, now_utc):
                     self._alarm_transition(t)
                     changed = True
-            for t in self.alarms.evaluate(a.name, self._asset_values(a, now), now, now_utc):
+            values = self._asset_values(a, now)
+            self._run_detectors(a, values)
+            for t in self.alarms.evaluate(a.name, values, now, now_utc):
                 self._alarm_transition(t)
                 changed = True
         if changed:

@@ -113,3 +113,17 @@ def test_one_device_per_endpoint() -> None:
     )
     out = _errors(text)
     assert out.startswith("x.yaml:3 devices[1].port: a already uses 10.0.0.1:502")
+
+
+def test_detector_source_must_be_a_value_or_a_model_output() -> None:
+    base = (
+        "devices:\n  - name: p\n    protocol: modbus_tcp\n    host: h\n    tags:\n"
+        "      - {name: v, table: holding, address: 0, type: uint16}\n"
+        "assets:\n  - name: pump1\n    values: {vib: v}\n    detectors:\n"
+    )
+    ok = base + "      - {name: d, source: vib, detector: {kind: ewma}}\n"
+    assert parse_config(ok).assets[0].detectors[0].detector.kind == "ewma"
+    bad = base + "      - {name: d, source: nope, detector: {kind: sigma3}}\n"
+    assert "x.yaml:11 assets[0].detectors[0].source: 'nope' is neither" in _errors(bad)
+    out = _errors(base + "      - {name: d, source: vib, detector: {kind: x}}\n")
+    assert out == "x.yaml:11 assets[0].detectors[0].detector: unknown kind 'x'; must be one of sigma3, iqr, ewma"
