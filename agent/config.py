@@ -486,8 +486,8 @@ def _message(err: Mapping[str, Any]) -> str:
         return "required field is missing"
     if kind == "union_tag_invalid":
         field = str(ctx.get("discriminator", "kind")).strip("'")
-        expected = str(ctx.get("expected_tags", "")).replace("'", "")
-        return f"unknown {field} {ctx.get('tag')!r}; must be one of {expected}"
+        tags = str(ctx.get("expected_tags", "")).replace("'", "")
+        return f"unknown {field} {ctx.get('tag')!r}; must be one of {tags}"
     if kind == "union_tag_not_found":
         return f"required field {ctx.get('discriminator', 'kind')} is missing"
     if kind == "enum":
