@@ -24,6 +24,7 @@ test: venv
 bench: venv
 	$(BIN)/python bench/acquisition.py
 	$(BIN)/python bench/scoring.py
+	$(BIN)/python bench/export.py
 	$(BIN)/python bench/cycle.py
 
 lint: venv
