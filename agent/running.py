@@ -170,6 +170,11 @@ class RunningSource:
             deadline = tick + self.interval_s
             t0 = self._clock()
             samples = await self.source.poll(deadline)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # A library swallowed our cancellation (asyncio.wait_for in Python 3.11 returns
+                # a result that arrives in the same pass as the cancel): honour it here.
+                raise asyncio.CancelledError
             elapsed = self._clock() - t0
             self.counters.polls += 1
             self.counters.last_poll_s = elapsed

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -37,7 +37,6 @@ from agent.config import Config
 from agent.drivers import make_driver
 from agent.errors import AgentError, AuditError, DriverError, ModelError
 from agent.modelstore.binding import ModelBinding, check_binding
-from agent.modelstore.bundle import Bundle, load_bundle
 from agent.ops import sdnotify
 from agent.ops.audit import AuditLog
 from agent.pipeline.alarms import AlarmEngine, HmiBlock
@@ -45,10 +44,13 @@ from agent.pipeline.detectors import Detector, make_detector
 from agent.pipeline.features import FeatureWindows
 from agent.pipeline.guard import Guard, GuardDecision, GuardInputs, HoldTracker
 from agent.pipeline.policy import PumpEnergyRule, StationState
-from agent.pipeline.scorer import Scorer
 from agent.running import RunningSource
 from agent.tagtable import TagTable
 from agent.types import Action, Alarm, Quality, Recommendation, Sample, Score, Value, utcnow
+
+if TYPE_CHECKING:  # onnxruntime (~28 MB) is imported only when a model is configured
+    from agent.modelstore.bundle import Bundle
+    from agent.pipeline.scorer import Scorer
 
 __all__ = ["STATUS_BITS", "Agent", "AgentView"]
 
@@ -147,6 +149,9 @@ class Agent:
         return p if p.is_absolute() else (self._base / p).resolve()
 
     def _load_model(self, binding: ModelBinding) -> _Model:
+        from agent.modelstore.bundle import load_bundle
+        from agent.pipeline.scorer import Scorer
+
         path = self._resolve(binding.bundle)
         trust = self.config.models_trust
         bundle = load_bundle(
@@ -211,6 +216,7 @@ class Agent:
             stack.push_async_callback(self._close_audit)
             sources = asyncio.create_task(self._run_sources(), name="sources")
             try:
+                await self._first_polls()
                 sdnotify.notify("READY=1", f"STATUS=polling {len(self.drivers)} devices")
                 await self._cycle_loop(stop)
             finally:
@@ -232,6 +238,15 @@ class Agent:
                         await asyncio.shield(self._write_final_status())
                 self._save_alarms()
             # 4. audit flushed and closed (callback), 5. sinks closed (exit stack)
+
+    async def _first_polls(self) -> None:
+        """Wait (bounded) for every source's first poll, so the first cycle sees data."""
+        await asyncio.sleep(0)  # let the sources start
+        limit = max((d.timeout_ms / 1000 for d in self.config.devices), default=0.0) * 4 + 0.5
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(limit):
+                for runner in self._runners:
+                    await runner.first_poll_done.wait()
 
     async def _close_audit(self) -> None:
         with contextlib.suppress(AuditError):

@@ -79,12 +79,11 @@ class _Table:
     name: str  # coil, discrete, holding, input
     planner: RequestPlanner
     tags: dict[str, ModbusTag]
-    fast: dict[str, codec.NumericDecoder] = field(default_factory=dict)
-    # per tag: (tag, register/bit count, compiled decoder or None), computed once
-    readers: dict[str, tuple[ModbusTag, int, codec.NumericDecoder | None]] = field(default_factory=dict)
+    # per tag: (address, register/bit count, reader), computed once
+    readers: dict[str, tuple[int, int, Reader]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.readers = {k: (t, t.register_count, self.fast.get(k)) for k, t in self.tags.items()}
+        self.readers = {k: (t.address, t.register_count, make_reader(t)) for k, t in self.tags.items()}
 
 
 @dataclass
@@ -102,18 +101,12 @@ def _bad(tag: ModbusTag, reason: str) -> Sample:
     return Sample.now(tag.name, None, Quality.bad(reason))
 
 
-def decode_tag(
-    tag: ModbusTag, words: Sequence[int] | Sequence[bool], fast: codec.NumericDecoder | None = None
-) -> tuple[Value, Quality]:
-    """Raw words (or bits) of one tag → engineering value and quality.
-
-    ``fast`` is the tag's compiled numeric decoder (see :func:`codec.compile_decoder`), for
-    the poll loop; without it the general decoder is used.
-    """
+def decode_tag(tag: ModbusTag, words: Sequence[int] | Sequence[bool]) -> tuple[Value, Quality]:
+    """Raw words (or bits) of one tag → engineering value and quality (the general path; the
+    poll loop uses :func:`make_reader`, the same rules with constants bound)."""
     try:
-        if fast is not None:
-            raw: bool | int | float | str = fast(words)
-        elif tag.type is codec.DataType.BOOL:
+        raw: bool | int | float | str
+        if tag.type is codec.DataType.BOOL:
             return bool(words[0]), Quality.good()
         else:
             raw = codec.decode(
@@ -129,6 +122,39 @@ def decode_tag(
     if tag.range is not None and not (tag.range[0] <= value <= tag.range[1]):
         return value, Quality.bad(f"out of range: {value:g} not in [{tag.range[0]:g}, {tag.range[1]:g}]")
     return value, Quality.good()
+
+
+Reader = Callable[[Sequence[int] | Sequence[bool]], tuple[Value, Quality]]
+
+
+def make_reader(tag: ModbusTag) -> Reader:
+    """The poll loop's decoder for one tag: :func:`decode_tag` with its constants bound once.
+
+    Numeric tags get a closure over the compiled decoder, scale, offset and range (the hot
+    path: a thousand tags a cycle); every other type goes through :func:`decode_tag`.
+    """
+    if tag.type in (codec.DataType.BOOL, codec.DataType.BIT, codec.DataType.STRING):
+        return lambda words: decode_tag(tag, words)
+    fast = codec.compile_decoder(tag.type, tag.word_order)
+    scale, offset = tag.scale, tag.offset
+    scaled = scale != 1.0 or offset != 0.0
+    lo, hi = tag.range if tag.range is not None else (-math.inf, math.inf)
+    good = Quality.good()
+    isfinite = math.isfinite
+
+    def read(words: Sequence[int] | Sequence[bool]) -> tuple[Value, Quality]:
+        try:
+            raw = fast(words)
+        except CodecError as exc:
+            return None, Quality.bad(str(exc))
+        value = raw * scale + offset if scaled else raw
+        if not isfinite(value):
+            return None, Quality.bad(f"not finite: {value}")
+        if not lo <= value <= hi:
+            return value, Quality.bad(f"out of range: {value:g} not in [{lo:g}, {hi:g}]")
+        return value, good
+
+    return read
 
 
 def encode_tag(tag: ModbusTag, value: Value) -> list[int] | bool:
@@ -263,13 +289,8 @@ class ModbusDriver:
                 limit = device.max_bits if table in ("coil", "discrete") else device.max_registers
                 gap = device.hole_fill_gap if table in ("holding", "input") else device.hole_fill_gap * 16
                 spans = [Span(t.name, t.address, t.register_count) for t in tags.values()]
-                fast = {
-                    t.name: codec.compile_decoder(t.type, t.word_order)
-                    for t in tags.values()
-                    if t.type not in (codec.DataType.BOOL, codec.DataType.BIT, codec.DataType.STRING)
-                }
                 planner = RequestPlanner(spans, max_count=limit, max_gap=gap)
-                unit.tables.append(_Table(table, planner, tags, fast))
+                unit.tables.append(_Table(table, planner, tags))
             self._units[unit_id] = unit
         self.counters = Counters()
 
@@ -452,10 +473,11 @@ class ModbusDriver:
         received_at, mono = utcnow(), self._clock()
         out = []
         start = req.start
+        readers = table.readers
         for k in req.keys:
-            tag, count, fast = table.readers[k]
-            offset = tag.address - start
-            value, quality = decode_tag(tag, data[offset : offset + count], fast)
+            address, count, read = readers[k]
+            offset = address - start
+            value, quality = read(data[offset : offset + count])
             out.append(Sample(k, value, quality, received_at, mono))
         return out
 
@@ -522,6 +544,9 @@ class ModbusDriver:
                 except ModbusException as exc:
                     self._reraise_if_cancelled()
                     raise BadReply(f"bad reply from unit {unit}: {exc}") from None
+                # asyncio.wait_for (used inside pymodbus) drops a cancellation that arrives in
+                # the same loop pass as the reply: the reply is returned, the cancel lost.
+                self._reraise_if_cancelled()
                 if rr.isError():
                     code = int(getattr(rr, "exception_code", 0))
                     name = EXCEPTION_NAMES.get(code, "unknown exception")

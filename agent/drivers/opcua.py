@@ -334,6 +334,9 @@ class OpcUaDriver:
     ) -> None:
         self.device = device
         self.name = device.name
+        # Import asyncua now, while the agent is being built: imported inside the first poll
+        # it would block the event loop for half a second (other devices' timeouts run out).
+        _lib("asyncua")
         self._clock = clock
         self._timeout_s = device.timeout_ms / 1000.0
         self._tags: dict[str, OpcUaTag] = {t.name: t for t in device.tags}
