@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 from collections.abc import Sequence
@@ -97,3 +98,27 @@ def test_tag_table_turns_stale_values_bad() -> None:
     s = table.get("x")
     assert not s.quality.is_good and s.quality.reason.startswith("stale")
     assert s.value == 1.5  # the last value is kept for display, marked BAD
+
+
+class SwallowingSource(SlowSource):
+    """A source whose library swallows the cancel (as asyncio.wait_for does in Python 3.11
+    when the reply arrives in the same loop pass): poll returns normally."""
+
+    async def poll(self, deadline: float) -> Sequence[Sample]:
+        self.calls += 1
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.05)
+        return [Sample.now("x", self.calls, Quality.good())]
+
+
+async def test_a_swallowed_cancellation_still_stops_the_loop() -> None:
+    src = SwallowingSource([0.0])
+    runner = RunningSource(src, 0.01, lambda samples: None)
+    task = asyncio.create_task(runner.run())
+    await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, timeout=1.0)
+    calls = src.calls
+    await asyncio.sleep(0.1)
+    assert src.calls == calls  # no poll after the cancel
