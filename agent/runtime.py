@@ -119,10 +119,14 @@ class Agent:
         self.stopping = False
         self.drivers: dict[str, Any] = {d.name: make_driver(d) for d in config.devices}
         self._device_of: dict[str, str] = {}
+        self._units: dict[str, str] = {}  # tag → engineering unit, for model bindings
+        self._periods: dict[str, float] = {}  # tag → refresh period (s), for model bindings
         limits: dict[str, float] = {}
         for dev in config.devices:
             for tag in dev.tags:
                 self._device_of[tag.name] = dev.name
+                self._units[tag.name] = tag.engineering_unit
+                self._periods[tag.name] = dev.poll_interval_ms / 1000
                 limits[tag.name] = dev.stale_limit_s(tag)  # type: ignore[arg-type]
         self.table = TagTable(limits, clock=clock)
         self.models = [self._load_model(b) for b in config.models]
@@ -162,13 +166,7 @@ class Agent:
             allow_unsigned=trust.allow_unsigned,
         )
         log.info("model loaded", model=bundle.manifest.ident, signature=bundle.signature.detail)
-        units: dict[str, str] = {}
-        periods: dict[str, float] = {}
-        for dev in self.config.devices:
-            for tag in dev.tags:
-                units[tag.name] = tag.engineering_unit
-                periods[tag.name] = dev.poll_interval_ms / 1000
-        check_binding(bundle.manifest, binding, units, periods, source=self.config_path)
+        check_binding(bundle.manifest, binding, self._units, self._periods, source=self.config_path)
         period = bundle.manifest.window.sample_period_s
         cycle = self.config.agent.cycle_ms / 1000
         if not math.isclose(period, cycle, rel_tol=1e-6):
@@ -178,7 +176,7 @@ class Agent:
             )
         return _Model(binding, bundle, FeatureWindows(bundle.manifest, binding), Scorer(bundle))
 
-    def _restore_alarms(self) -> None:
+    async def _restore_alarms(self) -> None:
         try:
             state = json.loads(self._state_file.read_text())
         except FileNotFoundError:
@@ -188,7 +186,7 @@ class Agent:
             return
         try:
             for a in self.alarms.restore(state, self._clock(), utcnow()):
-                self._alarm_transition(a)
+                await self._alarm_transition(a)
         except AgentError as exc:
             log.warning("alarm state not restored", file=str(self._state_file), error=str(exc))
 
@@ -206,7 +204,7 @@ class Agent:
         """Run until ``stop`` is set, then shut down in order. Raises on start-up errors."""
         self.config.agent.state_dir.mkdir(parents=True, exist_ok=True)
         self.audit.open()
-        self._restore_alarms()
+        await self._restore_alarms()
         self.audit.record_event(
             "start", f"agent {self.config.agent.name} starting", extra={"config": self.config_path}
         )
@@ -287,7 +285,7 @@ class Agent:
         """One pass of the pipeline over the current tag table."""
         now, now_utc = self._clock(), utcnow()
         await self._score(now, now_utc)
-        self._evaluate_alarms(now, now_utc)
+        await self._evaluate_alarms(now, now_utc)
         await self._write_hmi(now)
         # The heartbeat before the setpoints: the PLC applies them only while it is alive.
         await self._write_agent_status(now)
@@ -342,7 +340,7 @@ class Agent:
             values[d.name] = result.score if ready else None
             values[f"{d.name}.outlier"] = (1.0 if result.outlier else 0.0) if ready else None
 
-    def _alarm_transition(self, alarm: Alarm) -> None:
+    async def _alarm_transition(self, alarm: Alarm) -> None:
         log.warning(
             "alarm" if not alarm.is_alert else "alert",
             asset=alarm.asset,
@@ -354,11 +352,11 @@ class Agent:
         self._recent_alarms = ([*self._recent_alarms, alarm])[-50:]
         self.view.alarms = self._recent_alarms
         try:
-            self.audit.record_alarm(alarm)
+            await asyncio.to_thread(self.audit.record_alarm, alarm)  # an fsync: off the loop
         except AuditError as exc:
             log.error("audit unavailable: alarm transition not recorded", error=str(exc))
 
-    def _evaluate_alarms(self, now: float, now_utc: datetime) -> None:
+    async def _evaluate_alarms(self, now: float, now_utc: datetime) -> None:
         ack_tag = self.config.alarms.ack_tag
         changed = False
         for a in self.config.assets:
@@ -366,12 +364,12 @@ class Agent:
                 s = self.table.get(ack_tag, now)
                 ack_value = s.value if s.quality.is_good and isinstance(s.value, bool | int | float) else None
                 for t in self.alarms.on_ack_tag(a.name, ack_value, now, now_utc):
-                    self._alarm_transition(t)
+                    await self._alarm_transition(t)
                     changed = True
             values = self._asset_values(a, now)
             self._run_detectors(a, values)
             for t in self.alarms.evaluate(a.name, values, now, now_utc):
-                self._alarm_transition(t)
+                await self._alarm_transition(t)
                 changed = True
         if changed:
             self._save_alarms()
