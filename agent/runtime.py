@@ -400,27 +400,41 @@ class Agent:
                 "anomaly_score": anomaly,
                 "rul": rul,
             }
-            # The words last: an HMI that sees a new alarm bit finds its severity, count and
-            # first-out already written (the block is several writes, not one transaction).
+            # One transaction per run of adjacent registers where the driver can (Modbus FC16),
+            # and the words last otherwise: an HMI that sees a new alarm bit finds its
+            # severity, count and first-out already written.
             words = ("alarm_word", "unacked_word", "shelved_word", "alert_word")
-            for field_name, tag in sorted(a.hmi.items(), key=lambda kv: kv[0] in words):
-                value = values.get(field_name)
-                if value is not None:
-                    await self._write_display(tag, value, now)
+            items = [
+                (tag, values[f])
+                for f, tag in sorted(a.hmi.items(), key=lambda kv: kv[0] in words)
+                if values.get(f) is not None
+            ]
+            await self._write_displays(items, now)
 
-    async def _write_display(self, tag: str, value: Value, now: float) -> None:
-        """Write an HMI display value when it changed (or is due for a refresh)."""
-        last = self._written.get(tag)
-        if last is not None and last[0] == value and now - last[1] < self.config.hmi.refresh_s:
-            return
-        try:
-            await self.drivers[self._device_of[tag]].write(tag, value)
-        except DriverError as exc:
-            if last is None or last[1] != -1.0:
-                log.warning("HMI write failed", tag=tag, error=str(exc))
-            self._written[tag] = (None, -1.0)
-            return
-        self._written[tag] = (value, now)
+    async def _write_displays(self, items: list[tuple[str, Value]], now: float) -> None:
+        """Write HMI display values that changed (or are due for a refresh), per device in one
+        call where the driver supports it (``write_many``)."""
+        due: dict[str, list[tuple[str, Value]]] = {}
+        for tag, value in items:
+            last = self._written.get(tag)
+            if last is None or last[0] != value or now - last[1] >= self.config.hmi.refresh_s:
+                due.setdefault(self._device_of[tag], []).append((tag, value))
+        for device, batch in due.items():
+            driver = self.drivers[device]
+            try:
+                if len(batch) > 1 and hasattr(driver, "write_many"):
+                    await driver.write_many(batch)
+                else:
+                    for tag, value in batch:
+                        await driver.write(tag, value)
+            except DriverError as exc:
+                if any(self._written.get(tag, (None, 0.0))[1] != -1.0 for tag, _ in batch):
+                    log.warning("HMI write failed", tags=[t for t, _ in batch], error=str(exc))
+                for tag, _ in batch:
+                    self._written[tag] = (None, -1.0)  # failed: retried next cycle, logged once
+                continue
+            for tag, value in batch:
+                self._written[tag] = (value, now)
 
     def _severity_by_asset(self) -> dict[str, int]:
         return {name: block.highest_severity for name, block in self.view.hmi.items()}
@@ -530,7 +544,7 @@ class Agent:
         if self.config.hmi.status_tag is None:
             return
         self.view.status_word = self.status_word()
-        await self._write_display(self.config.hmi.status_tag, self.view.status_word, self._clock())
+        await self._write_displays([(self.config.hmi.status_tag, self.view.status_word)], self._clock())
 
     async def _final_decisions(self) -> None:
         if self.guard is None:
@@ -567,8 +581,10 @@ class Agent:
     async def _write_agent_status(self, now: float) -> None:
         hmi = self.config.hmi
         self.view.status_word = self.status_word()
+        items: list[tuple[str, Value]] = []
         if hmi.heartbeat_tag is not None:
             self._heartbeat = (self._heartbeat + 1) % 65536
-            await self._write_display(hmi.heartbeat_tag, self._heartbeat, now)
+            items.append((hmi.heartbeat_tag, self._heartbeat))
         if hmi.status_tag is not None:
-            await self._write_display(hmi.status_tag, self.view.status_word, now)
+            items.append((hmi.status_tag, self.view.status_word))
+        await self._write_displays(items, now)

@@ -572,8 +572,8 @@ class ModbusDriver:
         except KeyError:
             raise WriteRefused(f"unknown tag {name!r} on device {self.name}") from None
 
-    async def write(self, tag_name: str, value: Value) -> Value:
-        """Encode, write (FC5/FC6/FC16; read-modify-write for a bit), read back and return it."""
+    async def _writable(self, tag_name: str) -> ModbusTag:
+        """The tag, if it may be written, with the link up; else WriteRefused / DeviceUnreachable."""
         tag = self.tag(tag_name)
         if not tag.writable:
             raise WriteRefused(f"{tag.name} ({tag.reference}) is read-only (access: {tag.access})")
@@ -583,6 +583,93 @@ class ModbusDriver:
             raise RuntimeError("ModbusDriver used outside 'async with'")
         if not self.connected and await self._connect(self._clock() + self._timeout_s) is not None:
             raise DeviceUnreachable(f"{self.name}: cannot connect to {self.device.endpoint}")
+        return tag
+
+    async def write_many(self, items: Sequence[tuple[str, Value]]) -> dict[str, Value]:
+        """Write several tags, one request per run of adjacent registers (FC16) or coils (FC15),
+        so that an HMI block changes in one transaction; read each run back and return the
+        read-back values. Bit-in-register tags (read-modify-write) go one by one."""
+        encoded: list[tuple[ModbusTag, list[int] | bool]] = []
+        for name, value in items:
+            tag = await self._writable(name)
+            encoded.append((tag, encode_tag(tag, value)))
+        out: dict[str, Value] = {}
+        singles = [t.name for t, _ in encoded if t.type is codec.DataType.BIT]
+        runs: list[list[tuple[ModbusTag, list[int] | bool]]] = []
+        key = lambda e: (self.device.unit_of(e[0]), e[0].table, e[0].address)  # noqa: E731
+        for entry in sorted((e for e in encoded if e[0].type is not codec.DataType.BIT), key=key):
+            tag = entry[0]
+            if runs:
+                last = runs[-1][-1][0]
+                same = (self.device.unit_of(last), last.table) == (self.device.unit_of(tag), tag.table)
+                limit = 1968 if tag.table == "coil" else 123
+                size = sum(t.register_count for t, _ in runs[-1])
+                if (
+                    same
+                    and last.address + last.register_count == tag.address
+                    and size + tag.register_count <= limit
+                ):
+                    runs[-1].append(entry)
+                    continue
+            runs.append([entry])
+        for run in runs:
+            out.update(await self._write_run(run))
+        for name in singles:
+            out[name] = await self.write(name, dict(items)[name])
+        return out
+
+    async def _write_run(self, run: list[tuple[ModbusTag, list[int] | bool]]) -> dict[str, Value]:
+        first = run[0][0]
+        unit, start, client, timeout = (
+            self.device.unit_of(first),
+            first.address,
+            self._client,
+            self._timeout_s,
+        )
+        try:
+            if first.table == "coil":
+                bits = [bool(e) for _, e in run]
+                if len(bits) == 1:
+                    await self._execute(
+                        lambda: client.write_coil(start, bits[0], device_id=unit), unit, timeout
+                    )
+                else:
+                    await self._execute(
+                        lambda: client.write_coils(start, bits, device_id=unit), unit, timeout
+                    )
+                back = await self._execute(
+                    lambda: client.read_coils(start, count=len(bits), device_id=unit), unit, timeout
+                )
+                if len(back.bits) < len(bits):
+                    raise BadReply(f"short reply on read-back of coils {first.reference}..")
+                return {t.name: bool(b) for (t, _), b in zip(run, back.bits, strict=False)}
+            words = [w for _, e in run for w in e]  # type: ignore[union-attr]
+            if len(words) == 1:
+                await self._execute(
+                    lambda: client.write_register(start, words[0], device_id=unit), unit, timeout
+                )
+            else:
+                await self._execute(
+                    lambda: client.write_registers(start, words, device_id=unit), unit, timeout
+                )
+            back = await self._execute(
+                lambda: client.read_holding_registers(start, count=len(words), device_id=unit), unit, timeout
+            )
+        except DeviceException as exc:
+            names = ", ".join(t.name for t, _ in run)
+            raise WriteRefused(f"{names} ({first.reference}..): device refused the write: {exc}") from None
+        regs = list(back.registers)
+        if len(regs) != len(words):
+            raise BadReply(f"{first.name}..: short reply on read-back ({len(regs)} of {len(words)})")
+        out: dict[str, Value] = {}
+        for tag, _ in run:
+            offset = tag.address - start
+            out[tag.name] = decode_tag(tag, regs[offset : offset + tag.register_count])[0]
+        return out
+
+    async def write(self, tag_name: str, value: Value) -> Value:
+        """Encode, write (FC5/FC6/FC16; read-modify-write for a bit), read back and return it."""
+        tag = await self._writable(tag_name)
         unit = self.device.unit_of(tag)
         encoded = encode_tag(tag, value)
         client = self._client
