@@ -12,6 +12,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 __all__ = [
     "Action",
@@ -74,13 +75,15 @@ class Quality:
 _GOOD = Quality(QualityCode.GOOD)
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
+class Sample(NamedTuple):
     """One value of one tag as read from (or written to) a device.
 
     ``source_time`` is the device's own timestamp when the protocol has one (OPC UA),
     ``received_at`` the UTC time the agent received it, ``mono`` the monotonic stamp every
     freshness decision is made on.
+
+    Immutable like every core type; a NamedTuple rather than a frozen dataclass because a
+    poll creates one per tag (a thousand a cycle) and this is three times cheaper to build.
     """
 
     tag: str
@@ -101,7 +104,8 @@ class Sample:
         return cls(tag, value, quality, utcnow(), time.monotonic(), source_time)
 
     def stale(self, limit_s: float, now_mono: float) -> bool:
-        return now_mono - self.mono > limit_s
+        """Older than ``limit_s``; a NaN time counts as stale (fail closed)."""
+        return not now_mono - self.mono <= limit_s
 
     def as_float(self) -> float:
         """The value as a float (NaN when it has none); callers check quality first."""
@@ -183,7 +187,8 @@ class Recommendation:
     inputs_good: bool = True
 
     def expired(self, now_mono: float) -> bool:
-        return now_mono >= self.expires_mono
+        """Past its TTL; a NaN time counts as expired (fail closed)."""
+        return not now_mono < self.expires_mono
 
 
 class Action(enum.StrEnum):
