@@ -153,7 +153,7 @@ async def _write(cfg: Config, tag_name: str, text: str) -> Value:
     log.warning(
         "commissioning write", tag=tag_name, value=value, device=dev.name, reference=tag.reference, user=user
     )
-    audit = AuditLog(cfg.audit_config())
+    audit = AuditLog(cfg.audit_config(), guest=True)  # beside a running agent, if there is one
     try:
         audit.open()
         audit.record_manual_write(tag_name, value, user)  # committed before the write is sent

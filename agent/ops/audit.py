@@ -417,7 +417,12 @@ class AuditLog:
         *,
         clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
+        guest: bool = False,
     ) -> None:
+        """``guest=True`` is for a short-lived second writer beside the running agent (the
+        commissioning CLI): it does not take the owner's lock and never rotates; SQLite's own
+        locking orders its rows with the agent's."""
+        self._guest = guest
         self._config = config
         self._path = config.path
         self._clock = clock
@@ -629,7 +634,8 @@ class AuditLog:
             if self._closed:
                 raise AuditError(f"audit log {self._path} is closed")
             self._ensure_open()
-            self._maybe_rotate()
+            if not self._guest:
+                self._maybe_rotate()
             conn = self._ensure_open()  # a new file if it rotated
             cur = conn.execute(sql, [row[n] for n in names])  # autocommit: committed on return
             if conn.in_transaction:  # never expected; an open transaction would not be durable
@@ -672,7 +678,8 @@ class AuditLog:
     def _ensure_open(self) -> sqlite3.Connection:
         if self._conn is not None:
             return self._conn
-        self._take_lock_file()
+        if not self._guest:
+            self._take_lock_file()
         created = not self._path.exists()
         conn = sqlite3.connect(
             self._path, isolation_level=None, check_same_thread=False, timeout=_BUSY_MS / 1000

@@ -67,7 +67,15 @@ async def test_check_read_write_against_a_real_server(tmp_path: Path) -> None:
         assert {r["tag"]: r["value"] for r in rows} == {"level": 2.75, "count": -7}
         assert all(r["quality"] == "GOOD" and r["received_at"] for r in rows)
 
+        # the running agent owns the audit log: a commissioning write is still audited beside it
+        from agent.config import load_config
+        from agent.ops.audit import AuditLog
+
+        owner = AuditLog(load_config(cfg).audit_config())
+        owner.open()
+        owner.record_event("start", "a running agent")
         rc, out, err = await run_cli("write", "-c", str(cfg), "sp", "42.5")
+        owner.close()
         assert rc == 0, err
         assert "sp (40011) = 42.5 (read back)" in out
         assert "commissioning write" in err and "user=" in err
