@@ -209,6 +209,8 @@ def _cmd_run(cfg: Config, args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         _install_stop(stop)
         agent = Agent(cfg, config_path=args.config)
+        # SIGHUP: reload model bundles installed in place (a bad one is refused, the old stays)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, agent.request_reload)
         await agent.run(stop)
 
     asyncio.run(main())

@@ -146,6 +146,7 @@ class Agent:
         self._heartbeat = 0
         self._runners: list[RunningSource] = []
         self._recent_alarms: list[Alarm] = []
+        self._reload_requested = False
 
     # ------------------------------------------------------------------ start-up
 
@@ -279,10 +280,57 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await stop_wait
 
+    # ------------------------------------------------------------------ model reload
+
+    def request_reload(self) -> None:
+        """Ask for :meth:`reload_models` at the start of the next cycle (safe from a signal
+        handler: `edge-agent run` calls it on SIGHUP)."""
+        self._reload_requested = True
+
+    async def reload_models(self) -> list[str]:
+        """Load every bundle again from disk, after a new one was installed in its place.
+
+        A bundle that fails any check (hashes, signature, session, binding) is refused with the
+        reason, logged and audited, and the model already running keeps serving; an unchanged
+        bundle keeps its windows. Returns one line per model.
+        """
+        lines: list[str] = []
+        for i, old in enumerate(self.models):
+            name = old.binding.name
+            try:
+                new = await asyncio.to_thread(self._load_model, old.binding)
+            except ModelError as exc:
+                log.error(
+                    "model reload refused; the running model stays", model=old.bundle.ident, error=str(exc)
+                )
+                with contextlib.suppress(AuditError):
+                    await asyncio.to_thread(
+                        self.audit.record_event, "model_refused", f"{name}: {exc}; {old.bundle.ident} stays"
+                    )
+                lines.append(f"{name}: refused, {old.bundle.ident} stays: {exc}")
+                continue
+            if new.bundle.ident == old.bundle.ident and new.bundle.hashes == old.bundle.hashes:
+                lines.append(f"{name}: unchanged ({old.bundle.ident})")
+                continue
+            await old.scorer.drain()
+            self.models[i] = new
+            log.warning("model installed", model=new.bundle.ident, replaces=old.bundle.ident)
+            with contextlib.suppress(AuditError):
+                await asyncio.to_thread(
+                    self.audit.record_event,
+                    "model_installed",
+                    f"{name}: {new.bundle.ident} replaces {old.bundle.ident}",
+                )
+            lines.append(f"{name}: installed {new.bundle.ident} (was {old.bundle.ident})")
+        return lines
+
     # ------------------------------------------------------------------ one cycle
 
     async def cycle(self) -> None:
         """One pass of the pipeline over the current tag table."""
+        if self._reload_requested:
+            self._reload_requested = False
+            await self.reload_models()
         now, now_utc = self._clock(), utcnow()
         await self._score(now, now_utc)
         await self._evaluate_alarms(now, now_utc)
