@@ -678,7 +678,9 @@ class AuditLog:
     def _ensure_open(self) -> sqlite3.Connection:
         if self._conn is not None:
             return self._conn
-        if not self._guest:
+        if self._guest:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+        else:
             self._take_lock_file()
         created = not self._path.exists()
         conn = sqlite3.connect(
