@@ -218,7 +218,7 @@ def test_example_scenarios_load_and_run(name: str) -> None:
     plant.run(120, 1.0)
     if name == "demo":
         assert plant.state.fault_labels[0] == "bearing_wear" and plant.plc.permissive
-        assert plant.state.rul_h[0] == pytest.approx((60 + 600 - 120) / 3600)  # 10 min to failure
+        assert plant.state.rul_h[0] == pytest.approx((60 + 300 - 120) / 3600)  # 5 min to failure
     if name == "all_faults":
         kinds = {ev.fault.kind for ev in sc.events if ev.fault}
         assert kinds == set(FaultKind) - {FaultKind.NORMAL}
