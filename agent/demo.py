@@ -62,13 +62,15 @@ def summary_lines(agent: Agent, plant: Any, wall_s: float) -> list[str]:
     """The end-of-run summary (the scripted demo's output, checked in CI)."""
     v = agent.view
     raised = [a for a in v.alarms if a.state.name in ("UNACK", "ACKED")]
-    names = sorted({f"{a.asset}:{a.name}" for a in raised})
+    alarms = sorted({f"{a.asset}:{a.name}" for a in raised if not a.is_alert})
+    alerts = sorted({f"{a.asset}:{a.name}" for a in raised if a.is_alert})
     spec = plant.energy_kwh / plant.volume_m3 if plant.volume_m3 > 0 else float("nan")
     lines = [
         "",
         "=== demo summary ===",
         f"ran {wall_s:.0f} s wall, {plant.state.t_s:.0f} s plant time, {v.cycles} cycles",
-        f"alarms raised: {len(raised)} ({', '.join(names) or 'none'})",
+        f"alarms raised: {', '.join(alarms) or 'none'}",
+        f"alerts raised (no operator action defined): {', '.join(alerts) or 'none'}",
     ]
     for name, block in sorted(v.hmi.items()):
         lines.append(
