@@ -34,3 +34,22 @@ def test_shipped_bundle_loads_is_signed_and_binds_to_the_plant(bundle: Path) -> 
     units = {e.name: e.unit for e in build_register_map(2)}
     binding = ModelBinding(name=b.manifest.name, bundle=bundle, assets=assets)
     check_binding(b.manifest, binding, units, dict.fromkeys(units, 1.0), source="simulator register map")
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[p.name for p in BUNDLES])
+def test_shipped_bundle_binds_to_the_demo_config(bundle: Path) -> None:
+    """Every shipped bundle binds to configs/demo.yaml: the demo's own binding where the demo
+    runs it, else the demo's pump tags under the same roles; trusted with the demo's keys."""
+    from agent.config import load_config
+
+    cfg = load_config(ROOT / "configs" / "demo.yaml")
+    keys = [(ROOT / "configs" / k).resolve() for k in cfg.models_trust.public_keys]
+    b = load_bundle(bundle, trusted_keys=keys, allow_unsigned=cfg.models_trust.allow_unsigned)
+    assert b.signature.state == "signed"
+    binding = next((m for m in cfg.models if m.name == b.manifest.name), None)
+    if binding is None:
+        template = cfg.models[0]
+        binding = template.model_copy(update={"name": b.manifest.name, "bundle": bundle})
+    units = {t.name: t.engineering_unit for _, t in cfg.iter_tags()}
+    periods = {t.name: d.poll_interval_ms / 1000 for d, t in cfg.iter_tags()}
+    check_binding(b.manifest, binding, units, periods, source="configs/demo.yaml")
