@@ -664,53 +664,26 @@ class ModbusDriver:
         out: dict[str, Value] = {}
         for tag, _ in run:
             offset = tag.address - start
-            out[tag.name] = decode_tag(tag, regs[offset : offset + tag.register_count])[0]
+            value, quality = decode_tag(tag, regs[offset : offset + tag.register_count])
+            if not quality.is_good and value is None:
+                raise BadReply(f"{tag.name}: read-back is not valid: {quality.reason}")
+            out[tag.name] = value
         return out
 
     async def write(self, tag_name: str, value: Value) -> Value:
         """Encode, write (FC5/FC6/FC16; read-modify-write for a bit), read back and return it."""
         tag = await self._writable(tag_name)
-        unit = self.device.unit_of(tag)
         encoded = encode_tag(tag, value)
-        client = self._client
-        timeout = self._timeout_s
-        try:
-            if isinstance(encoded, bool):
-                await self._execute(
-                    lambda: client.write_coil(tag.address, encoded, device_id=unit), unit, timeout
-                )
-                back = await self._execute(
-                    lambda: client.read_coils(tag.address, count=1, device_id=unit), unit, timeout
-                )
-                return bool(back.bits[0])
-            if tag.type is codec.DataType.BIT:
-                # Read-modify-write: FC22 is not supported by every device.
+        if tag.type is codec.DataType.BIT:
+            # Read-modify-write of the register: FC22 is not supported by every device.
+            unit, client = self.device.unit_of(tag), self._client
+            try:
                 current = await self._execute(
-                    lambda: client.read_holding_registers(tag.address, count=1, device_id=unit), unit, timeout
+                    lambda: client.read_holding_registers(tag.address, count=1, device_id=unit),
+                    unit,
+                    self._timeout_s,
                 )
-                word = codec.set_bit(int(current.registers[0]), tag.bit or 0, bool(value))
-                await self._execute(
-                    lambda: client.write_register(tag.address, word, device_id=unit), unit, timeout
-                )
-            elif len(encoded) == 1:
-                await self._execute(
-                    lambda: client.write_register(tag.address, encoded[0], device_id=unit), unit, timeout
-                )
-            else:
-                await self._execute(
-                    lambda: client.write_registers(tag.address, encoded, device_id=unit), unit, timeout
-                )
-            back = await self._execute(
-                lambda: client.read_holding_registers(tag.address, count=tag.register_count, device_id=unit),
-                unit,
-                timeout,
-            )
-        except DeviceException as exc:
-            raise WriteRefused(f"{tag.name} ({tag.reference}): device refused the write: {exc}") from None
-        regs = list(back.registers)
-        if len(regs) != tag.register_count:
-            raise BadReply(f"{tag.name}: short reply on read-back ({len(regs)} of {tag.register_count})")
-        read_value, quality = decode_tag(tag, regs)
-        if not quality.is_good and read_value is None:
-            raise BadReply(f"{tag.name}: read-back is not valid: {quality.reason}")
-        return read_value
+            except DeviceException as exc:
+                raise WriteRefused(f"{tag.name} ({tag.reference}): device refused the read: {exc}") from None
+            encoded = [codec.set_bit(int(current.registers[0]), tag.bit or 0, bool(value))]
+        return (await self._write_run([(tag, encoded)]))[tag.name]
