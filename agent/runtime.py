@@ -422,20 +422,15 @@ class Agent:
         if changed:
             self._save_alarms()
 
-    def _source_value(self, source: str | None, asset: str, now: float) -> float | None:
-        if source is None:
-            return None
-        asset_cfg = next(a for a in self.config.assets if a.name == asset)
-        return self._asset_values(asset_cfg, now, fresh=False).get(source)
-
     async def _write_hmi(self, now: float) -> None:
         for a in self.config.assets:
             block = self.alarms.hmi_block(a.name)
-            fault = self._source_value(a.fault_class_source, a.name, now)
-            rul = self._source_value(a.rul_source, a.name, now)
+            shown = self._asset_values(a, now, fresh=False)  # the latest score, for display
+            fault = shown.get(a.fault_class_source) if a.fault_class_source else None
+            rul = shown.get(a.rul_source) if a.rul_source else None
             block = dataclasses.replace(block, fault_class=int(fault) if fault is not None else 0, rul=rul)
             self.view.hmi[a.name] = block
-            anomaly = self._source_value(a.anomaly_source, a.name, now)
+            anomaly = shown.get(a.anomaly_source) if a.anomaly_source else None
             values: dict[str, Value] = {
                 "alarm_word": block.alarm_word,
                 "unacked_word": block.unacked_word,
