@@ -146,10 +146,6 @@ class ModbusTag(FrozenModel):
     def reference(self) -> str:
         return modbus_reference(self.table, self.address)
 
-    @property
-    def numeric(self) -> bool:
-        return self.type not in (DataType.STRING,)
-
 
 class BreakerConfig(FrozenModel):
     """Per-unit circuit breaker: open after ``failures`` consecutive failures, probe after a

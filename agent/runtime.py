@@ -145,7 +145,6 @@ class Agent:
         self._last_write: dict[str, float] = {}
         self._heartbeat = 0
         self._runners: list[RunningSource] = []
-        self._recent_alarms: list[Alarm] = []
         self._reload_requested = False
 
     # ------------------------------------------------------------------ start-up
@@ -397,8 +396,7 @@ class Agent:
             severity=alarm.severity,
             message=alarm.message,
         )
-        self._recent_alarms = ([*self._recent_alarms, alarm])[-50:]
-        self.view.alarms = self._recent_alarms
+        self.view.alarms = [*self.view.alarms, alarm][-50:]  # recent transitions, for the views
         try:
             await asyncio.to_thread(self.audit.record_alarm, alarm)  # an fsync: off the loop
         except AuditError as exc:
