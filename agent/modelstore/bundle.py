@@ -145,6 +145,22 @@ def _fmt_shape(shape: Sequence[object]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
+def _tensor_problems(what: str, dtype: str, shape: Sequence[Dim], got: Any, where: str) -> list[str]:
+    """Differences between a manifest tensor (dtype, shape) and a session's input/output."""
+    problems: list[str] = []
+    got_dtype = _ORT_DTYPES.get(got.type, got.type)
+    if got_dtype != dtype:
+        problems.append(f"{what}: manifest says {dtype}, {where} has {got_dtype}")
+    got_shape = list(got.shape)
+    if len(got_shape) != len(shape) or not all(
+        _dims_match(m, s) for m, s in zip(shape, got_shape, strict=True)
+    ):
+        problems.append(
+            f"{what}: manifest says shape {_fmt_shape(shape)}, {where} has shape {_fmt_shape(got_shape)}"
+        )
+    return problems
+
+
 def check_session(manifest: Manifest, session: Any, where: str) -> None:
     """Compare a session's inputs and outputs with the manifest; ModelError naming both sides."""
     who = f"model {manifest.ident}"
@@ -154,18 +170,9 @@ def check_session(manifest: Manifest, session: Any, where: str) -> None:
     if list(inputs) != [spec.name]:
         problems.append(f"{who} manifest declares input {spec.name!r}, {where} has inputs {sorted(inputs)}")
     if spec.name in inputs:
-        got = inputs[spec.name]
-        got_dtype = _ORT_DTYPES.get(got.type, got.type)
-        if got_dtype != spec.dtype:
-            problems.append(f"{who} input {spec.name}: manifest says {spec.dtype}, {where} has {got_dtype}")
-        got_shape = list(got.shape)
-        if len(got_shape) != len(spec.shape) or not all(
-            _dims_match(m, s) for m, s in zip(spec.shape, got_shape, strict=True)
-        ):
-            problems.append(
-                f"{who} input {spec.name}: manifest says shape {_fmt_shape(spec.shape)}, "
-                f"{where} has shape {_fmt_shape(got_shape)}"
-            )
+        problems += _tensor_problems(
+            f"{who} input {spec.name}", spec.dtype, spec.shape, inputs[spec.name], where
+        )
     outputs = {o.name: o for o in session.get_outputs()}
     declared = [o.name for o in manifest.outputs]
     missing = [n for n in declared if n not in outputs]
@@ -175,18 +182,7 @@ def check_session(manifest: Manifest, session: Any, where: str) -> None:
     for o in manifest.outputs:
         if o.name not in outputs:
             continue
-        got = outputs[o.name]
-        got_dtype = _ORT_DTYPES.get(got.type, got.type)
-        if got_dtype != o.dtype:
-            problems.append(f"{who} output {o.name}: manifest says {o.dtype}, {where} has {got_dtype}")
-        got_shape = list(got.shape)
-        if len(got_shape) != len(o.shape) or not all(
-            _dims_match(m, s) for m, s in zip(o.shape, got_shape, strict=True)
-        ):
-            problems.append(
-                f"{who} output {o.name}: manifest says shape {_fmt_shape(o.shape)}, "
-                f"{where} has shape {_fmt_shape(got_shape)}"
-            )
+        problems += _tensor_problems(f"{who} output {o.name}", o.dtype, o.shape, outputs[o.name], where)
     if problems:
         raise ModelError("\n".join(problems))
 
