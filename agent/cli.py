@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from agent.config import AnyTag, Config, ModbusTag, load_config
+from agent.config import AnyTag, Config, ModbusTag, check_paths, load_config
 from agent.drivers import make_driver
 from agent.drivers.modbus import UnitStatus
 from agent.errors import AgentError, AuditError, ConfigError, DriverError, WriteRefused
@@ -63,6 +63,12 @@ async def _poll_once(cfg: Config, only: set[str] | None) -> tuple[list[Sample], 
 
 
 def _cmd_check(cfg: Config, args: argparse.Namespace) -> int:
+    # The file is valid (main loaded it); now what it points at: bundles, keys, state directory.
+    problems = check_paths(cfg, args.config)
+    for line in problems:
+        print(line, file=sys.stderr)
+    if problems:
+        return 2
     n_tags = sum(len(d.tags) for d in cfg.devices)
     print(f"{args.config}: OK ({len(cfg.devices)} devices, {n_tags} tags)")
     for dev in cfg.devices:

@@ -4,6 +4,14 @@ Every error names the file, the line and the field path, e.g.::
 
     configs/plant.yaml:42 devices[1].tags[3].word_order: must be one of ABCD, BADC, CDAB, DCBA
 
+The file itself is read by :mod:`agent.configyaml` (size limit, strict UTF-8, no alias bombs,
+duplicate keys refused). :class:`Config` then checks what no single section can: every tag a
+section names exists, every tag the agent writes declares the purpose it is written for, no tag
+the agent writes is (by name or by sharing a register or node) a setpoint, the permissive, the
+acknowledge tag or another target's recommendation, Guard limits fit the tag, and alarm sources
+name something. :func:`check_paths` checks what lies outside the file (bundles, keys, the state
+directory) for ``edge-agent check``.
+
 Secrets are never stored in the config itself: a :class:`Secret` names an environment
 variable, a file, or a systemd credential, and is read only when needed. Its value never
 appears in ``repr()``, logs or error messages.
@@ -11,26 +19,31 @@ appears in ``repr()``, logs or error messages.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import stat
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-import yaml
 from pydantic import (
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from agent.configbase import FrozenModel, Secret
+from agent.configbase import FrozenModel, Loc, LocatedError, Purpose, Secret, check_purpose
+from agent.configyaml import LineMap, compose, format_loc, line_for, problem, read_text
 from agent.drivers.modbus_codec import DataType, register_count, valid_orders
 from agent.drivers.opcua_config import OpcUaDevice, OpcUaTag
 from agent.errors import ConfigError
 from agent.modelstore.binding import ModelBinding
+from agent.modelstore.manifest import MANIFEST_FILE
 from agent.ops.audit import AuditConfig
 from agent.pipeline.alarms import AlarmsConfig
 from agent.pipeline.detectors import DetectorConfig
@@ -43,6 +56,7 @@ __all__ = [
     "AnyTag",
     "AssetConfig",
     "AssetHmi",
+    "BitWrite",
     "BreakerConfig",
     "Config",
     "DetectorBinding",
@@ -52,19 +66,26 @@ __all__ = [
     "ModbusTag",
     "ModbusTcpDevice",
     "ModelsTrust",
+    "Purpose",
     "Secret",
+    "check_paths",
     "load_config",
     "modbus_reference",
     "parse_config",
 ]
-
-Loc = tuple[int | str, ...]
 
 
 # --------------------------------------------------------------------------- Modbus
 
 Table = Literal["coil", "discrete", "holding", "input"]
 Access = Literal["read", "write", "read-write"]
+BitWrite = Literal["mask", "read_modify_write"]
+"""How a ``type: bit`` tag is written: ``mask`` is FC22 (mask write register: only that bit
+changes, atomically in the device; the unit must be listed in ``mask_write_units``),
+``read_modify_write`` reads the register and writes it back with the bit changed (refused by
+the config where another party writes a bit of the same register)."""
+
+_FLOAT32_MAX = 3.4028234663852886e38
 
 _REF_BASE: dict[str, int] = {"coil": 0, "discrete": 10000, "input": 30000, "holding": 40000}
 
@@ -93,6 +114,11 @@ class ModbusTag(FrozenModel):
     engineering_unit: str = ""
     range: tuple[float, float] | None = None
     access: Access = "read"
+    purpose: Purpose | None = None
+    """Why the agent writes this tag (required when access is not read); a write made for any
+    other purpose is refused."""
+    bit_write: BitWrite | None = None
+    """How a writable ``type: bit`` tag is written (required for one, refused for any other)."""
     stale_after_ms: Annotated[int, Field(gt=0)] | None = None
     description: str = ""
 
@@ -132,6 +158,21 @@ class ModbusTag(FrozenModel):
             raise ValueError("scale must not be 0")
         if self.address + self.register_count > 65536:
             raise ValueError("tag runs past the end of the address space")
+        check_purpose(self.access, self.purpose)
+        if self.bit_write is not None:
+            if dtype is not DataType.BIT:
+                raise LocatedError(("bit_write",), "applies to type bit only (one bit of a holding register)")
+            if self.access == "read":
+                raise LocatedError(
+                    ("bit_write",), "applies only to a tag the agent writes (access write or read-write)"
+                )
+        elif dtype is DataType.BIT and self.access != "read":
+            raise LocatedError(
+                ("bit_write",),
+                "a writable bit tag needs bit_write: mask (FC22 mask write, its unit listed in the "
+                "device's mask_write_units) or read_modify_write (only where nothing else writes "
+                "that register)",
+            )
         return self
 
     @property
@@ -143,8 +184,62 @@ class ModbusTag(FrozenModel):
         return self.access != "read"
 
     @property
+    def readable(self) -> bool:
+        return self.access != "write"
+
+    @property
     def reference(self) -> str:
         return modbus_reference(self.table, self.address)
+
+    @property
+    def numeric(self) -> bool:
+        """A number with a scale: the integer and float types (not bool, bit or string)."""
+        return self.type not in (DataType.BOOL, DataType.BIT, DataType.STRING)
+
+    @property
+    def resolution(self) -> float | None:
+        """The smallest step the register can express, in engineering units: ``|scale|`` for
+        the integer types, None for floats (no fixed step) and for non-numeric types."""
+        if not self.numeric or self.type in (DataType.FLOAT32, DataType.FLOAT64):
+            return None
+        return abs(self.scale)
+
+    @property
+    def value_limits(self) -> tuple[float, float] | None:
+        """The engineering values the type and scale can hold (``raw × scale + offset``), e.g.
+        uint16 × 0.1 holds [offset, 6553.5 + offset]; None for non-numeric types."""
+        if not self.numeric:
+            return None
+        if self.type is DataType.FLOAT64:
+            return (-float("inf"), float("inf"))
+        if self.type is DataType.FLOAT32:
+            lo, hi = -_FLOAT32_MAX, _FLOAT32_MAX
+        else:
+            bits = 16 * self.register_count
+            signed = self.type.value.startswith("int")
+            lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+        a, b = lo * self.scale + self.offset, hi * self.scale + self.offset
+        return (min(a, b), max(a, b))
+
+    def encoding(self) -> str:
+        """The type, scale and offset as one phrase for messages (``uint16 × 0.1 + 5``)."""
+        text = str(self.type.value)
+        if self.scale != 1.0:
+            text += f" × {self.scale:g}"
+        if self.offset != 0.0:
+            text += f" + {self.offset:g}"
+        return text
+
+    def span(self) -> str:
+        """Where the tag lives, both notations: ``holding 120-121 (40121-40122)``,
+        ``holding 10 bit 3 (40011)``, ``coil 0 (00001)``."""
+        last = self.address + self.register_count - 1
+        if last == self.address:
+            text = f"{self.table} {self.address}"
+            if self.bit is not None:
+                text += f" bit {self.bit}"
+            return f"{text} ({self.reference})"
+        return f"{self.table} {self.address}-{last} ({self.reference}-{modbus_reference(self.table, last)})"
 
 
 class BreakerConfig(FrozenModel):
@@ -167,21 +262,59 @@ class _ModbusDeviceBase(FrozenModel):
     hole_fill_gap: Annotated[int, Field(ge=0, le=124)] = 8
     stale_after_ms: Annotated[int, Field(gt=0)] | None = None
     breaker: BreakerConfig = BreakerConfig()
+    mask_write_units: list[Annotated[int, Field(ge=0, le=255)]] = []
+    """Units declared to support FC22 (mask write register). Never probed: a probe is itself a
+    write, so the commissioning engineer declares it from the device's manual."""
     tags: list[ModbusTag] = []
 
     @model_validator(mode="after")
     def _tags_fit(self) -> Self:
+        for k, unit in enumerate(self.mask_write_units):
+            if unit not in self.units:
+                raise LocatedError(
+                    ("mask_write_units", k), f"unit {unit} is not one of this device's units {self.units}"
+                )
+        problems: list[tuple[Loc, str]] = []
         for i, tag in enumerate(self.tags):
             unit = tag.unit if tag.unit is not None else self.units[0]
             if unit not in self.units:
-                raise _LocatedError(
+                raise LocatedError(
                     ("tags", i, "unit"), f"unit {unit} is not one of this device's units {self.units}"
                 )
             if tag.register_count > self.max_registers and tag.table in ("holding", "input"):
-                raise _LocatedError(
+                raise LocatedError(
                     ("tags", i, "length"),
                     f"{tag.register_count} registers exceed max_registers {self.max_registers}",
                 )
+            if tag.bit_write == "mask" and unit not in self.mask_write_units:
+                problems.append(
+                    (
+                        ("tags", i, "bit_write"),
+                        f"mask needs unit {unit} in this device's mask_write_units: declare there that "
+                        "the unit supports FC22 mask write (it is never probed)",
+                    )
+                )
+            elif tag.bit_write == "read_modify_write":
+                for other in self.tags:
+                    if (
+                        other.type is DataType.BIT
+                        and other.access == "read"
+                        and self.unit_of(other) == unit
+                        and other.table == tag.table
+                        and other.address == tag.address
+                    ):
+                        problems.append(
+                            (
+                                ("tags", i, "bit_write"),
+                                f"read_modify_write would write back the whole register {tag.span()}, which "
+                                f"also holds bit tag {other.name!r} (bit {other.bit}) that the agent does "
+                                "not write: a change the PLC or operator makes to it in between would be "
+                                "undone; use mask (FC22)",
+                            )
+                        )
+                        break
+        if problems:
+            raise LocatedError.many(problems)
         return self
 
     def unit_of(self, tag: ModbusTag) -> int:
@@ -234,9 +367,24 @@ class AgentSection(FrozenModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["console", "json"] = "console"
     state_dir: Path = Path("/var/lib/edge-agent")
+    """The audit log, alarm state and ownership file (relative: to the working directory). It
+    need not exist yet; a path that exists and is not a directory is refused."""
     cycle_ms: Annotated[int, Field(ge=50, le=60_000)] = 1000
     """The pipeline tick: windows, models, alarms, Guard, HMI writes. A model's sample period
     must equal it."""
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir_not_a_file(cls, value: Path) -> Path:
+        try:
+            mode = os.stat(value).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return value  # created at start (edge-agent check says whether it can be)
+        except OSError:
+            return value  # unreadable here: check_paths reports it
+        if not stat.S_ISDIR(mode):
+            raise ValueError(f"{value} exists and is not a directory")
+        return value
 
 
 class AssetHmi(FrozenModel):
@@ -316,21 +464,37 @@ class Config(FrozenModel):
     recommender: RecommenderConfig | None = None
     audit: AuditConfig | None = None
 
+    _lines: LineMap = PrivateAttr(default_factory=dict)
+
     @model_validator(mode="after")
-    def _unique_names(self) -> Self:
+    def _cross_checks(self) -> Self:
+        if not self.devices:
+            raise LocatedError(("devices",), "no devices configured")
+        tags = self._unique_names()
+        self._check_references(tags)
+        problems: list[tuple[Loc, str]] = []
+        problems += _write_problems(self)
+        problems += _guard_limit_problems(self)
+        problems += _bit_write_problems(self)
+        problems += _source_problems(self)
+        if problems:
+            raise LocatedError.many(problems)
+        return self
+
+    def _unique_names(self) -> dict[str, str]:
         seen_dev: set[str] = set()
         seen_tag: dict[str, str] = {}
         seen_endpoint: dict[str, str] = {}
         for d, dev in enumerate(self.devices):
             if dev.name in seen_dev:
-                raise _LocatedError(("devices", d, "name"), f"duplicate device name {dev.name!r}")
+                raise LocatedError(("devices", d, "name"), f"duplicate device name {dev.name!r}")
             seen_dev.add(dev.name)
             if dev.protocol != "opcua":
                 # Many devices take one connection at a time and a bus carries one request at a
                 # time: one device entry (one connection) per endpoint, its units listed on it.
                 if dev.endpoint in seen_endpoint:
                     field = "serial_port" if dev.protocol == "modbus_rtu" else "port"
-                    raise _LocatedError(
+                    raise LocatedError(
                         ("devices", d, field),
                         f"{seen_endpoint[dev.endpoint]} already uses {dev.endpoint}: list every unit "
                         "behind one endpoint in the units of a single device",
@@ -339,13 +503,12 @@ class Config(FrozenModel):
             tags: list[AnyTag] = list(dev.tags)
             for t, tag in enumerate(tags):
                 if tag.name in seen_tag:
-                    raise _LocatedError(
+                    raise LocatedError(
                         ("devices", d, "tags", t, "name"),
                         f"duplicate tag name {tag.name!r} (also on device {seen_tag[tag.name]})",
                     )
                 seen_tag[tag.name] = dev.name
-        self._check_references(seen_tag)
-        return self
+        return seen_tag
 
     def _check_references(self, tags: Mapping[str, str]) -> None:
         """Every tag a section names exists; every tag written is writable."""
@@ -355,9 +518,9 @@ class Config(FrozenModel):
             if tag is None:
                 return
             if tag not in tags:
-                raise _LocatedError(loc, f"unknown tag {tag!r}")
+                raise LocatedError(loc, f"unknown tag {tag!r}")
             if write and tag not in writable:
-                raise _LocatedError(loc, f"tag {tag!r} is written by the agent but its access is read")
+                raise LocatedError(loc, f"tag {tag!r} is written by the agent but its access is read")
 
         asset_names = {a.name for a in self.assets}
         for i, a in enumerate(self.assets):
@@ -365,15 +528,15 @@ class Config(FrozenModel):
                 need(("assets", i, "hmi", field), tag, write=True)
             for name, tag in a.values.items():
                 need(("assets", i, "values", name), tag)
-            models = {m.name for m in self.models if a.name in m.assets}
+            models = [m.name for m in self.models if a.name in m.assets]
             for j, det in enumerate(a.detectors):
-                if det.source not in a.values and det.source.split(".")[0] not in models:
+                if det.source not in a.values and not _is_model_output(det.source, models):
                     what = "neither a value of this asset nor an output of a model bound to it"
-                    raise _LocatedError(("assets", i, "detectors", j, "source"), f"{det.source!r} is {what}")
+                    raise LocatedError(("assets", i, "detectors", j, "source"), f"{det.source!r} is {what}")
         for i, m in enumerate(self.models):
             for asset, roles in m.assets.items():
                 if asset not in asset_names:
-                    raise _LocatedError(("models", i, "assets", asset), f"asset {asset!r} is not in assets")
+                    raise LocatedError(("models", i, "assets", asset), f"asset {asset!r} is not in assets")
                 for role, tag in roles.items():
                     need(("models", i, "assets", asset, role), tag)
         need(("hmi", "heartbeat_tag"), self.hmi.heartbeat_tag, write=True)
@@ -390,11 +553,11 @@ class Config(FrozenModel):
             targets = {t.tag for t in self.guard.targets} if self.guard is not None else set()
             for i, p in enumerate(self.recommender.pumps):
                 if p.asset not in asset_names:
-                    raise _LocatedError(
+                    raise LocatedError(
                         ("recommender", "pumps", i, "asset"), f"asset {p.asset!r} is not in assets"
                     )
                 if p.target not in targets:
-                    raise _LocatedError(
+                    raise LocatedError(
                         ("recommender", "pumps", i, "target"), f"{p.target!r} is not a guard target"
                     )
 
@@ -414,56 +577,285 @@ class Config(FrozenModel):
             for tag in dev.tags:
                 yield dev, tag
 
+    def line_of(self, loc: Loc) -> int:
+        """The line of the file where ``loc`` (or its nearest ancestor) is given; 1 for a config
+        that did not come from :func:`parse_config`."""
+        return line_for(loc, self._lines)
+
+
+# --------------------------------------------------------------------------- cross-checks
+
+
+def _is_model_output(source: str, models: Sequence[str]) -> bool:
+    """``<model>.<output>`` of one of ``models`` (model names may contain dots themselves)."""
+    return any(source.startswith(m + ".") and len(source) > len(m) + 1 for m in models)
+
+
+Role = Literal["setpoint", "recommendation", "display", "heartbeat", "status", "permissive", "acknowledge"]
+
+_NOUN: dict[str, str] = {
+    "setpoint": "a setpoint",
+    "recommendation": "a recommendation tag",
+    "display": "an HMI display tag",
+    "heartbeat": "the heartbeat",
+    "status": "the status word",
+    "permissive": "the permissive",
+    "acknowledge": "the acknowledge tag",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Ref:
+    """One place the config names a tag the agent writes (or must never write)."""
+
+    loc: Loc
+    role: Role
+    name: str
+
+
+def _written_refs(config: Config) -> list[_Ref]:
+    """Every tag the agent writes, setpoints first: a conflict is blamed on the later one."""
+    refs: list[_Ref] = []
+    targets = config.guard.targets if config.guard is not None else []
+    refs += [_Ref(("guard", "targets", i, "tag"), "setpoint", t.tag) for i, t in enumerate(targets)]
+    refs += [
+        _Ref(("guard", "targets", i, "recommendation_tag"), "recommendation", t.recommendation_tag)
+        for i, t in enumerate(targets)
+        if t.recommendation_tag is not None
+    ]
+    if config.hmi.heartbeat_tag is not None:
+        refs.append(_Ref(("hmi", "heartbeat_tag"), "heartbeat", config.hmi.heartbeat_tag))
+    if config.hmi.status_tag is not None:
+        refs.append(_Ref(("hmi", "status_tag"), "status", config.hmi.status_tag))
+    for i, a in enumerate(config.assets):
+        refs += [_Ref(("assets", i, "hmi", field), "display", tag) for field, tag in a.hmi.items()]
+    return refs
+
+
+def _protected_refs(config: Config) -> list[_Ref]:
+    """Tags the operator owns: the agent reads them and never writes them."""
+    refs: list[_Ref] = []
+    if config.guard is not None:
+        refs.append(_Ref(("guard", "permissive_tag"), "permissive", config.guard.permissive_tag))
+    if config.alarms.ack_tag is not None:
+        refs.append(_Ref(("alarms", "ack_tag"), "acknowledge", config.alarms.ack_tag))
+    return refs
+
+
+def _why(writer: _Ref, other: _Ref, same: str) -> str:
+    if other.role == "permissive":
+        return "the agent must never write the permissive"
+    if other.role == "acknowledge":
+        return "the agent must never write the operator's acknowledge"
+    if other.role == "setpoint" and writer.role != "setpoint":
+        return "only the Guard writes a setpoint, and only as that target"
+    return f"two values the agent writes must not share {same}"
+
+
+def _overlap(a: tuple[AnyDevice, AnyTag], b: tuple[AnyDevice, AnyTag]) -> str | None:
+    """Where two tags share a register, coil or node, as ``"on device d unit u"``; else None."""
+    (da, ta), (db, tb) = a, b
+    if da.name != db.name:
+        return None
+    if isinstance(ta, ModbusTag) and isinstance(tb, ModbusTag) and not isinstance(da, OpcUaDevice):
+        ua, ub = da.unit_of(ta), da.unit_of(tb)
+        if ua != ub or ta.table != tb.table:
+            return None
+        if (
+            ta.address <= tb.address + tb.register_count - 1
+            and tb.address <= ta.address + ta.register_count - 1
+        ):
+            return f"on device {da.name} unit {ua}"
+        return None
+    if isinstance(ta, OpcUaTag) and isinstance(tb, OpcUaTag):
+        pa, pb = ta.parsed, tb.parsed
+        if pa.kind != pb.kind or pa.identifier != pb.identifier:
+            return None
+        if pa.namespace_uri is not None and pb.namespace_uri is not None:
+            return f"on device {da.name}" if pa.namespace_uri == pb.namespace_uri else None
+        if pa.namespace_index is not None and pb.namespace_index is not None:
+            return f"on device {da.name}" if pa.namespace_index == pb.namespace_index else None
+        # One by namespace URI, one by index: the same node whenever the index is the URI's.
+        return f"on device {da.name} (one names the namespace by URI, the other by index: write both alike)"
+    return None
+
+
+def _where(tag: AnyTag) -> str:
+    return tag.span() if isinstance(tag, ModbusTag) else f"node {tag.node_id}"
+
+
+def _write_problems(config: Config) -> list[tuple[Loc, str]]:
+    """Alias refusal, purposes and readable targets (issue 10)."""
+    problems: list[tuple[Loc, str]] = []
+    written = _written_refs(config)
+    protected = _protected_refs(config)
+    conflicted: set[Loc] = set()
+    for i, w in enumerate(written):
+        wt = config.tag(w.name)
+        for o in [*protected, *written[:i]]:
+            if o.name == w.name:
+                message = f"tag {w.name!r} is {format_loc(o.loc)} ({_NOUN[o.role]}): {_why(w, o, 'a tag')}"
+            else:
+                ot = config.tag(o.name)
+                where = _overlap(wt, ot)
+                if where is None:
+                    continue
+                message = (
+                    f"tag {w.name!r} at {_where(wt[1])} overlaps {format_loc(o.loc)} {o.name!r} "
+                    f"at {_where(ot[1])}, {_NOUN[o.role]}, {where}: "
+                    f"{_why(w, o, 'a register' if isinstance(wt[1], ModbusTag) else 'a node')}"
+                )
+            problems.append((w.loc, message))
+            conflicted.add(w.loc)
+    for w in written:
+        if w.loc in conflicted:
+            continue
+        _, tag = config.tag(w.name)
+        if tag.purpose != w.role:
+            problems.append(
+                (
+                    w.loc,
+                    f"tag {w.name!r} is declared purpose {tag.purpose}; "
+                    f"{_NOUN[w.role]} needs purpose {w.role}",
+                )
+            )
+        if w.role == "setpoint" and not tag.readable:
+            problems.append(
+                (
+                    w.loc,
+                    f"tag {w.name!r} has access {tag.access}: the Guard reads the setpoint back as the "
+                    "origin of every step, so a target needs access read-write",
+                )
+            )
+    return problems
+
+
+def _guard_limit_problems(config: Config) -> list[tuple[Loc, str]]:
+    """Guard limits inside the tag's range and what its type and scale can hold; steps and rates
+    at least one register step."""
+    if config.guard is None:
+        return []
+    problems: list[tuple[Loc, str]] = []
+    cycle_ms = config.agent.cycle_ms
+    for i, t in enumerate(config.guard.targets):
+        loc: Loc = ("guard", "targets", i)
+        _, tag = config.tag(t.tag)
+        if isinstance(tag, ModbusTag) and not tag.numeric:
+            problems.append(
+                ((*loc, "tag"), f"tag {t.tag!r} is type {tag.type}: a Guard target must be a number")
+            )
+            continue
+        for field in ("min", "max"):
+            value: float = getattr(t, field)
+            if tag.range is not None and not tag.range[0] <= value <= tag.range[1]:
+                problems.append(
+                    (
+                        (*loc, field),
+                        f"{value:g} is outside the range [{tag.range[0]:g}, {tag.range[1]:g}] "
+                        f"of tag {t.tag!r}",
+                    )
+                )
+                continue
+            limits = tag.value_limits if isinstance(tag, ModbusTag) else None
+            if isinstance(tag, ModbusTag) and limits is not None and not limits[0] <= value <= limits[1]:
+                problems.append(
+                    (
+                        (*loc, field),
+                        f"{value:g} cannot be written to tag {t.tag!r}: {tag.encoding()} holds "
+                        f"{limits[0]:g} to {limits[1]:g}",
+                    )
+                )
+        resolution = tag.resolution if isinstance(tag, ModbusTag) else None
+        if resolution is None or not isinstance(tag, ModbusTag):
+            continue
+        step = f"one register step of tag {t.tag!r} ({resolution:g}: {tag.encoding()})"
+        if t.max_step is not None and t.max_step < resolution * (1 - 1e-9):
+            problems.append(
+                ((*loc, "max_step"), f"{t.max_step:g} is less than {step}: no write could move it")
+            )
+        per_cycle = t.rate_per_min * cycle_ms / 60_000
+        if per_cycle < resolution * (1 - 1e-9):
+            problems.append(
+                (
+                    (*loc, "rate_per_min"),
+                    f"{t.rate_per_min:g}/min allows {per_cycle:.6g} per {cycle_ms} ms cycle, less than "
+                    f"{step}: the setpoint could never move; give at least "
+                    f"{resolution * 60_000 / cycle_ms:.6g}/min",
+                )
+            )
+    return problems
+
+
+def _bit_write_problems(config: Config) -> list[tuple[Loc, str]]:
+    """read_modify_write never on the register of the permissive or the acknowledge tag."""
+    problems: list[tuple[Loc, str]] = []
+    protected = _protected_refs(config)
+    for d, dev in enumerate(config.devices):
+        if isinstance(dev, OpcUaDevice):
+            continue
+        for t, tag in enumerate(dev.tags):
+            if tag.bit_write != "read_modify_write":
+                continue
+            for o in protected:
+                other = config.tag(o.name)
+                if other[1] is tag or _overlap((dev, tag), other) is None:
+                    continue
+                problems.append(
+                    (
+                        ("devices", d, "tags", t, "bit_write"),
+                        f"read_modify_write would write back the whole register {tag.span()}, which holds "
+                        f"{format_loc(o.loc)} {o.name!r} ({_NOUN[o.role]}): the agent must never write it; "
+                        "use mask (FC22)",
+                    )
+                )
+    return problems
+
+
+def _source_problems(config: Config) -> list[tuple[Loc, str]]:
+    """Every alarm source names a value, a detector or a model output of some asset; every
+    asset's anomaly, fault class and RUL source one of its own."""
+    names: dict[str, set[str]] = {}
+    models: dict[str, list[str]] = {}
+    for a in config.assets:
+        names[a.name] = set(a.values)
+        for det in a.detectors:
+            names[a.name] |= {det.name, f"{det.name}.outlier"}
+        models[a.name] = [m.name for m in config.models if a.name in m.assets]
+
+    def known(asset: str, source: str) -> bool:
+        return source in names[asset] or _is_model_output(source, models[asset])
+
+    def hint(source: str, assets: Sequence[str]) -> str:
+        pool = sorted({n for a in assets for n in names[a]})
+        close = difflib.get_close_matches(source, pool, n=1)
+        return f"; did you mean {close[0]!r}?" if close else ""
+
+    problems: list[tuple[Loc, str]] = []
+    everyone = list(names)
+    for i, d in enumerate(config.alarms.defs):
+        if not any(known(a, d.source) for a in everyone):
+            problems.append(
+                (
+                    ("alarms", "defs", i, "source"),
+                    f"{d.source!r} names nothing: not a value or detector of any asset, nor an output "
+                    f"<model>.<output> of a model bound to one{hint(d.source, everyone)}",
+                )
+            )
+    for i, a in enumerate(config.assets):
+        for field in ("anomaly_source", "fault_class_source", "rul_source"):
+            source: str | None = getattr(a, field)
+            if source is not None and not known(a.name, source):
+                problems.append(
+                    (
+                        ("assets", i, field),
+                        f"{source!r} is neither a value or detector of this asset nor an output "
+                        f"<model>.<output> of a model bound to it{hint(source, [a.name])}",
+                    )
+                )
+    return problems
+
 
 # --------------------------------------------------------------------------- loading
-
-
-class _LocatedError(ValueError):
-    """Raised by cross-field validators to point at a nested field (relative loc)."""
-
-    def __init__(self, loc: Loc, message: str) -> None:
-        self.loc = loc
-        super().__init__(message)
-
-
-class _LineLoader(yaml.SafeLoader):
-    """A safe loader that remembers the line of every mapping value and sequence item."""
-
-
-def _compose_with_lines(text: str) -> tuple[Any, dict[Loc, int]]:
-    lines: dict[Loc, int] = {}
-    loader = _LineLoader(text)
-    try:
-        node = loader.get_single_node()
-    finally:
-        loader.dispose()
-    if node is None:
-        return {}, lines
-
-    def build(n: yaml.Node, loc: Loc) -> Any:
-        lines.setdefault(loc, n.start_mark.line + 1)
-        if isinstance(n, yaml.MappingNode):
-            out: dict[Any, Any] = {}
-            for key_node, value_node in n.value:
-                key = _LineLoader.construct_object(loader, key_node, deep=True)
-                lines[(*loc, key)] = key_node.start_mark.line + 1
-                out[key] = build(value_node, (*loc, key))
-            return out
-        if isinstance(n, yaml.SequenceNode):
-            return [build(item, (*loc, i)) for i, item in enumerate(n.value)]
-        return _LineLoader.construct_object(loader, n, deep=True)
-
-    return build(node, ()), lines
-
-
-def _format_loc(loc: Sequence[int | str]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
 
 
 _PREFIXES = ("Value error, ", "Assertion failed, ")
@@ -500,44 +892,116 @@ def _clean_loc(loc: Sequence[int | str]) -> Loc:
     return tuple(p for p in loc if p not in ("modbus_tcp", "modbus_rtu", "opcua"))
 
 
-def _line_for(loc: Loc, lines: Mapping[Loc, int]) -> int:
-    probe = loc
-    while probe and probe not in lines:
-        probe = probe[:-1]
-    return lines.get(probe, 1)
-
-
 def parse_config(text: str, source: str = "<string>") -> Config:
-    """Parse and validate YAML text; raise ConfigError with file:line path: message."""
-    try:
-        data, lines = _compose_with_lines(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{source}:{line} (yaml): {problem}"]) from None
+    """Parse and validate YAML text; raise ConfigError with one ``file:line path: message``
+    line per problem (never another exception, whatever the text)."""
+    data, lines = compose(text, source)
     if not isinstance(data, dict):
-        raise ConfigError([f"{source}:1 (top level): must be a mapping"])
+        raise ConfigError([problem(source, 1, "(top level)", "must be a mapping")])
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
         problems: list[str] = []
         for err in exc.errors():
             loc = _clean_loc(err["loc"])
             ctx_err = (err.get("ctx") or {}).get("error")
-            message = _message(err)
-            if isinstance(ctx_err, _LocatedError):
-                loc = (*loc, *ctx_err.loc)
-                message = str(ctx_err)
-            problems.append(f"{source}:{_line_for(loc, lines)} {_format_loc(loc)}: {message}")
+            if isinstance(ctx_err, LocatedError):
+                for sub, message in ctx_err.problems:
+                    full = (*loc, *sub)
+                    problems.append(problem(source, line_for(full, lines), full, message))
+                continue
+            problems.append(problem(source, line_for(loc, lines), loc, _message(err)))
         raise ConfigError(problems) from None
+    config._lines = lines
+    return config
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
-    """Load a config file. Errors name the file, line and field."""
-    p = Path(path)
+    """Load a config file (a regular file of at most 4 MiB, UTF-8). Errors name the file, line
+    and field."""
+    return parse_config(read_text(path), str(path))
+
+
+# --------------------------------------------------------------------------- outside the file
+
+
+def _resolve(p: Path, base: Path) -> Path:
+    return p if p.is_absolute() else base / p
+
+
+def _dir_problem(path: Path, what: str) -> str | None:
+    """Why the agent could not create or write directory ``path``, or None."""
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{p}: cannot read: {exc.strerror}"]) from None
-    return parse_config(text, str(path))
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        ancestor = path.parent
+        while True:
+            try:
+                st = os.stat(ancestor)
+                break
+            except (FileNotFoundError, NotADirectoryError):
+                if ancestor.parent == ancestor:
+                    return f"{what} {path} cannot be created"
+                ancestor = ancestor.parent
+            except (OSError, ValueError) as exc:
+                return f"{what} {path} cannot be created: {ancestor}: {getattr(exc, 'strerror', None) or exc}"
+        if not stat.S_ISDIR(st.st_mode):
+            return f"{what} {path} cannot be created: {ancestor} is not a directory"
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            return f"{what} {path} cannot be created: {ancestor} is not writable by uid {os.geteuid()}"
+        return None
+    except (OSError, ValueError) as exc:
+        return f"{what} {path}: {getattr(exc, 'strerror', None) or exc}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{what} {path} exists and is not a directory"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{what} {path} is not writable by uid {os.geteuid()}"
+    return None
+
+
+def _file_problem(path: Path, what: str, *, directory: bool = False) -> str | None:
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return f"{what} {path} does not exist"
+    except (OSError, ValueError) as exc:
+        return f"{what} {path}: {getattr(exc, 'strerror', None) or exc}"
+    if directory:
+        if not stat.S_ISDIR(st.st_mode):
+            return f"{what} {path} is not a directory"
+        if not (path / MANIFEST_FILE).is_file():
+            return f"{what} {path} has no {MANIFEST_FILE}"
+    elif not stat.S_ISREG(st.st_mode):
+        return f"{what} {path} is not a regular file"
+    if not os.access(path, os.R_OK):
+        return f"{what} {path} is not readable by uid {os.geteuid()}"
+    return None
+
+
+def check_paths(config: Config, config_path: str | os.PathLike[str]) -> list[str]:
+    """What ``edge-agent check`` verifies outside the file, as ``file:line field: message``.
+
+    Model bundle directories (each with its manifest) and trusted public key files exist
+    (relative paths: to the config file's directory, as the agent resolves them); the state
+    directory, and the audit log's directory when the audit section names one, exist and are
+    writable or can be created (relative: to the working directory). An empty list is all well.
+    """
+    source = str(config_path)
+    base = Path(os.path.abspath(config_path)).parent
+    out: list[str] = []
+
+    def add(loc: Loc, message: str | None) -> None:
+        if message is not None:
+            out.append(problem(source, config.line_of(loc), loc, message))
+
+    for i, m in enumerate(config.models):
+        add(
+            ("models", i, "bundle"),
+            _file_problem(_resolve(m.bundle, base), "bundle directory", directory=True),
+        )
+    for i, key in enumerate(config.models_trust.public_keys):
+        add(("models_trust", "public_keys", i), _file_problem(_resolve(key, base), "public key file"))
+    add(("agent", "state_dir"), _dir_problem(config.agent.state_dir, "state directory"))
+    if config.audit is not None:
+        add(("audit", "path"), _dir_problem(config.audit.path.parent, "audit log directory"))
+    return out

@@ -32,6 +32,10 @@ Example::
             node_id: "nsu=urn:plc1:app;s=Pump1.Speed"
             engineering_unit: rpm
             range: [0, 3000]
+          - name: pump1.speed_sp
+            node_id: "nsu=urn:plc1:app;s=Pump1.SpeedSetpoint"
+            access: read-write
+            purpose: setpoint      # every tag the agent writes says what for
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from urllib.parse import urlparse
 
 from pydantic import Field, field_validator, model_validator
 
-from agent.configbase import FrozenModel, Secret
+from agent.configbase import FrozenModel, Purpose, Secret, check_purpose
 
 __all__ = [
     "NodeIdKind",
@@ -134,6 +138,9 @@ class OpcUaTag(FrozenModel):
     engineering_unit: str = ""
     range: tuple[float, float] | None = None
     access: Access = "read"
+    purpose: Purpose | None = None
+    """Why the agent writes this node (required when access is not read); a write made for any
+    other purpose is refused."""
     deadband: Annotated[float, Field(ge=0)] | None = None
     stale_after_ms: Annotated[int, Field(gt=0)] | None = None
     description: str = ""
@@ -148,6 +155,7 @@ class OpcUaTag(FrozenModel):
     def _consistent(self) -> Self:
         if self.range is not None and not self.range[0] < self.range[1]:
             raise ValueError("range must be [low, high] with low < high")
+        check_purpose(self.access, self.purpose)
         return self
 
     @property

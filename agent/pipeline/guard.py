@@ -42,7 +42,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import Field, model_validator
 
-from agent.configbase import FrozenModel
+from agent.configbase import FrozenModel, Loc, LocatedError
 from agent.types import Action, Decision, Quality, QualityCode, Recommendation, Sample
 
 __all__ = [
@@ -82,6 +82,9 @@ class SetpointTarget(FrozenModel):
     max: _Finite
     rate_per_min: Annotated[float, Field(gt=0, allow_inf_nan=False)]
     """Largest change per minute, measured from the read-back."""
+    max_step: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    """Largest change of one write (default: ``rate_per_min``). The config refuses one smaller
+    than the tag's register step."""
     deadband: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
     """A change no larger than this is not written."""
     ttl_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 10.0
@@ -99,6 +102,11 @@ class SetpointTarget(FrozenModel):
                 "write the setpoint itself"
             )
         return self
+
+    @property
+    def step_limit(self) -> float:
+        """The largest change one write may make: ``max_step``, or ``rate_per_min`` without it."""
+        return self.max_step if self.max_step is not None else self.rate_per_min
 
 
 class GuardConfig(FrozenModel):
@@ -140,6 +148,32 @@ class GuardConfig(FrozenModel):
                 raise ValueError(f"targets[{i}] ({t.tag!r}) needs recommendation_tag in advise mode")
             if t.tag == self.permissive_tag or t.recommendation_tag == self.permissive_tag:
                 raise ValueError(f"targets[{i}] writes the permissive tag {self.permissive_tag!r}")
+        # A recommendation tag is written outside the rate limit of any other target: it must be
+        # neither another target's setpoint nor another target's recommendation tag.
+        problems: list[tuple[Loc, str]] = []
+        for i, t in enumerate(self.targets):
+            if t.recommendation_tag is None:
+                continue
+            for j, other in enumerate(self.targets):
+                if j == i:
+                    continue
+                if t.recommendation_tag == other.tag:
+                    problems.append(
+                        (
+                            ("targets", i, "recommendation_tag"),
+                            f"{t.recommendation_tag!r} is the setpoint of targets[{j}]: advise mode would "
+                            "write it without that target's limits",
+                        )
+                    )
+                elif t.recommendation_tag == other.recommendation_tag and j < i:
+                    problems.append(
+                        (
+                            ("targets", i, "recommendation_tag"),
+                            f"{t.recommendation_tag!r} is also the recommendation_tag of targets[{j}]",
+                        )
+                    )
+        if problems:
+            raise LocatedError.many(problems)
         return self
 
 
