@@ -508,6 +508,13 @@ class Config(FrozenModel):
                         f"duplicate tag name {tag.name!r} (also on device {seen_tag[tag.name]})",
                     )
                 seen_tag[tag.name] = dev.name
+        for section, names in (
+            ("assets", [a.name for a in self.assets]),
+            ("models", [m.name for m in self.models]),
+        ):
+            for i, name in enumerate(names):
+                if name in names[:i]:
+                    raise LocatedError((section, i, "name"), f"duplicate name {name!r}")
         return seen_tag
 
     def _check_references(self, tags: Mapping[str, str]) -> None:

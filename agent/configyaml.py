@@ -126,13 +126,20 @@ def read_text(path: str | os.PathLike[str]) -> str:
         raise _fail(source, 1, "(file)", f"cannot read: {exc.strerror or exc}") from None
     except ValueError as exc:  # a NUL in the path
         raise _fail(source, 1, "(file)", f"cannot read: {exc}") from None
-    with os.fdopen(fd, "rb") as f:
+    try:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise _fail(source, 1, "(file)", "not a regular file")
-            data = f.read(MAX_CONFIG_BYTES + 1)
+            chunks: list[bytes] = []
+            left = MAX_CONFIG_BYTES + 1
+            while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+                chunks.append(chunk)
+                left -= len(chunk)
         except OSError as exc:
             raise _fail(source, 1, "(file)", f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
     if len(data) > MAX_CONFIG_BYTES:
         raise _fail(source, 1, "(file)", f"larger than {_size(MAX_CONFIG_BYTES)}: not read")
     return decode(data, source)
@@ -262,6 +269,14 @@ def _check_expansion(root: Node, source: str) -> None:
                 height = max(height, h + 1)
             active.discard(key)
             got = memo[key] = (size, height)
+            if size - len(memo) > MAX_ALIAS_NODES:  # the first node whose aliases expand too far
+                raise _fail(
+                    source,
+                    node.start_mark.line + 1,
+                    "(yaml)",
+                    f"aliases (*name) here would expand to {size} nodes, more than {MAX_ALIAS_NODES} "
+                    "beyond the file's own: refused (an alias-expansion bomb?)",
+                )
         if depth + got[1] - 1 > MAX_DEPTH:
             raise _fail(
                 source,
@@ -271,15 +286,7 @@ def _check_expansion(root: Node, source: str) -> None:
             )
         return got
 
-    size, _ = walk(root, 1)
-    if size - len(memo) > MAX_ALIAS_NODES:
-        raise _fail(
-            source,
-            1,
-            "(yaml)",
-            f"aliases (*name) would expand the file by {size - len(memo)} nodes, more than "
-            f"{MAX_ALIAS_NODES}: refused (an alias-expansion bomb?)",
-        )
+    walk(root, 1)
 
 
 def compose(text: str, source: str) -> tuple[Any, LineMap]:
