@@ -275,6 +275,10 @@ class _ModbusDeviceBase(FrozenModel):
                     ("mask_write_units", k), f"unit {unit} is not one of this device's units {self.units}"
                 )
         problems: list[tuple[Loc, str]] = []
+        read_bits: dict[tuple[int, str, int], ModbusTag] = {}  # bits the PLC or operator writes
+        for tag in self.tags:
+            if tag.type is DataType.BIT and tag.access == "read":
+                read_bits.setdefault((self.unit_of(tag), tag.table, tag.address), tag)
         for i, tag in enumerate(self.tags):
             unit = tag.unit if tag.unit is not None else self.units[0]
             if unit not in self.units:
@@ -295,24 +299,17 @@ class _ModbusDeviceBase(FrozenModel):
                     )
                 )
             elif tag.bit_write == "read_modify_write":
-                for other in self.tags:
-                    if (
-                        other.type is DataType.BIT
-                        and other.access == "read"
-                        and self.unit_of(other) == unit
-                        and other.table == tag.table
-                        and other.address == tag.address
-                    ):
-                        problems.append(
-                            (
-                                ("tags", i, "bit_write"),
-                                f"read_modify_write would write back the whole register {tag.span()}, which "
-                                f"also holds bit tag {other.name!r} (bit {other.bit}) that the agent does "
-                                "not write: a change the PLC or operator makes to it in between would be "
-                                "undone; use mask (FC22)",
-                            )
+                other = read_bits.get((unit, tag.table, tag.address))
+                if other is not None:
+                    problems.append(
+                        (
+                            ("tags", i, "bit_write"),
+                            f"read_modify_write would write back the whole register {tag.span()}, which "
+                            f"also holds bit tag {other.name!r} (bit {other.bit}) that the agent does "
+                            "not write: a change the PLC or operator makes to it in between would be "
+                            "undone; use mask (FC22)",
                         )
-                        break
+                    )
         if problems:
             raise LocatedError.many(problems)
         return self
@@ -472,10 +469,11 @@ class Config(FrozenModel):
             raise LocatedError(("devices",), "no devices configured")
         tags = self._unique_names()
         self._check_references(tags)
+        by_name: TagMap = {t.name: (d, t) for d, t in self.iter_tags()}
         problems: list[tuple[Loc, str]] = []
-        problems += _write_problems(self)
-        problems += _guard_limit_problems(self)
-        problems += _bit_write_problems(self)
+        problems += _write_problems(self, by_name)
+        problems += _guard_limit_problems(self, by_name)
+        problems += _bit_write_problems(self, by_name)
         problems += _source_problems(self)
         if problems:
             raise LocatedError.many(problems)
@@ -598,7 +596,7 @@ def _is_model_output(source: str, models: Sequence[str]) -> bool:
     return any(source.startswith(m + ".") and len(source) > len(m) + 1 for m in models)
 
 
-Role = Literal["setpoint", "recommendation", "display", "heartbeat", "status", "permissive", "acknowledge"]
+_Role = Literal["setpoint", "recommendation", "display", "heartbeat", "status", "permissive", "acknowledge"]
 
 _NOUN: dict[str, str] = {
     "setpoint": "a setpoint",
@@ -616,7 +614,7 @@ class _Ref:
     """One place the config names a tag the agent writes (or must never write)."""
 
     loc: Loc
-    role: Role
+    role: _Role
     name: str
 
 
@@ -691,33 +689,69 @@ def _where(tag: AnyTag) -> str:
     return tag.span() if isinstance(tag, ModbusTag) else f"node {tag.node_id}"
 
 
-def _write_problems(config: Config) -> list[tuple[Loc, str]]:
+TagMap = dict[str, tuple[AnyDevice, AnyTag]]
+
+
+def _place(dev: AnyDevice, tag: AnyTag) -> tuple[tuple[str | int, ...], int, int]:
+    """The space a tag lives in and its first and last address there: Modbus (device, unit,
+    table) and registers or coils (a bit tag occupies its register); OPC UA (device, kind,
+    identifier) and 0 (the namespace is compared by :func:`_overlap`)."""
+    if isinstance(tag, ModbusTag) and not isinstance(dev, OpcUaDevice):
+        return (dev.name, dev.unit_of(tag), tag.table), tag.address, tag.address + tag.register_count - 1
+    assert isinstance(tag, OpcUaTag)
+    parsed = tag.parsed
+    return (dev.name, parsed.kind, parsed.identifier), 0, 0
+
+
+def _colliding_pairs(refs: Sequence[_Ref], tags: TagMap) -> list[tuple[int, int]]:
+    """Pairs ``(earlier, later)`` of indexes into ``refs`` that name the same tag or share a
+    register, coil or node. A sweep per address space: no all-pairs loop on a big HMI."""
+    pairs: set[tuple[int, int]] = set()
+    by_name: dict[str, list[int]] = {}
+    spaces: dict[tuple[str | int, ...], list[tuple[int, int, int]]] = {}
+    for i, ref in enumerate(refs):
+        by_name.setdefault(ref.name, []).append(i)
+        space, first, last = _place(*tags[ref.name])
+        spaces.setdefault(space, []).append((first, last, i))
+    for same in by_name.values():
+        pairs.update((a, b) for k, a in enumerate(same) for b in same[k + 1 :])
+    for spans in spaces.values():
+        active: list[tuple[int, int, int]] = []
+        for first, last, i in sorted(spans):
+            active = [a for a in active if a[1] >= first]
+            pairs.update((min(a[2], i), max(a[2], i)) for a in active)
+            active.append((first, last, i))
+    return sorted(pairs, key=lambda p: (p[1], p[0]))
+
+
+def _write_problems(config: Config, tags: TagMap) -> list[tuple[Loc, str]]:
     """Alias refusal, purposes and readable targets (issue 10)."""
     problems: list[tuple[Loc, str]] = []
-    written = _written_refs(config)
     protected = _protected_refs(config)
+    refs = [*protected, *_written_refs(config)]
     conflicted: set[Loc] = set()
-    for i, w in enumerate(written):
-        wt = config.tag(w.name)
-        for o in [*protected, *written[:i]]:
-            if o.name == w.name:
-                message = f"tag {w.name!r} is {format_loc(o.loc)} ({_NOUN[o.role]}): {_why(w, o, 'a tag')}"
-            else:
-                ot = config.tag(o.name)
-                where = _overlap(wt, ot)
-                if where is None:
-                    continue
-                message = (
-                    f"tag {w.name!r} at {_where(wt[1])} overlaps {format_loc(o.loc)} {o.name!r} "
-                    f"at {_where(ot[1])}, {_NOUN[o.role]}, {where}: "
-                    f"{_why(w, o, 'a register' if isinstance(wt[1], ModbusTag) else 'a node')}"
-                )
-            problems.append((w.loc, message))
-            conflicted.add(w.loc)
-    for w in written:
+    for a, b in _colliding_pairs(refs, tags):
+        if b < len(protected):
+            continue  # the permissive and the acknowledge are only read
+        o, w = refs[a], refs[b]  # the later one is blamed: setpoints come first
+        if o.name == w.name:
+            message = f"tag {w.name!r} is {format_loc(o.loc)} ({_NOUN[o.role]}): {_why(w, o, 'a tag')}"
+        else:
+            wt, ot = tags[w.name], tags[o.name]
+            where = _overlap(wt, ot)
+            if where is None:
+                continue
+            message = (
+                f"tag {w.name!r} at {_where(wt[1])} overlaps {format_loc(o.loc)} {o.name!r} "
+                f"at {_where(ot[1])}, {_NOUN[o.role]}, {where}: "
+                f"{_why(w, o, 'a register' if isinstance(wt[1], ModbusTag) else 'a node')}"
+            )
+        problems.append((w.loc, message))
+        conflicted.add(w.loc)
+    for w in refs[len(protected) :]:
         if w.loc in conflicted:
             continue
-        _, tag = config.tag(w.name)
+        _, tag = tags[w.name]
         if tag.purpose != w.role:
             problems.append(
                 (
@@ -737,7 +771,7 @@ def _write_problems(config: Config) -> list[tuple[Loc, str]]:
     return problems
 
 
-def _guard_limit_problems(config: Config) -> list[tuple[Loc, str]]:
+def _guard_limit_problems(config: Config, tags: TagMap) -> list[tuple[Loc, str]]:
     """Guard limits inside the tag's range and what its type and scale can hold; steps and rates
     at least one register step."""
     if config.guard is None:
@@ -746,7 +780,7 @@ def _guard_limit_problems(config: Config) -> list[tuple[Loc, str]]:
     cycle_ms = config.agent.cycle_ms
     for i, t in enumerate(config.guard.targets):
         loc: Loc = ("guard", "targets", i)
-        _, tag = config.tag(t.tag)
+        _, tag = tags[t.tag]
         if isinstance(tag, ModbusTag) and not tag.numeric:
             problems.append(
                 ((*loc, "tag"), f"tag {t.tag!r} is type {tag.type}: a Guard target must be a number")
@@ -793,7 +827,7 @@ def _guard_limit_problems(config: Config) -> list[tuple[Loc, str]]:
     return problems
 
 
-def _bit_write_problems(config: Config) -> list[tuple[Loc, str]]:
+def _bit_write_problems(config: Config, tags: TagMap) -> list[tuple[Loc, str]]:
     """read_modify_write never on the register of the permissive or the acknowledge tag."""
     problems: list[tuple[Loc, str]] = []
     protected = _protected_refs(config)
@@ -804,7 +838,7 @@ def _bit_write_problems(config: Config) -> list[tuple[Loc, str]]:
             if tag.bit_write != "read_modify_write":
                 continue
             for o in protected:
-                other = config.tag(o.name)
+                other = tags[o.name]
                 if other[1] is tag or _overlap((dev, tag), other) is None:
                     continue
                 problems.append(

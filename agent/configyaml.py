@@ -8,18 +8,18 @@ What a broken or hostile file can do is bounded here, and every refusal is one l
 - the text is strict UTF-8 (a leading BOM is allowed): binary garbage or a Latin-1 file is
   refused at the line of its first bad byte;
 - nesting is at most :data:`MAX_DEPTH` levels, a file has at most :data:`MAX_ALIASES` aliases
-  (``*name``), and expanding them may add at most :data:`MAX_ALIAS_NODES` nodes. Composing
-  keeps an alias as a reference to one shared node, so an alias-expansion bomb stays a small
-  graph; its expanded size is counted on that graph (memoized, linear in the file) and refused
-  before anything is expanded;
+  (``*name``), and expanding them may add at most :data:`MAX_ALIAS_NODES` nodes. The data is
+  built straight from the parser's events (no node graph: memory stays a small multiple of the
+  data's), an alias shares the anchored value and counts its size against the budget, so an
+  alias-expansion bomb is refused at its first alias past the budget, before anything expands;
 - a key given twice in one mapping is an error at the second (YAML would silently keep the
   last: ``writes_enabled: false`` … ``writes_enabled: true``);
 - keys are text; merge keys (``<<``), tags on mappings or sequences and scalar tags other than
   the plain ones (str, int, float, bool, null, timestamp) are refused: nothing in a config needs
   them, and they would change what a reader of the file thinks it says.
 
-libyaml parses when it is installed (several times faster); composing is always this module's,
-so the budgets hold either way.
+libyaml parses when it is installed (several times faster); building from the events is always
+this module's, so the budgets hold either way.
 """
 
 from __future__ import annotations
@@ -30,10 +30,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import yaml
-from yaml.composer import Composer, ComposerError
 from yaml.constructor import SafeConstructor
-from yaml.events import AliasEvent
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.events import (
+    AliasEvent,
+    Event,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+)
+from yaml.nodes import ScalarNode
 from yaml.reader import ReaderError
 from yaml.resolver import Resolver
 
@@ -169,41 +177,15 @@ def decode(data: bytes, source: str) -> str:
 # --------------------------------------------------------------------------- composing
 
 
-class _BudgetComposer(Composer):
-    """PyYAML's composer with a depth limit and an alias budget (checked as events arrive)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._depth = 0
-        self._aliases = 0
-
-    def compose_node(self, parent: Node | None, index: int) -> Node | None:
-        if self.check_event(AliasEvent):  # type: ignore[attr-defined]  # from the parser
-            self._aliases += 1
-            if self._aliases > MAX_ALIASES:
-                mark = self.peek_event().start_mark  # type: ignore[attr-defined]
-                raise ComposerError(None, None, f"more than {MAX_ALIASES} aliases (*name)", mark)
-            return super().compose_node(parent, index)
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                mark = self.peek_event().start_mark  # type: ignore[attr-defined]
-                raise ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep", mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
 if yaml.__with_libyaml__:
     from yaml._yaml import CParser
 
-    class _Loader(_BudgetComposer, CParser, SafeConstructor, Resolver):
-        """libyaml's events, our composer (the budgets), the safe constructor for scalars."""
+    class _Events(CParser, SafeConstructor, Resolver):
+        """libyaml's parser (events), the resolver and the safe constructors for scalars."""
 
         def __init__(self, text: str) -> None:
             # libyaml reads bytes: its positions (in reader errors) are byte offsets.
             CParser.__init__(self, text.encode("utf-8"))
-            _BudgetComposer.__init__(self)
             SafeConstructor.__init__(self)
             Resolver.__init__(self)
 
@@ -213,12 +195,11 @@ else:  # pragma: no cover - libyaml is in every supported install; kept for a ba
     from yaml.reader import Reader
     from yaml.scanner import Scanner
 
-    class _Loader(Reader, Scanner, Parser, _BudgetComposer, SafeConstructor, Resolver):  # type: ignore[no-redef]
+    class _Events(Reader, Scanner, Parser, SafeConstructor, Resolver):  # type: ignore[no-redef]
         def __init__(self, text: str) -> None:
             Reader.__init__(self, text)
             Scanner.__init__(self)
             Parser.__init__(self)
-            _BudgetComposer.__init__(self)
             SafeConstructor.__init__(self)
             Resolver.__init__(self)
 
@@ -244,51 +225,6 @@ def _yaml_problem(exc: yaml.YAMLError, text: str, source: str) -> str:
     return problem(source, 1, "(yaml)", str(exc))
 
 
-def _check_expansion(root: Node, source: str) -> None:
-    """Refuse a recursive alias, nesting past MAX_DEPTH once aliases are expanded, and aliases
-    that would add more than MAX_ALIAS_NODES nodes. Memoized per node: linear in the file."""
-    memo: dict[int, tuple[int, int]] = {}  # id(node) → (expanded size, height)
-    active: set[int] = set()
-
-    def walk(node: Node, depth: int) -> tuple[int, int]:
-        key = id(node)
-        if key in active:
-            raise _fail(source, node.start_mark.line + 1, "(yaml)", "recursive alias: a node contains itself")
-        got = memo.get(key)
-        if got is None:
-            active.add(key)
-            size, height = 1, 1
-            children: list[Node] = []
-            if isinstance(node, SequenceNode):
-                children = list(node.value)
-            elif isinstance(node, MappingNode):
-                children = [n for pair in node.value for n in pair]
-            for child in children:
-                s, h = walk(child, depth + 1)
-                size += s
-                height = max(height, h + 1)
-            active.discard(key)
-            got = memo[key] = (size, height)
-            if size - len(memo) > MAX_ALIAS_NODES:  # the first node whose aliases expand too far
-                raise _fail(
-                    source,
-                    node.start_mark.line + 1,
-                    "(yaml)",
-                    f"aliases (*name) here would expand to {size} nodes, more than {MAX_ALIAS_NODES} "
-                    "beyond the file's own: refused (an alias-expansion bomb?)",
-                )
-        if depth + got[1] - 1 > MAX_DEPTH:
-            raise _fail(
-                source,
-                node.start_mark.line + 1,
-                "(yaml)",
-                f"nested more than {MAX_DEPTH} levels deep (aliases expanded)",
-            )
-        return got
-
-    walk(root, 1)
-
-
 def compose(text: str, source: str) -> tuple[Any, LineMap]:
     """YAML text → plain data (dicts, lists, scalars) and the line of every field path.
 
@@ -301,84 +237,170 @@ def compose(text: str, source: str) -> tuple[Any, LineMap]:
         size = len(text.encode("utf-8"))
     except UnicodeEncodeError as exc:
         line = text.count("\n", 0, exc.start) + 1
+        char = ord(text[exc.start])
         raise _fail(
-            source,
-            line,
-            "(encoding)",
-            f"character U+{ord(text[exc.start]):04X} is not text (a lone surrogate)",
+            source, line, "(encoding)", f"character U+{char:04X} is not text (a lone surrogate)"
         ) from None
     if size > MAX_CONFIG_BYTES:
         raise _fail(source, 1, "(file)", f"larger than {_size(MAX_CONFIG_BYTES)}: not read")
-    loader = _Loader(text)
+    events = _Events(text)
     try:
-        root = loader.get_single_node()
-        if root is not None:
-            _check_expansion(root, source)
-            builder = _Builder(loader, source)
-            return builder.build(root, ()), builder.lines
-        return {}, {}
+        builder = _Builder(events, source)
+        return builder.document(), builder.lines
     except yaml.YAMLError as exc:
         raise ConfigError([_yaml_problem(exc, text, source)]) from None
     finally:
-        loader.dispose()
+        events.dispose()
 
 
 class _Builder:
-    """Node graph → plain data, recording lines, refusing duplicate and non-text keys."""
+    """Parser events → plain data, recording lines and enforcing every budget as events arrive.
 
-    def __init__(self, loader: _Loader, source: str) -> None:
-        self.loader = loader
+    No node graph is built (it would cost several times the data's memory): an alias returns
+    the anchored value itself, shared, and adds the anchored value's node count to the
+    expansion budget, so a bomb is refused at its first alias past the budget, before anything
+    could be expanded by whoever walks the data.
+    """
+
+    def __init__(self, events: _Events, source: str) -> None:
+        self.events: Any = events  # the parser's methods are untyped in the stubs
         self.source = source
         self.lines: LineMap = {}
+        self.anchors: dict[str, tuple[Any, int, int]] = {}  # name → (value, nodes, height)
+        self.open: set[str] = set()  # anchors whose node is being built
+        self.aliases = 0
+        self.expanded = 0  # nodes the aliases add to the file's own
 
-    def build(self, n: Node, loc: Loc) -> Any:
-        self.lines.setdefault(loc, n.start_mark.line + 1)
-        if isinstance(n, MappingNode):
-            if n.tag != _MAP_TAG:
-                raise self._error(n, loc, f"unsupported tag {n.tag} on a mapping")
-            out: dict[str, Any] = {}
-            first: dict[str, int] = {}
-            for key_node, value_node in n.value:
-                key = self._key(key_node, loc)
-                line = key_node.start_mark.line + 1
-                if key in first:
-                    raise self._error(
-                        key_node,
-                        (*loc, key),
-                        f"duplicate key (first given at line {first[key]}; "
-                        "YAML would silently keep the last)",
-                    )
-                first[key] = line
-                self.lines[(*loc, key)] = line
-                out[key] = self.build(value_node, (*loc, key))
-            return out
-        if isinstance(n, SequenceNode):
-            if n.tag != _SEQ_TAG:
-                raise self._error(n, loc, f"unsupported tag {n.tag} on a sequence")
-            return [self.build(item, (*loc, i)) for i, item in enumerate(n.value)]
-        return self._scalar(n, loc)
+    def document(self) -> Any:
+        ev = self.events
+        ev.get_event()  # stream start
+        if ev.check_event(StreamEndEvent):
+            return {}  # an empty file (or only comments): "no devices configured" says the rest
+        ev.get_event()  # document start
+        data, _, _ = self.node((), 1)
+        ev.get_event()  # document end
+        if not ev.check_event(StreamEndEvent):
+            raise self._error(ev.peek_event(), "(yaml)", "a second document (---): a config is one document")
+        return data
 
-    def _key(self, node: Node, loc: Loc) -> str:
-        if not isinstance(node, ScalarNode):
-            raise self._error(node, loc, "a key must be plain text, not a mapping or a sequence")
-        if node.tag == _MERGE_TAG:
-            raise self._error(node, loc, "merge keys (<<) are not supported: write the keys out")
-        key = self._scalar(node, loc)
-        if not isinstance(key, str):
+    def node(self, loc: Loc, depth: int) -> tuple[Any, int, int]:
+        """Build one node at ``loc``: (value, nodes it stands for, height)."""
+        event: Event = self.events.get_event()
+        self.lines.setdefault(loc, _line(event))
+        if isinstance(event, AliasEvent):
+            return self._alias(event, depth)
+        anchor: str | None = getattr(event, "anchor", None)
+        if anchor is not None and (anchor in self.anchors or anchor in self.open):
+            raise self._error(event, loc, f"anchor &{anchor} is defined twice")
+        if isinstance(event, ScalarEvent):
+            result: tuple[Any, int, int] = (self._scalar(event, loc), 1, 1)
+        else:
+            if depth > MAX_DEPTH:
+                raise self._error(event, "(yaml)", f"nested more than {MAX_DEPTH} levels deep")
+            if anchor is not None:
+                self.open.add(anchor)
+            if isinstance(event, SequenceStartEvent):
+                result = self._sequence(event, loc, depth)
+            elif isinstance(event, MappingStartEvent):
+                result = self._mapping(event, loc, depth)
+            else:  # the parser gives no other event here
+                raise self._error(event, "(yaml)", f"unexpected {type(event).__name__}")
+            if anchor is not None:
+                self.open.discard(anchor)
+        if anchor is not None:
+            self.anchors[anchor] = result
+        return result
+
+    def _alias(self, event: AliasEvent, depth: int) -> tuple[Any, int, int]:
+        self.aliases += 1
+        if self.aliases > MAX_ALIASES:
+            raise self._error(event, "(yaml)", f"more than {MAX_ALIASES} aliases (*name)")
+        name = str(event.anchor)
+        if name in self.open:
+            raise self._error(event, "(yaml)", f"recursive alias *{name}: a node contains itself")
+        got = self.anchors.get(name)
+        if got is None:
+            raise self._error(event, "(yaml)", f"found undefined alias {name!r}")
+        _, nodes, height = got
+        self.expanded += nodes
+        if self.expanded > MAX_ALIAS_NODES:
             raise self._error(
-                node, loc, f"key {node.value!r} reads as {type(key).__name__}, not text: quote it"
+                event,
+                "(yaml)",
+                f"aliases (*name) up to here would expand to {self.expanded} nodes, more than "
+                f"{MAX_ALIAS_NODES} beyond the file's own: refused (an alias-expansion bomb?)",
             )
-        return key
+        if depth + height - 1 > MAX_DEPTH:
+            raise self._error(event, "(yaml)", f"nested more than {MAX_DEPTH} levels deep (aliases expanded)")
+        return got
 
-    def _scalar(self, n: Node, loc: Loc) -> Any:
-        if n.tag not in _SCALAR_TAGS:
-            raise self._error(n, loc, f"unsupported tag {n.tag}")
+    def _sequence(self, event: SequenceStartEvent, loc: Loc, depth: int) -> tuple[Any, int, int]:
+        tag = event.tag if event.tag not in (None, "!") else _SEQ_TAG
+        if tag != _SEQ_TAG:
+            raise self._error(event, loc, f"unsupported tag {tag} on a sequence")
+        items: list[Any] = []
+        nodes, height = 1, 1
+        while not self.events.check_event(SequenceEndEvent):
+            value, n, h = self.node((*loc, len(items)), depth + 1)
+            items.append(value)
+            nodes, height = nodes + n, max(height, h + 1)
+        self.events.get_event()
+        return items, nodes, height
+
+    def _mapping(self, event: MappingStartEvent, loc: Loc, depth: int) -> tuple[Any, int, int]:
+        tag = event.tag if event.tag not in (None, "!") else _MAP_TAG
+        if tag != _MAP_TAG:
+            raise self._error(event, loc, f"unsupported tag {tag} on a mapping")
+        out: dict[str, Any] = {}
+        first: dict[str, int] = {}
+        nodes, height = 1, 1
+        while not self.events.check_event(MappingEndEvent):
+            key_event: Event = self.events.peek_event()
+            if not isinstance(key_event, ScalarEvent | AliasEvent):
+                raise self._error(key_event, loc, "a key must be plain text, not a mapping or a sequence")
+            key, n, _ = self.node(loc, depth + 1)
+            nodes += n
+            if not isinstance(key, str):
+                raw = key_event.value if isinstance(key_event, ScalarEvent) else key
+                raise self._error(
+                    key_event, loc, f"key {raw!r} reads as {type(key).__name__}, not text: quote it"
+                )
+            line = _line(key_event)
+            if key in first:
+                raise self._error(
+                    key_event,
+                    (*loc, key),
+                    f"duplicate key (first given at line {first[key]}; YAML would silently keep the last)",
+                )
+            first[key] = line
+            self.lines[(*loc, key)] = line
+            value, n, h = self.node((*loc, key), depth + 1)
+            out[key] = value
+            nodes, height = nodes + n, max(height, h + 1)
+        self.events.get_event()
+        return out, nodes, height
+
+    def _scalar(self, event: ScalarEvent, loc: Loc) -> Any:
+        tag = event.tag
+        if tag is None or tag == "!":
+            tag = self.events.resolve(ScalarNode, event.value, event.implicit)
+        if tag == _MERGE_TAG:
+            raise self._error(event, loc, "merge keys (<<) are not supported: write the keys out")
+        if tag not in _SCALAR_TAGS:
+            raise self._error(event, loc, f"unsupported tag {tag}")
+        start: Any = event.start_mark  # libyaml's Mark is not in the stubs' union
+        node = ScalarNode(tag, event.value, start, start, style=event.style)
         try:
-            return self.loader.construct_object(n, deep=True)
+            return self.events.yaml_constructors[tag](self.events, node)
         except yaml.YAMLError:
             raise
         except (ValueError, TypeError, OverflowError, AttributeError) as exc:  # e.g. a 13th month
-            raise self._error(n, loc, f"cannot read value {getattr(n, 'value', '')!r}: {exc}") from None
+            raise self._error(event, loc, f"cannot read value {event.value!r}: {exc}") from None
 
-    def _error(self, n: Node, loc: Loc, message: str) -> ConfigError:
-        return _fail(self.source, n.start_mark.line + 1, loc, message)
+    def _error(self, event: Event, loc: Loc | str, message: str) -> ConfigError:
+        return _fail(self.source, _line(event), loc, message)
+
+
+def _line(event: Event) -> int:
+    mark = event.start_mark
+    return mark.line + 1 if mark is not None else 1
