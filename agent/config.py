@@ -86,6 +86,7 @@ changes, atomically in the device; the unit must be listed in ``mask_write_units
 the config where another party writes a bit of the same register)."""
 
 _FLOAT32_MAX = 3.4028234663852886e38
+_NOT_NUMBERS = (DataType.BOOL, DataType.BIT, DataType.STRING)  # no scale, no Guard target
 
 _REF_BASE: dict[str, int] = {"coil": 0, "discrete": 10000, "input": 30000, "holding": 40000}
 
@@ -109,8 +110,8 @@ class ModbusTag(FrozenModel):
     bit: Annotated[int, Field(ge=0, le=15)] | None = None
     length: Annotated[int, Field(ge=1, le=123)] | None = None
     byte_swap: bool = False
-    scale: float = 1.0
-    offset: float = 0.0
+    scale: Annotated[float, Field(allow_inf_nan=False)] = 1.0
+    offset: Annotated[float, Field(allow_inf_nan=False)] = 0.0
     engineering_unit: str = ""
     range: tuple[float, float] | None = None
     access: Access = "read"
@@ -192,15 +193,10 @@ class ModbusTag(FrozenModel):
         return modbus_reference(self.table, self.address)
 
     @property
-    def numeric(self) -> bool:
-        """A number with a scale: the integer and float types (not bool, bit or string)."""
-        return self.type not in (DataType.BOOL, DataType.BIT, DataType.STRING)
-
-    @property
     def resolution(self) -> float | None:
         """The smallest step the register can express, in engineering units: ``|scale|`` for
         the integer types, None for floats (no fixed step) and for non-numeric types."""
-        if not self.numeric or self.type in (DataType.FLOAT32, DataType.FLOAT64):
+        if self.type in _NOT_NUMBERS or self.type in (DataType.FLOAT32, DataType.FLOAT64):
             return None
         return abs(self.scale)
 
@@ -208,7 +204,7 @@ class ModbusTag(FrozenModel):
     def value_limits(self) -> tuple[float, float] | None:
         """The engineering values the type and scale can hold (``raw × scale + offset``), e.g.
         uint16 × 0.1 holds [offset, 6553.5 + offset]; None for non-numeric types."""
-        if not self.numeric:
+        if self.type in _NOT_NUMBERS:
             return None
         if self.type is DataType.FLOAT64:
             return (-float("inf"), float("inf"))
@@ -469,7 +465,7 @@ class Config(FrozenModel):
             raise LocatedError(("devices",), "no devices configured")
         tags = self._unique_names()
         self._check_references(tags)
-        by_name: TagMap = {t.name: (d, t) for d, t in self.iter_tags()}
+        by_name: _TagMap = {t.name: (d, t) for d, t in self.iter_tags()}
         problems: list[tuple[Loc, str]] = []
         problems += _write_problems(self, by_name)
         problems += _guard_limit_problems(self, by_name)
@@ -689,7 +685,7 @@ def _where(tag: AnyTag) -> str:
     return tag.span() if isinstance(tag, ModbusTag) else f"node {tag.node_id}"
 
 
-TagMap = dict[str, tuple[AnyDevice, AnyTag]]
+_TagMap = dict[str, tuple[AnyDevice, AnyTag]]
 
 
 def _place(dev: AnyDevice, tag: AnyTag) -> tuple[tuple[str | int, ...], int, int]:
@@ -703,7 +699,7 @@ def _place(dev: AnyDevice, tag: AnyTag) -> tuple[tuple[str | int, ...], int, int
     return (dev.name, parsed.kind, parsed.identifier), 0, 0
 
 
-def _colliding_pairs(refs: Sequence[_Ref], tags: TagMap) -> list[tuple[int, int]]:
+def _colliding_pairs(refs: Sequence[_Ref], tags: _TagMap) -> list[tuple[int, int]]:
     """Pairs ``(earlier, later)`` of indexes into ``refs`` that name the same tag or share a
     register, coil or node. A sweep per address space: no all-pairs loop on a big HMI."""
     pairs: set[tuple[int, int]] = set()
@@ -724,7 +720,7 @@ def _colliding_pairs(refs: Sequence[_Ref], tags: TagMap) -> list[tuple[int, int]
     return sorted(pairs, key=lambda p: (p[1], p[0]))
 
 
-def _write_problems(config: Config, tags: TagMap) -> list[tuple[Loc, str]]:
+def _write_problems(config: Config, tags: _TagMap) -> list[tuple[Loc, str]]:
     """Alias refusal, purposes and readable targets (issue 10)."""
     problems: list[tuple[Loc, str]] = []
     protected = _protected_refs(config)
@@ -771,7 +767,7 @@ def _write_problems(config: Config, tags: TagMap) -> list[tuple[Loc, str]]:
     return problems
 
 
-def _guard_limit_problems(config: Config, tags: TagMap) -> list[tuple[Loc, str]]:
+def _guard_limit_problems(config: Config, tags: _TagMap) -> list[tuple[Loc, str]]:
     """Guard limits inside the tag's range and what its type and scale can hold; steps and rates
     at least one register step."""
     if config.guard is None:
@@ -781,9 +777,11 @@ def _guard_limit_problems(config: Config, tags: TagMap) -> list[tuple[Loc, str]]
     for i, t in enumerate(config.guard.targets):
         loc: Loc = ("guard", "targets", i)
         _, tag = tags[t.tag]
-        if isinstance(tag, ModbusTag) and not tag.numeric:
+        modbus = tag if isinstance(tag, ModbusTag) else None  # OPC UA: the range only
+        limits = modbus.value_limits if modbus is not None else None
+        if modbus is not None and limits is None:
             problems.append(
-                ((*loc, "tag"), f"tag {t.tag!r} is type {tag.type}: a Guard target must be a number")
+                ((*loc, "tag"), f"tag {t.tag!r} is type {modbus.type}: a Guard target must be a number")
             )
             continue
         for field in ("min", "max"):
@@ -796,20 +794,18 @@ def _guard_limit_problems(config: Config, tags: TagMap) -> list[tuple[Loc, str]]
                         f"of tag {t.tag!r}",
                     )
                 )
-                continue
-            limits = tag.value_limits if isinstance(tag, ModbusTag) else None
-            if isinstance(tag, ModbusTag) and limits is not None and not limits[0] <= value <= limits[1]:
+            elif modbus is not None and limits is not None and not limits[0] <= value <= limits[1]:
                 problems.append(
                     (
                         (*loc, field),
-                        f"{value:g} cannot be written to tag {t.tag!r}: {tag.encoding()} holds "
+                        f"{value:g} cannot be written to tag {t.tag!r}: {modbus.encoding()} holds "
                         f"{limits[0]:g} to {limits[1]:g}",
                     )
                 )
-        resolution = tag.resolution if isinstance(tag, ModbusTag) else None
-        if resolution is None or not isinstance(tag, ModbusTag):
-            continue
-        step = f"one register step of tag {t.tag!r} ({resolution:g}: {tag.encoding()})"
+        resolution = modbus.resolution if modbus is not None else None
+        if modbus is None or resolution is None:
+            continue  # floats and OPC UA nodes have no fixed step
+        step = f"one register step of tag {t.tag!r} ({resolution:g}: {modbus.encoding()})"
         if t.max_step is not None and t.max_step < resolution * (1 - 1e-9):
             problems.append(
                 ((*loc, "max_step"), f"{t.max_step:g} is less than {step}: no write could move it")
@@ -827,7 +823,7 @@ def _guard_limit_problems(config: Config, tags: TagMap) -> list[tuple[Loc, str]]
     return problems
 
 
-def _bit_write_problems(config: Config, tags: TagMap) -> list[tuple[Loc, str]]:
+def _bit_write_problems(config: Config, tags: _TagMap) -> list[tuple[Loc, str]]:
     """read_modify_write never on the register of the permissive or the acknowledge tag."""
     problems: list[tuple[Loc, str]] = []
     protected = _protected_refs(config)

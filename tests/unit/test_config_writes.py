@@ -559,3 +559,9 @@ def test_tag_helpers_for_messages_and_quantization() -> None:
     assert tag.encoding() == "int32 × -0.5 + 1"
     assert ModbusTag(name="f", table="holding", address=0, type="float32").resolution is None
     assert ModbusTag(name="s", table="holding", address=0, type="string", length=2).value_limits is None
+
+
+def test_scale_and_offset_must_be_finite() -> None:
+    for field in ("scale", "offset"):
+        text = f"devices:\n  - name: p\n    protocol: modbus_tcp\n    host: h\n    tags:\n      - {{name: a, table: holding, address: 0, type: uint16, {field}: .nan}}\n"
+        assert refused(text) == [f"x.yaml:6 devices[0].tags[0].{field}: Input should be a finite number"]
