@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from agent.configbase import FrozenModel, Secret
+from agent.configbase import FrozenModel, Purpose, Secret
 from agent.drivers.modbus_codec import DataType, register_count, valid_orders
 from agent.drivers.opcua_config import OpcUaDevice, OpcUaTag
 from agent.errors import ConfigError
@@ -93,6 +93,8 @@ class ModbusTag(FrozenModel):
     engineering_unit: str = ""
     range: tuple[float, float] | None = None
     access: Access = "read"
+    purpose: Purpose | None = None
+    bit_write: Literal["mask", "read_modify_write"] | None = None
     stale_after_ms: Annotated[int, Field(gt=0)] | None = None
     description: str = ""
 
@@ -167,6 +169,7 @@ class _ModbusDeviceBase(FrozenModel):
     hole_fill_gap: Annotated[int, Field(ge=0, le=124)] = 8
     stale_after_ms: Annotated[int, Field(gt=0)] | None = None
     breaker: BreakerConfig = BreakerConfig()
+    mask_write_units: list[int] = []
     tags: list[ModbusTag] = []
 
     @model_validator(mode="after")

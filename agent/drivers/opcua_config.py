@@ -47,7 +47,7 @@ from urllib.parse import urlparse
 
 from pydantic import Field, field_validator, model_validator
 
-from agent.configbase import FrozenModel, Secret
+from agent.configbase import FrozenModel, Purpose, Secret
 
 __all__ = [
     "NodeIdKind",
@@ -134,6 +134,7 @@ class OpcUaTag(FrozenModel):
     engineering_unit: str = ""
     range: tuple[float, float] | None = None
     access: Access = "read"
+    purpose: Purpose | None = None
     deadband: Annotated[float, Field(ge=0)] | None = None
     stale_after_ms: Annotated[int, Field(gt=0)] | None = None
     description: str = ""
