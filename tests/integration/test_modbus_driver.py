@@ -259,17 +259,25 @@ async def test_cancellation_propagates_through_a_pending_request() -> None:
 async def test_writes_coil_register_multi_and_bit_with_read_back() -> None:
     async with ModbusTestServer() as srv:
         await srv.set_registers(1, 20, [0b1000_0000_0000_0001])
+        rw = {"access": "read-write", "purpose": "setpoint"}
         tags = [
-            {"name": "run", "table": "coil", "address": 3, "type": "bool", "access": "read-write"},
-            {"name": "sp16", "table": "holding", "address": 10, "type": "int16", "access": "write"},
+            {"name": "run", "table": "coil", "address": 3, "type": "bool", **rw},
+            {
+                "name": "sp16",
+                "table": "holding",
+                "address": 10,
+                "type": "int16",
+                "access": "write",
+                "purpose": "setpoint",
+            },
             {
                 "name": "sp",
                 "table": "holding",
                 "address": 12,
                 "type": "float32",
                 "word_order": "CDAB",
-                "access": "read-write",
                 "range": [0, 3000],
+                **rw,
             },
             {
                 "name": "flags3",
@@ -277,7 +285,8 @@ async def test_writes_coil_register_multi_and_bit_with_read_back() -> None:
                 "address": 20,
                 "type": "bit",
                 "bit": 3,
-                "access": "read-write",
+                "bit_write": "read_modify_write",
+                **rw,
             },
             {"name": "ro", "table": "holding", "address": 30, "type": "uint16"},
             {
@@ -287,22 +296,23 @@ async def test_writes_coil_register_multi_and_bit_with_read_back() -> None:
                 "type": "uint16",
                 "scale": 0.1,
                 "access": "write",
+                "purpose": "setpoint",
             },
         ]
         async with ModbusDriver(device(srv.port, tags)) as drv:
-            assert await drv.write("run", True) is True
-            assert await drv.write("sp16", -5) == -5
-            assert await drv.write("sp", 1450.5) == pytest.approx(1450.5)
-            assert await drv.write("flags3", True) is True
-            assert await drv.write("scaled", 12.3) == pytest.approx(12.3)
+            assert await drv.write("run", True, purpose="setpoint") is True
+            assert await drv.write("sp16", -5, purpose="setpoint") == -5
+            assert await drv.write("sp", 1450.5, purpose="setpoint") == pytest.approx(1450.5)
+            assert await drv.write("flags3", True, purpose="setpoint") is True
+            assert await drv.write("scaled", 12.3, purpose="setpoint") == pytest.approx(12.3)
             with pytest.raises(WriteRefused, match="read-only"):
-                await drv.write("ro", 1)
+                await drv.write("ro", 1, purpose="setpoint")
             with pytest.raises(WriteRefused, match="outside plausible range"):
-                await drv.write("sp", 5000.0)
+                await drv.write("sp", 5000.0, purpose="setpoint")
             with pytest.raises(WriteRefused, match="not finite"):
-                await drv.write("sp", float("nan"))
+                await drv.write("sp", float("nan"), purpose="setpoint")
             with pytest.raises(WriteRefused):
-                await drv.write("sp16", 40000)
+                await drv.write("sp16", 40000, purpose="setpoint")
         assert (await srv.get_bits(1, 3, 1)) == [True]
         assert (await srv.get_registers(1, 10, 1)) == [0xFFFB]
         assert (await srv.get_registers(1, 12, 2)) == codec.encode(1450.5, codec.DataType.FLOAT32, "CDAB")
@@ -310,36 +320,3 @@ async def test_writes_coil_register_multi_and_bit_with_read_back() -> None:
         assert (await srv.get_registers(1, 31, 1)) == [123]
         fcs = {r[1] for r in srv.faults.requests}
         assert {5, 6, 16}.issubset(fcs)
-
-
-async def test_write_many_sends_one_request_per_adjacent_run_and_reads_back() -> None:
-    async with ModbusTestServer() as srv:
-        await srv.set_registers(1, 40, [0b0000_0000_0000_0001])
-        tags = [
-            {"name": "word", "table": "holding", "address": 10, "type": "uint16", "access": "read-write"},
-            {"name": "sev", "table": "holding", "address": 11, "type": "uint16", "access": "read-write"},
-            {"name": "score", "table": "holding", "address": 12, "type": "float32", "access": "read-write"},
-            {"name": "far", "table": "holding", "address": 30, "type": "int16", "access": "read-write"},
-            {"name": "flag", "table": "holding", "address": 40, "type": "bit", "bit": 4, "access": "read-write"},
-            {"name": "c0", "table": "coil", "address": 0, "type": "bool", "access": "read-write"},
-            {"name": "c1", "table": "coil", "address": 1, "type": "bool", "access": "read-write"},
-            {"name": "ro", "table": "holding", "address": 50, "type": "uint16"},
-        ]
-        async with ModbusDriver(device(srv.port, tags)) as drv:
-            srv.faults.requests.clear()
-            back = await drv.write_many(
-                [("score", 2.5), ("word", 0x0005), ("sev", 3), ("far", -7), ("c1", True), ("c0", False), ("flag", True)]
-            )
-            assert back == {"word": 5, "sev": 3, "score": 2.5, "far": -7, "c0": False, "c1": True, "flag": True}
-            writes = [(fc, addr, n) for _, fc, addr, n in srv.faults.requests if fc in (5, 6, 15, 16)]
-            assert (16, 10, 4) in writes  # word, sev, score: one FC16 transaction
-            assert any(fc == 6 and addr == 30 for fc, addr, _ in writes)  # alone: FC6
-            assert (15, 0, 2) in writes  # the two coils: one FC15
-            assert [w for w in writes if w[1] in (10, 11, 12)] == [(16, 10, 4)]
-            sent = len(srv.faults.requests)
-            with pytest.raises(WriteRefused, match="read-only"):
-                await drv.write_many([("word", 1), ("ro", 1)])
-            assert len(srv.faults.requests) == sent  # refused before anything was sent
-        assert await srv.get_registers(1, 10, 4) == [5, 3, *codec.encode(2.5, codec.DataType.FLOAT32, "ABCD")]
-        assert await srv.get_registers(1, 40, 1) == [0b0000_0000_0001_0001]  # bit 4 set, bit 0 kept
-        assert await srv.get_bits(1, 0, 2) == [False, True]
