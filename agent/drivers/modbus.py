@@ -102,6 +102,7 @@ class _Unit:
     unit: int
     breaker: CircuitBreaker
     tables: list[_Table] = field(default_factory=list)
+    problem: str = ""  # the last request failure of any kind (status text when nothing else)
 
     def tags(self) -> Iterable[ModbusTag]:
         for t in self.tables:
@@ -209,10 +210,11 @@ def encode_tag(tag: ModbusTag, value: Value) -> list[int] | bool:
 
 
 TracePacket = Callable[[bool, bytes], bytes]
-ClientFactory = Callable[[ModbusDevice, TracePacket], Any]
+TraceConnect = Callable[[bool], None]
+ClientFactory = Callable[[ModbusDevice, TracePacket, TraceConnect], Any]
 
 
-def _default_client(device: ModbusDevice, trace_packet: TracePacket) -> Any:
+def _default_client(device: ModbusDevice, trace_packet: TracePacket, trace_connect: TraceConnect) -> Any:
     from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
     from pymodbus.framer import FramerType
 
@@ -228,6 +230,7 @@ def _default_client(device: ModbusDevice, trace_packet: TracePacket) -> Any:
             reconnect_delay_max=0,
             name=device.name,
             trace_packet=trace_packet,
+            trace_connect=trace_connect,
         )
     else:
         client = AsyncModbusSerialClient(
@@ -243,6 +246,7 @@ def _default_client(device: ModbusDevice, trace_packet: TracePacket) -> Any:
             reconnect_delay_max=0,
             name=device.name,
             trace_packet=trace_packet,
+            trace_connect=trace_connect,
         )
     # A silent unit must not make pymodbus close the link shared with healthy units.
     client.set_max_no_responses(2**31)
@@ -267,9 +271,17 @@ class ModbusDriver:
         self._clock = clock
         self._rng = rng or random.Random()
         self._lock = asyncio.Lock()
+        # What the trace hooks saw of the current request (reset by _execute for each one):
         self._expect_unit: int | None = None
-        self._wrong_unit: int | None = None
-        self._sent = False  # the current request reached the transport (see _trace_packet)
+        self._wrong_unit: int | None = None  # a frame from another unit arrived
+        self._wrong_reply = False  # ... and it was the reply to this request (same transaction)
+        self._not_modbus: bytes | None = None  # the peer sent something that is not Modbus TCP
+        self._sent = False  # the request reached the transport
+        self._sent_tid = -1
+        # Requests in a row that got nothing at all back on this connection (any frame, from
+        # any unit, resets it): a half-open connection is closed after this many.
+        self._silent_requests = 0
+        self._silent_limit = device.breaker.failures + 1
         self._timeout_s = device.timeout_ms / 1000.0
         b = device.breaker
         self._link = CircuitBreaker(
@@ -309,21 +321,55 @@ class ModbusDriver:
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Self:
-        self._client = self._client_factory(self.device, self._trace_packet)
+        self._client = self._client_factory(self.device, self._trace_packet, self._trace_connect)
         return self
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
-        """See the unit id of every frame received: pymodbus silently drops a reply from
-        another unit (the caller would only see a timeout); we report it as what it is."""
+        """See every frame: whether a request left, and the unit id of every reply.
+
+        pymodbus silently drops a reply from another unit, so the caller would only see a
+        timeout. Over TCP, a reply from another unit to *this* request (same transaction id) is
+        handed to pymodbus under the expected unit id, so the request ends now instead of at
+        its timeout; :meth:`_execute` then refuses it as a reply from the wrong unit. Over RTU
+        the unit id is covered by the CRC: the wrong unit is reported at the timeout.
+        """
+        tcp = isinstance(self.device, ModbusTcpDevice)
         if sending:
             self._sent = True
-        elif data:
-            tcp = isinstance(self.device, ModbusTcpDevice)
-            if len(data) > (6 if tcp else 0):
-                uid = data[6] if tcp else data[0]
-                if self._expect_unit is not None and uid != self._expect_unit:
-                    self._wrong_unit = uid
+            if tcp and len(data) >= 2:
+                self._sent_tid = int.from_bytes(data[:2], "big")
+            return data
+        if not data:
+            return data
+        self._silent_requests = 0
+        expect = self._expect_unit
+        if not tcp:
+            if expect is not None and data[0] != expect:
+                self._wrong_unit = data[0]
+            return data
+        if len(data) < 8:
+            return data
+        if data[2:4] != b"\x00\x00":  # the protocol id of Modbus TCP is 0
+            self._not_modbus = data[:8]
+            return data
+        uid = data[6]
+        if expect is not None and expect != 0 and uid != expect:
+            self._wrong_unit = uid
+            if int.from_bytes(data[:2], "big") == self._sent_tid:
+                self._wrong_reply = True
+                return data[:6] + bytes([expect]) + data[7:]
         return data
+
+    def _trace_connect(self, connected: bool) -> None:
+        """The peer closed the connection: end the wait of a request in flight now (pymodbus
+        would wait for its timeout), as a lost connection."""
+        if connected or self._client is None:
+            return
+        from pymodbus.exceptions import ConnectionException
+
+        pending = getattr(getattr(self._client, "ctx", None), "response_future", None)
+        if isinstance(pending, asyncio.Future) and not pending.done():
+            pending.set_exception(ConnectionException("the device closed the connection"))
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
@@ -337,22 +383,17 @@ class ModbusDriver:
     def unit_status(self) -> list[UnitStatus]:
         out = []
         for u in self._units.values():
-            if self._link.last_error or u.breaker.last_error:
+            error = self._link.last_error or u.breaker.last_error
+            if error:
                 state = "lost"
             elif u.breaker.ever_connected:
                 state = "ok"
             else:
-                state = "unknown"
+                # never answered a read, but nothing tripped a breaker (for instance exception
+                # 02 at every address): say what happened, never an empty reason
+                state, error = "unknown", u.problem or "not asked yet"
             per = self.counters.per_unit.get(str(u.unit), {})
-            out.append(
-                UnitStatus(
-                    u.unit,
-                    state,
-                    self._link.last_error or u.breaker.last_error,
-                    per.get("requests", 0),
-                    per.get("failures", 0),
-                )
-            )
+            out.append(UnitStatus(u.unit, state, error, per.get("requests", 0), per.get("failures", 0)))
         return out
 
     @property
@@ -374,7 +415,8 @@ class ModbusDriver:
         order = sorted(self._units.values(), key=lambda u: u.breaker.state is not BreakerState.CLOSED)
         for unit in order:
             if not self.connected:
-                reason = f"connection lost: {self._link.last_error}"
+                reason = f"connection lost: {self._link.last_error or 'closed by the device'}"
+                unit.problem = reason
                 samples.extend(_bad(t, reason) for t in unit.tags())
                 continue
             samples.extend(await self._poll_unit(unit, deadline))
@@ -400,6 +442,7 @@ class ModbusDriver:
             self._link.record_failure(f"connect to {self.device.endpoint} failed")
             return f"device unreachable: connect to {self.device.endpoint} failed"
         self._link.record_success()
+        self.counters.bump("link", "connects")
         return None
 
     async def _poll_unit(self, unit: _Unit, deadline: float) -> list[Sample]:
@@ -426,6 +469,7 @@ class ModbusDriver:
                 try:
                     data = await self._read(unit.unit, table.name, req, budget)
                 except DeviceException as exc:
+                    unit.problem = f"{exc} at {modbus_reference(table.name, req.start)}"
                     if exc.code == 2:
                         replacement = table.planner.report_illegal(req)
                         if len(req.keys) > 1:
@@ -452,6 +496,7 @@ class ModbusDriver:
                         unit.breaker.record_success()  # it answered: the unit is there
                     continue
                 except DeviceUnreachable as exc:
+                    unit.problem = str(exc)
                     samples.extend(_bad(table.tags[k], str(exc)) for k in req.keys)
                     if not self.connected:
                         self._link.record_failure(str(exc))
@@ -461,6 +506,7 @@ class ModbusDriver:
                         return samples + self._rest_bad(unit, table, queue, str(exc))
                     continue
                 except BadReply as exc:
+                    unit.problem = str(exc)
                     self.counters.bump(key, "bad_replies")
                     samples.extend(_bad(table.tags[k], str(exc)) for k in req.keys)
                     continue
@@ -528,18 +574,13 @@ class ModbusDriver:
 
         async with self._lock:
             for attempt in (1, 2):
-                self._expect_unit, self._wrong_unit, self._sent = unit, None, False
+                self._expect_unit, self._wrong_unit, self._wrong_reply = unit, None, False
+                self._sent, self._not_modbus = False, None
                 try:
                     async with asyncio.timeout(budget_s):
                         rr = await call()
                 except TimeoutError:
-                    if self._wrong_unit is not None:
-                        raise BadReply(
-                            f"reply from the wrong unit: asked {unit}, got {self._wrong_unit}"
-                        ) from None
-                    raise DeviceUnreachable(
-                        f"timeout: no reply from unit {unit} within {budget_s * 1000:.0f} ms"
-                    ) from None
+                    raise self._no_reply(unit, budget_s) from None
                 except ConnectionException as exc:
                     self._reraise_if_cancelled()
                     self._client.close()
@@ -552,13 +593,7 @@ class ModbusDriver:
                     if "device id" in text:
                         raise BadReply(f"reply from the wrong unit (asked unit {unit})") from None
                     if "No response" in text:
-                        if self._wrong_unit is not None:
-                            raise BadReply(
-                                f"reply from the wrong unit: asked {unit}, got {self._wrong_unit}"
-                            ) from None
-                        raise DeviceUnreachable(
-                            f"timeout: no reply from unit {unit} within {self._timeout_s * 1000:.0f} ms"
-                        ) from None
+                        raise self._no_reply(unit, self._timeout_s) from None
                     raise BadReply(f"bad reply from unit {unit}: {text}") from None
                 except ModbusException as exc:
                     self._reraise_if_cancelled()
@@ -566,6 +601,8 @@ class ModbusDriver:
                 # asyncio.wait_for (used inside pymodbus) drops a cancellation that arrives in
                 # the same loop pass as the reply: the reply is returned, the cancel lost.
                 self._reraise_if_cancelled()
+                if self._wrong_reply:
+                    raise BadReply(f"reply from the wrong unit: asked {unit}, got {self._wrong_unit}")
                 if rr.isError():
                     code = int(getattr(rr, "exception_code", 0))
                     name = EXCEPTION_NAMES.get(code, "unknown exception")
@@ -575,6 +612,30 @@ class ModbusDriver:
                     raise BadReply(f"reply from the wrong unit: asked {unit}, got {dev}")
                 return rr
         raise AssertionError("unreachable")
+
+    def _no_reply(self, unit: int, budget_s: float) -> DriverError:
+        """The error of a request that timed out; after too many in a row with nothing at all
+        received on the connection, the connection is closed (the next poll reconnects with
+        backoff): a half-open TCP connection is never kept for good. A silent unit behind a
+        healthy gateway does not close it: the other units' replies keep resetting the count,
+        and its own breaker stops asking it before the count is reached."""
+        if self._not_modbus is not None:
+            return BadReply(
+                f"the reply is not Modbus TCP (it starts {self._not_modbus!r}): "
+                f"is {self.device.endpoint} a Modbus server?"
+            )
+        if self._wrong_unit is not None:
+            return BadReply(f"reply from the wrong unit: asked {unit}, got {self._wrong_unit}")
+        reason = f"timeout: no reply from unit {unit} within {budget_s * 1000:.0f} ms"
+        self._silent_requests += 1
+        if self._silent_requests >= self._silent_limit and self._client is not None:
+            self._silent_requests = 0
+            self._client.close()
+            reason += (
+                f"; nothing received on the connection for {self._silent_limit} requests in a row: "
+                "closed, to be opened again"
+            )
+        return DeviceUnreachable(reason)
 
     @staticmethod
     def _reraise_if_cancelled() -> None:

@@ -13,7 +13,7 @@ import pytest
 from agent.config import ModbusTcpDevice
 from agent.drivers import modbus_codec as codec
 from agent.drivers.modbus import ModbusDriver
-from agent.errors import WriteRefused
+from agent.errors import WriteRefused, WriteUnconfirmed
 from agent.running import RunningSource
 from agent.types import Sample
 from tests.modbus_server import ModbusTestServer
@@ -320,3 +320,137 @@ async def test_writes_coil_register_multi_and_bit_with_read_back() -> None:
         assert (await srv.get_registers(1, 31, 1)) == [123]
         fcs = {r[1] for r in srv.faults.requests}
         assert {5, 6, 16}.issubset(fcs)
+
+
+async def test_a_reply_from_the_wrong_unit_is_reported_at_once_not_at_the_timeout() -> None:
+    async with ModbusTestServer(units=[1, 3]) as srv:
+        srv.faults.wrong_unit[3] = 9
+        tags = [
+            {"name": "ok", "unit": 1, "table": "holding", "address": 0, "type": "uint16"},
+            {"name": "wrong", "unit": 3, "table": "holding", "address": 0, "type": "uint16"},
+            {
+                "name": "sp",
+                "unit": 3,
+                "table": "holding",
+                "address": 5,
+                "type": "uint16",
+                "access": "write",
+                "purpose": "setpoint",
+            },
+        ]
+        async with ModbusDriver(device(srv.port, tags, units=[1, 3], timeout_ms=2000)) as drv:
+            t0 = time.monotonic()
+            got = await poll(drv, budget=5)
+            assert time.monotonic() - t0 < 1.0
+            assert got["ok"].quality.is_good
+            assert got["wrong"].quality.reason == "reply from the wrong unit: asked 3, got 9"
+            t0 = time.monotonic()
+            with pytest.raises(WriteUnconfirmed, match="wrong unit"):  # it answered: something got it
+                await drv.write("sp", 1, purpose="setpoint")
+            assert time.monotonic() - t0 < 1.0
+            assert (await poll(drv))["ok"].quality.is_good  # the link is still fine
+
+
+async def test_a_connection_that_stops_answering_is_closed_and_opened_again() -> None:
+    connections: list[asyncio.StreamWriter] = []
+
+    async def half_open(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)  # takes everything, answers nothing, never closes
+
+    server = await asyncio.start_server(half_open, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    tags = [{"name": "v", "table": "holding", "address": 0, "type": "uint16"}]
+    dev = device(port, tags, timeout_ms=100, breaker={"failures": 2, "backoff_ms": 50, "backoff_max_ms": 100})
+    reasons: list[str] = []
+    try:
+        async with ModbusDriver(dev) as drv:
+            for _ in range(40):
+                reasons.append((await poll(drv, budget=0.5))["v"].quality.reason)
+                if len(connections) >= 3:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        for w in connections:
+            w.close()
+        server.close()
+        await server.wait_closed()
+    assert len(connections) >= 3, reasons
+    assert any("nothing received on the connection for 3 requests in a row" in r for r in reasons)
+    assert all(reasons)
+
+
+async def test_a_silent_unit_behind_a_live_gateway_never_closes_the_shared_connection() -> None:
+    async with ModbusTestServer(units=[1]) as srv:
+        tags = [
+            {"name": "live", "unit": 1, "table": "holding", "address": 0, "type": "uint16"},
+            {"name": "dead", "unit": 2, "table": "holding", "address": 0, "type": "uint16"},
+        ]
+        dev = device(
+            srv.port,
+            tags,
+            units=[1, 2],
+            timeout_ms=50,
+            breaker={"failures": 1, "backoff_ms": 10, "backoff_max_ms": 10},
+        )
+        async with ModbusDriver(dev) as drv:
+            for _ in range(15):
+                got = await poll(drv)
+                assert got["live"].quality.is_good
+                await asyncio.sleep(0.02)
+            assert drv.counters.per_unit["link"]["connects"] == 1
+            assert drv.counters.per_unit["2"]["requests"] >= 5  # it was asked, and timed out
+
+
+async def test_a_peer_that_is_not_modbus_is_named_as_such() -> None:
+    async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+
+    server = await asyncio.start_server(http, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        tags = [{"name": "v", "table": "holding", "address": 0, "type": "uint16"}]
+        async with ModbusDriver(device(port, tags)) as drv:
+            got = await poll(drv)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert "not Modbus TCP" in got["v"].quality.reason and "HTTP" in got["v"].quality.reason
+    assert "wrong unit" not in got["v"].quality.reason
+
+
+async def test_a_dropped_connection_ends_the_pending_request_at_once() -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(260)
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        tags = [{"name": "v", "table": "holding", "address": 0, "type": "uint16"}]
+        async with ModbusDriver(device(port, tags, timeout_ms=3000)) as drv:
+            t0 = time.monotonic()
+            got = await poll(drv, budget=5)
+            assert time.monotonic() - t0 < 1.0
+            assert (
+                "connection lost" in got["v"].quality.reason
+                and "closed the connection" in got["v"].quality.reason
+            )
+            st = drv.unit_status()[0]
+            assert st.state == "lost" and "closed the connection" in st.last_error
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_unit_status_always_gives_a_reason_when_not_ok() -> None:
+    # a unit that answers exception 02 at every address (some servers do this for a unit id they
+    # do not have): it answers, so no breaker trips, but it is not ok either
+    async with ModbusTestServer(units=[1], holes=[(0, 100)]) as srv:
+        tags = [{"name": "v", "table": "holding", "address": 3, "type": "uint16"}]
+        async with ModbusDriver(device(srv.port, tags)) as drv:
+            assert drv.unit_status()[0].last_error == "not asked yet"
+            await poll(drv)
+            st = drv.unit_status()[0]
+    assert st.state != "ok" and "exception 02" in st.last_error and "40004" in st.last_error

@@ -220,8 +220,10 @@ async def test_a_connection_dropped_after_sending_is_unconfirmed_and_no_connecti
     port = server.sockets[0].getsockname()[1]
     try:
         async with ModbusDriver(device(port, [hr("a", 10)], timeout_ms=2000)) as drv:
-            with pytest.raises(WriteUnconfirmed, match="possibly applied"):
+            t0 = time.monotonic()
+            with pytest.raises(WriteUnconfirmed, match=r"closed the connection.*possibly applied"):
                 await drv.write("a", 1, purpose="display")
+            assert time.monotonic() - t0 < 1.0  # when the link dropped, not at the 2 s timeout
             assert len(received) == 1 and received[0][7] == 6  # the FC6 reached the peer
     finally:
         server.close()
