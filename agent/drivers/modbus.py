@@ -7,13 +7,18 @@ poll's deadline.
 
 pymodbus is configured for a poller, not a script: no retries, no reconnect loop of its own
 (``reconnect_delay=0``: we reconnect with our own backoff), no "close the link after N
-unanswered requests" (a silent unit must not take the link down). Its exceptions are
-translated here, at the seam; ``asyncio.CancelledError`` always propagates, even where a
-pymodbus release wraps it in ``ModbusIOException``.
+unanswered requests" of its own (a silent unit must not take the link down). Ours counts only
+requests after which *nothing at all* came back on the connection, from any unit: after
+``breaker.failures + 1`` in a row the connection is closed and opened again (a half-open TCP
+connection is never kept), while the replies of healthy units keep a gateway's connection up.
+Its exceptions are translated here, at the seam; ``asyncio.CancelledError`` always
+propagates, even where a pymodbus release wraps it in ``ModbusIOException``.
 
-Every reply is validated: exception codes, replies from the wrong unit, short replies
-(pymodbus accepts them as success), timeouts. Nothing from a bad reply reaches the pipeline as
-GOOD: the affected tags get a BAD sample with the reason.
+Every reply is validated: exception codes, replies from the wrong unit (over TCP reported as
+soon as they arrive, not at the timeout), short replies (pymodbus accepts them as success),
+timeouts, a peer that does not speak Modbus TCP, a connection the peer closes (the request in
+flight ends at once). Nothing from a bad reply reaches the pipeline as GOOD: the affected tags
+get a BAD sample with the reason.
 
 Writes (:meth:`ModbusDriver.write_many`) go in the caller's order, each item checked before
 anything is sent (its declared purpose among them), and each verified by a read issued after
@@ -745,8 +750,9 @@ class ModbusDriver:
 
         Per item: :class:`~agent.errors.WriteRefused` (not applied: the agent refused, or the
         device answered with an exception), :class:`~agent.errors.DeviceUnreachable` (not
-        sent: no connection, a unit that left an earlier write of this call unanswered is not
-        asked again in this call, or the read a read-modify-write needs failed),
+        sent: no connection, the unit's breaker is open because it stopped answering the
+        poll, a unit that left an earlier write of this call unanswered is not asked again in
+        this call, or the read a read-modify-write needs failed),
         :class:`~agent.errors.WriteUnconfirmed` (sent, no valid reply: possibly applied),
         :class:`~agent.errors.ReadBackFailed` (acknowledged, read-back failed or invalid).
 
@@ -782,11 +788,14 @@ class ModbusDriver:
         while queue:
             run = queue.popleft()
             unit = run[0].unit
+            breaker = self._units[unit].breaker
             reason = unanswered.get(unit)
+            if reason is None and not breaker.allow():
+                reason = f"unit {unit} not responding ({breaker.last_error})"
             if reason is None and not self.connected:
                 reason = await self._connect(self._clock() + self._timeout_s)
             if reason is not None:
-                out.update(_each(run, DeviceUnreachable, f"not sent: {reason}"))
+                out.update(_each(run, DeviceUnreachable, f"{_describe(run)}: not sent: {reason}"))
                 continue
             try:
                 out.update(await self._write_run(run))
