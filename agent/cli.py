@@ -13,24 +13,39 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
+import os
+import pwd
 import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import structlog
 
-from agent.config import AnyTag, Config, ModbusTag, check_paths, load_config
+from agent.config import AgentSection, AnyTag, Config, ModbusTag, check_paths, load_config
+from agent.configbase import Purpose
 from agent.drivers import make_driver
-from agent.drivers.modbus import UnitStatus
-from agent.errors import AgentError, AuditError, ConfigError, DriverError, WriteRefused
+from agent.drivers.modbus import UnitStatus, encode_tag
+from agent.errors import (
+    AgentError,
+    AuditError,
+    ConfigError,
+    DeviceUnreachable,
+    DriverError,
+    ReadBackFailed,
+    StateFileError,
+    WriteRefused,
+    WriteUnconfirmed,
+)
 from agent.ops.logging import setup_logging
+from agent.ops.ownership import FILE_NAME as OWNERSHIP_FILE
+from agent.ops.ownership import owned_in_auto
 from agent.types import Sample, Value
 
-__all__ = ["main"]
+__all__ = ["main", "os_user", "parse_value"]
 
 log = structlog.get_logger("agent.cli")
 
@@ -142,59 +157,150 @@ def parse_value(tag: AnyTag, text: str) -> Value:
     return int(number) if number.is_integer() and tag.type.startswith(("int", "uint")) else number
 
 
-def _owned_in_auto(cfg: Config, tag_name: str) -> bool:
-    """A setpoint the running agent writes in auto mode is not for a commissioning write."""
+_LOGINUID = Path("/proc/self/loginuid")
+_LOGINUID_UNSET = 4294967295
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def os_user(loginuid: Path = _LOGINUID) -> str:
+    """Who runs this command, from the kernel, never from the environment (``LOGNAME`` and
+    ``USER`` are whatever the caller sets): the login uid, which ``sudo`` and ``su`` keep,
+    else the real uid; as a name, with the account acted as when it differs
+    (``alice (as root)``)."""
+    real = os.getuid()
+    try:
+        login: int | None = int(loginuid.read_text().strip())
+    except (OSError, ValueError):
+        login = None
+    if login is None or login == _LOGINUID_UNSET:
+        return _user_name(real)
+    if login == real:
+        return _user_name(login)
+    return f"{_user_name(login)} (as {_user_name(real)})"
+
+
+def _owned_in_auto(cfg: Config, tag_name: str) -> str | None:
+    """Why a commissioning write of ``tag_name`` is refused because the agent owns it in
+    auto, or None. Asks the CLI's config and the ownership file the running agent keeps in
+    its state directory (the config's, and the default one), so a copy of the config with
+    the guard in shadow does not open the setpoint."""
     g = cfg.guard
-    return (
-        g is not None and g.writes_enabled and g.mode == "auto" and any(t.tag == tag_name for t in g.targets)
-    )
+    if g is not None and g.writes_enabled and g.mode == "auto" and any(t.tag == tag_name for t in g.targets):
+        return "the config's guard writes it in mode auto"
+    for state_dir in dict.fromkeys((cfg.agent.state_dir, AgentSection().state_dir)):
+        if owned_in_auto(state_dir, tag_name):
+            return f"the agent running on {state_dir} writes it in mode auto ({state_dir / OWNERSHIP_FILE})"
+    return None
 
 
-async def _write(cfg: Config, tag_name: str, text: str) -> Value:
+def _validated(cfg: Config, tag_name: str, text: str) -> tuple[AnyTag, Value, Purpose]:
+    """Every check a commissioning write passes before anything is audited or sent; raises
+    WriteRefused with the reason (the value parses and encodes for the tag, the tag declares
+    a purpose and the running agent does not own it in auto)."""
+    _, tag = cfg.tag(tag_name)
+    if not tag.writable:
+        raise WriteRefused(f"{tag.name} ({tag.reference}) is read-only (access: {tag.access})")
+    value = parse_value(tag, text)
+    if isinstance(tag, ModbusTag):
+        encode_tag(tag, value)
+    if tag.purpose is None:
+        raise WriteRefused(f"{tag.name} ({tag.reference}) declares no purpose: it is not written")
+    owned = _owned_in_auto(cfg, tag_name)
+    if owned is not None:
+        raise WriteRefused(
+            f"{tag.name} is a setpoint the agent owns: {owned}; switch the guard to shadow or advise first"
+        )
+    return tag, value, tag.purpose
+
+
+_OUTCOMES: dict[type[DriverError], str] = {
+    WriteRefused: "refused",
+    DeviceUnreachable: "not sent",
+    WriteUnconfirmed: "unconfirmed",
+    ReadBackFailed: "not verified",
+}
+
+
+async def _write(cfg: Config, tag_name: str, value: Value, purpose: Purpose, user: str) -> Value:
+    """Audit the attempt, write, audit the outcome; the value read back, or the DriverError.
+
+    The attempt is committed before anything is sent (no audit, no write); the outcome row
+    (``event`` ``manual_write_outcome``) names the attempt's id, the outcome (written, refused,
+    not sent, unconfirmed, not verified), the value read back or the reason.
+    """
     from agent.ops.audit import AuditLog
 
     dev, tag = cfg.tag(tag_name)
-    value = parse_value(tag, text)
-    user = getpass.getuser()
     log.warning(
         "commissioning write", tag=tag_name, value=value, device=dev.name, reference=tag.reference, user=user
     )
     audit = AuditLog(cfg.audit_config(), guest=True)  # beside a running agent, if there is one
     try:
-        audit.open()
-        audit.record_manual_write(tag_name, value, user)  # committed before the write is sent
-    except AuditError as exc:
-        raise WriteRefused(f"not written: the audit log cannot record it ({exc})") from None
+        try:
+            audit.open()
+            attempt = audit.record_manual_write(tag_name, value, user)
+        except AuditError as exc:
+            raise WriteRefused(f"not written: the audit log cannot record it ({exc})") from None
+        detail: dict[str, Any] = {"attempt": attempt, "tag": tag_name, "value": value, "user": user}
+        try:
+            async with make_driver(dev) as driver:
+                back = await driver.write(tag_name, value, purpose=purpose)
+        except DriverError as exc:
+            outcome = next((o for k, o in _OUTCOMES.items() if isinstance(exc, k)), "failed")
+            try:
+                audit.record_event(
+                    "manual_write_outcome",
+                    f"{tag_name} {outcome}: {exc}",
+                    extra={**detail, "outcome": outcome, "reason": str(exc)},
+                )
+            except AuditError as audit_exc:
+                raise AuditError(
+                    f"{tag_name} {outcome}: {exc}; its outcome is not audited: {audit_exc}"
+                ) from None
+            log.warning(
+                "commissioning write failed", tag=tag_name, outcome=outcome, reason=str(exc), user=user
+            )
+            raise
+        try:
+            audit.record_event(
+                "manual_write_outcome",
+                f"{tag_name} written, read back {back}",
+                extra={**detail, "outcome": "written", "read_back": back},
+            )
+        except AuditError as exc:
+            raise AuditError(
+                f"{tag_name} written and read back {back}, but its outcome is not audited: {exc}"
+            ) from None
     finally:
         audit.close()
-    async with make_driver(dev) as driver:
-        back = await driver.write(tag_name, value)
     log.warning("commissioning write done", tag=tag_name, read_back=back, user=user)
     return back
 
 
 def _cmd_write(cfg: Config, args: argparse.Namespace) -> int:
     try:
-        _, tag = cfg.tag(args.tag)
+        cfg.tag(args.tag)
     except KeyError:
         print(f"unknown tag {args.tag!r}", file=sys.stderr)
         return 2
-    if not tag.writable:
-        print(f"refused: {tag.name} ({tag.reference}) is read-only (access: {tag.access})", file=sys.stderr)
-        return 1
-    if _owned_in_auto(cfg, args.tag):
-        print(
-            f"refused: {tag.name} is a setpoint the agent writes in mode auto ({args.config}); "
-            "switch the guard to shadow or advise first",
-            file=sys.stderr,
-        )
-        return 1
     try:
-        back = asyncio.run(_write(cfg, args.tag, args.value))
-    except DriverError as exc:
+        tag, value, purpose = _validated(cfg, args.tag, args.value)
+    except (WriteRefused, StateFileError) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 1
-    print(f"{args.tag} ({tag.reference}) = {back} (read back), written by {getpass.getuser()}")
+    user = os_user()
+    try:
+        back = asyncio.run(_write(cfg, args.tag, value, purpose, user))
+    except DriverError as exc:
+        print(f"{'refused' if isinstance(exc, WriteRefused) else 'failed'}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.tag} ({tag.reference}) = {back} (read back), written by {user}")
     return 0
 
 

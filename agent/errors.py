@@ -7,10 +7,18 @@
     ├── SecretError              a secret could not be read (its value never appears)
     ├── CodecError               a value cannot be encoded/decoded for a tag's type and order
     ├── DriverError              talking to a device failed
-    │   ├── DeviceUnreachable    connect failed / connection lost / timeout
+    │   ├── DeviceUnreachable    connect failed / connection lost / timeout; from a write:
+    │   │                        nothing was sent (no link, or a read the write needs failed)
     │   ├── DeviceException      the device answered with a protocol exception (code kept)
     │   ├── BadReply             the reply is malformed: short, wrong unit, wrong function
-    │   └── WriteRefused         a write was refused (read-only, not allowed, verify mismatch)
+    │   ├── WriteRefused         a write was not applied: refused by the agent before sending
+    │   │                        (unknown or read-only tag, purpose mismatch, value does not
+    │   │                        encode) or by the device (exception reply)
+    │   ├── WriteUnconfirmed     a write was sent but no valid reply came (timeout, connection
+    │   │                        lost after sending): the value is possibly applied
+    │   └── ReadBackFailed       a write was acknowledged but the verifying read failed
+    │                            (timeout, short or invalid reply): applied, not verified
+    ├── StateFileError           a state file the agent shares with the CLI cannot be read
     ├── ModelError               a bundle or session is invalid (manifest/binding mismatch, hash)
     ├── AlarmError               an alarm command names an unknown asset or code, or saved
     │                            alarm state is unusable (also a ValueError)
@@ -32,8 +40,11 @@ __all__ = [
     "DeviceUnreachable",
     "DriverError",
     "ModelError",
+    "ReadBackFailed",
     "SecretError",
+    "StateFileError",
     "WriteRefused",
+    "WriteUnconfirmed",
 ]
 
 
@@ -62,7 +73,9 @@ class DriverError(AgentError):
 
 
 class DeviceUnreachable(DriverError):
-    """No answer: connect failed, connection lost, or the request timed out."""
+    """No answer: connect failed, connection lost, or the request timed out.
+
+    Raised by a write only when nothing was sent (see :class:`WriteUnconfirmed`)."""
 
 
 class DeviceException(DriverError):
@@ -78,7 +91,24 @@ class BadReply(DriverError):
 
 
 class WriteRefused(DriverError):
-    """A write was refused by the device or by the agent's own rules."""
+    """A write was not applied: the agent's own rules refused it before anything was sent
+    (unknown or read-only tag, purpose mismatch, a value that does not encode), or the device
+    answered with an exception."""
+
+
+class WriteUnconfirmed(DriverError):
+    """A write was sent but no valid reply came (timeout, connection lost after sending, a
+    reply that cannot be trusted): the value is *possibly applied*, and may still land later."""
+
+
+class ReadBackFailed(DriverError):
+    """A write was acknowledged by the device, but the read that verifies it failed (timeout,
+    short or invalid reply): the value is applied, not verified."""
+
+
+class StateFileError(AgentError):
+    """A state file shared between the running agent and the CLI (the ownership file) exists
+    but cannot be read or parsed; the message names the file."""
 
 
 class ModelError(AgentError):

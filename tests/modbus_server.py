@@ -25,6 +25,12 @@ class Faults:
     silent_units: set[int] = field(default_factory=set)  # served, but replies dropped
     served_units: set[int] = field(default_factory=set)  # any other unit id gets no reply
     requests: list[tuple[int, int, int, int]] = field(default_factory=list)  # (unit, fc, addr, count)
+    # function code → exception code answered instead, without executing the request (a device
+    # that lacks a function answers 01; one that cannot read answers 04)
+    refuse_functions: dict[int, int] = field(default_factory=dict)
+    silent_functions: set[int] = field(default_factory=set)  # executed, reply dropped
+    _refusing: dict[int, bytes] = field(default_factory=dict)  # transaction id → exception reply pdu
+    _silencing: set[int] = field(default_factory=set)  # transaction ids whose reply is dropped
 
 
 def _mutate(data: bytes, faults: Faults) -> bytes:
@@ -32,8 +38,11 @@ def _mutate(data: bytes, faults: Faults) -> bytes:
         return data
     tid, pid, _length, unit = struct.unpack(">HHHB", data[:7])
     pdu = data[7:]
-    if unit in faults.silent_units or unit not in faults.served_units:
+    if unit in faults.silent_units or unit not in faults.served_units or tid in faults._silencing:
+        faults._silencing.discard(tid)
         return b""
+    if tid in faults._refusing:
+        pdu = faults._refusing.pop(tid)
     if unit in faults.short_reply_units and pdu[0] in (3, 4) and len(pdu) > 4:
         byte_count = pdu[1] - 2
         pdu = bytes([pdu[0], byte_count]) + pdu[2 : 2 + byte_count]
@@ -42,10 +51,19 @@ def _mutate(data: bytes, faults: Faults) -> bytes:
     return struct.pack(">HHHB", tid, pid, len(pdu) + 1, unit) + pdu
 
 
-def _record(data: bytes, faults: Faults) -> None:
-    if len(data) >= 12:
-        _, _, _, unit, fc, addr, count = struct.unpack(">HHHBBHH", data[:12])
-        faults.requests.append((unit, fc, addr, count))
+def _record(data: bytes, faults: Faults) -> bytes:
+    """Log a received request; answer a refused function without executing it."""
+    if len(data) < 12:
+        return data
+    tid, pid, _, unit, fc, addr, count = struct.unpack(">HHHBBHH", data[:12])
+    faults.requests.append((unit, fc, addr, count))
+    if fc in faults.silent_functions:
+        faults._silencing.add(tid)
+    if fc in faults.refuse_functions:
+        faults._refusing[tid] = bytes([fc | 0x80, faults.refuse_functions[fc]])
+        # the server executes a harmless read instead; its reply is replaced by the exception
+        return struct.pack(">HHHBBHH", tid, pid, 6, unit, 3, 0, 1)
+    return data
 
 
 class ModbusTestServer:
@@ -97,8 +115,7 @@ class ModbusTestServer:
         def trace(sending: bool, data: bytes) -> bytes:
             if sending:
                 return _mutate(data, self.faults)
-            _record(data, self.faults)
-            return data
+            return _record(data, self.faults)
 
         self._server = ModbusTcpServer(
             devices, address=("127.0.0.1", self.port), ignore_missing_devices=True, trace_packet=trace

@@ -7,13 +7,23 @@ poll's deadline.
 
 pymodbus is configured for a poller, not a script: no retries, no reconnect loop of its own
 (``reconnect_delay=0``: we reconnect with our own backoff), no "close the link after N
-unanswered requests" (a silent unit must not take the link down). Its exceptions are
-translated here, at the seam; ``asyncio.CancelledError`` always propagates, even where a
-pymodbus release wraps it in ``ModbusIOException``.
+unanswered requests" of its own (a silent unit must not take the link down). Ours counts only
+requests after which *nothing at all* came back on the connection, from any unit: after
+``breaker.failures + 1`` in a row the connection is closed and opened again (a half-open TCP
+connection is never kept), while the replies of healthy units keep a gateway's connection up.
+Its exceptions are translated here, at the seam; ``asyncio.CancelledError`` always
+propagates, even where a pymodbus release wraps it in ``ModbusIOException``.
 
-Every reply is validated: exception codes, replies from the wrong unit, short replies
-(pymodbus accepts them as success), timeouts. Nothing from a bad reply reaches the pipeline as
-GOOD: the affected tags get a BAD sample with the reason.
+Every reply is validated: exception codes, replies from the wrong unit (over TCP reported as
+soon as they arrive, not at the timeout), short replies (pymodbus accepts them as success),
+timeouts, a peer that does not speak Modbus TCP, a connection the peer closes (the request in
+flight ends at once). Nothing from a bad reply reaches the pipeline as GOOD: the affected tags
+get a BAD sample with the reason.
+
+Writes (:meth:`ModbusDriver.write_many`) go in the caller's order, each item checked before
+anything is sent (its declared purpose among them), and each verified by a read issued after
+the write's reply; a request is never re-sent, and whether it left at all decides between
+"not sent" and "possibly applied" (see :mod:`agent.drivers.base` for the error semantics).
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import asyncio
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -29,15 +40,20 @@ from typing import Any, Self
 
 import structlog
 
-from agent.config import ModbusRtuDevice, ModbusTag, ModbusTcpDevice
+from agent.config import ModbusRtuDevice, ModbusTag, ModbusTcpDevice, modbus_reference
+from agent.configbase import Purpose
 from agent.drivers import modbus_codec as codec
+from agent.drivers.base import WriteResults, check_purpose
 from agent.drivers.modbus_plan import ReadRequest, RequestPlanner, Span
 from agent.errors import (
     BadReply,
     CodecError,
     DeviceException,
     DeviceUnreachable,
+    DriverError,
+    ReadBackFailed,
     WriteRefused,
+    WriteUnconfirmed,
 )
 from agent.running import Backoff, BreakerState, CircuitBreaker, Counters
 from agent.types import Quality, Sample, Value, utcnow
@@ -91,6 +107,7 @@ class _Unit:
     unit: int
     breaker: CircuitBreaker
     tables: list[_Table] = field(default_factory=list)
+    problem: str = ""  # the last request failure of any kind (status text when nothing else)
 
     def tags(self) -> Iterable[ModbusTag]:
         for t in self.tables:
@@ -198,10 +215,11 @@ def encode_tag(tag: ModbusTag, value: Value) -> list[int] | bool:
 
 
 TracePacket = Callable[[bool, bytes], bytes]
-ClientFactory = Callable[[ModbusDevice, TracePacket], Any]
+TraceConnect = Callable[[bool], None]
+ClientFactory = Callable[[ModbusDevice, TracePacket, TraceConnect], Any]
 
 
-def _default_client(device: ModbusDevice, trace_packet: TracePacket) -> Any:
+def _default_client(device: ModbusDevice, trace_packet: TracePacket, trace_connect: TraceConnect) -> Any:
     from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
     from pymodbus.framer import FramerType
 
@@ -217,6 +235,7 @@ def _default_client(device: ModbusDevice, trace_packet: TracePacket) -> Any:
             reconnect_delay_max=0,
             name=device.name,
             trace_packet=trace_packet,
+            trace_connect=trace_connect,
         )
     else:
         client = AsyncModbusSerialClient(
@@ -232,6 +251,7 @@ def _default_client(device: ModbusDevice, trace_packet: TracePacket) -> Any:
             reconnect_delay_max=0,
             name=device.name,
             trace_packet=trace_packet,
+            trace_connect=trace_connect,
         )
     # A silent unit must not make pymodbus close the link shared with healthy units.
     client.set_max_no_responses(2**31)
@@ -256,8 +276,17 @@ class ModbusDriver:
         self._clock = clock
         self._rng = rng or random.Random()
         self._lock = asyncio.Lock()
+        # What the trace hooks saw of the current request (reset by _execute for each one):
         self._expect_unit: int | None = None
-        self._wrong_unit: int | None = None
+        self._wrong_unit: int | None = None  # a frame from another unit arrived
+        self._wrong_reply = False  # ... and it was the reply to this request (same transaction)
+        self._not_modbus: bytes | None = None  # the peer sent something that is not Modbus TCP
+        self._sent = False  # the request reached the transport
+        self._sent_tid = -1
+        # Requests in a row that got nothing at all back on this connection (any frame, from
+        # any unit, resets it): a half-open connection is closed after this many.
+        self._silent_requests = 0
+        self._silent_limit = device.breaker.failures + 1
         self._timeout_s = device.timeout_ms / 1000.0
         b = device.breaker
         self._link = CircuitBreaker(
@@ -297,19 +326,55 @@ class ModbusDriver:
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Self:
-        self._client = self._client_factory(self.device, self._trace_packet)
+        self._client = self._client_factory(self.device, self._trace_packet, self._trace_connect)
         return self
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
-        """See the unit id of every frame received: pymodbus silently drops a reply from
-        another unit (the caller would only see a timeout); we report it as what it is."""
-        if not sending and data:
-            tcp = isinstance(self.device, ModbusTcpDevice)
-            if len(data) > (6 if tcp else 0):
-                uid = data[6] if tcp else data[0]
-                if self._expect_unit is not None and uid != self._expect_unit:
-                    self._wrong_unit = uid
+        """See every frame: whether a request left, and the unit id of every reply.
+
+        pymodbus silently drops a reply from another unit, so the caller would only see a
+        timeout. Over TCP, a reply from another unit to *this* request (same transaction id) is
+        handed to pymodbus under the expected unit id, so the request ends now instead of at
+        its timeout; :meth:`_execute` then refuses it as a reply from the wrong unit. Over RTU
+        the unit id is covered by the CRC: the wrong unit is reported at the timeout.
+        """
+        tcp = isinstance(self.device, ModbusTcpDevice)
+        if sending:
+            self._sent = True
+            if tcp and len(data) >= 2:
+                self._sent_tid = int.from_bytes(data[:2], "big")
+            return data
+        if not data:
+            return data
+        self._silent_requests = 0
+        expect = self._expect_unit
+        if not tcp:
+            if expect is not None and data[0] != expect:
+                self._wrong_unit = data[0]
+            return data
+        if len(data) < 8:
+            return data
+        if data[2:4] != b"\x00\x00":  # the protocol id of Modbus TCP is 0
+            self._not_modbus = data[:8]
+            return data
+        uid = data[6]
+        if expect is not None and expect != 0 and uid != expect:
+            self._wrong_unit = uid
+            if int.from_bytes(data[:2], "big") == self._sent_tid:
+                self._wrong_reply = True
+                return data[:6] + bytes([expect]) + data[7:]
         return data
+
+    def _trace_connect(self, connected: bool) -> None:
+        """The peer closed the connection: end the wait of a request in flight now (pymodbus
+        would wait for its timeout), as a lost connection."""
+        if connected or self._client is None:
+            return
+        from pymodbus.exceptions import ConnectionException
+
+        pending = getattr(getattr(self._client, "ctx", None), "response_future", None)
+        if isinstance(pending, asyncio.Future) and not pending.done():
+            pending.set_exception(ConnectionException("the device closed the connection"))
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
@@ -323,22 +388,17 @@ class ModbusDriver:
     def unit_status(self) -> list[UnitStatus]:
         out = []
         for u in self._units.values():
-            if self._link.last_error or u.breaker.last_error:
+            error = self._link.last_error or u.breaker.last_error
+            if error:
                 state = "lost"
             elif u.breaker.ever_connected:
                 state = "ok"
             else:
-                state = "unknown"
+                # never answered a read, but nothing tripped a breaker (for instance exception
+                # 02 at every address): say what happened, never an empty reason
+                state, error = "unknown", u.problem or "not asked yet"
             per = self.counters.per_unit.get(str(u.unit), {})
-            out.append(
-                UnitStatus(
-                    u.unit,
-                    state,
-                    self._link.last_error or u.breaker.last_error,
-                    per.get("requests", 0),
-                    per.get("failures", 0),
-                )
-            )
+            out.append(UnitStatus(u.unit, state, error, per.get("requests", 0), per.get("failures", 0)))
         return out
 
     @property
@@ -360,7 +420,8 @@ class ModbusDriver:
         order = sorted(self._units.values(), key=lambda u: u.breaker.state is not BreakerState.CLOSED)
         for unit in order:
             if not self.connected:
-                reason = f"connection lost: {self._link.last_error}"
+                reason = f"connection lost: {self._link.last_error or 'closed by the device'}"
+                unit.problem = reason
                 samples.extend(_bad(t, reason) for t in unit.tags())
                 continue
             samples.extend(await self._poll_unit(unit, deadline))
@@ -386,6 +447,7 @@ class ModbusDriver:
             self._link.record_failure(f"connect to {self.device.endpoint} failed")
             return f"device unreachable: connect to {self.device.endpoint} failed"
         self._link.record_success()
+        self.counters.bump("link", "connects")
         return None
 
     async def _poll_unit(self, unit: _Unit, deadline: float) -> list[Sample]:
@@ -412,6 +474,7 @@ class ModbusDriver:
                 try:
                     data = await self._read(unit.unit, table.name, req, budget)
                 except DeviceException as exc:
+                    unit.problem = f"{exc} at {modbus_reference(table.name, req.start)}"
                     if exc.code == 2:
                         replacement = table.planner.report_illegal(req)
                         if len(req.keys) > 1:
@@ -438,6 +501,7 @@ class ModbusDriver:
                         unit.breaker.record_success()  # it answered: the unit is there
                     continue
                 except DeviceUnreachable as exc:
+                    unit.problem = str(exc)
                     samples.extend(_bad(table.tags[k], str(exc)) for k in req.keys)
                     if not self.connected:
                         self._link.record_failure(str(exc))
@@ -447,6 +511,7 @@ class ModbusDriver:
                         return samples + self._rest_bad(unit, table, queue, str(exc))
                     continue
                 except BadReply as exc:
+                    unit.problem = str(exc)
                     self.counters.bump(key, "bad_replies")
                     samples.extend(_bad(table.tags[k], str(exc)) for k in req.keys)
                     continue
@@ -503,24 +568,24 @@ class ModbusDriver:
             raise BadReply(f"short reply: {len(regs)} of {req.count} registers from unit {unit}")
         return regs
 
-    async def _execute(self, call: Callable[[], Any], unit: int, budget_s: float) -> Any:
-        """Run one pymodbus request under our lock and timeout; translate its errors."""
+    async def _execute(
+        self, call: Callable[[], Any], unit: int, budget_s: float, *, resend: bool = True
+    ) -> Any:
+        """Run one pymodbus request under our lock and timeout; translate its errors.
+
+        ``resend=False`` (writes): a request is never sent twice, not even after a late reply
+        to an earlier request; :attr:`_sent` tells the caller whether it left at all."""
         from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
         async with self._lock:
             for attempt in (1, 2):
-                self._expect_unit, self._wrong_unit = unit, None
+                self._expect_unit, self._wrong_unit, self._wrong_reply = unit, None, False
+                self._sent, self._not_modbus = False, None
                 try:
                     async with asyncio.timeout(budget_s):
                         rr = await call()
                 except TimeoutError:
-                    if self._wrong_unit is not None:
-                        raise BadReply(
-                            f"reply from the wrong unit: asked {unit}, got {self._wrong_unit}"
-                        ) from None
-                    raise DeviceUnreachable(
-                        f"timeout: no reply from unit {unit} within {budget_s * 1000:.0f} ms"
-                    ) from None
+                    raise self._no_reply(unit, budget_s) from None
                 except ConnectionException as exc:
                     self._reraise_if_cancelled()
                     self._client.close()
@@ -528,18 +593,12 @@ class ModbusDriver:
                 except ModbusIOException as exc:
                     self._reraise_if_cancelled()
                     text = str(exc)
-                    if "transaction id" in text and attempt == 1:
+                    if "transaction id" in text and attempt == 1 and resend:
                         continue  # a late reply to an earlier, timed-out request: discard, ask again
                     if "device id" in text:
                         raise BadReply(f"reply from the wrong unit (asked unit {unit})") from None
                     if "No response" in text:
-                        if self._wrong_unit is not None:
-                            raise BadReply(
-                                f"reply from the wrong unit: asked {unit}, got {self._wrong_unit}"
-                            ) from None
-                        raise DeviceUnreachable(
-                            f"timeout: no reply from unit {unit} within {self._timeout_s * 1000:.0f} ms"
-                        ) from None
+                        raise self._no_reply(unit, self._timeout_s) from None
                     raise BadReply(f"bad reply from unit {unit}: {text}") from None
                 except ModbusException as exc:
                     self._reraise_if_cancelled()
@@ -547,6 +606,8 @@ class ModbusDriver:
                 # asyncio.wait_for (used inside pymodbus) drops a cancellation that arrives in
                 # the same loop pass as the reply: the reply is returned, the cancel lost.
                 self._reraise_if_cancelled()
+                if self._wrong_reply:
+                    raise BadReply(f"reply from the wrong unit: asked {unit}, got {self._wrong_unit}")
                 if rr.isError():
                     code = int(getattr(rr, "exception_code", 0))
                     name = EXCEPTION_NAMES.get(code, "unknown exception")
@@ -557,12 +618,68 @@ class ModbusDriver:
                 return rr
         raise AssertionError("unreachable")
 
+    def _no_reply(self, unit: int, budget_s: float) -> DriverError:
+        """The error of a request that timed out; after too many in a row with nothing at all
+        received on the connection, the connection is closed (the next poll reconnects with
+        backoff): a half-open TCP connection is never kept for good. A silent unit behind a
+        healthy gateway does not close it: the other units' replies keep resetting the count,
+        and its own breaker stops asking it before the count is reached."""
+        if self._not_modbus is not None:
+            return BadReply(
+                f"the reply is not Modbus TCP (it starts {self._not_modbus!r}): "
+                f"is {self.device.endpoint} a Modbus server?"
+            )
+        if self._wrong_unit is not None:
+            return BadReply(f"reply from the wrong unit: asked {unit}, got {self._wrong_unit}")
+        reason = f"timeout: no reply from unit {unit} within {budget_s * 1000:.0f} ms"
+        self._silent_requests += 1
+        if self._silent_requests >= self._silent_limit and self._client is not None:
+            self._silent_requests = 0
+            self._client.close()
+            reason += (
+                f"; nothing received on the connection for {self._silent_limit} requests in a row: "
+                "closed, to be opened again"
+            )
+        return DeviceUnreachable(reason)
+
     @staticmethod
     def _reraise_if_cancelled() -> None:
         """pymodbus has wrapped CancelledError in its own exceptions: undo that here."""
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise asyncio.CancelledError
+
+    # ------------------------------------------------------------------ explicit read
+
+    async def read(self, tag_name: str) -> Sample:
+        """One read of one tag issued now: its own registers, coil or the register of its bit,
+        in one request (never merged with others, never from the poll's cache). A device
+        fault gives a BAD sample with the reason; ``KeyError`` for a tag the device does not
+        have (a bug of the caller). The unit's breaker is not consulted: the caller asked."""
+        tag = self._tags[tag_name]
+        if self._client is None:
+            raise RuntimeError("ModbusDriver used outside 'async with'")
+        if not self.connected:
+            reason = await self._connect(self._clock() + self._timeout_s)
+            if reason is not None:
+                return _bad(tag, reason)
+        unit = self.device.unit_of(tag)
+        req = ReadRequest(tag.address, tag.register_count, (tag.name,))
+        self.counters.bump(str(unit), "requests")
+        try:
+            data = await self._read(unit, tag.table, req, self._timeout_s)
+        except DeviceException as exc:
+            return _bad(tag, f"{exc} at {tag.reference}" if exc.code == 2 else str(exc))
+        except (DeviceUnreachable, BadReply) as exc:
+            self._note_link(str(exc))
+            return _bad(tag, str(exc))
+        value, quality = decode_tag(tag, data)
+        return Sample(tag.name, value, quality, utcnow(), self._clock())
+
+    def _note_link(self, reason: str) -> None:
+        """After a failed request: a link that went down backs off before the next connect."""
+        if not self.connected:
+            self._link.record_failure(reason)
 
     # ------------------------------------------------------------------ writing
 
@@ -572,118 +689,279 @@ class ModbusDriver:
         except KeyError:
             raise WriteRefused(f"unknown tag {name!r} on device {self.name}") from None
 
-    async def _writable(self, tag_name: str) -> ModbusTag:
-        """The tag, if it may be written, with the link up; else WriteRefused / DeviceUnreachable."""
-        tag = self.tag(tag_name)
+    def _prepare(self, name: str, value: Value, purpose: Purpose) -> _Write:
+        """Every check that needs no device: WriteRefused naming the tag and the reason."""
+        tag = self.tag(name)
         if not tag.writable:
             raise WriteRefused(f"{tag.name} ({tag.reference}) is read-only (access: {tag.access})")
+        check_purpose(tag.name, tag.reference, tag.purpose, purpose)
         if tag.table not in ("coil", "holding"):
             raise WriteRefused(f"{tag.name}: table {tag.table} cannot be written")
+        unit = self.device.unit_of(tag)
+        if tag.type is codec.DataType.BIT:
+            if tag.bit_write is None:
+                raise WriteRefused(
+                    f"{tag.name} ({tag.reference} bit {tag.bit}): a bit in a holding register is written "
+                    "only with bit_write: mask (FC22) or read_modify_write"
+                )
+            if tag.bit_write == "mask" and unit not in self.device.mask_write_units:
+                raise WriteRefused(
+                    f"{tag.name} ({tag.reference} bit {tag.bit}): unit {unit} is not declared in "
+                    "mask_write_units (FC22 is never probed)"
+                )
+        return _Write(tag, unit, encode_tag(tag, value))
+
+    def _extends(self, run: list[_Write], w: _Write) -> bool:
+        """``w`` may join ``run`` in one request: the next address of the same unit and table."""
+        last = run[-1]
+        if codec.DataType.BIT in (w.tag.type, last.tag.type):
+            return False
+        if (w.unit, w.tag.table) != (last.unit, last.tag.table):
+            return False
+        if last.tag.address + last.tag.register_count != w.tag.address:
+            return False
+        # the run is read back in one request too: it must fit the device's read limit
+        coil = w.tag.table == "coil"
+        limit = min(1968, self.device.max_bits) if coil else min(123, self.device.max_registers)
+        return sum(x.tag.register_count for x in run) + w.tag.register_count <= limit
+
+    async def write(self, tag_name: str, value: Value, *, purpose: Purpose) -> Value:
+        """Write one tag and return the value read back by a read issued after the write's
+        reply. Raises the item's error of :meth:`write_many` (see there and
+        :mod:`agent.drivers.base`)."""
+        result = (await self.write_many([(tag_name, value)], purpose=purpose))[tag_name]
+        if isinstance(result, DriverError):
+            raise result
+        return result
+
+    async def write_many(self, items: Sequence[tuple[str, Value]], *, purpose: Purpose) -> WriteResults:
+        """Write ``items`` in the order given; per tag, return the value read back (by a read
+        issued after the write's reply) or the :class:`~agent.errors.DriverError` of that item.
+        Nothing is raised for a device fault or a refused item: the others are still written.
+
+        Every check that needs no device comes first (unknown or read-only tag, ``purpose``
+        not the tag's declared one, a value that does not encode, a bit tag without a usable
+        ``bit_write``): such an item is a :class:`~agent.errors.WriteRefused` and nothing of
+        it is sent. The rest go in the caller's order, never sorted: consecutive items that
+        are the next registers (FC16) or coils (FC15) of the same unit are merged into one
+        request and read back with one read; any other item is a request of its own (FC6,
+        FC5, FC16). A merged request the device refuses for an address or value (exception
+        02/03) is retried item by item, so each gets its own answer.
+
+        Per item: :class:`~agent.errors.WriteRefused` (not applied: the agent refused, or the
+        device answered with an exception), :class:`~agent.errors.DeviceUnreachable` (not
+        sent: no connection, the unit's breaker is open because it stopped answering the
+        poll, a unit that left an earlier write of this call unanswered is not asked again in
+        this call, or the read a read-modify-write needs failed),
+        :class:`~agent.errors.WriteUnconfirmed` (sent, no valid reply: possibly applied),
+        :class:`~agent.errors.ReadBackFailed` (acknowledged, read-back failed or invalid).
+
+        Bit tags in holding registers: ``bit_write: mask`` sends FC22 (mask write: only that
+        bit changes, atomically in the device); a device answering exception 01 (illegal
+        function) gives WriteRefused, with no fallback. ``bit_write: read_modify_write``
+        reads the register, sets the bit and writes the whole register with FC6: a bit the
+        PLC changes in between is overwritten (the config refuses it on a register holding
+        bits the agent does not write).
+
+        ``ValueError`` when a tag appears twice in ``items`` (one answer per tag).
+        """
+        names = [name for name, _ in items]
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"write_many: tag(s) given more than once: {', '.join(twice)}")
         if self._client is None:
             raise RuntimeError("ModbusDriver used outside 'async with'")
-        if not self.connected and await self._connect(self._clock() + self._timeout_s) is not None:
-            raise DeviceUnreachable(f"{self.name}: cannot connect to {self.device.endpoint}")
-        return tag
-
-    async def write_many(self, items: Sequence[tuple[str, Value]]) -> dict[str, Value]:
-        """Write several tags, one request per run of adjacent registers (FC16) or coils (FC15),
-        so that an HMI block changes in one transaction; read each run back and return the
-        read-back values. Bit-in-register tags (read-modify-write) go one by one."""
-        encoded: list[tuple[ModbusTag, list[int] | bool]] = []
+        out: dict[str, Value | DriverError] = {}
+        runs: list[list[_Write]] = []
         for name, value in items:
-            tag = await self._writable(name)
-            encoded.append((tag, encode_tag(tag, value)))
-        out: dict[str, Value] = {}
-        singles = [t.name for t, _ in encoded if t.type is codec.DataType.BIT]
-        runs: list[list[tuple[ModbusTag, list[int] | bool]]] = []
-        key = lambda e: (self.device.unit_of(e[0]), e[0].table, e[0].address)  # noqa: E731
-        for entry in sorted((e for e in encoded if e[0].type is not codec.DataType.BIT), key=key):
-            tag = entry[0]
-            if runs:
-                last = runs[-1][-1][0]
-                same = (self.device.unit_of(last), last.table) == (self.device.unit_of(tag), tag.table)
-                limit = 1968 if tag.table == "coil" else 123
-                size = sum(t.register_count for t, _ in runs[-1])
-                if (
-                    same
-                    and last.address + last.register_count == tag.address
-                    and size + tag.register_count <= limit
-                ):
-                    runs[-1].append(entry)
-                    continue
-            runs.append([entry])
-        for run in runs:
-            out.update(await self._write_run(run))
-        for name in singles:
-            out[name] = await self.write(name, dict(items)[name])
-        return out
+            try:
+                w = self._prepare(name, value, purpose)
+            except WriteRefused as exc:
+                out[name] = exc
+                continue
+            if runs and self._extends(runs[-1], w):
+                runs[-1].append(w)
+            else:
+                runs.append([w])
+        queue = deque(runs)
+        unanswered: dict[int, str] = {}  # unit → why its later writes of this call are not sent
+        while queue:
+            run = queue.popleft()
+            unit = run[0].unit
+            breaker = self._units[unit].breaker
+            reason = unanswered.get(unit)
+            if reason is None and not breaker.allow():
+                reason = f"unit {unit} not responding ({breaker.last_error})"
+            if reason is None and not self.connected:
+                reason = await self._connect(self._clock() + self._timeout_s)
+            if reason is not None:
+                out.update(_each(run, DeviceUnreachable, f"{_describe(run)}: not sent: {reason}"))
+                continue
+            try:
+                out.update(await self._write_run(run))
+            except _SplitRun:
+                queue.extendleft([w] for w in reversed(run))
+            except WriteUnconfirmed as exc:
+                unanswered[unit] = f"unit {unit} left an earlier write of this batch unanswered"
+                out.update(_each(run, WriteUnconfirmed, str(exc)))
+            except (WriteRefused, DeviceUnreachable) as exc:
+                out.update(_each(run, type(exc), str(exc)))
+        return {name: out[name] for name in names}
 
-    async def _write_run(self, run: list[tuple[ModbusTag, list[int] | bool]]) -> dict[str, Value]:
-        first = run[0][0]
-        unit, start, client, timeout = (
-            self.device.unit_of(first),
-            first.address,
-            self._client,
-            self._timeout_s,
-        )
-        try:
-            if first.table == "coil":
-                bits = [bool(e) for _, e in run]
-                if len(bits) == 1:
-                    await self._execute(
-                        lambda: client.write_coil(start, bits[0], device_id=unit), unit, timeout
-                    )
-                else:
-                    await self._execute(
-                        lambda: client.write_coils(start, bits, device_id=unit), unit, timeout
-                    )
-                back = await self._execute(
-                    lambda: client.read_coils(start, count=len(bits), device_id=unit), unit, timeout
+    async def _write_run(self, run: list[_Write]) -> WriteResults:
+        """Send one request for ``run`` (one tag, or adjacent ones), then read it back."""
+        first = run[0]
+        tag, unit, client = first.tag, first.unit, self._client
+        what = _describe(run)
+        if tag.type is codec.DataType.BIT:
+            await self._write_bit(first, what)
+        elif tag.table == "coil":
+            bits = [bool(w.payload) for w in run]
+            if len(bits) == 1:
+                await self._send(lambda: client.write_coil(tag.address, bits[0], device_id=unit), unit, what)
+            else:
+                await self._send(
+                    lambda: client.write_coils(tag.address, bits, device_id=unit), unit, what, split=True
                 )
-                if len(back.bits) < len(bits):
-                    raise BadReply(f"short reply on read-back of coils {first.reference}..")
-                return {t.name: bool(b) for (t, _), b in zip(run, back.bits, strict=False)}
-            words = [w for _, e in run for w in e]  # type: ignore[union-attr]
+        else:
+            words = [word for w in run for word in w.words]
             if len(words) == 1:
-                await self._execute(
-                    lambda: client.write_register(start, words[0], device_id=unit), unit, timeout
+                await self._send(
+                    lambda: client.write_register(tag.address, words[0], device_id=unit), unit, what
                 )
             else:
-                await self._execute(
-                    lambda: client.write_registers(start, words, device_id=unit), unit, timeout
+                await self._send(
+                    lambda: client.write_registers(tag.address, words, device_id=unit),
+                    unit,
+                    what,
+                    split=len(run) > 1,
                 )
-            back = await self._execute(
-                lambda: client.read_holding_registers(start, count=len(words), device_id=unit), unit, timeout
+        return await self._read_back(run)
+
+    async def _write_bit(self, w: _Write, what: str) -> None:
+        tag, unit, client = w.tag, w.unit, self._client
+        on, mask = bool(w.words[0]), 1 << (tag.bit or 0)
+        if tag.bit_write == "mask":
+
+            def fc22_refused(exc: DeviceException) -> WriteRefused:
+                if exc.code == 1:
+                    return WriteRefused(
+                        f"{what}: unit {unit} does not support FC22 mask write ({exc}); not written, "
+                        "and not retried any other way"
+                    )
+                return WriteRefused(f"{what}: the device refused the mask write: {exc}")
+
+            await self._send(
+                lambda: client.mask_write_register(
+                    address=tag.address, and_mask=~mask & 0xFFFF, or_mask=mask if on else 0, device_id=unit
+                ),
+                unit,
+                what,
+                refused=fc22_refused,
+            )
+            return
+        # read_modify_write: not atomic (see write_many); the config allows it only where
+        # nothing else writes the register.
+        try:
+            current = await self._read(
+                unit, "holding", ReadRequest(tag.address, 1, (tag.name,)), self._timeout_s
             )
         except DeviceException as exc:
-            names = ", ".join(t.name for t, _ in run)
-            raise WriteRefused(f"{names} ({first.reference}..): device refused the write: {exc}") from None
-        regs = list(back.registers)
-        if len(regs) != len(words):
-            raise BadReply(f"{first.name}..: short reply on read-back ({len(regs)} of {len(words)})")
-        out: dict[str, Value] = {}
-        for tag, _ in run:
-            offset = tag.address - start
-            value, quality = decode_tag(tag, regs[offset : offset + tag.register_count])
-            if not quality.is_good and value is None:
-                raise BadReply(f"{tag.name}: read-back is not valid: {quality.reason}")
-            out[tag.name] = value
+            raise WriteRefused(
+                f"{what}: not written: the device refused the read before the write: {exc}"
+            ) from None
+        except (DeviceUnreachable, BadReply) as exc:
+            self._note_link(str(exc))
+            raise DeviceUnreachable(f"{what}: not written: the read before the write failed: {exc}") from None
+        word = codec.set_bit(int(current[0]), tag.bit or 0, on)
+        await self._send(lambda: client.write_register(tag.address, word, device_id=unit), unit, what)
+
+    async def _send(
+        self,
+        call: Callable[[], Any],
+        unit: int,
+        what: str,
+        *,
+        split: bool = False,
+        refused: Callable[[DeviceException], WriteRefused] | None = None,
+    ) -> None:
+        """Send one write request; translate its failure into what it means for the PLC."""
+        try:
+            await self._execute(call, unit, self._timeout_s, resend=False)
+        except DeviceException as exc:
+            if split and exc.code in _SPLIT_CODES:
+                raise _SplitRun from None
+            if refused is not None:
+                raise refused(exc) from None
+            raise WriteRefused(f"{what}: the device refused the write: {exc}") from None
+        except (DeviceUnreachable, BadReply) as exc:
+            # No await since _execute returned: _sent is still this request's.
+            sent = self._sent
+            self._note_link(str(exc))
+            if not sent:
+                raise DeviceUnreachable(f"{what}: not sent: {exc}") from None
+            raise WriteUnconfirmed(f"{what}: sent, but {exc}: possibly applied") from None
+
+    async def _read_back(self, run: list[_Write]) -> WriteResults:
+        """One read of the run's registers (coils) issued after the write's reply, decoded per tag."""
+        first = run[0].tag
+        count = sum(w.tag.register_count for w in run)
+        table = "coil" if first.table == "coil" else "holding"
+        req = ReadRequest(first.address, count, tuple(w.tag.name for w in run))
+        try:
+            data = await self._read(run[0].unit, table, req, self._timeout_s)
+        except (DeviceException, DeviceUnreachable, BadReply) as exc:
+            self._note_link(str(exc))
+            return {
+                w.tag.name: ReadBackFailed(
+                    f"{w.tag.name} ({w.tag.reference}): written, but the read-back failed: {exc}"
+                )
+                for w in run
+            }
+        out: WriteResults = {}
+        for w in run:
+            offset = w.tag.address - first.address
+            value, quality = decode_tag(w.tag, data[offset : offset + w.tag.register_count])
+            if value is None:
+                why = quality.reason
+                out[w.tag.name] = ReadBackFailed(
+                    f"{w.tag.name} ({w.tag.reference}): written, but the read-back is not valid: {why}"
+                )
+            else:
+                out[w.tag.name] = value
         return out
 
-    async def write(self, tag_name: str, value: Value) -> Value:
-        """Encode, write (FC5/FC6/FC16; read-modify-write for a bit), read back and return it."""
-        tag = await self._writable(tag_name)
-        encoded = encode_tag(tag, value)
-        if tag.type is codec.DataType.BIT:
-            # Read-modify-write of the register: FC22 is not supported by every device.
-            unit, client = self.device.unit_of(tag), self._client
-            try:
-                current = await self._execute(
-                    lambda: client.read_holding_registers(tag.address, count=1, device_id=unit),
-                    unit,
-                    self._timeout_s,
-                )
-            except DeviceException as exc:
-                raise WriteRefused(f"{tag.name} ({tag.reference}): device refused the read: {exc}") from None
-            encoded = [codec.set_bit(int(current.registers[0]), tag.bit or 0, bool(value))]
-        return (await self._write_run([(tag, encoded)]))[tag.name]
+
+class _SplitRun(Exception):
+    """A merged write refused for an address or value: write its items one by one."""
+
+
+_SPLIT_CODES = frozenset({2, 3})
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One item of a write, checked and encoded: nothing about it needs the device any more."""
+
+    tag: ModbusTag
+    unit: int
+    payload: list[int] | bool  # register words, a coil, or [0 | 1] for a bit in a register
+
+    @property
+    def words(self) -> list[int]:
+        assert not isinstance(self.payload, bool)
+        return self.payload
+
+
+def _describe(run: list[_Write]) -> str:
+    """How a message names the tags of one request: ``sp (40013)``, ``a, b (40011..40013)``."""
+    first, last = run[0].tag, run[-1].tag
+    if len(run) == 1:
+        return f"{first.name} ({first.reference})"
+    end = modbus_reference(last.table, last.address + last.register_count - 1)
+    return f"{', '.join(w.tag.name for w in run)} ({first.reference}..{end})"
+
+
+def _each(run: list[_Write], kind: type[DriverError], message: str) -> WriteResults:
+    """One error object per tag (each item's caller may raise its own)."""
+    return {w.tag.name: kind(message) for w in run}

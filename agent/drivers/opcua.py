@@ -64,9 +64,18 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
+from agent.configbase import Purpose
+from agent.drivers.base import WriteResults, check_purpose
 from agent.drivers.modbus import UnitStatus
 from agent.drivers.opcua_config import OpcUaDevice, OpcUaTag
-from agent.errors import AgentError, BadReply, DeviceUnreachable, DriverError, WriteRefused
+from agent.errors import (
+    AgentError,
+    DeviceUnreachable,
+    DriverError,
+    ReadBackFailed,
+    WriteRefused,
+    WriteUnconfirmed,
+)
 from agent.ops import certs
 from agent.running import Backoff, CircuitBreaker, Counters
 from agent.types import Quality, QualityCode, Sample, Value, utcnow
@@ -1113,63 +1122,165 @@ class OpcUaDriver:
         except KeyError:
             raise WriteRefused(f"unknown tag {name!r} on device {self.name}") from None
 
-    async def write(self, tag_name: str, value: Value) -> Value:
-        """Write ``value`` with the node's own data type (no timestamps), read back, return it."""
-        ua = _lib("asyncua.ua")
-
-        tag = self.tag(tag_name)
-        if not tag.writable:
-            raise WriteRefused(f"{tag.name} ({tag.node_id}) is read-only (access: {tag.access})")
+    async def read(self, tag_name: str) -> Sample:
+        """One Read of the tag's Value attribute issued now (``MaxAge`` 0), never a subscription
+        or poll value: the evidence a write is verified against. A fault gives a BAD sample
+        with the reason; ``KeyError`` for a tag the device does not have (a bug of the caller).
+        """
+        tag = self._tags[tag_name]
         if not self._entered:
             raise RuntimeError("OpcUaDriver used outside 'async with'")
         got = await self._ensure_session(self._clock() + self._timeout_s)
         if isinstance(got, str):
-            raise DeviceUnreachable(f"{self.name}: {got}")
+            return _bad(tag, got)
         sess = got
         if tag.name in sess.unresolved:
+            return _bad(tag, sess.unresolved[tag.name])
+        try:
+            return (await self._read_chunk(sess, [tag], self._timeout_s))[0]
+        except _SessionLost as exc:
+            reason = f"connection lost: {exc}"
+            await self._drop(sess, reason)
+            return _bad(tag, reason)
+
+    async def write(self, tag_name: str, value: Value, *, purpose: Purpose) -> Value:
+        """Write one tag and return the value read back by a Read issued after the write's
+        reply. Raises the item's error of :meth:`write_many` (see there)."""
+        result = (await self.write_many([(tag_name, value)], purpose=purpose))[tag_name]
+        if isinstance(result, DriverError):
+            raise result
+        return result
+
+    async def write_many(self, items: Sequence[tuple[str, Value]], *, purpose: Purpose) -> WriteResults:
+        """Write ``items`` one by one in the order given (one Write call each: a server may
+        apply the nodes of one call in any order); per tag, return the value read back by a
+        Read issued after its write's reply, or that item's
+        :class:`~agent.errors.DriverError`. Nothing is raised for a device fault or a refused
+        item: the others are still written.
+
+        Each value is sent with the node's own data type (read once per session) and no
+        timestamps. Per item: :class:`~agent.errors.WriteRefused` (not applied: unknown or
+        read-only tag, ``purpose`` not the tag's declared one, a value that does not fit the
+        node's type, or the server refused it: BadNotWritable, BadUserAccessDenied, ...),
+        :class:`~agent.errors.DeviceUnreachable` (not sent: no session, or the server left an
+        earlier write of this call unanswered), :class:`~agent.errors.WriteUnconfirmed` (sent,
+        no reply or the connection dropped: possibly applied),
+        :class:`~agent.errors.ReadBackFailed` (acknowledged, the read-back failed).
+
+        ``ValueError`` when a tag appears twice in ``items``.
+        """
+        names = [name for name, _ in items]
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"write_many: tag(s) given more than once: {', '.join(twice)}")
+        if not self._entered:
+            raise RuntimeError("OpcUaDriver used outside 'async with'")
+        out: WriteResults = {}
+        todo: list[tuple[OpcUaTag, Value]] = []
+        for name, value in items:
+            try:
+                tag = self.tag(name)
+                if not tag.writable:
+                    raise WriteRefused(f"{tag.name} ({tag.node_id}) is read-only (access: {tag.access})")
+                check_purpose(tag.name, tag.node_id, tag.purpose, purpose)
+            except WriteRefused as exc:
+                out[name] = exc
+                continue
+            todo.append((tag, value))
+        unanswered: str | None = None
+        for tag, value in todo:
+            reason = unanswered
+            if reason is None:
+                got = await self._ensure_session(self._clock() + self._timeout_s)
+                if isinstance(got, str):
+                    reason = got
+            if reason is not None:
+                out[tag.name] = DeviceUnreachable(f"{tag.name}: not sent: {reason}")
+                continue
+            assert isinstance(got, _Session)
+            try:
+                out[tag.name] = await self._write_one(got, tag, value)
+            except WriteUnconfirmed as exc:
+                out[tag.name] = exc
+                unanswered = f"{self.device.endpoint} left an earlier write of this batch unanswered"
+            except DriverError as exc:
+                out[tag.name] = exc
+        return {name: out[name] for name in names}
+
+    async def _write_one(self, sess: _Session, tag: OpcUaTag, value: Value) -> Value:
+        """Type, send, read back one item; the error says how far it got (see write_many)."""
+        ua = _lib("asyncua.ua")
+
+        where = f"{tag.name} ({tag.node_id})"
+        if tag.name in sess.unresolved:
             raise WriteRefused(f"{tag.name}: {sess.unresolved[tag.name]}")
-        nodeid = sess.nodeids[tag.name]
         try:
             vtype = await self._variant_type(sess, tag)
-            payload = _coerce(tag, value, vtype)
-            wv = ua.WriteValue()
-            wv.NodeId = nodeid
-            wv.AttributeId = ua.AttributeIds.Value
-            # Only the value: no StatusCode, no SourceTimestamp, no ServerTimestamp (asyncua's
-            # convenience write adds a source timestamp, which Siemens servers refuse).
-            wv.Value = ua.DataValue(Value=ua.Variant(payload, vtype), StatusCode=None)
-            params = ua.WriteParameters()
-            params.NodesToWrite = [wv]
-            self.counters.bump("0", "requests")
-            async with asyncio.timeout(self._timeout_s):
-                results = await sess.client.uaclient.write(params)
-            code = _code_of(results[0]) if results else 0
-            if (code >> 30) != 0:
-                raise self._refusal(sess, tag, code, vtype)
-            self.counters.bump("0", "writes")
-            back = await self._read_chunk(sess, [tag], self._timeout_s)
         except ua.UaStatusCodeError as exc:
             self._reraise_if_cancelled()
             name, _ = _status_name(int(exc.code))
             if name in _SESSION_GONE:
                 await self._drop(sess, f"connection lost: {self.device.endpoint}: {name}")
-                raise DeviceUnreachable(f"{tag.name}: connection lost ({name}); not written") from None
-            raise self._refusal(sess, tag, int(exc.code), None) from None
+            raise DeviceUnreachable(f"{where}: not sent: reading its data type failed: {name}") from None
         except TimeoutError:
             reason = f"timeout: {self.device.endpoint} did not answer within {self._timeout_s * 1000:.0f} ms"
             await self._drop(sess, f"connection lost: {reason}")
-            raise DeviceUnreachable(f"{tag.name}: {reason}; the write may or may not have happened") from None
-        except _SessionLost as exc:
-            await self._drop(sess, f"connection lost: {exc}")
-            raise DeviceUnreachable(f"{tag.name}: connection lost: {exc}") from None
+            raise DeviceUnreachable(f"{where}: not sent: reading its data type: {reason}") from None
         except (ConnectionError, OSError) as exc:
             self._reraise_if_cancelled()
             await self._drop(sess, f"connection lost: {exc}")
-            raise DeviceUnreachable(f"{tag.name}: connection lost: {exc}") from None
-        sample = back[0]
-        if not sample.quality.is_good and sample.value is None:
-            raise BadReply(f"{tag.name}: read-back is not valid: {sample.quality.reason}")
-        return sample.value
+            raise DeviceUnreachable(f"{where}: not sent: connection lost: {exc}") from None
+        payload = _coerce(tag, value, vtype)
+        wv = ua.WriteValue()
+        wv.NodeId = sess.nodeids[tag.name]
+        wv.AttributeId = ua.AttributeIds.Value
+        # Only the value: no StatusCode, no SourceTimestamp, no ServerTimestamp (asyncua's
+        # convenience write adds a source timestamp, which Siemens servers refuse).
+        wv.Value = ua.DataValue(Value=ua.Variant(payload, vtype), StatusCode=None)
+        params = ua.WriteParameters()
+        params.NodesToWrite = [wv]
+        problem = self._transport_problem(sess)
+        if problem is not None:
+            await self._drop(sess, f"connection lost: {problem}")
+            raise DeviceUnreachable(f"{where}: not sent: connection lost: {problem}")
+        self.counters.bump("0", "requests")
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                results = await sess.client.uaclient.write(params)
+        except ua.UaStatusCodeError as exc:
+            self._reraise_if_cancelled()
+            name, _ = _status_name(int(exc.code))
+            if name not in _SESSION_GONE:
+                raise self._refusal(sess, tag, int(exc.code), None) from None
+            await self._drop(sess, f"connection lost: {self.device.endpoint}: {name}")
+            raise WriteUnconfirmed(
+                f"{where}: sent, but the session failed ({name}): possibly applied"
+            ) from None
+        except TimeoutError:
+            reason = f"timeout: {self.device.endpoint} did not answer within {self._timeout_s * 1000:.0f} ms"
+            await self._drop(sess, f"connection lost: {reason}")
+            raise WriteUnconfirmed(f"{where}: sent, but {reason}: possibly applied") from None
+        except (ConnectionError, OSError) as exc:
+            self._reraise_if_cancelled()
+            await self._drop(sess, f"connection lost: {exc}")
+            lost = exc or type(exc).__name__
+            raise WriteUnconfirmed(
+                f"{where}: sent, but the connection was lost ({lost}): possibly applied"
+            ) from None
+        code = _code_of(results[0]) if results else 0
+        if (code >> 30) != 0:
+            raise self._refusal(sess, tag, code, vtype)
+        self.counters.bump("0", "writes")
+        try:
+            back = (await self._read_chunk(sess, [tag], self._timeout_s))[0]
+        except _SessionLost as exc:
+            await self._drop(sess, f"connection lost: {exc}")
+            raise ReadBackFailed(
+                f"{where}: written, but the read-back failed: connection lost: {exc}"
+            ) from None
+        if not back.quality.is_good and back.value is None:
+            raise ReadBackFailed(f"{where}: written, but the read-back is not valid: {back.quality.reason}")
+        return back.value
 
     def _refusal(self, sess: _Session, tag: OpcUaTag, code: int, vtype: Any) -> WriteRefused:
         name, doc = _status_name(code)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pwd
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,9 +18,15 @@ from tests.modbus_server import ModbusTestServer
 pytestmark = pytest.mark.timeout(60)
 
 
-async def run_cli(*args: str) -> tuple[int, str, str]:
+async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        sys.executable,
+        "-m",
+        "agent",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
     )
     out, err = await proc.communicate()
     assert proc.returncode is not None
@@ -40,8 +49,9 @@ devices:
     tags:
       - {{name: level, unit: 1, table: holding, address: 0, type: float32, word_order: CDAB, engineering_unit: m}}
       - {{name: count, unit: 1, table: input, address: 3, type: int32}}
-      - {{name: sp, unit: 1, table: holding, address: 10, type: uint16, scale: 0.1, access: read-write}}
+      - {{name: sp, unit: 1, table: holding, address: 10, type: uint16, scale: 0.1, access: read-write, purpose: setpoint}}
       - {{name: far, unit: 2, table: holding, address: 0, type: uint16}}
+      - {{name: far_sp, unit: 2, table: holding, address: 1, type: uint16, access: read-write, purpose: setpoint}}
 """
     )
     return path
@@ -54,7 +64,7 @@ async def test_check_read_write_against_a_real_server(tmp_path: Path) -> None:
         cfg = write_config(tmp_path, srv.port)
 
         rc, out, _ = await run_cli("check", "-c", str(cfg))
-        assert rc == 0 and "OK (1 devices, 4 tags)" in out
+        assert rc == 0 and "OK (1 devices, 5 tags)" in out
 
         rc, out, _ = await run_cli("check", "-c", str(cfg), "--connect")
         assert rc == 1  # unit 2 is not there
@@ -80,10 +90,13 @@ async def test_check_read_write_against_a_real_server(tmp_path: Path) -> None:
         assert "sp (40011) = 42.5 (read back)" in out
         assert "commissioning write" in err and "user=" in err
         assert await srv.get_registers(1, 10, 1) == [425]
-        rc, out, _ = await run_cli("audit", "-c", str(cfg), "--json")
-        rows = [json.loads(line) for line in out.splitlines()]
-        assert rc == 0 and rows[-1]["kind"] == "manual_write" and rows[-1]["tag"] == "sp"
-        assert rows[-1]["value"] == 42.5 and rows[-1]["user"]
+        rows = await audit_rows(cfg)
+        attempt, outcome = rows[-2], rows[-1]
+        assert attempt["kind"] == "manual_write" and attempt["tag"] == "sp" and attempt["action"] == "WRITE"
+        assert attempt["value"] == 42.5 and attempt["user"]
+        assert outcome["kind"] == "event" and outcome["action"] == "manual_write_outcome"
+        assert outcome["detail"]["attempt"] == attempt["id"] and outcome["detail"]["outcome"] == "written"
+        assert outcome["detail"]["read_back"] == 42.5
 
         rc, _, err = await run_cli("write", "-c", str(cfg), "level", "1")
         assert rc == 1 and "read-only" in err
@@ -91,6 +104,95 @@ async def test_check_read_write_against_a_real_server(tmp_path: Path) -> None:
         rc, out, _ = await run_cli("read", "-c", str(cfg), "--tag", "far", "--json")
         row = json.loads(out)
         assert rc == 1 and row["quality"] == "BAD" and "timeout" in row["reason"]
+
+
+async def audit_rows(cfg: Path) -> list[dict[str, Any]]:
+    rc, out, err = await run_cli("audit", "-c", str(cfg), "--json")
+    assert rc == 0, err
+    return [json.loads(line) for line in out.splitlines()]
+
+
+async def test_commissioning_write_validates_first_then_audits_attempt_and_outcome(tmp_path: Path) -> None:
+    async with ModbusTestServer(units=[1]) as srv:  # unit 2 does not answer
+        cfg = write_config(tmp_path, srv.port)
+        # a value that does not encode (7000.0 is 70000 in the uint16 register) is refused
+        # before anything is audited or sent
+        rc, _, err = await run_cli("write", "-c", str(cfg), "sp", "7000")
+        assert rc == 1 and "refused" in err and "70000" in err
+        rc, _, err = await run_cli("write", "-c", str(cfg), "sp", "fast")
+        assert rc == 1 and "not a number" in err
+        assert await audit_rows(cfg) == []
+        assert [r for r in srv.faults.requests if r[1] in (6, 16)] == []
+        # sent to a unit that never answers: attempt and outcome (possibly applied) are audited
+        rc, _, err = await run_cli("write", "-c", str(cfg), "far_sp", "5")
+        assert rc == 1 and "possibly applied" in err
+        attempt, outcome = await audit_rows(cfg)
+        assert (attempt["kind"], attempt["tag"], attempt["value"]) == ("manual_write", "far_sp", 5)
+        assert outcome["detail"]["outcome"] == "unconfirmed" and "timeout" in outcome["detail"]["reason"]
+        assert outcome["detail"]["attempt"] == attempt["id"]
+        # refused by the device: the outcome says so
+        srv.faults.refuse_functions[6] = 4
+        rc, _, err = await run_cli("write", "-c", str(cfg), "sp", "1")
+        assert rc == 1 and "refused" in err and "exception 04" in err
+        outcome = (await audit_rows(cfg))[-1]
+        assert outcome["detail"]["outcome"] == "refused" and "exception 04" in outcome["message"]
+        assert await srv.get_registers(1, 10, 1) == [0]
+
+
+async def test_commissioning_write_user_comes_from_the_kernel_not_the_environment(tmp_path: Path) -> None:
+    from agent.cli import os_user
+
+    async with ModbusTestServer(units=[1]) as srv:
+        cfg = write_config(tmp_path, srv.port)
+        rc, out, err = await run_cli(
+            "write", "-c", str(cfg), "sp", "12", env={"LOGNAME": "mallory", "USER": "mallory"}
+        )
+        assert rc == 0, err
+        user = os_user()
+        assert user and "mallory" not in user
+        assert out.strip().endswith(f"written by {user}")
+        assert (await audit_rows(cfg))[0]["user"] == user
+
+
+def test_os_user_reads_the_login_uid_then_the_real_uid(tmp_path: Path) -> None:
+    from agent.cli import os_user
+
+    me = pwd.getpwuid(os.getuid()).pw_name
+    loginuid = tmp_path / "loginuid"
+    loginuid.write_text("4294967295")  # unset (a daemon, a container): the real uid
+    assert os_user(loginuid) == me
+    loginuid.write_text(str(os.getuid()))
+    assert os_user(loginuid) == me
+    other = next(p for p in pwd.getpwall() if p.pw_uid != os.getuid())
+    loginuid.write_text(str(other.pw_uid))  # logged in as someone else, then sudo/su
+    assert os_user(loginuid) == f"{other.pw_name} (as {me})"
+    assert os_user(tmp_path / "missing") == me
+
+
+async def test_a_setpoint_the_running_agent_owns_in_auto_is_refused_whatever_the_config(
+    tmp_path: Path,
+) -> None:
+    from agent.ops.ownership import write_ownership
+
+    async with ModbusTestServer(units=[1]) as srv:
+        cfg = write_config(tmp_path, srv.port)  # its own guard section: none, so not owned per the config
+        state = tmp_path / "state"
+        write_ownership(state, {"sp": "auto", "far_sp": "shadow"}, os.getpid())  # this test is alive
+        rc, _, err = await run_cli("write", "-c", str(cfg), "sp", "1")
+        assert rc == 1 and "refused" in err and "mode auto" in err and "ownership.json" in err
+        assert await audit_rows(cfg) == []
+        assert [r for r in srv.faults.requests if r[1] in (6, 16)] == []
+        # the agent that wrote it is gone: the file owns nothing
+        dead = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+        await dead.wait()
+        write_ownership(state, {"sp": "auto"}, dead.pid)
+        rc, _, err = await run_cli("write", "-c", str(cfg), "sp", "1")
+        assert rc == 0, err
+        # an unreadable ownership file refuses, it does not open the setpoint
+        (state / "ownership.json").write_text("{not json")
+        rc, _, err = await run_cli("write", "-c", str(cfg), "sp", "2")
+        assert rc == 1 and "ownership file" in err and "not valid" in err
+        assert await srv.get_registers(1, 10, 1) == [10]
 
 
 async def test_config_error_exit_code_and_message(tmp_path: Path) -> None:

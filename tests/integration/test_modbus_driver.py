@@ -13,7 +13,7 @@ import pytest
 from agent.config import ModbusTcpDevice
 from agent.drivers import modbus_codec as codec
 from agent.drivers.modbus import ModbusDriver
-from agent.errors import WriteRefused
+from agent.errors import WriteRefused, WriteUnconfirmed
 from agent.running import RunningSource
 from agent.types import Sample
 from tests.modbus_server import ModbusTestServer
@@ -259,17 +259,25 @@ async def test_cancellation_propagates_through_a_pending_request() -> None:
 async def test_writes_coil_register_multi_and_bit_with_read_back() -> None:
     async with ModbusTestServer() as srv:
         await srv.set_registers(1, 20, [0b1000_0000_0000_0001])
+        rw = {"access": "read-write", "purpose": "setpoint"}
         tags = [
-            {"name": "run", "table": "coil", "address": 3, "type": "bool", "access": "read-write"},
-            {"name": "sp16", "table": "holding", "address": 10, "type": "int16", "access": "write"},
+            {"name": "run", "table": "coil", "address": 3, "type": "bool", **rw},
+            {
+                "name": "sp16",
+                "table": "holding",
+                "address": 10,
+                "type": "int16",
+                "access": "write",
+                "purpose": "setpoint",
+            },
             {
                 "name": "sp",
                 "table": "holding",
                 "address": 12,
                 "type": "float32",
                 "word_order": "CDAB",
-                "access": "read-write",
                 "range": [0, 3000],
+                **rw,
             },
             {
                 "name": "flags3",
@@ -277,7 +285,8 @@ async def test_writes_coil_register_multi_and_bit_with_read_back() -> None:
                 "address": 20,
                 "type": "bit",
                 "bit": 3,
-                "access": "read-write",
+                "bit_write": "read_modify_write",
+                **rw,
             },
             {"name": "ro", "table": "holding", "address": 30, "type": "uint16"},
             {
@@ -287,22 +296,23 @@ async def test_writes_coil_register_multi_and_bit_with_read_back() -> None:
                 "type": "uint16",
                 "scale": 0.1,
                 "access": "write",
+                "purpose": "setpoint",
             },
         ]
         async with ModbusDriver(device(srv.port, tags)) as drv:
-            assert await drv.write("run", True) is True
-            assert await drv.write("sp16", -5) == -5
-            assert await drv.write("sp", 1450.5) == pytest.approx(1450.5)
-            assert await drv.write("flags3", True) is True
-            assert await drv.write("scaled", 12.3) == pytest.approx(12.3)
+            assert await drv.write("run", True, purpose="setpoint") is True
+            assert await drv.write("sp16", -5, purpose="setpoint") == -5
+            assert await drv.write("sp", 1450.5, purpose="setpoint") == pytest.approx(1450.5)
+            assert await drv.write("flags3", True, purpose="setpoint") is True
+            assert await drv.write("scaled", 12.3, purpose="setpoint") == pytest.approx(12.3)
             with pytest.raises(WriteRefused, match="read-only"):
-                await drv.write("ro", 1)
+                await drv.write("ro", 1, purpose="setpoint")
             with pytest.raises(WriteRefused, match="outside plausible range"):
-                await drv.write("sp", 5000.0)
+                await drv.write("sp", 5000.0, purpose="setpoint")
             with pytest.raises(WriteRefused, match="not finite"):
-                await drv.write("sp", float("nan"))
+                await drv.write("sp", float("nan"), purpose="setpoint")
             with pytest.raises(WriteRefused):
-                await drv.write("sp16", 40000)
+                await drv.write("sp16", 40000, purpose="setpoint")
         assert (await srv.get_bits(1, 3, 1)) == [True]
         assert (await srv.get_registers(1, 10, 1)) == [0xFFFB]
         assert (await srv.get_registers(1, 12, 2)) == codec.encode(1450.5, codec.DataType.FLOAT32, "CDAB")
@@ -312,34 +322,135 @@ async def test_writes_coil_register_multi_and_bit_with_read_back() -> None:
         assert {5, 6, 16}.issubset(fcs)
 
 
-async def test_write_many_sends_one_request_per_adjacent_run_and_reads_back() -> None:
-    async with ModbusTestServer() as srv:
-        await srv.set_registers(1, 40, [0b0000_0000_0000_0001])
+async def test_a_reply_from_the_wrong_unit_is_reported_at_once_not_at_the_timeout() -> None:
+    async with ModbusTestServer(units=[1, 3]) as srv:
+        srv.faults.wrong_unit[3] = 9
         tags = [
-            {"name": "word", "table": "holding", "address": 10, "type": "uint16", "access": "read-write"},
-            {"name": "sev", "table": "holding", "address": 11, "type": "uint16", "access": "read-write"},
-            {"name": "score", "table": "holding", "address": 12, "type": "float32", "access": "read-write"},
-            {"name": "far", "table": "holding", "address": 30, "type": "int16", "access": "read-write"},
-            {"name": "flag", "table": "holding", "address": 40, "type": "bit", "bit": 4, "access": "read-write"},
-            {"name": "c0", "table": "coil", "address": 0, "type": "bool", "access": "read-write"},
-            {"name": "c1", "table": "coil", "address": 1, "type": "bool", "access": "read-write"},
-            {"name": "ro", "table": "holding", "address": 50, "type": "uint16"},
+            {"name": "ok", "unit": 1, "table": "holding", "address": 0, "type": "uint16"},
+            {"name": "wrong", "unit": 3, "table": "holding", "address": 0, "type": "uint16"},
+            {
+                "name": "sp",
+                "unit": 3,
+                "table": "holding",
+                "address": 5,
+                "type": "uint16",
+                "access": "write",
+                "purpose": "setpoint",
+            },
         ]
-        async with ModbusDriver(device(srv.port, tags)) as drv:
-            srv.faults.requests.clear()
-            back = await drv.write_many(
-                [("score", 2.5), ("word", 0x0005), ("sev", 3), ("far", -7), ("c1", True), ("c0", False), ("flag", True)]
+        async with ModbusDriver(device(srv.port, tags, units=[1, 3], timeout_ms=2000)) as drv:
+            t0 = time.monotonic()
+            got = await poll(drv, budget=5)
+            assert time.monotonic() - t0 < 1.0
+            assert got["ok"].quality.is_good
+            assert got["wrong"].quality.reason == "reply from the wrong unit: asked 3, got 9"
+            t0 = time.monotonic()
+            with pytest.raises(WriteUnconfirmed, match="wrong unit"):  # it answered: something got it
+                await drv.write("sp", 1, purpose="setpoint")
+            assert time.monotonic() - t0 < 1.0
+            assert (await poll(drv))["ok"].quality.is_good  # the link is still fine
+
+
+async def test_a_connection_that_stops_answering_is_closed_and_opened_again() -> None:
+    connections: list[asyncio.StreamWriter] = []
+
+    async def half_open(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)  # takes everything, answers nothing, never closes
+
+    server = await asyncio.start_server(half_open, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    tags = [{"name": "v", "table": "holding", "address": 0, "type": "uint16"}]
+    dev = device(port, tags, timeout_ms=100, breaker={"failures": 2, "backoff_ms": 50, "backoff_max_ms": 100})
+    reasons: list[str] = []
+    try:
+        async with ModbusDriver(dev) as drv:
+            for _ in range(40):
+                reasons.append((await poll(drv, budget=0.5))["v"].quality.reason)
+                if len(connections) >= 3:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        for w in connections:
+            w.close()
+        server.close()
+        await server.wait_closed()
+    assert len(connections) >= 3, reasons
+    assert any("nothing received on the connection for 3 requests in a row" in r for r in reasons)
+    assert all(reasons)
+
+
+async def test_a_silent_unit_behind_a_live_gateway_never_closes_the_shared_connection() -> None:
+    async with ModbusTestServer(units=[1]) as srv:
+        tags = [
+            {"name": "live", "unit": 1, "table": "holding", "address": 0, "type": "uint16"},
+            {"name": "dead", "unit": 2, "table": "holding", "address": 0, "type": "uint16"},
+        ]
+        dev = device(
+            srv.port,
+            tags,
+            units=[1, 2],
+            timeout_ms=50,
+            breaker={"failures": 1, "backoff_ms": 10, "backoff_max_ms": 10},
+        )
+        async with ModbusDriver(dev) as drv:
+            for _ in range(15):
+                got = await poll(drv)
+                assert got["live"].quality.is_good
+                await asyncio.sleep(0.02)
+            assert drv.counters.per_unit["link"]["connects"] == 1
+            assert drv.counters.per_unit["2"]["requests"] >= 5  # it was asked, and timed out
+
+
+async def test_a_peer_that_is_not_modbus_is_named_as_such() -> None:
+    async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+
+    server = await asyncio.start_server(http, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        tags = [{"name": "v", "table": "holding", "address": 0, "type": "uint16"}]
+        async with ModbusDriver(device(port, tags)) as drv:
+            got = await poll(drv)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert "not Modbus TCP" in got["v"].quality.reason and "HTTP" in got["v"].quality.reason
+    assert "wrong unit" not in got["v"].quality.reason
+
+
+async def test_a_dropped_connection_ends_the_pending_request_at_once() -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(260)
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        tags = [{"name": "v", "table": "holding", "address": 0, "type": "uint16"}]
+        async with ModbusDriver(device(port, tags, timeout_ms=3000)) as drv:
+            t0 = time.monotonic()
+            got = await poll(drv, budget=5)
+            assert time.monotonic() - t0 < 1.0
+            assert (
+                "connection lost" in got["v"].quality.reason
+                and "closed the connection" in got["v"].quality.reason
             )
-            assert back == {"word": 5, "sev": 3, "score": 2.5, "far": -7, "c0": False, "c1": True, "flag": True}
-            writes = [(fc, addr, n) for _, fc, addr, n in srv.faults.requests if fc in (5, 6, 15, 16)]
-            assert (16, 10, 4) in writes  # word, sev, score: one FC16 transaction
-            assert any(fc == 6 and addr == 30 for fc, addr, _ in writes)  # alone: FC6
-            assert (15, 0, 2) in writes  # the two coils: one FC15
-            assert [w for w in writes if w[1] in (10, 11, 12)] == [(16, 10, 4)]
-            sent = len(srv.faults.requests)
-            with pytest.raises(WriteRefused, match="read-only"):
-                await drv.write_many([("word", 1), ("ro", 1)])
-            assert len(srv.faults.requests) == sent  # refused before anything was sent
-        assert await srv.get_registers(1, 10, 4) == [5, 3, *codec.encode(2.5, codec.DataType.FLOAT32, "ABCD")]
-        assert await srv.get_registers(1, 40, 1) == [0b0000_0000_0001_0001]  # bit 4 set, bit 0 kept
-        assert await srv.get_bits(1, 0, 2) == [False, True]
+            st = drv.unit_status()[0]
+            assert st.state == "lost" and "closed the connection" in st.last_error
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_unit_status_always_gives_a_reason_when_not_ok() -> None:
+    # a unit that answers exception 02 at every address (some servers do this for a unit id they
+    # do not have): it answers, so no breaker trips, but it is not ok either
+    async with ModbusTestServer(units=[1], holes=[(0, 100)]) as srv:
+        tags = [{"name": "v", "table": "holding", "address": 3, "type": "uint16"}]
+        async with ModbusDriver(device(srv.port, tags)) as drv:
+            assert drv.unit_status()[0].last_error == "not asked yet"
+            await poll(drv)
+            st = drv.unit_status()[0]
+    assert st.state != "ok" and "exception 02" in st.last_error and "40004" in st.last_error

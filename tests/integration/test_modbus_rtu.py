@@ -88,7 +88,7 @@ async def test_rtu_bus_reads_and_writes_two_units(rtu_server: tuple[ModbusSerial
             "tags": [
                 {"name": "f", "unit": 11, "table": "holding", "address": 0, "type": "float32", "word_order": "CDAB"},
                 {"name": "u", "unit": 12, "table": "holding", "address": 0, "type": "uint16"},
-                {"name": "sp", "unit": 12, "table": "holding", "address": 5, "type": "uint16", "access": "read-write"},
+                {"name": "sp", "unit": 12, "table": "holding", "address": 5, "type": "uint16", "access": "read-write", "purpose": "setpoint"},
                 {"name": "absent", "unit": 13, "table": "holding", "address": 0, "type": "uint16"},
             ],
         }
@@ -98,5 +98,5 @@ async def test_rtu_bus_reads_and_writes_two_units(rtu_server: tuple[ModbusSerial
         assert got["f"].value == -1.25 and got["f"].quality.is_good
         assert got["u"].value == 321 and got["u"].quality.is_good
         assert not got["absent"].quality.is_good and "timeout" in got["absent"].quality.reason
-        assert await drv.write("sp", 77) == 77
+        assert await drv.write("sp", 77, purpose="setpoint") == 77
     assert list(await server.async_getValues(12, 3, 5, 1)) == [77]

@@ -330,7 +330,8 @@ def plant_tags(access: str = "read-write") -> list[dict[str, Any]]:
         {"name": "t.Locked", "node_id": f"nsu={PLANT};s=Plant.Locked", "access": "read-write"},
         {"name": "t.Ranged", "node_id": f"nsu={PLANT};s=Plant.Ranged", "access": "read-write", "range": [0, 100]},
     ]
-    return tags
+    # every writable tag declares its purpose; the tests write them as display values
+    return [t if t["access"] == "read" else {**t, "purpose": "display"} for t in tags]
 
 
 def make_device(url: str, *, tags: list[dict[str, Any]] | None = None, **overrides: Any) -> OpcUaDevice:

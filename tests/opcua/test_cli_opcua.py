@@ -20,8 +20,8 @@ async def test_check_read_write_against_opcua(opcua_server: ServerFactory, tmp_p
         "timeout_ms": 2000,
         "mode": "polling",
         "tags": [
-            {"name": "dbl", "node_id": f"nsu={PLANT};s=Plant.Double", "access": "read-write"},
-            {"name": "ro", "node_id": f"nsu={PLANT};s=Plant.ReadOnly", "access": "read-write"},
+            {"name": "dbl", "node_id": f"nsu={PLANT};s=Plant.Double", "access": "read-write", "purpose": "setpoint"},
+            {"name": "ro", "node_id": f"nsu={PLANT};s=Plant.ReadOnly", "access": "read-write", "purpose": "setpoint"},
         ],
         **secure_overrides(pki),
     }

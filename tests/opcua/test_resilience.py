@@ -34,7 +34,7 @@ async def test_restart_with_reordered_namespaces_reads_the_right_nodes(
     history: list[dict[str, Sample]] = []
     async with OpcUaDriver(make_device(plant.url, mode=mode)) as driver:
         await poll_until(driver, lambda s: s["t.Double"].value == 3.25)
-        assert await driver.write("t.Int32", 5) == 5  # caches the Int32 data type
+        assert await driver.write("t.Int32", 5, purpose="display") == 5  # caches the Int32 data type
         old_index = plant.ns[PLANT]
         await plant.stop()
 
@@ -57,8 +57,8 @@ async def test_restart_with_reordered_namespaces_reads_the_right_nodes(
             assert not s.quality.is_good or s.value == 6.5, s
 
         # Writes go to the re-resolved node, with the type read again on the new session.
-        assert await driver.write("t.Double", 8.0) == 8.0
-        assert await driver.write("t.Int32", 9) == 9
+        assert await driver.write("t.Double", 8.0, purpose="display") == 8.0
+        assert await driver.write("t.Int32", 9, purpose="display") == 9
         assert (await new.value("Double")).Value.Value == 8.0
         decoy = new.server.get_node(ua.NodeId("Plant.Double", new.ns[OTHER]))
         assert (await decoy.read_value()) == DECOY
@@ -119,7 +119,7 @@ async def test_cli_style_check_read_write(opcua_server: ServerFactory, pki: Pki)
     assert [(s.unit, s.state, s.last_error) for s in status] == [(0, "ok", "")]
     # write: a fresh driver, one write, the value read back
     async with OpcUaDriver(dev) as driver:
-        assert await driver.write("t.Double", 42.5) == 42.5
+        assert await driver.write("t.Double", 42.5, purpose="display") == 42.5
     assert (await plant.value("Double")).Value.Value == 42.5
     # check --connect against a device that is not there
     gone = make_device(f"opc.tcp://127.0.0.1:{free_port()}/", **secure_overrides(pki))

@@ -33,7 +33,7 @@ async def test_secure_channel_read_and_write(opcua_server: ServerFactory, pki: P
     async with OpcUaDriver(dev) as driver:
         got = by_tag(await driver.poll(time.monotonic() + 3))
         assert got["t.Double"].value == 3.25 and got["t.Double"].quality.is_good, got["t.Double"]
-        assert await driver.write("t.Int16", 321) == 321
+        assert await driver.write("t.Int16", 321, purpose="display") == 321
         assert driver.status().security == f"{policy}/{mode}"
         assert driver.unit_status()[0].state == "ok"
     assert (await plant.value("Int16")).Value.Value == 321
@@ -54,7 +54,7 @@ async def test_username_password_over_sign_and_encrypt(
         async with OpcUaDriver(dev) as driver:
             got = by_tag(await driver.poll(time.monotonic() + 3))
             assert got["t.Double"].quality.is_good
-            assert await driver.write("t.String", "by operator") == "by operator"
+            assert await driver.write("t.String", "by operator", purpose="display") == "by operator"
         wrong = make_device(plant.url, username="operator", password={"env": "OPCUA_TEST_WRONG"}, **base)
         async with OpcUaDriver(wrong) as driver:
             bad = by_tag(await driver.poll(time.monotonic() + 3))
