@@ -3,8 +3,8 @@
 ``run`` runs the agent (what systemd starts). Commissioning: ``check`` (validate;
 ``--connect`` reaches every device and unit), ``read`` (one read of some or all tags),
 ``write`` (a deliberate, audited write of one writable tag). ``audit`` prints the audit log,
-``certs`` manages OPC UA certificates, ``simulate`` serves the embedded plant alone and
-``demo`` runs the agent against it with a live console view.
+``certs`` manages OPC UA certificates, ``service`` installs the systemd service, ``simulate``
+serves the embedded plant alone and ``demo`` runs the agent against it with a live console view.
 
 Exit codes: 0 success, 1 a device or tag problem was found, 2 usage or config error.
 """
@@ -298,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     from agent.ops.certs import add_certs_parser
 
     add_certs_parser(sub)
+    from agent.ops.service import add_service_parser
+
+    add_service_parser(sub)
     return p
 
 
@@ -311,6 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         setup_logging(args.log_level or "info")
         return run_certs(args)
+    if args.command == "service":
+        from agent.ops.service import run_service
+
+        return run_service(args)
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
