@@ -15,6 +15,8 @@ import argparse
 import asyncio
 import getpass
 import json
+import os
+import select
 import signal
 import sys
 import time
@@ -304,7 +306,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stdout_gone() -> bool:
+    """True when nobody reads our stdout any more (the reader of a pipe has exited)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``edge-agent`` entry point; returns the exit code.
+
+    ``edge-agent read --json | head -1`` ends quietly once ``head`` has what it wants, as a
+    program killed by SIGPIPE would (exit 141), and Ctrl-C ends with 130: no traceback for
+    either. A broken pipe that is not our stdout (a socket) is not hidden.
+    """
+    try:
+        rc = _main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise
+        # Nothing more can be written; the flush at exit must not fail again on what is buffered.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    except KeyboardInterrupt:
+        return 130
+    return rc
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "simulate":
         return _cmd_simulate(argv[1:])
