@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: deps venv demo test bench lint typecheck models clean
+.PHONY: deps venv demo test bench lint typecheck models wheelhouse gateway-check clean
 
 # System packages the tests use (mbpoll, socat, systemd-analyze, ssh); nothing when all are there.
 deps:
@@ -41,6 +41,11 @@ typecheck: lint
 # Rebuild the shipped models from plant recordings (seeded: what it builds is what ships).
 models: venv
 	bash models/build.sh
+
+# Wheels for an offline gateway install (x86_64 and aarch64, CPython 3.11, manylinux), the
+# project's own and the build backend included: systemd/install.sh --wheels wheelhouse
+wheelhouse: venv
+	$(BIN)/python scripts/wheelhouse.py wheelhouse
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
