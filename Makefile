@@ -47,5 +47,10 @@ models: venv
 wheelhouse: venv
 	$(BIN)/python scripts/wheelhouse.py wheelhouse
 
+# Boot Debian 12 (debootstrap + systemd-nspawn -b), install from ./wheelhouse, run the unit with
+# the shipped models against the embedded plant (root; see README "Gateway").
+gateway-check: wheelhouse
+	bash scripts/gateway-check.sh
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -129,9 +129,15 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def _run(cmd: Sequence[str]) -> None:
+def _venv_env() -> dict[str, str]:
+    """The environment for the venv's tools: without the PYTHONPATH install.sh sets to the
+    checkout (pip would take the checkout's metadata for an installed agent and skip it)."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
+def _run(cmd: Sequence[str], env: dict[str, str] | None = None) -> None:
     try:
-        subprocess.run(list(cmd), check=True)
+        subprocess.run(list(cmd), check=True, env=env)
     except FileNotFoundError:
         raise ServiceError(f"{cmd[0]} not found") from None
     except subprocess.CalledProcessError as exc:
@@ -376,16 +382,16 @@ def _make_venv(opts: InstallOptions, source: Path) -> Path:
     python = sys.executable
     if not (venv / "bin" / "python").exists():
         _say(f"creating {VENV}")
-        _run([python, "-m", "venv", str(venv)])
+        _run([python, "-m", "venv", str(venv)], _venv_env())
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     if opts.wheels is not None:
         if not opts.wheels.is_dir():
             raise ServiceError(f"wheel folder {opts.wheels} does not exist")
         _say(f"installing {PACKAGE} from {opts.wheels} (offline)")
-        _run([*pip, "--no-index", "--find-links", str(opts.wheels), "--upgrade", PACKAGE])
+        _run([*pip, "--no-index", "--find-links", str(opts.wheels), "--upgrade", PACKAGE], _venv_env())
     else:
         _say(f"installing {PACKAGE} from {source} (its dependencies from the package index)")
-        _run([*pip, "--upgrade", str(source)])
+        _run([*pip, "--upgrade", str(source)], _venv_env())
     return venv
 
 
@@ -460,8 +466,7 @@ def install(opts: InstallOptions) -> None:
             cmd += ["--source", str(source)]
             if opts.config is not None:
                 cmd += ["--config", str(opts.config.resolve())]
-            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-            if subprocess.run(cmd, env=env, check=False).returncode != 0:
+            if subprocess.run(cmd, env=_venv_env(), check=False).returncode != 0:
                 raise ServiceError("configuring the service failed (see above)")
             return
 
