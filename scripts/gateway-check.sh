@@ -115,7 +115,9 @@ ct systemctl start --no-block edge-agent
 for _ in $(seq 60); do [ "$(show ActiveState)" = failed ] && break; sleep 1; done
 check "a crash loop stops at the start limit ($(show NRestarts) restarts)" \
   sh -c "timeout 20 nsenter -t $cpid -a journalctl -u edge-agent -o cat | grep -q 'Start request repeated too quickly'"
-ct cp /root/good.yaml /etc/edge-agent/agent.yaml
+check "install.sh --no-venv (python3 hands over to the installed agent) restores the config" sh -c \
+  "timeout 120 nsenter -t $cpid -a bash /src/systemd/install.sh --no-venv --config /root/good.yaml >/dev/null \
+   && timeout 20 nsenter -t $cpid -a cmp -s /root/good.yaml /etc/edge-agent/agent.yaml"
 
 say "journal of the crash loop (last lines):"
 ct journalctl -u edge-agent -o cat --no-pager -n 12 | cut -c1-160 | sed 's/^/    /'

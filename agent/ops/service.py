@@ -377,7 +377,7 @@ def _check_venv_module() -> None:
         )
 
 
-def _make_venv(opts: InstallOptions, source: Path) -> Path:
+def _make_venv(opts: InstallOptions, source: Path) -> None:
     venv = _at(opts.root, VENV)
     python = sys.executable
     if not (venv / "bin" / "python").exists():
@@ -388,11 +388,14 @@ def _make_venv(opts: InstallOptions, source: Path) -> Path:
         if not opts.wheels.is_dir():
             raise ServiceError(f"wheel folder {opts.wheels} does not exist")
         _say(f"installing {PACKAGE} from {opts.wheels} (offline)")
-        _run([*pip, "--no-index", "--find-links", str(opts.wheels), "--upgrade", PACKAGE], _venv_env())
+        pip += ["--no-index", "--find-links", str(opts.wheels)]
+        what = PACKAGE
     else:
         _say(f"installing {PACKAGE} from {source} (its dependencies from the package index)")
-        _run([*pip, "--upgrade", str(source)], _venv_env())
-    return venv
+        what = str(source)
+    _run([*pip, "--upgrade", what], _venv_env())
+    # The agent itself again: a rebuilt wheel of the same version must replace the old code.
+    _run([*pip, "--no-deps", "--force-reinstall", what], _venv_env())
 
 
 def _install_config(opts: InstallOptions, source: Path, account: Account) -> object:
@@ -404,6 +407,7 @@ def _install_config(opts: InstallOptions, source: Path, account: Account) -> obj
             _write_file(target.with_name("agent.yaml.bak"), target.read_bytes(), 0o640, 0, account.gid)
             _say(f"{CONFIG}: replaced (the previous one is agent.yaml.bak)")
         _write_file(target, data, 0o640, 0, account.gid)
+        _say(f"{CONFIG}: from {opts.config}")
         return config
     if target.exists():
         _say(f"{CONFIG}: kept")
@@ -440,7 +444,10 @@ def install(opts: InstallOptions) -> None:
             f"--root: {VENV} is not built (a venv is bound to the path it is built at): install on the target"
         )
     importable = _agent_importable()
-    if not importable and not build_venv:
+    installed = _at(opts.root, VENV) / "bin" / "python"
+    # A bare python3 (install.sh on a fresh gateway) hands the rest to the agent in the venv.
+    hand_over = not importable and real and (opts.venv or installed.exists())
+    if not importable and not hand_over:
         raise ServiceError(
             f"the agent's packages are not importable by {sys.executable}: run this with a venv's python "
             f"that has them (e.g. {VENV}/bin/python -m agent.ops.service install --no-venv)"
@@ -459,16 +466,14 @@ def install(opts: InstallOptions) -> None:
             _owner(group, account, group=True),
         )
     if build_venv:
-        venv = _make_venv(opts, source)
-        if not importable:
-            # A bare python3 runs this: the agent just installed parses the config and goes on.
-            cmd = [str(venv / "bin" / "python"), "-m", "agent.ops.service", "install", "--no-venv"]
-            cmd += ["--source", str(source)]
-            if opts.config is not None:
-                cmd += ["--config", str(opts.config.resolve())]
-            if subprocess.run(cmd, env=_venv_env(), check=False).returncode != 0:
-                raise ServiceError("configuring the service failed (see above)")
-            return
+        _make_venv(opts, source)
+    if hand_over:
+        cmd = [str(installed), "-m", "agent.ops.service", "install", "--no-venv", "--source", str(source)]
+        if opts.config is not None:
+            cmd += ["--config", str(opts.config.resolve())]
+        if subprocess.run(cmd, env=_venv_env(), check=False).returncode != 0:
+            raise ServiceError("configuring the service failed (see above)")
+        return
 
     config = _install_config(opts, source, account)
     _install_models(opts, source, account)
