@@ -67,6 +67,8 @@ def test_unit_runs_the_agent_with_watchdog_and_notify() -> None:
     assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]
     assert 10 <= _seconds(s["WatchdogSec"][0]) <= 120
     assert s["User"] == ["edge-agent"] and s["Group"] == ["edge-agent"]
+    # A minimal Debian has no /bin/kill (procps): reload goes through sh's kill builtin.
+    assert s["ExecReload"] == ["/bin/sh -c 'kill -HUP \"$MAINPID\"'"]
 
 
 def test_a_crash_loop_trips_the_start_limit() -> None:
