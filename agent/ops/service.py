@@ -52,6 +52,7 @@ __all__ = [
     "add_service_parser",
     "config_credentials",
     "credentials_dropin",
+    "ensure_account",
     "install",
     "main",
     "run_service",
