@@ -3,8 +3,8 @@
 ``run`` runs the agent (what systemd starts). Commissioning: ``check`` (validate;
 ``--connect`` reaches every device and unit), ``read`` (one read of some or all tags),
 ``write`` (a deliberate, audited write of one writable tag). ``audit`` prints the audit log,
-``certs`` manages OPC UA certificates, ``simulate`` serves the embedded plant alone and
-``demo`` runs the agent against it with a live console view.
+``certs`` manages OPC UA certificates, ``service`` installs the systemd service, ``simulate``
+serves the embedded plant alone and ``demo`` runs the agent against it with a live console view.
 
 Exit codes: 0 success, 1 a device or tag problem was found, 2 usage or config error.
 """
@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import pwd
+import select
 import signal
 import sys
 import time
@@ -410,10 +411,45 @@ def build_parser() -> argparse.ArgumentParser:
     from agent.ops.certs import add_certs_parser
 
     add_certs_parser(sub)
+    from agent.ops.service import add_service_parser
+
+    add_service_parser(sub)
     return p
 
 
+def _stdout_gone() -> bool:
+    """True when nobody reads our stdout any more (the reader of a pipe has exited)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``edge-agent`` entry point; returns the exit code.
+
+    ``edge-agent read --json | head -1`` ends quietly once ``head`` has what it wants, as a
+    program killed by SIGPIPE would (exit 141), and Ctrl-C ends with 130: no traceback for
+    either. A broken pipe that is not our stdout (a socket) is not hidden.
+    """
+    try:
+        rc = _main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise
+        # Nothing more can be written; the flush at exit must not fail again on what is buffered.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    except KeyboardInterrupt:
+        return 130
+    return rc
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "simulate":
         return _cmd_simulate(argv[1:])
@@ -423,6 +459,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         setup_logging(args.log_level or "info")
         return run_certs(args)
+    if args.command == "service":
+        from agent.ops.service import run_service
+
+        return run_service(args)
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:

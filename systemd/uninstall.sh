@@ -1,8 +1,6 @@
 #!/usr/bin/env bash
-# Remove the service; keeps /etc/edge-agent and /var/lib/edge-agent (config, audit log).
+# Remove the service and /opt/edge-agent; keeps /etc/edge-agent, /var/lib/edge-agent and the user.
+#   sudo systemd/uninstall.sh [--root DIR]
 set -euo pipefail
-systemctl disable --now edge-agent 2>/dev/null || true
-rm -f /etc/systemd/system/edge-agent.service
-systemctl daemon-reload 2>/dev/null || true
-rm -rf /opt/edge-agent
-echo "removed; /etc/edge-agent and /var/lib/edge-agent kept"
+here="$(cd "$(dirname "$0")/.." && pwd)"
+PYTHONPATH="$here" exec "${PYTHON:-python3}" -m agent.ops.service uninstall "$@"

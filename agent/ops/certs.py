@@ -23,6 +23,7 @@ import argparse
 import ipaddress
 import json
 import os
+import pwd
 import socket
 import sys
 from collections.abc import Sequence
@@ -175,12 +176,14 @@ def _is_pem_path(path: Path) -> bool:
     return path.suffix.lower() in (".pem", ".crt")
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def _write_private(path: Path, data: bytes, owner: tuple[int, int] | None = None) -> None:
     """Write ``data`` readable by the owner only, atomically (no half-written key on disk)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
+        if owner is not None:
+            os.fchown(fd, *owner)
         os.write(fd, data)
         os.fsync(fd)
     finally:
@@ -188,10 +191,12 @@ def _write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _write_public(path: Path, data: bytes) -> None:
+def _write_public(path: Path, data: bytes, owner: tuple[int, int] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
+    if owner is not None:
+        os.chown(tmp, *owner)
     os.replace(tmp, path)
 
 
@@ -208,6 +213,7 @@ def create_certificate(
     usage: CertUsage = "client",
     overwrite: bool = False,
     now: datetime | None = None,
+    owner: tuple[int, int] | None = None,
 ) -> CertInfo:
     """Create an RSA key and a self-signed OPC UA application instance certificate.
 
@@ -215,7 +221,8 @@ def create_certificate(
     SubjectAlternativeName, with the host names (DNS) and IP addresses; key usage for signing
     and encryption; extended key usage for the client and/or server role. The certificate is
     written as DER unless its path ends in ``.pem``/``.crt``; the key always as PKCS#8 PEM,
-    readable by the owner only.
+    readable by the owner only: ``owner`` (uid, gid) gives both files to the account that runs
+    the agent (root creating a key for the service user).
 
     Raises FileExistsError when either file exists and ``overwrite`` is false, ValueError for
     invalid arguments.
@@ -293,8 +300,8 @@ def create_certificate(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     encoding = serialization.Encoding.PEM if _is_pem_path(cert_file) else serialization.Encoding.DER
-    _write_private(key_file, key_bytes)
-    _write_public(cert_file, cert.public_bytes(encoding))
+    _write_private(key_file, key_bytes, owner)
+    _write_public(cert_file, cert.public_bytes(encoding), owner)
     return info_of(cert, cert_file)
 
 
@@ -375,6 +382,7 @@ def add_certs_parser(subparsers: Any) -> argparse.ArgumentParser:
     c.add_argument("--key-size", type=int, default=2048, choices=(2048, 3072, 4096))
     c.add_argument("--usage", default="client", choices=("client", "server", "both"))
     c.add_argument("--force", action="store_true", help="replace existing files")
+    c.add_argument("--owner", default=None, help="user who owns both files (the service's: edge-agent)")
 
     s = sub.add_parser("show", help="subject, URI, thumbprint, validity of certificate files")
     s.add_argument("paths", nargs="+", type=Path)
@@ -386,6 +394,14 @@ def add_certs_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_certs(args: argparse.Namespace) -> int:
     """Run ``certs create`` or ``certs show``. Exit codes: 0 ok, 1 a warning or failure, 2 usage."""
     if args.certs_command == "create":
+        owner = None
+        if args.owner is not None:
+            try:
+                pw = pwd.getpwnam(args.owner)
+            except KeyError:
+                print(f"error: no user {args.owner!r}", file=sys.stderr)
+                return 2
+            owner = (pw.pw_uid, pw.pw_gid)
         try:
             info = create_certificate(
                 args.cert,
@@ -398,6 +414,7 @@ def run_certs(args: argparse.Namespace) -> int:
                 key_size=args.key_size,
                 usage=args.usage,
                 overwrite=args.force,
+                owner=owner,
             )
         except FileExistsError as exc:
             print(f"refused: {exc}", file=sys.stderr)
@@ -409,7 +426,7 @@ def run_certs(args: argparse.Namespace) -> int:
             print(f"error: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
             return 1
         print(format_info(info))
-        print(f"  key:              {args.key} (mode 0600)")
+        print(f"  key:              {args.key} (mode 0600{', owner ' + args.owner if owner else ''})")
         print("Have each OPC UA server trust this certificate (copy it into its trusted folder).")
         return 0
     rc = 0
