@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from agent.errors import SecretError
 
-__all__ = ["FrozenModel", "Secret"]
+__all__ = ["FrozenModel", "Purpose", "Secret"]
+
+Purpose = Literal["setpoint", "recommendation", "display", "heartbeat", "status", "command"]
+"""Why the agent writes a tag; a write for any other purpose is refused."""
 
 
 class FrozenModel(BaseModel):

@@ -10,7 +10,10 @@
     │   ├── DeviceUnreachable    connect failed / connection lost / timeout
     │   ├── DeviceException      the device answered with a protocol exception (code kept)
     │   ├── BadReply             the reply is malformed: short, wrong unit, wrong function
-    │   └── WriteRefused         a write was refused (read-only, not allowed, verify mismatch)
+    │   ├── WriteRefused         a write was refused (read-only, not allowed, wrong purpose,
+    │   │                        device exception): it was not applied
+    │   ├── WriteUnconfirmed     a write was sent but no reply came: possibly applied
+    │   └── ReadBackFailed       a write was acknowledged but its verifying read failed
     ├── ModelError               a bundle or session is invalid (manifest/binding mismatch, hash)
     ├── AlarmError               an alarm command names an unknown asset or code, or saved
     │                            alarm state is unusable (also a ValueError)
@@ -32,8 +35,10 @@ __all__ = [
     "DeviceUnreachable",
     "DriverError",
     "ModelError",
+    "ReadBackFailed",
     "SecretError",
     "WriteRefused",
+    "WriteUnconfirmed",
 ]
 
 
@@ -92,3 +97,11 @@ class AlarmError(AgentError, ValueError):
 
 class AuditError(AgentError):
     """The audit log cannot be written; automatic writes must stop."""
+
+
+class WriteUnconfirmed(DriverError):
+    """A write was sent but its reply never came (timeout, connection lost): possibly applied."""
+
+
+class ReadBackFailed(DriverError):
+    """A write was acknowledged but the read issued after it failed: applied, not verified."""
