@@ -29,13 +29,15 @@ Record columns (one table, ``records``)::
     id          global, increasing record id
     utc         ISO 8601 UTC time of recording (``2026-05-01T12:00:00.000000Z``)
     mono        monotonic seconds of the event (time.monotonic() unless given)
-    kind        alarm | decision | manual_write | event
-    target      alarm: asset; decision: setpoint tag; manual_write: tag
-    tag         alarm: alarm name; decision: the tag written (NULL if none); manual_write: tag
+    kind        alarm | decision | outcome | manual_write | event
+    target      alarm: asset; decision, outcome: setpoint tag; manual_write: tag
+    tag         alarm: alarm name; decision, outcome: the tag written (NULL if none); manual_write: tag
     action      alarm: new state; decision: WRITE/CLAMP/HOLD/REJECT; manual_write: WRITE;
+                outcome: verified | mismatch | timed_out | unverified | refused | failed | not_sent;
                 event: the event's name (start, stop, model_loaded …)
-    value       the recommended / written / alarm value, when a finite number
-    applied     decision: the value the Guard applied
+    value       the recommended / written / alarm value, when a finite number; outcome: the
+                value read back
+    applied     decision: the value the Guard applied; outcome: the value sent
     reasons     JSON list of reasons
     qualities   JSON object tag → quality ("GOOD", "BAD (timeout)") of the model's inputs
     model       decision: the model that recommended
@@ -135,6 +137,7 @@ class RecordKind(enum.StrEnum):
 
     ALARM = "alarm"
     DECISION = "decision"
+    OUTCOME = "outcome"
     MANUAL_WRITE = "manual_write"
     EVENT = "event"
 
@@ -548,6 +551,68 @@ class AuditLog:
             message=rec.reason if rec is not None else "",
             detail=detail,
         )
+
+    def record_outcome(
+        self,
+        outcome: str,
+        *,
+        target: str,
+        tag: str,
+        sent: float | None,
+        read_back: Value = None,
+        decision_id: int | None = None,
+        message: str = "",
+        mono: float | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Record what became of a write whose decision was recorded (``decision_id``): the
+        value ``sent``, the value read back after it, and ``outcome`` (verified, mismatch,
+        timed_out, unverified, refused, failed, not_sent)."""
+        detail: dict[str, Any] = dict(extra or {})
+        if decision_id is not None:
+            detail["decision_id"] = decision_id
+        if _verbatim(read_back):
+            detail["read_back"] = _json_value(read_back)
+        return self._insert(
+            RecordKind.OUTCOME,
+            mono,
+            target=target,
+            tag=tag,
+            action=outcome,
+            value=_number(read_back),
+            applied=_number(sent),
+            message=message,
+            detail=detail,
+        )
+
+    def last_sends(self, boot_id: str) -> dict[str, tuple[float, float | None]]:
+        """Per setpoint target, the monotonic time and applied value of the last decision to
+        write (WRITE or CLAMP) recorded during the boot ``boot_id``: the write-back unit's rate
+        credit after a restart starts no earlier. Raises :class:`AuditError` if unreadable."""
+        # SQLite takes the bare column ``applied`` from the row that holds max(mono).
+        sql = (
+            "SELECT target, max(mono), applied FROM records WHERE kind = 'decision' "
+            "AND action IN ('WRITE', 'CLAMP') AND json_extract(detail, '$.boot_id') = ? GROUP BY target"
+        )
+        out: dict[str, tuple[float, float | None]] = {}
+        with self._lock:
+            for p in _files(self._path):
+                try:
+                    if p == self._path and self._conn is not None:
+                        rows = self._conn.execute(sql, (boot_id,)).fetchall()
+                    else:
+                        with contextlib.closing(_connect_ro(p)) as conn:
+                            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                                continue
+                            rows = conn.execute(sql, (boot_id,)).fetchall()
+                except sqlite3.Error as exc:
+                    raise AuditError(f"audit file {p} cannot be read: {_describe(exc)}") from exc
+                for target, mono, applied in rows:
+                    if target is None or mono is None:
+                        continue
+                    if str(target) not in out or float(mono) > out[str(target)][0]:
+                        out[str(target)] = (float(mono), None if applied is None else float(applied))
+        return out
 
     def record_manual_write(self, tag: str, value: Value, user: str, *, mono: float | None = None) -> int:
         """Record a commissioning write (``edge-agent write``) by the OS user ``user``."""

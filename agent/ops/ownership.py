@@ -24,12 +24,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.errors import StateFileError
+from agent.ops.host import boot_id
 from agent.types import utcnow
 
 __all__ = ["FILE_NAME", "Ownership", "boot_id", "owned_in_auto", "read_ownership", "write_ownership"]
 
 FILE_NAME = "ownership.json"
-_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 _MAX_BYTES = 1 << 20  # a state file this large is not ours
 
 
@@ -41,14 +41,6 @@ class Ownership:
     boot_id: str
     written_at: datetime
     targets: Mapping[str, str]  # setpoint tag → mode (shadow, advise, auto)
-
-
-def boot_id() -> str:
-    """The kernel's id of the current boot ('' where the kernel has none)."""
-    try:
-        return _BOOT_ID.read_text().strip()
-    except OSError:
-        return ""
 
 
 def _alive(pid: int) -> bool:

@@ -19,9 +19,16 @@ A value is written only if all of these hold (see "Safety of write-back" in ARCH
 - the setpoint's read-back is GOOD, numeric, fresh, and newer than our last write.
 
 The value applied is the recommendation clamped to ``[min, max]`` and limited to
-``rate_per_min × min(elapsed, 60 s) / 60 s`` away from the *read-back* (bumpless after a restart
-or a manual change), where ``elapsed`` is the monotonic time since the last write to this target
-(a full minute when there was none). A change no larger than the deadband is not written.
+``min(rate_per_min × min(elapsed, 60 s) / 60 s, max_step)`` away from the *origin* (bumpless
+after a restart or a manual change), and as far from every value the PLC may possibly hold
+(``also_possible``: a write that timed out may still have been applied). ``elapsed`` runs from
+``last_write_at``, the start of the rate credit, which the write-back unit
+(:mod:`agent.writeback`) sets to the previous write's reply, and at start-up to the later of
+process start and the last audited send of this boot. The origin is what the PLC verifiably
+holds, never a bare poll sample: the write-back unit hands it in as ``readback``. The value is
+then moved onto the setpoint register's :class:`~agent.pipeline.quantize.Grid` (a ``uint16 ×
+0.1`` drive cannot take 45.15), inside the same bounds. A change no larger than the deadband is
+not written.
 
 Every time check fails closed: a NaN or infinite time makes a sample stale and a recommendation
 expired, and a non-finite ``now`` holds everything. Before returning a write the Guard checks the
@@ -43,6 +50,7 @@ from typing import Annotated, Literal, Self
 from pydantic import Field, model_validator
 
 from agent.configbase import FrozenModel, Loc, LocatedError
+from agent.pipeline.quantize import CONTINUOUS, Grid
 from agent.types import Action, Decision, Quality, QualityCode, Recommendation, Sample
 
 __all__ = [
@@ -81,10 +89,10 @@ class SetpointTarget(FrozenModel):
     min: _Finite
     max: _Finite
     rate_per_min: Annotated[float, Field(gt=0, allow_inf_nan=False)]
-    """Largest change per minute, measured from the read-back."""
+    """Largest change per minute, measured from the origin (what the PLC verifiably holds)."""
     max_step: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
-    """Largest change of one write (default: ``rate_per_min``). The config refuses one smaller
-    than the tag's register step."""
+    """Largest change of one write, whatever the time since the last (default: ``rate_per_min``).
+    The config refuses one smaller than the tag's register step."""
     deadband: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
     """A change no larger than this is not written."""
     ttl_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 10.0
@@ -207,6 +215,8 @@ class Reason(enum.StrEnum):
     READBACK_UNAVAILABLE = "read-back unavailable"
     READBACK_PENDING = "read-back pending"
     READBACK_MISMATCH = "read-back mismatch"
+    READBACK_UNCONFIRMED = "read-back unconfirmed"
+    NOT_SETTLED = "not settled"
     DEADBAND = "inside deadband"
     RATE_WAIT = "rate limit allows no change yet"
     OUT_OF_REACH = "read-back outside limits"
@@ -214,6 +224,7 @@ class Reason(enum.StrEnum):
     CLAMPED_MIN = "clamped to min"
     CLAMPED_MAX = "clamped to max"
     RATE_LIMITED = "rate limited"
+    QUANTIZED = "quantized to the register resolution"
 
     @classmethod
     def of(cls, reason: str) -> Reason:
@@ -246,7 +257,14 @@ class GuardInputs:
     last_verify_ok: bool
     """The verifying read after the last write to this target matched what was written."""
     last_write_at: float | None = None
-    """When this target was last written (monotonic); None if never since start."""
+    """When the rate credit starts (monotonic): the previous write's reply or failure; at
+    start-up the later of process start and the last audited send of this boot. None grants one
+    full ``max_step`` (for callers without history; the write-back unit always sets it)."""
+    also_possible: tuple[float, ...] = ()
+    """Other values the PLC may hold (writes that timed out): the step is limited from each."""
+    origin_hold: str | None = None
+    """Why the caller has no origin it can vouch for (a :class:`Reason`-headed string): the
+    target holds with it, whatever ``readback`` says."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,12 +336,14 @@ def _expired(rec: Recommendation, ttl_s: float, now: float) -> bool:
     return not (created_ok and now < rec.expires_mono)
 
 
-def max_step(rate_per_min: float, last_write_at: float | None, now: float) -> float:
-    """The largest change allowed now: ``rate × min(elapsed, 60 s)/60 s`` (a minute if never)."""
+def max_step(rate_per_min: float, last_write_at: float | None, now: float, cap: float | None = None) -> float:
+    """The largest change allowed now: ``rate × min(elapsed, 60 s)/60 s`` (a minute if never),
+    and never more than ``cap`` (a target's ``max_step``)."""
     elapsed = RATE_WINDOW_S if last_write_at is None else now - last_write_at
     if math.isnan(elapsed):
         return 0.0
-    return rate_per_min * min(max(elapsed, 0.0), RATE_WINDOW_S) / RATE_WINDOW_S
+    step = rate_per_min * min(max(elapsed, 0.0), RATE_WINDOW_S) / RATE_WINDOW_S
+    return step if cap is None else min(step, cap)
 
 
 def _fmt(x: float) -> str:
@@ -331,9 +351,15 @@ def _fmt(x: float) -> str:
 
 
 def _limit(
-    target: SetpointTarget, value: float, origin: float, step: float
+    target: SetpointTarget,
+    value: float,
+    origin: float,
+    step: float,
+    also: tuple[float, ...] = (),
+    grid: Grid = CONTINUOUS,
 ) -> tuple[float | None, tuple[str, ...]]:
-    """Clamp ``value`` to [min, max] and to ``origin ± step``.
+    """Clamp ``value`` to [min, max], to ``origin ± step`` and to ``p ± step`` for every ``p`` in
+    ``also``, then onto ``grid`` inside the same bounds.
 
     Returns (value to apply, CLAMP reasons), or (None, HOLD reasons) when nothing may be written.
     """
@@ -341,20 +367,29 @@ def _limit(
     wanted = min(max(value, lo_limit), hi_limit)
     if abs(wanted - origin) <= target.deadband:
         return None, (str(Reason.DEADBAND),)
-    lo = max(lo_limit, origin - step)
-    hi = min(hi_limit, origin + step)
+    origins = (origin, *also)
+    if not all(math.isfinite(o) for o in origins):
+        return None, (f"{Reason.OUT_OF_REACH}: a possible PLC value is not finite",)
+    lo = max(lo_limit, *(o - step for o in origins))
+    hi = min(hi_limit, *(o + step for o in origins))
     if lo > hi:
         return None, (f"{Reason.OUT_OF_REACH}: [{_fmt(lo_limit)}, {_fmt(hi_limit)}] beyond the rate limit",)
     applied = min(max(value, lo), hi)
-    # origin ± step is rounded: step back by an ulp or two so that |applied - origin| <= step holds
-    # exactly, and check the bounds again rather than trust the arithmetic.
-    for _ in range(4):
-        if abs(applied - origin) <= step:
+    # o ± step is rounded: step back by an ulp or two so that |applied - o| <= step holds
+    # exactly for every origin, and check the bounds again rather than trust the arithmetic.
+    for _ in range(8):
+        far = [o for o in origins if abs(applied - o) > step]
+        if not far:
             break
-        applied = math.nextafter(applied, origin)
-    if not (lo_limit <= applied <= hi_limit and abs(applied - origin) <= step and math.isfinite(applied)):
+        applied = math.nextafter(applied, far[0])
+    snapped = grid.snap(applied, lo, hi)
+    if snapped is None:
+        return None, (f"{Reason.RATE_WAIT}: the register cannot move by less than {_fmt(grid.resolution)}",)
+    applied = snapped
+    in_reach = all(abs(applied - o) <= step for o in origins)
+    if not (lo_limit <= applied <= hi_limit and in_reach and math.isfinite(applied)):
         return None, (f"{Reason.OUT_OF_REACH}: [{_fmt(lo_limit)}, {_fmt(hi_limit)}] beyond the rate limit",)
-    if applied == origin:
+    if applied == origin or grid.same(applied, origin):
         return None, (str(Reason.RATE_WAIT),)
     reasons: list[str] = []
     if value > hi_limit:
@@ -362,7 +397,10 @@ def _limit(
     elif value < lo_limit:
         reasons.append(f"{Reason.CLAMPED_MIN}: {_fmt(lo_limit)}")
     if applied != wanted:
-        reasons.append(f"{Reason.RATE_LIMITED}: {_fmt(target.rate_per_min)}/min")
+        if grid.resolution and grid.same(applied, wanted):
+            reasons.append(f"{Reason.QUANTIZED}: {_fmt(grid.resolution)}")
+        else:
+            reasons.append(f"{Reason.RATE_LIMITED}: {_fmt(target.rate_per_min)}/min")
     return applied, tuple(reasons)
 
 
@@ -375,8 +413,10 @@ class Guard:
     Stateless apart from its frozen config: safe to call from any thread or task.
     """
 
-    def __init__(self, config: GuardConfig) -> None:
+    def __init__(self, config: GuardConfig, grids: Mapping[str, Grid] | None = None) -> None:
+        """``grids`` maps a written tag to the values its register can hold (default: any)."""
         self._config = config
+        self._grids = dict(grids or {})
         self._targets = {t.tag: t for t in config.targets}
         self._allowed = frozenset(config.allow_list) - {config.permissive_tag}
 
@@ -463,14 +503,17 @@ class Guard:
                 holds.append(str(Reason.EXPIRED))
 
         origin, why = self._origin(t, inputs)
+        if inputs.origin_hold is not None:
+            origin, why = None, inputs.origin_hold
         if why is not None:
             holds.append(why)
 
         proposed: float | None = None
         limit_reasons: tuple[str, ...] = ()
         if rec is not None and origin is not None:
-            step = max_step(t.rate_per_min, inputs.last_write_at, now)
-            proposed, limit_reasons = _limit(t, float(rec.value), origin, step)
+            step = max_step(t.rate_per_min, inputs.last_write_at, now, t.max_step)
+            grid = self._grids.get(write_tag or t.tag, CONTINUOUS)
+            proposed, limit_reasons = _limit(t, float(rec.value), origin, step, inputs.also_possible, grid)
         if holds or proposed is None:
             reasons = tuple(holds) if holds else limit_reasons
             return GuardDecision(target, Decision(rec, Action.HOLD, None, reasons), None, proposed)
@@ -509,31 +552,62 @@ class Guard:
 class HoldTracker:
     """Tells which decisions are changes worth auditing, per target.
 
-    Every WRITE, CLAMP and REJECT is a change; so is entering HOLD, a HOLD whose reasons
-    differ from the previous HOLD's, and (being a WRITE/CLAMP/REJECT) leaving HOLD. A HOLD
-    repeating the previous one exactly is not. Not thread-safe: one owner (the Guard stage).
+    Every WRITE, CLAMP and REJECT is a change; so is entering HOLD, a HOLD whose reason *codes*
+    (the :class:`Reason` heads, not the text: a detail such as "next attempt in 0.6 s" must not
+    make a steady hold look new) differ from the last recorded HOLD's, and (being a
+    WRITE/CLAMP/REJECT) leaving HOLD. A HOLD repeating the previous one is not.
+
+    :meth:`changed` asks without remembering; :meth:`remember` is called once the record is
+    committed, so a HOLD whose audit insert failed is offered again (and its insert is the
+    probe that tells when the audit log is back). :meth:`observe` does both at once. Not
+    thread-safe: one owner (the write-back unit).
     """
 
     def __init__(self) -> None:
-        self._held: dict[str, tuple[str, ...] | None] = {}
+        self._held: dict[str, tuple[Reason, ...] | None] = {}
+        self._reasons: dict[str, tuple[str, ...]] = {}
+
+    @staticmethod
+    def _codes(reasons: tuple[str, ...]) -> tuple[Reason, ...]:
+        out: list[Reason] = []
+        for r in reasons:
+            try:
+                out.append(Reason.of(r))
+            except ValueError:  # a reason without a known head: compare it whole
+                out.append(r)  # type: ignore[arg-type]
+        return tuple(out)
+
+    def changed(self, decision: GuardDecision) -> bool:
+        """True if ``decision`` should be audited (nothing is remembered)."""
+        if decision.action is not Action.HOLD:
+            return True
+        known = decision.target in self._held
+        return not known or self._held[decision.target] != self._codes(decision.reasons)
+
+    def remember(self, decision: GuardDecision) -> None:
+        """Record that ``decision`` was audited."""
+        if decision.action is Action.HOLD:
+            self._held[decision.target] = self._codes(decision.reasons)
+            self._reasons[decision.target] = decision.reasons
+        else:
+            self._held[decision.target] = None
+            self._reasons.pop(decision.target, None)
 
     def observe(self, decision: GuardDecision) -> bool:
-        """Remember ``decision``; True if it should be audited."""
-        previous = self._held.get(decision.target, None)
-        known = decision.target in self._held
-        if decision.action is Action.HOLD:
-            self._held[decision.target] = decision.reasons
-            return not known or previous != decision.reasons
-        self._held[decision.target] = None
-        return True
+        """:meth:`changed`, then :meth:`remember`: True if ``decision`` should be audited."""
+        changed = self.changed(decision)
+        self.remember(decision)
+        return changed
 
     def holding(self, target: str) -> tuple[str, ...] | None:
-        """The reasons ``target`` is held for, or None if it is not (known to be) held."""
-        return self._held.get(target)
+        """The reasons ``target`` was last recorded held for, or None if it is not held."""
+        return self._reasons.get(target) if self._held.get(target) is not None else None
 
     def forget(self, target: str | None = None) -> None:
         """Forget one target (or all): its next decision counts as a change."""
         if target is None:
             self._held.clear()
+            self._reasons.clear()
         else:
             self._held.pop(target, None)
+            self._reasons.pop(target, None)

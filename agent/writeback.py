@@ -1,0 +1,584 @@
+"""The write-back unit: the one path from a recommendation to a PLC setpoint.
+
+Per target, every cycle::
+
+    origin (what the PLC verifiably holds) ─▶ Guard.decide (pure) ─▶ audit (committed)
+        ─▶ recheck at the moment of sending (TTL, permissive, inputs, stopping, audit)
+        ─▶ send ─▶ verify (the read issued after the write's reply) ─▶ tag table
+
+**The origin** of the rate limit is never a bare poll or subscription sample (a reply that
+lands between the start of a cycle and the send, or an OPC UA keep-alive that re-stamps an
+unchanged value, would pass the pre-write value off as the post-write one). It is the last
+value the PLC verifiably holds: the read-back of the last verified write, or, where the PLC or
+the operator moved the setpoint, two reads at least half a poll interval apart that agree within
+the register's resolution. A read that jumps away from the origin is a *candidate*: the target
+holds ("read-back unconfirmed") until a second read confirms it or a read agrees with the origin
+again, and after ``settle_polls`` reads without agreement it holds as "not settled" (on the HMI
+status and in the audit, never silently). One corrupted reply therefore never becomes the
+origin of the next step.
+
+**Writes that did not verify** count: a write whose reply never came (``WriteUnconfirmed``) or
+whose read-back failed (``ReadBackFailed``) is *possibly applied*: its value joins
+``also_possible`` (the next step is limited from it as well as from the origin), and the next
+decision waits for a fresh explicit read. Every write, verified or not, restarts the rate credit
+at its reply (or failure).
+
+**Rate credit across restarts** runs from the later of process start and the last audited send
+of the same boot (the decision rows carry the kernel's boot id; ``time.monotonic()`` compares
+only within one boot), so a crash loop under ``Restart=on-failure`` earns no fresh allowance;
+that last audited value counts as possibly applied (a kill may have hidden its outcome). An
+audit log that cannot be read gives zero credit at start, not a permanent hold.
+
+**Audit**: every decision that changes something is committed before the write is sent (its
+row carries the origin, the credit start, the step allowed and the boot id); the outcome
+(verified, mismatch, timed_out, unverified, refused, failed, not_sent) follows as its own row
+with the value sent and read back. Holds are de-duplicated by reason code; a hold whose insert
+failed is offered again on the next cycle, which is also how a recovered audit log is noticed.
+
+Not thread-safe: one owner (the agent's cycle task) calls :meth:`WriteBack.step`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import math
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from agent.configbase import Purpose
+from agent.errors import AuditError, DriverError, ReadBackFailed, WriteRefused, WriteUnconfirmed
+from agent.pipeline.guard import (
+    Guard,
+    GuardDecision,
+    GuardInputs,
+    HoldTracker,
+    Reason,
+    SetpointTarget,
+    max_step,
+    permissive_on,
+)
+from agent.pipeline.quantize import CONTINUOUS, Grid
+from agent.types import Action, Decision, Quality, Recommendation, Sample, Value, utcnow
+
+__all__ = [
+    "DecisionLog",
+    "Outcome",
+    "SetpointSink",
+    "TableView",
+    "WriteBack",
+    "WriteInputs",
+]
+
+log = structlog.get_logger("agent.writeback")
+
+_BACKOFF_FIRST_S = 5.0
+_BACKOFF_MAX_S = 300.0
+
+
+class SetpointSink(Protocol):
+    """What the write-back unit needs of a driver (``ModbusDriver``, ``OpcUaDriver``)."""
+
+    async def write(self, tag_name: str, value: Value, *, purpose: Purpose) -> Value:
+        """Write, then read back with a read issued after the write's reply; return that value.
+        Raises WriteRefused (not applied), WriteUnconfirmed (possibly applied), ReadBackFailed
+        (applied, not verified) or another DriverError."""
+        ...
+
+    async def read(self, tag_name: str) -> Sample:
+        """One explicit read issued now (BAD with a reason on failure)."""
+        ...
+
+
+class DecisionLog(Protocol):
+    """What the write-back unit needs of the audit log (:class:`agent.ops.audit.AuditLog`)."""
+
+    @property
+    def healthy(self) -> bool: ...
+
+    def record_decision(
+        self,
+        decision: Decision,
+        *,
+        target: str,
+        tag: str | None = None,
+        qualities: Mapping[str, Quality] | None = None,
+        mono: float | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> int: ...
+
+    def record_outcome(
+        self,
+        outcome: str,
+        *,
+        target: str,
+        tag: str,
+        sent: float | None,
+        read_back: Value = None,
+        decision_id: int | None = None,
+        message: str = "",
+        mono: float | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> int: ...
+
+    def last_sends(self, boot_id: str) -> dict[str, tuple[float, float | None]]: ...
+
+
+class TableView(Protocol):
+    """The tag table as the write-back unit uses it."""
+
+    def get(self, tag: str, now: float | None = None) -> Sample: ...
+
+    def update(self, samples: Sequence[Sample]) -> None: ...
+
+
+class Outcome(enum.StrEnum):
+    """What became of a write (the ``action`` of an audit ``outcome`` row)."""
+
+    VERIFIED = "verified"
+    MISMATCH = "mismatch"
+    TIMED_OUT = "timed_out"  # no reply: possibly applied
+    UNVERIFIED = "unverified"  # acknowledged, read-back failed: applied, not verified
+    REFUSED = "refused"  # the device or the driver refused it: not applied
+    FAILED = "failed"  # another driver error: treated as possibly applied
+    NOT_SENT = "not_sent"  # the recheck at the moment of sending stopped it
+
+
+@dataclass(frozen=True, slots=True)
+class WriteInputs:
+    """What the recommender stage hands the write-back unit each cycle."""
+
+    recommendations: Mapping[str, Recommendation]
+    """By target (setpoint tag)."""
+    qualities: Mapping[str, Quality]
+    """Tag → quality of every input the recommendations used (re-read at the send)."""
+    inputs_mono: float | None
+    model_healthy: bool
+
+
+@dataclass
+class _State:
+    cfg: SetpointTarget
+    grid: Grid
+    gap_s: float  # two reads confirm a value only this far apart (half a poll interval)
+    credit_from: float
+    origin: float | None = None
+    origin_mono: float = -math.inf
+    candidate: tuple[float, float] | None = None  # (value, mono) of a read that disagrees
+    unsettled: int = 0
+    moved: bool = False  # reads changed while no origin was confirmed yet
+    last_sent: float | None = None  # the last value this boot's audit shows sent (at start-up)
+    seen_mono: float = -math.inf  # reads at or before this are not evidence (already used)
+    possible: list[tuple[float, float]] = field(default_factory=list)  # (value, sent mono)
+    fresh_read: bool = False  # the next decision waits for an explicit read
+    verify_ok: bool = True
+    retry_at: float = -math.inf
+    backoff_s: float = _BACKOFF_FIRST_S / 2
+
+
+class WriteBack:
+    """The write-back unit for every Guard target of one agent (see the module docstring)."""
+
+    def __init__(
+        self,
+        guard: Guard,
+        sinks: Mapping[str, SetpointSink],
+        table: TableView,
+        audit: DecisionLog,
+        *,
+        grids: Mapping[str, Grid] | None = None,
+        poll_s: Mapping[str, float] | None = None,
+        clock: Callable[[], float],
+        boot_id: str = "",
+        settle_polls: int = 5,
+    ) -> None:
+        """``sinks`` maps every tag the Guard may write (setpoints and recommendation tags) to
+        the driver that writes it; ``grids`` the register grid of each; ``poll_s`` the poll
+        interval of each setpoint tag (two confirming reads are half of it apart)."""
+        self.guard = guard
+        self._sinks = dict(sinks)
+        self._table = table
+        self._audit = audit
+        self._clock = clock
+        self._boot_id = boot_id
+        self._settle = settle_polls
+        self._grids = dict(grids or {})
+        start = self._initial_credit(clock())
+        self._states: dict[str, _State] = {
+            tag: _State(
+                cfg=t,
+                grid=self._grids.get(tag, CONTINUOUS),
+                gap_s=(poll_s or {}).get(tag, 1.0) / 2,
+                credit_from=start,
+            )
+            for tag, t in guard.targets.items()
+        }
+        self.holds = HoldTracker()
+        self.stopping = False
+        self.decisions: dict[str, GuardDecision] = {}
+        self.outcomes: Counter[str] = Counter()
+        self.actions: Counter[tuple[str, str]] = Counter()  # (action, first reason code)
+
+    # ------------------------------------------------------------------ start-up
+
+    @staticmethod
+    def _initial_credit(start: float) -> float:
+        """Rate credit at construction starts at process start: a restart earns nothing."""
+        return start
+
+    @staticmethod
+    def _first_credit(st: _State, value: float, first_read: float) -> float:
+        """Where the credit starts once the first origin since start-up is confirmed: as
+        restored (process start, or this boot's last audited send) if the PLC holds what this
+        agent last sent; otherwise someone moved it, at the latest by the first read."""
+        ours = not st.moved and st.last_sent is not None and st.grid.same(value, st.last_sent)
+        return st.credit_from if ours else max(st.credit_from, first_read)
+
+    def restore_credit(self) -> None:
+        """Start each target's rate credit no earlier than its last audited send of this boot
+        (call once the audit log is open). An unreadable log leaves the credit at process start:
+        zero credit now, growing from here."""
+        start = self._clock()
+        if not self._boot_id:
+            return
+        try:
+            sends = self._audit.last_sends(self._boot_id)
+        except AuditError as exc:
+            log.error("audit unreadable: rate credit starts now", error=str(exc))
+            for st in self._states.values():
+                st.credit_from = max(st.credit_from, start)
+            return
+        for tag, st in self._states.items():
+            if tag in sends:
+                mono, value = sends[tag]
+                if math.isfinite(mono):
+                    st.credit_from = max(st.credit_from, mono)
+                st.last_sent = value
+                if value is not None and math.isfinite(value) and math.isfinite(mono):
+                    # Its outcome may never have been seen (killed mid-write): it may have landed.
+                    st.possible.append((value, mono))
+
+    # ------------------------------------------------------------------ per cycle
+
+    async def step(self, inputs: WriteInputs) -> dict[str, GuardDecision]:
+        """Decide (and write where allowed) for every target; returns the decisions."""
+        for tag, st in self._states.items():
+            await self._refresh_origin(tag, st)
+            now = self._clock()
+            decision = self.guard.decide(tag, self._guard_inputs(tag, st, inputs, now))
+            self.decisions[tag] = decision
+            self.actions[(str(decision.action), _code(decision))] += 1
+            await self._apply(tag, st, decision, inputs, now)
+        return dict(self.decisions)
+
+    def holding(self) -> dict[str, tuple[str, ...]]:
+        """Targets currently held, with their reasons (for the status word and the console)."""
+        return {t: d.reasons for t, d in self.decisions.items() if d.action is Action.HOLD}
+
+    def origin(self, target: str) -> float | None:
+        """The value the PLC verifiably holds for ``target`` (None while unknown)."""
+        return self._states[target].origin
+
+    # ------------------------------------------------------------------ the origin
+
+    def _accept_read(self, st: _State, value: float, mono: float) -> None:
+        """Fold one read of the setpoint (poll or explicit) into the origin."""
+        if st.origin is not None and st.grid.same(value, st.origin):
+            st.origin_mono = max(st.origin_mono, mono)
+            st.candidate, st.unsettled = None, 0
+            return
+        cand = st.candidate
+        if cand is not None and st.grid.same(value, cand[0]) and mono - cand[1] >= st.gap_s:
+            # Two reads a poll apart agree: the PLC (or the operator) holds this value. Unless it
+            # is the value this agent last sent (the credit then runs as restored at start-up),
+            # someone moved it, at the latest by the first of the two reads: the next step's
+            # credit starts there at the earliest.
+            if st.origin is not None:
+                st.credit_from = max(st.credit_from, cand[1])
+            else:
+                st.credit_from = self._first_credit(st, value, cand[1])
+            st.origin, st.origin_mono, st.moved = value, mono, False
+            st.candidate, st.unsettled = None, 0
+            # A possibly-applied write now seen: those sent before it no longer matter, a later
+            # one may still land. Without such a match, keep them only while recent.
+            seen = [t for p, t in st.possible if st.grid.same(value, p)]
+            if seen:
+                st.possible = [(p, t) for p, t in st.possible if t > max(seen)]
+            else:
+                st.possible = [(p, t) for p, t in st.possible if mono - t < st.cfg.max_input_age_s]
+            return
+        if cand is None or not st.grid.same(value, cand[0]):
+            st.moved = st.moved or cand is not None  # seen to change before any confirmation
+            st.candidate = (value, mono)
+        st.unsettled += 1
+
+    async def _refresh_origin(self, tag: str, st: _State) -> None:
+        if st.fresh_read and (sink := self._sinks.get(tag)) is not None:
+            s = await sink.read(tag)
+            self._table.update([s])
+            v = _number(s)
+            if v is not None:
+                st.fresh_read = False
+                st.seen_mono = max(st.seen_mono, s.mono)
+                match = [t for p, t in st.possible if st.grid.same(v, p)]
+                if match:  # the possibly-applied write landed: this read verifies it
+                    st.origin, st.origin_mono, st.candidate, st.unsettled = v, s.mono, None, 0
+                    st.possible = [(p, t) for p, t in st.possible if t > max(match)]
+                else:
+                    self._accept_read(st, v, s.mono)
+        s = self._table.get(tag, self._clock())
+        v = _number(s)
+        if v is not None and s.mono > st.seen_mono:
+            st.seen_mono = s.mono
+            self._accept_read(st, v, s.mono)
+
+    def _origin_hold(self, st: _State) -> str | None:
+        if st.fresh_read:
+            return f"{Reason.READBACK_PENDING}: waiting for a fresh read after an unconfirmed write"
+        if st.candidate is not None:
+            head = Reason.NOT_SETTLED if st.unsettled >= self._settle else Reason.READBACK_UNCONFIRMED
+            was = "unknown" if st.origin is None else f"{st.origin:g}"
+            return f"{head}: read {st.candidate[0]:g}, the PLC verifiably held {was}"
+        if st.origin is None:
+            return f"{Reason.READBACK_UNAVAILABLE}: no confirmed read yet"
+        return None
+
+    def _guard_inputs(self, tag: str, st: _State, inputs: WriteInputs, now: float) -> GuardInputs:
+        why = self._origin_hold(st)
+        origin = None
+        if why is None and st.origin is not None:
+            origin = Sample(tag, st.origin, Quality.good(), utcnow(), st.origin_mono)
+        return GuardInputs(
+            now=now,
+            recommendation=inputs.recommendations.get(tag),
+            permissive=self._table.get(self.guard.config.permissive_tag, now),
+            readback=origin,
+            input_qualities=inputs.qualities,
+            inputs_mono=inputs.inputs_mono,
+            model_healthy=inputs.model_healthy,
+            audit_ok=self._audit.healthy,
+            stopping=self.stopping,
+            last_verify_ok=st.verify_ok or now >= st.retry_at,
+            last_write_at=st.credit_from,
+            also_possible=tuple(p for p, _ in st.possible),
+            origin_hold=why,
+        )
+
+    # ------------------------------------------------------------------ decide → audit → send
+
+    async def _apply(
+        self, tag: str, st: _State, d: GuardDecision, inputs: WriteInputs, now: float
+    ) -> None:
+        decision_id: int | None = None
+        if self.holds.changed(d):
+            extra = {
+                "boot_id": self._boot_id,
+                "origin": st.origin,
+                "origin_mono": st.origin_mono if math.isfinite(st.origin_mono) else None,
+                "also_possible": [p for p, _ in st.possible],
+                "credit_from": st.credit_from,
+                "step_allowed": max_step(st.cfg.rate_per_min, st.credit_from, now, st.cfg.max_step),
+            }
+            try:
+                # Committed before the write is sent (the write waits for this to return).
+                decision_id = await asyncio.to_thread(
+                    self._audit.record_decision,
+                    d.decision,
+                    target=tag,
+                    tag=d.write_tag,
+                    qualities=inputs.qualities,
+                    mono=now,
+                    extra=extra,
+                )
+            except AuditError as exc:
+                log.error("audit unavailable: automatic writes stop", target=tag, error=str(exc))
+                return
+            self.holds.remember(d)
+            if d.action is Action.HOLD:
+                log.info("hold", target=tag, reasons=list(d.reasons))
+        if not d.writes or d.write_tag is None or d.applied_value is None or decision_id is None:
+            return
+        write_tag, value = d.write_tag, d.applied_value
+        sent_at = self._clock()
+        why = self._recheck(d, inputs, sent_at)
+        if why is not None:
+            log.warning("write not sent", target=tag, reason=why)
+            self.holds.forget(tag)  # the next decision is audited whatever it is
+            self._outcome(Outcome.NOT_SENT, tag, write_tag, value, None, decision_id, why, sent_at)
+            return
+        sink = self._sinks[write_tag]
+        purpose: Purpose = "setpoint" if write_tag == tag else "recommendation"
+        on_setpoint = write_tag == tag
+        try:
+            back = await sink.write(write_tag, value, purpose=purpose)
+        except DriverError as exc:
+            st.credit_from = self._write_time(now, sent_at, self._clock())
+            if isinstance(exc, WriteRefused):
+                kind = Outcome.REFUSED
+            else:  # no reply, or no verifying read: the value may be in the PLC
+                kind = (
+                    Outcome.TIMED_OUT
+                    if isinstance(exc, WriteUnconfirmed)
+                    else Outcome.UNVERIFIED
+                    if isinstance(exc, ReadBackFailed)
+                    else Outcome.FAILED
+                )
+                if on_setpoint:
+                    self._possibly_applied(st, value, sent_at)
+            self._failed(st, tag, kind, write_tag, value, None, decision_id, str(exc))
+            return
+        reply_at = self._clock()
+        st.credit_from = self._write_time(now, sent_at, reply_at)
+        back = self._verifying_value(write_tag, back)
+        self._table.update([Sample(write_tag, back, Quality.good(), utcnow(), reply_at)])
+        got = _finite(back)
+        grid = self._grids.get(write_tag, CONTINUOUS)
+        if got is not None and grid.same(got, value):
+            if on_setpoint:
+                st.origin, st.origin_mono = got, reply_at
+                st.candidate, st.unsettled, st.possible = None, 0, []
+                st.seen_mono = max(st.seen_mono, reply_at)
+            st.verify_ok, st.backoff_s = True, _BACKOFF_FIRST_S / 2
+            self._outcome(Outcome.VERIFIED, tag, write_tag, value, back, decision_id, "", reply_at)
+            return
+        if on_setpoint:
+            # The read says the value did not land; a read is evidence, not truth: the value
+            # stays possible, and the read is only a candidate origin until a second confirms it.
+            self._possibly_applied(st, value, sent_at)
+            st.fresh_read = got is None
+            st.seen_mono = max(st.seen_mono, reply_at)
+            if got is not None:
+                self._accept_read(st, got, reply_at)
+        message = f"wrote {value:g}, read back {back!r}"
+        self._failed(st, tag, Outcome.MISMATCH, write_tag, value, back, decision_id, message)
+
+    # The safety steps below are methods of their own so that the proof (tests/unit/
+    # test_writeback.py) can show that each one is needed: removing any fails the property.
+
+    @staticmethod
+    def _write_time(decided_at: float, sent_at: float, reply_at: float) -> float:
+        """Where the next write's rate credit starts: this write's reply (or failure), never
+        the start of the cycle that decided it."""
+        return reply_at
+
+    def _verifying_value(self, write_tag: str, back: Value) -> Value:
+        """What verifies a write: the read the driver issued after the write's reply."""
+        return back
+
+    @staticmethod
+    def _possibly_applied(st: _State, value: float, sent_at: float) -> None:
+        """A write that may have landed: limit the next step from it too, and read afresh."""
+        st.possible.append((value, sent_at))
+        st.fresh_read = True
+
+    def _recheck(self, d: GuardDecision, inputs: WriteInputs, now: float) -> str | None:
+        """Why a write decided a moment ago must not be sent now (None: send it)."""
+        if self.stopping:
+            return str(Reason.STOPPING)
+        if not self._audit.healthy:
+            return str(Reason.AUDIT_UNAVAILABLE)
+        for name in inputs.qualities:
+            s = self._table.get(name, now)
+            if not s.quality.is_good:
+                return f"{Reason.INPUT_BAD}: {s.quality.reason or 'no reason'} ({name})"
+        return self._recheck_ttl(d, now) or self._recheck_permissive(d, now)
+
+    def _recheck_ttl(self, d: GuardDecision, now: float) -> str | None:
+        """The recommendation is still within its TTL at the moment of sending."""
+        rec = d.decision.recommendation
+        ttl = self._states[d.target].cfg.ttl_s
+        if rec is None or not (now < rec.expires_mono and now < rec.created_mono + ttl):
+            return str(Reason.EXPIRED)
+        return None
+
+    def _recheck_permissive(self, d: GuardDecision, now: float) -> str | None:
+        """The operator's permissive is still on at the moment of sending."""
+        tag = self.guard.config.permissive_tag
+        age = self._states[d.target].cfg.max_input_age_s
+        return permissive_on(self._table.get(tag, now), tag, age, now)
+
+    def _failed(
+        self,
+        st: _State,
+        target: str,
+        outcome: Outcome,
+        tag: str,
+        sent: float,
+        back: Value,
+        decision_id: int,
+        message: str,
+    ) -> None:
+        """Hold the target; one retry after a backoff that doubles per failure (5 s .. 5 min).
+
+        The PLC is the authority: it may refuse an external setpoint (permissive just dropped,
+        heartbeat not yet seen, its own clamp). Holding until a retry keeps the agent from
+        fighting it, and lets it resume once the PLC accepts again."""
+        now = self._clock()
+        st.backoff_s = min(_BACKOFF_MAX_S, st.backoff_s * 2)
+        st.verify_ok, st.retry_at = False, now + st.backoff_s
+        log.warning(
+            "setpoint write not verified: holding",
+            target=target,
+            tag=tag,
+            outcome=str(outcome),
+            sent=sent,
+            read_back=back,
+            retry_in_s=st.backoff_s,
+            error=message,
+        )
+        self._outcome(outcome, target, tag, sent, back, decision_id, message, now)
+
+    def _outcome(
+        self,
+        outcome: Outcome,
+        target: str,
+        tag: str,
+        sent: float,
+        back: Value,
+        decision_id: int,
+        message: str,
+        mono: float,
+    ) -> None:
+        self.outcomes[str(outcome)] += 1
+        try:
+            self._audit.record_outcome(
+                str(outcome),
+                target=target,
+                tag=tag,
+                sent=sent,
+                read_back=back,
+                decision_id=decision_id,
+                message=message,
+                mono=mono,
+                extra={"boot_id": self._boot_id},
+            )
+        except AuditError as exc:
+            # The write's decision row is committed; its outcome is lost with the disk. Writes
+            # stop (the audit is unhealthy) until the log records again.
+            log.error("audit unavailable: write outcome not recorded", target=target, error=str(exc))
+
+
+def _finite(v: Value) -> float | None:
+    """``v`` as a finite float if it is a number (not a bool), else None."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def _number(s: Sample) -> float | None:
+    """The sample's value as a finite float if it is GOOD and numeric, else None."""
+    return _finite(s.value) if s.quality.is_good else None
+
+
+def _code(d: GuardDecision) -> str:
+    """The first reason's code ("" when there is none), for counters."""
+    if not d.reasons:
+        return ""
+    try:
+        return str(Reason.of(d.reasons[0]))
+    except ValueError:
+        return "other"
