@@ -3,29 +3,33 @@
 ::
 
     sources (RunningSource per device) ─▶ TagTable ─▶ every cycle:
-        FeatureWindows ─▶ Scorer (off the loop) ─▶ AlarmEngine ─▶ HMI block (sink writes)
-        pump-energy rule ─▶ Guard ─▶ audit (committed) ─▶ setpoint write ─▶ verify by read-back
-        heartbeat, status word, systemd watchdog
+        FeatureWindows ─▶ Scorer (off the loop) ─▶ AlarmEngine
+        HmiWriter (agent.hmi): display blocks, heartbeat, status word
+        pump-energy rule ─▶ WriteBack (agent.writeback): Guard ─▶ audit ─▶ send ─▶ verify
+        systemd watchdog
+
+``Agent`` orchestrates; each job is a unit of its own with its own tests: the HMI writer, the
+write-back unit, the model runners (features, scorer), the alarm engine.
 
 Start-up builds everything that can fail on bad input first (models, bindings, audit), so a
-bad bundle or config stops the agent before it touches a PLC. Shutdown follows
-ARCHITECTURE.md, each step with a deadline: stop sources → drain scorers → the Guard refuses
-new writes (stopping) and the final HOLD is audited → flush and close the audit → close sinks.
-
-Write path invariants: a setpoint write is sent only after its audit row is committed; when
-the audit cannot be written, ``audit_ok`` is False and the Guard holds; a read-back that does
-not match what was written makes the Guard hold for that target until a later write verifies.
+bad bundle or config stops the agent before it touches a PLC. The pollers and the cycle loop
+run in one task group: a poller that dies is a fault of the agent, not something to run on
+without (the heartbeat and the watchdog stop with the cycle loop, so the PLC falls back and
+systemd restarts the service; the reason goes to the log and the audit, and ``run`` raises).
+Shutdown follows ARCHITECTURE.md, each step with a deadline: stop sources → drain scorers → the
+write-back unit refuses new writes (stopping) and the final HOLD is audited → the final status
+word → flush and close the audit → close sinks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import math
+import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,18 +39,22 @@ import structlog
 
 from agent.config import Config
 from agent.drivers import make_driver
-from agent.errors import AgentError, AuditError, DriverError, ModelError
+from agent.errors import AgentError, AuditError, ModelError
+from agent.hmi import HmiWriter, block_values, with_sources
 from agent.modelstore.binding import ModelBinding, check_binding
 from agent.ops import sdnotify
 from agent.ops.audit import AuditLog
+from agent.ops.host import boot_id
+from agent.ops.ownership import write_ownership
 from agent.pipeline.alarms import AlarmEngine, HmiBlock
 from agent.pipeline.detectors import Detector, make_detector
 from agent.pipeline.features import FeatureWindows
-from agent.pipeline.guard import Guard, GuardDecision, GuardInputs, HoldTracker
+from agent.pipeline.guard import Guard, GuardDecision
 from agent.pipeline.policy import PumpEnergyRule, StationState
 from agent.running import RunningSource
 from agent.tagtable import TagTable
-from agent.types import Action, Alarm, Quality, Recommendation, Sample, Score, Value, utcnow
+from agent.types import Alarm, Quality, Recommendation, Sample, Score, Value, utcnow
+from agent.writeback import WriteBack, WriteInputs, grid_for
 
 if TYPE_CHECKING:  # onnxruntime (~28 MB) is imported only when a model is configured
     from agent.modelstore.bundle import Bundle
@@ -134,18 +142,42 @@ class Agent:
         self.detectors: dict[tuple[str, str], Detector] = {
             (a.name, d.name): make_detector(d.detector) for a in config.assets for d in a.detectors
         }
-        self.guard = Guard(config.guard) if config.guard is not None else None
         self.rule = PumpEnergyRule(config.recommender) if config.recommender is not None else None
-        self.holds = HoldTracker()
         self.audit = AuditLog(config.audit_config())
+        self.hmi = HmiWriter(config, self.drivers, self._device_of, clock=clock)
+        self.writeback = self._build_writeback() if config.guard is not None else None
         self._state_file = config.agent.state_dir / "alarms.json"
-        self._written: dict[str, tuple[Value, float]] = {}
-        self._verify_ok: dict[str, bool] = {}
-        self._verify_retry: dict[str, tuple[float, float]] = {}  # target → (retry at, backoff s)
-        self._last_write: dict[str, float] = {}
-        self._heartbeat = 0
-        self._runners: list[RunningSource] = []
         self._reload_requested = False
+        self._source_failure: str | None = None
+        self._runners: list[RunningSource] = []
+
+    @property
+    def guard(self) -> Guard | None:
+        """The Guard (inside the write-back unit), or None when the config has no guard."""
+        return self.writeback.guard if self.writeback is not None else None
+
+    def _build_writeback(self) -> WriteBack:
+        cfg = self.config.guard
+        assert cfg is not None
+        grids, poll_s, sinks = {}, {}, {}
+        for t in cfg.targets:
+            for tag in (t.tag, t.recommendation_tag):
+                if tag is None:
+                    continue
+                dev, tag_cfg = self.config.tag(tag)
+                grids[tag] = grid_for(tag_cfg)
+                poll_s[tag] = dev.poll_interval_ms / 1000
+                sinks[tag] = self.drivers[dev.name]
+        return WriteBack(
+            Guard(cfg, grids),
+            sinks,
+            self.table,
+            self.audit,
+            grids=grids,
+            poll_s=poll_s,
+            clock=self._clock,
+            boot_id=boot_id(),
+        )
 
     # ------------------------------------------------------------------ start-up
 
@@ -201,9 +233,13 @@ class Agent:
     # ------------------------------------------------------------------ run
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set, then shut down in order. Raises on start-up errors."""
+        """Run until ``stop`` is set, then shut down in order. Raises on start-up errors, and
+        :class:`AgentError` when a poller died (after the orderly shutdown)."""
         self.config.agent.state_dir.mkdir(parents=True, exist_ok=True)
         self.audit.open()
+        if self.writeback is not None:
+            self.writeback.restore_credit()
+        self._write_ownership()
         await self._restore_alarms()
         self.audit.record_event(
             "start", f"agent {self.config.agent.name} starting", extra={"config": self.config_path}
@@ -212,30 +248,74 @@ class Agent:
             for drv in self.drivers.values():
                 await stack.enter_async_context(drv)
             stack.push_async_callback(self._close_audit)
-            sources = asyncio.create_task(self._run_sources(), name="sources")
             try:
-                await self._first_polls()
-                sdnotify.notify("READY=1", f"STATUS=polling {len(self.drivers)} devices")
-                await self._cycle_loop(stop)
+                async with asyncio.TaskGroup() as tg:
+                    self._runners = []
+                    for dev in self.config.devices:
+                        runner = RunningSource(
+                            self.drivers[dev.name], dev.poll_interval_ms / 1000, self.table.update
+                        )
+                        self._runners.append(runner)
+                        tg.create_task(self._supervised(runner), name=f"poll {dev.name}")
+                    tg.create_task(self._main(stop), name="cycle")
+            except* _Stopped:
+                pass
+            except* Exception as group:
+                # A poller died (or the cycle loop failed): the task group has already stopped
+                # the cycle loop, so the heartbeat and the watchdog are stopping with it.
+                self._source_failure = "; ".join(str(e) for e in group.exceptions)
+                log.critical("agent fault: stopping so that the PLC falls back", error=self._source_failure)
+                with contextlib.suppress(AuditError):
+                    self.audit.record_event("fault", f"agent fault: {self._source_failure}")
             finally:
-                # 1. stop sources
-                sources.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sources
-                sdnotify.notify("STOPPING=1")
-                # 2. drain scorers (bounded)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_STOP_DEADLINE_S):
-                        for m in self.models:
-                            await m.scorer.drain()
-                # 3. the Guard refuses new writes; record the final HOLD
-                self.stopping = True
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_STOP_DEADLINE_S):
-                        await asyncio.shield(self._final_decisions())
-                        await asyncio.shield(self._write_final_status())
-                self._save_alarms()
-            # 4. audit flushed and closed (callback), 5. sinks closed (exit stack)
+                await self._shutdown()
+        if self._source_failure is not None:
+            raise AgentError(f"agent stopped on a fault: {self._source_failure}")
+
+    async def _supervised(self, runner: RunningSource) -> None:
+        """A poller's loop; its end, for whatever reason, is a fault of the agent."""
+        name = runner.source.name
+        try:
+            await runner.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise AgentError(f"poller {name} died: {type(exc).__name__}: {exc}") from exc
+        raise AgentError(f"poller {name} ended")
+
+    async def _main(self, stop: asyncio.Event) -> None:
+        await self._first_polls()
+        sdnotify.notify("READY=1", f"STATUS=polling {len(self.drivers)} devices")
+        await self._cycle_loop(stop)
+        raise _Stopped  # ends the task group: the pollers are cancelled
+
+    async def _shutdown(self) -> None:
+        """Drain scorers, refuse and audit the final HOLD, show the final status (bounded)."""
+        sdnotify.notify("STOPPING=1")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_STOP_DEADLINE_S):
+                for m in self.models:
+                    await m.scorer.drain()
+        self.stopping = True
+        if self.writeback is not None:
+            self.writeback.stopping = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_STOP_DEADLINE_S):
+                if self.writeback is not None:
+                    await asyncio.shield(self.writeback.step(self._write_inputs(self._clock())))
+                self.view.status_word = self.status_word()
+                await asyncio.shield(self.hmi.write_final_status(self.view.status_word))
+        self._save_alarms()
+        self._write_ownership(stopped=True)
+
+    def _write_ownership(self, stopped: bool = False) -> None:
+        """Tell `edge-agent write` which setpoints this agent owns, in which mode."""
+        cfg = self.config.guard
+        owned = {} if stopped or cfg is None else {t.tag: cfg.mode for t in cfg.targets}
+        try:
+            write_ownership(self.config.agent.state_dir, owned, os.getpid())
+        except OSError as exc:
+            log.error("ownership file not written", error=str(exc))
 
     async def _first_polls(self) -> None:
         """Wait (bounded) for every source's first poll, so the first cycle sees data."""
@@ -250,13 +330,6 @@ class Agent:
         with contextlib.suppress(AuditError):
             self.audit.record_event("stop", f"agent {self.config.agent.name} stopped")
         self.audit.close()
-
-    async def _run_sources(self) -> None:
-        async with asyncio.TaskGroup() as tg:
-            for dev in self.config.devices:
-                runner = RunningSource(self.drivers[dev.name], dev.poll_interval_ms / 1000, self.table.update)
-                self._runners.append(runner)
-                tg.create_task(runner.run(), name=f"poll {dev.name}")
 
     async def _cycle_loop(self, stop: asyncio.Event) -> None:
         interval = self.config.agent.cycle_ms / 1000
@@ -335,8 +408,14 @@ class Agent:
         await self._evaluate_alarms(now, now_utc)
         await self._write_hmi(now)
         # The heartbeat before the setpoints: the PLC applies them only while it is alive.
-        await self._write_agent_status(now)
-        await self._decide_and_write(now)
+        self.view.status_word = self.status_word()
+        await self.hmi.write_agent_status(True, self.view.status_word, now)
+        if self.writeback is not None:
+            inputs = self._write_inputs(now)
+            self.view.recommendations = dict(inputs.recommendations)
+            self.view.decisions = await self.writeback.step(inputs)
+            self.view.writes = sum(self.writeback.outcomes.values()) - self.writeback.outcomes["not_sent"]
+            self.view.verify_failures = self.view.writes - self.writeback.outcomes["verified"]
         self.view.cycles += 1
         self.view.tags = self.table.snapshot(now=now)
         sdnotify.notify("WATCHDOG=1")
@@ -421,68 +500,19 @@ class Agent:
             self._save_alarms()
 
     async def _write_hmi(self, now: float) -> None:
+        blocks: dict[str, dict[str, Value]] = {}
         for a in self.config.assets:
-            block = self.alarms.hmi_block(a.name)
             shown = self._asset_values(a, now, fresh=False)  # the latest score, for display
-            fault = shown.get(a.fault_class_source) if a.fault_class_source else None
-            rul = shown.get(a.rul_source) if a.rul_source else None
-            block = dataclasses.replace(block, fault_class=int(fault) if fault is not None else 0, rul=rul)
+            block = with_sources(self.alarms.hmi_block(a.name), a, shown)
             self.view.hmi[a.name] = block
-            anomaly = shown.get(a.anomaly_source) if a.anomaly_source else None
-            values: dict[str, Value] = {
-                "alarm_word": block.alarm_word,
-                "unacked_word": block.unacked_word,
-                "shelved_word": block.shelved_word,
-                "alert_word": block.alert_word,
-                "highest_severity": block.highest_severity,
-                "active_count": block.active_count,
-                "first_out_code": block.first_out_code,
-                "fault_class": block.fault_class,
-                "anomaly_score": anomaly,
-                "rul": rul,
-            }
-            # One transaction per run of adjacent registers where the driver can (Modbus FC16),
-            # and the words last otherwise: an HMI that sees a new alarm bit finds its
-            # severity, count and first-out already written.
-            words = ("alarm_word", "unacked_word", "shelved_word", "alert_word")
-            items = [
-                (tag, values[f])
-                for f, tag in sorted(a.hmi.items(), key=lambda kv: kv[0] in words)
-                if values.get(f) is not None
-            ]
-            await self._write_displays(items, now)
-
-    async def _write_displays(self, items: list[tuple[str, Value]], now: float) -> None:
-        """Write HMI display values that changed (or are due for a refresh), per device in one
-        call where the driver supports it (``write_many``)."""
-        due: dict[str, list[tuple[str, Value]]] = {}
-        for tag, value in items:
-            last = self._written.get(tag)
-            if last is None or last[0] != value or now - last[1] >= self.config.hmi.refresh_s:
-                due.setdefault(self._device_of[tag], []).append((tag, value))
-        for device, batch in due.items():
-            driver = self.drivers[device]
-            try:
-                if len(batch) > 1 and hasattr(driver, "write_many"):
-                    await driver.write_many(batch)
-                else:
-                    for tag, value in batch:
-                        await driver.write(tag, value)
-            except DriverError as exc:
-                if any(self._written.get(tag, (None, 0.0))[1] != -1.0 for tag, _ in batch):
-                    log.warning("HMI write failed", tags=[t for t, _ in batch], error=str(exc))
-                for tag, _ in batch:
-                    self._written[tag] = (None, -1.0)  # failed: retried next cycle, logged once
-                continue
-            for tag, value in batch:
-                self._written[tag] = (value, now)
+            blocks[a.name] = block_values(block, a, shown)
+        await self.hmi.write_blocks(blocks, now)
 
     def _severity_by_asset(self) -> dict[str, int]:
         return {name: block.highest_severity for name, block in self.view.hmi.items()}
 
-    async def _decide_and_write(self, now: float) -> None:
-        if self.guard is None:
-            return
+    def _write_inputs(self, now: float) -> WriteInputs:
+        """This cycle's recommendations and what they were made from."""
         recs: dict[str, Recommendation] = {}
         qualities: dict[str, Quality] = {}
         inputs_mono: float | None = None
@@ -500,97 +530,8 @@ class Agent:
             )
             for r in self.rule.recommend(state, now):
                 recs[r.target_tag] = r
-        self.view.recommendations = recs
         healthy = all(m.scorer.healthy for m in self.models)
-        for target, t in self.guard.targets.items():
-            decision = self.guard.decide(
-                target,
-                GuardInputs(
-                    now=now,
-                    recommendation=recs.get(target),
-                    permissive=self.table.get(self.guard.config.permissive_tag, now),
-                    readback=self.table.get(t.tag, now),
-                    input_qualities=qualities,
-                    inputs_mono=inputs_mono,
-                    model_healthy=healthy,
-                    audit_ok=self.audit.healthy,
-                    stopping=self.stopping,
-                    last_verify_ok=self._verify_ok.get(target, True) or now >= self._verify_retry[target][0],
-                    last_write_at=self._last_write.get(target),
-                ),
-            )
-            self.view.decisions[target] = decision
-            await self._apply(target, decision, qualities, now)
-
-    async def _apply(
-        self, target: str, d: GuardDecision, qualities: Mapping[str, Quality], now: float
-    ) -> None:
-        if self.holds.observe(d):
-            try:
-                # Committed before the write is sent (the write waits for this to return).
-                await asyncio.to_thread(
-                    self.audit.record_decision,
-                    d.decision,
-                    target=target,
-                    tag=d.write_tag,
-                    qualities=qualities,
-                    mono=now,
-                )
-            except AuditError as exc:
-                log.error("audit unavailable: automatic writes stop", error=str(exc))
-                return
-            if d.action is Action.HOLD:
-                log.info("hold", target=target, reasons=list(d.reasons))
-        if not d.writes or d.write_tag is None or d.applied_value is None:
-            return
-        if not self.audit.healthy:
-            return
-        tag, value = d.write_tag, d.applied_value
-        try:
-            back = await self.drivers[self._device_of[tag]].write(tag, value)
-        except DriverError as exc:
-            log.warning("setpoint write failed", tag=tag, error=str(exc))
-            self._verify_failed(target, now)
-            return
-        self._last_write[target] = now
-        self.view.writes += 1
-        ok = isinstance(back, int | float) and math.isclose(float(back), value, rel_tol=1e-6, abs_tol=1e-3)
-        if ok:
-            self._verify_ok[target] = True
-            self._verify_retry.pop(target, None)
-            return
-        self.view.verify_failures += 1
-        retry_in = self._verify_failed(target, now)
-        log.warning(
-            "read-back mismatch: holding", tag=tag, written=value, read_back=back, retry_in_s=retry_in
-        )
-        with contextlib.suppress(AuditError):
-            self.audit.record_event("verify_mismatch", f"{tag}: wrote {value}, read back {back}")
-
-    def _verify_failed(self, target: str, now: float) -> float:
-        """Hold the target; one retry after a backoff that doubles per failure (5 s .. 5 min).
-
-        The PLC is the authority: it may refuse an external setpoint (permissive just dropped,
-        heartbeat not yet seen, its own clamp). Holding until a retry keeps the agent from
-        fighting it, and lets it resume once the PLC accepts again.
-        """
-        _, backoff = self._verify_retry.get(target, (0.0, 2.5))
-        backoff = min(300.0, backoff * 2)
-        self._verify_ok[target] = False
-        self._verify_retry[target] = (now + backoff, backoff)
-        return backoff
-
-    async def _write_final_status(self) -> None:
-        """Show "stopping" (running off) on the HMI; the heartbeat stops, so the PLC falls back."""
-        if self.config.hmi.status_tag is None:
-            return
-        self.view.status_word = self.status_word()
-        await self._write_displays([(self.config.hmi.status_tag, self.view.status_word)], self._clock())
-
-    async def _final_decisions(self) -> None:
-        if self.guard is None:
-            return
-        await self._decide_and_write(self._clock())
+        return WriteInputs(recs, qualities, inputs_mono, healthy)
 
     def status_word(self) -> int:
         lost = [
@@ -603,10 +544,14 @@ class Agent:
             f"{name}: {w}" for name, drv in self.drivers.items() if (w := getattr(drv, "cert_warning", None))
         ]
         models_ok = all(m.scorer.healthy for m in self.models)
-        holding = any(d.action is Action.HOLD for d in self.view.decisions.values())
+        holding = self.writeback is not None and bool(self.writeback.holding())
         flags = {
             "running": not self.stopping,
-            "degraded": bool(lost) or not models_ok or not self.audit.healthy or bool(self.view.warnings),
+            "degraded": bool(lost)
+            or not models_ok
+            or not self.audit.healthy
+            or bool(self.view.warnings)
+            or self._source_failure is not None,
             "models_healthy": models_ok,
             "writes_enabled": self.guard is not None and self.guard.config.writes_enabled,
             "auto": self.guard is not None and self.guard.config.mode == "auto",
@@ -619,13 +564,6 @@ class Agent:
             word |= 1 << (_DEVICE_LOST_BIT0 + i)
         return word
 
-    async def _write_agent_status(self, now: float) -> None:
-        hmi = self.config.hmi
-        self.view.status_word = self.status_word()
-        items: list[tuple[str, Value]] = []
-        if hmi.heartbeat_tag is not None:
-            self._heartbeat = (self._heartbeat + 1) % 65536
-            items.append((hmi.heartbeat_tag, self._heartbeat))
-        if hmi.status_tag is not None:
-            items.append((hmi.status_tag, self.view.status_word))
-        await self._write_displays(items, now)
+
+class _Stopped(Exception):
+    """Raised by the cycle task when ``stop`` is set, to end the task group (and the pollers)."""

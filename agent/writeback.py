@@ -50,7 +50,9 @@ from typing import Any, Protocol
 
 import structlog
 
+from agent.config import AnyTag, ModbusTag
 from agent.configbase import Purpose
+from agent.drivers.modbus_codec import DataType
 from agent.errors import AuditError, DriverError, ReadBackFailed, WriteRefused, WriteUnconfirmed
 from agent.pipeline.guard import (
     Guard,
@@ -72,6 +74,7 @@ __all__ = [
     "TableView",
     "WriteBack",
     "WriteInputs",
+    "grid_for",
 ]
 
 log = structlog.get_logger("agent.writeback")
@@ -560,6 +563,18 @@ class WriteBack:
             # The write's decision row is committed; its outcome is lost with the disk. Writes
             # stop (the audit is unhealthy) until the log records again.
             log.error("audit unavailable: write outcome not recorded", target=target, error=str(exc))
+
+
+def grid_for(tag: AnyTag) -> Grid:
+    """The values ``tag``'s register can hold: its scale's steps for an integer register, the
+    float32 numbers for an unscaled single-precision one, any float otherwise."""
+    if not isinstance(tag, ModbusTag):
+        return CONTINUOUS
+    if tag.resolution is not None:
+        return Grid(step=tag.resolution, offset=tag.offset)
+    if tag.type is DataType.FLOAT32 and tag.scale == 1.0 and tag.offset == 0.0:
+        return Grid(float32=True)
+    return CONTINUOUS
 
 
 def _finite(v: Value) -> float | None:

@@ -30,8 +30,11 @@ Concurrency: everything runs on one event loop; nothing here awaits.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,6 +104,7 @@ class Plc:
         self.sim_time_s = 0.0
         self.write_log: deque[WriteLogEntry] = deque(maxlen=write_log_limit)
         self.write_log_dropped = 0
+        self._write_log_fd: int | None = None
         self.events: deque[PlcEvent] = deque(maxlen=10_000)
         #: called with (pump, code); returns None when done or an error text
         self.on_fault_command: Callable[[int, int], str | None] | None = None
@@ -225,6 +229,17 @@ class Plc:
         )
         return result
 
+    def log_writes_to(self, path: str | os.PathLike[str]) -> None:
+        """Also append every write-log entry to ``path`` as one JSON line, written (O_APPEND,
+        unbuffered) as the write arrives, so that a test that kills processes loses nothing."""
+        self.close_write_log()
+        self._write_log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def close_write_log(self) -> None:
+        if self._write_log_fd is not None:
+            os.close(self._write_log_fd)
+            self._write_log_fd = None
+
     def log_write(
         self,
         *,
@@ -238,20 +253,33 @@ class Plc:
         """Append a write-log entry (servers call this for writes refused before the PLC rules)."""
         if len(self.write_log) == self.write_log.maxlen:
             self.write_log_dropped += 1
-        self.write_log.append(
-            WriteLogEntry(
-                wall_time=datetime.now(UTC),
-                sim_time_s=self.sim_time_s,
-                protocol=protocol,
-                address=address,
-                tag=tag,
-                raw=raw,
-                value=value,
-                accepted=result.accepted,
-                applied=result.applied,
-                reason=result.reason,
-            )
+        entry = WriteLogEntry(
+            wall_time=datetime.now(UTC),
+            sim_time_s=self.sim_time_s,
+            protocol=protocol,
+            address=address,
+            tag=tag,
+            raw=raw,
+            value=value,
+            accepted=result.accepted,
+            applied=result.applied,
+            reason=result.reason,
         )
+        self.write_log.append(entry)
+        if self._write_log_fd is not None:
+            line = {
+                "wall_time": entry.wall_time.isoformat(),
+                "mono": time.monotonic(),
+                "sim_time_s": entry.sim_time_s,
+                "protocol": protocol,
+                "address": address,
+                "tag": tag,
+                "value": value,
+                "accepted": result.accepted,
+                "applied": result.applied,
+                "reason": result.reason,
+            }
+            os.write(self._write_log_fd, (json.dumps(line, default=str) + "\n").encode())
 
     def _write(self, name: str, value: Value) -> WriteResult:
         entry = self._entries.get(name)

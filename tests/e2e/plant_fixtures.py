@@ -172,7 +172,7 @@ def opcua_test_config(
     tags = []
     for t in modbus["tags"]:
         tag: dict[str, Any] = {"name": t["name"], "node_id": f"nsu={NAMESPACE_URI};s={t['name']}"}
-        for key in ("engineering_unit", "range", "access"):
+        for key in ("engineering_unit", "range", "access", "purpose"):
             if key in t:
                 tag[key] = copy.deepcopy(t[key])
         tags.append(tag)

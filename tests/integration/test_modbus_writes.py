@@ -97,9 +97,10 @@ async def test_a_write_for_another_purpose_is_refused_before_anything_is_sent() 
 
 async def test_a_tag_without_a_declared_purpose_is_never_written() -> None:
     async with ModbusTestServer() as srv:
-        tag = hr("w", 5)
-        del tag["purpose"]
-        async with ModbusDriver(device(srv.port, [tag])) as drv:
+        # The config refuses such a tag; the driver refuses it too (a config built another way)
+        dev = device(srv.port, [hr("w", 5)])
+        dev = dev.model_copy(update={"tags": [dev.tags[0].model_copy(update={"purpose": None})]})
+        async with ModbusDriver(dev) as drv:
             with pytest.raises(WriteRefused, match=r"w \(40006\) is declared for no purpose"):
                 await drv.write("w", 1, purpose="display")
         assert srv.faults.requests == []
@@ -327,8 +328,12 @@ async def test_read_modify_write_reads_sets_the_bit_and_writes_the_register() ->
 async def test_a_bit_without_a_declared_way_to_write_it_is_refused(
     bit_write: str | None, units: list[int], reason: str
 ) -> None:
+    """The config refuses both; the driver refuses them too (a device built another way)."""
     async with ModbusTestServer() as srv:
-        async with ModbusDriver(device(srv.port, [bit_tag(bit_write)], mask_write_units=units)) as drv:
+        dev = device(srv.port, [bit_tag("read_modify_write")])
+        flag = dev.tags[0].model_copy(update={"bit_write": bit_write})
+        dev = dev.model_copy(update={"tags": [flag], "mask_write_units": units})
+        async with ModbusDriver(dev) as drv:
             with pytest.raises(WriteRefused, match=reason):
                 await drv.write("flag", True, purpose="command")
         assert srv.faults.requests == []
@@ -345,7 +350,7 @@ async def test_read_issues_one_request_for_the_tag_now_and_never_raises_for_the_
         tags = [
             hr("sp", 10, "float32", word_order="CDAB"),
             hr("near", 12),  # would be merged with sp by a poll
-            bit_tag(None),
+            bit_tag("read_modify_write"),
             coil("c", 3),
             {"name": "hole", "table": "holding", "address": 55, "type": "uint16"},
             {"name": "gone", "unit": 2, "table": "holding", "address": 0, "type": "uint16"},

@@ -73,10 +73,10 @@ devices:
 {hmi_tags}
 assets:
   - name: pump1
-    anomaly_source: pca.t2
-    fault_class_source: mlp.class
-    rul_source: rul.hours
-    values: {{vib: P1.Vib}}
+    anomaly_source: t2
+    fault_class_source: klass
+    rul_source: hours
+    values: {{vib: P1.Vib, t2: P1.Vib, klass: P1.Vib, hours: P1.Vib}}
     hmi:
 """
         + "".join(f"      {f}: {tag}\n" for f, tag in fields)
@@ -135,7 +135,7 @@ def _block(**kw: int) -> HmiBlock:
     return HmiBlock(**base)  # type: ignore[arg-type]
 
 
-SHOWN = {"pca.t2": 12.5, "mlp.class": 2.0, "rul.hours": 410.0}
+SHOWN = {"t2": 12.5, "klass": 2.0, "hours": 410.0}
 
 
 # ---------------------------------------------------------------------------- block values
@@ -171,7 +171,7 @@ def test_block_values_take_sources_from_the_asset(tmp_path: Path) -> None:
 
 def test_unknown_sources_are_not_made_up(tmp_path: Path) -> None:
     asset = _config(tmp_path).assets[0]
-    values = block_values(_block(), asset, {"pca.t2": None, "mlp.class": math.nan})
+    values = block_values(_block(), asset, {"t2": None, "klass": math.nan})
     assert values["anomaly_score"] is None and values["rul"] is None
     assert values["fault_class"] == 0  # an integer code: unknown shows "no class"
     no_sources = asset.model_copy(
@@ -187,7 +187,7 @@ def test_unknown_sources_are_not_made_up(tmp_path: Path) -> None:
 async def test_block_written_details_first_words_last(tmp_path: Path) -> None:
     cfg = _config(tmp_path, words_first_in_yaml=True)
     writer, _, calls = _writer(cfg)
-    values = block_values(_block(), cfg.assets[0], {"pca.t2": 12.5})  # no RUL: not written
+    values = block_values(_block(), cfg.assets[0], {"t2": 12.5})  # no RUL: not written
     await writer.write_blocks({"pump1": values}, now=0.0)
     assert len(calls) == 1
     device, purpose, items = calls[0]
@@ -375,7 +375,10 @@ async def test_final_status_written_even_unchanged_without_a_beat(tmp_path: Path
 
 
 async def test_no_hmi_tags_writes_nothing(tmp_path: Path) -> None:
-    cfg = parse_config(f"agent: {{state_dir: {tmp_path}}}\n")
+    cfg = parse_config(
+        f"agent: {{state_dir: {tmp_path}}}\n"
+        "devices: [{name: plc, protocol: modbus_tcp, host: 127.0.0.1, tags: []}]\n"
+    )
     writer = HmiWriter(cfg, {}, {})
     await writer.write_blocks({}, now=0.0)
     await writer.write_agent_status(True, 1, now=0.0)

@@ -24,7 +24,9 @@ the unit intact, and the same invariants catch a violation when that one step is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -676,3 +678,187 @@ def test_the_property_writes_often() -> None:
     assert writes > 60
     assert {"verified", "timed_out", "refused", "mismatch"} <= seen
 
+
+
+# --------------------------------------------------------------------------- guards around the unit
+#
+# Two of the named guards live outside the write-back unit: the config loader's alias refusal
+# (no display, heartbeat, status or recommendation tag may be a setpoint by name or by
+# overlapping registers) and the supervision of the pollers (a source that dies stops the agent,
+# and with it the heartbeat). Each is shown needed the same way: intact, the scenario is safe;
+# removed, what reaches the PLC breaks the rule.
+
+NAMED_GUARDS = (
+    "alias refusal",
+    "send-time stamping",
+    "post-reply read",
+    "confirmation",
+    "restart credit",
+    "max_step",
+    "TTL recheck",
+    "permissive recheck",
+    "quantization",
+    "supervision",
+    "possibly applied",
+)
+
+
+def test_the_named_guards_are_all_proven() -> None:
+    assert set(NAMED_GUARDS) == {*GUARDS, "alias refusal", "supervision"}
+
+
+ALIASED = """
+agent: {{state_dir: {state}, cycle_ms: 1000}}
+devices:
+  - name: plc
+    protocol: modbus_tcp
+    host: 127.0.0.1
+    tags:
+      - {{name: Station.Permissive, table: coil, address: 0, type: bool}}
+      - {{name: Station.Level, table: input, address: 0, type: float32}}
+      - {{name: Pump1.SpeedSetpoint, table: holding, address: 120, type: float32, access: read-write,
+          purpose: setpoint, range: [0, 3200]}}
+      - {{name: Station.AgentStatus, table: holding, address: 120, type: uint16, access: read-write,
+          purpose: status}}
+hmi: {{status_tag: Station.AgentStatus}}
+guard:
+  writes_enabled: true
+  mode: auto
+  permissive_tag: Station.Permissive
+  allow_list: [Pump1.SpeedSetpoint]
+  targets:
+    - {{tag: Pump1.SpeedSetpoint, min: 1500, max: 2950, rate_per_min: 600, max_input_age_s: 5}}
+"""
+
+
+class RegisterPlc:
+    """A fake PLC at the driver seam that knows which registers each tag occupies."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.setpoint_registers = {
+            ("holding", r)
+            for t in config.guard.targets
+            for _, tag in [config.tag(t.tag)]
+            for r in range(tag.address, tag.address + tag.register_count)
+        }
+        self.violations: list[str] = []
+
+    async def write_many(self, items: Any, *, purpose: str) -> dict[str, Value]:
+        for name, value in items:
+            _, tag = self.config.tag(name)
+            regs = {(tag.table, r) for r in range(tag.address, tag.address + tag.register_count)}
+            if purpose != "setpoint" and regs & self.setpoint_registers:
+                self.violations.append(f"{purpose} write of {value} to {name} landed on a setpoint register")
+        return {name: value for name, value in items}
+
+
+def _alias_outcome(tmp_path: Any) -> str:
+    from agent.config import parse_config
+    from agent.errors import ConfigError
+    from agent.hmi import HmiWriter
+
+    try:
+        cfg = parse_config(ALIASED.format(state=tmp_path))
+    except ConfigError:
+        return "safe"  # refused at load: nothing runs
+    plc = RegisterPlc(cfg)
+    writer = HmiWriter(cfg, {"plc": plc}, {t.name: "plc" for _, t in cfg.iter_tags()})
+    asyncio.run(writer.write_agent_status(True, 0b1011, now=0.0))
+    return f"violation: {plc.violations}" if plc.violations else "safe"
+
+
+def test_alias_refusal_is_needed(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import agent.config as config_module
+
+    assert _alias_outcome(tmp_path) == "safe"
+    monkeypatch.setattr(config_module, "_overlap", lambda a, b: None)
+    assert _alias_outcome(tmp_path).startswith("violation")
+
+
+SUPERVISED = """
+agent: {{state_dir: {state}, cycle_ms: 50}}
+devices:
+  - name: plc
+    protocol: modbus_tcp
+    host: 127.0.0.1
+    poll_interval_ms: 50
+    tags:
+      - {{name: Station.Level, table: input, address: 0, type: float32}}
+      - {{name: Agent.Heartbeat, table: holding, address: 0, type: uint16, access: read-write, purpose: heartbeat}}
+      - {{name: Agent.Status, table: holding, address: 1, type: uint16, access: read-write, purpose: status}}
+hmi: {{heartbeat_tag: Agent.Heartbeat, status_tag: Agent.Status}}
+"""
+
+
+class DyingDriver:
+    """A driver whose poll fails with a bug after a few polls; it logs every HMI write."""
+
+    name = "plc"
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.polls = 0
+        self.died_at: float | None = None
+        self.writes: list[tuple[float, str, Value]] = []
+
+    async def __aenter__(self) -> DyingDriver:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def poll(self, deadline: float) -> list[Sample]:
+        self.polls += 1
+        await asyncio.sleep(0.01)
+        if self.polls > 3:
+            self.died_at = self.clock()
+            raise RuntimeError("driver bug")
+        return [Sample("Station.Level", 3.0, Quality.good(), T0, self.clock())]
+
+    async def write_many(self, items: Any, *, purpose: str) -> dict[str, Value]:
+        for name, value in items:
+            self.writes.append((self.clock(), name, value))
+        return {name: value for name, value in items}
+
+    def unit_status(self) -> list[Any]:
+        return []
+
+
+def _supervision_outcome(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    import agent.runtime as runtime
+    from agent.config import parse_config
+    from agent.errors import AgentError
+
+    cfg = parse_config(SUPERVISED.format(state=tmp_path))
+    driver = DyingDriver(time.monotonic)
+    monkeypatch.setattr(runtime, "make_driver", lambda device: driver)
+    agent = runtime.Agent(cfg, config_path=tmp_path / "agent.yaml")
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        await asyncio.sleep(1.0)
+        stop.set()
+        with contextlib.suppress(AgentError):
+            await task
+
+    asyncio.run(go())
+    assert driver.died_at is not None
+    beats = [t for t, name, _ in driver.writes if name == "Agent.Heartbeat" and t > driver.died_at + 0.2]
+    return f"violation: {len(beats)} heartbeats after the poller died" if beats else "safe"
+
+
+def test_supervision_is_needed(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import agent.runtime as runtime
+
+    assert _supervision_outcome(tmp_path / "a", monkeypatch) == "safe"
+
+    async def unsupervised(self: Any, runner: Any) -> None:
+        # the old shape: a poller outside the task tree, its death unnoticed
+        with contextlib.suppress(Exception):
+            await runner.run()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(runtime.Agent, "_supervised", unsupervised)
+    assert _supervision_outcome(tmp_path / "b", monkeypatch).startswith("violation")
