@@ -249,6 +249,9 @@ async def _write(cfg: Config, tag_name: str, value: Value, purpose: Purpose, use
         except AuditError as exc:
             raise WriteRefused(f"not written: the audit log cannot record it ({exc})") from None
         detail: dict[str, Any] = {"attempt": attempt, "tag": tag_name, "value": value, "user": user}
+        if isinstance(tag, ModbusTag) and tag.bit_write is not None:
+            # a bit inside a holding register: say how it was changed (RMW is not atomic)
+            detail["method"] = "FC22 mask write" if tag.bit_write == "mask" else "read-modify-write"
         try:
             async with make_driver(dev) as driver:
                 back = await driver.write(tag_name, value, purpose=purpose)

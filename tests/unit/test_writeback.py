@@ -504,6 +504,18 @@ def test_holds_are_deduplicated_by_reason_code() -> None:
     assert "not settled" in str(h.wb.decisions[SP].reasons)
 
 
+def test_a_hold_whose_audit_insert_failed_is_audited_when_the_log_is_back() -> None:
+    """The permissive drops while the disk is full: that HOLD is not lost, it is recorded on
+    the first cycle the audit log can commit again (and writes resume only after it)."""
+    script = [*ramp(3), *ramp(2, perm=False, audit_fail=True), *ramp(2, perm=False), *ramp(3)]
+    h = run(script)
+    holds = [r for r in h.audit.rows if r.kind == "decision" and r.action == "HOLD"]
+    perm_holds = [r for r in holds if r.mono > 1004.0]
+    assert perm_holds, "the hold during the outage was never audited"
+    first_write_after = min(r.t for r in h.plc.received if r.t > 1006.0)
+    assert perm_holds[0].mono < first_write_after
+
+
 def test_audit_rows_carry_origin_and_outcome() -> None:
     h = run(ramp(4))
     writes = [r for r in h.audit.rows if r.kind == "decision" and r.action in ("WRITE", "CLAMP")]
