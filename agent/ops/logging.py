@@ -12,7 +12,8 @@
 * A closed stderr never stops the agent: when journald restarts (or the reader of a pipe
   exits) the write fails with ``BrokenPipeError``; the log stream then discards what follows
   instead of raising into whatever was logging, and points the descriptor at ``/dev/null`` so
-  that nothing else in the process (the interpreter's flush at exit included) trips on it.
+  that nothing else in the process trips on it (a ``print(..., file=sys.stderr)`` of the CLI,
+  the interpreter's flush at exit).
 
 Context: :class:`agent.running.RunningSource` binds ``device`` for everything logged while it
 polls (contextvars: per task); modules bind ``unit``, ``tag``, ``asset`` and ``model`` where
@@ -145,7 +146,7 @@ class _TolerantStream(io.TextIOBase):
 
     The first ``BrokenPipeError`` (or a reset connection: journald's stream socket) makes it
     discard everything after, and points the descriptor at ``/dev/null`` so that other writers
-    of the same descriptor (the interpreter flushing ``sys.stderr`` at exit) do not fail either.
+    of the same descriptor (``print(..., file=sys.stderr)``, the flush at exit) do not fail.
     """
 
     def __init__(self, raw: TextIO) -> None:
