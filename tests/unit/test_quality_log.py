@@ -241,3 +241,63 @@ def test_the_hot_path_costs_well_under_a_microsecond_per_tag() -> None:
             best = _per_tag_cost(ql, polls)
         assert len(logs) == (0 if polls[0] is good else 1)
         assert best < 1e-6, f"{best * 1e9:.0f} ns per tag"
+
+
+async def test_the_modbus_driver_s_reasons_make_one_line_per_cause() -> None:
+    """The real driver against a real server: a unit that goes silent (timeouts, then its
+    breaker skipping it and probing it, each with its own text), comes back, then the whole
+    device going away (reconnect attempts with a countdown in the reason). Every poll has a
+    reason; the log has a line per change of cause."""
+    from agent.config import ModbusTcpDevice
+    from agent.drivers.modbus import ModbusDriver
+    from tests.modbus_server import ModbusTestServer
+
+    seen: list[dict[str, str]] = []
+
+    def sink(samples: Sequence[Sample]) -> None:
+        seen.append({s.tag: s.quality.reason for s in samples})
+
+    with capture_logs() as logs:
+        async with ModbusTestServer(units=[1, 2]) as srv:
+            dev = ModbusTcpDevice.model_validate(
+                {
+                    "name": "plc1",
+                    "protocol": "modbus_tcp",
+                    "host": "127.0.0.1",
+                    "port": srv.port,
+                    "units": [1, 2],
+                    "timeout_ms": 60,
+                    "poll_interval_ms": 100,
+                    "breaker": {"failures": 2, "backoff_ms": 150, "backoff_max_ms": 300},
+                    "tags": [
+                        {"name": "u1", "unit": 1, "table": "holding", "address": 0, "type": "uint16"},
+                        {"name": "u2", "unit": 2, "table": "holding", "address": 0, "type": "uint16"},
+                    ],
+                }
+            )
+            async with ModbusDriver(dev) as drv:
+                runner = RunningSource(drv, 0.1, sink)
+                task = asyncio.create_task(runner.run())
+                await asyncio.sleep(0.3)
+                srv.faults.silent_units.add(2)
+                await asyncio.sleep(2.0)
+                srv.faults.silent_units.discard(2)
+                await asyncio.sleep(0.6)
+                await srv.stop()
+                await asyncio.sleep(2.0)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+    lines = [e for e in logs if e["event"].startswith(("tag ", "tags "))]
+    u2_reasons = {r["u2"] for r in seen if r.get("u2")}
+    assert any("timeout" in r for r in u2_reasons) and any("skipped until retry" in r for r in u2_reasons)
+    assert sum("next attempt in" in r.get("u1", "") for r in seen) >= 5  # a countdown, poll after poll
+    u2 = [(e["event"], e.get("reason", "")) for e in _about(lines, "u2")]
+    assert u2[0][0] == "tag BAD" and "timeout" in u2[0][1]
+    assert u2[1][0] == "tag recovered"
+    u1 = [(e["event"], e.get("reason", "")) for e in _about(lines, "u1")]
+    # the device going away: the connection lost, then refused (another cause) at most
+    assert 1 <= len(u1) <= 2 and all(event.endswith("BAD") for event, _ in u1)
+    assert 2 <= len(u2) <= 4
+    for a, b in itertools.pairwise(u1):
+        assert not same_cause(a[1], b[1])
