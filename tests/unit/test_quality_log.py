@@ -16,8 +16,11 @@ import pytest
 import structlog
 from structlog.testing import LogCapture, capture_logs
 
+from agent.config import ModbusTcpDevice
+from agent.drivers.modbus import ModbusDriver
 from agent.running import Backoff, CircuitBreaker, QualityLog, RunningSource, same_cause
 from agent.types import Quality, Sample
+from tests.modbus_server import ModbusTestServer
 
 G = Quality.good()
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -248,10 +251,6 @@ async def test_the_modbus_driver_s_reasons_make_one_line_per_cause() -> None:
     breaker skipping it and probing it, each with its own text), comes back, then the whole
     device going away (reconnect attempts with a countdown in the reason). Every poll has a
     reason; the log has a line per change of cause."""
-    from agent.config import ModbusTcpDevice
-    from agent.drivers.modbus import ModbusDriver
-    from tests.modbus_server import ModbusTestServer
-
     seen: list[dict[str, str]] = []
 
     def sink(samples: Sequence[Sample]) -> None:
