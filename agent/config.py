@@ -358,7 +358,8 @@ Device = Annotated[AnyDevice, Field(discriminator="protocol")]
 class AgentSection(FrozenModel):
     name: str = "edge-agent"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["console", "json"] = "console"
+    log_format: Literal["auto", "console", "json"] = "auto"
+    """``auto``: JSON lines when stderr is not a terminal (journald), the console on one."""
     state_dir: Path = Path("/var/lib/edge-agent")
     """The audit log, alarm state and ownership file (relative: to the working directory). It
     need not exist yet; a path that exists and is not a directory is refused."""
