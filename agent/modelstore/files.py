@@ -36,11 +36,14 @@ from typing import Final, Self
 from agent.errors import ModelError
 
 __all__ = [
+    "FILE_NAME",
     "MAX_FILE_BYTES",
     "MAX_METADATA_BYTES",
     "MAX_MODEL_BYTES",
+    "NOT_PLAIN",
     "BundleDir",
     "check_file_name",
+    "is_plain_file_name",
 ]
 
 MAX_METADATA_BYTES: Final = 1 << 20
@@ -72,21 +75,29 @@ def _kind(mode: int) -> str:
     for test, name in _KINDS:
         if test(mode):
             return name
-    return f"not a regular file (mode {stat.filemode(mode)})"
+    return f"an entry of mode {stat.filemode(mode)}"
 
 
 def _size(n: int) -> str:
     return f"{n >> 20} MiB" if n and n % (1 << 20) == 0 else f"{n} bytes"
 
 
+NOT_PLAIN: Final = (
+    "is not a plain file name inside the bundle (ASCII letters, digits, '.', '_', '-'; no '/', no '..')"
+)
+"""How a refused file name is described (the manifest's validation says the same)."""
+
+
+def is_plain_file_name(name: str) -> bool:
+    """True for one plain path component of at most 128 ASCII characters (:data:`FILE_NAME`)."""
+    return len(name) <= _NAME_MAX and _FILE_NAME.fullmatch(name) is not None
+
+
 def check_file_name(name: str, where: str) -> None:
     """Refuse a name that is not one plain component inside the bundle (``where`` names the
     bundle in the message)."""
-    if len(name) > _NAME_MAX or _FILE_NAME.fullmatch(name) is None:
-        raise ModelError(
-            f"{where}: file name {name!r} is not a plain file name inside the bundle "
-            "(letters, digits, '.', '_', '-'; no '/', no '..'): refused"
-        )
+    if not is_plain_file_name(name):
+        raise ModelError(f"{where}: file name {name!r} {NOT_PLAIN}: refused")
 
 
 class BundleDir:

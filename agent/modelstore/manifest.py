@@ -40,14 +40,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.errors import ModelError
-from agent.modelstore.files import FILE_NAME, MAX_METADATA_BYTES, BundleDir
+from agent.modelstore.files import MAX_METADATA_BYTES, NOT_PLAIN, BundleDir, is_plain_file_name
 
 __all__ = [
     "MANIFEST_FILE",
@@ -81,8 +80,6 @@ Dim = int | str
 _NAME = r"^[a-z0-9][a-z0-9._\-]*$"
 _ROLE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _SHA256 = r"^[0-9a-f]{64}$"
-# A bundle file is a plain name inside the bundle directory: no separators, no "..".
-_FILE = rf"^{FILE_NAME}$"
 
 
 class _Frozen(BaseModel):
@@ -245,12 +242,20 @@ class Variant(_Frozen):
     CPU with VNNI/dot-product may be slower than FP32 on one without.
     """
 
-    file: Annotated[str, Field(pattern=_FILE, max_length=128)]
+    file: str
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     sha256: Annotated[str, Field(pattern=_SHA256)]
     size: Annotated[int, Field(ge=0)]
     cpu_features: tuple[str, ...] = ()
     note: str = ""
+
+    @field_validator("file")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        # A bundle file is a plain name inside the bundle directory: no separators, no "..".
+        if not is_plain_file_name(value):
+            raise ValueError(f"{value!r} {NOT_PLAIN}")
+        return value
 
 
 class FileHash(_Frozen):
@@ -306,8 +311,10 @@ class Manifest(_Frozen):
         if dup:
             raise ValueError(f"files listed twice: {', '.join(dup)}")
         for n in self.files:
-            if re.fullmatch(FILE_NAME, n) is None or n == MANIFEST_FILE:
-                raise ValueError(f"files: {n!r} is not a plain file name in the bundle (or is the manifest)")
+            if not is_plain_file_name(n):
+                raise ValueError(f"files: {n!r} {NOT_PLAIN}")
+            if n == MANIFEST_FILE:
+                raise ValueError(f"files: {n!r} is the manifest itself")
         return self
 
     @property
