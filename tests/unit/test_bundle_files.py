@@ -341,18 +341,6 @@ def test_the_signature_bytes_are_part_of_the_fingerprint(tmp_path: Path) -> None
     assert after.fingerprint != before.fingerprint
 
 
-def test_signing_replaces_a_linked_signature_instead_of_writing_through_it(tmp_path: Path) -> None:
-    bundle = signed_copy(tmp_path)
-    victim = tmp_path / "victim.txt"
-    victim.write_text("keep me\n")
-    (bundle / "signature.json").unlink()
-    (bundle / "signature.json").symlink_to(victim)
-    sign_bundle(bundle, DEV_KEY)
-    assert victim.read_text() == "keep me\n"
-    assert not (bundle / "signature.json").is_symlink()
-    assert load(bundle).signature.state == "signed"
-
-
 def test_load_manifest_reads_the_same_way(tmp_path: Path) -> None:
     bundle = signed_copy(tmp_path)
     assert load_manifest(bundle).ident == "pca-pump v1"
