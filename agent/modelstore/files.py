@@ -16,7 +16,9 @@ directory once and reads every file relative to that directory handle:
   before any byte is read, and enforced while reading: at most the ``fstat`` size plus one
   byte is ever read, so a file that grows or lies about its size is refused, not slurped.
 
-The bytes returned are the only copy: the caller hashes them and gives the same bytes to
+A hard link is not refused: it is the file itself (same inode, same bytes, checked against
+the signed manifest like any other), and a store may share identical files between versions
+that way. The bytes returned are the only copy: the caller hashes them and gives the same bytes to
 onnxruntime (no second open between check and use). The bundle directory itself may be
 reached through a symbolic link (the model store's ``current`` is one); only its entries are
 held to these rules. Every refusal is a :class:`~agent.errors.ModelError` naming the file and
