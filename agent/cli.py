@@ -347,21 +347,26 @@ def _cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
     from agent.demo import run_demo
     from simulator import Plant, serve
     from simulator.faults import load_scenario
+    from simulator.listen import ListenError
 
     scenario = load_scenario(args.scenario)
     plant = Plant(seed=args.seed if args.seed is not None else (scenario.seed or 0), scenario=scenario)
-    return asyncio.run(
-        run_demo(
-            cfg,
-            config_path=args.config,
-            serve=lambda port: serve(plant, modbus_port=port, opcua_port=None, speed=args.speed),
-            plant=plant,
-            duration_s=args.duration,
-            modbus_port=args.modbus_port,
-            console=not args.no_console,
-            install_stop=_install_stop,
+    try:
+        return asyncio.run(
+            run_demo(
+                cfg,
+                config_path=args.config,
+                serve=lambda port: serve(plant, modbus_port=port, opcua_port=None, speed=args.speed),
+                plant=plant,
+                duration_s=args.duration,
+                modbus_port=args.modbus_port,
+                console=not args.no_console,
+                install_stop=_install_stop,
+            )
         )
-    )
+    except ListenError as exc:  # the plant's port is taken: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _cmd_simulate(argv: Sequence[str]) -> int:
