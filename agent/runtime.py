@@ -76,8 +76,10 @@ from agent.tagtable import TagTable
 from agent.types import Alarm, Quality, Recommendation, Sample, Score, Value, utcnow
 from agent.writeback import WriteBack, WriteInputs, grid_for
 
-if TYPE_CHECKING:  # onnxruntime (~28 MB) is imported only when a model is configured
+if TYPE_CHECKING:  # onnxruntime (~28 MB) only when a model is configured, prometheus-client
+    # (~10 MB) only when the metrics endpoint is
     from agent.modelstore.bundle import Bundle
+    from agent.ops.metrics import MetricsServer
     from agent.pipeline.scorer import Scorer
 
 __all__ = ["STATUS_BITS", "Agent", "AgentView"]
@@ -184,7 +186,7 @@ class Agent:
         self.reloads: Counter[str] = Counter()
         self.last_reload: dict[str, Any] | None = None
         self.status_server: StatusServer | None = None
-        self.metrics_server: Any = None  # agent.ops.metrics.MetricsServer, once serving
+        self.metrics_server: MetricsServer | None = None
 
     @property
     def clock(self) -> Callable[[], float]:

@@ -18,7 +18,7 @@ model signing keys, the audit log, the state directory, the cycle and the metric
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 from agent.config import Config
@@ -85,7 +85,3 @@ def restart_needed(old: Config, new: Config) -> list[str]:
     """The changed field paths that cannot change while the agent runs (empty: all live)."""
     return [format_loc(loc) for loc in _locs(old, new) if not _live(loc)]
 
-
-def live_sections(changed: Sequence[str]) -> set[str]:
-    """The top-level sections among ``changed`` paths (``alarms``, ``models`` …)."""
-    return {p.split(".", 1)[0].split("[", 1)[0] for p in changed}
