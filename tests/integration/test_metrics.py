@@ -264,3 +264,47 @@ def test_remote_listen_only_when_allowed() -> None:
     assert MetricsConfig(listen="[::1]:9108").listen == "[::1]:9108"
     with pytest.raises(ValueError, match="not an IP address"):
         MetricsConfig(listen="gateway.local:9108", allow_remote=True)
+
+
+def test_certificate_expiry_and_an_agent_not_yet_polling(tmp_path: Path) -> None:
+    """The collector on an Agent that has not started (no pollers, no Guard, no model): every
+    documented family is there, and the OPC UA client certificate's expiry as a timestamp."""
+    from prometheus_client import generate_latest
+
+    from agent.ops.certs import create_certificate
+    from agent.ops.metrics import make_registry
+    from agent.runtime import Agent
+
+    cert, key = tmp_path / "cert.der", tmp_path / "key.pem"
+    info = create_certificate(cert, key, application_uri="urn:test:agent", days=90)
+    cfg = Config.model_validate(
+        {
+            "agent": {"state_dir": str(tmp_path / "state"), "metrics": {"listen": "127.0.0.1:0"}},
+            "devices": [
+                {
+                    "protocol": "opcua",
+                    "name": "ua",
+                    "endpoint": "opc.tcp://127.0.0.1:4840",
+                    "certificate": str(cert),
+                    "private_key": str(key),
+                    "trusted_server_certificates": [str(cert)],
+                    "tags": [{"name": "x", "node_id": "ns=2;s=x"}],
+                }
+            ],
+        }
+    )
+    agent = Agent(cfg, config_path=tmp_path / "agent.yaml")
+    text = generate_latest(make_registry(agent)).decode()
+    samples: Scrape = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    assert val(
+        samples, "edge_agent_certificate_expiry_timestamp_seconds", device="ua", path=str(cert)
+    ) == pytest.approx(info.not_after.timestamp())
+    assert val(samples, "edge_agent_device_connected", device="ua") == 0
+    assert val(samples, "edge_agent_unit_up", device="ua", unit="0") == 0
+    assert val(samples, "edge_agent_poll_duration_seconds_count", device="ua") == 0
+    assert val(samples, "edge_agent_cycles_total") == 0
+    assert not labelled(samples, "edge_agent_setpoint_writes_total")  # no Guard: no writes
+    assert val(samples, "process_resident_memory_bytes") > 0  # the process collector, same registry

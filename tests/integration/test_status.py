@@ -150,3 +150,38 @@ async def test_no_agent_running_is_one_clear_line(short_tmp: Path) -> None:
         s.bind(str(missing))
     rc, _, err = await cli("--socket", str(missing))
     assert rc == 1 and f"nothing listens on {missing}" in err and err.strip().count("\n") == 0
+
+
+def test_certificate_expiry_is_read_and_reread_hourly(tmp_path: Path) -> None:
+    from agent.drivers.opcua_config import OpcUaDevice
+    from agent.ops.certs import create_certificate
+    from agent.ops.status import Certificates
+
+    cert, key = tmp_path / "cert.der", tmp_path / "key.pem"
+    first = create_certificate(cert, key, application_uri="urn:test:agent", days=10)
+    device = OpcUaDevice.model_validate(
+        {
+            "protocol": "opcua",
+            "name": "ua",
+            "endpoint": "opc.tcp://127.0.0.1:4840",
+            "certificate": str(cert),
+            "private_key": str(key),
+            "trusted_server_certificates": [str(cert)],
+            "tags": [{"name": "x", "node_id": "ns=2;s=x"}],
+        }
+    )
+    now = [0.0]
+    certs = Certificates([device], clock=lambda: now[0])
+    (c,) = certs.current()
+    assert c.device == "ua" and c.path == str(cert) and c.not_after == first.not_after
+    assert c.warning is not None and "expires in" in c.warning  # within cert_warn_days (30)
+    second = create_certificate(cert, key, application_uri="urn:test:agent", days=400, overwrite=True)
+    now[0] = 3599.0
+    assert certs.current()[0].not_after == first.not_after  # not read again within the hour
+    now[0] = 3600.0
+    (c,) = certs.current()
+    assert c.not_after == second.not_after and c.warning is None
+    cert.unlink()
+    now[0] = 7200.0
+    (c,) = certs.current()
+    assert c.not_after is None and c.warning is not None and "cannot be read" in c.warning
