@@ -112,7 +112,7 @@ async def test_scraped_metrics_and_their_exact_changes_after_faults(tmp_path: Pa
             assert val(m, "edge_agent_breaker_open", device="plant", unit="1") == 0
             assert val(m, "edge_agent_audit_healthy") == 1
             assert val(m, "edge_agent_cycles_total") >= 1
-            assert 0 <= val(m, "edge_agent_last_good_sample_age_seconds", device="plant") < 2
+            assert 0 <= val(m, "edge_agent_last_good_sample_age_seconds", device="plant") < 5
             manifest = json.loads((ROOT / "models" / "pca-pump" / "manifest.json").read_text())
             info = labelled(m, "edge_agent_model_info")
             pca = [dict(k) for k in info if dict(k)["model"] == "pca-pump"]

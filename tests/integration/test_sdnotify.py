@@ -191,12 +191,12 @@ async def test_ready_watchdog_status_and_stopping_from_a_real_agent(tmp_path: Pa
         cfg = agent_config(tmp_path, station.modbus_port)
         async with agent_run(cfg, {"NOTIFY_SOCKET": str(ns.path), "WATCHDOG_USEC": "1000000"}) as proc:
             ready = await ns.wait_for("READY=1", timeout_s=30)
-            await asyncio.sleep(3.0)
+            await asyncio.sleep(5.0)
             pings = [t for t in ns.has("WATCHDOG=1") if t > ready]
-            # every half WATCHDOG_USEC (0.5 s), not once per cycle (1 s)
-            assert 5 <= len(pings) <= 8, pings
+            # every half WATCHDOG_USEC (0.5 s): about 10 in 5 s; once per cycle (1 s) would be 5
+            assert 8 <= len(pings) <= 12, pings
             gaps = [b - a for a, b in itertools.pairwise(pings)]
-            assert max(gaps) < 1.0, gaps
+            assert max(gaps) < 1.5, gaps
             statuses = [f for _, f in ns.fields() if f.startswith("STATUS=")]
             assert any("1/1 devices connected" in s and "3/3 models healthy" in s for s in statuses), statuses
             assert all(a != b for a, b in itertools.pairwise(statuses))  # sent when it changes
@@ -253,9 +253,14 @@ async def test_watchdog_stops_while_the_event_loop_is_blocked(tmp_path: Path) ->
             ready = await ns.wait_for("READY=1", timeout_s=30)
             assert [t for t in ns.has("WATCHDOG=1") if t > ready]
             # the alert goes active ~3 s after the first data; saving its state blocks the loop
-            await asyncio.sleep(7.0)
-            pings = ns.has("WATCHDOG=1")
-            assert time.monotonic() - pings[-1] > 2.0, "still pinging: the loop is not blocked"
+            deadline = time.monotonic() + 30
+            while True:
+                pings = ns.has("WATCHDOG=1")
+                if time.monotonic() - pings[-1] > 2.5:
+                    break
+                assert time.monotonic() < deadline, "the pings never stopped"
+                await asyncio.sleep(0.1)
+            assert len([t for t in pings if t > ready]) >= 2  # it pinged before it blocked
             blocked_at = pings[-1]
             assert proc.returncode is None  # blocked, not dead (systemd would kill it now)
             # unblock: read what the agent was writing

@@ -77,7 +77,7 @@ async def test_status_of_a_running_agent(short_tmp: Path, monkeypatch: pytest.Mo
             assert a["audit"]["healthy"] is True and a["guard"] == {"mode": "auto", "writes_enabled": True}
             (dev,) = doc["devices"]
             assert dev["name"] == "plant" and dev["connected"] is True
-            assert 0 <= dev["last_good_age_s"] < 2
+            assert 0 <= dev["last_good_age_s"] < 5
             assert dev["units"] == [
                 {
                     "unit": 1,
