@@ -347,7 +347,7 @@ class Agent:
             await self._serve_failed("metrics endpoint", exc)
 
     async def _serve_failed(self, what: str, exc: AgentError) -> None:
-        log.error(f"{what} not served; the agent runs without it", error=str(exc))
+        log.error("not served; the agent runs without it", what=what, error=str(exc))
         with contextlib.suppress(AuditError):
             await asyncio.to_thread(self.audit.record_event, "service_failed", f"{what} not served: {exc}")
 
