@@ -308,3 +308,22 @@ def test_certificate_expiry_and_an_agent_not_yet_polling(tmp_path: Path) -> None
     assert val(samples, "edge_agent_cycles_total") == 0
     assert not labelled(samples, "edge_agent_setpoint_writes_total")  # no Guard: no writes
     assert val(samples, "process_resident_memory_bytes") > 0  # the process collector, same registry
+
+
+async def test_a_port_in_use_is_logged_and_audited_and_the_agent_runs_on(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        plant = Plant(seed=7, permissive=True)
+        async with serve(plant, modbus_port=0, opcua_port=None, speed=1) as station:
+            cfg = modbus_test_config(station.modbus_port, tmp_path / "state")
+            agent_cfg = cfg.agent.model_copy(update={"metrics": MetricsConfig(listen=f"127.0.0.1:{port}")})
+            async with running_agent(cfg.model_copy(update={"agent": agent_cfg})) as agent:
+                assert agent.metrics_server is None
+                await polls_after(agent, 2)  # control goes on
+    rows = query_audit(AuditConfig(path=tmp_path / "state" / "audit.sqlite"))
+    failed = [r for r in rows if r.kind == "event" and r.action == "service_failed"]
+    assert len(failed) == 1 and f"metrics endpoint 127.0.0.1:{port}" in failed[0].message
