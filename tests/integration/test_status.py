@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from agent.ops.status import SOCKET_NAME, read_status
 from simulator import Plant, free_port, serve
@@ -104,6 +105,12 @@ async def test_status_of_a_running_agent(short_tmp: Path, monkeypatch: pytest.Mo
 
             rc, out, err = await cli("--socket", str(path))
             assert rc == 0, err
+            # found through the config's state_dir (no RUNTIME_DIRECTORY, nothing in /run)
+            config_file = short_tmp / "agent.yaml"
+            config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
+            rc, by_config, err = await cli("-c", str(config_file))
+            assert rc == 0, err
+            assert by_config.startswith(f"agent demo-gateway (pid {os.getpid()})") and "DEVICE" in by_config
             assert "agent demo-gateway" in out and "DEVICE" in out and "plant" in out
             assert "pca-pump" in out and "Pump1.ExternalSpeedSetpoint" in out and "no alarms" in out
 
