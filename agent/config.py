@@ -45,6 +45,7 @@ from agent.errors import ConfigError
 from agent.modelstore.binding import ModelBinding
 from agent.modelstore.manifest import MANIFEST_FILE
 from agent.ops.audit import AuditConfig
+from agent.ops.metrics_config import MetricsConfig
 from agent.pipeline.alarms import AlarmsConfig
 from agent.pipeline.detectors import DetectorConfig
 from agent.pipeline.guard import GuardConfig
@@ -366,6 +367,9 @@ class AgentSection(FrozenModel):
     cycle_ms: Annotated[int, Field(ge=50, le=60_000)] = 1000
     """The pipeline tick: windows, models, alarms, Guard, HMI writes. A model's sample period
     must equal it."""
+    metrics: MetricsConfig | None = None
+    """The Prometheus endpoint, e.g. ``{listen: "127.0.0.1:9108"}`` (absent: off). Loopback
+    only unless ``allow_remote: true``."""
 
     @field_validator("state_dir")
     @classmethod
