@@ -588,7 +588,7 @@ class Agent:
                     )
                 lines.append(f"{name}: refused, {old.bundle.ident} stays: {exc}")
                 continue
-            if new.bundle.ident == old.bundle.ident and new.bundle.hashes == old.bundle.hashes:
+            if new.bundle.fingerprint == old.bundle.fingerprint:
                 lines.append(f"{name}: unchanged ({old.bundle.ident})")
                 continue
             await old.scorer.drain()
