@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: deps venv demo test bench lint typecheck models wheelhouse gateway-check clean
+.PHONY: deps venv demo test bench lint typecheck models wheelhouse gateway-check clean soak
 
 # System packages the tests use (mbpoll, socat, systemd-analyze, ssh); nothing when all are there.
 deps:
@@ -54,3 +54,8 @@ gateway-check: wheelhouse
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# 100,000 agent cycles back to back against the embedded plant with faults on a schedule
+# (RSS, tasks, threads and fds must not grow; every change audited). CI runs a short version.
+soak: venv
+	$(BIN)/python -m tests.soak.soak --cycles 100000

@@ -179,6 +179,8 @@ class Agent:
         self._reload_requested = False
         self._source_failure: str | None = None
         self.runners: dict[str, RunningSource] = {}
+        self.paced = True
+        """False runs the cycles back to back instead of every ``cycle_ms`` (``make soak``)."""
         self.device_stats = {d.name: DeviceStats() for d in config.devices}
         self.certificates = Certificates(config.devices)
         self.progress = Progress(clock)
@@ -445,8 +447,10 @@ class Agent:
                 self.view.skipped_cycles += next_k - k - 1
                 k = next_k
                 delay = start + k * interval - self._clock()
-                if delay > 0:
+                if delay > 0 and self.paced:
                     await asyncio.wait({stop_wait}, timeout=delay)
+                elif not self.paced:
+                    await asyncio.sleep(0)  # back to back, but the pollers still get their turn
                 self._cycle_beat()
         finally:
             stop_wait.cancel()
