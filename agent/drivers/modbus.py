@@ -9,16 +9,28 @@ pymodbus is configured for a poller, not a script: no retries, no reconnect loop
 (``reconnect_delay=0``: we reconnect with our own backoff), no "close the link after N
 unanswered requests" of its own (a silent unit must not take the link down). Ours counts only
 requests after which *nothing at all* came back on the connection, from any unit: after
-``breaker.failures + 1`` in a row the connection is closed and opened again (a half-open TCP
-connection is never kept), while the replies of healthy units keep a gateway's connection up.
-Its exceptions are translated here, at the seam; ``asyncio.CancelledError`` always
-propagates, even where a pymodbus release wraps it in ``ModbusIOException``.
+``breaker.failures + 1`` in a row, once no polled unit's breaker is closed any more, the
+connection is closed and opened again (a half-open TCP connection is never kept), while the
+replies of healthy units keep a gateway's connection up, and a healthy unit is never dropped
+with the link before its own breaker calls it lost. Its exceptions are translated here, at the
+seam; ``asyncio.CancelledError`` always propagates, even where a pymodbus release wraps it in
+``ModbusIOException``.
 
 Every reply is validated: exception codes, replies from the wrong unit (over TCP reported as
 soon as they arrive, not at the timeout), short replies (pymodbus accepts them as success),
-timeouts, a peer that does not speak Modbus TCP, a connection the peer closes (the request in
-flight ends at once). Nothing from a bad reply reaches the pipeline as GOOD: the affected tags
-get a BAD sample with the reason.
+timeouts, late and incomplete replies, a connection the peer closes (the request in flight ends
+at once). Over TCP the bytes are checked before pymodbus parses them (:func:`scan_mbap`): a
+peer that does not speak Modbus TCP is named as such once and backed off; a corrupt header,
+length, byte count or function code ends the request and closes the connection (the stream
+cannot be framed any more), never a traceback. Nothing from a bad reply reaches the pipeline as
+GOOD: the affected tags get a BAD sample with the reason.
+
+A merged read refused with exception 02, or answered short (some servers answer a read past
+the end of their table with the registers they have), is split (:mod:`agent.drivers.modbus_plan`):
+the valid neighbours are read in the same cycle, only the tags really refused or past the end
+are BAD, and the split is remembered. A unit refusing every address it is asked for (a unit id
+a gateway does not have) counts as a failure of the unit each cycle: "lost" once, then probed
+with its breaker's backoff, so a drive added later is found without a restart.
 
 Writes (:meth:`ModbusDriver.write_many`) go in the caller's order, each item checked before
 anything is sent (its declared purpose among them), and each verified by a read issued after
@@ -816,8 +828,9 @@ class ModbusDriver:
         """The error of a request that timed out; after too many in a row with nothing at all
         received on the connection, the connection is closed (the next poll reconnects with
         backoff): a half-open TCP connection is never kept for good. A silent unit behind a
-        healthy gateway does not close it: the other units' replies keep resetting the count,
-        and its own breaker stops asking it before the count is reached."""
+        healthy gateway does not close it: the other units' replies keep resetting the count.
+        Nor do the probes of lost units drop a healthy one sooner than its own breaker says:
+        the connection is closed only once no polled unit's breaker is closed."""
         if self._wrong_unit is not None:
             return BadReply(f"reply from the wrong unit: asked {unit}, got {self._wrong_unit}")
         ms = f"{budget_s * 1000:.0f} ms"
@@ -834,7 +847,11 @@ class ModbusDriver:
         if self._received:
             return DeviceUnreachable(reason)
         self._silent_requests += 1
-        if self._silent_requests >= self._silent_limit and self._client is not None:
+        if (
+            self._silent_requests >= self._silent_limit
+            and self._client is not None
+            and not any(u.tables and u.breaker.state is BreakerState.CLOSED for u in self._units.values())
+        ):
             self._silent_requests = 0
             self._client.close()
             reason += (

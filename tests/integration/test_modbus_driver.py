@@ -551,8 +551,9 @@ async def test_a_unit_refusing_every_address_is_lost_once_probed_with_backoff_an
                 srv.faults.refuse_units.clear()  # the drive is there now
                 t_added = time.monotonic()
                 present = await run_for(drv, 1.0)
-    assert all(c["live"].quality.is_good for _, c in absent + present)
-    reasons = {c[k].quality.reason for _, c in absent for k in ("x", "y")}
+    live = [c["live"] for _, c in absent + present if "live" in c]  # a late cycle may defer some
+    assert len(live) >= 50 and all(s.quality.is_good for s in live)
+    reasons = {c[k].quality.reason for _, c in absent for k in ("x", "y") if k in c}
     assert all(reasons) and any("exception 02" in r for r in reasons)
     lost = events(logs, "lost", "plc unit 5")
     assert len(lost) == 1
@@ -564,9 +565,10 @@ async def test_a_unit_refusing_every_address_is_lost_once_probed_with_backoff_an
     # asked again with backoff (0.1, 0.2, 0.4, 0.4 s): not every cycle, and not never
     cycles = len(absent)
     assert cycles >= 35 and 6 <= len(asked_absent) <= 20, (cycles, asked_absent)
-    found = [t for t, c in present if c["x"].quality.is_good and c["y"].quality.is_good]
+    found = [t for t, c in present if "y" in c and c["x"].quality.is_good and c["y"].quality.is_good]
     assert found and found[0] - t_added <= 0.4 + 0.1, "found within the backoff cap"
-    assert (present[-1][1]["x"].value, present[-1][1]["y"].value) == (33, 44)
+    last = [c for _, c in present if "y" in c][-1]
+    assert (last["x"].value, last["y"].value) == (33, 44)
     assert len(events(logs, "recovered", "plc unit 5")) == 1
 
 
