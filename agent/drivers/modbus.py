@@ -111,6 +111,8 @@ class _Table:
     readers: dict[str, tuple[int, int, Reader]] = field(default_factory=dict)
     # why each of the planner's illegal keys is left out (exception 02, short reply)
     refused: dict[str, str] = field(default_factory=dict)
+    # when the illegal keys are asked again (a map that changed, a fault that went away)
+    probe_at: float = math.inf
 
     def __post_init__(self) -> None:
         self.readers = {k: (t.address, t.register_count, make_reader(t)) for k, t in self.tags.items()}
@@ -142,6 +144,7 @@ class _Table:
     def retry_refused(self) -> None:
         self.planner.retry_illegal()
         self.refused.clear()
+        self.probe_at = math.inf
 
 
 @dataclass
@@ -399,6 +402,7 @@ class ModbusDriver:
         self._silent_requests = 0
         self._silent_limit = device.breaker.failures + 1
         self._timeout_s = device.timeout_ms / 1000.0
+        self._reprobe_s = device.breaker.backoff_max_ms / 1000.0
         b = device.breaker
         self._link = CircuitBreaker(
             f"{device.name} ({device.endpoint})",
@@ -621,6 +625,8 @@ class ModbusDriver:
                 table.retry_refused()
         samples: list[Sample] = []
         for table in unit.tables:
+            if table.refused and self._clock() >= table.probe_at:
+                table.retry_refused()  # once per backoff cap: a refusal is not for ever
             for name in table.planner.illegal_keys:
                 samples.append(_bad(table.tags[name], table.refused[name]))
             queue = list(table.planner.requests())
@@ -638,10 +644,9 @@ class ModbusDriver:
                 except DeviceException as exc:
                     unit.problem = f"{exc} at {modbus_reference(table.name, req.start)}"
                     if exc.code == 2:
-                        before = table.planner.illegal_keys
+                        before = (table.planner.illegal_keys, table.planner.barriers)
                         replacement = table.planner.report_illegal(req)
-                        table.refuse(before, str(exc), samples)
-                        self._log_split("merged read refused with illegal address; split", unit, table, req)
+                        self._refused(unit, table, req, before, str(exc), samples)
                         queue[:0] = replacement
                         continue
                     samples.extend(_bad(table.tags[k], str(exc)) for k in req.keys)
@@ -690,11 +695,10 @@ class ModbusDriver:
         the split falls exactly at the end (:meth:`RequestPlanner.report_short`). Bits come
         padded to whole bytes, so where the table ends is not known: the request is split as
         if refused with exception 02, and nothing of the short reply is used."""
-        before = table.planner.illegal_keys
+        before = (table.planner.illegal_keys, table.planner.barriers)
         if not table.registers:
             replacement = table.planner.report_illegal(req)
-            table.refuse(before, str(exc), out)
-            self._log_split("merged read answered short; split", unit, table, req)
+            self._refused(unit, table, req, before, str(exc), out)
             return replacement
         got = len(exc.data)
         split = table.planner.report_short(req, got)
@@ -702,17 +706,38 @@ class ModbusDriver:
             end = f"the reply stopped after {modbus_reference(table.name, req.start + got - 1)}"
         else:
             end = f"nothing came from {modbus_reference(table.name, req.start)} on"
-        table.refuse(before, str(exc), out, past_end=end)
+        self._refused(unit, table, req, before, str(exc), out, past_end=end)
         if split.answered:
             unit.breaker.record_success()  # it answered with data: the unit is there
             out.extend(self._decode(table, ReadRequest(req.start, got, split.answered), exc.data))
-        self._log_split("merged read answered short; split at the end of the table", unit, table, req)
         return split.retry
 
-    def _log_split(self, event: str, unit: _Unit, table: _Table, req: ReadRequest) -> None:
-        if len(req.keys) > 1:
+    def _refused(
+        self,
+        unit: _Unit,
+        table: _Table,
+        req: ReadRequest,
+        before: tuple[frozenset[str], frozenset[int]],
+        error: str,
+        out: list[Sample],
+        *,
+        past_end: str = "",
+    ) -> None:
+        """After the planner learned from a refused or short read: BAD samples with the reason
+        for the tags it left out, a re-probe of them after the backoff cap, and one log line
+        for each split it learned (a transition: the same refusal asked again logs nothing)."""
+        table.refuse(before[0], error, out, past_end=past_end)
+        if table.refused and table.probe_at == math.inf:
+            table.probe_at = self._clock() + self._reprobe_s
+        if table.planner.barriers != before[1]:
             log.info(
-                event, device=self.name, unit=unit.unit, table=table.name, start=req.start, count=req.count
+                "merged read split",
+                device=self.name,
+                unit=unit.unit,
+                table=table.name,
+                start=req.start,
+                count=req.count,
+                reason=error,
             )
 
     def _unit_failed(self, unit: _Unit, reason: str) -> None:

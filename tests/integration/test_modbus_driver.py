@@ -525,7 +525,9 @@ async def test_a_short_reply_to_a_merged_read_is_split_at_the_end_of_the_table()
     assert srv.faults.requests[:2] == [(1, 3, 95, 9), (1, 3, 103, 1)] and n_first == 2
     assert n_later == 2  # remembered: one read of a and b per cycle, nothing past the end
     assert srv.faults.requests[-1] == (1, 3, 95, 4)
-    assert [e["event"] for e in logs] == ["merged read answered short; split at the end of the table"]
+    assert [(e["event"], e["start"], e["reason"]) for e in logs] == [
+        ("merged read split", 95, "short reply: 5 of 9 registers from unit 1")
+    ]
     assert status.state == "ok"
 
 
