@@ -9,7 +9,8 @@ follows, on every connection, current and new:
 * ``drop``: read the frame and discard it (the connection stays up);
 * ``cut``: close the connection (both sockets) instead of forwarding the frame;
 * ``half_open``: stop reading and forwarding in that direction, keep the sockets open (the
-  peer sees silence, never a close); clearing it resumes;
+  peer sees silence, never a close); clearing it resumes, and what waited in the socket then
+  comes late (as TCP retransmits over a link that is back);
 * ``truncate``: forward only the first ``n`` bytes of the frame;
 * ``corrupt``: XOR the bytes at the given offsets of the frame with the given masks;
 * ``frames``: apply to the next ``n`` frames only, then forward unchanged.
