@@ -397,6 +397,9 @@ class ModbusDriver:
         # The link failed because the peer's bytes were not valid Modbus: a TCP connect alone
         # does not prove it recovered, the first valid reply does (no lost/recovered flapping).
         self._link_suspect = False
+        # Why the connection went away between two requests, told with the reconnect's failure
+        # (the cause, not only the symptom, in the "lost" line).
+        self._dropped: str | None = None
         # Requests in a row that got nothing at all back on this connection (any frame, from
         # any unit, resets it): a half-open connection is closed after this many.
         self._silent_requests = 0
@@ -524,8 +527,9 @@ class ModbusDriver:
             self._client.close()
 
     def _trace_connect(self, connected: bool) -> None:
-        """The peer closed the connection: end the wait of a request in flight now (pymodbus
-        would wait for its timeout), as a lost connection."""
+        """The peer closed the connection (our own close is not reported here): end the wait
+        of a request in flight now (pymodbus would wait for its timeout), as a lost
+        connection; between requests, keep the cause for the next connect's report."""
         if connected:
             self._modbus_seen, self._invalid = False, None
             return
@@ -534,8 +538,10 @@ class ModbusDriver:
         from pymodbus.exceptions import ConnectionException
 
         pending = getattr(getattr(self._client, "ctx", None), "response_future", None)
-        if isinstance(pending, asyncio.Future) and not pending.done():
+        if self._in_flight and isinstance(pending, asyncio.Future) and not pending.done():
             pending.set_exception(ConnectionException("the device closed the connection"))
+        else:
+            self._dropped = "the device closed the connection"
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
@@ -594,6 +600,7 @@ class ModbusDriver:
             wait = max(0.0, self._link.open_until - self._clock())
             return f"device unreachable ({self._link.last_error}); next attempt in {wait:.1f} s"
         budget = max(_MIN_BUDGET_S, min(self._timeout_s, deadline - self._clock() - _MARGIN_S))
+        cause, self._dropped = self._dropped, None
         try:
             async with asyncio.timeout(budget):
                 ok = await self._client.connect()
@@ -601,16 +608,19 @@ class ModbusDriver:
             ok = False
         except Exception as exc:
             self._reraise_if_cancelled()
-            self._link.record_failure(f"connect failed: {exc}")
-            return f"device unreachable: connect failed: {exc}"
+            return self._connect_failed(f"connect failed: {exc}", cause)
         if not ok:
             self._client.close()
-            self._link.record_failure(f"connect to {self.device.endpoint} failed")
-            return f"device unreachable: connect to {self.device.endpoint} failed"
+            return self._connect_failed(f"connect to {self.device.endpoint} failed", cause)
         if not self._link_suspect:  # else the first valid reply is the proof (see _trace_packet)
             self._link.record_success()
         self.counters.bump("link", "connects")
         return None
+
+    def _connect_failed(self, what: str, cause: str | None) -> str:
+        reason = what if cause is None else f"connection lost ({cause}), then {what}"
+        self._link.record_failure(reason)
+        return f"device unreachable: {reason}"
 
     async def _poll_unit(self, unit: _Unit, deadline: float) -> list[Sample]:
         key = str(unit.unit)

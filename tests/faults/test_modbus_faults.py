@@ -105,7 +105,10 @@ async def test_server_killed_with_sigkill_and_restarted_20_times(agent_log: Agen
     assert all(r.startswith(("connection lost", "device unreachable")) for r in reasons), reasons
     assert any(r.startswith("device unreachable") and "next attempt in" in r for r in reasons), reasons
     # the link: "lost" once per kill, "recovered" once per restart; the units never flap
-    assert len(agent_log.named("lost", "plc (")) == 20
+    lost = agent_log.named("lost", "plc (")
+    assert len(lost) == 20
+    # the cause, not only the failed reconnect after it
+    assert all("the device closed the connection" in e["reason"] for e in lost), lost
     assert len(agent_log.named("recovered", "plc (")) == 19
     assert agent_log.named("lost", "plc unit") == []
 
