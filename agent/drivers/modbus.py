@@ -70,7 +70,7 @@ from agent.errors import (
 from agent.running import Backoff, BreakerState, CircuitBreaker, Counters
 from agent.types import Quality, Sample, Value, utcnow
 
-__all__ = ["EXCEPTION_NAMES", "ModbusDriver", "UnitStatus", "decode_tag", "encode_tag"]
+__all__ = ["EXCEPTION_NAMES", "ModbusDriver", "UnitStatus", "decode_tag", "encode_tag", "scan_mbap"]
 
 log = structlog.get_logger("agent.drivers.modbus")
 
