@@ -1,6 +1,7 @@
 """edge-agent: the command line of the agent.
 
-``run`` runs the agent (what systemd starts). Commissioning: ``check`` (validate;
+``run`` runs the agent (what systemd starts); ``status`` asks the running one what it is doing
+(over its status socket). Commissioning: ``check`` (validate;
 ``--connect`` reaches every device and unit), ``read`` (one read of some or all tags),
 ``write`` (a deliberate, audited write of one writable tag). ``audit`` prints the audit log,
 ``certs`` manages OPC UA certificates, ``service`` installs the systemd service, ``simulate``
@@ -321,15 +322,37 @@ def _cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     # writes and the agent keeps running), not kill the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
+    def apply_logging(section: AgentSection) -> None:
+        setup_logging(section.log_level, section.log_format)
+
     async def main() -> None:
         stop = asyncio.Event()
         _install_stop(stop)
-        agent = Agent(cfg, config_path=args.config)
-        # SIGHUP: reload model bundles installed in place (a bad one is refused, the old stays)
+        # A log level given on the command line wins over the config's, reloaded or not.
+        agent = Agent(cfg, config_path=args.config, apply_logging=None if args.log_level else apply_logging)
+        # SIGHUP: reload the config (validated; refused as a whole when a change needs a
+        # restart) and the model bundles installed in place (a bad one is refused, the old stays)
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, agent.request_reload)
         await agent.run(stop)
 
     asyncio.run(main())
+    return 0
+
+
+def _cmd_status(cfg: Config | None, args: argparse.Namespace) -> int:
+    """Ask the running agent (its status socket) what it is doing."""
+    from agent.ops.status import format_status, read_status, socket_candidates
+
+    if args.socket:
+        candidates = [Path(args.socket)]
+    else:
+        candidates = socket_candidates(cfg.agent.state_dir if cfg is not None else None)
+    try:
+        doc = read_status(candidates)
+    except AgentError as exc:
+        print(f"edge-agent status: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(doc, indent=2) if args.json else format_status(doc))
     return 0
 
 
@@ -347,21 +370,26 @@ def _cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
     from agent.demo import run_demo
     from simulator import Plant, serve
     from simulator.faults import load_scenario
+    from simulator.listen import ListenError
 
     scenario = load_scenario(args.scenario)
     plant = Plant(seed=args.seed if args.seed is not None else (scenario.seed or 0), scenario=scenario)
-    return asyncio.run(
-        run_demo(
-            cfg,
-            config_path=args.config,
-            serve=lambda port: serve(plant, modbus_port=port, opcua_port=None, speed=args.speed),
-            plant=plant,
-            duration_s=args.duration,
-            modbus_port=args.modbus_port,
-            console=not args.no_console,
-            install_stop=_install_stop,
+    try:
+        return asyncio.run(
+            run_demo(
+                cfg,
+                config_path=args.config,
+                serve=lambda port: serve(plant, modbus_port=port, opcua_port=None, speed=args.speed),
+                plant=plant,
+                duration_s=args.duration,
+                modbus_port=args.modbus_port,
+                console=not args.no_console,
+                install_stop=_install_stop,
+            )
         )
-    )
+    except ListenError as exc:  # the plant's port is taken: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _cmd_simulate(argv: Sequence[str]) -> int:
@@ -395,6 +423,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the agent (what the systemd service starts)")
     run.add_argument("-c", "--config", required=True)
+
+    st = sub.add_parser("status", help="what the running agent is doing (from its status socket)")
+    st.add_argument("-c", "--config", help="the agent's config: look in its state_dir too")
+    st.add_argument(
+        "--socket", help="the status socket (default: $RUNTIME_DIRECTORY, /run/edge-agent, then state_dir)"
+    )
+    st.add_argument("--json", action="store_true", help="the whole status document as JSON")
 
     a = sub.add_parser("audit", help="print the audit log: decisions, writes, alarm transitions")
     a.add_argument("-c", "--config", required=True)
@@ -466,6 +501,8 @@ def _main(argv: Sequence[str] | None) -> int:
         from agent.ops.service import run_service
 
         return run_service(args)
+    if args.command == "status" and not args.config:
+        return _cmd_status(None, args)
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
@@ -477,6 +514,7 @@ def _main(argv: Sequence[str] | None) -> int:
         "read": _cmd_read,
         "write": _cmd_write,
         "run": _cmd_run,
+        "status": _cmd_status,
         "audit": _cmd_audit,
         "demo": _cmd_demo,
     }

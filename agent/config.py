@@ -45,6 +45,7 @@ from agent.errors import ConfigError
 from agent.modelstore.binding import ModelBinding
 from agent.modelstore.manifest import MANIFEST_FILE
 from agent.ops.audit import AuditConfig
+from agent.ops.metrics_config import MetricsConfig
 from agent.pipeline.alarms import AlarmsConfig
 from agent.pipeline.detectors import DetectorConfig
 from agent.pipeline.guard import GuardConfig
@@ -358,13 +359,17 @@ Device = Annotated[AnyDevice, Field(discriminator="protocol")]
 class AgentSection(FrozenModel):
     name: str = "edge-agent"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["console", "json"] = "console"
+    log_format: Literal["auto", "console", "json"] = "auto"
+    """``auto``: JSON lines when stderr is not a terminal (journald), the console on one."""
     state_dir: Path = Path("/var/lib/edge-agent")
     """The audit log, alarm state and ownership file (relative: to the working directory). It
     need not exist yet; a path that exists and is not a directory is refused."""
     cycle_ms: Annotated[int, Field(ge=50, le=60_000)] = 1000
     """The pipeline tick: windows, models, alarms, Guard, HMI writes. A model's sample period
     must equal it."""
+    metrics: MetricsConfig | None = None
+    """The Prometheus endpoint, e.g. ``{listen: "127.0.0.1:9108"}`` (absent: off). Loopback
+    only unless ``allow_remote: true``."""
 
     @field_validator("state_dir")
     @classmethod

@@ -25,6 +25,7 @@ from typing import Literal, Self, get_args
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from agent.errors import SecretError
+from agent.ops.logging import registers_secret
 
 __all__ = ["PURPOSES", "FrozenModel", "Loc", "LocatedError", "Purpose", "Secret", "check_purpose"]
 
@@ -111,6 +112,7 @@ class Secret(FrozenModel):
             return f"file {self.file}"
         return f"systemd credential {self.credential}"
 
+    @registers_secret
     def reveal(self) -> str:
         """Read the secret now. Raises SecretError naming the source, never the value."""
         if self.env is not None:

@@ -172,8 +172,11 @@ def render(
         )
     )
     for n, asset in enumerate(assets, start=1):
-        score = next((s.get(asset) for s in view.scores.values() if asset in s), None)
-        t2 = score.outputs.get("t2") if score is not None else None
+        # the T² of whichever model gives one (models score in their own time, in any order)
+        t2 = next(
+            (s[asset].outputs["t2"] for s in view.scores.values() if asset in s and "t2" in s[asset].outputs),
+            None,
+        )
         block = view.hmi.get(asset)
         out.append(
             " ".join(

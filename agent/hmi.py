@@ -179,7 +179,9 @@ class HmiWriter:
         device_of: Mapping[str, str],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._refresh_s = config.hmi.refresh_s
+        self.refresh_s = config.hmi.refresh_s
+        """Unchanged values are written again this often (``hmi.refresh_s``; a config reload
+        changes it live)."""
         self._heartbeat_tag = config.hmi.heartbeat_tag
         self._status_tag = config.hmi.status_tag
         self._sinks = sinks
@@ -261,7 +263,7 @@ class HmiWriter:
 
     def _due(self, tag: str, value: Value, now: float) -> bool:
         s = self._state[tag]
-        return s.written_at is None or not _same(s.value, value) or now - s.written_at >= self._refresh_s
+        return s.written_at is None or not _same(s.value, value) or now - s.written_at >= self.refresh_s
 
     async def _write(self, items: list[tuple[str, Value]], purpose: HmiPurpose, now: float) -> None:
         by_device: dict[str, list[tuple[str, Value]]] = {}

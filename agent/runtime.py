@@ -6,10 +6,19 @@
         FeatureWindows ─▶ Scorer (off the loop) ─▶ AlarmEngine
         HmiWriter (agent.hmi): display blocks, heartbeat, status word
         pump-energy rule ─▶ WriteBack (agent.writeback): Guard ─▶ audit ─▶ send ─▶ verify
-        systemd watchdog
+    beside them: the sd_notify task (agent.ops.sdnotify: READY, WATCHDOG while every loop makes
+    progress, STATUS), the status socket (agent.ops.status) and the Prometheus endpoint
+    (agent.ops.metrics), both reading the units' own state when asked
 
 ``Agent`` orchestrates; each job is a unit of its own with its own tests: the HMI writer, the
-write-back unit, the model runners (features, scorer), the alarm engine.
+write-back unit, the model runners (features, scorer), the alarm engine, the watchdog, status
+and metrics, and what a config reload may change live (agent.ops.reload).
+
+READY is sent once config, models and the audit log are loaded and the status socket is up,
+never after a first good poll: a PLC that is down at boot must not become a restart loop.
+SIGHUP (:meth:`Agent.request_reload`) reloads the config, validated first and applied only when
+everything that changed can change live (otherwise refused as a whole, naming what needs a
+restart), then the model bundles installed in place; every reload is logged and audited.
 
 Start-up builds everything that can fail on bad input first (models, bindings, audit), so a
 bad bundle or config stops the agent before it touches a PLC. The pollers and the cycle loop
@@ -29,7 +38,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -37,27 +47,39 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from agent.config import Config
+from agent.config import AgentSection, Config, load_config
 from agent.drivers import make_driver
-from agent.errors import AgentError, AuditError, ModelError
+from agent.errors import AgentError, AuditError, ConfigError, ModelError
 from agent.hmi import HmiWriter, block_values, with_sources
 from agent.modelstore.binding import ModelBinding, check_binding
 from agent.ops import sdnotify
 from agent.ops.audit import AuditLog
 from agent.ops.host import boot_id
 from agent.ops.ownership import write_ownership
+from agent.ops.reload import config_diff, restart_needed
+from agent.ops.sdnotify import Notifier, Progress
+from agent.ops.status import (
+    Certificates,
+    DeviceStats,
+    StatusServer,
+    socket_path,
+    status_document,
+    summary_line,
+)
 from agent.pipeline.alarms import AlarmEngine, HmiBlock
 from agent.pipeline.detectors import Detector, make_detector
 from agent.pipeline.features import FeatureWindows
 from agent.pipeline.guard import Guard, GuardDecision
 from agent.pipeline.policy import PumpEnergyRule, StationState
-from agent.running import RunningSource
+from agent.running import RunningSource, SampleSink
 from agent.tagtable import TagTable
 from agent.types import Alarm, Quality, Recommendation, Sample, Score, Value, utcnow
 from agent.writeback import WriteBack, WriteInputs, grid_for
 
-if TYPE_CHECKING:  # onnxruntime (~28 MB) is imported only when a model is configured
+if TYPE_CHECKING:  # onnxruntime (~28 MB) only when a model is configured, prometheus-client
+    # (~10 MB) only when the metrics endpoint is
     from agent.modelstore.bundle import Bundle
+    from agent.ops.metrics import MetricsServer
     from agent.pipeline.scorer import Scorer
 
 __all__ = ["STATUS_BITS", "Agent", "AgentView"]
@@ -94,6 +116,7 @@ class AgentView:
     """What the console and `status` show; refreshed every cycle (read-only for them)."""
 
     cycles: int = 0
+    skipped_cycles: int = 0  # ticks skipped because a cycle overran its interval
     last_cycle_s: float = 0.0
     first_cycle_s: float | None = None
     tags: dict[str, Sample] = field(default_factory=dict)
@@ -118,11 +141,17 @@ class Agent:
         *,
         config_path: str | Path = "config",
         clock: Callable[[], float] = time.monotonic,
+        apply_logging: Callable[[AgentSection], None] | None = None,
     ) -> None:
+        """``config_path`` is the file a reload reads again (and the base of relative bundle
+        paths); ``apply_logging`` applies a reloaded log level and format (the process's
+        logging is its owner's: `edge-agent run` passes it unless ``--log-level`` was given)."""
         self.config = config
         self.config_path = str(config_path)
         self._base = Path(config_path).resolve().parent
         self._clock = clock
+        self._apply_logging = apply_logging
+        self.started_mono, self.started_utc = clock(), utcnow()
         self.view = AgentView()
         self.stopping = False
         self.drivers: dict[str, Any] = {d.name: make_driver(d) for d in config.devices}
@@ -149,7 +178,20 @@ class Agent:
         self._state_file = config.agent.state_dir / "alarms.json"
         self._reload_requested = False
         self._source_failure: str | None = None
-        self._runners: list[RunningSource] = []
+        self.runners: dict[str, RunningSource] = {}
+        self.device_stats = {d.name: DeviceStats() for d in config.devices}
+        self.certificates = Certificates(config.devices)
+        self.progress = Progress(clock)
+        self._cycle_beat = self.progress.register("cycle", config.agent.cycle_ms / 1000).beat
+        self.reloads: Counter[str] = Counter()
+        self.last_reload: dict[str, Any] | None = None
+        self.status_server: StatusServer | None = None
+        self.metrics_server: MetricsServer | None = None
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The monotonic clock every duration of this agent is measured on."""
+        return self._clock
 
     @property
     def guard(self) -> Guard | None:
@@ -248,16 +290,27 @@ class Agent:
             for drv in self.drivers.values():
                 await stack.enter_async_context(drv)
             stack.push_async_callback(self._close_audit)
+            await self._serve(stack)
+            # Config, models and audit are loaded: ready, whether or not any PLC answers.
+            sdnotify.notify("READY=1", f"STATUS=started, polling {len(self.drivers)} devices")
             try:
                 async with asyncio.TaskGroup() as tg:
-                    self._runners = []
+                    self.runners = {}
                     for dev in self.config.devices:
-                        runner = RunningSource(
-                            self.drivers[dev.name], dev.poll_interval_ms / 1000, self.table.update
-                        )
-                        self._runners.append(runner)
+                        drv, interval = self.drivers[dev.name], dev.poll_interval_ms / 1000
+                        runner = RunningSource(drv, interval, self.table.update)
+                        runner.sink = self._poll_sink(dev.name, runner)
+                        self.runners[dev.name] = runner
                         tg.create_task(self._supervised(runner), name=f"poll {dev.name}")
                     tg.create_task(self._main(stop), name="cycle")
+                    if sdnotify.enabled():
+                        notifier = Notifier(
+                            self.progress,
+                            lambda: summary_line(self),
+                            watchdog_s=sdnotify.watchdog_interval_s(),
+                            clock=self._clock,
+                        )
+                        tg.create_task(notifier.run(), name="sd_notify")
             except* _Stopped:
                 pass
             except* Exception as group:
@@ -272,6 +325,46 @@ class Agent:
         if self._source_failure is not None:
             raise AgentError(f"agent stopped on a fault: {self._source_failure}")
 
+    async def _serve(self, stack: contextlib.AsyncExitStack) -> None:
+        """The status socket and (when configured) the metrics endpoint, closed with ``stack``.
+        Either failing is logged and audited; the agent runs on without it (control does not
+        depend on being watched)."""
+        path = socket_path(self.config.agent.state_dir)
+        try:
+            self.status_server = await stack.enter_async_context(
+                StatusServer(path, lambda: status_document(self))
+            )
+        except AgentError as exc:
+            await self._serve_failed("status socket", exc)
+        metrics = self.config.agent.metrics
+        if metrics is None:
+            return
+        from agent.ops.metrics import MetricsServer, make_registry
+
+        try:
+            self.metrics_server = await stack.enter_async_context(MetricsServer(metrics, make_registry(self)))
+        except AgentError as exc:
+            await self._serve_failed("metrics endpoint", exc)
+
+    async def _serve_failed(self, what: str, exc: AgentError) -> None:
+        log.error("not served; the agent runs without it", what=what, error=str(exc))
+        with contextlib.suppress(AuditError):
+            await asyncio.to_thread(self.audit.record_event, "service_failed", f"{what} not served: {exc}")
+
+    def _poll_sink(self, name: str, runner: RunningSource) -> SampleSink:
+        """What a poller hands its samples to: the per-device statistics, the poller's
+        heartbeat (for the watchdog), then the tag table."""
+        observe = self.device_stats[name].observe
+        beat = self.progress.register(f"poller {name}", runner.interval_s).beat
+        update = self.table.update
+
+        def sink(samples: Sequence[Sample]) -> None:
+            observe(runner.counters.last_poll_s, samples)
+            beat()
+            update(samples)
+
+        return sink
+
     async def _supervised(self, runner: RunningSource) -> None:
         """A poller's loop; its end, for whatever reason, is a fault of the agent."""
         name = runner.source.name
@@ -284,14 +377,14 @@ class Agent:
         raise AgentError(f"poller {name} ended")
 
     async def _main(self, stop: asyncio.Event) -> None:
+        self._cycle_beat()
         await self._first_polls()
-        sdnotify.notify("READY=1", f"STATUS=polling {len(self.drivers)} devices")
         await self._cycle_loop(stop)
         raise _Stopped  # ends the task group: the pollers are cancelled
 
     async def _shutdown(self) -> None:
         """Drain scorers, refuse and audit the final HOLD, show the final status (bounded)."""
-        sdnotify.notify("STOPPING=1")
+        sdnotify.notify("STOPPING=1", "STATUS=stopping")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_STOP_DEADLINE_S):
                 for m in self.models:
@@ -318,13 +411,18 @@ class Agent:
             log.error("ownership file not written", error=str(exc))
 
     async def _first_polls(self) -> None:
-        """Wait (bounded) for every source's first poll, so the first cycle sees data."""
+        """Wait (bounded) for every source's first poll, so the first cycle sees data; the
+        cycle loop's heartbeat goes on while it waits."""
         await asyncio.sleep(0)  # let the sources start
         limit = max((d.timeout_ms / 1000 for d in self.config.devices), default=0.0) * 4 + 0.5
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(limit):
-                for runner in self._runners:
-                    await runner.first_poll_done.wait()
+        deadline = self._clock() + limit
+        step = self.config.agent.cycle_ms / 1000
+        for runner in self.runners.values():
+            while not runner.first_poll_done.is_set() and (left := deadline - self._clock()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(left, step)):
+                        await runner.first_poll_done.wait()
+                self._cycle_beat()
 
     async def _close_audit(self) -> None:
         with contextlib.suppress(AuditError):
@@ -343,21 +441,124 @@ class Agent:
                 self.view.last_cycle_s = self._clock() - t0
                 if self.view.first_cycle_s is None:
                     self.view.first_cycle_s = self._clock() - start
-                k = max(k + 1, int((self._clock() - start) / interval) + 1)
+                next_k = max(k + 1, int((self._clock() - start) / interval) + 1)
+                self.view.skipped_cycles += next_k - k - 1
+                k = next_k
                 delay = start + k * interval - self._clock()
                 if delay > 0:
                     await asyncio.wait({stop_wait}, timeout=delay)
+                self._cycle_beat()
         finally:
             stop_wait.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await stop_wait
 
-    # ------------------------------------------------------------------ model reload
+    # ------------------------------------------------------------------ reload (SIGHUP)
 
     def request_reload(self) -> None:
-        """Ask for :meth:`reload_models` at the start of the next cycle (safe from a signal
-        handler: `edge-agent run` calls it on SIGHUP)."""
+        """Ask for :meth:`reload` at the start of the next cycle (safe from a signal handler:
+        `edge-agent run` calls it on SIGHUP)."""
         self._reload_requested = True
+
+    async def reload(self) -> list[str]:
+        """Reload the config file, then the model bundles installed in place. One line per
+        outcome (the config's first)."""
+        lines, fresh = await self.reload_config()
+        return lines + await self._reload_bundles(skip=fresh)
+
+    async def reload_config(self) -> tuple[list[str], list[_Model]]:
+        """Read and validate the config file again and apply it if everything that changed can
+        change live (:mod:`agent.ops.reload`); otherwise refuse it as a whole. Every outcome is
+        logged and audited (``config_reloaded`` with the changed field paths, or
+        ``config_refused`` with the reason); a refused config leaves the running one as it is.
+        Returns the lines and the models loaded for new bindings."""
+        try:
+            new = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as exc:
+            return [await self._refuse_config(str(exc).replace("\n", "; "))], []
+        restart = restart_needed(self.config, new)
+        if restart:
+            return [await self._refuse_config(f"needs a restart: {', '.join(restart)}", restart)], []
+        changed = config_diff(self.config, new)
+        fresh: list[_Model] = []
+        models: list[_Model] = []
+        try:
+            for b in new.models:
+                same = next((m for m in self.models if m.binding == b), None)
+                if same is None:
+                    same = await asyncio.to_thread(self._load_model, b)
+                    fresh.append(same)
+                models.append(same)
+        except ModelError as exc:
+            return [await self._refuse_config(str(exc))], []
+        await self._apply_config(new, models)
+        message = f"{self.config_path}: " + (f"changed {', '.join(changed)}" if changed else "unchanged")
+        log.warning("config reloaded", config=self.config_path, changed=changed)
+        self.reloads["applied"] += 1
+        self.last_reload = {"utc": utcnow().isoformat(), "result": "applied", "changed": changed}
+        with contextlib.suppress(AuditError):
+            await asyncio.to_thread(
+                self.audit.record_event,
+                "config_reloaded",
+                message,
+                extra={"config": self.config_path, "changed": changed},
+            )
+        return [f"config: {'applied: ' + ', '.join(changed) if changed else 'unchanged'}"], fresh
+
+    async def _refuse_config(self, reason: str, restart: list[str] | None = None) -> str:
+        log.error("config reload refused; the running config stays", config=self.config_path, reason=reason)
+        self.reloads["refused"] += 1
+        self.last_reload = {"utc": utcnow().isoformat(), "result": "refused", "reason": reason}
+        with contextlib.suppress(AuditError):
+            await asyncio.to_thread(
+                self.audit.record_event,
+                "config_refused",
+                f"{self.config_path}: {reason}; the running config stays",
+                extra={"config": self.config_path, "reason": reason, "needs_restart": restart or []},
+            )
+        return f"config: refused, the running config stays: {reason}"
+
+    async def _apply_config(self, new: Config, models: list[_Model]) -> None:
+        """Swap in a validated config whose changes are all live ones."""
+        old, self.config = self.config, new
+        if new.alarms != old.alarms:
+            # A new engine for the new definitions, carrying every alarm's state over (an alarm
+            # whose code or name changed starts normal); pending delays restart.
+            engine = AlarmEngine(new.alarms, [a.name for a in new.assets])
+            now, now_utc = self._clock(), utcnow()
+            restored = engine.restore(self.alarms.state_dict(), now, now_utc)
+            self.alarms = engine
+            for t in restored:
+                await self._alarm_transition(t)
+            self._save_alarms()
+        self.detectors = {
+            (a.name, d.name): self._detector_for(old, a.name, d.name, d.detector)
+            for a in new.assets
+            for d in a.detectors
+        }
+        self.hmi.refresh_s = new.hmi.refresh_s
+        kept = {id(m) for m in models}
+        for m in self.models:
+            if id(m) not in kept:
+                await m.scorer.drain()
+        self.models = models
+        names = {m.binding.name for m in models}
+        self.view.scores = {k: v for k, v in self.view.scores.items() if k in names}
+        logging_changed = (new.agent.log_level, new.agent.log_format) != (
+            old.agent.log_level,
+            old.agent.log_format,
+        )
+        if logging_changed and self._apply_logging is not None:
+            self._apply_logging(new.agent)
+
+    def _detector_for(self, old: Config, asset: str, name: str, cfg: Any) -> Detector:
+        """The running detector when its settings did not change (it keeps what it learnt)."""
+        for a in old.assets:
+            if a.name == asset:
+                for d in a.detectors:
+                    if d.name == name and d.detector == cfg and (asset, name) in self.detectors:
+                        return self.detectors[(asset, name)]
+        return make_detector(cfg)
 
     async def reload_models(self) -> list[str]:
         """Load every bundle again from disk, after a new one was installed in its place.
@@ -366,8 +567,14 @@ class Agent:
         reason, logged and audited, and the model already running keeps serving; an unchanged
         bundle keeps its windows. Returns one line per model.
         """
+        return await self._reload_bundles(skip=[])
+
+    async def _reload_bundles(self, skip: Sequence[_Model]) -> list[str]:
         lines: list[str] = []
         for i, old in enumerate(self.models):
+            if any(old is m for m in skip):
+                lines.append(f"{old.binding.name}: installed {old.bundle.ident} (new binding)")
+                continue
             name = old.binding.name
             try:
                 new = await asyncio.to_thread(self._load_model, old.binding)
@@ -381,7 +588,7 @@ class Agent:
                     )
                 lines.append(f"{name}: refused, {old.bundle.ident} stays: {exc}")
                 continue
-            if new.bundle.ident == old.bundle.ident and new.bundle.hashes == old.bundle.hashes:
+            if new.bundle.fingerprint == old.bundle.fingerprint:
                 lines.append(f"{name}: unchanged ({old.bundle.ident})")
                 continue
             await old.scorer.drain()
@@ -402,14 +609,19 @@ class Agent:
         """One pass of the pipeline over the current tag table."""
         if self._reload_requested:
             self._reload_requested = False
-            await self.reload_models()
+            for line in await self.reload():
+                log.info("reload", result=line)
+            self._cycle_beat()
         now, now_utc = self._clock(), utcnow()
         await self._score(now, now_utc)
+        self._cycle_beat()
         await self._evaluate_alarms(now, now_utc)
         await self._write_hmi(now)
+        self._cycle_beat()
         # The heartbeat before the setpoints: the PLC applies them only while it is alive.
         self.view.status_word = self.status_word()
         await self.hmi.write_agent_status(True, self.view.status_word, now)
+        self._cycle_beat()
         if self.writeback is not None:
             inputs = self._write_inputs(now)
             self.view.recommendations = dict(inputs.recommendations)
@@ -418,7 +630,6 @@ class Agent:
             self.view.verify_failures = self.view.writes - self.writeback.outcomes["verified"]
         self.view.cycles += 1
         self.view.tags = self.table.snapshot(now=now)
-        sdnotify.notify("WATCHDOG=1")
 
     async def _score(self, now: float, now_utc: datetime) -> None:
         for m in self.models:

@@ -198,7 +198,7 @@ def _instrument(report: dict[str, Any], t0: float, ready_cycles: int | None, unt
         report["t_built_s"] = time.monotonic() - t0
 
     async def cycle(self: Any) -> None:
-        full = bool(self._runners) and all(r.first_poll_done.is_set() for r in self._runners)
+        full = bool(self.runners) and all(r.first_poll_done.is_set() for r in self.runners.values())
         await orig_cycle(self)
         now = time.monotonic() - t0
         report["cycles"] = self.view.cycles

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .faults import RUL_SENTINEL_H, Fault, FaultKind, Scenario, ScenarioEvent, load_scenario
+from .listen import ListenError
 from .physics import Plant, PlantState, PumpParams, StationParams, oracle_speed, specific_energy_curve
 from .register_map import NAMESPACE_URI, REGISTER_MAP, UNIT_ID, RegisterEntry, build_register_map
 
@@ -22,6 +23,7 @@ __all__ = [
     "UNIT_ID",
     "Fault",
     "FaultKind",
+    "ListenError",
     "Plant",
     "PlantState",
     "PumpParams",

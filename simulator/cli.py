@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from .faults import ScenarioError, ScenarioEvent, load_scenario, merge_events, parse_fault_flag
+from .listen import ListenError
 from .physics import Plant, StationParams
 from .register_map import UNIT_ID, render_markdown
 
@@ -186,6 +187,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         return asyncio.run(_serve(args, plant))
     except KeyboardInterrupt:
         return 130
+    except ListenError as exc:  # a usage problem (--host, --*-port): one line, exit 2
+        hint = " (another program listens there: choose another port, or 0 for any free one)"
+        print(f"error: {exc}{hint if exc.address_in_use else ''}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

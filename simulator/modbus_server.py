@@ -33,6 +33,7 @@ from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from .listen import quiet, why_not_listening
 from .physics import Plant
 from .plc import WriteResult
 from .register_map import UNIT_ID, RegisterEntry, build_register_map, decode, encode
@@ -105,6 +106,10 @@ class ModbusStationServer:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Listen on ``host:port`` (0: any free port, read back from ``port``).
+
+        Raises :class:`~simulator.listen.ListenError` when the address cannot be bound.
+        """
         full_regs = [SimData(0, count=_SIZE, values=0, datatype=DataType.REGISTERS)]
         # one SimData with a 65536-bit list (count > 1 with bits is squared by pymodbus's check)
         full_bits = [SimData(0, count=1, values=[False] * _SIZE, datatype=DataType.BITS)]
@@ -127,7 +132,14 @@ class ModbusStationServer:
             address=(self.host, self.port),
             ignore_missing_devices=self.other_units == "silent",
         )
-        await self._server.serve_forever(background=True)
+        try:
+            with quiet("pymodbus.logging", "Failed to start server"):
+                await self._server.serve_forever(background=True)
+        except RuntimeError:
+            if self._server.transport is not None:
+                raise  # not a failed listen
+            self._server = None
+            raise why_not_listening("Modbus TCP", self.host, self.port) from None
         transport: Any = self._server.transport
         self.port = transport.sockets[0].getsockname()[1]
         log.info("Modbus TCP server on %s:%d, unit id %d", self.host, self.port, self.unit_id)

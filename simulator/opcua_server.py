@@ -45,6 +45,7 @@ from typing import Any
 from asyncua import Server, ua
 from asyncua.crypto.permission_rules import User, UserRole
 
+from .listen import ListenError, quiet
 from .physics import Plant
 from .plc import WriteResult
 from .register_map import NAMESPACE_URI, RegisterEntry, build_register_map
@@ -196,7 +197,11 @@ class OpcUaStationServer:
         attr_service = server.iserver.attribute_service
         self._orig_write = attr_service.write
         attr_service.write = self._write  # every client write passes the PLC logic
-        await server.start()
+        try:
+            with quiet("asyncua.server.server", "error starting server"):
+                await server.start()
+        except OSError as exc:  # asyncua has stopped what it started
+            raise ListenError.from_os_error("OPC UA", self.host, self.port, exc) from None
         self.server = server
         log.info(
             "OPC UA server on %s (namespace %s = ns=%d)",

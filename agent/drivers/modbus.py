@@ -100,6 +100,8 @@ class UnitStatus:
     last_error: str
     requests: int
     failures: int
+    breaker: str = "closed"
+    """The unit's circuit breaker (closed, open, half_open); the link's while the link is open."""
 
 
 @dataclass
@@ -565,7 +567,10 @@ class ModbusDriver:
                 # 02 at every address): say what happened, never an empty reason
                 state, error = "unknown", u.problem or "not asked yet"
             per = self.counters.per_unit.get(str(u.unit), {})
-            out.append(UnitStatus(u.unit, state, error, per.get("requests", 0), per.get("failures", 0)))
+            breaker = self._link.state if self._link.is_open else u.breaker.state
+            out.append(
+                UnitStatus(u.unit, state, error, per.get("requests", 0), per.get("failures", 0), str(breaker))
+            )
         return out
 
     @property

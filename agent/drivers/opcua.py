@@ -409,7 +409,9 @@ class OpcUaDriver:
         else:
             state = "lost"
         error = self._link.last_error if state != "ok" else ""
-        return [UnitStatus(0, state, error, per.get("requests", 0), per.get("failures", 0))]
+        return [
+            UnitStatus(0, state, error, per.get("requests", 0), per.get("failures", 0), str(self._link.state))
+        ]
 
     def status(self) -> OpcUaStatus:
         """Everything ``status`` shows about this device."""

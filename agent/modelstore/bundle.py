@@ -6,8 +6,13 @@ session's inputs and outputs against the manifest (names, shapes, element types)
 problem is a :class:`~agent.errors.ModelError` naming both sides; onnxruntime's own
 exceptions are translated here, at the seam.
 
-The ONNX bytes that are hashed are the bytes the session is built from (read once), so a file
-swapped between the check and the load cannot slip through.
+Every file is read once, through one open handle on the bundle directory
+(:class:`~agent.modelstore.files.BundleDir`: regular files inside the bundle only, links never
+followed, FIFOs refused without blocking, sizes limited). The manifest bytes that are parsed
+are the bytes the signature is checked against, and the ONNX bytes that are hashed are the
+bytes the session is built from, so a file swapped between the check and the use cannot slip
+through. :attr:`Bundle.fingerprint` identifies exactly what was loaded (manifest bytes,
+signature bytes, file hashes): a reload compares it to see a re-signed manifest.
 
 Threading: intra-op threads come from the config (default 1: small models on small gateways
 gain nothing from a thread pool, and a spinning pool steals the CPU the pollers need);
@@ -28,8 +33,9 @@ import numpy as np
 import onnxruntime as ort
 
 from agent.errors import ModelError
-from agent.modelstore.manifest import MANIFEST_FILE, Dim, Manifest, Variant, load_manifest
-from agent.modelstore.signing import SIGNATURE_FILE, verify_bundle_signature
+from agent.modelstore.files import MAX_FILE_BYTES, MAX_METADATA_BYTES, MAX_MODEL_BYTES, BundleDir
+from agent.modelstore.manifest import MANIFEST_FILE, Dim, Manifest, Variant, parse_manifest
+from agent.modelstore.signing import SIGNATURE_FILE, verify_manifest_signature
 
 __all__ = ["Bundle", "SignatureStatus", "check_session", "load_bundle", "sha256_file", "verify_signature"]
 
@@ -53,7 +59,12 @@ class SignatureStatus:
 
 @dataclass(frozen=True, slots=True)
 class Bundle:
-    """A verified bundle with its live session. ``run`` is the one seam inference goes through."""
+    """A verified bundle with its live session. ``run`` is the one seam inference goes through.
+
+    ``manifest_sha256`` and ``signature_sha256`` are the sha256 of the exact bytes of
+    ``manifest.json`` and ``signature.json`` that were loaded (``signature_sha256`` is None for
+    a bundle without a signature file); ``hashes`` the sha256 of every file checked.
+    """
 
     path: Path
     manifest: Manifest
@@ -62,10 +73,24 @@ class Bundle:
     threads: int
     signature: SignatureStatus
     hashes: Mapping[str, str] = field(default_factory=dict)
+    manifest_sha256: str = ""
+    signature_sha256: str | None = None
 
     @property
     def ident(self) -> str:
         return self.manifest.ident
+
+    @property
+    def fingerprint(self) -> str:
+        """What was loaded, as one sha256 (hex): the manifest bytes, the signature bytes and
+        every file hash. Two loads are the same model exactly when their fingerprints are
+        equal: a manifest re-signed with a new threshold has the same ident and file hashes,
+        not the same fingerprint. The path and the chosen variant are not part of it."""
+        h = hashlib.sha256()
+        h.update(f"manifest {self.manifest_sha256}\nsignature {self.signature_sha256 or '-'}\n".encode())
+        for name in sorted(self.hashes):
+            h.update(f"file {name} {self.hashes[name]}\n".encode())
+        return h.hexdigest()
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """One session call returning every manifest output, in manifest order.
@@ -103,32 +128,47 @@ def verify_signature(
     accepted only with ``allow_unsigned``; a tampered bundle, or one signed by a key not in the
     list, is always refused with ModelError.
     """
+    with BundleDir(bundle_dir) as bundle:
+        manifest_bytes = bundle.read(MANIFEST_FILE, limit=MAX_METADATA_BYTES)
+        signature_bytes = bundle.read_optional(SIGNATURE_FILE, limit=MAX_METADATA_BYTES)
+    key = _signed_by(bundle_dir, manifest_bytes, signature_bytes, trusted_keys, allow_unsigned)
+    return _status(manifest.ident, trusted_keys, key)
+
+
+def _signed_by(
+    bundle_dir: Path,
+    manifest_bytes: bytes,
+    signature_bytes: bytes | None,
+    trusted_keys: Sequence[str | os.PathLike[str]] | None,
+    allow_unsigned: bool,
+) -> str | None:
+    """The trusted key id that signed these manifest bytes; None when nothing is checked or
+    the bundle is unsigned and that is allowed. ModelError otherwise."""
+    if trusted_keys is None or (allow_unsigned and signature_bytes is None):
+        return None
+    keys = [Path(k) for k in trusted_keys]
+    return verify_manifest_signature(manifest_bytes, signature_bytes, keys, bundle_dir)
+
+
+def _status(ident: str, trusted_keys: object, key: str | None) -> SignatureStatus:
     if trusted_keys is None:
-        return SignatureStatus(
-            "unchecked", f"{manifest.ident}: no trust settings given, signature not checked"
-        )
-    if allow_unsigned and not (bundle_dir / SIGNATURE_FILE).exists():
-        return SignatureStatus(
-            "unsigned", f"{manifest.ident}: unsigned, allowed by models_trust.allow_unsigned"
-        )
-    key = verify_bundle_signature(bundle_dir, [Path(k) for k in trusted_keys])
-    return SignatureStatus("signed", f"{manifest.ident}: signed by trusted key {key}")
+        return SignatureStatus("unchecked", f"{ident}: no trust settings given, signature not checked")
+    if key is None:
+        return SignatureStatus("unsigned", f"{ident}: unsigned, allowed by models_trust.allow_unsigned")
+    return SignatureStatus("signed", f"{ident}: signed by trusted key {key}")
 
 
-def _read_verified(bundle_dir: Path, name: str, sha256: str, size: int, ident: str) -> bytes:
-    p = bundle_dir / name
+def _read_verified(bundle: BundleDir, name: str, sha256: str, size: int, limit: int, ident: str) -> bytes:
     try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"model {ident}: cannot read {p}: {exc.strerror}") from None
+        data = bundle.read(name, limit=limit, size=size)
+    except ModelError as exc:
+        raise ModelError(f"model {ident}: {exc}") from None
     actual = hashlib.sha256(data).hexdigest()
     if actual != sha256:
         raise ModelError(
-            f"model {ident}: file {p} was modified or corrupted: manifest says sha256 {sha256}, "
-            f"file has sha256 {actual} ({len(data)} bytes, manifest says {size})"
+            f"model {ident}: file {bundle.path / name} was modified or corrupted: manifest says "
+            f"sha256 {sha256}, file has sha256 {actual} ({len(data)} bytes)"
         )
-    if len(data) != size:
-        raise ModelError(f"model {ident}: file {p} has {len(data)} bytes, manifest says {size}")
     return data
 
 
@@ -212,31 +252,49 @@ def load_bundle(
 ) -> Bundle:
     """Load and verify a bundle directory; return it with a ready CPU session.
 
-    Verifies the sha256 (and size) of every file the manifest lists (all variants and
-    ``files``), the signature (:func:`verify_signature`: the agent always passes its
-    ``models_trust``), builds the session for ``variant`` (default:
-    the first listed) with ``threads`` intra-op threads and one inter-op thread, and checks the
-    session against the manifest. Raises ModelError on any problem.
+    Reads every file once through :class:`~agent.modelstore.files.BundleDir` (regular files
+    inside the bundle only; ``manifest.json`` and ``signature.json`` at most
+    :data:`~agent.modelstore.files.MAX_METADATA_BYTES`, ONNX variants
+    :data:`~agent.modelstore.files.MAX_MODEL_BYTES`, other files
+    :data:`~agent.modelstore.files.MAX_FILE_BYTES`). Verifies the sha256 (and size) of every
+    file the manifest lists (all variants and ``files``), the signature over the manifest
+    bytes that were parsed (the policy of :func:`verify_signature`: the agent always passes
+    its ``models_trust``), builds the session for ``variant`` (default: the first listed) from
+    the very bytes that were hashed, with ``threads`` intra-op threads and one inter-op
+    thread, and checks the session against the manifest. Raises ModelError on any problem.
     """
     if threads < 1:
         raise ModelError(f"threads must be >= 1 (got {threads})")
     bundle_dir = Path(path)
-    if not bundle_dir.is_dir():
-        raise ModelError(f"{bundle_dir}: not a bundle directory (expected {MANIFEST_FILE} and ONNX files)")
-    manifest = load_manifest(bundle_dir / MANIFEST_FILE)
-    chosen = manifest.variant(variant)
-    hashes: dict[str, str] = {}
-    model_bytes = b""
-    for v in manifest.variants:
-        data = _read_verified(bundle_dir, v.file, v.sha256, v.size, manifest.ident)
-        hashes[v.file] = v.sha256
-        if v.file == chosen.file:
-            model_bytes = data
-    for name, fh in manifest.files.items():
-        _read_verified(bundle_dir, name, fh.sha256, fh.size, manifest.ident)
-        hashes[name] = fh.sha256
-    signature = verify_signature(bundle_dir, manifest, trusted_keys, allow_unsigned)
+    with BundleDir(bundle_dir) as bundle:
+        manifest_bytes = bundle.read(MANIFEST_FILE, limit=MAX_METADATA_BYTES)
+        signature_bytes = bundle.read_optional(SIGNATURE_FILE, limit=MAX_METADATA_BYTES)
+        # The signature first: bytes nobody trusted vouches for are not even parsed.
+        key = _signed_by(bundle_dir, manifest_bytes, signature_bytes, trusted_keys, allow_unsigned)
+        manifest = parse_manifest(manifest_bytes, bundle_dir / MANIFEST_FILE)
+        chosen = manifest.variant(variant)
+        hashes: dict[str, str] = {}
+        model_bytes = b""
+        for v in manifest.variants:
+            data = _read_verified(bundle, v.file, v.sha256, v.size, MAX_MODEL_BYTES, manifest.ident)
+            hashes[v.file] = v.sha256
+            if v.file == chosen.file:
+                model_bytes = data
+        for name, fh in manifest.files.items():
+            _read_verified(bundle, name, fh.sha256, fh.size, MAX_FILE_BYTES, manifest.ident)
+            hashes[name] = fh.sha256
+    signature = _status(manifest.ident, trusted_keys, key)
     where = f"session of {bundle_dir / chosen.file}"
     session = _session(model_bytes, threads, str(bundle_dir / chosen.file), manifest.ident)
     check_session(manifest, session, where)
-    return Bundle(bundle_dir, manifest, chosen, session, threads, signature, hashes)
+    return Bundle(
+        bundle_dir,
+        manifest,
+        chosen,
+        session,
+        threads,
+        signature,
+        hashes,
+        manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
+        signature_sha256=None if signature_bytes is None else hashlib.sha256(signature_bytes).hexdigest(),
+    )

@@ -40,13 +40,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.errors import ModelError
+from agent.modelstore.files import MAX_METADATA_BYTES, NOT_PLAIN, BundleDir, is_plain_file_name
 
 __all__ = [
     "MANIFEST_FILE",
@@ -64,6 +64,7 @@ __all__ = [
     "Variant",
     "WindowSpec",
     "load_manifest",
+    "parse_manifest",
 ]
 
 SCHEMA_VERSION: Literal[1] = 1
@@ -79,8 +80,6 @@ Dim = int | str
 _NAME = r"^[a-z0-9][a-z0-9._\-]*$"
 _ROLE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _SHA256 = r"^[0-9a-f]{64}$"
-# A bundle file is a plain name inside the bundle directory: no separators, no "..".
-_FILE = r"^[A-Za-z0-9_][A-Za-z0-9._\-]*$"
 
 
 class _Frozen(BaseModel):
@@ -243,12 +242,20 @@ class Variant(_Frozen):
     CPU with VNNI/dot-product may be slower than FP32 on one without.
     """
 
-    file: Annotated[str, Field(pattern=_FILE, max_length=128)]
+    file: str
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     sha256: Annotated[str, Field(pattern=_SHA256)]
     size: Annotated[int, Field(ge=0)]
     cpu_features: tuple[str, ...] = ()
     note: str = ""
+
+    @field_validator("file")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        # A bundle file is a plain name inside the bundle directory: no separators, no "..".
+        if not is_plain_file_name(value):
+            raise ValueError(f"{value!r} {NOT_PLAIN}")
+        return value
 
 
 class FileHash(_Frozen):
@@ -304,8 +311,10 @@ class Manifest(_Frozen):
         if dup:
             raise ValueError(f"files listed twice: {', '.join(dup)}")
         for n in self.files:
-            if not re.match(_FILE, n) or n == MANIFEST_FILE:
-                raise ValueError(f"files: {n!r} is not a plain file name in the bundle (or is the manifest)")
+            if not is_plain_file_name(n):
+                raise ValueError(f"files: {n!r} {NOT_PLAIN}")
+            if n == MANIFEST_FILE:
+                raise ValueError(f"files: {n!r} is the manifest itself")
         return self
 
     @property
@@ -350,29 +359,45 @@ def _loc(loc: tuple[int | str, ...]) -> str:
 def load_manifest(path: str | os.PathLike[str]) -> Manifest:
     """Read and validate a manifest (a ``manifest.json`` file, or a bundle directory).
 
+    The file is read as :class:`~agent.modelstore.files.BundleDir` reads every bundle file: a
+    regular file, not a link, at most :data:`~agent.modelstore.files.MAX_METADATA_BYTES`.
     Raises ModelError naming the file and every problem (``field.path: message``).
     """
     p = Path(path)
     if p.is_dir():
         p = p / MANIFEST_FILE
+    with BundleDir(p.parent) as bundle:
+        data = bundle.read(p.name, limit=MAX_METADATA_BYTES)
+    return parse_manifest(data, p)
+
+
+def parse_manifest(data: bytes, source: str | os.PathLike[str]) -> Manifest:
+    """Validate the bytes of a manifest; ``source`` names it in every message.
+
+    Raises ModelError naming the file and every problem (``field.path: message``).
+    """
+    p = Path(source)
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ModelError(f"{p}: cannot read manifest: {exc.strerror}") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ModelError(f"{p}:{line}: not UTF-8 (byte 0x{data[exc.start]:02X})") from None
     try:
-        data = json.loads(text)
+        obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ModelError(f"{p}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
-    if not isinstance(data, dict):
+    except RecursionError:
+        raise ModelError(f"{p}: not a manifest: JSON nested too deeply") from None
+    if not isinstance(obj, dict):
         raise ModelError(f"{p}: a manifest must be a JSON object")
-    found = data.get("schema_version")
+    found = obj.get("schema_version")
     if found != SCHEMA_VERSION:
         raise ModelError(
             f"{p}: schema_version {found!r} is not supported "
             f"(this agent reads schema_version {SCHEMA_VERSION})"
         )
     try:
-        return Manifest.model_validate(data)
+        return Manifest.model_validate(obj)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

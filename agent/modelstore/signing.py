@@ -21,6 +21,9 @@ enough that two keys never share one by accident.
 :func:`verify_bundle_signature` raises :class:`~agent.errors.ModelError` for an unsigned
 bundle, a signature that does not match the manifest (tampered), a signature by a key that is
 not trusted, or an unreadable key or signature file; it returns the key id that signed.
+:func:`verify_manifest_signature` does the same on bytes already read, so that the loader
+checks the very manifest bytes it parses. Both files are read as every bundle file is
+(:mod:`agent.modelstore.files`: regular files inside the bundle, no links, size-limited).
 Everything here is pure file reading and CPU work: call it from the model store, not the
 event loop.
 """
@@ -39,6 +42,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from agent.errors import ModelError
+from agent.modelstore.files import MAX_METADATA_BYTES, BundleDir
 from agent.modelstore.manifest import MANIFEST_FILE
 
 __all__ = [
@@ -50,6 +54,7 @@ __all__ = [
     "load_public_key",
     "sign_bundle",
     "verify_bundle_signature",
+    "verify_manifest_signature",
 ]
 
 SIGNATURE_FILE = "signature.json"
@@ -131,14 +136,15 @@ def sign_bundle(bundle_dir: str | Path, private_key_path: str | Path) -> str:
     """Sign ``bundle_dir/manifest.json`` and write ``signature.json``; return the key id.
 
     Sign last: any later change to the manifest (or to a file it hashes) breaks the signature
-    or the hash check.
+    or the hash check. ``signature.json`` is replaced (a new file renamed over it), so a link
+    in its place is replaced, not written through.
     """
     d = Path(bundle_dir)
-    manifest_path = d / MANIFEST_FILE
     try:
-        data = manifest_path.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"cannot sign {d}: cannot read {manifest_path}: {exc.strerror}") from None
+        with BundleDir(d) as bundle:
+            data = bundle.read(MANIFEST_FILE, limit=MAX_METADATA_BYTES)
+    except ModelError as exc:
+        raise ModelError(f"cannot sign {d}: {exc}") from None
     key = load_private_key(private_key_path)
     kid = key_id(key.public_key())
     record = {
@@ -148,7 +154,10 @@ def sign_bundle(bundle_dir: str | Path, private_key_path: str | Path) -> str:
         "manifest_sha256": hashlib.sha256(data).hexdigest(),
         "signature": base64.b64encode(key.sign(data)).decode("ascii"),
     }
-    (d / SIGNATURE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    tmp = d / f".{SIGNATURE_FILE}.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(d / SIGNATURE_FILE)
     return kid
 
 
@@ -161,15 +170,33 @@ def verify_bundle_signature(bundle_dir: str | Path, trusted_public_keys: Sequenc
     manifest (the manifest, and so possibly any file, was changed after signing).
     """
     d = Path(bundle_dir)
-    sig_path = d / SIGNATURE_FILE
-    if not sig_path.exists():
+    with BundleDir(d) as bundle:
+        signature = bundle.read_optional(SIGNATURE_FILE, limit=MAX_METADATA_BYTES)
+        manifest = bundle.read(MANIFEST_FILE, limit=MAX_METADATA_BYTES)
+    return verify_manifest_signature(manifest, signature, trusted_public_keys, d)
+
+
+def verify_manifest_signature(
+    manifest: bytes,
+    signature: bytes | None,
+    trusted_public_keys: Sequence[str | Path],
+    bundle_dir: str | Path,
+) -> str:
+    """Check the bytes of ``signature.json`` (None: there is none) against the bytes of
+    ``manifest.json`` and the trusted keys; ``bundle_dir`` names the bundle in messages.
+
+    Returns the key id that signed; raises ModelError exactly as
+    :func:`verify_bundle_signature` does.
+    """
+    d = Path(bundle_dir)
+    if signature is None:
         raise ModelError(
             f"bundle {d} is unsigned (no {SIGNATURE_FILE}); sign it with `edge-export sign` "
             "or allow unsigned bundles explicitly in the config"
         )
     try:
-        record = json.loads(sig_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        record = json.loads(signature.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ModelError(f"bundle {d}: cannot read {SIGNATURE_FILE}: {exc}") from None
     if not isinstance(record, dict) or record.get("algorithm") != ALGORITHM:
         got = record.get("algorithm") if isinstance(record, dict) else None
@@ -179,7 +206,7 @@ def verify_bundle_signature(bundle_dir: str | Path, trusted_public_keys: Sequenc
         raise ModelError(f"bundle {d}: {SIGNATURE_FILE} signs {signed!r}, not {MANIFEST_FILE}")
     kid = record.get("key_id")
     try:
-        signature = base64.b64decode(str(record.get("signature", "")), validate=True)
+        raw = base64.b64decode(str(record.get("signature", "")), validate=True)
     except (binascii.Error, ValueError):
         raise ModelError(f"bundle {d}: {SIGNATURE_FILE} holds no valid base64 signature") from None
     trusted: dict[str, Ed25519PublicKey] = {}
@@ -194,11 +221,7 @@ def verify_bundle_signature(bundle_dir: str | Path, trusted_public_keys: Sequenc
             f"bundle {d} is signed by key {kid}, which is not trusted (trusted: {', '.join(sorted(trusted))})"
         )
     try:
-        data = (d / MANIFEST_FILE).read_bytes()
-    except OSError as exc:
-        raise ModelError(f"bundle {d}: cannot read {MANIFEST_FILE}: {exc.strerror}") from None
-    try:
-        key.verify(signature, data)
+        key.verify(raw, manifest)
     except InvalidSignature:
         raise ModelError(
             f"bundle {d}: signature by key {kid} does not match {MANIFEST_FILE}: the bundle was "

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -34,51 +32,12 @@ from agent.errors import ModelError
 from agent.modelstore.bundle import Bundle
 from agent.modelstore.manifest import Manifest
 from agent.pipeline.features import window_to_input
+from agent.stats import LatencyStats
 from agent.types import Frame, Score
 
 __all__ = ["LatencyStats", "Scorer", "map_outputs"]
 
 log = structlog.get_logger("agent.scorer")
-
-_BUCKETS_S: tuple[float, ...] = (1e-4, 2.5e-4, 1e-3, 2.5e-3, 1e-2, 2.5e-2, 0.1, 0.25, 1.0, float("inf"))
-
-
-@dataclass(slots=True)
-class LatencyStats:
-    """Latency of inference calls: last, count, a histogram, and percentiles over a window."""
-
-    window: int = 1024
-    last_s: float = 0.0
-    count: int = 0
-    buckets_s: tuple[float, ...] = _BUCKETS_S
-    histogram: list[int] = field(default_factory=lambda: [0] * len(_BUCKETS_S))
-    _recent: deque[float] = field(default_factory=deque)
-
-    def record(self, seconds: float) -> None:
-        self.last_s = seconds
-        self.count += 1
-        for i, bound in enumerate(self.buckets_s):
-            if seconds <= bound:
-                self.histogram[i] += 1
-                break
-        self._recent.append(seconds)
-        while len(self._recent) > self.window:
-            self._recent.popleft()
-
-    def percentile(self, q: float) -> float:
-        """The q-th percentile (0..100) of the last ``window`` calls (NaN before the first)."""
-        if not self._recent:
-            return float("nan")
-        return float(np.percentile(np.fromiter(self._recent, dtype=np.float64), q))
-
-    @property
-    def p50_s(self) -> float:
-        return self.percentile(50)
-
-    @property
-    def p99_s(self) -> float:
-        return self.percentile(99)
-
 
 def map_outputs(
     manifest: Manifest, n_assets: int, arrays: Sequence[npt.NDArray[np.generic]]

@@ -46,6 +46,26 @@ def test_sign_then_verify_returns_the_key_id(bundle: Path) -> None:
     assert record["algorithm"] == "ed25519" and record["signed_file"] == "manifest.json"
 
 
+def test_signing_replaces_a_linked_signature_instead_of_writing_through_it(bundle: Path, tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    (bundle / SIGNATURE_FILE).symlink_to(victim)
+    kid = sign_bundle(bundle, DEV_KEY)
+    assert victim.read_text() == "keep me\n"
+    assert not (bundle / SIGNATURE_FILE).is_symlink()
+    assert verify_bundle_signature(bundle, [DEV_PUB]) == kid
+
+
+def test_a_linked_manifest_is_neither_signed_nor_verified(bundle: Path, tmp_path: Path) -> None:
+    sign_bundle(bundle, DEV_KEY)
+    (bundle / "manifest.json").rename(tmp_path / "manifest.json")
+    (bundle / "manifest.json").symlink_to(tmp_path / "manifest.json")
+    with pytest.raises(ModelError, match=r"manifest\.json: is a symbolic link"):
+        verify_bundle_signature(bundle, [DEV_PUB])
+    with pytest.raises(ModelError, match=r"cannot sign .*manifest\.json: is a symbolic link"):
+        sign_bundle(bundle, DEV_KEY)
+
+
 def test_unsigned_bundle_is_refused(bundle: Path) -> None:
     load_bundle(bundle)  # hashes are fine ...
     with pytest.raises(ModelError, match=r"unsigned \(no signature.json\)"):

@@ -88,7 +88,9 @@ async def test_check_read_write_against_a_real_server(tmp_path: Path) -> None:
         owner.close()
         assert rc == 0, err
         assert "sp (40011) = 42.5 (read back)" in out
-        assert "commissioning write" in err and "user=" in err
+        # stderr is no terminal here: the log is JSON lines (journald's format)
+        logged = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+        assert any(e["event"] == "commissioning write" and e.get("user") for e in logged), err
         assert await srv.get_registers(1, 10, 1) == [425]
         rows = await audit_rows(cfg)
         attempt, outcome = rows[-2], rows[-1]

@@ -13,6 +13,7 @@ from asyncua import Client
 from pymodbus.client import AsyncModbusTcpClient
 
 from simulator import Plant, serve
+from simulator.listen import ListenError
 from simulator.station import free_port
 
 from .conftest import assert_no_other_tasks, f32, f32_regs
@@ -107,7 +108,7 @@ async def test_an_error_in_the_loop_is_raised_at_exit() -> None:
 async def test_a_port_in_use_is_reported_and_nothing_leaks() -> None:
     port = free_port()
     async with serve(Plant(), modbus_port=port, speed=0):
-        with pytest.raises(RuntimeError, match="listen"):
+        with pytest.raises(ListenError, match=f"cannot serve Modbus TCP on 127.0.0.1:{port}: address already in use"):
             async with serve(Plant(), modbus_port=port, speed=0):
                 pass
     assert_no_other_tasks()

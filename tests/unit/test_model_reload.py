@@ -55,5 +55,13 @@ async def test_bad_bundle_refused_old_keeps_running_good_one_installed(tmp_path:
         assert agent.models[0] is not running and agent.models[0].bundle.manifest.version == "2"
         events = [r.action for r in agent.audit.query(kinds=["event"])]
         assert events.count("model_refused") == 2 and events.count("model_installed") == 1
+
+        # a re-signed manifest with a new threshold, same version and model file: a change
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        manifest["outputs"][0]["thresholds"]["alarm"] *= 2
+        (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        sign_bundle(bundle, DEV_KEY)
+        assert await agent.reload_models() == ["pca-pump: installed pca-pump v2 (was pca-pump v2)"]
+        assert await agent.reload_models() == ["pca-pump: unchanged (pca-pump v2)"]
     finally:
         agent.audit.close()
