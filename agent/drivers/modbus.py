@@ -630,7 +630,7 @@ class ModbusDriver:
     async def _poll_unit(self, unit: _Unit, deadline: float) -> list[Sample]:
         key = str(unit.unit)
         if not unit.breaker.allow():
-            reason = f"unit {unit.unit} lost ({unit.breaker.last_error}); skipped until the next probe"
+            reason = f"unit {unit.unit} not responding ({unit.breaker.last_error}); skipped until retry"
             self.counters.bump(key, "skipped")
             return [_bad(t, reason) for t in unit.tags()]
         if unit.refused_everywhere:

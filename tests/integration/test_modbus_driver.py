@@ -239,7 +239,7 @@ async def test_silent_unit_does_not_slow_the_live_unit_on_the_same_connection() 
     p99 = periods[int(0.99 * (len(periods) - 1))]
     assert p99 <= interval + 0.050, f"p99 period {p99 * 1000:.0f} ms"
     assert dead_reasons and all(r for r in dead_reasons)
-    assert any("unit 2 lost (timeout" in r and "skipped until the next probe" in r for r in dead_reasons)
+    assert any("not responding" in r for r in dead_reasons)
 
 
 async def test_cancellation_propagates_through_a_pending_request() -> None:
