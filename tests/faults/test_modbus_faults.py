@@ -128,7 +128,9 @@ async def test_replies_later_than_the_timeout(agent_log: AgentLog) -> None:
             await p.until(lambda c: good(c, "a", "b"), 2.0, "first data")
             proxy.set(down=Fault(delay_s=TIMEOUT_MS / 1000 * 1.5))
             t_slow = time.monotonic()
-            await p.until(lambda c: bad(c, "a", "b") and "lost" in c["a"].quality.reason, 2.0, "lost")
+            await p.until(
+                lambda c: bad(c, "a", "b") and "not responding" in c["a"].quality.reason, 2.0, "lost"
+            )
             await asyncio.sleep(1.0)
             slow = p.since(t_slow + 0.3)
             proxy.clear()
@@ -218,7 +220,7 @@ async def test_exception_storms(agent_log: AgentLog) -> None:
             # the unit answers, if only with exceptions: it is not lost
             assert agent_log.named("lost", "plc unit") == []
             srv.faults.refuse_functions[3] = 11  # gateway: target device failed to respond
-            await p.until(lambda c: "lost (exception 0B" in c["v"].quality.reason, 2.0, "unit lost")
+            await p.until(lambda c: "not responding (exception 0B" in c["v"].quality.reason, 2.0, "unit lost")
             asked = len(srv.faults.requests)
             await asyncio.sleep(1.0)
             probes = len(srv.faults.requests) - asked
