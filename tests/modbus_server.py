@@ -1,9 +1,12 @@
 """A real pymodbus TCP server on 127.0.0.1 for tests, with faults a field device shows.
 
 Faults are injected on the wire (``trace_packet``), so the client sees exactly what a
-misbehaving device would send: a short reply, a reply from the wrong unit, no reply at all.
-Unit ids not served are silent (``ignore_missing_devices``), like units a TCP gateway cannot
-reach.
+misbehaving device would send: a short reply, a reply from the wrong unit, no reply at all, an
+exception instead of a function, a short reply to a read past the end of a table
+(``table_end``), exception 02 at every address of a unit id (``refuse_units``). Unit ids not
+served are silent (``ignore_missing_devices``), like units a TCP gateway cannot reach.
+Faults of the connection itself (delays, half-open links, corrupt bytes) are the fault proxy's
+(:mod:`tests.faults.proxy`).
 """
 
 from __future__ import annotations

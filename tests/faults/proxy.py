@@ -17,7 +17,9 @@ follows, on every connection, current and new:
 
 :meth:`FaultProxy.freeze` turns the connections open now into dead ones for good (a pulled
 cable, a hung gateway): nothing moves on them again, nothing closes them, while new
-connections work. :meth:`FaultProxy.cut` closes the connections open now.
+connections work. :meth:`FaultProxy.cut` closes the connections open now (``reset``: with an
+RST). :attr:`FaultProxy.target` may be changed at any time: new connections go there (the
+device behind the address changes, say from a web server to a Modbus server).
 
 Frames are Modbus TCP (MBAP) frames: a 7-byte header whose length field says how many bytes
 follow; a header whose length is impossible is forwarded as it came, and the connection then
