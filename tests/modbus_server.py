@@ -1,9 +1,12 @@
 """A real pymodbus TCP server on 127.0.0.1 for tests, with faults a field device shows.
 
 Faults are injected on the wire (``trace_packet``), so the client sees exactly what a
-misbehaving device would send: a short reply, a reply from the wrong unit, no reply at all.
-Unit ids not served are silent (``ignore_missing_devices``), like units a TCP gateway cannot
-reach.
+misbehaving device would send: a short reply, a reply from the wrong unit, no reply at all, an
+exception instead of a function, a short reply to a read past the end of a table
+(``table_end``), exception 02 at every address of a unit id (``refuse_units``). Unit ids not
+served are silent (``ignore_missing_devices``), like units a TCP gateway cannot reach.
+Faults of the connection itself (delays, half-open links, corrupt bytes) are the fault proxy's
+(:mod:`tests.faults.proxy`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,14 @@ class Faults:
     # that lacks a function answers 01; one that cannot read answers 04)
     refuse_functions: dict[int, int] = field(default_factory=dict)
     silent_functions: set[int] = field(default_factory=set)  # executed, reply dropped
-    _refusing: dict[int, bytes] = field(default_factory=dict)  # transaction id → exception reply pdu
+    # unit → the end of its register tables: a read of holding or input registers past it is
+    # answered with the registers below the end (none: a reply with byte count 0), not with
+    # exception 02, as some servers do
+    table_end: dict[int, int] = field(default_factory=dict)
+    # unit ids answered with exception 02 at every address, served or not (a gateway asked for
+    # a unit id it does not have); remove one to "add the drive"
+    refuse_units: set[int] = field(default_factory=set)
+    _replies: dict[int, tuple[int, bytes]] = field(default_factory=dict)  # tid → (unit, reply pdu)
     _silencing: set[int] = field(default_factory=set)  # transaction ids whose reply is dropped
 
 
@@ -38,11 +48,11 @@ def _mutate(data: bytes, faults: Faults) -> bytes:
         return data
     tid, pid, _length, unit = struct.unpack(">HHHB", data[:7])
     pdu = data[7:]
-    if unit in faults.silent_units or unit not in faults.served_units or tid in faults._silencing:
+    if tid in faults._replies:
+        unit, pdu = faults._replies.pop(tid)
+    elif unit in faults.silent_units or unit not in faults.served_units or tid in faults._silencing:
         faults._silencing.discard(tid)
         return b""
-    if tid in faults._refusing:
-        pdu = faults._refusing.pop(tid)
     if unit in faults.short_reply_units and pdu[0] in (3, 4) and len(pdu) > 4:
         byte_count = pdu[1] - 2
         pdu = bytes([pdu[0], byte_count]) + pdu[2 : 2 + byte_count]
@@ -52,18 +62,26 @@ def _mutate(data: bytes, faults: Faults) -> bytes:
 
 
 def _record(data: bytes, faults: Faults) -> bytes:
-    """Log a received request; answer a refused function without executing it."""
+    """Log a received request; answer a refused one without executing it."""
     if len(data) < 12:
         return data
     tid, pid, _, unit, fc, addr, count = struct.unpack(">HHHBBHH", data[:12])
     faults.requests.append((unit, fc, addr, count))
     if fc in faults.silent_functions:
         faults._silencing.add(tid)
-    if fc in faults.refuse_functions:
-        faults._refusing[tid] = bytes([fc | 0x80, faults.refuse_functions[fc]])
-        # the server executes a harmless read instead; its reply is replaced by the exception
-        return struct.pack(">HHHBBHH", tid, pid, 6, unit, 3, 0, 1)
-    return data
+    refused = faults.refuse_functions.get(fc) or (2 if unit in faults.refuse_units else None)
+    end = faults.table_end.get(unit)
+    if refused is not None:
+        faults._replies[tid] = (unit, bytes([fc | 0x80, refused]))
+    elif end is not None and fc in (3, 4) and addr + count > end:
+        if addr < end:  # the server reads what it has: its reply is short
+            return struct.pack(">HHHBBHH", tid, pid, 6, unit, fc, addr, end - addr)
+        faults._replies[tid] = (unit, bytes([fc, 0]))
+    else:
+        return data
+    # the server executes a harmless read instead (of a served unit); its reply is replaced
+    served = unit if unit in faults.served_units else min(faults.served_units)
+    return struct.pack(">HHHBBHH", tid, pid, 6, served, 3, 0, 1)
 
 
 class ModbusTestServer:

@@ -9,16 +9,28 @@ pymodbus is configured for a poller, not a script: no retries, no reconnect loop
 (``reconnect_delay=0``: we reconnect with our own backoff), no "close the link after N
 unanswered requests" of its own (a silent unit must not take the link down). Ours counts only
 requests after which *nothing at all* came back on the connection, from any unit: after
-``breaker.failures + 1`` in a row the connection is closed and opened again (a half-open TCP
-connection is never kept), while the replies of healthy units keep a gateway's connection up.
-Its exceptions are translated here, at the seam; ``asyncio.CancelledError`` always
-propagates, even where a pymodbus release wraps it in ``ModbusIOException``.
+``breaker.failures + 1`` in a row, once no polled unit's breaker is closed any more, the
+connection is closed and opened again (a half-open TCP connection is never kept), while the
+replies of healthy units keep a gateway's connection up, and a healthy unit is never dropped
+with the link before its own breaker calls it lost. Its exceptions are translated here, at the
+seam; ``asyncio.CancelledError`` always propagates, even where a pymodbus release wraps it in
+``ModbusIOException``.
 
 Every reply is validated: exception codes, replies from the wrong unit (over TCP reported as
 soon as they arrive, not at the timeout), short replies (pymodbus accepts them as success),
-timeouts, a peer that does not speak Modbus TCP, a connection the peer closes (the request in
-flight ends at once). Nothing from a bad reply reaches the pipeline as GOOD: the affected tags
-get a BAD sample with the reason.
+timeouts, late and incomplete replies, a connection the peer closes (the request in flight ends
+at once). Over TCP the bytes are checked before pymodbus parses them (:func:`scan_mbap`): a
+peer that does not speak Modbus TCP is named as such once and backed off; a corrupt header,
+length, byte count or function code ends the request and closes the connection (the stream
+cannot be framed any more), never a traceback. Nothing from a bad reply reaches the pipeline as
+GOOD: the affected tags get a BAD sample with the reason.
+
+A merged read refused with exception 02, or answered short (some servers answer a read past
+the end of their table with the registers they have), is split (:mod:`agent.drivers.modbus_plan`):
+the valid neighbours are read in the same cycle, only the tags really refused or past the end
+are BAD, and the split is remembered. A unit refusing every address it is asked for (a unit id
+a gateway does not have) counts as a failure of the unit each cycle: "lost" once, then probed
+with its breaker's backoff, so a drive added later is found without a restart.
 
 Writes (:meth:`ModbusDriver.write_many`) go in the caller's order, each item checked before
 anything is sent (its declared purpose among them), and each verified by a read issued after
@@ -58,7 +70,7 @@ from agent.errors import (
 from agent.running import Backoff, BreakerState, CircuitBreaker, Counters
 from agent.types import Quality, Sample, Value, utcnow
 
-__all__ = ["EXCEPTION_NAMES", "ModbusDriver", "UnitStatus", "decode_tag", "encode_tag"]
+__all__ = ["EXCEPTION_NAMES", "ModbusDriver", "UnitStatus", "decode_tag", "encode_tag", "scan_mbap"]
 
 log = structlog.get_logger("agent.drivers.modbus")
 
@@ -99,9 +111,42 @@ class _Table:
     tags: dict[str, ModbusTag]
     # per tag: (address, register/bit count, reader), computed once
     readers: dict[str, tuple[int, int, Reader]] = field(default_factory=dict)
+    # why each of the planner's illegal keys is left out (exception 02, short reply)
+    refused: dict[str, str] = field(default_factory=dict)
+    # when the illegal keys are asked again (a map that changed, a fault that went away)
+    probe_at: float = math.inf
 
     def __post_init__(self) -> None:
         self.readers = {k: (t.address, t.register_count, make_reader(t)) for k, t in self.tags.items()}
+
+    @property
+    def registers(self) -> bool:
+        return self.name in ("holding", "input")
+
+    @property
+    def all_refused(self) -> bool:
+        return len(self.planner.illegal_keys) == len(self.tags)
+
+    def refuse(self, before: frozenset[str], error: str, out: list[Sample], *, past_end: str = "") -> None:
+        """After one of the planner's ``report_*``: give each key it made illegal (not in
+        ``before``) its reason, and its BAD sample of this cycle. ``past_end``: the keys are
+        past the end of the table, as the short reply shows (what it says of the end)."""
+        for key in sorted(self.planner.illegal_keys - before):
+            tag = self.tags[key]
+            if past_end:
+                where = tag.reference
+                if tag.register_count > 1:
+                    where += f"..{modbus_reference(tag.table, tag.address + tag.register_count - 1)}"
+                why = f"{error}: {where} is past the end of the unit's table ({past_end})"
+            else:
+                why = f"{error} at {tag.reference}"
+            self.refused[key] = why
+            out.append(_bad(tag, why))
+
+    def retry_refused(self) -> None:
+        self.planner.retry_illegal()
+        self.refused.clear()
+        self.probe_at = math.inf
 
 
 @dataclass
@@ -114,6 +159,11 @@ class _Unit:
     def tags(self) -> Iterable[ModbusTag]:
         for t in self.tables:
             yield from t.tags.values()
+
+    @property
+    def refused_everywhere(self) -> bool:
+        """Every tag of the unit is refused (exception 02, past the end): nothing to read."""
+        return bool(self.tables) and all(t.all_refused for t in self.tables)
 
 
 def _bad(tag: ModbusTag, reason: str) -> Sample:
@@ -216,6 +266,59 @@ def encode_tag(tag: ModbusTag, value: Value) -> list[int] | bool:
         raise WriteRefused(f"{tag.name}: {exc}") from None
 
 
+# Replies whose PDU length is fixed by the function code (unit id + PDU, as in the MBAP length).
+_FIXED_REPLY_LENGTH = {5: 6, 6: 6, 15: 6, 16: 6, 22: 8}
+_READ_FUNCTIONS = frozenset({1, 2, 3, 4, 23})
+_HEADER_PROBLEMS = ("protocol id", "length field")
+
+
+def scan_mbap(buf: bytes, tid: int, fc: int) -> tuple[str | None, int | None, int]:
+    """Check the Modbus TCP frames at the start of a receive buffer, before pymodbus parses it.
+
+    ``tid`` and ``fc`` are the transaction id and function code of the request in flight.
+    Returns ``(problem, stray, missing)``: what makes the bytes invalid (None when nothing
+    does), the transaction id of a well-formed frame of another transaction (a late reply),
+    and how many bytes of a frame begun are still to come (0: none). The frame of ``tid``
+    must be the request's function (or its exception) with a length that fits it.
+    """
+    stray: int | None = None
+    off, n = 0, len(buf)
+    while off + 7 <= n:
+        protocol = buf[off + 2] << 8 | buf[off + 3]
+        length = buf[off + 4] << 8 | buf[off + 5]
+        if protocol:
+            return f"protocol id {protocol} (Modbus TCP has 0)", stray, 0
+        if not 3 <= length <= 254:
+            return f"length field {length} (3..254 in Modbus TCP)", stray, 0
+        end = off + 6 + length
+        if end > n:
+            return None, stray, end - n
+        frame_tid = buf[off] << 8 | buf[off + 1]
+        if frame_tid != tid:
+            stray = frame_tid
+        else:
+            got, size = buf[off + 7], length - 1  # function code, PDU bytes
+            if got == fc | 0x80:
+                if size != 2:
+                    return f"an exception reply of {size} bytes (2 in Modbus)", stray, 0
+            elif got != fc:
+                return f"function code {got} in the reply to function {fc}", stray, 0
+            elif fc in _READ_FUNCTIONS:
+                count = buf[off + 8]
+                if count != size - 2:
+                    return f"byte count {count} in a reply carrying {size - 2} data bytes", stray, 0
+                if fc in (3, 4, 23) and count % 2:
+                    return f"odd byte count {count} in a register reply", stray, 0
+            elif fc in _FIXED_REPLY_LENGTH and length != _FIXED_REPLY_LENGTH[fc]:
+                return f"length field {length} in a reply to function {fc}", stray, 0
+        off = end
+    return None, stray, (7 - (n - off)) if n > off else 0
+
+
+class _InvalidStream(Exception):
+    """Set on pymodbus's pending reply when the bytes received are not valid Modbus TCP."""
+
+
 TracePacket = Callable[[bool, bytes], bytes]
 TraceConnect = Callable[[bool], None]
 ClientFactory = Callable[[ModbusDevice, TracePacket, TraceConnect], Any]
@@ -282,14 +385,29 @@ class ModbusDriver:
         self._expect_unit: int | None = None
         self._wrong_unit: int | None = None  # a frame from another unit arrived
         self._wrong_reply = False  # ... and it was the reply to this request (same transaction)
-        self._not_modbus: bytes | None = None  # the peer sent something that is not Modbus TCP
         self._sent = False  # the request reached the transport
         self._sent_tid = -1
+        self._sent_fc = -1
+        self._in_flight = False  # a request of ours waits for its reply
+        self._received = False  # ... and some bytes came back since it was sent
+        self._stray_tid: int | None = None  # a well-formed frame of another transaction came
+        self._missing = 0  # bytes still missing of a frame begun on the wire
+        self._invalid: str | None = None  # the peer sent bytes that are not valid Modbus TCP
+        # Since this connection was opened, a valid frame came: an invalid one now is a
+        # corrupt reply, not a peer that does not speak Modbus TCP.
+        self._modbus_seen = False
+        # The link failed because the peer's bytes were not valid Modbus: a TCP connect alone
+        # does not prove it recovered, the first valid reply does (no lost/recovered flapping).
+        self._link_suspect = False
+        # Why the connection went away between two requests, told with the reconnect's failure
+        # (the cause, not only the symptom, in the "lost" line).
+        self._dropped: str | None = None
         # Requests in a row that got nothing at all back on this connection (any frame, from
         # any unit, resets it): a half-open connection is closed after this many.
         self._silent_requests = 0
         self._silent_limit = device.breaker.failures + 1
         self._timeout_s = device.timeout_ms / 1000.0
+        self._reprobe_s = device.breaker.backoff_max_ms / 1000.0
         b = device.breaker
         self._link = CircuitBreaker(
             f"{device.name} ({device.endpoint})",
@@ -332,7 +450,14 @@ class ModbusDriver:
         return self
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
-        """See every frame: whether a request left, and the unit id of every reply.
+        """See every frame: whether a request left, and whether what came back is Modbus.
+
+        Over TCP every received buffer is checked before pymodbus parses it (a frame it
+        cannot decode raises inside asyncio's transport callback: a traceback in the log and
+        a connection closed as if by the peer): a header that is not Modbus TCP, a length or
+        byte count that does not fit, a function code that is not the request's. Such bytes
+        are withheld from pymodbus and end the request in flight at once, as a bad link
+        (:meth:`_invalid_reply`).
 
         pymodbus silently drops a reply from another unit, so the caller would only see a
         timeout. Over TCP, a reply from another unit to *this* request (same transaction id) is
@@ -343,22 +468,32 @@ class ModbusDriver:
         tcp = isinstance(self.device, ModbusTcpDevice)
         if sending:
             self._sent = True
-            if tcp and len(data) >= 2:
+            if tcp and len(data) >= 8:
                 self._sent_tid = int.from_bytes(data[:2], "big")
+                self._sent_fc = data[7]
             return data
         if not data:
             return data
         self._silent_requests = 0
+        self._received = True
         expect = self._expect_unit
         if not tcp:
             if expect is not None and data[0] != expect:
                 self._wrong_unit = data[0]
             return data
-        if len(data) < 8:
+        problem, stray, self._missing = scan_mbap(data, self._sent_tid, self._sent_fc)
+        if stray is not None:
+            self._stray_tid = stray
+        if problem is not None:
+            self._invalid_reply(problem, data)
+            return b""
+        if self._missing or len(data) < 8:
             return data
-        if data[2:4] != b"\x00\x00":  # the protocol id of Modbus TCP is 0
-            self._not_modbus = data[:8]
-            return data
+        if not self._modbus_seen:
+            self._modbus_seen = True
+            if self._link_suspect:
+                self._link_suspect = False
+                self._link.record_success()
         uid = data[6]
         if expect is not None and expect != 0 and uid != expect:
             self._wrong_unit = uid
@@ -367,16 +502,48 @@ class ModbusDriver:
                 return data[:6] + bytes([expect]) + data[7:]
         return data
 
+    def _invalid_reply(self, problem: str, data: bytes) -> None:
+        """Bytes that are not valid Modbus TCP came: the stream can no longer be framed.
+
+        Named once, as what it is: a peer that never sent valid Modbus on this connection and
+        whose header is not Modbus TCP is "not a Modbus TCP server"; anything else is a
+        corrupt reply. The request in flight ends now (:meth:`_execute` closes the connection
+        and reports it); bytes that come between requests close the connection at once. The
+        link then backs off, and recovers only with the first valid reply after it."""
+        if not self._modbus_seen and problem.startswith(_HEADER_PROBLEMS):
+            reason = f"not a Modbus TCP server: {self.device.endpoint} answered {bytes(data[:32])!r}"
+        else:
+            frame = bytes(data[:12]).hex(" ")
+            reason = f"corrupt reply from unit {self._expect_unit}: {problem} (frame {frame})"
+        self._link_suspect = True
+        if self._invalid is not None:
+            return  # named already; the rest of the same garbage adds nothing
+        self._invalid = reason
+        pending = getattr(getattr(self._client, "ctx", None), "response_future", None)
+        if self._in_flight and isinstance(pending, asyncio.Future) and not pending.done():
+            pending.set_exception(_InvalidStream(reason))
+            return
+        # between requests: nobody waits, so close now and back off before the next connect
+        self._link.record_failure(reason)
+        if self._client is not None:
+            self._client.close()
+
     def _trace_connect(self, connected: bool) -> None:
-        """The peer closed the connection: end the wait of a request in flight now (pymodbus
-        would wait for its timeout), as a lost connection."""
-        if connected or self._client is None:
+        """The peer closed the connection (our own close is not reported here): end the wait
+        of a request in flight now (pymodbus would wait for its timeout), as a lost
+        connection; between requests, keep the cause for the next connect's report."""
+        if connected:
+            self._modbus_seen, self._invalid = False, None
+            return
+        if self._client is None:
             return
         from pymodbus.exceptions import ConnectionException
 
         pending = getattr(getattr(self._client, "ctx", None), "response_future", None)
-        if isinstance(pending, asyncio.Future) and not pending.done():
+        if self._in_flight and isinstance(pending, asyncio.Future) and not pending.done():
             pending.set_exception(ConnectionException("the device closed the connection"))
+        else:
+            self._dropped = "the device closed the connection"
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
@@ -438,6 +605,7 @@ class ModbusDriver:
             wait = max(0.0, self._link.open_until - self._clock())
             return f"device unreachable ({self._link.last_error}); next attempt in {wait:.1f} s"
         budget = max(_MIN_BUDGET_S, min(self._timeout_s, deadline - self._clock() - _MARGIN_S))
+        cause, self._dropped = self._dropped, None
         try:
             async with asyncio.timeout(budget):
                 ok = await self._client.connect()
@@ -445,15 +613,19 @@ class ModbusDriver:
             ok = False
         except Exception as exc:
             self._reraise_if_cancelled()
-            self._link.record_failure(f"connect failed: {exc}")
-            return f"device unreachable: connect failed: {exc}"
+            return self._connect_failed(f"connect failed: {exc}", cause)
         if not ok:
             self._client.close()
-            self._link.record_failure(f"connect to {self.device.endpoint} failed")
-            return f"device unreachable: connect to {self.device.endpoint} failed"
-        self._link.record_success()
+            return self._connect_failed(f"connect to {self.device.endpoint} failed", cause)
+        if not self._link_suspect:  # else the first valid reply is the proof (see _trace_packet)
+            self._link.record_success()
         self.counters.bump("link", "connects")
         return None
+
+    def _connect_failed(self, what: str, cause: str | None) -> str:
+        reason = what if cause is None else f"connection lost ({cause}), then {what}"
+        self._link.record_failure(reason)
+        return f"device unreachable: {reason}"
 
     async def _poll_unit(self, unit: _Unit, deadline: float) -> list[Sample]:
         key = str(unit.unit)
@@ -461,11 +633,17 @@ class ModbusDriver:
             reason = f"unit {unit.unit} not responding ({unit.breaker.last_error}); skipped until retry"
             self.counters.bump(key, "skipped")
             return [_bad(t, reason) for t in unit.tags()]
+        if unit.refused_everywhere:
+            # A unit id the device does not have (yet): ask again, as the breaker allows, so a
+            # drive added later is found without a restart.
+            for table in unit.tables:
+                table.retry_refused()
         samples: list[Sample] = []
         for table in unit.tables:
+            if table.refused and self._clock() >= table.probe_at:
+                table.retry_refused()  # once per backoff cap: a refusal is not for ever
             for name in table.planner.illegal_keys:
-                tag = table.tags[name]
-                samples.append(_bad(tag, f"illegal data address (exception 02) at {tag.reference}"))
+                samples.append(_bad(table.tags[name], table.refused[name]))
             queue = list(table.planner.requests())
             while queue:
                 req = queue.pop(0)
@@ -481,21 +659,10 @@ class ModbusDriver:
                 except DeviceException as exc:
                     unit.problem = f"{exc} at {modbus_reference(table.name, req.start)}"
                     if exc.code == 2:
+                        before = (table.planner.illegal_keys, table.planner.barriers)
                         replacement = table.planner.report_illegal(req)
-                        if len(req.keys) > 1:
-                            log.info(
-                                "merged read refused with illegal address; split",
-                                device=self.name,
-                                unit=unit.unit,
-                                table=table.name,
-                                start=req.start,
-                                count=req.count,
-                            )
-                            queue[:0] = replacement
-                            continue
-                        samples.extend(
-                            _bad(table.tags[k], f"{exc} at {table.tags[k].reference}") for k in req.keys
-                        )
+                        self._refused(unit, table, req, before, str(exc), samples)
+                        queue[:0] = replacement
                         continue
                     samples.extend(_bad(table.tags[k], str(exc)) for k in req.keys)
                     if exc.code in _UNIT_DOWN_CODES:
@@ -504,6 +671,11 @@ class ModbusDriver:
                             return samples + self._rest_bad(unit, table, queue, str(exc))
                     else:
                         unit.breaker.record_success()  # it answered: the unit is there
+                    continue
+                except _ShortReply as exc:
+                    unit.problem = f"{exc} at {modbus_reference(table.name, req.start)}"
+                    self.counters.bump(key, "short_replies")
+                    queue[:0] = self._split_short(unit, table, req, exc, samples)
                     continue
                 except DeviceUnreachable as exc:
                     unit.problem = str(exc)
@@ -522,7 +694,66 @@ class ModbusDriver:
                     continue
                 unit.breaker.record_success()
                 samples.extend(self._decode(table, req, data))
+        if unit.refused_everywhere:
+            # It answers, but no address it was asked for: as good as absent. One failure per
+            # cycle, so the breaker says "lost" once, with the reason, and probes with backoff.
+            self._unit_failed(unit, f"every configured address refused: {unit.problem}")
         return samples
+
+    def _split_short(
+        self, unit: _Unit, table: _Table, req: ReadRequest, exc: _ShortReply, out: list[Sample]
+    ) -> list[ReadRequest]:
+        """A short reply: decode what came, the tags past the end are BAD with the reason, the
+        rest is read again now; returns the requests to read now.
+
+        Registers: what came is trusted (a server that stops at the end of its table), so
+        the split falls exactly at the end (:meth:`RequestPlanner.report_short`). Bits come
+        padded to whole bytes, so where the table ends is not known: the request is split as
+        if refused with exception 02, and nothing of the short reply is used."""
+        before = (table.planner.illegal_keys, table.planner.barriers)
+        if not table.registers:
+            replacement = table.planner.report_illegal(req)
+            self._refused(unit, table, req, before, str(exc), out)
+            return replacement
+        got = len(exc.data)
+        split = table.planner.report_short(req, got)
+        if got:
+            end = f"the reply stopped after {modbus_reference(table.name, req.start + got - 1)}"
+        else:
+            end = f"nothing came from {modbus_reference(table.name, req.start)} on"
+        self._refused(unit, table, req, before, str(exc), out, past_end=end)
+        if split.answered:
+            unit.breaker.record_success()  # it answered with data: the unit is there
+            out.extend(self._decode(table, ReadRequest(req.start, got, split.answered), exc.data))
+        return split.retry
+
+    def _refused(
+        self,
+        unit: _Unit,
+        table: _Table,
+        req: ReadRequest,
+        before: tuple[frozenset[str], frozenset[int]],
+        error: str,
+        out: list[Sample],
+        *,
+        past_end: str = "",
+    ) -> None:
+        """After the planner learned from a refused or short read: BAD samples with the reason
+        for the tags it left out, a re-probe of them after the backoff cap, and one log line
+        for each split it learned (a transition: the same refusal asked again logs nothing)."""
+        table.refuse(before[0], error, out, past_end=past_end)
+        if table.refused and table.probe_at == math.inf:
+            table.probe_at = self._clock() + self._reprobe_s
+        if table.planner.barriers != before[1]:
+            log.info(
+                "merged read split",
+                device=self.name,
+                unit=unit.unit,
+                table=table.name,
+                start=req.start,
+                count=req.count,
+                reason=error,
+            )
 
     def _unit_failed(self, unit: _Unit, reason: str) -> None:
         self.counters.bump(str(unit.unit), "failures")
@@ -566,11 +797,13 @@ class ModbusDriver:
             bits = list(rr.bits)
             # pymodbus pads bits to whole bytes; a reply with fewer bytes than asked is short
             if len(bits) < req.count:
-                raise BadReply(f"short reply: {len(bits)} of {req.count} bits from unit {unit}")
+                raise _ShortReply(f"short reply: {len(bits)} of {req.count} bits from unit {unit}", bits)
             return bits[: req.count]
         regs = list(rr.registers)
-        if len(regs) != req.count:
-            raise BadReply(f"short reply: {len(regs)} of {req.count} registers from unit {unit}")
+        if len(regs) < req.count:
+            raise _ShortReply(f"short reply: {len(regs)} of {req.count} registers from unit {unit}", regs)
+        if len(regs) > req.count:
+            raise BadReply(f"long reply: {len(regs)} registers from unit {unit}, {req.count} asked")
         return regs
 
     async def _execute(
@@ -585,15 +818,21 @@ class ModbusDriver:
         async with self._lock:
             for attempt in (1, 2):
                 self._expect_unit, self._wrong_unit, self._wrong_reply = unit, None, False
-                self._sent, self._not_modbus = False, None
+                self._sent, self._received, self._stray_tid, self._missing = False, False, None, 0
                 try:
+                    self._in_flight = True
                     async with asyncio.timeout(budget_s):
                         rr = await call()
                 except TimeoutError:
                     raise self._no_reply(unit, budget_s) from None
+                except _InvalidStream as exc:
+                    self._client.close()
+                    raise DeviceUnreachable(f"{exc}; connection closed, to be opened again") from None
                 except ConnectionException as exc:
                     self._reraise_if_cancelled()
                     self._client.close()
+                    if self._invalid is not None:  # the garbage came first, then the close
+                        raise DeviceUnreachable(self._invalid) from None
                     raise DeviceUnreachable(f"connection lost: {exc}") from None
                 except ModbusIOException as exc:
                     self._reraise_if_cancelled()
@@ -608,6 +847,8 @@ class ModbusDriver:
                 except ModbusException as exc:
                     self._reraise_if_cancelled()
                     raise BadReply(f"bad reply from unit {unit}: {exc}") from None
+                finally:
+                    self._in_flight = False
                 # asyncio.wait_for (used inside pymodbus) drops a cancellation that arrives in
                 # the same loop pass as the reply: the reply is returned, the cancel lost.
                 self._reraise_if_cancelled()
@@ -627,18 +868,30 @@ class ModbusDriver:
         """The error of a request that timed out; after too many in a row with nothing at all
         received on the connection, the connection is closed (the next poll reconnects with
         backoff): a half-open TCP connection is never kept for good. A silent unit behind a
-        healthy gateway does not close it: the other units' replies keep resetting the count,
-        and its own breaker stops asking it before the count is reached."""
-        if self._not_modbus is not None:
-            return BadReply(
-                f"the reply is not Modbus TCP (it starts {self._not_modbus!r}): "
-                f"is {self.device.endpoint} a Modbus server?"
-            )
+        healthy gateway does not close it: the other units' replies keep resetting the count.
+        Nor do the probes of lost units drop a healthy one sooner than its own breaker says:
+        the connection is closed only once no polled unit's breaker is closed."""
         if self._wrong_unit is not None:
             return BadReply(f"reply from the wrong unit: asked {unit}, got {self._wrong_unit}")
-        reason = f"timeout: no reply from unit {unit} within {budget_s * 1000:.0f} ms"
+        ms = f"{budget_s * 1000:.0f} ms"
+        if self._missing:
+            return DeviceUnreachable(
+                f"incomplete reply from unit {unit}: {self._missing} bytes of the frame missing after {ms}"
+            )
+        reason = f"timeout: no reply from unit {unit} within {ms}"
+        if self._stray_tid is not None:
+            return DeviceUnreachable(
+                f"{reason} (a reply to transaction {self._stray_tid} came instead of {self._sent_tid}: "
+                "a reply later than the timeout, or a corrupt header)"
+            )
+        if self._received:
+            return DeviceUnreachable(reason)
         self._silent_requests += 1
-        if self._silent_requests >= self._silent_limit and self._client is not None:
+        if (
+            self._silent_requests >= self._silent_limit
+            and self._client is not None
+            and not any(u.tables and u.breaker.state is BreakerState.CLOSED for u in self._units.values())
+        ):
             self._silent_requests = 0
             self._client.close()
             reason += (
@@ -935,6 +1188,14 @@ class ModbusDriver:
             else:
                 out[w.tag.name] = value
         return out
+
+
+class _ShortReply(BadReply):
+    """A read answered with fewer registers (bits) than asked; ``data`` holds what came."""
+
+    def __init__(self, message: str, data: list[int] | list[bool]) -> None:
+        super().__init__(message)
+        self.data = data
 
 
 class _SplitRun(Exception):

@@ -58,6 +58,7 @@ __all__ = [
     "MAX_READ_REGISTERS",
     "ReadRequest",
     "RequestPlanner",
+    "ShortSplit",
     "Span",
     "plan",
 ]
@@ -96,6 +97,18 @@ class ReadRequest:
     def end(self) -> int:
         """One past the last address read."""
         return self.start + self.count
+
+
+@dataclass(frozen=True, slots=True)
+class ShortSplit:
+    """What a short reply to a request taught (see :meth:`RequestPlanner.report_short`)."""
+
+    answered: tuple[str, ...]
+    """Keys whose span lies wholly inside the part of the reply that came: decode them from it."""
+    past_end: tuple[str, ...]
+    """Keys whose span holds the first address that did not come: now illegal."""
+    retry: list[ReadRequest]
+    """Requests for the spans after that address, to try now, in the same cycle."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,15 +280,17 @@ class RequestPlanner:
 
     Lifecycle: build it once per unit+table from the configured tags (it plans immediately, so a
     map that cannot be planned raises ``ValueError`` at load), read :meth:`requests` every
-    cycle, and tell it about exception 02 replies with :meth:`report_illegal`. It is not
+    cycle, and tell it about exception 02 replies with :meth:`report_illegal` and about
+    short replies (fewer addresses than asked) with :meth:`report_short`. It is not
     thread-safe: the task polling the unit owns it.
 
     What it learns lives in memory only:
 
-    * barriers: a merged request was refused, so it is split and never merged that way again;
-    * illegal spans: a request for one span alone was refused; the span's keys are left out
-      of the plan (the driver reports them BAD "illegal data address") until
-      :meth:`retry_illegal`.
+    * barriers: a merged request was refused, or answered short, so it is split and never
+      merged that way again;
+    * illegal spans: a request for one span alone was refused, or a short reply ended inside
+      the span; the span's keys are left out of the plan (the driver reports them BAD with
+      the reason) until :meth:`retry_illegal`.
 
     A learned barrier that a planned span would cross (possible after :meth:`retry_illegal`
     brings back a span that a split was learned around) is ignored while that span is planned.
@@ -336,6 +351,47 @@ class RequestPlanner:
         if unknown:
             raise ValueError(f"request [{request.start}, {request.end}) holds unknown keys {unknown}")
         return self._refused(request)
+
+    def report_short(self, request: ReadRequest, received: int) -> ShortSplit:
+        """Learn from a reply to ``request`` that held only its first ``received`` addresses.
+
+        Some servers answer a read past the end of their table with the addresses they have
+        instead of exception 02. With ``cut = request.start + received``, the first address
+        that did not come:
+
+        * spans ending at or before ``cut`` were answered (:attr:`ShortSplit.answered`);
+        * spans holding ``cut`` are past the end of the device's table: they become illegal,
+          as a span refused with exception 02 on its own does (:attr:`ShortSplit.past_end`);
+        * spans starting after ``cut`` were not asked: they are re-planned, to be read now
+          (:attr:`ShortSplit.retry`, never repeating ``request``: each starts after ``cut``).
+
+        A barrier at ``cut`` is learned, so the answered spans are never merged again with
+        what lies past it. Keys already illegal are ignored. Raises ``ValueError`` for a key
+        this planner does not hold, or unless ``0 <= received < request.count``.
+        """
+        unknown = sorted(key for key in request.keys if key not in self._by_key)
+        if unknown:
+            raise ValueError(f"request [{request.start}, {request.end}) holds unknown keys {unknown}")
+        if not 0 <= received < request.count:
+            raise ValueError(
+                f"a short reply to [{request.start}, {request.end}) holds 0..{request.count - 1} "
+                f"addresses, not {received}"
+            )
+        cut = request.start + received
+        spans = sorted(
+            {self._by_key[key] for key in request.keys if key not in self._illegal},
+            key=lambda s: (s.start, s.key),
+        )
+        answered = tuple(s.key for s in spans if s.end <= cut)
+        past_end = tuple(s.key for s in spans if s.start <= cut < s.end)
+        rest = [s for s in spans if s.start > cut]
+        if past_end:
+            self._illegal.update(past_end)
+            self._cache = None
+        if received and cut not in self._learned:
+            self._learned.add(cut)
+            self._cache = None
+        return ShortSplit(answered, past_end, self._plan(rest) if rest else [])
 
     def retry_illegal(self) -> None:
         """Forget the illegal spans (an operator-triggered re-probe); learned barriers stay."""

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from agent.config import ModbusTcpDevice
 from agent.drivers import modbus_codec as codec
@@ -401,23 +402,176 @@ async def test_a_silent_unit_behind_a_live_gateway_never_closes_the_shared_conne
             assert drv.counters.per_unit["2"]["requests"] >= 5  # it was asked, and timed out
 
 
-async def test_a_peer_that_is_not_modbus_is_named_as_such() -> None:
+async def run_for(
+    drv: ModbusDriver, seconds: float, interval: float = 0.05
+) -> list[tuple[float, dict[str, Sample]]]:
+    """Poll ``drv`` on a RunningSource for ``seconds``; every cycle's samples, stamped."""
+    cycles: list[tuple[float, dict[str, Sample]]] = []
+
+    def sink(samples: list[Sample]) -> None:
+        cycles.append((time.monotonic(), by_tag(samples)))
+
+    task = asyncio.create_task(RunningSource(drv, interval, sink).run())
+    await asyncio.sleep(seconds)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return cycles
+
+
+def events(logs: list[dict[str, Any]], event: str, source: str) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == event and e.get("source", "").startswith(source)]
+
+
+async def test_a_peer_that_is_not_modbus_is_named_once_and_backed_off() -> None:
+    # An HTTP server that answers anything it cannot parse with 400 and closes, as nginx does
+    accepted = 0
+
     async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
         await reader.read(100)
-        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\nContent-Length: 0\r\n\r\n")
         await writer.drain()
+        writer.close()
 
     server = await asyncio.start_server(http, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
+    tags = [{"name": "v", "table": "holding", "address": 0, "type": "uint16"}]
+    dev = device(port, tags, breaker={"failures": 3, "backoff_ms": 100, "backoff_max_ms": 400})
     try:
-        tags = [{"name": "v", "table": "holding", "address": 0, "type": "uint16"}]
-        async with ModbusDriver(device(port, tags)) as drv:
-            got = await poll(drv)
+        async with ModbusDriver(dev) as drv:
+            with capture_logs() as logs:
+                cycles = await run_for(drv, 2.0)
+            status = drv.unit_status()[0]
     finally:
         server.close()
         await server.wait_closed()
-    assert "not Modbus TCP" in got["v"].quality.reason and "HTTP" in got["v"].quality.reason
-    assert "wrong unit" not in got["v"].quality.reason
+    reasons = [c["v"].quality.reason for _, c in cycles]
+    assert all(
+        r.startswith(("not a Modbus TCP server", "device unreachable (not a Modbus TCP server"))
+        for r in reasons
+    )
+    assert "HTTP/1.1 400" in reasons[0] and "wrong unit" not in reasons[0]
+    lost = events(logs, "lost", "plc (")
+    assert len(lost) == 1 and lost[0]["reason"].startswith("not a Modbus TCP server: 127.0.0.1:")
+    assert events(logs, "recovered", "plc") == []  # a TCP connect is no proof: no flapping
+    assert not [e for e in logs if e["event"] == "lost" and "unit" in e["source"]]
+    # backoff 0.1, 0.2, 0.4, 0.4 ... s: a handful of connections in 2 s, not one per cycle
+    assert 3 <= accepted <= 8, accepted
+    assert status.state == "lost" and status.last_error.startswith("not a Modbus TCP server")
+
+
+async def test_a_text_peer_that_keeps_the_connection_open_is_named_and_closed() -> None:
+    connections: list[asyncio.StreamWriter] = []
+
+    async def chatty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        while await reader.read(100):
+            writer.write(b"ERROR unknown command\r\n")
+
+    server = await asyncio.start_server(chatty, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    tags = [{"name": "v", "table": "holding", "address": 0, "type": "uint16"}]
+    try:
+        async with ModbusDriver(device(port, tags, timeout_ms=2000)) as drv:
+            t0 = time.monotonic()
+            got = await poll(drv, budget=5)
+            assert time.monotonic() - t0 < 0.5  # named at once, not at the timeout
+            assert not drv.connected  # the stream cannot be framed any more: closed
+    finally:
+        for w in connections:
+            w.close()
+        server.close()
+        await server.wait_closed()
+    assert got["v"].quality.reason.startswith("not a Modbus TCP server: 127.0.0.1:")
+    assert "ERROR unknown command" in got["v"].quality.reason
+
+
+async def test_a_short_reply_to_a_merged_read_is_split_at_the_end_of_the_table() -> None:
+    # This server answers a read past the end of its table (register 100) with the registers
+    # it has, not with exception 02.
+    async with ModbusTestServer(size=200) as srv:
+        srv.faults.table_end[1] = 100
+        await srv.set_registers(1, 95, [7])
+        await srv.set_registers(1, 97, codec.encode(2.5, codec.DataType.FLOAT32, "ABCD"))
+        tags = [
+            {"name": "a", "table": "holding", "address": 95, "type": "uint16"},
+            {"name": "b", "table": "holding", "address": 97, "type": "float32"},
+            {"name": "c", "table": "holding", "address": 99, "type": "float32"},  # 99..100: half past
+            {"name": "d", "table": "holding", "address": 103, "type": "uint16"},  # wholly past
+        ]
+        async with ModbusDriver(device(srv.port, tags, hole_fill_gap=8)) as drv:
+            with capture_logs() as logs:
+                first = await poll(drv)
+            n_first = len(srv.faults.requests)
+            second = await poll(drv)
+            third = await poll(drv)
+            n_later = len(srv.faults.requests) - n_first
+            status = drv.unit_status()[0]
+    for got in (first, second, third):
+        assert (got["a"].value, got["b"].value) == (7, 2.5)
+        assert got["a"].quality.is_good and got["b"].quality.is_good
+        assert got["c"].value is None and got["d"].value is None
+        assert got["c"].quality.reason == (
+            "short reply: 5 of 9 registers from unit 1: 40100..40101 is past the end of the unit's table "
+            "(the reply stopped after 40100)"
+        )
+        assert got["d"].quality.reason == (
+            "short reply: 0 of 1 registers from unit 1: 40104 is past the end of the unit's table "
+            "(nothing came from 40104 on)"
+        )
+    # merged [95, 104) answered short with 5 registers; then "d" alone, answered with none
+    assert srv.faults.requests[:2] == [(1, 3, 95, 9), (1, 3, 103, 1)] and n_first == 2
+    assert n_later == 2  # remembered: one read of a and b per cycle, nothing past the end
+    assert srv.faults.requests[-1] == (1, 3, 95, 4)
+    assert [(e["event"], e["start"], e["reason"]) for e in logs] == [
+        ("merged read split", 95, "short reply: 5 of 9 registers from unit 1")
+    ]
+    assert status.state == "ok"
+
+
+async def test_a_unit_refusing_every_address_is_lost_once_probed_with_backoff_and_found_later() -> None:
+    # A gateway answers exception 02 for a unit id it does not have; the drive is added later.
+    async with ModbusTestServer(units=[1, 5]) as srv:
+        srv.faults.refuse_units.add(5)
+        await srv.set_registers(5, 3, [33])
+        await srv.set_registers(5, 10, [44])
+        tags = [
+            {"name": "live", "unit": 1, "table": "holding", "address": 0, "type": "uint16"},
+            {"name": "x", "unit": 5, "table": "holding", "address": 3, "type": "uint16"},
+            {"name": "y", "unit": 5, "table": "holding", "address": 10, "type": "uint16"},
+        ]
+        dev = device(
+            srv.port, tags, units=[1, 5], breaker={"failures": 2, "backoff_ms": 100, "backoff_max_ms": 400}
+        )
+        async with ModbusDriver(dev) as drv:
+            with capture_logs() as logs:
+                absent = await run_for(drv, 2.0)
+                status = {s.unit: s for s in drv.unit_status()}
+                asked_absent = [r for r in srv.faults.requests if r[0] == 5]
+                srv.faults.refuse_units.clear()  # the drive is there now
+                t_added = time.monotonic()
+                present = await run_for(drv, 1.0)
+    live = [c["live"] for _, c in absent + present if "live" in c]  # a late cycle may defer some
+    assert len(live) >= 50 and all(s.quality.is_good for s in live)
+    reasons = {c[k].quality.reason for _, c in absent for k in ("x", "y") if k in c}
+    assert all(reasons) and any("exception 02" in r for r in reasons)
+    lost = events(logs, "lost", "plc unit 5")
+    assert len(lost) == 1
+    assert lost[0]["reason"].startswith(
+        "every configured address refused: exception 02 (illegal data address)"
+    )
+    assert status[5].state == "lost" and status[5].last_error == lost[0]["reason"]
+    assert status[1].state == "ok"
+    # asked again with backoff (0.1, 0.2, 0.4, 0.4 s): not every cycle, and not never
+    cycles = len(absent)
+    assert cycles >= 35 and 6 <= len(asked_absent) <= 20, (cycles, asked_absent)
+    found = [t for t, c in present if "y" in c and c["x"].quality.is_good and c["y"].quality.is_good]
+    assert found and found[0] - t_added <= 0.4 + 0.1, "found within the backoff cap"
+    last = [c for _, c in present if "y" in c][-1]
+    assert (last["x"].value, last["y"].value) == (33, 44)
+    assert len(events(logs, "recovered", "plc unit 5")) == 1
 
 
 async def test_a_dropped_connection_ends_the_pending_request_at_once() -> None:

@@ -25,6 +25,7 @@ from agent.drivers.modbus_plan import (
     MAX_READ_REGISTERS,
     ReadRequest,
     RequestPlanner,
+    ShortSplit,
     Span,
     plan,
 )
@@ -686,3 +687,102 @@ def test_planner_is_deterministic() -> None:
 
     for seed in range(10):
         assert history(seed) == history(seed)
+
+
+# --------------------------------------------------------------------------- short replies
+
+
+def test_short_reply_answers_what_came_makes_the_span_at_the_end_illegal_and_retries_the_rest() -> None:
+    spans = [Span("a", 0, 1), Span("b", 1, 2), Span("c", 3, 1), Span("d", 10, 2)]
+    planner = RequestPlanner(spans, max_count=125, max_gap=10)
+    [merged] = planner.requests()
+    assert merged == ReadRequest(0, 12, ("a", "b", "c", "d"))
+    split = planner.report_short(merged, 2)  # the reply held registers 0 and 1 only
+    assert split == ShortSplit(("a",), ("b",), [ReadRequest(3, 9, ("c", "d"))])
+    assert planner.illegal_keys == {"b"}
+    assert planner.barriers == {2}
+    # remembered: "a" is never merged with what lies past the end again
+    assert planner.requests() == [ReadRequest(0, 1, ("a",)), ReadRequest(3, 9, ("c", "d"))]
+
+
+def test_a_short_reply_with_nothing_in_it_makes_the_first_spans_illegal_and_learns_no_barrier() -> None:
+    spans = [Span("x", 5, 2), Span("x.bit", 5, 1), Span("y", 8, 1)]
+    planner = RequestPlanner(spans, max_count=125, max_gap=4)
+    [merged] = planner.requests()
+    split = planner.report_short(merged, 0)
+    assert split == ShortSplit((), ("x", "x.bit"), [ReadRequest(8, 1, ("y",))])
+    assert planner.barriers == frozenset()
+    # the retry never repeats the read that came back short
+    assert planner.report_short(split.retry[0], 0) == ShortSplit((), ("y",), [])
+    assert planner.requests() == []
+    planner.retry_illegal()
+    assert planner.requests() == [merged]
+
+
+def test_a_short_reply_ending_inside_nested_spans_keeps_the_inner_one_that_came() -> None:
+    spans = [Span("u16", 20, 1), Span("f32", 20, 2)]
+    planner = RequestPlanner(spans, max_count=125, max_gap=0)
+    [req] = planner.requests()
+    assert planner.report_short(req, 1) == ShortSplit(("u16",), ("f32",), [])
+    assert planner.requests() == [ReadRequest(20, 1, ("u16",))]
+
+
+@pytest.mark.parametrize("received", [-1, 3, 4])
+def test_a_short_reply_must_be_short(received: int) -> None:
+    planner = RequestPlanner([Span("a", 0, 3)], max_count=125, max_gap=0)
+    with pytest.raises(ValueError, match="short reply"):
+        planner.report_short(ReadRequest(0, 3, ("a",)), received)
+    with pytest.raises(ValueError, match="unknown keys"):
+        planner.report_short(ReadRequest(0, 3, ("zz",)), 1)
+
+
+def run_cycle_against_table_end(
+    planner: RequestPlanner, unmapped: set[int], end: int
+) -> tuple[int, set[str]]:
+    """One cycle against a device whose table ends at ``end`` (a read past it is answered
+    short, with the registers it has) and that refuses a read touching an unmapped address
+    below the end (exception 02). Returns (refused or short replies, keys read)."""
+    faults = 0
+    read: set[str] = set()
+    seen: list[tuple[int, int]] = []
+    queue = planner.requests()
+    while queue:
+        request = queue.pop(0)
+        have_end = min(request.end, end)
+        if any(a in unmapped for a in range(request.start, have_end)):
+            faults += 1
+            queue[:0] = planner.report_illegal(request)
+            continue
+        answered = have_end - request.start if have_end > request.start else 0
+        for start, stop in seen:  # no address is read twice in one cycle
+            assert stop <= request.start or request.start + answered <= start
+        seen.append((request.start, request.start + answered))
+        if answered == request.count:
+            read.update(request.keys)
+            continue
+        faults += 1
+        split = planner.report_short(request, answered)
+        for r in split.retry:
+            assert r.start > request.start + answered and r.end <= request.end
+        read.update(split.answered)
+        queue[:0] = split.retry
+    return faults, read
+
+
+def test_planner_converges_against_a_device_that_answers_short_past_its_table_end() -> None:
+    rng = random.Random(7)
+    for _ in range(100):
+        spans, unmapped = _device_map(rng)
+        end = rng.randint(0, max(s.end for s in spans) + 3)
+        max_count, max_gap = rng.randint(8, 40), rng.randint(0, 10)
+        planner = RequestPlanner(spans, max_count=max_count, max_gap=max_gap)
+        good = {
+            s.key for s in spans if s.end <= end and not any(a in unmapped for a in range(s.start, s.end))
+        }
+        history = []
+        for _cycle in range(6):
+            faults, read = run_cycle_against_table_end(planner, unmapped, end)
+            history.append(faults)
+            assert read == good  # the valid neighbours are read every cycle, the learning one too
+        assert history[-2:] == [0, 0], history
+        assert planner.illegal_keys == {s.key for s in spans} - good
