@@ -21,7 +21,6 @@ so ``edge_agent_audit_healthy`` is the whole story.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +41,7 @@ from prometheus_client.registry import Collector
 from agent.errors import AgentError
 from agent.ops import status
 from agent.ops.metrics_config import MetricsConfig, parse_listen
+from agent.ops.serving import Connections
 from agent.stats import LatencyStats
 
 if TYPE_CHECKING:
@@ -287,7 +287,7 @@ class MetricsServer:
         self.config = config
         self._registry = registry
         self._server: asyncio.Server | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._connections = Connections()
         self.host, self.port = parse_listen(config.listen)
         self.scrapes = 0
 
@@ -308,32 +308,16 @@ class MetricsServer:
     async def close(self) -> None:
         """Stop listening and end every connection in flight."""
         server, self._server = self._server, None
-        if server is None:
-            return
-        server.close()
-        for task in list(self._handlers):
-            task.cancel()
-        for task in list(self._handlers):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await server.wait_closed()
+        if server is not None:
+            await self._connections.close(server)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._handlers.add(task)
-        try:
-            async with asyncio.timeout(_REQUEST_TIMEOUT_S):
-                await self._respond(reader, writer)
-        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError, asyncio.CancelledError, TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await writer.wait_closed()
-            if task is not None:
-                self._handlers.discard(task)
+        async with self._connections.track(writer):
+            try:
+                async with asyncio.timeout(_REQUEST_TIMEOUT_S):
+                    await self._respond(reader, writer)
+            except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                pass
 
     async def _respond(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")

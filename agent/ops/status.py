@@ -33,6 +33,7 @@ import structlog
 
 from agent.errors import AgentError
 from agent.ops import certs
+from agent.ops.serving import Connections
 from agent.stats import POLL_BUCKETS_S, LatencyStats
 from agent.types import AlarmState, QualityCode, Sample, utcnow
 
@@ -370,7 +371,7 @@ class StatusServer:
         self.path = path
         self._document = document
         self._server: asyncio.Server | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._connections = Connections()
         self.served = 0
 
     async def __aenter__(self) -> Self:
@@ -390,40 +391,25 @@ class StatusServer:
         server, self._server = self._server, None
         if server is None:
             return
-        server.close()
-        for task in list(self._handlers):
-            task.cancel()
-        for task in list(self._handlers):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await server.wait_closed()
+        await self._connections.close(server)
         with contextlib.suppress(OSError):
             if stat.S_ISSOCK(os.lstat(self.path).st_mode):
                 os.unlink(self.path)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._handlers.add(task)
-        try:
+        async with self._connections.track(writer):
             try:
-                body = json.dumps(self._document(), default=str)
-            except Exception as exc:  # a bug in the document must not reach the event loop
-                log.error("status document failed", error=f"{type(exc).__name__}: {exc}")
-                body = json.dumps({"error": f"status document failed: {type(exc).__name__}: {exc}"})
-            writer.write(body.encode() + b"\n")
-            async with asyncio.timeout(_SEND_TIMEOUT_S):
-                await writer.drain()
-            self.served += 1
-        except (TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError, asyncio.CancelledError, TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await writer.wait_closed()
-            if task is not None:
-                self._handlers.discard(task)
+                try:
+                    body = json.dumps(self._document(), default=str)
+                except Exception as exc:  # a bug in the document must not reach the event loop
+                    log.error("status document failed", error=f"{type(exc).__name__}: {exc}")
+                    body = json.dumps({"error": f"status document failed: {type(exc).__name__}: {exc}"})
+                writer.write(body.encode() + b"\n")
+                async with asyncio.timeout(_SEND_TIMEOUT_S):
+                    await writer.drain()
+                self.served += 1
+            except (TimeoutError, ConnectionError):
+                pass
 
 
 def _remove_stale(path: Path) -> None:
