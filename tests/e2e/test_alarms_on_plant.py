@@ -307,7 +307,8 @@ async def test_acknowledge_coil_and_return_to_normal(tmp_path: Path) -> None:
             await hmi.set_acknowledge(True)
             await _wait_state(agent, "pump1", SUCTION_LOW, AlarmState.ACKED, react)
             await hmi.set_acknowledge(False)  # the operator releases the pushbutton
-            assert not agent.view.hmi["pump1"].unacked_word & b
+            # the view's HMI block is refreshed later in the cycle that changed the state
+            await wait_until(lambda: not agent.view.hmi["pump1"].unacked_word & b, timeout_s=react)
             blk = await hmi.block(1)
             assert blk.alarm_word == b and blk.highest_severity == 3  # active-acknowledged: still shown
 
