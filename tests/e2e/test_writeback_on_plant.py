@@ -12,7 +12,6 @@ import contextlib
 import itertools
 import resource
 import signal
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +24,7 @@ from agent.config import load_config
 from agent.ops.audit import AuditConfig, query_audit
 from simulator import Plant, serve
 from simulator.faults import load_scenario
+from tests.agent_process import agent_process as spawn
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -57,23 +57,8 @@ async def agent_process(config: Path, *, fsize: int | None = None) -> AsyncItera
         if fsize is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "agent",
-        "run",
-        "-c",
-        str(config),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        preexec_fn=limit,
-    )
-    try:
+    async with spawn(config, stderr=asyncio.subprocess.PIPE, preexec_fn=limit) as proc:
         yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
 
 
 def setpoint_writes(log: list[Any]) -> list[Any]:

@@ -13,9 +13,7 @@ import asyncio
 import contextlib
 import copy
 import json
-import os
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -33,11 +31,11 @@ from agent.ops.status import SOCKET_NAME, read_status
 from agent.runtime import Agent
 from agent.types import AlarmState
 from simulator import Plant, free_port, serve
+from tests.agent_process import agent_process as spawn
 from tests.e2e.test_writeback_on_plant import agent_config
 
 pytestmark = pytest.mark.timeout(120)
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def edited(path: Path, edit: Callable[[dict[str, Any]], None]) -> Config:
@@ -198,26 +196,9 @@ async def test_reload_applies_live_changes_and_refuses_the_rest(tmp_path: Path) 
 
 @contextlib.asynccontextmanager
 async def agent_process(config: Path, runtime: Path, log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
-    env.update(PYTHONPATH=str(ROOT), RUNTIME_DIRECTORY=str(runtime))
     with log.open("wb") as err:  # a file, not a pipe: a full pipe would block the agent
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "agent",
-            "run",
-            "-c",
-            str(config),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=err,
-            env=env,
-        )
-        try:
+        async with spawn(config, env={"RUNTIME_DIRECTORY": str(runtime)}, stderr=err) as proc:
             yield proc
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-            await proc.wait()
 
 
 async def status(runtime: Path) -> dict[str, Any]:

@@ -17,7 +17,6 @@ import itertools
 import os
 import signal
 import socket
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -29,11 +28,11 @@ import yaml
 
 from agent.ops.sdnotify import Notifier, Progress
 from simulator import Plant, free_port, serve
+from tests.agent_process import agent_process
 from tests.e2e.test_writeback_on_plant import agent_config
 
 pytestmark = pytest.mark.timeout(120)
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------- the rule, as a unit
@@ -155,29 +154,10 @@ async def notify_socket() -> AsyncIterator[NotifySocket]:
             sock.close()
 
 
-@contextlib.asynccontextmanager
-async def agent_run(config: Path, env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
-    full = {
-        k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
-    }
-    full.update(PYTHONPATH=str(ROOT), **env)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "agent",
-        "run",
-        "-c",
-        str(config),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-        env=full,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
+def agent_run(config: Path, env: dict[str, str]) -> contextlib.AbstractAsyncContextManager[
+    asyncio.subprocess.Process
+]:
+    return agent_process(config, env=env)
 
 
 async def stop(proc: asyncio.subprocess.Process) -> int:
