@@ -347,7 +347,7 @@ def test_slow_tag_is_a_period_mismatch(manifest: Manifest) -> None:
         check_binding(manifest, binding(), UNITS, periods, source="configs/demo.yaml")
     assert str(err.value) == (
         "model pca-pump v1 role motor_current expects a sample every 1 s, tag p2_current "
-        "(configs/demo.yaml) is refreshed every 5 s"
+        "(configs/demo.yaml) is polled every 5 s: poll it at least as often as the model samples"
     )
 
 
