@@ -88,6 +88,7 @@ STALE_INTERVALS = 2.5
 """A score older than this many score intervals (``stride × sample_period_s``) is stale."""
 
 _WINDOW_FORMAT = 1
+_EPSILON_S = 1e-6  # a tick is due this close to its time (float sums of periods)
 _IDLE_WAKE_S = 1.0  # the run loop beats at least this often (watchdog), whatever the periods
 
 
@@ -234,7 +235,7 @@ class ModelRunner:
 
     def due(self, now: float) -> bool:
         """Whether a tick is due at ``now`` (always, before :meth:`schedule`)."""
-        return self.next_tick is None or now >= self.next_tick
+        return self.next_tick is None or now >= self.next_tick - _EPSILON_S
 
     def tick(self, table: TagTable, now: float, now_utc: datetime | None = None) -> Frame | None:
         """Run the due tick: one row per asset (instant roles from ``table`` at ``now``, mean
