@@ -6,8 +6,9 @@ Two parts:
   roles in manifest order, oldest row first) → the model input, using the manifest's
   normalisation and feature spec. export/ imports it to build training inputs, so training and
   serving cannot drift. :func:`sliding_windows` cuts a recorded series the way the agent does.
-* :class:`FeatureWindows` (one per model): ring buffers per asset, aligned on the cycle tick,
-  fed from TagTable samples, with a quality mask and the configured bad-input policy. It emits
+* :class:`FeatureWindows` (one per model): ring buffers per asset, aligned on the model's own
+  tick (agent/inference.py schedules it), fed from TagTable samples or the period's means, with
+  a quality mask and the configured bad-input policy. It emits
   a :class:`~agent.types.Frame` of raw values every ``stride`` ticks for the assets whose whole
   window is valid; the scorer turns it into the model input with :func:`window_to_input`.
 
@@ -22,8 +23,9 @@ tell the two apart. (agent/types.py's docstring counts held values as True; sinc
 frame never holds an invalid value, that mask would always be all-True and say nothing.)
 
 Lifecycle of a tick: :meth:`FeatureWindows.push` once per asset, then :meth:`FeatureWindows.frame`
-closes the tick (or :meth:`FeatureWindows.tick` does both from a TagTable). Not thread-safe:
-call it from the event loop only.
+closes the tick (or :meth:`FeatureWindows.tick` does both from a TagTable). :meth:`snapshot` and
+:meth:`restore` carry the windows across a restart. Not thread-safe: call it from the event
+loop only.
 """
 
 from __future__ import annotations
@@ -193,7 +195,7 @@ class _Ring:
 
 
 class FeatureWindows:
-    """Ring buffers for one model: one window per bound asset, aligned on the cycle tick.
+    """Ring buffers for one model: one window per bound asset, aligned on the model's tick.
 
     Call :meth:`push` once per asset per tick with the samples of its roles (from
     ``TagTable.get(tag, now)``, which already marks stale values BAD), then :meth:`frame` to
