@@ -364,11 +364,12 @@ class AgentSection(FrozenModel):
     log_format: Literal["auto", "console", "json"] = "auto"
     """``auto``: JSON lines when stderr is not a terminal (journald), the console on one."""
     state_dir: Path = Path("/var/lib/edge-agent")
-    """The audit log, alarm state and ownership file (relative: to the working directory). It
+    """The audit log, alarm state, ownership file and the persisted windows of slow models
+    (relative: to the working directory). It
     need not exist yet; a path that exists and is not a directory is refused."""
     cycle_ms: Annotated[int, Field(ge=50, le=60_000)] = 1000
-    """The pipeline tick: windows, models, alarms, Guard, HMI writes. A model's sample period
-    must equal it."""
+    """The cycle: alarms, detectors, Guard and write-back, HMI writes, heartbeat. Each model
+    ticks at its own sample period (agent/inference.py), not at this rate."""
     metrics: MetricsConfig | None = None
     """The Prometheus endpoint, e.g. ``{listen: "127.0.0.1:9108"}`` (absent: off). Loopback
     only unless ``allow_remote: true``."""
