@@ -365,8 +365,8 @@ class AgentSection(FrozenModel):
     """``auto``: JSON lines when stderr is not a terminal (journald), the console on one."""
     state_dir: Path = Path("/var/lib/edge-agent")
     """The audit log, alarm state, ownership file and the persisted windows of slow models
-    (relative: to the working directory). It
-    need not exist yet; a path that exists and is not a directory is refused."""
+    (relative: to the working directory). It need not exist yet; a path that exists and is not
+    a directory is refused."""
     cycle_ms: Annotated[int, Field(ge=50, le=60_000)] = 1000
     """The cycle: alarms, detectors, Guard and write-back, HMI writes, heartbeat. Each model
     ticks at its own sample period (agent/inference.py), not at this rate."""
