@@ -229,7 +229,7 @@ class AgentCollector(Collector):
             calls.add_metric([name], sc.calls)
             errors.add_metric([name], sc.errors)
             skipped.add_metric([name], sc.skipped)
-            healthy.add_metric([name], 1.0 if sc.healthy else 0.0)
+            healthy.add_metric([name], 1.0 if m.healthy(self._agent.clock()) else 0.0)
             info.add_metric(
                 [name],
                 {
