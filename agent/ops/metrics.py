@@ -85,7 +85,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "edge_agent_inference_calls": ("counter", "Model calls started."),
     "edge_agent_inference_errors": ("counter", "Model calls that failed."),
     "edge_agent_inference_skipped": ("counter", "Frames skipped because the model was still busy."),
-    "edge_agent_model_healthy": ("gauge", "1 while the model's last call succeeded."),
+    "edge_agent_model_healthy": ("gauge", "1 while the model's last call succeeded and its score is fresh."),
     "edge_agent_model": ("info", "The model bundle running: version, variant, precision, signature."),
     "edge_agent_alarms_active": ("gauge", "Active alarms (and alerts) by severity (1 low .. 4 critical)."),
     "edge_agent_guard_decisions": ("counter", "Guard decisions by action and first reason code."),
