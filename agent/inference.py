@@ -178,15 +178,15 @@ class ModelRunner:
         return frozenset(self._acc)
 
     def window_inputs(self) -> dict[str, Any]:
-        """What a window row means: roles (unit, range, aggregation), period, length, binding
-        and bad-input policy. A saved window is used only by a runner with the same."""
+        """What a window row means: roles (unit, range, aggregation), period, length and the
+        tags bound per asset. A saved window is used only by a runner with the same (a new
+        bundle version or another ``hold_cycles`` keeps it)."""
         m = self.bundle.manifest
         return {
             "roles": [[r.role, r.unit, list(r.range), r.aggregation] for r in m.inputs],
             "period_s": self.period_s,
             "length": m.window.length,
             "assets": self.binding.assets,
-            "hold_limit": self.binding.hold_limit,
         }
 
     # ------------------------------------------------------------------ feeding
