@@ -251,3 +251,23 @@ async def test_fast_windows_are_not_persisted_unless_asked(tmp_path: Path) -> No
     asked = models.load(binding("fast", bundle, {"v": "A"}, persist_window=True))
     assert asked.persist_path == tmp_path / "state" / "windows" / "fast.json"
     assert math.isclose(asked.interval_s, 0.2)
+
+
+async def test_a_new_bundle_version_with_the_same_inputs_keeps_the_slow_window(tmp_path: Path) -> None:
+    models = hourly(tmp_path)
+    await run_for(models, 0.0, 30.0)
+    old = models[0]
+    write_bundle(tmp_path / "slow", name="slow", period_s=5.0, length=4, roles=[("v", "mm/s", (0, 100), "instant")], version="2", threshold=5.0)
+    events: list[tuple[str, str]] = []
+
+    async def event(action: str, message: str) -> None:
+        events.append((action, message))
+
+    assert await models.reload_bundles([], event) == ["slow: installed slow v2 (was slow v1)"]
+    assert events == [("model_installed", "slow: slow v2 replaces slow v1")]
+    new = models[0]
+    assert new is not old and new.bundle.manifest.version == "2"
+    await run_for(models, 31.0, 4.0)  # the first tick of v2 at 35 s
+    assert new.scorer.calls == 1 and new.latest["p1"].version == "2"
+    assert new.latest["p1"].outputs["score_alarm"] == 1.0  # v2's threshold
+    assert await models.reload_bundles([], event) == ["slow: unchanged (slow v2)"]
