@@ -23,10 +23,11 @@ everything that changed can change live (otherwise refused as a whole, naming wh
 restart), then the model bundles installed in place; every reload is logged and audited.
 
 Start-up builds everything that can fail on bad input first (models, bindings, audit), so a
-bad bundle or config stops the agent before it touches a PLC. The pollers and the cycle loop
-run in one task group: a poller that dies is a fault of the agent, not something to run on
-without (the heartbeat and the watchdog stop with the cycle loop, so the PLC falls back and
-systemd restarts the service; the reason goes to the log and the audit, and ``run`` raises).
+bad bundle or config stops the agent before it touches a PLC. The pollers, the models'
+scheduler and the cycle loop run in one task group: a poller that dies is a fault of the
+agent, not something to run on without (the heartbeat and the watchdog stop with the cycle
+loop, so the PLC falls back and systemd restarts the service; the reason goes to the log and
+the audit, and ``run`` raises).
 Shutdown follows ARCHITECTURE.md, each step with a deadline: stop sources → drain scorers → the
 write-back unit refuses new writes (stopping) and the final HOLD is audited → the final status
 word → flush and close the audit → close sinks.
