@@ -72,6 +72,7 @@ __all__ = [
     "PERSIST_MIN_PERIOD_S",
     "STALE_INTERVALS",
     "Aggregate",
+    "EventSink",
     "LoadContext",
     "ModelRunner",
     "Models",
