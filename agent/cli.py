@@ -27,7 +27,15 @@ from typing import Any
 
 import structlog
 
-from agent.config import AgentSection, AnyTag, Config, ModbusTag, check_paths, load_config
+from agent.config import (
+    AgentSection,
+    AnyTag,
+    Config,
+    ModbusTag,
+    check_paths,
+    load_config,
+    unsafe_permissions,
+)
 from agent.configbase import Purpose
 from agent.drivers import make_driver
 from agent.drivers.modbus import UnitStatus, encode_tag
@@ -321,6 +329,11 @@ def _cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     # A file-size limit or a quota must surface as an error (the audit log then stops auto
     # writes and the agent keeps running), not kill the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    unsafe = unsafe_permissions(cfg, args.config)
+    if unsafe:
+        for line in unsafe:
+            print(line, file=sys.stderr)
+        return 2
 
     def apply_logging(section: AgentSection) -> None:
         setup_logging(section.log_level, section.log_format)
