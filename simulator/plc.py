@@ -283,6 +283,7 @@ class Plc:
                 "accepted": result.accepted,
                 "applied": result.applied,
                 "reason": result.reason,
+                "previous": previous,
             }
             os.write(self._write_log_fd, (json.dumps(line, default=str) + "\n").encode())
 
