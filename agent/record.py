@@ -406,8 +406,8 @@ class RecordingWriter:
             self.pairs.append(p)
         log.info("recording continued", dir=str(self.directory), files=2 * len(self.pairs))
 
-    def close(self) -> FileInfo | None:
-        """Close the open pair and mark the recording complete; its wide file's info, if any."""
+    def close(self) -> tuple[FileInfo, FileInfo] | None:
+        """Close the open pair and mark the recording complete; the pair (wide, long), if any."""
         closed = self._close_pair()
         if self._gap is not None and self.last_ms is not None:
             self._end_gap(self.last_ms + self.period_ms)
@@ -429,9 +429,9 @@ class RecordingWriter:
 
     # -- writing ------------------------------------------------------------------------
 
-    def write(self, rows: Sequence[Row]) -> list[FileInfo]:
+    def write(self, rows: Sequence[Row]) -> list[tuple[FileInfo, FileInfo]]:
         """Write ``rows`` (time order), rotating and keeping the quota and the reserve.
-        Returns the wide files closed by rotation (for a summary line each)."""
+        Returns the file pairs (wide, long) closed by rotation (for a summary line each)."""
         if not rows:
             return []
         wide, long = self._encode(rows)
@@ -441,7 +441,7 @@ class RecordingWriter:
             self.rows_paused += len(rows)
             self._write_manifest(durable=False)
             return []
-        closed: list[FileInfo] = []
+        closed: list[tuple[FileInfo, FileInfo]] = []
         start = 0
         for i in range(len(rows)):
             if self._must_rotate(rows[start:i], wide[start:i], rows[i].t_ms):
@@ -555,7 +555,7 @@ class RecordingWriter:
                 f.first_ms = rows[0].t_ms
             f.last_ms = rows[-1].t_ms
 
-    def _close_pair(self) -> FileInfo | None:
+    def _close_pair(self) -> tuple[FileInfo, FileInfo] | None:
         if not self.pairs or self.pairs[-1].fds is None:
             return None
         pair = self.pairs[-1]
@@ -567,7 +567,7 @@ class RecordingWriter:
         finally:
             for fd in fds:
                 os.close(fd)
-        return pair.wide
+        return pair.wide, pair.long
 
     def _keep_quota(self) -> None:
         quota = self.config.quota_mb * MIB
@@ -665,7 +665,7 @@ class RecordingWriter:
     def _write_manifest(self, *, durable: bool) -> None:
         path = self.directory / MANIFEST_FILE
         tmp = path.with_name(MANIFEST_FILE + ".tmp")
-        data = (json.dumps(self.manifest(), indent=1) + "\n").encode()
+        data = _manifest_text(self.manifest()).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
             _write_all(fd, data)
@@ -674,6 +674,18 @@ class RecordingWriter:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+
+
+def _manifest_text(doc: Mapping[str, Any]) -> str:
+    """JSON with one line per key and per list item (a tag, a gap, a file): readable, compact."""
+    lines = []
+    for key, value in doc.items():
+        if isinstance(value, list) and value:
+            items = ",\n  ".join(json.dumps(v, ensure_ascii=False) for v in value)
+            lines.append(f"{json.dumps(key)}: [\n  {items}\n ]")
+        else:
+            lines.append(f"{json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}")
+    return "{\n " + ",\n ".join(lines) + "\n}\n"
 
 
 def _write_all(fd: int, data: bytes) -> int:
@@ -710,7 +722,8 @@ class Recorder:
     agent's own tag table reads it) and writes every ``flush_s`` in a worker thread; cancelled,
     it writes what is left and closes the recording (complete manifest), within a deadline.
     ``run`` never raises but ``CancelledError``: an error stops the recording, not the caller.
-    ``on_file`` is called (on the loop) with every wide file closed, the last one at the end.
+    ``on_file`` is called (on the loop) with every file pair (wide, long) closed, the last one
+    at the end.
     """
 
     directory: Path
@@ -720,7 +733,7 @@ class Recorder:
     clock: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
     free_space: FreeSpace = disk_space
-    on_file: Callable[[FileInfo], None] | None = None
+    on_file: Callable[[FileInfo, FileInfo], None] | None = None
     version: str | None = None
 
     def __post_init__(self) -> None:
@@ -840,8 +853,8 @@ class Recorder:
         if not ok:
             return
         self.stats.rows_written = sum(p.wide.rows for p in self.writer.pairs)
-        for info in closed:
-            self._announce(info)
+        for wide, long in closed:
+            self._announce(wide, long)
 
     async def _finish(self) -> None:
         """Write what is left and close, shielded from cancellation, within a deadline."""
@@ -851,17 +864,17 @@ class Recorder:
             if self.stopped is None:
                 ok, info = await self._guard(self.writer.close)
                 if ok and info is not None:
-                    self._announce(info)
+                    self._announce(*info)
 
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_FINAL_DEADLINE_S):
                 await asyncio.shield(final())
 
-    def _announce(self, info: FileInfo) -> None:
+    def _announce(self, wide: FileInfo, long: FileInfo) -> None:
         if self.on_file is None:
             return
         try:
-            self.on_file(info)
+            self.on_file(wide, long)
         except Exception as exc:  # a reporting bug must not stop the recording
             log.error("recording: file callback failed", error=f"{type(exc).__name__}: {exc}")
 

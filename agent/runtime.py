@@ -81,6 +81,7 @@ if TYPE_CHECKING:  # onnxruntime (~28 MB) only when a model is configured, prome
     from agent.modelstore.bundle import Bundle
     from agent.ops.metrics import MetricsServer
     from agent.pipeline.scorer import Scorer
+    from agent.record import Recorder
 
 __all__ = ["STATUS_BITS", "Agent", "AgentView"]
 
@@ -189,6 +190,8 @@ class Agent:
         self.last_reload: dict[str, Any] | None = None
         self.status_server: StatusServer | None = None
         self.metrics_server: MetricsServer | None = None
+        self.recorder: Recorder | None = self._build_recorder()
+        """Records tags from the polls (the ``record`` section; agent.record), or None."""
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -222,6 +225,21 @@ class Agent:
             clock=self._clock,
             boot_id=boot_id(),
         )
+
+    def _build_recorder(self) -> Recorder | None:
+        rc = self.config.record
+        if rc is None or not rc.enabled:
+            return None
+        from agent.record import Recorder, tags_to_record
+
+        tags = tags_to_record(self.config, rc.tags, rc.model)
+        period = rc.period_s
+        if period is None and rc.model is not None:
+            model = next(m for m in self.models if m.binding.name == rc.model)
+            period = model.bundle.manifest.window.sample_period_s
+        if period is None:
+            period = max(t.poll_s for t in tags)
+        return Recorder(rc.directory(self.config.agent.state_dir), tags, period, rc, clock=self._clock)
 
     # ------------------------------------------------------------------ start-up
 
@@ -305,6 +323,8 @@ class Agent:
                         self.runners[dev.name] = runner
                         tg.create_task(self._supervised(runner), name=f"poll {dev.name}")
                     tg.create_task(self._main(stop), name="cycle")
+                    if self.recorder is not None:  # never raises: an error stops recording only
+                        tg.create_task(self.recorder.run(), name="record")
                     if sdnotify.enabled():
                         notifier = Notifier(
                             self.progress,
@@ -355,15 +375,18 @@ class Agent:
 
     def _poll_sink(self, name: str, runner: RunningSource) -> SampleSink:
         """What a poller hands its samples to: the per-device statistics, the poller's
-        heartbeat (for the watchdog), then the tag table."""
+        heartbeat (for the watchdog), the tag table, then the recorder (a dict update)."""
         observe = self.device_stats[name].observe
         beat = self.progress.register(f"poller {name}", runner.interval_s).beat
         update = self.table.update
+        record = self.recorder.observe if self.recorder is not None else None
 
         def sink(samples: Sequence[Sample]) -> None:
             observe(runner.counters.last_poll_s, samples)
             beat()
             update(samples)
+            if record is not None:
+                record(samples)
 
         return sink
 

@@ -75,7 +75,7 @@ def test_files_manifest_qualities_and_gaps(tmp_path: Path) -> None:
     rows += [row(i) for i in range(15, 17)]  # 10..14 were never taken: not recorded
     assert w.write(rows[:6]) == [] and w.write(rows[6:]) == []
     info = w.close()
-    assert info is not None and info.rows == len(rows)
+    assert info is not None and info[0].rows == info[1].rows == len(rows)
     doc = manifest(tmp_path)
     assert doc["format"] == "edge-agent-recording" and doc["complete"] is True and doc["stopped"] is None
     assert doc["period_s"] == 1.0 and doc["agent_version"] == "t"
@@ -255,7 +255,7 @@ record:
 
 async def test_recorder_takes_rows_on_the_grid_and_closes_complete(tmp_path: Path) -> None:
     closed = []
-    rec = Recorder(tmp_path, TAGS, 0.05, RecordConfig(flush_s=0.2), on_file=closed.append)
+    rec = Recorder(tmp_path, TAGS, 0.05, RecordConfig(flush_s=0.2), on_file=lambda w, _: closed.append(w))
     task = asyncio.create_task(rec.run())
     for i in range(20):
         rec.observe([Sample.now("flow", float(i), GOOD), Sample.now("other", 1.0, GOOD)])
