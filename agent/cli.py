@@ -383,8 +383,9 @@ def _record_setup(cfg: Config, args: argparse.Namespace) -> tuple[list[Any], flo
         settings = RecordConfig.model_validate({**section.model_dump(), **overrides})
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "record"
-        raise ValueError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
+        where = ".".join(str(p) for p in err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        raise ValueError(f"{where}: {message}" if where else message) from None
     return tags, period, settings
 
 

@@ -442,14 +442,15 @@ class RecordingWriter:
             self._write_manifest(durable=False)
             return []
         closed: list[tuple[FileInfo, FileInfo]] = []
-        start = 0
-        for i in range(len(rows)):
-            if self._must_rotate(rows[start:i], wide[start:i], rows[i].t_ms):
+        start, pending = 0, 0  # the rows not yet written, and their size (long: compressed ~4:1)
+        for i, r in enumerate(rows):
+            if self._must_rotate(rows[start].t_ms if i > start else None, pending, r.t_ms):
                 self._append(rows[start:i], wide[start:i], long[start:i])
                 info = self._close_pair()
                 if info is not None:
                     closed.append(info)
-                start = i
+                start, pending = i, 0
+            pending += len(wide[i]) + len(long[i]) // 4
         self._append(rows[start:], wide[start:], long[start:])
         self._track(rows, paused=False)
         self._keep_quota()
@@ -474,16 +475,16 @@ class RecordingWriter:
             )
         return False
 
-    def _must_rotate(self, pending: Sequence[Row], wide: Sequence[bytes], t_ms: int) -> bool:
-        if not self.pairs or self.pairs[-1].fds is None:
-            return False
-        pair = self.pairs[-1]
-        first = (
-            pair.wide.first_ms if pair.wide.first_ms is not None else (pending[0].t_ms if pending else None)
-        )
+    def _must_rotate(self, pending_first: int | None, pending: int, t_ms: int) -> bool:
+        """Does the row at ``t_ms`` start a new pair? ``pending``: bytes of the rows before it
+        not yet written (from ``pending_first``)."""
+        pair = self.pairs[-1] if self.pairs and self.pairs[-1].fds is not None else None
+        first = pair.wide.first_ms if pair is not None else None
+        if first is None:
+            first = pending_first
         if first is None:
             return False
-        size = pair.bytes + sum(len(b) for b in wide)
+        size = (pair.bytes if pair is not None else 0) + pending
         return size >= self.config.rotate_mb * MIB or t_ms - first >= self.config.rotate_s * 1000
 
     def _encode(self, rows: Sequence[Row]) -> tuple[list[bytes], list[bytes]]:
@@ -719,7 +720,7 @@ class Recorder:
     :meth:`observe` takes every poll's samples (call it from the poll sink: it only keeps the
     latest sample per tag). :meth:`run` takes a row per period on the wall clock's grid (the
     latest sample of each tag; one older than its staleness limit is BAD ``stale``, as the
-    agent's own tag table reads it) and writes every ``flush_s`` in a worker thread; cancelled,
+    agent's own tag table reads it), from the first poll on and writes every ``flush_s`` in a worker thread; cancelled,
     it writes what is left and closes the recording (complete manifest), within a deadline.
     ``run`` never raises but ``CancelledError``: an error stops the recording, not the caller.
     ``on_file`` is called (on the loop) with every file pair (wide, long) closed, the last one
@@ -754,13 +755,17 @@ class Recorder:
         self.stopped: str | None = None
         self._last_t_ms: int | None = None
         self._overflowing = False
+        self._first_poll = asyncio.Event()
 
     # -- the hot path -------------------------------------------------------------------
 
     def observe(self, samples: Sequence[Sample]) -> None:
         """Keep the latest sample of every recorded tag (a poll sink; never raises)."""
         wanted = self._wanted
-        self.table.update([s for s in samples if s[0] in wanted])
+        mine = [s for s in samples if s[0] in wanted]
+        if mine:
+            self.table.update(mine)
+            self._first_poll.set()
 
     # -- status -------------------------------------------------------------------------
 
@@ -822,6 +827,7 @@ class Recorder:
         return row
 
     async def _tick_loop(self) -> None:
+        await self._first_poll.wait()  # rows of "no value yet" before the first poll say nothing
         period = self.period_s
         wall, mono = self.wall(), self.clock()
         start = mono + (math.ceil(wall / period) * period - wall)  # on the wall clock's grid
