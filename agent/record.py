@@ -718,10 +718,10 @@ class Recorder:
     """Records ``tags`` every ``period_s`` into ``directory``.
 
     :meth:`observe` takes every poll's samples (call it from the poll sink: it only keeps the
-    latest sample per tag). :meth:`run` takes a row per period on the wall clock's grid (the
-    latest sample of each tag; one older than its staleness limit is BAD ``stale``, as the
-    agent's own tag table reads it), from the first poll on and writes every ``flush_s`` in a worker thread; cancelled,
-    it writes what is left and closes the recording (complete manifest), within a deadline.
+    latest sample per tag). :meth:`run` takes a row per period on the wall clock's grid from
+    the first poll on (the latest sample of each tag; one older than its staleness limit is BAD
+    ``stale``, as the agent's own tag table reads it) and writes every ``flush_s`` in a worker
+    thread; cancelled, it writes what is left and closes the recording (complete manifest), within a deadline.
     ``run`` never raises but ``CancelledError``: an error stops the recording, not the caller.
     ``on_file`` is called (on the loop) with every file pair (wide, long) closed, the last one
     at the end.

@@ -104,7 +104,7 @@ async def test_record_the_plant_with_a_gap_while_its_server_is_stopped(tmp_path:
     assert "Traceback" not in stderr.decode()
     summary = stdout.decode().splitlines()
     assert summary[0].startswith("wide-") and ", GOOD " in summary[0]
-    assert summary[-1].startswith(f"recorded ") and f"of 4 tags every 0.2 s into {out}: 2 files" in summary[-1]
+    assert summary[-1].startswith("recorded ") and f"of 4 tags every 0.2 s into {out}: 2 files" in summary[-1]
 
     doc = json.loads((out / MANIFEST_FILE).read_text())
     assert doc["complete"] is True and doc["stopped"] is None and doc["period_s"] == 0.2
