@@ -214,7 +214,8 @@ def tags_to_record(config: Config, names: Iterable[str] = (), model: str | None 
         if binding is None:
             known = ", ".join(m.name for m in config.models) or "none"
             raise RecordError(f"unknown model binding {model!r} (the config has: {known})")
-        wanted += [tag for roles in binding.assets.values() for tag in roles.values() if tag not in wanted]
+        bound = [tag for roles in binding.assets.values() for tag in roles.values()]
+        wanted = list(dict.fromkeys([*wanted, *bound]))  # a tag two assets share, once
     by_name = {t.name: (d, t) for d, t in config.iter_tags()}
     if not wanted and model is None:
         wanted = [name for name, (_, t) in by_name.items() if t.readable]

@@ -513,7 +513,7 @@ def format_status(doc: Mapping[str, Any]) -> str:
     if rec:
         why = f": {rec['reason']}" if rec.get("reason") else ""
         lines.append(
-            f"  recording {rec['state']}{why}: {rec['tags']} tags every {rec['period_s']:g} s into "
+            f"  recording: {rec['state']}{why}, {rec['tags']} tags every {rec['period_s']:g} s into "
             f"{rec['dir']}, {rec['files']} files, {rec['bytes'] / 1e6:.1f} MB, {rec['rows']} rows"
         )
     lines.append("")
