@@ -44,7 +44,8 @@ async def test_the_running_agent_records_from_its_own_polls_and_survives_a_write
 
                 doc = status_document(agent)
                 assert doc["recording"]["state"] == "recording" and doc["recording"]["files"] == 2
-                assert f"recording: recording, {len(bound)} tags every 1 s into {rec_dir}" in format_status(doc)
+                shown = format_status(doc)
+                assert f"recording: recording, {len(bound)} tags every 1 s into {rec_dir}" in shown
                 metrics = generate_latest(make_registry(agent)).decode()
                 assert 'edge_agent_recording_state{state="recording"} 1.0' in metrics
                 assert "edge_agent_recording_files 2.0" in metrics
