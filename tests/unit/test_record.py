@@ -333,3 +333,25 @@ async def test_observe_and_take_row_are_cheap_and_flushes_do_not_stall_the_loop(
         await watcher
     assert rec.stats.rows_written == 120
     assert max(lags) < 0.1, max(lags)  # the loop kept turning while the thread wrote
+
+
+def test_check_paths_names_a_recording_directory_that_cannot_be_made(tmp_path: Path) -> None:
+    from agent.config import check_paths
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    text = f"""agent: {{state_dir: {tmp_path / "state"}}}
+devices:
+  - name: plc
+    protocol: modbus_tcp
+    host: 127.0.0.1
+    tags: [{{name: a, table: holding, address: 0, type: uint16}}]
+record:
+  dir: {blocker / "rec"}
+"""
+    cfg = parse_config(text, "x.yaml")
+    assert check_paths(cfg, "x.yaml") == [
+        f"x.yaml:8 record.dir: recording directory {blocker / 'rec'} cannot be created: {blocker} is not a directory"
+    ]
+    off = parse_config(text + "  enabled: false\n", "x.yaml")
+    assert check_paths(off, "x.yaml") == []
