@@ -23,17 +23,20 @@ torn stream, and every flush is one ``write`` of complete rows.
                "counts": {"GOOD": 3598, "UNCERTAIN": 0, "BAD": 2}}],
      "gaps": [{"start_utc": "…Z", "end_utc": "…Z", "reason": "no GOOD sample"}],
      "files": [{"name": "wide-….csv", "kind": "wide", "bytes": 81234, "rows": 3600,
-                "first_utc": "…Z", "last_utc": "…Z", "counts": {"p1_flow": [3598, 0, 2]}},
+                "first_utc": "…Z", "last_utc": "…Z", "counts": [[3598, 0, 2]]},
                {"name": "long-….csv.gz", "kind": "long", "bytes": 20411, "rows": 3600, …}],
      "removed": {"files": 0, "bytes": 0}}
 
 ``start_utc``/``end_utc`` are the first and last row still on disk; ``counts`` (per tag, and
-per wide file as ``[GOOD, UNCERTAIN, BAD]``) count the samples in the files listed. A *gap* is a
+per wide file as ``[GOOD, UNCERTAIN, BAD]`` in the order of ``tags``) count the samples in the
+files listed. A *gap* is a
 stretch of periods with no GOOD sample of any tag (``no GOOD sample``) or with no row at all
 (``not recorded``: the recorder was not running, ``paused`` below the disk reserve, or rows were
 dropped); ``end_utc`` is the first row after it with a GOOD sample (exclusive), or the end of the
 recording. ``complete`` is false while recording (or after a kill: the last file may then hold
-rows the manifest does not count yet). ``stopped`` is the reason recording stopped on an error.
+rows the manifest does not count yet; continuing the recording counts them again). It is
+rewritten at every new file, pause and removal, at the end, and at least every
+``manifest_s`` (60 s) between. ``stopped`` is the reason recording stopped on an error.
 
 The disk, whatever happens, stays the audit log's first (a full audit disk stops automatic
 writes): the recording never grows past ``quota_mb`` (its oldest file pair is removed, the
@@ -61,6 +64,7 @@ import io
 import json
 import math
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -175,6 +179,9 @@ class RecordConfig(FrozenModel):
     (the audit log's room: a full audit disk stops automatic writes)."""
     flush_s: Annotated[float, Field(gt=0, le=60)] = 2.0
     """Rows are written (off the event loop) this often."""
+    manifest_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    """``recording.json`` is rewritten at least this often while recording (and at every new
+    file, pause, removal and the end): flash memory wears with every rewrite."""
 
     @model_validator(mode="after")
     def _quota_holds_two_files(self) -> Self:
@@ -266,12 +273,14 @@ class FileInfo:
             "last_utc": None if self.last_ms is None else format_utc(self.last_ms),
         }
         if self.counts is not None:
-            out["counts"] = dict(zip(tags, self.counts, strict=True))
+            out["counts"] = self.counts
         return out
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], tags: Sequence[str]) -> FileInfo:
         counts = d.get("counts")
+        if counts is not None and len(counts) != len(tags):
+            raise ValueError(f"{d['name']}: counts for {len(counts)} tags, not {len(tags)}")
         return cls(
             name=str(d["name"]),
             kind=str(d["kind"]),
@@ -279,7 +288,7 @@ class FileInfo:
             rows=int(d["rows"]),
             first_ms=None if d.get("first_utc") is None else _parse_utc(d["first_utc"]),
             last_ms=None if d.get("last_utc") is None else _parse_utc(d["last_utc"]),
-            counts=None if counts is None else [[int(x) for x in counts[t]] for t in tags],
+            counts=None if counts is None else [[int(x) for x in c] for c in counts],
         )
 
 
@@ -294,6 +303,36 @@ class _Pair:
     @property
     def bytes(self) -> int:
         return self.wide.bytes + self.long.bytes
+
+    def recount(self, directory: Path, tags: Sequence[str]) -> None:
+        """Rows, time span and counts from the long file (after a kill the manifest may be
+        behind it); a torn end (power loss) ends the count there."""
+        index = {t: i for i, t in enumerate(tags)}
+        counts = [[0, 0, 0] for _ in tags]
+        rows, first, last = 0, None, None
+        kinds = {"GOOD": 0, "UNCERTAIN": 1, "BAD": 2}
+        path = directory / self.long.name
+        with (
+            contextlib.suppress(EOFError, OSError, ValueError, csv.Error),
+            gzip.open(path, "rt", newline="", encoding="utf-8") as fh,
+        ):
+            reader = csv.reader(fh)
+            next(reader, None)
+            for r in reader:
+                j = index.get(r[1]) if len(r) > 3 else None
+                k = kinds.get(r[3]) if len(r) > 3 else None
+                if j is None or k is None:
+                    continue
+                counts[j][k] += 1
+                if r[0] != last:
+                    rows += 1
+                    last = r[0]
+                    first = first or last
+        for f in (self.wide, self.long):
+            f.rows = rows
+            f.first_ms = None if first is None else _parse_utc(first)
+            f.last_ms = None if last is None else _parse_utc(last)
+        self.wide.counts = counts
 
 
 def _cell(value: object) -> str:
@@ -311,8 +350,8 @@ _COUNT_INDEX = {QualityCode.GOOD: 0, QualityCode.UNCERTAIN: 1, QualityCode.BAD: 
 
 
 class RecordingWriter:
-    """The files of one recording directory. Not thread-safe: one caller at a time (the
-    :class:`Recorder`'s flushes, one after the other, in a worker thread).
+    """The files of one recording directory. Its methods take a lock: a flush whose awaiting
+    task was cancelled still runs to its end in its thread before the final flush starts.
 
     :meth:`open` first (creates the directory, or continues the recording there), then
     :meth:`write` batches of rows, then :meth:`close`. Every method raises ``OSError`` on a write
@@ -349,12 +388,18 @@ class RecordingWriter:
         self.stopped: str | None = None
         self.complete = False
         self._opened = False
+        self._lock = threading.Lock()
+        self._manifest_ms: int | None = None  # the row time of the last rewrite while writing
 
     # -- lifecycle ----------------------------------------------------------------------
 
     def open(self) -> None:
         """Create the directory, or take over the recording in it (same tags and period).
         Once; a second call does nothing."""
+        with self._lock:
+            self._open()
+
+    def _open(self) -> None:
         if self._opened:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -390,6 +435,7 @@ class RecordingWriter:
             self.removed_files, self.removed_bytes = int(removed["files"]), int(removed["bytes"])
             end = doc.get("end_utc")
             self.last_ms = None if end is None else _parse_utc(end)
+            killed = not doc.get("complete", False)
         except (ValueError, KeyError, TypeError) as exc:
             raise RecordError(f"{path}: cannot continue this recording: {exc}") from None
         by_stamp: dict[str, dict[str, FileInfo]] = {}
@@ -405,10 +451,19 @@ class RecordingWriter:
             except FileNotFoundError:
                 continue
             self.pairs.append(p)
+        if killed and self.pairs:
+            last = self.pairs[-1]
+            last.recount(self.directory, self.tags)
+            if last.wide.last_ms is not None:
+                self.last_ms = max(self.last_ms or 0, last.wide.last_ms)
         log.info("recording continued", dir=str(self.directory), files=2 * len(self.pairs))
 
     def close(self) -> tuple[FileInfo, FileInfo] | None:
         """Close the open pair and mark the recording complete; the pair (wide, long), if any."""
+        with self._lock:
+            return self._close()
+
+    def _close(self) -> tuple[FileInfo, FileInfo] | None:
         closed = self._close_pair()
         if self._gap is not None and self.last_ms is not None:
             self._end_gap(self.last_ms + self.period_ms)
@@ -419,6 +474,10 @@ class RecordingWriter:
     def abort(self, reason: str) -> None:
         """Stop after an error: close what is open and say why in the manifest (best effort:
         the disk may be what failed)."""
+        with self._lock:
+            self._abort(reason)
+
+    def _abort(self, reason: str) -> None:
         self.stopped = reason
         if self.pairs and self.pairs[-1].fds is not None:
             for fd in self.pairs[-1].fds:
@@ -433,14 +492,20 @@ class RecordingWriter:
     def write(self, rows: Sequence[Row]) -> list[tuple[FileInfo, FileInfo]]:
         """Write ``rows`` (time order), rotating and keeping the quota and the reserve.
         Returns the file pairs (wide, long) closed by rotation (for a summary line each)."""
+        with self._lock:
+            return self._write(rows)
+
+    def _write(self, rows: Sequence[Row]) -> list[tuple[FileInfo, FileInfo]]:
         if not rows:
             return []
         wide, long = self._encode(rows)
         estimate = sum(len(b) for b in wide) + sum(len(b) for b in long) // 4
+        was_paused = self.paused
         if not self._room_for(estimate):
             self._track(rows, paused=True)
             self.rows_paused += len(rows)
-            self._write_manifest(durable=False)
+            if not was_paused:
+                self._write_manifest(durable=False)
             return []
         closed: list[tuple[FileInfo, FileInfo]] = []
         start, pending = 0, 0  # the rows not yet written, and their size (long: compressed ~4:1)
@@ -455,7 +520,10 @@ class RecordingWriter:
         self._append(rows[start:], wide[start:], long[start:])
         self._track(rows, paused=False)
         self._keep_quota()
-        self._write_manifest(durable=bool(closed))
+        due = self._manifest_ms is None or rows[-1].t_ms - self._manifest_ms >= self.config.manifest_s * 1000
+        if closed or was_paused or due:
+            self._write_manifest(durable=bool(closed))
+            self._manifest_ms = rows[-1].t_ms
         return closed
 
     def _room_for(self, estimate: int) -> bool:
@@ -903,7 +971,7 @@ class Recorder:
             return
         self.stopped = reason
         self._buffer.clear()
-        log.error("recording stopped; the agent runs on", dir=str(self.directory), reason=reason)
+        log.error("recording stopped", dir=str(self.directory), reason=reason)
         with contextlib.suppress(Exception):  # best effort: the disk may be what failed
             await asyncio.to_thread(self.writer.abort, reason)
 

@@ -32,7 +32,7 @@ async def test_the_running_agent_records_from_its_own_polls_and_survives_a_write
             data = demo_config_data()
             data["agent"].update(state_dir=str(tmp_path / "state"), log_level="warning")
             data["devices"][0]["port"] = proxy.port
-            data["record"] = {"model": "pca-pump", "dir": str(rec_dir), "flush_s": 0.5}
+            data["record"] = {"model": "pca-pump", "dir": str(rec_dir), "flush_s": 0.5, "manifest_s": 0.5}
             config = Config.model_validate(data)
             binding = next(m for m in data["models"] if m["name"] == "pca-pump")
             bound = list(dict.fromkeys(tag for roles in binding["assets"].values() for tag in roles.values()))

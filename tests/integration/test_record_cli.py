@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
+from agent import cli
 from agent.record import MANIFEST_FILE
 from export.data import load_columns, read_long_csv
 from simulator import Plant, serve
@@ -34,7 +35,10 @@ TAGS = ["Pump1.Flow", "Pump1.Vibration", "Pump1.BearingTemp", "Station.TankLevel
 
 
 def plant_config(tmp_path: Path, port: int, **record: Any) -> Path:
-    """The demo config on ``port``, polled every 200 ms, bundles and keys by absolute path."""
+    """The demo config on ``port``, polled every 200 ms, bundles and keys by absolute path; a
+    ``record`` section with ``record`` (the manifest rewritten every 0.5 s, for the test to
+    watch)."""
+    record.setdefault("manifest_s", 0.5)
     data = demo_config_data()
     data["agent"]["state_dir"] = str(tmp_path / "state")
     (dev,) = data["devices"]
@@ -43,8 +47,7 @@ def plant_config(tmp_path: Path, port: int, **record: Any) -> Path:
     for m in data["models"]:
         m["bundle"] = str(ROOT / "models" / Path(m["bundle"]).name)
     data["models_trust"]["public_keys"] = [str(ROOT / "export" / "keys" / "dev-ed25519.pub")]
-    if record:
-        data["record"] = record
+    data["record"] = record
     path = tmp_path / "plant.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -64,17 +67,26 @@ async def record(*args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-async def wait_for_rows(d: Path, rows: int, timeout_s: float = 15) -> dict[str, Any]:
+async def wait_for(d: Path, what: str, predicate: Any, timeout_s: float = 30) -> dict[str, Any]:
+    """The manifest in ``d`` once ``predicate(manifest)`` holds."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             doc = json.loads((d / MANIFEST_FILE).read_text())
-            if sum(f["rows"] for f in doc["files"] if f["kind"] == "wide") >= rows:
+            if predicate(doc):
                 return doc
         except (FileNotFoundError, ValueError):
             pass
-        assert time.monotonic() < deadline, f"fewer than {rows} rows in {d} in time"
+        assert time.monotonic() < deadline, f"no {what} in {d} in time"
         await asyncio.sleep(0.05)
+
+
+def wide_rows(doc: dict[str, Any]) -> int:
+    return sum(f["rows"] for f in doc["files"] if f["kind"] == "wide")
+
+
+async def wait_for_rows(d: Path, rows: int) -> dict[str, Any]:
+    return await wait_for(d, f"{rows} rows", lambda doc: wide_rows(doc) >= rows)
 
 
 def long_rows(d: Path, doc: dict[str, Any]) -> list[list[str]]:
@@ -139,30 +151,36 @@ async def test_record_the_plant_with_a_gap_while_its_server_is_stopped(tmp_path:
     assert np.isfinite(segments[0][:3]).all()
 
 
-async def test_rotation_quota_a_kill_and_continuing(tmp_path: Path) -> None:
+async def test_rotation_quota_a_kill_and_continuing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "rec"
     async with serve(Plant(seed=2), modbus_port=0, opcua_port=None) as station:
         assert station.modbus_port is not None
         cfg = plant_config(tmp_path, station.modbus_port)
-        # the pca model's tags (from its binding), a row every 0.1 s, pairs of ~4 kB, 12 kB in all
-        rc, stdout, stderr = await record(
+        # the pca model's tags (from its binding), a row every 0.1 s, pairs of ~2 kB, 6 kB in all;
+        # Ctrl-C once the quota has removed two pairs
+        proc = await start(
             "-c", str(cfg), "--out", str(out), "--model", "pca-pump", "--period", "0.1",
-            "--duration", "4", "--rotate-mb", str(4000 / 2**20), "--quota-mb", str(12000 / 2**20),
+            "--rotate-mb", str(2000 / 2**20), "--quota-mb", str(6000 / 2**20),
         )  # fmt: skip
-        assert rc == 0, stderr
+        await wait_for(out, "files removed", lambda doc: doc["removed"]["files"] >= 4)
+        proc.send_signal(signal.SIGINT)
+        stdout_b, stderr_b = await proc.communicate()
+        assert proc.returncode == 0, stderr_b.decode()
         doc = json.loads((out / MANIFEST_FILE).read_text())
-        lines = stdout.splitlines()
+        assert doc["complete"] is True
+        lines = stdout_b.decode().splitlines()
         assert len(lines) >= 4 and all(line.startswith("wide-") for line in lines[:-1])
-        assert doc["removed"]["files"] >= 2
         on_disk = {p.name: p.stat().st_size for p in out.iterdir() if p.name != MANIFEST_FILE}
         assert on_disk == {f["name"]: f["bytes"] for f in doc["files"]}
-        assert sum(on_disk.values()) <= 12000
+        assert sum(on_disk.values()) <= 6000
         assert len(doc["tags"]) == 27 and doc["tags"][0]["name"] == "Pump1.Speed"
 
         # killed: the files hold complete rows and whole gzip members; the manifest parses
         killed = tmp_path / "killed"
         proc = await start("-c", str(cfg), "--out", str(killed), "--model", "pca-pump", "--period", "0.1")
-        await wait_for_rows(killed, 15)
+        await wait_for_rows(killed, 10)
         proc.kill()
         await proc.communicate()
         doc = json.loads((killed / MANIFEST_FILE).read_text())
@@ -175,20 +193,28 @@ async def test_rotation_quota_a_kill_and_continuing(tmp_path: Path) -> None:
                 with gzip.open(killed / f["name"], "rt") as fh:
                     assert fh.read().endswith("\n")
         # the same command continues the recording, after a gap "not recorded"
-        rc, _, stderr = await record(
-            "-c", str(cfg), "--out", str(killed), "--model", "pca-pump", "--period", "0.1", "--duration", "1"
+        proc = await start("-c", str(cfg), "--out", str(killed), "--model", "pca-pump", "--period", "0.1")
+        await wait_for(
+            killed, "a second pair", lambda doc: len(doc["files"]) == 4 and doc["files"][3]["rows"]
         )
-        assert rc == 0, stderr
+        proc.send_signal(signal.SIGTERM)
+        _, stderr_b = await proc.communicate()
+        assert proc.returncode == 0, stderr_b.decode()
         doc = json.loads((killed / MANIFEST_FILE).read_text())
         assert doc["complete"] is True and len(doc["files"]) == 4
         assert [g["reason"] for g in doc["gaps"]] == ["not recorded"]
-        # another tag list is refused: one line, exit 2
-        rc, _, stderr = await record("-c", str(cfg), "--out", str(killed), "--tag", "Pump1.Flow")
-        assert rc == 2 and stderr.count("\n") == 1
-        assert "holds a recording of other tags or another period" in stderr
+        # the rows the killed run wrote after its last manifest are counted again
+        rows = long_rows(killed, doc)
+        assert sum(f["rows"] for f in doc["files"] if f["kind"] == "wide") * 27 == len(rows)
+        for t in doc["tags"]:
+            assert sum(t["counts"].values()) == sum(1 for r in rows if r[1] == t["name"])
+    # another tag list is refused: one line, exit 2
+    assert cli.main(["record", "-c", str(cfg), "--out", str(killed), "--tag", "Pump1.Flow"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a recording of other tags or another period" in err
 
 
-async def test_into_head_and_usage_errors(tmp_path: Path) -> None:
+async def test_into_head_and_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     async with serve(Plant(seed=3), modbus_port=0, opcua_port=None) as station:
         assert station.modbus_port is not None
         cfg = plant_config(tmp_path, station.modbus_port)
@@ -212,6 +238,6 @@ async def test_into_head_and_usage_errors(tmp_path: Path) -> None:
         (["--tag", "Pump1.Flow", "--rotate-mb", "8", "--quota-mb", "10"], "error: rotate_mb 8 must be"),
         (["--tag", "Pump1.Flow", "--out", str(cfg)], "error: "),
     ):
-        full = ["-c", str(cfg), "--out", str(tmp_path / "x"), *args]
-        rc, _, stderr = await record(*full)
-        assert rc == 2 and stderr.startswith(message) and stderr.count("\n") == 1, stderr
+        assert cli.main(["record", "-c", str(cfg), "--out", str(tmp_path / "x"), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(message) and err.count("\n") == 1, err

@@ -62,6 +62,7 @@ def listed_files_exist(d: Path) -> None:
 
 
 def writer(d: Path, free: tuple[int, int] = (10**12, 10**13), **cfg: float) -> RecordingWriter:
+    cfg.setdefault("manifest_s", 1.0)  # rewritten with every batch here
     return RecordingWriter(d, TAGS, 1.0, RecordConfig(**cfg), free_space=lambda _: free, version="t")
 
 
@@ -157,6 +158,20 @@ def test_rotation_by_size_and_by_time_and_the_quota(tmp_path: Path) -> None:
     assert [f["rows"] for f in wides] == [5, 5, 2]  # a pair spans less than 5 s
     assert wides[1]["name"] == f"wide-{format_utc(T0 + 5000).replace('-', '').replace(':', '')}.csv"
     listed_files_exist(tdir)
+
+
+def test_the_manifest_is_rewritten_at_most_every_manifest_s_between_events(tmp_path: Path) -> None:
+    w = writer(tmp_path, manifest_s=10)
+    w.open()
+    w.write([row(0)])
+    first = manifest(tmp_path)
+    for i in range(1, 10):
+        w.write([row(i)])
+    assert manifest(tmp_path) == first  # 9 s of rows: not rewritten (flash wears)
+    w.write([row(10)])
+    assert manifest(tmp_path)["end_utc"] == format_utc(T0 + 10_000)
+    w.close()
+    assert manifest(tmp_path)["complete"] is True
 
 
 def test_below_the_reserve_recording_pauses_and_resumes(tmp_path: Path) -> None:
@@ -278,7 +293,7 @@ async def test_recorder_takes_rows_on_the_grid_and_closes_complete(tmp_path: Pat
 
 async def test_a_write_error_stops_recording_never_the_caller(tmp_path: Path) -> None:
     d = tmp_path / "rec"
-    rec = Recorder(d, TAGS, 0.05, RecordConfig(flush_s=0.1))
+    rec = Recorder(d, TAGS, 0.05, RecordConfig(flush_s=0.1, manifest_s=0.1))
     task = asyncio.create_task(rec.run())
     rec.observe([Sample.now("flow", 1.0, GOOD)])
     deadline = time.monotonic() + 5
@@ -294,7 +309,7 @@ async def test_a_write_error_stops_recording_never_the_caller(tmp_path: Path) ->
         await asyncio.sleep(0.4)
     assert rec.state == "stopped" and rec.stopped is not None and "Is a directory" in rec.stopped
     assert rec.stats.write_errors >= 1
-    stopped = [e for e in logs if e["event"] == "recording stopped; the agent runs on"]
+    stopped = [e for e in logs if e["event"] == "recording stopped"]
     assert len(stopped) == 1
     await asyncio.wait_for(task, 2)  # it ends, quietly: no exception for its caller
     assert task.result() is None and not wide.exists()
