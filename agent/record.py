@@ -389,6 +389,7 @@ class RecordingWriter:
         self.complete = False
         self._opened = False
         self._lock = threading.Lock()
+        self._closed: list[tuple[FileInfo, FileInfo]] = []
         self._manifest_ms: int | None = None  # the row time of the last rewrite while writing
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -637,7 +638,15 @@ class RecordingWriter:
         finally:
             for fd in fds:
                 os.close(fd)
+        self._closed.append((pair.wide, pair.long))
         return pair.wide, pair.long
+
+    def take_closed(self) -> list[tuple[FileInfo, FileInfo]]:
+        """The file pairs closed since the last call (rotation or close), oldest first: what a
+        flush whose awaiting task was cancelled closed is not lost for the summary lines."""
+        with self._lock:
+            closed, self._closed = self._closed, []
+            return closed
 
     def _keep_quota(self) -> None:
         quota = self.config.quota_mb * MIB
@@ -872,6 +881,11 @@ class Recorder:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._tick_loop(), name="record ticks")
                     tg.create_task(self._flush_loop(), name="record flush")
+        except Exception as exc:  # a bug here (even a log call failing) must not reach the agent
+            self.stopped = self.stopped or f"{type(exc).__name__}: {exc}"
+            self.stats.write_errors += 1
+            with contextlib.suppress(Exception):
+                log.error("recording stopped", dir=str(self.directory), reason=self.stopped)
         finally:
             await self._finish()
 
@@ -922,13 +936,14 @@ class Recorder:
         self._buffer.clear()
         self._overflowing = False
         t0 = time.perf_counter()
-        ok, closed = await self._guard(self.writer.write, rows)
+        await self._guard(self.writer.write, rows)
         self.stats.flush_s = time.perf_counter() - t0
         self.stats.flushes += 1
-        if not ok:
-            return
+        self._announce_closed()
+
+    def _announce_closed(self) -> None:
         self.stats.rows_written = sum(p.wide.rows for p in self.writer.pairs)
-        for wide, long in closed:
+        for wide, long in self.writer.take_closed():
             self._announce(wide, long)
 
     async def _finish(self) -> None:
@@ -937,9 +952,8 @@ class Recorder:
         async def final() -> None:
             await self.flush()
             if self.stopped is None:
-                ok, info = await self._guard(self.writer.close)
-                if ok and info is not None:
-                    self._announce(*info)
+                await self._guard(self.writer.close)
+            self._announce_closed()
 
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_FINAL_DEADLINE_S):

@@ -151,8 +151,14 @@ async def test_record_the_plant_with_a_gap_while_its_server_is_stopped(tmp_path:
     assert np.isfinite(segments[0][:3]).all()
 
 
+@pytest.fixture
+def quiet_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cli.main`` in this process leaves the process's logging alone (not on capsys's stream)."""
+    monkeypatch.setattr(cli, "setup_logging", lambda *a, **k: None)
+
+
 async def test_rotation_quota_a_kill_and_continuing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], quiet_cli: None
 ) -> None:
     out = tmp_path / "rec"
     async with serve(Plant(seed=2), modbus_port=0, opcua_port=None) as station:
@@ -214,7 +220,9 @@ async def test_rotation_quota_a_kill_and_continuing(
     assert err.count("\n") == 1 and "holds a recording of other tags or another period" in err
 
 
-async def test_into_head_and_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_into_head_and_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], quiet_cli: None
+) -> None:
     async with serve(Plant(seed=3), modbus_port=0, opcua_port=None) as station:
         assert station.modbus_port is not None
         cfg = plant_config(tmp_path, station.modbus_port)
