@@ -39,7 +39,9 @@ from agent.errors import (
     ConfigError,
     DeviceUnreachable,
     DriverError,
+    ModelError,
     ReadBackFailed,
+    RecordError,
     StateFileError,
     WriteRefused,
     WriteUnconfirmed,
@@ -47,6 +49,15 @@ from agent.errors import (
 from agent.ops.logging import setup_logging
 from agent.ops.ownership import FILE_NAME as OWNERSHIP_FILE
 from agent.ops.ownership import owned_in_auto
+from agent.record import (
+    FileInfo,
+    RecordConfig,
+    Recorder,
+    RecordTag,
+    default_period,
+    format_utc,
+    tags_to_record,
+)
 from agent.types import Sample, Value
 
 __all__ = ["main", "os_user", "parse_value"]
@@ -349,18 +360,15 @@ def _size(n: int) -> str:
 
 
 def _hms(t_ms: int | None) -> str:
-    from agent.record import format_utc
-
     return "-" if t_ms is None else format_utc(t_ms)[11:19] + "Z"
 
 
-def _record_setup(cfg: Config, args: argparse.Namespace) -> tuple[list[Any], float, Any]:
+def _record_setup(cfg: Config, args: argparse.Namespace) -> tuple[list[RecordTag], float, RecordConfig]:
     """The tags, period and settings of ``edge-agent record``: the command line, else the
     config's ``record`` section. Raises RecordError or ValueError with one line."""
     from pydantic import ValidationError
 
     from agent.modelstore.manifest import MANIFEST_FILE, load_manifest
-    from agent.record import RecordConfig, tags_to_record
 
     section = cfg.record or RecordConfig()
     chosen = bool(args.tag or args.model)
@@ -368,13 +376,15 @@ def _record_setup(cfg: Config, args: argparse.Namespace) -> tuple[list[Any], flo
     model = args.model if chosen else section.model
     tags = tags_to_record(cfg, names, model)
     period = args.period if args.period is not None else section.period_s
-    if period is None and model is not None:
-        binding = next(m for m in cfg.models if m.name == model)
-        bundle = binding.bundle if binding.bundle.is_absolute() else Path(args.config).parent / binding.bundle
-        period = load_manifest(bundle / MANIFEST_FILE).window.sample_period_s
     if period is None:
-        period = max(t.poll_s for t in tags)
-    overrides = {"period_s": period}
+        model_period = None
+        if model is not None:
+            binding = next(m for m in cfg.models if m.name == model)
+            bundle = binding.bundle
+            bundle = bundle if bundle.is_absolute() else Path(args.config).parent / bundle
+            model_period = load_manifest(bundle / MANIFEST_FILE).window.sample_period_s
+        period = default_period(tags, model_period)
+    overrides: dict[str, float] = {"period_s": period}
     if args.rotate_mb is not None:
         overrides["rotate_mb"] = args.rotate_mb
     if args.quota_mb is not None:
@@ -391,8 +401,6 @@ def _record_setup(cfg: Config, args: argparse.Namespace) -> tuple[list[Any], flo
 
 def _cmd_record(cfg: Config, args: argparse.Namespace) -> int:
     """Record tags at a period into ``--out`` until Ctrl-C, SIGTERM or ``--duration``."""
-    from agent.errors import ModelError, RecordError
-    from agent.record import FileInfo, Recorder
     from agent.running import RunningSource
 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit is a write error, not death

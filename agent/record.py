@@ -96,6 +96,7 @@ __all__ = [
     "RecordingWriter",
     "Row",
     "agent_version",
+    "default_period",
     "disk_space",
     "format_utc",
     "tags_to_record",
@@ -239,6 +240,12 @@ def tags_to_record(config: Config, names: Iterable[str] = (), model: str | None 
             RecordTag(n, tag.engineering_unit, dev.stale_limit_s(tag), dev.poll_interval_ms / 1000)  # type: ignore[arg-type]
         )
     return out
+
+
+def default_period(tags: Sequence[RecordTag], model_period_s: float | None = None) -> float:
+    """The period of a recording that names none: the model's sample period, else the slowest
+    poll interval of the tags' devices (one row per poll of the slowest)."""
+    return model_period_s if model_period_s is not None else max(t.poll_s for t in tags)
 
 
 # --------------------------------------------------------------------------- the files

@@ -71,6 +71,7 @@ from agent.pipeline.detectors import Detector, make_detector
 from agent.pipeline.features import FeatureWindows
 from agent.pipeline.guard import Guard, GuardDecision
 from agent.pipeline.policy import PumpEnergyRule, StationState
+from agent.record import Recorder, default_period, tags_to_record
 from agent.running import RunningSource, SampleSink
 from agent.tagtable import TagTable
 from agent.types import Alarm, Quality, Recommendation, Sample, Score, Value, utcnow
@@ -81,7 +82,6 @@ if TYPE_CHECKING:  # onnxruntime (~28 MB) only when a model is configured, prome
     from agent.modelstore.bundle import Bundle
     from agent.ops.metrics import MetricsServer
     from agent.pipeline.scorer import Scorer
-    from agent.record import Recorder
 
 __all__ = ["STATUS_BITS", "Agent", "AgentView"]
 
@@ -230,15 +230,11 @@ class Agent:
         rc = self.config.record
         if rc is None or not rc.enabled:
             return None
-        from agent.record import Recorder, tags_to_record
-
         tags = tags_to_record(self.config, rc.tags, rc.model)
         period = rc.period_s
-        if period is None and rc.model is not None:
-            model = next(m for m in self.models if m.binding.name == rc.model)
-            period = model.bundle.manifest.window.sample_period_s
         if period is None:
-            period = max(t.poll_s for t in tags)
+            model = next((m for m in self.models if m.binding.name == rc.model), None)
+            period = default_period(tags, model.bundle.manifest.window.sample_period_s if model else None)
         return Recorder(rc.directory(self.config.agent.state_dir), tags, period, rc, clock=self._clock)
 
     # ------------------------------------------------------------------ start-up
