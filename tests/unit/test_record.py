@@ -12,6 +12,7 @@ import gzip
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -370,3 +371,37 @@ record:
     ]
     off = parse_config(text + "  enabled: false\n", "x.yaml")
     assert check_paths(off, "x.yaml") == []
+
+
+async def test_the_recorder_shows_paused_below_the_reserve_and_records_again_above(tmp_path: Path) -> None:
+    free = [100 * MIB]  # of 1 GiB: the reserve is 5 % = 51 MiB (less than 512 MiB)
+    rec = Recorder(
+        tmp_path,
+        TAGS,
+        0.05,
+        RecordConfig(flush_s=0.1, manifest_s=0.1),
+        free_space=lambda _: (free[0], 1024 * MIB),
+    )
+    task = asyncio.create_task(rec.run())
+    deadline = time.monotonic() + 5
+
+    async def until(done: Callable[[], bool]) -> None:
+        while not done() and time.monotonic() < deadline:
+            rec.observe([Sample.now("flow", 1.0, GOOD), Sample.now("temp", 2.0, GOOD)])
+            await asyncio.sleep(0.02)
+
+    await until(lambda: rec.status()["rows"] >= 2)
+    free[0] = MIB
+    await until(lambda: rec.state == "paused")
+    rows = rec.status()["rows"]
+    await until(lambda: rec.status()["rows_paused"] >= 3)
+    assert rec.state == "paused" and rec.status()["rows"] == rows
+    free[0] = 100 * MIB
+    await until(lambda: rec.status()["rows"] >= rows + 2)
+    assert rec.state == "recording"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    doc = manifest(tmp_path)
+    assert doc["complete"] is True
+    assert [g["reason"] for g in doc["gaps"]] == ["paused: free disk below the reserve"]
