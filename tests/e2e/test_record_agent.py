@@ -52,9 +52,9 @@ async def test_the_running_agent_records_from_its_own_polls_and_survives_a_write
 
                 # a directory where the manifest is written: the next flush fails
                 (rec_dir / (MANIFEST_FILE + ".tmp")).mkdir()
-                await wait_until(lambda: rec.state == "stopped", timeout_s=5, what="recording stopped")
+                await wait_until(lambda: rec.state == "stopped", timeout_s=10, what="recording stopped")
                 cycles = agent.view.cycles
-                await wait_until(lambda: agent.view.cycles >= cycles + 2, timeout_s=5, what="more cycles")
+                await wait_until(lambda: agent.view.cycles >= cycles + 2, timeout_s=10, what="more cycles")
                 doc = status_document(agent)
                 assert doc["recording"]["state"] == "stopped"
                 assert "Is a directory" in doc["recording"]["reason"]

@@ -124,7 +124,7 @@ async def test_record_the_plant_with_a_gap_while_its_server_is_stopped(tmp_path:
     assert [t["unit"] for t in doc["tags"]] == ["m3/h", "mm/s", "°C", "m"]
     (gap,) = [g for g in doc["gaps"] if g["reason"] == "no GOOD sample"]
     length = np.datetime64(gap["end_utc"][:-1]) - np.datetime64(gap["start_utc"][:-1])
-    assert 0.8 <= length / np.timedelta64(1, "s") <= 3.0, gap
+    assert 0.8 <= length / np.timedelta64(1, "s") <= 5.0, gap
     # what the long file says, row by row, is what the manifest counts
     rows = long_rows(out, doc)
     for t in doc["tags"]:
