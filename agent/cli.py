@@ -410,6 +410,11 @@ def _cmd_record(cfg: Config, args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     names = {t.name for t in tags}
+    slowest = max(t.poll_s for t in tags)
+    if period < slowest:
+        log.warning(
+            "the period is shorter than a poll interval: rows repeat samples", period_s=period, poll_s=slowest
+        )
     pipe_broken = False
 
     def report(wide: FileInfo, long: FileInfo) -> None:

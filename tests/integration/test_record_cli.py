@@ -229,7 +229,7 @@ async def test_into_head_and_usage_errors(
         out = tmp_path / "rec"
         script = (
             f"set -o pipefail; {sys.executable} -m agent record -c {cfg} --out {out} --tag Pump1.Flow "
-            f"--period 0.05 --rotate-mb {300 / 2**20} --quota-mb 1 | head -1"
+            f"--period 0.2 --rotate-mb {300 / 2**20} --quota-mb 1 | head -1"
         )
         proc = await asyncio.create_subprocess_exec(
             "bash", "-c", script, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=ENV
