@@ -29,14 +29,14 @@ torn stream, and every flush is one ``write`` of complete rows.
 
 ``start_utc``/``end_utc`` are the first and last row still on disk; ``counts`` (per tag, and
 per wide file as ``[GOOD, UNCERTAIN, BAD]`` in the order of ``tags``) count the samples in the
-files listed. A *gap* is a
-stretch of periods with no GOOD sample of any tag (``no GOOD sample``) or with no row at all
-(``not recorded``: the recorder was not running, ``paused`` below the disk reserve, or rows were
-dropped); ``end_utc`` is the first row after it with a GOOD sample (exclusive), or the end of the
-recording. ``complete`` is false while recording (or after a kill: the last file may then hold
-rows the manifest does not count yet; continuing the recording counts them again). It is
-rewritten at every new file, pause and removal, at the end, and at least every
-``manifest_s`` (60 s) between. ``stopped`` is the reason recording stopped on an error.
+files listed. A *gap* is a stretch of periods with no GOOD sample of any tag (``no GOOD
+sample``), with no row at all (``not recorded``: the recorder was not running, or rows were
+dropped), or with rows not written (``paused: free disk below the reserve``); its ``end_utc`` is
+the first row after it with a GOOD sample (exclusive), or the end of the recording.
+``complete`` is false while recording (or after a kill: the last file may then hold rows the
+manifest does not count yet; continuing the recording counts them again). It is rewritten at
+every new file, pause and removal, at the end, and at least every ``manifest_s`` (60 s)
+between. ``stopped`` is the reason recording stopped on an error.
 
 The disk, whatever happens, stays the audit log's first (a full audit disk stops automatic
 writes): the recording never grows past ``quota_mb`` (its oldest file pair is removed, the
@@ -93,6 +93,7 @@ __all__ = [
     "RecordConfig",
     "RecordTag",
     "Recorder",
+    "RecorderStats",
     "RecordingWriter",
     "Row",
     "agent_version",
