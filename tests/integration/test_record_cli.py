@@ -157,9 +157,7 @@ def quiet_cli(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli, "setup_logging", lambda *a, **k: None)
 
 
-async def test_rotation_quota_a_kill_and_continuing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], quiet_cli: None
-) -> None:
+async def test_rotation_and_quota_then_ctrl_c(tmp_path: Path) -> None:
     out = tmp_path / "rec"
     async with serve(Plant(seed=2), modbus_port=0, opcua_port=None) as station:
         assert station.modbus_port is not None
@@ -183,6 +181,13 @@ async def test_rotation_quota_a_kill_and_continuing(
         assert sum(on_disk.values()) <= 6000
         assert len(doc["tags"]) == 27 and doc["tags"][0]["name"] == "Pump1.Speed"
 
+
+async def test_a_kill_leaves_loadable_files_and_the_recording_is_continued(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], quiet_cli: None
+) -> None:
+    async with serve(Plant(seed=5), modbus_port=0, opcua_port=None) as station:
+        assert station.modbus_port is not None
+        cfg = plant_config(tmp_path, station.modbus_port)
         # killed: the files hold complete rows and whole gzip members; the manifest parses
         killed = tmp_path / "killed"
         proc = await start("-c", str(cfg), "--out", str(killed), "--model", "pca-pump", "--period", "0.1")
