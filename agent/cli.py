@@ -583,18 +583,33 @@ def build_parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("record", help="record tags at a period for training (rotating CSV files)")
     rec.add_argument("-c", "--config", required=True)
     rec.add_argument(
-        "--out", required=True, help="the recording directory (continued if it holds the same tags)"
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="the recording directory (continued if it holds the same tags)",
     )
     rec.add_argument(
-        "--tag", action="append", help="tag name (repeatable); default: the config's record section, else all"
+        "--tag",
+        action="append",
+        metavar="NAME",
+        help="tag name (repeatable); default: the config's record section, else every tag read",
     )
-    rec.add_argument("--model", help="a model binding: record the tags bound to its roles")
+    rec.add_argument("--model", metavar="BINDING", help="record the tags bound to the model binding's roles")
     rec.add_argument(
-        "--period", type=_positive, help="seconds between rows (default: the model's sample period)"
+        "--period",
+        type=_positive,
+        metavar="S",
+        help="seconds between rows (default: the model's sample period)",
     )
-    rec.add_argument("--duration", type=_positive, help="stop after S seconds (default: Ctrl-C or SIGTERM)")
-    rec.add_argument("--rotate-mb", type=_positive, help="a new file pair after N MiB")
-    rec.add_argument("--quota-mb", type=_positive, help="the recording's files never exceed N MiB")
+    rec.add_argument(
+        "--duration", type=_positive, metavar="S", help="stop after S seconds (default: Ctrl-C, SIGTERM)"
+    )
+    rec.add_argument(
+        "--rotate-mb", type=_positive, metavar="N", help="a new file pair after N MiB (default 16)"
+    )
+    rec.add_argument(
+        "--quota-mb", type=_positive, metavar="N", help="the files never exceed N MiB (default 1024)"
+    )
 
     sub.add_parser(
         "simulate", help="serve the embedded pump station (see: edge-agent simulate --help)", add_help=False
