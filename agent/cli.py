@@ -605,10 +605,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--duration", type=_positive, metavar="S", help="stop after S seconds (default: Ctrl-C, SIGTERM)"
     )
     rec.add_argument(
-        "--rotate-mb", type=_positive, metavar="N", help="a new file pair after N MiB (default 16)"
+        "--rotate-mb",
+        type=_positive,
+        metavar="N",
+        help="a new file pair after N MiB (default: the record section's, else 16)",
     )
     rec.add_argument(
-        "--quota-mb", type=_positive, metavar="N", help="the files never exceed N MiB (default 1024)"
+        "--quota-mb",
+        type=_positive,
+        metavar="N",
+        help="the files never exceed N MiB (default: the record section's, else 1024)",
     )
 
     sub.add_parser(
