@@ -35,18 +35,23 @@ import numpy.typing as npt
 from agent.modelstore.manifest import FeatureSpec, InputRole, Normalisation, WindowSpec
 from agent.pipeline.features import sliding_windows, window_to_input
 from export.pca_baseline import RoleSpec, _parse_time, load_series
+from export.tables import DataError, TimestampSpec, read_table
 
 __all__ = [
     "Contract",
     "DataSpec",
     "Dataset",
+    "ReadOptions",
     "Recording",
+    "TimeRange",
     "Windows",
     "build_dataset",
+    "column_quality",
     "features",
     "fit_normalisation",
     "load_columns",
     "read_long_csv",
+    "resolution",
     "sniff_format",
 ]
 
@@ -65,11 +70,49 @@ class Contract:
 
 
 @dataclass(frozen=True)
+class TimeRange:
+    """``[start, end)`` in epoch seconds, for one asset or every asset (``asset=None``)."""
+
+    start: float
+    end: float
+    asset: str | None = None
+    what: str = ""  # an excluded range's reason, or an event's class
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How the user's files are read, labelled, cleaned and split (all optional).
+
+    ``exclude``: time ranges whose rows are gaps (maintenance, start-ups). ``events``: labelled
+    episodes (``what`` = class name); rows inside one get its class. ``classes``: code → name
+    of a numeric label column. ``test_fraction``/``gap_s``: the time split of training files
+    (train | gap | validation | gap | test). ``range_margin``: an inferred sensor range is the
+    training min/max widened by this many spans each side. ``constant``: ``refuse`` or
+    ``drop`` a constant input. ``min_distinct``: fewer distinct values than this is constant.
+    """
+
+    timestamp: TimestampSpec = field(default_factory=TimestampSpec)
+    max_hold_s: float | None = None
+    exclude: tuple[TimeRange, ...] = ()
+    events: tuple[TimeRange, ...] = ()
+    classes: Mapping[int, str] = field(default_factory=dict)
+    normal_class: str = "normal"
+    test_fraction: float = 0.0
+    gap_s: float = 0.0
+    range_margin: float = 1.0
+    constant: str = "refuse"
+    min_distinct: int = 3
+
+
+@dataclass(frozen=True)
 class DataSpec:
     """Which columns feed which role, per asset, and where the targets are.
 
-    Column templates take ``{asset}`` (the asset name) and ``{n}`` (its 1-based number).
-    ``label``/``rul``/``oracle`` are optional target columns (``None``: not used).
+    Column templates take ``{asset}`` (the asset name) and ``{n}`` (its 1-based number);
+    ``mapping`` (asset → role → column), when given, names every asset's columns outright
+    (bulk mapping by pattern). ``label``/``rul``/``oracle`` are optional target columns
+    (``None``: not used). A role whose ``low``/``high`` is NaN has its sensor range inferred
+    from the training data (:attr:`ReadOptions.range_margin`).
     """
 
     roles: tuple[RoleSpec, ...]
@@ -78,6 +121,9 @@ class DataSpec:
     label: str | None = None
     rul: str | None = None
     oracle: str | None = None
+    mapping: Mapping[str, Mapping[str, str]] | None = None
+    operating: tuple[str, ...] = ()
+    options: ReadOptions = field(default_factory=ReadOptions)
 
     def column(self, template: str, asset: str) -> str:
         return template.format(asset=asset, n=self.assets.index(asset) + 1)
@@ -85,7 +131,10 @@ class DataSpec:
     def columns(self, asset: str, targets: Mapping[str, str] | None = None) -> dict[str, str]:
         """Role → column for one asset, plus ``__label``/``__rul``/``__oracle`` target columns
         (``targets`` overrides the target templates, e.g. for a long CSV's tag names)."""
-        out = {r.role: self.column(r.column, asset) for r in self.roles}
+        if self.mapping is not None:
+            out = {r.role: self.mapping[asset][r.role] for r in self.roles}
+        else:
+            out = {r.role: self.column(r.column, asset) for r in self.roles}
         for key in ("label", "rul", "oracle"):
             t = getattr(self, key)
             if t is not None and targets and key in targets:
@@ -97,7 +146,11 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class Recording:
-    """One CSV file with its split (``train`` or ``test``) and the seed that made it."""
+    """One file (or agent recording directory) with its split and the seed that made it.
+
+    ``split``: ``train`` (cut in time into train / validation [/ test]), ``test``, or
+    ``calibration`` (a separate normal run: thresholds only).
+    """
 
     path: Path
     split: str = "train"
@@ -224,8 +277,14 @@ class Windows:
 
 @dataclass
 class Dataset:
-    """Windows split into train / validation (time) / test (unseen seeds), with the raw
-    training samples for normalisation."""
+    """Windows split into train / validation (time) / test (other files or seeds, or the end
+    of every training file) / calibration (separate normal runs), the raw training samples of
+    normal operation for normalisation, and what was found in the data.
+
+    ``spec`` is the resolved spec: inferred sensor ranges filled in, dropped constant roles
+    removed. ``quality`` holds one report line per finding (duplicates, constant, quantised
+    columns, values outside a sensor range, excluded rows).
+    """
 
     spec: DataSpec
     recordings: tuple[Recording, ...]
@@ -233,7 +292,10 @@ class Dataset:
     val: Windows
     test: Windows
     train_samples: FloatArray  # [N, R] every training row of normal operation (for normalisation)
-    labels: dict[int, str] = field(default_factory=dict)  # fault code → name, when known
+    labels: dict[int, str] = field(default_factory=dict)  # class code → name (from the data)
+    calibration: Windows | None = None
+    quality: list[str] = field(default_factory=list)
+    training_range: tuple[tuple[float, float], ...] = ()  # per role: min/max of the training rows
 
 
 def _plausible(seg: FloatArray, roles: Sequence[RoleSpec]) -> FloatArray:
@@ -267,6 +329,242 @@ def _windows_of(
     )
 
 
+@dataclass
+class _Part:
+    """One asset of one recording on the sample grid, before cleaning."""
+
+    rec: int
+    asset: int
+    times: FloatArray
+    x: FloatArray  # [N, R] role values
+    label: npt.NDArray[np.generic]  # [N] numeric codes or text (object)
+    rul: FloatArray
+    oracle: FloatArray
+
+
+def _in_ranges(times: FloatArray, ranges: Sequence[TimeRange], asset: str) -> npt.NDArray[np.bool_]:
+    m = np.zeros(len(times), bool)
+    for r in ranges:
+        if r.asset is None or r.asset == asset:
+            m |= (times >= r.start) & (times < r.end)
+    return m
+
+
+def _read_parts(
+    spec: DataSpec, recordings: Sequence[Recording], quality: list[str], progress: bool
+) -> list[_Part]:
+    from export.progress import Progress
+
+    opts = spec.options
+    parts: list[_Part] = []
+    bar = Progress(len(recordings), "read recordings", enabled=progress)
+    for ri, rec in enumerate(recordings):
+        if rec.split not in ("train", "test", "calibration"):
+            raise DataError(f"{rec.path}: split must be train, test or calibration, got {rec.split!r}")
+        table = read_table(rec.path, opts.timestamp)
+        if table.duplicates:
+            quality.append(
+                f"{rec.path}: {table.duplicates} row(s) repeat an earlier timestamp: the last one kept"
+            )
+        if table.unsorted:
+            quality.append(f"{rec.path}: {table.unsorted} row(s) out of time order: sorted")
+        cols_by_asset = [spec.columns(a, rec.targets) for a in spec.assets]
+        columns = list(dict.fromkeys(c for cols in cols_by_asset for c in cols.values()))
+        for cols in cols_by_asset:
+            for r in spec.roles:
+                table.numeric(cols[r.role])
+            for key in ("rul", "oracle"):
+                if f"__{key}" in cols:
+                    table.numeric(cols[f"__{key}"], f"a {key} target")
+        grid, values = table.grid(columns, spec.window.sample_period_s, opts.max_hold_s)
+        by_col = dict(zip(columns, values, strict=True))
+        for ai, (asset, cols) in enumerate(zip(spec.assets, cols_by_asset, strict=True)):
+            n = len(grid)
+            x = (
+                np.stack([by_col[cols[r.role]].astype(np.float64) for r in spec.roles], axis=1)
+                if spec.roles
+                else np.empty((n, 0))
+            )
+            label: npt.NDArray[np.generic] = (
+                by_col[cols["__label"]] if "__label" in cols else np.full(n, np.nan)
+            )
+            if opts.events:
+                label = label.astype(object)
+                for ev in opts.events:
+                    if ev.asset is None or ev.asset == asset:
+                        label[(grid >= ev.start) & (grid < ev.end)] = ev.what
+            excluded = _in_ranges(grid, opts.exclude, asset)
+            if excluded.any():
+                x[excluded] = np.nan
+                quality.append(
+                    f"{rec.path}: {int(excluded.sum())} sample(s) of {asset} in excluded time ranges: "
+                    "not used"
+                )
+            parts.append(
+                _Part(
+                    ri,
+                    ai,
+                    grid,
+                    x,
+                    label,
+                    by_col[cols["__rul"]].astype(np.float64) if "__rul" in cols else np.full(n, np.nan),
+                    by_col[cols["__oracle"]].astype(np.float64) if "__oracle" in cols else np.full(n, np.nan),
+                )
+            )
+        bar.update()
+    bar.close()
+    return parts
+
+
+def _label_codes(parts: Sequence[_Part], opts: ReadOptions) -> tuple[dict[int, str], dict[str, int]]:
+    """Class code → name: numeric codes named by ``opts.classes`` (0 is normal), class names
+    (a text label column, the events file) numbered after them, normal first."""
+    numeric: set[int] = set()
+    names: set[str] = set()
+    for p in parts:
+        lab = p.label
+        if lab.dtype == object:
+            for v in lab:
+                if isinstance(v, str):
+                    names.add(v)
+                elif v is not None and isinstance(v, float | int) and math.isfinite(v):
+                    numeric.add(int(v))
+        else:
+            f = lab.astype(np.float64)
+            numeric |= {int(v) for v in np.unique(f[np.isfinite(f)])}
+    out = {c: opts.classes.get(c, opts.normal_class if c == NORMAL else f"class{c}") for c in sorted(numeric)}
+    out.setdefault(NORMAL, opts.normal_class)
+    by_name = {v: k for k, v in out.items()}
+    nxt = max(out) + 1
+    for name in sorted(names - set(by_name)):
+        by_name[name] = nxt
+        out[nxt] = name
+        nxt += 1
+    return dict(sorted(out.items())), by_name
+
+
+def _codes(label: npt.NDArray[np.generic], by_name: Mapping[str, int]) -> FloatArray:
+    if label.dtype != object:
+        return label.astype(np.float64)
+    return np.array(
+        [by_name[v] if isinstance(v, str) else (math.nan if v is None else float(v)) for v in label],
+        np.float64,
+    )
+
+
+def resolution(values: npt.ArrayLike) -> float:
+    """The smallest step between distinct finite values (0 for fewer than two)."""
+    v = np.asarray(values, np.float64)
+    u = np.unique(v[np.isfinite(v)])
+    return float(np.min(np.diff(u))) if len(u) > 1 else 0.0
+
+
+def column_quality(values: npt.ArrayLike, min_distinct: int = 3) -> tuple[str, str]:
+    """``(kind, detail)`` of one input's training values: kind ``constant`` (std below the
+    resolution floor relative to the value, or fewer than ``min_distinct`` distinct values),
+    ``quantised`` (few levels on a regular step), or ``ok``."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return "constant", "no valid value"
+    u = np.unique(v)
+    std = float(np.std(v))
+    mean = float(np.mean(v))
+    # float32 round-off over a fieldbus is about 6e-8 of the value: a std within a few hundred
+    # of those is noise of the transport, not of the process.
+    floor = 1e-5 * max(abs(mean), 1e-12)
+    if len(u) < min_distinct or std <= floor:
+        return "constant", f"{len(u)} distinct value(s), std {std:.3g} around {mean:.6g}"
+    step = float(np.min(np.diff(u)))
+    levels = (u - u[0]) / step
+    if len(u) <= max(min_distinct, len(v) // 20) and np.allclose(levels, np.round(levels), atol=1e-3):
+        return "quantised", f"{len(u)} levels, step {step:.6g} (std {std:.3g})"
+    return "ok", f"std {std:.3g}"
+
+
+def _time_cuts(n: int, spec: DataSpec, validation_fraction: float) -> tuple[int, int, int, int]:
+    """Row bounds of a training recording: train [0, a), validation [a + g, b), test [b + g, n)."""
+    opts = spec.options
+    g = round(opts.gap_s / spec.window.sample_period_s)
+    b = round(n * (1.0 - opts.test_fraction)) if opts.test_fraction > 0 else n
+    a = round(n * (1.0 - validation_fraction - opts.test_fraction))
+    return a, min(a + g, n), b, min(b + g, n) if opts.test_fraction > 0 else n
+
+
+def _resolve_roles(
+    spec: DataSpec,
+    parts: Sequence[_Part],
+    recordings: Sequence[Recording],
+    quality: list[str],
+    validation_fraction: float,
+) -> tuple[DataSpec, list[int], tuple[tuple[float, float], ...]]:
+    """Quality of every input on the training rows, constant inputs refused (or dropped),
+    inferred sensor ranges; returns the resolved spec, the kept role indexes and the training
+    ranges."""
+    opts = spec.options
+    rows: list[FloatArray] = []
+    for p in parts:
+        if recordings[p.rec].split == "train":
+            a = _time_cuts(len(p.x), spec, validation_fraction)[0]
+            rows.append(p.x[:a])
+    if not rows:
+        raise DataError("no training recordings (every recording is marked test or calibration)")
+    train = np.concatenate(rows)
+    first = next(r.path for r in recordings if r.split == "train")
+    keep: list[int] = []
+    roles: list[RoleSpec] = []
+    ranges: list[tuple[float, float]] = []
+    for i, r in enumerate(spec.roles):
+        col = train[:, i]
+        column = spec.columns(spec.assets[0])[r.role]
+        kind, detail = column_quality(col, opts.min_distinct)
+        if kind == "constant":
+            msg = (
+                f"{first}: column {column!r} (role {r.role}) is constant in the training data: {detail}; "
+                "a constant input makes round-off look like a fault"
+            )
+            if opts.constant != "drop":
+                raise DataError(msg + ": remove it from the inputs, or set data.constant: drop")
+            quality.append(msg + ": dropped (data.constant: drop)")
+            continue
+        if kind == "quantised":
+            quality.append(f"column {column!r} (role {r.role}) is quantised: {detail}")
+        fin = col[np.isfinite(col)]
+        lo, hi = float(fin.min()), float(fin.max())
+        low, high = r.low, r.high
+        if math.isnan(low) or math.isnan(high):
+            span = max(hi - lo, abs(hi) * 1e-6, 1e-12)
+            low = lo - opts.range_margin * span if math.isnan(low) else low
+            high = hi + opts.range_margin * span if math.isnan(high) else high
+        else:
+            outside = int(np.sum((fin < low) | (fin > high)))
+            if outside:
+                quality.append(
+                    f"column {column!r} (role {r.role}): {outside} training value(s) outside the sensor "
+                    f"range [{low:g}, {high:g}]: treated as BAD"
+                )
+        keep.append(i)
+        roles.append(RoleSpec(r.role, r.unit, low, high, r.column))
+        ranges.append((max(lo, low), min(hi, high)))
+    if not roles:
+        raise DataError("no usable model inputs left (every one is constant)")
+    mapping = (
+        {a: {r.role: m[r.role] for r in roles} for a, m in spec.mapping.items()} if spec.mapping else None
+    )
+    resolved = DataSpec(
+        tuple(roles),
+        spec.assets,
+        spec.window,
+        spec.label,
+        spec.rul,
+        spec.oracle,
+        mapping,
+        tuple(o for o in spec.operating if o in {r.role for r in roles}),
+        spec.options,
+    )
+    return resolved, keep, tuple(ranges)
+
+
 def build_dataset(
     spec: DataSpec,
     recordings: Sequence[Recording],
@@ -275,78 +573,90 @@ def build_dataset(
     train_stride: int | None = None,
     progress: bool = False,
 ) -> Dataset:
-    """Read every recording, cut windows per asset, split by seed (test) and time (validation).
+    """Read every recording, check the inputs, cut windows per asset and split.
 
-    ``train_stride`` (default: the manifest stride) thins training windows (neighbours
-    overlap heavily); validation and test windows use the manifest stride, as served.
+    Splits: ``test`` and ``calibration`` recordings whole; every ``train`` recording in time
+    (train | gap | validation [| gap | test], cut before windowing so no window straddles a
+    cut). ``train_stride`` (default: the manifest stride) thins training windows (neighbours
+    overlap heavily); the other sets use the manifest stride, as served. Windows holding a gap,
+    an excluded row or a value outside the *sensor* range are dropped (the agent's ``skip``);
+    a value outside the training range is kept (it is what an anomaly looks like).
     """
-    from export.progress import Progress
-
+    quality: list[str] = []
+    parts = _read_parts(spec, recordings, quality, progress)
+    spec, keep, training_range = _resolve_roles(spec, parts, recordings, quality, validation_fraction)
+    labels, by_name = _label_codes(parts, spec.options)
     n_roles = len(spec.roles)
     stride = spec.window.stride
     tr_stride = train_stride or stride
-    parts: dict[str, list[Windows]] = {"train": [], "val": [], "test": []}
+    out: dict[str, list[Windows]] = {"train": [], "val": [], "test": [], "calibration": []}
     samples: list[FloatArray] = []
-    bar = Progress(len(recordings), "read recordings", enabled=progress)
-    for ri, rec in enumerate(recordings):
-        if rec.split not in ("train", "test"):
-            raise ValueError(f"{rec.path}: split must be train or test, got {rec.split!r}")
-        cols_by_asset = [spec.columns(a, rec.targets) for a in spec.assets]
-        columns = list(dict.fromkeys(c for cols in cols_by_asset for c in cols.values()))
-        segments = load_columns(rec.path, columns, spec.window.sample_period_s)
-        for ai, cols in enumerate(cols_by_asset):
-            idx_roles = [columns.index(cols[r.role]) for r in spec.roles]
-            offset = 0
-            for seg in segments:
-                x = _plausible(seg[:, idx_roles], spec.roles)
-                tgt = np.full((len(seg), 3), np.nan)
-                for j, key in enumerate(("label", "rul", "oracle")):
-                    if f"__{key}" in cols:
-                        tgt[:, j] = seg[:, columns.index(cols[f"__{key}"])]
-                full = np.concatenate([x, tgt], axis=1)
-                if rec.split == "test":
-                    parts["test"].append(_windows_of(full, n_roles, spec.window, stride, ri, ai, offset))
-                else:
-                    cut = round(len(seg) * (1.0 - validation_fraction))
-                    parts["train"].append(
-                        _windows_of(full[:cut], n_roles, spec.window, tr_stride, ri, ai, offset)
-                    )
-                    parts["val"].append(
-                        _windows_of(full[cut:], n_roles, spec.window, stride, ri, ai, offset + cut)
-                    )
-                    normal = np.nan_to_num(tgt[:cut, 0], nan=NORMAL) == NORMAL
-                    samples.append(x[:cut][normal])
-                offset += len(seg)
-        bar.update()
-    bar.close()
-    if not samples:
-        raise ValueError("no training recordings (every recording is marked test)")
+    for p in parts:
+        rec = recordings[p.rec]
+        x = _plausible(p.x[:, keep], spec.roles)
+        code = _codes(p.label, by_name)
+        full = np.concatenate([x, np.stack([code, p.rul, p.oracle], axis=1)], axis=1)
+        if rec.split != "train":
+            out[rec.split].append(_windows_of(full, n_roles, spec.window, stride, p.rec, p.asset, 0))
+            continue
+        a, va, b, te = _time_cuts(len(full), spec, validation_fraction)
+        out["train"].append(_windows_of(full[:a], n_roles, spec.window, tr_stride, p.rec, p.asset, 0))
+        out["val"].append(_windows_of(full[va:b], n_roles, spec.window, stride, p.rec, p.asset, va))
+        if te < len(full):
+            out["test"].append(_windows_of(full[te:], n_roles, spec.window, stride, p.rec, p.asset, te))
+        normal = np.nan_to_num(code[:a], nan=NORMAL) == NORMAL
+        samples.append(x[:a][normal])
+    length = spec.window.length
     return Dataset(
         spec=spec,
         recordings=tuple(recordings),
-        train=Windows.concat(parts["train"], spec.window.length, n_roles),
-        val=Windows.concat(parts["val"], spec.window.length, n_roles),
-        test=Windows.concat(parts["test"], spec.window.length, n_roles),
+        train=Windows.concat(out["train"], length, n_roles),
+        val=Windows.concat(out["val"], length, n_roles),
+        test=Windows.concat(out["test"], length, n_roles),
         train_samples=np.concatenate(samples),
+        labels=labels,
+        calibration=Windows.concat(out["calibration"], length, n_roles),
+        quality=quality,
+        training_range=training_range,
     )
 
 
-def fit_normalisation(spec: DataSpec, samples: FloatArray) -> tuple[InputRole, ...]:
-    """Per-role standard normalisation from training samples of normal operation."""
-    mean = np.nanmean(samples, axis=0)
-    std = np.nanstd(samples, axis=0)
+def fit_normalisation(
+    spec: DataSpec,
+    samples: FloatArray,
+    *,
+    training_range: Sequence[tuple[float, float]] = (),
+) -> tuple[InputRole, ...]:
+    """Per-role standard normalisation from training samples of normal operation.
+
+    The std is floored at the column's resolution (its smallest step between distinct values,
+    and 1e-6 of its value): a quantised or nearly constant input never turns round-off into
+    hundreds of standard deviations. ``training_range`` (default: the samples' min/max) goes
+    into the manifest beside the sensor ``range``.
+    """
+    mean = np.nanmean(samples, axis=0) if len(samples) else np.full(len(spec.roles), np.nan)
+    std = np.nanstd(samples, axis=0) if len(samples) else mean
     bad = [r.role for r, m in zip(spec.roles, mean, strict=True) if not np.isfinite(m)]
     if bad:
         raise ValueError(f"no valid training samples for roles {bad}")
-    return tuple(
-        InputRole(
-            role=r.role,
-            unit=r.unit,
-            range=(r.low, r.high),
-            normalisation=Normalisation(kind="standard", mean=float(mean[i]), std=float(max(std[i], 1e-6))),
+    out = []
+    for i, r in enumerate(spec.roles):
+        col = samples[:, i]
+        floor = max(resolution(col), 1e-6 * abs(float(mean[i])), 1e-12)
+        tr = training_range[i] if training_range else (float(np.nanmin(col)), float(np.nanmax(col)))
+        out.append(
+            InputRole(
+                role=r.role,
+                unit=r.unit,
+                range=(r.low, r.high),
+                normalisation=Normalisation(
+                    kind="standard", mean=float(mean[i]), std=float(max(std[i], floor))
+                ),
+                training_range=tr,
+                operating=r.role in spec.operating,
+            )
         )
-        for i, r in enumerate(spec.roles)
-    )
+    return tuple(out)
 
 
 _CHUNK = 8192
