@@ -194,7 +194,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``edge-export``; returns the exit status."""
     args = _parser().parse_args(argv)
-    from agent.errors import ModelError
+    from agent.errors import ConfigError, ModelError
 
     try:
         from export.gates import GateError
@@ -217,6 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "report":
             return _cmd_report(args)
         return _cmd_train(args, every=True)
+    except ConfigError as exc:
+        print("\n".join(f"error: {p}" for p in exc.problems), file=sys.stderr)
+        return 2
     except GateError as exc:
         print(f"error: {exc}\nno bundle was written", file=sys.stderr)
         return 1

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,8 @@ __all__ = [
     "load_columns",
     "read_long_csv",
     "resolution",
+    "resolve_columns",
+    "role_name",
     "sniff_format",
 ]
 
@@ -157,6 +160,98 @@ class Recording:
     seed: int | None = None
     kind: str = ""  # free text: "faults", "normal", ...
     targets: Mapping[str, str] = field(default_factory=dict)  # label/rul/oracle column overrides
+
+
+# --------------------------------------------------------------------------- roles in bulk
+
+_ROLE_OK = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def role_name(text: str) -> str:
+    """A column (or its varying part) → a role name the manifest accepts."""
+    name = re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_") or "x"
+    if not _ROLE_OK.match(name):
+        name = "_" + name
+    return name[:64]
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    out = ""
+    for part in re.split(r"(\*|\?)", pattern):
+        out += "(.*?)" if part == "*" else "(.)" if part == "?" else re.escape(part)
+    return re.compile(f"^{out}$")
+
+
+def resolve_columns(
+    header: Sequence[str],
+    assets: Sequence[str],
+    columns: str | Sequence[str] | Mapping[str, str | Sequence[str]],
+    *,
+    exclude: Sequence[str] = (),
+    source: str = "",
+) -> dict[str, dict[str, str]]:
+    """Map columns to roles in bulk: asset → {role → column}, roles in header order.
+
+    ``columns``: a glob (``{asset}.*``: the role is what the wildcards matched), a regular
+    expression after ``re:`` (the role is the group ``role``, else group 1, else the match),
+    or a list of column templates (``ROLE=TEMPLATE`` or ``TEMPLATE``: the role is the column
+    without the asset's name); ``{asset}`` and ``{n}`` stand for the asset and its 1-based
+    number. A mapping gives each asset its own. ``exclude``: globs of columns never used.
+    Every asset must end up with the same roles (one model for identical assets).
+    """
+    import fnmatch
+
+    skip = {c for c in header if any(fnmatch.fnmatchcase(c, g) for g in exclude)}
+    out: dict[str, dict[str, str]] = {}
+    for n, asset in enumerate(assets, start=1):
+        spec = columns[asset] if isinstance(columns, Mapping) else columns
+        if isinstance(columns, Mapping) and asset not in columns:
+            raise DataError(f"data.columns: no pattern for asset {asset!r}")
+        mapping: dict[str, str] = {}
+        if isinstance(spec, str):
+            text = spec.format(asset=re.escape(asset) if spec.startswith("re:") else asset, n=n)
+            rx = re.compile(text[3:]) if text.startswith("re:") else _glob_regex(text)
+            for c in header:
+                m = rx.fullmatch(c) if text.startswith("re:") else rx.match(c)
+                if m is None or c in skip:
+                    continue
+                if "role" in rx.groupindex:
+                    varying = m.group("role")
+                elif m.groups():
+                    varying = "_".join(g for g in m.groups() if g)
+                else:
+                    varying = c
+                role = role_name(varying)
+                if role in mapping:
+                    raise DataError(
+                        f"{source}: columns {mapping[role]!r} and {c!r} both map to role {role!r} "
+                        f"for asset {asset!r}: list the columns as ROLE=COLUMN"
+                    )
+                mapping[role] = c
+        else:
+            for item in spec:
+                role_part, eq, template = item.partition("=")
+                if not eq:
+                    template, role_part = item, ""
+                c = template.format(asset=asset, n=n)
+                if c not in header:
+                    raise DataError(f"{source}: no column {c!r} (asset {asset!r}; has {list(header)[:12]})")
+                role = role_name(role_part or c.replace(asset, "", 1))
+                if role in mapping:
+                    raise DataError(f"{source}: role {role!r} given twice for asset {asset!r}")
+                mapping[role] = c
+        if not mapping:
+            raise DataError(f"{source}: no column matches {spec!r} for asset {asset!r}")
+        out[asset] = mapping
+    first = list(out[assets[0]])
+    for asset in assets[1:]:
+        if set(out[asset]) != set(first):
+            missing = sorted(set(first) ^ set(out[asset]))
+            raise DataError(
+                f"{source}: assets {assets[0]!r} and {asset!r} do not have the same roles "
+                f"(differ in {missing})"
+            )
+    return {a: {r: out[a][r] for r in first} for a in assets}
 
 
 # --------------------------------------------------------------------------- reading

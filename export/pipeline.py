@@ -20,17 +20,18 @@ One call of :func:`export_model` does, for one model of the config:
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import torch
-import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
 from agent.modelstore.bundle import load_bundle
@@ -52,10 +53,13 @@ from export.data import (
     Contract,
     Dataset,
     DataSpec,
+    ReadOptions,
     Recording,
+    TimeRange,
     build_dataset,
     features,
     fit_normalisation,
+    resolve_columns,
 )
 from export.evaluate import detection_delays, false_alarm_rate, summarise_delays, threshold_at
 from export.nets import MLP, AutoEncoder, build_net
@@ -70,6 +74,7 @@ from export.onnx_tools import (
     to_onnx,
 )
 from export.pca_baseline import RoleSpec, fit_pca
+from export.tables import DataError, TimestampSpec, expand_paths, parse_times, read_header, read_units
 from export.train import (
     FitConfig,
     auc,
@@ -85,20 +90,6 @@ from export.train import (
 
 __all__ = ["ExportConfig", "ModelConfig", "export_model", "load_config", "package", "record_all"]
 
-FAULT_NAMES = {
-    0: "normal",
-    1: "bearing_wear",
-    2: "cavitation",
-    3: "imbalance",
-    4: "motor_electrical",
-    5: "valve_blockage",
-    6: "sensor_stuck",
-    7: "sensor_drift",
-    8: "sensor_spike",
-    9: "sensor_dropout",
-}
-
-
 # --------------------------------------------------------------------------- config
 
 
@@ -107,15 +98,20 @@ class _Strict(BaseModel):
 
 
 class RecordingSet(_Strict):
-    """Recordings made by the simulator (or existing CSV files, ``files``)."""
+    """Recordings made by the simulator (``seeds``), or the user's files (``files``: paths or
+    glob patterns of wide/long CSV files, ``.csv.gz``, or agent recording directories).
+
+    ``split``: ``train`` (cut in time into train / validation [/ test]), ``test`` (whole), or
+    ``calibration`` (a separate normal run, for thresholds only).
+    """
 
     name: str
     scenario: str = "random"  # "random" (a seeded fault schedule), "normal", or a scenario YAML path
     seeds: list[int] = []
     hours: float = 24.0
-    split: Literal["train", "test"] = "train"
+    split: Literal["train", "test", "calibration"] = "train"
     format: Literal["wide", "long"] = "wide"
-    files: list[Path] = []  # existing recordings instead of simulating
+    files: list[str] = []  # existing recordings instead of simulating (paths or globs)
     targets: dict[str, str] = {}  # label/rul/oracle column overrides (long CSVs name tags)
 
 
@@ -126,15 +122,58 @@ class Recordings(_Strict):
     sets: list[RecordingSet]
 
 
+class RoleOverride(_Strict):
+    """What the data cannot say about one role: its unit and plausible (sensor) range."""
+
+    unit: str | None = None
+    range: tuple[float, float] | None = None
+
+
+class TimeRangeConfig(_Strict):
+    """``[start, end)``: ISO 8601 (an offset, or the data's timezone), or epoch seconds."""
+
+    start: datetime | float | str
+    end: datetime | float | str
+    asset: str | None = None
+    reason: str = ""
+
+
 class DataConfig(_Strict):
-    roles: list[str]  # ROLE:UNIT:LOW:HIGH:COLUMN ({asset}, {n} in COLUMN)
-    assets: list[str]
+    """Which columns are inputs (in bulk: ``columns``; or one ``ROLE:UNIT:LOW:HIGH:COLUMN``
+    string per role in ``roles``), targets, labels, exclusions and the time split."""
+
+    roles: list[str] | dict[str, RoleOverride] = []  # list: ROLE:UNIT:LOW:HIGH:COLUMN; map: overrides
+    columns: str | list[str] | dict[str, str | list[str]] | None = None  # bulk mapping (see data.py)
+    exclude_columns: list[str] = []
+    assets: list[str] = ["plant"]
+    operating: list[str] = []
+    range_margin: Annotated[float, Field(ge=0)] = 1.0
+    constant: Literal["refuse", "drop"] = "refuse"
+    min_distinct: Annotated[int, Field(ge=2)] = 3
+    timestamp: TimestampSpec = TimestampSpec()
+    max_hold_s: Annotated[float, Field(gt=0)] | None = None
     label: str | None = None
+    classes: dict[int, str] = {}
+    normal_class: str = "normal"
+    events: Path | None = None  # CSV start,end,asset,class
+    exclude: list[TimeRangeConfig] = []
     rul: str | None = None
     oracle: str | None = None
     window: WindowSpec = WindowSpec(sample_period_s=1.0, length=60, stride=10)
     train_stride: int | None = None
-    validation_fraction: float = 0.25
+    validation_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.25
+    test_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    gap_s: Annotated[float, Field(ge=0)] = 0.0
+
+    @model_validator(mode="after")
+    def _inputs_given(self) -> DataConfig:
+        if isinstance(self.roles, list) and self.roles and self.columns is not None:
+            raise ValueError("give columns (bulk) or roles as ROLE:UNIT:LOW:HIGH:COLUMN strings, not both")
+        if self.columns is None and not (isinstance(self.roles, list) and self.roles):
+            raise ValueError("no inputs: give columns (a pattern or list) or roles")
+        if self.validation_fraction + self.test_fraction >= 1:
+            raise ValueError("validation_fraction + test_fraction must be below 1")
+        return self
 
 
 class NetConfig(_Strict):
@@ -171,6 +210,14 @@ class Int8Settings(_Strict):
 _DEFAULT_INT8 = Int8Settings()
 
 
+class OutputNaming(_Strict):
+    """Name, unit and meaning of a regression output (``rul``: rul_h in h; ``setpoint``)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    unit: str | None = None
+    meaning: str = ""
+
+
 class ModelConfig(_Strict):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._\-]*$")]
     version: str = "1"
@@ -195,6 +242,7 @@ class ModelConfig(_Strict):
     on_delay: int = 3
     detection_gate: bool = True
     rul_cap_h: float = 8.0
+    output: OutputNaming = OutputNaming()
     baselines: bool = False  # also build Isolation Forest / LOF / kNN and report their delays
     fit: FitSettings = FitSettings()
 
@@ -208,14 +256,33 @@ class ExportConfig(_Strict):
     models: list[ModelConfig]
 
 
+_TYPE_NAMES = frozenset({"str", "int", "float", "bool", "datetime"})
+
+
+def _union_member(part: int | str) -> bool:
+    """pydantic names the member of a union it tried in the error path (``list[str]``)."""
+    return isinstance(part, str) and (part in _TYPE_NAMES or ("[" in part and part.endswith("]")))
+
+
 def load_config(path: str | Path) -> ExportConfig:
-    """Read and validate an export config (YAML); ValueError naming the file and field."""
-    p = Path(path)
-    data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    """Read and validate an export config (YAML). Errors: :class:`agent.errors.ConfigError`,
+    one ``file:line field.path: message`` line per problem (the agent's located loader)."""
+    from agent.config import _message
+    from agent.configyaml import compose, line_for, problem, read_text
+    from agent.errors import ConfigError
+
+    source = str(path)
+    data, lines = compose(read_text(path), source)
+    if not isinstance(data, dict):
+        raise ConfigError([problem(source, 1, "(top level)", "must be a mapping")])
     try:
         return ExportConfig.model_validate(data)
-    except Exception as exc:  # pydantic.ValidationError: named for the user with the file
-        raise ValueError(f"{p}: {exc}") from None
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not _union_member(p))
+            problems.append(problem(source, line_for(loc, lines), loc, _message(err)))
+        raise ConfigError(problems) from None
 
 
 # --------------------------------------------------------------------------- recordings
@@ -256,15 +323,13 @@ def random_fault_schedule(seed: int, hours: float, pumps: int) -> list[Any]:
 def record_all(rc: Recordings, *, progress: bool = True) -> list[Recording]:
     """Make (or reuse) every recording of the config; deterministic for its seeds."""
     from export.progress import Progress
-    from simulator.faults import load_scenario
-    from simulator.recorder import record
 
     out: list[Recording] = []
     jobs = [(s, seed) for s in rc.sets for seed in s.seeds]
     bar = Progress(len(jobs), "record plant", enabled=progress and bool(jobs))
     for s in rc.sets:
-        for f in s.files:
-            out.append(Recording(Path(f), s.split, None, s.name, s.targets))
+        for f in expand_paths(s.files):
+            out.append(Recording(f, s.split, None, s.name, s.targets))
     for s, seed in jobs:
         path = rc.dir / f"{s.name}-s{seed}.{s.format}.csv"
         meta = {
@@ -277,6 +342,9 @@ def record_all(rc: Recordings, *, progress: bool = True) -> list[Recording]:
         }
         side = path.with_suffix(".json")
         if not (path.exists() and side.exists() and json.loads(side.read_text()) == meta):
+            from simulator.faults import load_scenario
+            from simulator.recorder import record
+
             if s.scenario == "random":
                 events: Any = random_fault_schedule(seed, s.hours, rc.pumps)
             elif s.scenario == "normal":
@@ -309,9 +377,119 @@ def _params(pumps: int) -> Any:
 # --------------------------------------------------------------------------- helpers
 
 
-def _spec(d: DataConfig) -> DataSpec:
+def _epoch(value: datetime | float | str, ts: TimestampSpec, what: str) -> float:
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        return float(parse_times([value], ts.model_copy(update={"format": "auto"}), what, [0])[0])
+    return (value if value.tzinfo is not None else value.replace(tzinfo=ts.zone())).timestamp()
+
+
+def _event_time(cell: str, ts: TimestampSpec, auto: TimestampSpec, path: Path, line: int) -> float:
+    """The data's own timestamp format first, then ISO 8601 / epoch."""
+    try:
+        return float(parse_times([cell], ts.model_copy(update={"column": auto.column}), str(path), [line])[0])
+    except DataError:
+        return float(parse_times([cell], auto, str(path), [line])[0])
+
+
+def read_events(path: Path, ts: TimestampSpec) -> tuple[TimeRange, ...]:
+    """An events file: CSV ``start,end,asset,class`` (header required; an empty asset: all)."""
+    import csv
+
+    out: list[TimeRange] = []
+    auto = ts.model_copy(update={"format": "auto", "column": "start"})
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh)
+            header = [h.strip().lower() for h in next(reader, [])]
+            if header[:4] != ["start", "end", "asset", "class"]:
+                raise DataError(f"{path}:1: an events file starts with start,end,asset,class, got {header}")
+            for line, row in enumerate(reader, start=2):
+                if not row or not any(c.strip() for c in row):
+                    continue
+                if len(row) < 4 or not row[3].strip():
+                    raise DataError(f"{path}:{line} column 'class': every event needs start,end,asset,class")
+                start = _event_time(row[0], ts, auto, path, line)
+                end = _event_time(row[1], ts, auto.model_copy(update={"column": "end"}), path, line)
+                if end <= start:
+                    raise DataError(f"{path}:{line} column 'end': the event ends before it starts")
+                out.append(TimeRange(float(start), float(end), row[2].strip() or None, row[3].strip()))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the events file: {exc.strerror or exc}") from None
+    return tuple(out)
+
+
+def _spec(d: DataConfig, recordings: Sequence[Recording] = ()) -> DataSpec:
+    """The data spec of a model: roles from ROLE:UNIT:LOW:HIGH:COLUMN strings, or mapped in
+    bulk from the columns of the first training recording (units from an agent recording's
+    manifest or the overrides; ranges from the overrides, else inferred from the data)."""
+    opts = ReadOptions(
+        timestamp=d.timestamp,
+        max_hold_s=d.max_hold_s,
+        exclude=tuple(
+            TimeRange(
+                _epoch(e.start, d.timestamp, f"data.exclude[{i}].start"),
+                _epoch(e.end, d.timestamp, f"data.exclude[{i}].end"),
+                e.asset,
+                e.reason,
+            )
+            for i, e in enumerate(d.exclude)
+        ),
+        events=read_events(d.events, d.timestamp) if d.events is not None else (),
+        classes=dict(d.classes),
+        normal_class=d.normal_class,
+        test_fraction=d.test_fraction,
+        gap_s=d.gap_s,
+        range_margin=d.range_margin,
+        constant=d.constant,
+        min_distinct=d.min_distinct,
+    )
+    common = {"label": d.label, "rul": d.rul, "oracle": d.oracle, "options": opts}
+    if d.columns is None:
+        roles = tuple(RoleSpec.parse(r) for r in d.roles)  # type: ignore[union-attr]
+        unknown = sorted(set(d.operating) - {r.role for r in roles})
+        if unknown:
+            raise DataError(f"data.operating: no role(s) {unknown}")
+        return DataSpec(roles, tuple(d.assets), d.window, operating=tuple(d.operating), **common)  # type: ignore[arg-type]
+    first = next((r for r in recordings if r.split == "train"), None)
+    if first is None:
+        raise DataError("data.columns: no training recording to read the column names from")
+    header = read_header(first.path, d.timestamp)
+    targets = [
+        t.format(asset=a, n=i + 1)
+        for t in (d.label, d.rul, d.oracle)
+        if t is not None
+        for i, a in enumerate(d.assets)
+    ]
+    mapping = resolve_columns(
+        [c for c in header if c not in targets],
+        d.assets,
+        d.columns,
+        exclude=d.exclude_columns,
+        source=str(first.path),
+    )
+    overrides = d.roles if isinstance(d.roles, dict) else {}
+    first_map = mapping[d.assets[0]]
+    unknown = sorted((set(overrides) | set(d.operating)) - set(first_map))
+    if unknown:
+        raise DataError(
+            f"data.roles/operating: no role(s) {unknown} among the mapped columns {list(first_map)}"
+        )
+    units = read_units(first.path)
+    roles = []
+    for role, column in first_map.items():
+        o = overrides.get(role, RoleOverride())
+        low, high = o.range if o.range is not None else (math.nan, math.nan)
+        unit = o.unit if o.unit is not None else units.get(column, "")
+        roles.append(RoleSpec(role, unit, low, high, column))
     return DataSpec(
-        tuple(RoleSpec.parse(r) for r in d.roles), tuple(d.assets), d.window, d.label, d.rul, d.oracle
+        tuple(roles),
+        tuple(d.assets),
+        d.window,
+        mapping=mapping,
+        operating=tuple(d.operating),
+        **common,  # type: ignore[arg-type]
     )
 
 
@@ -340,7 +518,7 @@ class _Task:
                     f"model {cfg.name}: the training data needs normal windows and at least one fault"
                 )
             self.codes = codes
-            self.labels = [FAULT_NAMES.get(c, f"code{c}") for c in codes]
+            self.labels = [ds.labels.get(c, f"class{c}") for c in codes]
             self.kind = "classifier"
             counts = np.array([np.sum(ds.train.label == c) for c in codes], np.float64)
             w = (counts.sum() / counts) ** 0.5
@@ -348,7 +526,11 @@ class _Task:
             self.metric = "balanced accuracy"
         elif cfg.task == "anomaly":
             self.kind = "autoencoder"
-            self.metric = "ROC AUC (fault vs normal windows)"
+            self.metric = (
+                "ROC AUC (fault vs normal windows)"
+                if (ds.val.label != NORMAL).any()
+                else "explained variance of held-out normal windows"
+            )
         else:
             self.kind = "regression"
             src = ds.train.rul if cfg.task == "rul" else ds.train.oracle
@@ -357,7 +539,8 @@ class _Task:
             if not len(y):
                 raise ValueError(f"model {cfg.name}: no {cfg.task} targets in the training data")
             self.y_mean, self.y_std = float(y.mean()), float(max(y.std(), 1e-6))
-            self.metric = "negative mean absolute error (" + ("h" if cfg.task == "rul" else "rpm") + ")"
+            unit = cfg.output.unit if cfg.output.unit is not None else ("h" if cfg.task == "rul" else "")
+            self.metric = f"negative mean absolute error ({unit or 'target units'})"
 
     def _raw_target(self, src: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         if self.cfg.task == "rul":
@@ -392,8 +575,15 @@ class _Task:
         if self.name == "classifier":
             return balanced_accuracy(self.target(w), np.argmax(raw, axis=1), len(self.codes))
         if self.name == "anomaly":
-            s = np.mean((raw - x.reshape(len(x), -1)) ** 2, axis=1)
-            return auc(s, w.label != NORMAL)
+            flat = x.reshape(len(x), -1)
+            s = np.mean((raw - flat) ** 2, axis=1)
+            fault = w.label != NORMAL
+            if fault.any() and not fault.all():
+                return auc(s, fault)
+            # Normal-only data: the fraction of the features' variance the autoencoder
+            # reconstructs on held-out windows (comparable across feature kinds; never NaN).
+            var = float(np.mean(np.var(flat, axis=0))) or 1.0
+            return 1.0 - float(np.mean(s)) / var
         y = self._raw_target(w.rul if self.name == "rul" else w.oracle)
         pred = raw.reshape(-1) * self.y_std + self.y_mean
         return -float(np.mean(np.abs(pred - y)))
@@ -627,20 +817,23 @@ def export_model(
 ) -> Manifest:
     """Train, compress, gate and write one model's bundle (see the module docstring)."""
     seed_everything(seed, threads)
-    spec = _spec(cfg.data)
     ds = build_dataset(
-        spec,
+        _spec(cfg.data, recordings),
         recordings,
         validation_fraction=cfg.data.validation_fraction,
         train_stride=cfg.data.train_stride,
         progress=progress,
     )
-    inputs = fit_normalisation(spec, ds.train_samples)
+    spec = ds.spec  # resolved: inferred sensor ranges, constant inputs dropped
+    inputs = fit_normalisation(spec, ds.train_samples, training_range=ds.training_range)
     task = _Task(cfg, ds)
     tr, va, te = (
         w.take(task.rows(w, fitting)) for w, fitting in ((ds.train, True), (ds.val, True), (ds.test, False))
     )
     va_all = ds.val.take(task.rows(ds.val, False))
+    # Thresholds come from the separate normal run when there is one (calibration files),
+    # else from the validation windows.
+    cal_w = ds.calibration if ds.calibration is not None and len(ds.calibration) else va_all
     if not len(tr) or not len(va):
         raise ValueError(f"model {cfg.name}: no training or validation windows")
     if not len(te):
@@ -660,8 +853,16 @@ def export_model(
             "test_windows": len(te),
             "train_seeds": sorted({r.seed for r in recordings if r.split == "train" and r.seed is not None}),
             "test_seeds": sorted({r.seed for r in recordings if r.split == "test" and r.seed is not None}),
+            "calibration_windows": len(ds.calibration) if ds.calibration is not None else 0,
+            "classes": {str(k): v for k, v in ds.labels.items()},
+            "inputs": [
+                {"role": r.role, "unit": r.unit, "range": [r.low, r.high], "training_range": list(t)}
+                for r, t in zip(spec.roles, ds.training_range, strict=True)
+            ],
+            "quality": list(ds.quality),
         },
     }
+    rep["notes"] += ds.quality
 
     def contract(kind: str) -> Contract:
         return Contract(inputs, _feature_spec(kind, cfg.stats))
@@ -810,7 +1011,7 @@ def export_model(
     score_va: npt.NDArray[np.float64] | None = None
     if task.name == "classifier":
         graph: nn.Module = ClassifierGraph(chosen, task.codes.index(NORMAL))
-        probs_va = torch.softmax(torch.from_numpy(predict(chosen, features(va_all.x, cs))), 1).numpy()
+        probs_va = torch.softmax(torch.from_numpy(predict(chosen, features(cal_w.x, cs))), 1).numpy()
         score_va = 1.0 - probs_va[:, task.codes.index(NORMAL)]
         probs_te = torch.softmax(torch.from_numpy(raw_te), 1).numpy()
         score_te = 1.0 - probs_te[:, task.codes.index(NORMAL)]
@@ -823,7 +1024,7 @@ def export_model(
         int8_kind = "top1"
     elif task.name == "anomaly":
         graph = ReconstructionScore(chosen)
-        xva_all = features(va_all.x, cs)
+        xva_all = features(cal_w.x, cs)
         score_va = np.mean((predict(chosen, xva_all) - xva_all) ** 2, axis=1)
         score_te = np.mean((raw_te - xs_te) ** 2, axis=1)
         int8_kind = "correlation"
@@ -854,10 +1055,10 @@ def export_model(
                 {"prediction - oracle": pts[:: max(1, len(pts) // 400)]},
                 title="setpoint error (test seeds)",
                 xlabel="window",
-                ylabel="error (rpm)",
+                ylabel=f"error ({cfg.output.unit or 'target units'})",
             )
     if score_te is not None and score_va is not None:
-        normal_va = va_all.label == NORMAL
+        normal_va = cal_w.label == NORMAL
         th = threshold_at(score_va[normal_va], cfg.false_alarm_rate)
         name = "fault_score" if task.name == "classifier" else "score"
         rep["roc"] = {"auc_test": auc(score_te, te.label != NORMAL)}
@@ -870,7 +1071,7 @@ def export_model(
                 features(normal_tr, pc),
                 variance=0.95,
                 false_alarm_rate=cfg.false_alarm_rate,
-                calibration=features(va_all.x[normal_va], pc),
+                calibration=features(cal_w.x[normal_va], pc),
             )
             x_pca_te = features(te.x, pc)
             detectors["pca baseline"] = pca.alarms(x_pca_te)
@@ -880,7 +1081,7 @@ def export_model(
             )
         if cfg.baselines:
             xb_tr = features(tr.x[tr.label == NORMAL], cs)
-            xb_va = features(va_all.x[normal_va], cs)
+            xb_va = features(cal_w.x[normal_va], cs)
             for bname, det in (
                 ("isolation forest", baselines.IsolationForest.fit(xb_tr, seed=seed)),
                 ("local outlier factor", baselines.LocalOutlierFactor.fit(xb_tr, seed=seed)),
@@ -909,7 +1110,7 @@ def export_model(
                 on_delay=cfg.on_delay,
                 period_s=spec.window.sample_period_s,
                 stride=spec.window.stride,
-                names=FAULT_NAMES,
+                names=ds.labels,
             )
             summ = summarise_delays(d)
             summ["test_far"] = false_alarm_rate(te, alarms)
@@ -959,18 +1160,18 @@ def export_model(
     elif task.name == "rul":
         outputs = [
             OutputSpec(
-                name="rul_h",
-                meaning=f"remaining useful life of the bearing, capped at "
-                f"{cfg.rul_cap_h:g} h (the cap means: no wear seen)",
-                unit="h",
+                name=cfg.output.name or "rul_h",
+                meaning=cfg.output.meaning
+                or f"remaining useful life, capped at {cfg.rul_cap_h:g} h (the cap means: no wear seen)",
+                unit=cfg.output.unit if cfg.output.unit is not None else "h",
             )
         ]
     else:
         outputs = [
             OutputSpec(
-                name="speed_rpm",
-                meaning="recommended pump speed (energy-optimal within the level band, the plant's oracle)",
-                unit="rpm",
+                name=cfg.output.name or "setpoint",
+                meaning=cfg.output.meaning or "recommended setpoint (learned from the oracle column)",
+                unit=cfg.output.unit if cfg.output.unit is not None else "",
             )
         ]
     rep["summary"] = (

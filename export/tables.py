@@ -39,7 +39,16 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["DataError", "Table", "TimestampSpec", "expand_paths", "parse_times", "read_header", "read_table"]
+__all__ = [
+    "DataError",
+    "Table",
+    "TimestampSpec",
+    "expand_paths",
+    "parse_times",
+    "read_header",
+    "read_table",
+    "read_units",
+]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -185,8 +194,7 @@ class Table:
         if v.dtype == object:
             where, cell = self.bad_cells[column]
             raise DataError(
-                f"{where} column {column!r}: {cell!r} is not a number "
-                f"(a column of text cannot be {why})"
+                f"{where} column {column!r}: {cell!r} is not a number (a column of text cannot be {why})"
             )
         return t, v.astype(np.float64)
 
@@ -251,6 +259,12 @@ def read_header(path: str | Path, timestamp: TimestampSpec = _DEFAULT_TS) -> lis
     if [h.lower() for h in header[:3]] == _LONG_HEADER:
         return sorted(read_table(p, timestamp).series)
     return [h for h in header if h != timestamp.column]
+
+
+def read_units(path: str | Path) -> dict[str, str]:
+    """Tag → unit where the source says (an agent recording's ``recording.json``), else empty."""
+    p = Path(path)
+    return _recording_units(p) if p.is_dir() else {}
 
 
 def read_table(path: str | Path, timestamp: TimestampSpec = _DEFAULT_TS) -> Table:
@@ -409,8 +423,10 @@ def _recording_units(d: Path) -> dict[str, str]:
 
 def _read_recording(d: Path, ts: TimestampSpec) -> Table:
     """Every file of a recording directory, concatenated (files rotate in time order)."""
-    parts = [read_table(f, ts.model_copy(update={"format": "auto", "timezone": "UTC", "column": "timestamp"}))
-             for f in _recording_files(d)]
+    parts = [
+        read_table(f, ts.model_copy(update={"format": "auto", "timezone": "UTC", "column": "timestamp"}))
+        for f in _recording_files(d)
+    ]
     out = Table(str(d), parts[0].form, {}, units=_recording_units(d))
     names = list(dict.fromkeys(c for p in parts for c in p.series))
     for c in names:
@@ -418,7 +434,8 @@ def _read_recording(d: Path, ts: TimestampSpec) -> Table:
         t = np.concatenate([p.series[c][0] for p in pieces])
         vals = [p.series[c][1] for p in pieces]
         v: npt.NDArray[np.generic] = (
-            np.concatenate([x.astype(object) for x in vals]) if any(x.dtype == object for x in vals)
+            np.concatenate([x.astype(object) for x in vals])
+            if any(x.dtype == object for x in vals)
             else np.concatenate(vals)
         )
         order = np.argsort(t, kind="stable")
