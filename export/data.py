@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from agent.modelstore.manifest import FeatureSpec, InputRole, Normalisation, WindowSpec
 from agent.pipeline.features import sliding_windows, window_to_input
-from export.pca_baseline import RoleSpec, _parse_time, load_series
+from export.pca_baseline import RoleSpec, _parse_time, load_series, resolution
 from export.tables import DataError, TimestampSpec, read_table
 
 __all__ = [
@@ -545,13 +545,6 @@ def _codes(label: npt.NDArray[np.generic], by_name: Mapping[str, int]) -> FloatA
         [by_name[v] if isinstance(v, str) else (math.nan if v is None else float(v)) for v in label],
         np.float64,
     )
-
-
-def resolution(values: npt.ArrayLike) -> float:
-    """The smallest step between distinct finite values (0 for fewer than two)."""
-    v = np.asarray(values, np.float64)
-    u = np.unique(v[np.isfinite(v)])
-    return float(np.min(np.diff(u))) if len(u) > 1 else 0.0
 
 
 def column_quality(values: npt.ArrayLike, min_distinct: int = 3) -> tuple[str, str]:

@@ -69,11 +69,15 @@ __all__ = [
     "RoleSpec",
     "alarm_episodes",
     "check",
+    "check_passes",
+    "choose_lags",
     "fit",
     "fit_pca",
     "load_series",
     "main",
+    "parallel_analysis",
     "read_csv",
+    "resolution",
     "to_onnx",
     "write_bundle",
 ]
@@ -128,20 +132,46 @@ class PcaModel:
         return out
 
 
+def parallel_analysis(
+    z: npt.ArrayLike, *, permutations: int = 20, quantile: float = 0.95, seed: int = 0, max_rows: int = 5000
+) -> int:
+    """Components to keep by parallel analysis (Horn 1965): the leading eigenvalues of the
+    correlation matrix that exceed the ``quantile`` of the same-rank eigenvalues of the data
+    with every column permuted on its own (no correlation left, the marginals kept). Noise
+    adds eigenvalues near 1 to every component; a variance fraction counts them, this does not.
+    At least 1."""
+    zf = np.asarray(z, np.float64)
+    rng = np.random.default_rng(seed)
+    if len(zf) > max_rows:
+        zf = zf[np.sort(rng.choice(len(zf), max_rows, replace=False))]
+    zf = (zf - zf.mean(axis=0)) / np.maximum(zf.std(axis=0), 1e-12)
+    n = len(zf)
+    evals = np.linalg.eigvalsh(zf.T @ zf / (n - 1))[::-1]
+    null = np.empty((permutations, zf.shape[1]))
+    for i in range(permutations):
+        zp = np.column_stack([rng.permutation(zf[:, j]) for j in range(zf.shape[1])])
+        null[i] = np.linalg.eigvalsh(zp.T @ zp / (n - 1))[::-1]
+    above = evals > np.quantile(null, quantile, axis=0)
+    k = int(np.argmin(above)) if not above.all() else len(above)
+    return max(1, k)
+
+
 def fit_pca(
     x: npt.ArrayLike,
     *,
     n_components: int | None = None,
-    variance: float = 0.95,
+    variance: float | None = None,
     false_alarm_rate: float = 1e-3,
     calibration: npt.ArrayLike | None = None,
+    seed: int = 0,
 ) -> PcaModel:
     """Fit PCA on feature vectors ``x[N, F]`` and set thresholds.
 
-    ``n_components`` fixes k; otherwise the smallest k keeping ``variance`` of the
-    standardised variance (capped at F-1). Thresholds: empirical ``1 - false_alarm_rate/2``
-    quantiles of T^2 and SPE on ``calibration`` (held-out normal data; the fitting data when
-    None, which is optimistic for SPE).
+    ``n_components`` fixes k; ``variance`` keeps the smallest k holding that fraction of the
+    standardised variance; neither: :func:`parallel_analysis` (holds on noisy data, where a
+    variance fraction keeps most of the noise components). k is capped at F-1. Thresholds:
+    empirical ``1 - false_alarm_rate/2`` quantiles of T^2 and SPE on ``calibration``
+    (held-out normal data; the fitting data when None, which is optimistic for SPE).
     """
     xf = np.asarray(x, dtype=np.float64)
     if xf.ndim != 2 or xf.shape[0] < 2 or xf.shape[1] < 2:
@@ -160,13 +190,15 @@ def fit_pca(
     evals = np.maximum(evals[order], 1e-12)
     evecs = evecs[:, order]
     total = float(np.sum(evals))
-    if n_components is None:
+    if n_components is not None:
+        k = n_components
+    elif variance is not None:
         if not 0 < variance <= 1:
             raise ValueError("variance must be in (0, 1]")
         cum = np.cumsum(evals) / total
         k = int(np.searchsorted(cum, variance - 1e-12) + 1)
     else:
-        k = n_components
+        k = parallel_analysis(z, seed=seed)
     k = max(1, min(k, f - 1))
     # A deterministic sign per component (largest loading positive) makes bundles reproducible.
     comps = evecs[:, :k]
@@ -201,6 +233,43 @@ def fit_pca(
         n_fit=n,
         n_calibration=int(cal.shape[0]),
     )
+
+
+def resolution(values: npt.ArrayLike) -> float:
+    """The smallest step between distinct finite values (0 for fewer than two)."""
+    v = np.asarray(values, np.float64)
+    u = np.unique(v[np.isfinite(v)])
+    return float(np.min(np.diff(u))) if len(u) > 1 else 0.0
+
+
+def choose_lags(windows: npt.ArrayLike, *, max_lags: int = 5, seed: int = 0) -> int:
+    """The lag count of a dynamic PCA (Ku, Storer, Georgakis 1995), from windows ``[W, T, R]``
+    of normalised samples (T > ``max_lags``): with ``l`` lags, parallel analysis keeps ``k(l)``
+    components of the lagged data, so ``r(l) = (l + 1) R - k(l)`` linear relations hold; the
+    relations a lag adds beyond those the earlier lags already imply are
+    ``r_new(l) = r(l) - sum_{i<l} (l - i + 1) r_new(i)``. The answer is the last lag that added
+    relations (at least 1, at most ``max_lags``)."""
+    w = np.asarray(windows, np.float64)
+    if w.ndim != 3 or w.shape[1] <= max_lags:
+        raise ValueError(f"need windows [W, T, R] with T > {max_lags}, got shape {list(w.shape)}")
+    r_new: list[int] = []
+    for lag in range(max_lags + 1):
+        x = w[:, -(lag + 1) :, :].reshape(len(w), -1)
+        k = parallel_analysis(x, seed=seed)
+        r = (lag + 1) * w.shape[2] - k
+        new = r - sum((lag - i + 1) * r_new[i] for i in range(lag))
+        if lag > 0 and new <= 0:
+            return max(1, lag - 1)
+        r_new.append(new)
+    return max(1, max_lags)
+
+
+def check_passes(exceedance_rate: float, frames: int, target: float) -> tuple[bool, float]:
+    """Whether a fresh normal run's frame exceedance is consistent with the target rate:
+    at most twice the target plus three binomial standard errors (frames of overlapping
+    windows are not independent, hence the factor two). Returns (passed, limit)."""
+    limit = 2.0 * target + 3.0 * math.sqrt(target * (1.0 - target) / max(frames, 1))
+    return bool(exceedance_rate <= limit), limit
 
 
 def to_onnx(model: PcaModel, *, input_name: str = "x", name: str = "pca") -> onnx.ModelProto:
@@ -266,11 +335,20 @@ def write_bundle(
     features: FeatureSpec,
     description: str = "",
     provenance: Mapping[str, str] | None = None,
+    extra_files: Mapping[str, str] | None = None,
 ) -> Manifest:
-    """Write ``model.onnx`` and ``manifest.json`` (with sha256 and size) into ``out_dir``."""
+    """Write ``model.onnx`` and ``manifest.json`` (with sha256 and size of it and of every
+    ``extra_files`` text file, e.g. a report) into ``out_dir``."""
+    from agent.modelstore.manifest import FileHash
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = to_onnx(model, name=name).SerializeToString()
+    files = {}
+    for fname, text in (extra_files or {}).items():
+        raw = text.encode("utf-8")
+        (out / fname).write_bytes(raw)
+        files[fname] = FileHash(sha256=_sha256(raw), size=len(raw))
     alpha_each = model.false_alarm_rate / 2.0
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
@@ -307,6 +385,7 @@ def write_bundle(
                 note="fp32 only: a model this small gains nothing from INT8",
             ),
         ),
+        files=files,
         provenance={
             "method": "pca",
             "components": str(model.n_components),
@@ -538,7 +617,13 @@ def fit(
             role=r.role,
             unit=r.unit,
             range=(r.low, r.high),
-            normalisation=Normalisation(kind="standard", mean=float(mean[i]), std=float(max(std[i], 1e-6))),
+            normalisation=Normalisation(
+                kind="standard",
+                mean=float(mean[i]),
+                # floored at the column's resolution: round-off is never hundreds of sigma
+                std=float(max(std[i], resolution(samples[:, i]), 1e-6 * abs(float(mean[i])), 1e-12)),
+            ),
+            training_range=(float(np.nanmin(samples[:, i])), float(np.nanmax(samples[:, i]))),
         )
         for i, r in enumerate(roles)
     )
@@ -645,7 +730,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--components", type=int, help="number of principal components")
-    group.add_argument("--variance", type=float, default=0.95, help="variance fraction to keep")
+    group.add_argument(
+        "--variance", type=float, help="variance fraction to keep (default: parallel analysis chooses k)"
+    )
     ap.add_argument(
         "--false-alarm-rate",
         type=float,
@@ -669,6 +756,18 @@ def _key_value(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise ValueError(f"--provenance {text!r}: expected KEY=VALUE")
     return key, value
+
+
+def _write_refusal(out: Path, data: Mapping[str, object]) -> Path:
+    """A refused bundle's report: ``<out>.refused/report.json`` and ``report.md`` (never in
+    ``out``, which keeps whatever bundle it held)."""
+    where = Path(f"{out}.refused")
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "report.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    lines = [f"# {data.get('name', out.name)}: no bundle written", "", f"{data.get('refused', '')}", ""]
+    lines += [f"- {k}: {v}" for k, v in sorted(data.items()) if k not in ("name", "refused")]
+    (where / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return where
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -696,6 +795,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    m = result.model
+    if report:
+        ok, limit = check_passes(report["exceedance_rate"], int(report["frames"]), m.false_alarm_rate)
+        if not ok:
+            where = _write_refusal(
+                args.out,
+                {
+                    "name": args.name,
+                    "refused": "the fresh normal data of --check exceed the false-alarm target",
+                    "false_alarm_rate": m.false_alarm_rate,
+                    "limit": limit,
+                    "check": report,
+                    "components": m.n_components,
+                    "features": m.n_features,
+                },
+            )
+            print(
+                f"error: {args.name}: --check exceedance {report['exceedance_rate']:.2%} per frame on "
+                f"{report['frames']:.0f} frames, above the limit {limit:.2%} for the target "
+                f"{m.false_alarm_rate:g}: no bundle written (report: {where})",
+                file=sys.stderr,
+            )
+            return 1
     provenance = {
         "recordings": " ".join(p.name for p in args.csv),
         "assets": " ".join(assets),
@@ -718,7 +840,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         features=features,
         provenance=provenance,
     )
-    m = result.model
     print(
         f"wrote {args.out} ({manifest.ident}): {m.n_features} features, {m.n_components} components "
         f"({m.explained_variance:.1%} of variance)"

@@ -1069,7 +1069,6 @@ def export_model(
             normal_tr = tr.x[tr.label == NORMAL] if task.name != "anomaly" else tr.x
             pca = fit_pca(
                 features(normal_tr, pc),
-                variance=0.95,
                 false_alarm_rate=cfg.false_alarm_rate,
                 calibration=features(cal_w.x[normal_va], pc),
             )
