@@ -160,6 +160,7 @@ class Recording:
     seed: int | None = None
     kind: str = ""  # free text: "faults", "normal", ...
     targets: Mapping[str, str] = field(default_factory=dict)  # label/rul/oracle column overrides
+    timestamp: TimestampSpec | None = None  # this file's own time format (default: the data's)
 
 
 # --------------------------------------------------------------------------- roles in bulk
@@ -456,7 +457,7 @@ def _read_parts(
     for ri, rec in enumerate(recordings):
         if rec.split not in ("train", "test", "calibration"):
             raise DataError(f"{rec.path}: split must be train, test or calibration, got {rec.split!r}")
-        table = read_table(rec.path, opts.timestamp)
+        table = read_table(rec.path, rec.timestamp or opts.timestamp)
         if table.duplicates:
             quality.append(
                 f"{rec.path}: {table.duplicates} row(s) repeat an earlier timestamp: the last one kept"

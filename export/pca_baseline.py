@@ -80,6 +80,7 @@ __all__ = [
     "resolution",
     "to_onnx",
     "write_bundle",
+    "write_refusal",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -758,7 +759,7 @@ def _key_value(text: str) -> tuple[str, str]:
     return key, value
 
 
-def _write_refusal(out: Path, data: Mapping[str, object]) -> Path:
+def write_refusal(out: Path, data: Mapping[str, object]) -> Path:
     """A refused bundle's report: ``<out>.refused/report.json`` and ``report.md`` (never in
     ``out``, which keeps whatever bundle it held)."""
     where = Path(f"{out}.refused")
@@ -799,7 +800,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if report:
         ok, limit = check_passes(report["exceedance_rate"], int(report["frames"]), m.false_alarm_rate)
         if not ok:
-            where = _write_refusal(
+            where = write_refusal(
                 args.out,
                 {
                     "name": args.name,

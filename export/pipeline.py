@@ -113,6 +113,7 @@ class RecordingSet(_Strict):
     format: Literal["wide", "long"] = "wide"
     files: list[str] = []  # existing recordings instead of simulating (paths or globs)
     targets: dict[str, str] = {}  # label/rul/oracle column overrides (long CSVs name tags)
+    timestamp: TimestampSpec | None = None  # these files' time format (default: data.timestamp)
 
 
 class Recordings(_Strict):
@@ -329,7 +330,7 @@ def record_all(rc: Recordings, *, progress: bool = True) -> list[Recording]:
     bar = Progress(len(jobs), "record plant", enabled=progress and bool(jobs))
     for s in rc.sets:
         for f in expand_paths(s.files):
-            out.append(Recording(f, s.split, None, s.name, s.targets))
+            out.append(Recording(f, s.split, None, s.name, s.targets, s.timestamp))
     for s, seed in jobs:
         path = rc.dir / f"{s.name}-s{seed}.{s.format}.csv"
         meta = {
@@ -455,7 +456,7 @@ def _spec(d: DataConfig, recordings: Sequence[Recording] = ()) -> DataSpec:
     first = next((r for r in recordings if r.split == "train"), None)
     if first is None:
         raise DataError("data.columns: no training recording to read the column names from")
-    header = read_header(first.path, d.timestamp)
+    header = read_header(first.path, first.timestamp or d.timestamp)
     targets = [
         t.format(asset=a, n=i + 1)
         for t in (d.label, d.rul, d.oracle)
@@ -476,7 +477,10 @@ def _spec(d: DataConfig, recordings: Sequence[Recording] = ()) -> DataSpec:
         raise DataError(
             f"data.roles/operating: no role(s) {unknown} among the mapped columns {list(first_map)}"
         )
-    units = read_units(first.path)
+    units: dict[str, str] = {}
+    for r in recordings:  # an agent recording's manifest knows its tags' units
+        if r.path.is_dir():
+            units.update(read_units(r.path))
     roles = []
     for role, column in first_map.items():
         o = overrides.get(role, RoleOverride())
