@@ -24,20 +24,21 @@ TAGS = ("TI101", "FI102", "PI103", "LI104", "AI105")
 UNITS = {"TI101": "degC", "FI102": "m3/h", "PI103": "bar", "LI104": "%", "AI105": "%"}
 
 
-def simulate(rows: int, seed: int, *, fault_at: int | None = None) -> dict[str, np.ndarray]:
-    """Tag → values per row; with ``fault_at``, R1's temperature drifts away from the flow."""
+def simulate(rows: int, seed: int, *, fault_at: int | None = None, noise: float = 1.0) -> dict[str, np.ndarray]:
+    """Tag → values per row; with ``fault_at``, R1's temperature drifts away from the flow;
+    ``noise`` scales the measurement noise."""
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     for asset in ("R1", "R2"):
         flow = 50 + np.cumsum(rng.normal(0, 0.3, rows))
         flow = 50 + (flow - flow.mean()) * 0.5 + 5 * np.sin(np.arange(rows) / 40)
-        temp = 150 + 0.8 * (flow - 50) + rng.normal(0, 0.3, rows)
+        temp = 150 + 0.8 * (flow - 50) + noise * rng.normal(0, 0.3, rows)
         if fault_at is not None and asset == "R1":
             temp[fault_at:] += np.linspace(0, 25, rows - fault_at)
         out[f"{asset}.TI101"] = temp
         out[f"{asset}.FI102"] = flow
-        out[f"{asset}.PI103"] = 2 + 0.02 * (temp - 150) + rng.normal(0, 0.01, rows)
-        out[f"{asset}.LI104"] = 60 + 0.3 * (flow - 50) + rng.normal(0, 0.5, rows)
+        out[f"{asset}.PI103"] = 2 + 0.02 * (temp - 150) + noise * rng.normal(0, 0.01, rows)
+        out[f"{asset}.LI104"] = 60 + 0.3 * (flow - 50) + noise * rng.normal(0, 0.5, rows)
         out[f"{asset}.AI105"] = np.round((20 + 0.1 * (temp - 150) + rng.normal(0, 0.6, rows)) * 2) / 2
         out[f"{asset}.SP"] = np.full(rows, 150.0)
     return out
@@ -71,9 +72,9 @@ def write_historian(
     return stamps
 
 
-def write_long(path: Path, rows: int, seed: int, *, start: datetime = START) -> None:
+def write_long(path: Path, rows: int, seed: int, *, start: datetime = START, noise: float = 1.0) -> None:
     """The same tags in long form (epoch milliseconds, one row per sample, quality)."""
-    data = simulate(rows, seed)
+    data = simulate(rows, seed, noise=noise)
     lines = ["timestamp,tag,value,quality"]
     for i in range(rows):
         ms = int((start + timedelta(seconds=i * PERIOD_S)).timestamp() * 1000)
@@ -82,10 +83,12 @@ def write_long(path: Path, rows: int, seed: int, *, start: datetime = START) -> 
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def write_recording(d: Path, rows: int, seed: int, *, start: datetime = START, fault_at: int | None = None) -> None:
+def write_recording(
+    d: Path, rows: int, seed: int, *, start: datetime = START, fault_at: int | None = None, noise: float = 1.0
+) -> None:
     """An agent recording directory: recording.json and two rotating wide files (ISO UTC, Z)."""
     d.mkdir(parents=True, exist_ok=True)
-    data = simulate(rows, seed, fault_at=fault_at)
+    data = simulate(rows, seed, fault_at=fault_at, noise=noise)
     cols = list(data)
     half = rows // 2
     files = []
