@@ -15,7 +15,7 @@ from agent.errors import ConfigError
 from agent.modelstore.bundle import load_bundle
 from agent.modelstore.manifest import load_manifest
 from export.cli import main
-from export.data import DataSpec, Recording, ReadOptions, build_dataset, column_quality, resolve_columns
+from export.data import DataSpec, ReadOptions, build_dataset, column_quality, resolve_columns
 from export.pipeline import _epoch, _spec, export_model, load_config, record_all
 from export.tables import DataError, TimestampSpec, read_table
 
@@ -61,7 +61,7 @@ def test_wide_historian_with_timezone_jitter_gap_duplicates_and_text(tmp_path: P
     stamps = plantfiles.write_historian(p, 300, seed=1, gap=(100, 120), duplicates=(10, 11, 50))
     t = read_table(p, BERLIN_TS)
     assert t.duplicates == 3 and t.form == "wide"
-    times, temp = t.numeric("R1.TI101")
+    times, _ = t.numeric("R1.TI101")
     # local Berlin time (UTC+1 in March) read as the right instant
     assert times[0] == stamps[0].timestamp() and len(times) == 280
     # a gap of 20 rows: grid samples inside it are NaN, the rest held from the jittered rows
@@ -127,7 +127,7 @@ def test_bulk_mapping_by_glob_regex_and_list() -> None:
     assert by_re == by_glob
     by_list = resolve_columns(header, ["R1"], ["temp={asset}.TI101", "{asset}.FI102", "air=Ambient"])
     assert by_list == {"R1": {"temp": "R1.TI101", "FI102": "R1.FI102", "air": "Ambient"}}
-    with pytest.raises(DataError, match="assets 'R1' and 'R2' do not have the same roles .*Status"):
+    with pytest.raises(DataError, match=r"assets 'R1' and 'R2' do not have the same roles .*Status"):
         resolve_columns(header, ["R1", "R2"], "{asset}.*")
     with pytest.raises(DataError, match="no column matches"):
         resolve_columns(header, ["R3"], "{asset}.*")
