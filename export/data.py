@@ -23,7 +23,6 @@ window straddles the split.
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,8 +34,8 @@ import numpy.typing as npt
 
 from agent.modelstore.manifest import FeatureSpec, InputRole, Normalisation, WindowSpec
 from agent.pipeline.features import sliding_windows, window_to_input
-from export.pca_baseline import RoleSpec, _parse_time, load_series, resolution
-from export.tables import DataError, TimestampSpec, read_table
+from export.pca_baseline import RoleSpec, resolution
+from export.tables import DataError, Table, TimestampSpec, read_table
 
 __all__ = [
     "Contract",
@@ -267,30 +266,13 @@ def sniff_format(path: str | Path) -> str:
 
 def read_long_csv(path: str | Path, tags: Sequence[str]) -> dict[str, tuple[FloatArray, FloatArray]]:
     """A long CSV → ``{tag: (times, values)}`` for ``tags``; a non-GOOD or empty value is NaN."""
-    p = Path(path)
-    wanted = set(tags)
-    times: dict[str, list[float]] = {t: [] for t in tags}
-    values: dict[str, list[float]] = {t: [] for t in tags}
-    with p.open(newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)
-        header = [h.strip().lower() for h in next(reader, [])]
-        if header[:3] != ["timestamp", "tag", "value"]:
-            raise ValueError(f"{p}: a long CSV starts with timestamp,tag,value[,quality], got {header}")
-        has_q = len(header) > 3 and header[3] == "quality"
-        for line, row in enumerate(reader, start=2):
-            if len(row) < 3 or row[1] not in wanted:
-                continue
-            q_good = not has_q or (len(row) > 3 and row[3].strip().upper() == "GOOD")
-            try:
-                v = float(row[2]) if q_good and row[2].strip() else math.nan
-            except ValueError:
-                v = math.nan
-            times[row[1]].append(_parse_time(row[0], p, line))
-            values[row[1]].append(v)
-    missing = [t for t in tags if not times[t]]
+    table = read_table(path)
+    if table.form != "long":
+        raise DataError(f"{path}: a long CSV starts with timestamp,tag,value[,quality]")
+    missing = [t for t in tags if not table.has(t)]
     if missing:
-        raise ValueError(f"{p}: no rows for tag(s) {missing}")
-    return {t: (np.asarray(times[t]), np.asarray(values[t])) for t in tags}
+        raise DataError(f"{path}: no rows for tag(s) {missing}")
+    return {t: table.numeric(t) for t in tags}
 
 
 def resample_hold(
@@ -299,31 +281,20 @@ def resample_hold(
     period_s: float,
     max_hold_s: float = 3600.0,
 ) -> FloatArray:
-    """Exception-based series → ``[N, C]`` on one grid (zero-order hold, at most ``max_hold_s``).
-
-    The grid starts where every column has a value and ends at the last archived change.
-    """
-    start = max(float(series[c][0][0]) for c in columns)
-    end = max(float(series[c][0][-1]) for c in columns)
-    n = math.floor((end - start) / period_s + 1e-9) + 1
-    grid = start + period_s * np.arange(n)
-    out = np.empty((n, len(columns)))
-    for j, c in enumerate(columns):
-        t, v = series[c]
-        order = np.argsort(t, kind="stable")
-        t, v = t[order], v[order]
-        idx = np.searchsorted(t, grid + 1e-6, side="right") - 1
-        col = v[np.clip(idx, 0, None)]
-        col[(idx < 0) | (grid - t[np.clip(idx, 0, None)] > max_hold_s)] = np.nan
-        out[:, j] = col
-    return out
+    """Exception-based series → ``[N, C]`` on one grid (zero-order hold, at most ``max_hold_s``):
+    :meth:`export.tables.Table.grid` of these series."""
+    table = Table("<series>", "long", {c: (np.asarray(t), np.asarray(v)) for c, (t, v) in series.items()})
+    _, values = table.grid(columns, period_s, max_hold_s)
+    return np.stack([np.asarray(v, np.float64) for v in values], axis=1)
 
 
 def load_columns(path: str | Path, columns: Sequence[str], period_s: float) -> list[FloatArray]:
-    """Gap-free segments ``[N, C]`` of ``columns`` on the ``period_s`` grid, wide or long CSV."""
-    if sniff_format(path) == "long":
-        return [resample_hold(read_long_csv(path, columns), columns, period_s)]
-    return load_series(path, columns, period_s)
+    """``columns`` on the ``period_s`` grid (a gap is NaN), any file :func:`read_table` reads."""
+    table = read_table(path, columns=columns)
+    for c in columns:
+        table.numeric(c)
+    _, values = table.grid(columns, period_s)
+    return [np.stack([np.asarray(v, np.float64) for v in values], axis=1)]
 
 
 # --------------------------------------------------------------------------- windows
@@ -457,15 +428,15 @@ def _read_parts(
     for ri, rec in enumerate(recordings):
         if rec.split not in ("train", "test", "calibration"):
             raise DataError(f"{rec.path}: split must be train, test or calibration, got {rec.split!r}")
-        table = read_table(rec.path, rec.timestamp or opts.timestamp)
+        cols_by_asset = [spec.columns(a, rec.targets) for a in spec.assets]
+        columns = list(dict.fromkeys(c for cols in cols_by_asset for c in cols.values()))
+        table = read_table(rec.path, rec.timestamp or opts.timestamp, columns)
         if table.duplicates:
             quality.append(
                 f"{rec.path}: {table.duplicates} row(s) repeat an earlier timestamp: the last one kept"
             )
         if table.unsorted:
             quality.append(f"{rec.path}: {table.unsorted} row(s) out of time order: sorted")
-        cols_by_asset = [spec.columns(a, rec.targets) for a in spec.assets]
-        columns = list(dict.fromkeys(c for cols in cols_by_asset for c in cols.values()))
         for cols in cols_by_asset:
             for r in spec.roles:
                 table.numeric(cols[r.role])

@@ -177,6 +177,7 @@ class Table:
     unsorted: int = 0  # rows that were out of time order (sorted)
     bad_cells: dict[str, tuple[str, str]] = field(default_factory=dict)  # column → first (file:row, cell)
     rows: dict[str, FloatArray] = field(default_factory=dict)  # column → file row of every sample
+    available: list[str] = field(default_factory=list)  # every column of the file (read or not)
 
     @property
     def columns(self) -> list[str]:
@@ -189,7 +190,7 @@ class Table:
         """``(times, values)`` of a numeric column; DataError naming file, row and column for a
         missing column or one holding text."""
         if column not in self.series:
-            raise DataError(f"{self.source}: no column {column!r} (has {sorted(self.series)[:20]})")
+            raise DataError(f"{self.source}: no column {column!r} (has {self._has()})")
         t, v = self.series[column]
         if v.dtype == object:
             where, cell = self.bad_cells[column]
@@ -197,6 +198,10 @@ class Table:
                 f"{where} column {column!r}: {cell!r} is not a number (a column of text cannot be {why})"
             )
         return t, v.astype(np.float64)
+
+    def _has(self) -> str:
+        cols = sorted(self.available or self.series)
+        return ", ".join(cols[:20]) + (f" and {len(cols) - 20} more" if len(cols) > 20 else "")
 
     def span(self) -> tuple[float, float]:
         """First and last timestamp over every column."""
@@ -216,7 +221,7 @@ class Table:
             raise DataError(f"{self.source}: no columns to read")
         for c in columns:
             if c not in self.series:
-                raise DataError(f"{self.source}: no column {c!r} (has {sorted(self.series)[:20]})")
+                raise DataError(f"{self.source}: no column {c!r} (has {self._has()})")
         starts = [float(self.series[c][0][0]) for c in columns if len(self.series[c][0])]
         if len(starts) < len(columns):
             empty = [c for c in columns if not len(self.series[c][0])]
@@ -267,11 +272,14 @@ def read_units(path: str | Path) -> dict[str, str]:
     return _recording_units(p) if p.is_dir() else {}
 
 
-def read_table(path: str | Path, timestamp: TimestampSpec = _DEFAULT_TS) -> Table:
-    """Read a wide or long CSV (``.gz`` too) or an agent recording directory."""
+def read_table(
+    path: str | Path, timestamp: TimestampSpec = _DEFAULT_TS, columns: Sequence[str] | None = None
+) -> Table:
+    """Read a wide or long CSV (``.gz`` too) or an agent recording directory; only ``columns``
+    (default: every column; a column the file lacks is simply absent)."""
     p = Path(path)
     if p.is_dir():
-        return _read_recording(p, timestamp)
+        return _read_recording(p, timestamp, columns)
     try:
         with _open_text(p) as fh:
             reader = csv.reader(fh)
@@ -279,8 +287,8 @@ def read_table(path: str | Path, timestamp: TimestampSpec = _DEFAULT_TS) -> Tabl
             if not header:
                 raise DataError(f"{p}:1: empty file (no header)")
             if [h.lower() for h in header[:3]] == _LONG_HEADER:
-                return _read_long(p, header, reader, timestamp)
-            return _read_wide(p, header, reader, timestamp)
+                return _read_long(p, header, reader, timestamp, columns)
+            return _read_wide(p, header, reader, timestamp, columns)
     except UnicodeDecodeError as exc:
         raise DataError(f"{p}: not UTF-8 text ({exc.reason})") from None
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
@@ -289,7 +297,9 @@ def read_table(path: str | Path, timestamp: TimestampSpec = _DEFAULT_TS) -> Tabl
         raise DataError(f"{p}: not a CSV file: {exc}") from None
 
 
-def _read_wide(p: Path, header: list[str], reader: Iterator[list[str]], ts: TimestampSpec) -> Table:
+def _read_wide(
+    p: Path, header: list[str], reader: Iterator[list[str]], ts: TimestampSpec, only: Sequence[str] | None
+) -> Table:
     if ts.column not in header:
         raise DataError(
             f"{p}:1 column {ts.column!r}: no timestamp column (header: {header[:8]}); "
@@ -299,8 +309,9 @@ def _read_wide(p: Path, header: list[str], reader: Iterator[list[str]], ts: Time
     if dup:
         raise DataError(f"{p}:1 column {dup[0]!r}: given twice in the header")
     ti = header.index(ts.column)
-    names = [h for i, h in enumerate(header) if i != ti]
-    idx = [i for i in range(len(header)) if i != ti]
+    wanted = None if only is None else set(only)
+    idx = [i for i in range(len(header)) if i != ti and (wanted is None or header[i] in wanted)]
+    names = [header[i] for i in idx]
     stamps: list[str] = []
     cells: list[list[str]] = [[] for _ in names]
     lines: list[int] = []
@@ -326,7 +337,7 @@ def _read_wide(p: Path, header: list[str], reader: Iterator[list[str]], ts: Time
     if len(times) > 1:
         keep[:-1] = times[1:] != times[:-1]
     duplicates = int(len(times) - keep.sum())
-    table = Table(str(p), "wide", {}, duplicates=duplicates, unsorted=unsorted)
+    table = Table(str(p), "wide", {}, duplicates=duplicates, unsorted=unsorted, available=header)
     sel = order[keep]
     t_final = times[keep]
     for name, col in zip(names, cells, strict=True):
@@ -342,7 +353,9 @@ def _read_wide(p: Path, header: list[str], reader: Iterator[list[str]], ts: Time
 def _to_numbers(cells: Sequence[str]) -> tuple[npt.NDArray[np.generic], tuple[int, str] | None]:
     """Cells → float64 (blank = NaN), or the strings as objects with the first non-number."""
     try:
-        return np.array([float(c) if c.strip() else math.nan for c in cells], np.float64), None
+        arr = np.asarray(cells, dtype=str)
+        blank = np.char.str_len(np.char.strip(arr)) == 0
+        return np.where(blank, "nan", arr).astype(np.float64), None
     except ValueError:
         pass
     for i, c in enumerate(cells):
@@ -354,14 +367,19 @@ def _to_numbers(cells: Sequence[str]) -> tuple[npt.NDArray[np.generic], tuple[in
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _read_long(p: Path, header: list[str], reader: Iterator[list[str]], ts: TimestampSpec) -> Table:
+def _read_long(
+    p: Path, header: list[str], reader: Iterator[list[str]], ts: TimestampSpec, only: Sequence[str] | None
+) -> Table:
     lower = [h.lower() for h in header]
     has_q = len(lower) > 3 and lower[3] == "quality"
+    wanted = None if only is None else set(only)
     raw: dict[str, tuple[list[str], list[str], list[int]]] = {}
     for line, row in enumerate(reader, start=2):
         if len(row) < 3:
             if row and any(c.strip() for c in row):
                 raise DataError(f"{p}:{line}: a long CSV row is timestamp,tag,value[,quality], got {row}")
+            continue
+        if wanted is not None and row[1] not in wanted:
             continue
         good = not has_q or (len(row) > 3 and row[3].strip().upper() == "GOOD")
         entry = raw.setdefault(row[1], ([], [], []))
@@ -384,7 +402,7 @@ def _read_long(p: Path, header: list[str], reader: Iterator[list[str]], ts: Time
             table.bad_cells[tag] = (f"{p}:{lines[bad[0]]}", bad[1])
         table.series[tag] = (t[keep], values[order][keep])
         table.rows[tag] = np.asarray(lines, np.float64)[order][keep]
-    if not table.series:
+    if not table.series and only is None:
         raise DataError(f"{p}: no rows")
     return table
 
@@ -421,12 +439,11 @@ def _recording_units(d: Path) -> dict[str, str]:
     return units
 
 
-def _read_recording(d: Path, ts: TimestampSpec) -> Table:
+def _read_recording(d: Path, ts: TimestampSpec, only: Sequence[str] | None) -> Table:
     """Every file of a recording directory, concatenated (files rotate in time order)."""
-    parts = [
-        read_table(f, ts.model_copy(update={"format": "auto", "timezone": "UTC", "column": "timestamp"}))
-        for f in _recording_files(d)
-    ]
+    own = ts.model_copy(update={"format": "auto", "timezone": "UTC", "column": "timestamp"})
+    parts = [read_table(f, own, only) for f in _recording_files(d)]
+
     out = Table(str(d), parts[0].form, {}, units=_recording_units(d))
     names = list(dict.fromkeys(c for p in parts for c in p.series))
     for c in names:
