@@ -531,9 +531,8 @@ class _Task:
         elif cfg.task == "anomaly":
             self.kind = "autoencoder"
             self.metric = (
-                "ROC AUC (fault vs normal windows)"
-                if (ds.val.label != NORMAL).any()
-                else "explained variance of held-out normal windows"
+                "ROC AUC (fault vs normal windows) where the windows hold faults, else the "
+                "explained variance of held-out normal windows"
             )
         else:
             self.kind = "regression"
