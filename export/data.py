@@ -1,24 +1,29 @@
 """Historian recordings → labelled windows, through the agent's own feature code.
 
-Input: CSV in *wide* form (``timestamp`` + one column per tag, one row per sample; what
-``python -m simulator --record`` writes and :func:`export.pca_baseline.read_csv` reads) or
-*long* form (``timestamp,tag,value,quality``, one row per archived change: irregular,
-exception-based, what historians export). Both are brought onto the manifest's sample grid:
-wide rows are decimated (:func:`export.pca_baseline.load_series`), long rows are resampled
-with a zero-order hold (the last archived value stands until the next; a value whose
-quality is not GOOD is a gap, as in the agent).
+Input: CSV in *wide* form (a timestamp + one column per tag, one row per sample) or *long*
+form (``timestamp,tag,value,quality``, one row per archived change: irregular,
+exception-based, what historians export), or an agent recording directory. Every source is
+brought onto the manifest's sample grid with a zero-order hold (the last value stands until
+the next; a value whose quality is not GOOD is a gap, as in the agent).
 
 Per asset, the roles' columns (``{asset}`` and ``{n}`` - the asset's 1-based number - in the
-column templates) give a series ``[N, R]``; values outside a role's plausible range become
-gaps. :func:`agent.pipeline.features.sliding_windows` cuts windows exactly as the agent frames
+column templates) give a series ``[N, R]``; values outside a role's plausible (sensor) range
+become gaps; values outside the training range stay (they are what an anomaly looks like). :func:`agent.pipeline.features.sliding_windows` cuts windows exactly as the agent frames
 them, windows holding a gap are dropped (the agent's ``skip`` policy), and every window gets
 its targets from the row it ends on: a fault label, a remaining useful life, an oracle
 setpoint (all optional).
 
-Splits follow time and seeds: recordings are marked ``train`` or ``test`` (the test set uses
-simulation seeds never seen in training); inside the training recordings the last
-``validation_fraction`` of every segment is the validation set, cut *before* windowing so no
-window straddles the split.
+Splits follow files and time: recordings are marked ``train``, ``test`` (e.g. simulation
+seeds never seen in training) or ``calibration`` (a separate normal run, for thresholds);
+inside the training recordings the last ``validation_fraction`` (and ``test_fraction``) of
+every recording are the validation (and test) sets, cut *before* windowing, with ``gap_s``
+dropped between the parts, so no window straddles a cut.
+
+Every source is read by :mod:`export.tables` (wide or long CSV, agent recording directories,
+any timestamp format). Inputs can be mapped in bulk (:func:`resolve_columns`); constant inputs
+are refused or dropped and quantised ones reported (:func:`column_quality`); a sensor range not
+given is inferred from the training data with a margin; labels and class names come from the
+data (a label column, an events file).
 """
 
 from __future__ import annotations

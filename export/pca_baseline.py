@@ -13,8 +13,10 @@ Pipeline (training and serving share the feature code):
 2. Per-role normalisation (mean/std over the fitting data) goes into the manifest, and
    :func:`agent.pipeline.features.window_to_input` turns every window into its feature vector.
 3. PCA on the feature vectors: features standardised, eigen-decomposition of the correlation
-   matrix, ``k`` components for the requested variance fraction (at most F-1, so the residual
-   space is never empty).
+   matrix, ``k`` components by parallel analysis (eigenvalues above those of column-permuted
+   data; a variance fraction or a fixed k on request), at most F-1 so the residual space is
+   never empty. A dynamic PCA is the same model over lagged samples (``flatten`` features of
+   a ``lags + 1`` window; :func:`choose_lags`).
 4. ``T^2 = sum_j t_j^2 / lambda_j`` (distance inside the model plane), ``SPE = ||z - P P^T z||^2``
    (distance from it).
 5. Thresholds are EMPIRICAL quantiles on held-out calibration windows (the last
@@ -26,6 +28,9 @@ Pipeline (training and serving share the feature code):
 The ONNX graph: ``x[batch, F] → (x - mean) / scale → t = z P → T^2, SPE``; outputs ``t2`` and
 ``spe`` of shape ``[batch]``, each with an ``"alarm"`` threshold in the manifest (the scorer
 adds ``t2_alarm``, ``spe_alarm`` and ``anomaly``).
+
+With ``--check`` (fresh normal recordings) a model whose frame exceedance is above
+:func:`check_passes`' limit is refused: exit 1, no bundle, a report in ``OUT.refused/``.
 
 CLI: ``python -m export.pca_baseline --help`` (the command that builds ``models/pca-pump`` is
 in ``models/README.md``).
