@@ -9,8 +9,9 @@ the next; a value whose quality is not GOOD is a gap, as in the agent).
 Per asset, the roles' columns (``{asset}`` and ``{n}`` - the asset's 1-based number - in the
 column templates) give a series ``[N, R]``; values outside a role's plausible (sensor) range
 become gaps; values outside the training range stay (they are what an anomaly looks like).
-:func:`agent.pipeline.features.sliding_windows` cuts windows exactly as the agent frames them, windows holding a gap are dropped (the agent's ``skip`` policy), and every window gets
-its targets from the row it ends on: a fault label, a remaining useful life, an oracle
+:func:`agent.pipeline.features.sliding_windows` cuts windows exactly as the agent frames them,
+windows holding a gap are dropped (the agent's ``skip`` policy), and every window gets its
+targets from the row it ends on: a fault label, a remaining useful life, an oracle
 setpoint (all optional).
 
 Splits follow files and time: recordings are marked ``train``, ``test`` (e.g. simulation
