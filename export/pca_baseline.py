@@ -39,14 +39,12 @@ in ``models/README.md``).
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -414,53 +412,32 @@ def write_bundle(
 def read_csv(
     path: str | Path, columns: Sequence[str] | None = None
 ) -> tuple[FloatArray, dict[str, FloatArray]]:
-    """A wide CSV: ``timestamp`` (seconds, or ISO 8601) + columns; non-numbers and blanks → NaN.
+    """A wide CSV: ``timestamp`` (epoch seconds or ms, or ISO 8601) + columns; text and blanks
+    → NaN (read by :func:`export.tables.read_table`: sorted, a repeated timestamp keeps the
+    last row).
 
     Returns (timestamps in seconds, {column: values}) for ``columns`` (default: all).
     Raises ValueError naming the file when the header or a timestamp is wrong or a column
     is missing.
     """
+    from export.tables import read_table
+
     p = Path(path)
-    with p.open(newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise ValueError(f"{p}: empty file") from None
-        if not header or header[0] != "timestamp":
-            raise ValueError(f"{p}: the first column must be 'timestamp', got {header[:1]}")
-        wanted = list(header[1:]) if columns is None else list(dict.fromkeys(columns))
-        missing = [c for c in wanted if c not in header]
-        if missing:
-            raise ValueError(f"{p}: no column(s) {missing} (has {sorted(header[1:])})")
-        index = [header.index(c) for c in wanted]
-        stamps: list[float] = []
-        data: list[list[float]] = [[] for _ in wanted]
-        for line, row in enumerate(reader, start=2):
-            stamps.append(_parse_time(row[0], p, line))
-            for out, i in zip(data, index, strict=True):
-                out.append(_number(row[i]) if i < len(row) else math.nan)
-    return np.array(stamps, dtype=np.float64), {
-        c: np.array(v, dtype=np.float64) for c, v in zip(wanted, data, strict=True)
-    }
-
-
-def _number(cell: str) -> float:
-    try:
-        return float(cell)
-    except ValueError:
-        return math.nan  # labels and blanks (sensor dropout) are not numbers
-
-
-def _parse_time(cell: str, path: Path, line: int) -> float:
-    try:
-        return float(cell)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(cell.strip().replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        raise ValueError(f"{path}:{line}: timestamp {cell!r} is neither seconds nor ISO 8601") from None
+    table = read_table(p, columns=columns)
+    if table.form != "wide":
+        raise ValueError(f"{p}: expected a wide CSV (timestamp + one column per tag)")
+    wanted = list(table.series) if columns is None else list(dict.fromkeys(columns))
+    missing = [c for c in wanted if not table.has(c)]
+    if missing:
+        has = [c for c in table.available if c != "timestamp"][:20]
+        raise ValueError(f"{p}: no column(s) {missing} (has {has})")
+    if not wanted:
+        return np.empty(0), {}
+    out: dict[str, FloatArray] = {}
+    for c in wanted:
+        _, v = table.series[c]
+        out[c] = np.full(len(v), np.nan) if v.dtype == object else v.astype(np.float64)
+    return table.series[wanted[0]][0], out
 
 
 def load_series(path: str | Path, columns: Sequence[str], period_s: float) -> list[FloatArray]:
