@@ -16,7 +16,7 @@ from agent.errors import ConfigError
 from agent.modelstore.bundle import load_bundle
 from agent.modelstore.manifest import load_manifest
 from export.cli import main
-from export.data import DataSpec, ReadOptions, build_dataset, column_quality, resolve_columns
+from export.data import DataSpec, ReadOptions, Recording, build_dataset, column_quality, resolve_columns
 from export.pipeline import _epoch, _spec, export_model, load_config, record_all
 from export.tables import DataError, TimestampSpec, read_table
 
@@ -313,3 +313,51 @@ def test_located_config_error_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(p)
     assert f"{p}:4 models[0].out: required field is missing" in err.value.problems
+
+
+def test_the_demo_config_names_its_classes_in_the_config_not_in_export() -> None:
+    """The embedded plant stays one data source: its fault names live in its config."""
+    cfg = load_config(ROOT / "configs" / "export-demo.yaml")
+    assert cfg.models[0].data.classes[1] == "bearing_wear"
+    for f in (ROOT / "export").glob("*.py"):
+        text = f.read_text(encoding="utf-8")
+        assert "bearing_wear" not in text and "cavitation" not in text, f
+
+
+def test_agent_long_recording_gz_with_reason_and_epoch_seconds(tmp_path: Path) -> None:
+    import gzip
+
+    d = tmp_path / "rec"
+    d.mkdir()
+    (d / "recording.json").write_text('{"tags": [{"name": "T", "unit": "degC"}], "period_s": 1}')
+    rows = ["timestamp,tag,value,quality,reason", "2025-03-01T00:00:00.000Z,T,1.5,GOOD,",
+            "2025-03-01T00:00:01.000Z,T,,BAD,timeout", "2025-03-01T00:00:02.000Z,T,2.5,GOOD,"]
+    with gzip.open(d / "long-20250301T000000Z.csv.gz", "wt", encoding="utf-8") as fh:
+        fh.write("\n".join(rows) + "\n")
+    t = read_table(d)
+    times, v = t.numeric("T")
+    assert t.units == {"T": "degC"} and np.isnan(v[1]) and v[2] == 2.5 and times[1] - times[0] == 1.0
+    p = tmp_path / "e.csv"
+    p.write_text("ts,T\n1740787200,1\n1740787260,2\n1740787260,3\n", encoding="utf-8")
+    t = read_table(p, TimestampSpec(column="ts", format="epoch_s"))
+    assert t.numeric("T")[1].tolist() == [1.0, 3.0] and t.duplicates == 1  # the last row kept
+
+
+def test_rul_target_and_text_labels_from_a_file(tmp_path: Path) -> None:
+    p = tmp_path / "f.csv"
+    n = 400
+    rng = np.random.default_rng(0)
+    lines = ["timestamp,a,b,mode,rul"]
+    for i in range(n):
+        mode = "normal" if i < 300 else ("leak" if i < 350 else "blocked")
+        lines.append(f"{i * 60},{rng.normal():.4f},{rng.normal():.4f},{mode},{max(0, 350 - i)}")
+    p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    from export.pipeline import DataConfig
+
+    d = DataConfig(columns=["a", "b"], label="mode", rul="rul",
+                   window={"sample_period_s": 60, "length": 5, "stride": 1})  # type: ignore[arg-type]
+    recs = [Recording(p)]
+    ds = build_dataset(_spec(d, recs), recs, validation_fraction=0.25)
+    assert ds.labels == {0: "normal", 1: "blocked", 2: "leak"}  # normal first, then by name
+    assert set(np.unique(ds.train.label)) == {0} and set(np.unique(ds.val.label)) == {1, 2}
+    assert ds.train.rul[0] == 350 - 4 and np.isfinite(ds.val.rul).all()
