@@ -37,7 +37,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 __all__ = [
     "DataError",
@@ -75,16 +75,24 @@ class TimestampSpec(BaseModel):
     format: str = "auto"
     timezone: str = "UTC"
 
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        _zone(value)
+        return value
+
     def zone(self) -> tzinfo:
-        """The timezone of naive timestamps (ValueError for an unknown name)."""
-        if self.timezone.upper() == "UTC":
-            return UTC
-        try:
-            return ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(
-                f"unknown timezone {self.timezone!r} (an IANA name such as Europe/Berlin)"
-            ) from None
+        """The timezone of naive timestamps."""
+        return _zone(self.timezone)
+
+
+def _zone(name: str) -> tzinfo:
+    if name.upper() == "UTC":
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown timezone {name!r} (an IANA name such as Europe/Berlin)") from None
 
 
 _DEFAULT_TS = TimestampSpec()

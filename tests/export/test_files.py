@@ -286,6 +286,9 @@ def test_baseline_refuses_a_bundle_that_misses_its_check(plant: Path, tmp_path: 
         (("columns: '{asset}.*'", "columns: ['{asset}.TI101', '{asset}.FI102', 'state=R1.Status']"),
          "data/plant/historian-2025-03.csv:2 column 'R1.Status': 'RUN' is not a number"),
         (("timezone: Europe/Berlin", "timezone: UTC"), None),
+        (("timezone: Europe/Berlin", "timezone: Mars/Olympus"), ":@timezone: Mars|models[0].data.timestamp.timezone: unknown timezone 'Mars/Olympus'"),
+        (("'data/plant/historian-2025-*.csv'", "'data/plant/nothing-*.csv'"),
+         "data/plant/nothing-*.csv: no file matches this pattern"),
         (("format: '%d/%m/%Y %H:%M:%S'", "format: iso"),
          "data/plant/historian-2025-03.csv:2 column 'Time': timestamp '01/03/2025 00:00:04' does not read as ISO"),
     ],
@@ -361,3 +364,15 @@ def test_rul_target_and_text_labels_from_a_file(tmp_path: Path) -> None:
     assert ds.labels == {0: "normal", 1: "blocked", 2: "leak"}  # normal first, then by name
     assert set(np.unique(ds.train.label)) == {0} and set(np.unique(ds.val.label)) == {1, 2}
     assert ds.train.rul[0] == 350 - 4 and np.isfinite(ds.val.rul).all()
+
+
+def test_manifest_keeps_both_ranges_and_old_manifests_load() -> None:
+    from agent.modelstore.manifest import InputRole
+
+    role = InputRole(role="t", unit="degC", range=(0, 400), training_range=(140, 160), operating=True)
+    again = InputRole.model_validate_json(role.model_dump_json())
+    assert again.training_range == (140, 160) and again.operating
+    old = InputRole.model_validate({"role": "t", "unit": "degC", "range": [0, 400]})
+    assert old.training_range is None and old.operating is False
+    with pytest.raises(ValueError, match="training_range must be"):
+        InputRole(role="t", unit="", range=(0, 1), training_range=(2, 1))
