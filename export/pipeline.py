@@ -1072,6 +1072,7 @@ def export_model(
             normal_tr = tr.x[tr.label == NORMAL] if task.name != "anomaly" else tr.x
             pca = fit_pca(
                 features(normal_tr, pc),
+                variance=0.95,  # as the shipped models were gated; `edge-export baseline` is the honest one
                 false_alarm_rate=cfg.false_alarm_rate,
                 calibration=features(cal_w.x[normal_va], pc),
             )
