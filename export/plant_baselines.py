@@ -29,6 +29,7 @@ from agent.modelstore.bundle import load_bundle
 from agent.modelstore.manifest import FeatureSpec, Manifest, WindowSpec
 from agent.modelstore.signing import sign_bundle
 from export.data import NORMAL, Contract, Dataset, Windows, build_dataset, features, fit_normalisation
+from export.dataconfig import data_spec
 from export.pca_baseline import PcaModel, check_passes, choose_lags, fit_pca, write_bundle, write_refusal
 
 __all__ = ["BaselineResult", "Refused", "fit_baselines"]
@@ -160,11 +161,9 @@ def fit_baselines(
     """Fit and write the PCA and dynamic-PCA bundles of ``model_cfg``'s data (see the module
     docstring); raises :class:`Refused` for a bundle that misses its check (the bundles before
     it stay written)."""
-    from export.pipeline import _spec
-
     d = model_cfg.data
     ds = build_dataset(
-        _spec(d, recordings), recordings, validation_fraction=d.validation_fraction, progress=progress
+        data_spec(d, recordings), recordings, validation_fraction=d.validation_fraction, progress=progress
     )
     spec = ds.spec
     inputs = fit_normalisation(spec, ds.train_samples, training_range=ds.training_range)

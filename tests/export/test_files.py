@@ -17,7 +17,8 @@ from agent.modelstore.bundle import load_bundle
 from agent.modelstore.manifest import load_manifest
 from export.cli import main
 from export.data import DataSpec, ReadOptions, Recording, build_dataset, column_quality, resolve_columns
-from export.pipeline import _epoch, _spec, export_model, load_config, record_all
+from export.dataconfig import data_spec, epoch_seconds
+from export.pipeline import export_model, load_config, record_all
 from export.tables import DataError, TimestampSpec, read_table
 
 from . import plantfiles
@@ -140,7 +141,7 @@ def test_inferred_ranges_training_range_and_operating(plant: Path, tmp_path: Pat
     cfg = load_config(example(plant, tmp_path))
     recs = record_all(cfg.recordings, progress=False)
     d = cfg.models[0].data
-    ds = build_dataset(_spec(d, recs), recs, validation_fraction=d.validation_fraction)
+    ds = build_dataset(data_spec(d, recs), recs, validation_fraction=d.validation_fraction)
     roles = {r.role: r for r in ds.spec.roles}
     assert list(roles) == ["TI101", "FI102", "PI103", "LI104", "AI105"]
     assert (roles["TI101"].low, roles["TI101"].high, roles["TI101"].unit) == (0, 400, "degC")  # the user's
@@ -167,11 +168,11 @@ def test_excluded_ranges_and_time_split_with_gaps(plant: Path, tmp_path: Path,
     cfg = load_config(example(plant, tmp_path))
     recs = [r for r in record_all(cfg.recordings, progress=False) if r.split == "train"]
     d = cfg.models[0].data
-    base = _spec(d, recs)
+    base = data_spec(d, recs)
     ds = build_dataset(base, recs, validation_fraction=0.2)
     window = d.window
     ex = d.exclude[0]
-    start = _epoch(ex.start, d.timestamp, "start")
+    start = epoch_seconds(ex.start, d.timestamp, "start")
     t0 = read_table(recs[0].path, BERLIN_TS).span()[0]
     row0 = (start - t0) / window.sample_period_s
     ends = ds.train.end[(ds.train.rec == 0) & (ds.train.asset == 0)]
@@ -195,13 +196,13 @@ def test_constant_column_refused_or_dropped(plant: Path, tmp_path: Path, monkeyp
     recs = record_all(refuse.recordings, progress=False)
     d = refuse.models[0].data
     with pytest.raises(DataError) as err:
-        build_dataset(_spec(d, recs), recs)
+        build_dataset(data_spec(d, recs), recs)
     msg = str(err.value)
     assert msg.startswith("data/plant/historian-2025-03.csv: column 'R1.SP' (role SP) is constant")
     assert "set data.constant: drop" in msg and "\n" not in msg
     drop = load_config(example(plant, tmp_path, edit=("'*.Status', '*.SP'", "'*.Status'"))).models[0].data
     drop = drop.model_copy(update={"constant": "drop"})
-    ds = build_dataset(_spec(drop, recs), recs)
+    ds = build_dataset(data_spec(drop, recs), recs)
     assert "SP" not in [r.role for r in ds.spec.roles] and any("'R1.SP'" in q and "dropped" in q for q in ds.quality)
 
 
@@ -355,12 +356,12 @@ def test_rul_target_and_text_labels_from_a_file(tmp_path: Path) -> None:
         mode = "normal" if i < 300 else ("leak" if i < 350 else "blocked")
         lines.append(f"{i * 60},{rng.normal():.4f},{rng.normal():.4f},{mode},{max(0, 350 - i)}")
     p.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    from export.pipeline import DataConfig
+    from export.dataconfig import DataConfig
 
     d = DataConfig(columns=["a", "b"], label="mode", rul="rul",
                    window={"sample_period_s": 60, "length": 5, "stride": 1})  # type: ignore[arg-type]
     recs = [Recording(p)]
-    ds = build_dataset(_spec(d, recs), recs, validation_fraction=0.25)
+    ds = build_dataset(data_spec(d, recs), recs, validation_fraction=0.25)
     assert ds.labels == {0: "normal", 1: "blocked", 2: "leak"}  # normal first, then by name
     assert set(np.unique(ds.train.label)) == {0} and set(np.unique(ds.val.label)) == {1, 2}
     assert ds.train.rul[0] == 350 - 4 and np.isfinite(ds.val.rul).all()
