@@ -215,8 +215,14 @@ def resolve_columns(
             raise DataError(f"data.columns: no pattern for asset {asset!r}")
         mapping: dict[str, str] = {}
         if isinstance(spec, str):
-            text = spec.format(asset=re.escape(asset) if spec.startswith("re:") else asset, n=n)
-            rx = re.compile(text[3:]) if text.startswith("re:") else _glob_regex(text)
+            try:
+                text = spec.format(asset=re.escape(asset) if spec.startswith("re:") else asset, n=n)
+                rx = re.compile(text[3:]) if text.startswith("re:") else _glob_regex(text)
+            except (KeyError, IndexError, ValueError, re.error) as exc:
+                raise DataError(
+                    f"data.columns {spec!r}: not a pattern ({exc}); only {{asset}} and {{n}} are "
+                    "placeholders, write a literal brace as {{ or }}"
+                ) from None
             for c in header:
                 m = rx.fullmatch(c) if text.startswith("re:") else rx.match(c)
                 if m is None or c in skip:
@@ -239,7 +245,10 @@ def resolve_columns(
                 role_part, eq, template = item.partition("=")
                 if not eq:
                     template, role_part = item, ""
-                c = template.format(asset=asset, n=n)
+                try:
+                    c = template.format(asset=asset, n=n)
+                except (KeyError, IndexError, ValueError) as exc:
+                    raise DataError(f"data.columns {item!r}: not a column template ({exc})") from None
                 if c not in header:
                     raise DataError(f"{source}: no column {c!r} (asset {asset!r}; has {list(header)[:12]})")
                 role = role_name(role_part or c.replace(asset, "", 1))

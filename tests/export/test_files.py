@@ -133,6 +133,9 @@ def test_bulk_mapping_by_glob_regex_and_list() -> None:
         resolve_columns(header, ["R1", "R2"], "{asset}.*")
     with pytest.raises(DataError, match="no column matches"):
         resolve_columns(header, ["R3"], "{asset}.*")
+    with pytest.raises(DataError, match=r"only \{asset\} and \{n\} are placeholders"):
+        resolve_columns(header, ["R1"], r"re:{asset}\.TI\d{3}")
+    assert resolve_columns(header, ["R1"], r"re:{asset}\.TI\d{{3}}") == {"R1": {"R1_TI101": "R1.TI101"}}
 
 
 def test_inferred_ranges_training_range_and_operating(plant: Path, tmp_path: Path,
