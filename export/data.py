@@ -132,6 +132,7 @@ class DataSpec:
     mapping: Mapping[str, Mapping[str, str]] | None = None
     operating: tuple[str, ...] = ()
     options: ReadOptions = field(default_factory=ReadOptions)
+    aggregation: Mapping[str, str] = field(default_factory=dict)  # role → "mean" (default instant)
 
     def column(self, template: str, asset: str) -> str:
         return template.format(asset=asset, n=self.assets.index(asset) + 1)
@@ -636,6 +637,7 @@ def _resolve_roles(
         mapping,
         tuple(o for o in spec.operating if o in {r.role for r in roles}),
         spec.options,
+        spec.aggregation,
     )
     return resolved, keep, tuple(ranges)
 
@@ -729,6 +731,7 @@ def fit_normalisation(
                 ),
                 training_range=tr,
                 operating=r.role in spec.operating,
+                aggregation="mean" if spec.aggregation.get(r.role) == "mean" else "instant",
             )
         )
     return tuple(out)

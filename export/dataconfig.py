@@ -32,6 +32,7 @@ class RoleOverride(FrozenModel):
 
     unit: str | None = None
     range: tuple[float, float] | None = None
+    aggregation: Literal["instant", "mean"] | None = None
 
 
 class TimeRangeConfig(FrozenModel):
@@ -52,6 +53,7 @@ class DataConfig(FrozenModel):
     exclude_columns: list[str] = []
     assets: list[str] = ["plant"]
     operating: list[str] = []
+    aggregation: Literal["instant", "mean"] = "instant"  # what a row is: the value, or the period's mean
     range_margin: Annotated[float, Field(ge=0)] = 1.0
     constant: Literal["refuse", "drop"] = "refuse"
     min_distinct: Annotated[int, Field(ge=2)] = 3
@@ -155,7 +157,15 @@ def data_spec(d: DataConfig, recordings: Sequence[Recording] = ()) -> DataSpec:
         unknown = sorted(set(d.operating) - {r.role for r in roles})
         if unknown:
             raise DataError(f"data.operating: no role(s) {unknown}")
-        return DataSpec(roles, tuple(d.assets), d.window, operating=tuple(d.operating), **common)  # type: ignore[arg-type]
+        agg = {r.role: d.aggregation for r in roles}
+        return DataSpec(
+            roles,
+            tuple(d.assets),
+            d.window,
+            operating=tuple(d.operating),
+            aggregation=agg,
+            **common,  # type: ignore[arg-type]
+        )
     first = next((r for r in recordings if r.split == "train"), None)
     if first is None:
         raise DataError("data.columns: no training recording to read the column names from")
@@ -196,5 +206,9 @@ def data_spec(d: DataConfig, recordings: Sequence[Recording] = ()) -> DataSpec:
         d.window,
         mapping=mapping,
         operating=tuple(d.operating),
+        aggregation={
+            role: (o.aggregation if (o := overrides.get(role)) and o.aggregation else d.aggregation)
+            for role in first_map
+        },
         **common,  # type: ignore[arg-type]
     )

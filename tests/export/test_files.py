@@ -17,7 +17,7 @@ from agent.modelstore.bundle import load_bundle
 from agent.modelstore.manifest import load_manifest
 from export.cli import main
 from export.data import DataSpec, ReadOptions, Recording, build_dataset, column_quality, resolve_columns
-from export.dataconfig import data_spec, epoch_seconds
+from export.dataconfig import RoleOverride, data_spec, epoch_seconds
 from export.pipeline import export_model, load_config, record_all
 from export.tables import DataError, TimestampSpec, read_table
 
@@ -158,6 +158,9 @@ def test_inferred_ranges_training_range_and_operating(plant: Path, tmp_path: Pat
     assert te_r1.max() > tr["TI101"][1] + 10
     assert ds.labels == {0: "normal", 1: "fouling"} and (ds.test.label == 1).sum() > 50
     assert ds.spec.operating == ("FI102",)
+    mean = d.model_copy(update={"aggregation": "mean", "roles": {"TI101": RoleOverride(aggregation="instant")}})
+    agg = data_spec(mean, recs).aggregation
+    assert agg["TI101"] == "instant" and agg["FI102"] == "mean"
     assert any("quantised" in q and "AI105" in q for q in ds.quality)
     assert any("3 row(s) repeat an earlier timestamp" in q for q in ds.quality)
     # the calibration run is its own set, never trained on
@@ -233,6 +236,7 @@ def test_train_from_files_writes_a_bundle_with_both_ranges(plant: Path, tmp_path
     assert ti.role == "TI101" and ti.range == (0, 400) and ti.training_range is not None
     assert ti.range[0] < ti.training_range[0] < ti.training_range[1] < ti.range[1]
     assert [r.operating for r in man.inputs] == [False, True, False, False, False]
+    assert {r.aggregation for r in man.inputs} == {"instant"}
     fi = man.inputs[1]
     assert fi.normalisation.std > 0.5  # never the silent 1e-6 floor
     rep = (m.out / "report.json").read_text()
