@@ -101,7 +101,7 @@ def _event_time(cell: str, ts: TimestampSpec, auto: TimestampSpec, path: Path, l
         return float(parse_times([cell], auto, str(path), [line])[0])
 
 
-def read_events(path: Path, ts: TimestampSpec) -> tuple[TimeRange, ...]:
+def read_events(path: Path, ts: TimestampSpec, assets: Sequence[str] | None = None) -> tuple[TimeRange, ...]:
     """An events file: CSV ``start,end,asset,class`` (header required; an empty asset: all)."""
     out: list[TimeRange] = []
     auto = ts.model_copy(update={"format": "auto", "column": "start"})
@@ -120,7 +120,12 @@ def read_events(path: Path, ts: TimestampSpec) -> tuple[TimeRange, ...]:
                 end = _event_time(row[1], ts, auto.model_copy(update={"column": "end"}), path, line)
                 if end <= start:
                     raise DataError(f"{path}:{line} column 'end': the event ends before it starts")
-                out.append(TimeRange(float(start), float(end), row[2].strip() or None, row[3].strip()))
+                asset = row[2].strip() or None
+                if assets is not None and asset is not None and asset not in assets:
+                    raise DataError(
+                        f"{path}:{line} column 'asset': {asset!r} is not one of the assets {list(assets)}"
+                    )
+                out.append(TimeRange(float(start), float(end), asset, row[3].strip()))
     except OSError as exc:
         raise DataError(f"{path}: cannot read the events file: {exc.strerror or exc}") from None
     return tuple(out)
@@ -142,7 +147,7 @@ def data_spec(d: DataConfig, recordings: Sequence[Recording] = ()) -> DataSpec:
             )
             for i, e in enumerate(d.exclude)
         ),
-        events=read_events(d.events, d.timestamp) if d.events is not None else (),
+        events=read_events(d.events, d.timestamp, d.assets) if d.events is not None else (),
         classes=dict(d.classes),
         normal_class=d.normal_class,
         test_fraction=d.test_fraction,
@@ -151,6 +156,9 @@ def data_spec(d: DataConfig, recordings: Sequence[Recording] = ()) -> DataSpec:
         constant=d.constant,
         min_distinct=d.min_distinct,
     )
+    for i, e in enumerate(d.exclude):
+        if e.asset is not None and e.asset not in d.assets:
+            raise DataError(f"data.exclude[{i}].asset: {e.asset!r} is not one of the assets {d.assets}")
     common = {"label": d.label, "rul": d.rul, "oracle": d.oracle, "options": opts}
     if d.columns is None:
         roles = tuple(RoleSpec.parse(r) for r in d.roles)  # type: ignore[union-attr]

@@ -127,6 +127,10 @@ def write_plant(root: Path) -> None:
     write_long(plant / "normal-run.csv", 2 * day, seed=3, start=START + timedelta(days=60))
     write_recording(plant / "recording-2025-05", day, seed=4, start=START + timedelta(days=70), fault_at=day // 2)
     fault = START + timedelta(days=70, seconds=(day // 2) * PERIOD_S)
+    (plant / "bad-events.csv").write_text(
+        f"start,end,asset,class\n{fault.isoformat()},{(fault + timedelta(hours=1)).isoformat()},R9,fouling\n",
+        encoding="utf-8",
+    )
     (plant / "events.csv").write_text(
         "start,end,asset,class\n"
         f"{fault.isoformat()},{(fault + timedelta(hours=12)).isoformat()},R1,fouling\n",

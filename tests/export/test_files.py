@@ -295,6 +295,8 @@ def test_baseline_refuses_a_bundle_that_misses_its_check(plant: Path, tmp_path: 
          "data/plant/historian-2025-03.csv:2 column 'R1.Status': 'RUN' is not a number"),
         (("timezone: Europe/Berlin", "timezone: UTC"), None),
         (("timezone: Europe/Berlin", "timezone: Mars/Olympus"), ":@timezone: Mars|models[0].data.timestamp.timezone: unknown timezone 'Mars/Olympus'"),
+        (("events: data/plant/events.csv", "events: data/plant/bad-events.csv"),
+         "data/plant/bad-events.csv:2 column 'asset': 'R9' is not one of the assets ['R1', 'R2']"),
         (("'data/plant/historian-2025-*.csv'", "'data/plant/nothing-*.csv'"),
          "data/plant/nothing-*.csv: no file matches this pattern"),
         (("format: '%d/%m/%Y %H:%M:%S'", "format: iso"),
