@@ -19,6 +19,8 @@ refused (:class:`Refused`; its report is written to ``<bundle>.refused/``, no bu
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,7 +123,37 @@ def _one(
             where = write_refusal(out, rep)
             raise Refused(f"{name}: {rep['refused']}: no bundle written (report: {where})", where)
     md = [f"# {name}: {kind} baseline", ""] + [f"- {k}: {v}" for k, v in sorted(rep.items())]
-    man = write_bundle(
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        man = _write(tmp, model, name, kind, window, contract, fs, sources, rep, md)
+        load_bundle(tmp)  # what the agent will load, before it is signed
+        if key is not None:
+            sign_bundle(tmp, key)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is shipped readable
+        tmp.rename(out)  # never half a bundle, never a stale signature beside a new manifest
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    shutil.rmtree(Path(f"{out}.refused"), ignore_errors=True)
+    return BaselineResult(kind, out, man, rep)
+
+
+def _write(
+    out: Path,
+    model: PcaModel,
+    name: str,
+    kind: str,
+    window: WindowSpec,
+    contract: Contract,
+    fs: FeatureSpec,
+    sources: dict[str, Any],
+    rep: dict[str, Any],
+    md: list[str],
+) -> Manifest:
+    return write_bundle(
         out,
         model,
         name=name,
@@ -141,10 +173,6 @@ def _one(
             "report.md": "\n".join(md) + "\n",
         },
     )
-    load_bundle(out)  # what the agent will load, before it is signed
-    if key is not None:
-        sign_bundle(out, key)
-    return BaselineResult(kind, out, man, rep)
 
 
 def fit_baselines(

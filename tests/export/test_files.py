@@ -264,6 +264,10 @@ def test_edge_export_baseline_writes_signed_loadable_bundles(plant: Path, tmp_pa
     t2, spe = dpca.run({"x": x})
     assert np.isfinite(t2).all() and np.isfinite(spe).all()
     assert "report.md" in load_manifest(out / "reactor-ae-pca").files
+    # again, unsigned: the bundle is replaced whole (no stale signature beside a new manifest)
+    assert main(["baseline", "--config", str(example(plant, tmp_path)), "--out", str(out), "--no-sign"]) == 0
+    assert not (out / "reactor-ae-pca" / "signature.json").exists()
+    assert load_bundle(out / "reactor-ae-pca", allow_unsigned=True).signature.state != "signed"
 
 
 def test_baseline_refuses_a_bundle_that_misses_its_check(plant: Path, tmp_path: Path,
