@@ -662,7 +662,9 @@ def export_model(
     if not len(tr) or not len(va):
         raise ValueError(f"model {cfg.name}: no training or validation windows")
     if not len(te):
-        raise ValueError(f"model {cfg.name}: no test windows (mark recordings with other seeds split: test)")
+        raise ValueError(
+            f"model {cfg.name}: no test windows (mark recordings split: test, or set data.test_fraction)"
+        )
     y_tr, y_va = task.target(tr), task.target(va)
     rep: dict[str, Any] = {
         "name": cfg.name,
