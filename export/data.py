@@ -536,8 +536,8 @@ def _codes(label: npt.NDArray[np.generic], by_name: Mapping[str, int]) -> FloatA
 
 
 def column_quality(values: npt.ArrayLike, min_distinct: int = 3) -> tuple[str, str]:
-    """``(kind, detail)`` of one input's training values: kind ``constant`` (std below the
-    resolution floor relative to the value, or fewer than ``min_distinct`` distinct values),
+    """``(kind, detail)`` of one input's training values: kind ``constant`` (std below 1e-6 of
+    the value, about 30 float32 round-offs, or fewer than ``min_distinct`` distinct values),
     ``quantised`` (few levels on a regular step), or ``ok``."""
     v = np.asarray(values, np.float64)
     v = v[np.isfinite(v)]
@@ -546,9 +546,9 @@ def column_quality(values: npt.ArrayLike, min_distinct: int = 3) -> tuple[str, s
     u = np.unique(v)
     std = float(np.std(v))
     mean = float(np.mean(v))
-    # float32 round-off over a fieldbus is about 6e-8 of the value: a std within a few hundred
+    # float32 round-off over a fieldbus is about 6e-8 of the value: a std within a few dozen
     # of those is noise of the transport, not of the process.
-    floor = 1e-5 * max(abs(mean), 1e-12)
+    floor = 1e-6 * max(abs(mean), 1e-12)
     if len(u) < min_distinct or std <= floor:
         return "constant", f"{len(u)} distinct value(s), std {std:.3g} around {mean:.6g}"
     step = float(np.min(np.diff(u)))
@@ -600,7 +600,8 @@ def _resolve_roles(
                 "a constant input makes round-off look like a fault"
             )
             if opts.constant != "drop":
-                raise DataError(msg + ": remove it from the inputs, or set data.constant: drop")
+                two = " (data.min_distinct: 2 keeps a two-state input)" if detail.startswith("2 ") else ""
+                raise DataError(msg + f": remove it from the inputs, or set data.constant: drop{two}")
             quality.append(msg + ": dropped (data.constant: drop)")
             continue
         if kind == "quantised":

@@ -218,6 +218,8 @@ def test_column_quality_rules() -> None:
     # float32 round-off over a fieldbus around a constant value is still constant
     assert column_quality(np.float32(101.325) + rng.normal(0, 1e-6, 1000))[0] == "constant"
     assert column_quality(rng.integers(0, 2, 1000).astype(float))[0] == "constant"  # 2 < 3 distinct values
+    assert column_quality(rng.integers(0, 2, 1000).astype(float), min_distinct=2)[0] != "constant"
+    assert column_quality(300.0 + rng.normal(0, 0.002, 1000))[0] == "ok"  # a tiny but real variation
     assert column_quality(np.round(rng.normal(0, 2, 1000)) * 0.25)[0] == "quantised"
     assert column_quality(rng.normal(0, 1, 1000))[0] == "ok"
 
