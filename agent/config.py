@@ -44,6 +44,7 @@ from agent.drivers.opcua_config import OpcUaDevice, OpcUaTag
 from agent.errors import ConfigError
 from agent.modelstore.binding import ModelBinding
 from agent.modelstore.manifest import MANIFEST_FILE
+from agent.modelstore.storeconfig import ModelsStoreConfig
 from agent.ops.audit import AuditConfig
 from agent.ops.metrics_config import MetricsConfig
 from agent.pipeline.alarms import AlarmsConfig
@@ -66,6 +67,7 @@ __all__ = [
     "ModbusRtuDevice",
     "ModbusTag",
     "ModbusTcpDevice",
+    "ModelsStoreConfig",
     "ModelsTrust",
     "Purpose",
     "Secret",
@@ -437,6 +439,9 @@ class HmiConfig(FrozenModel):
 
     heartbeat_tag: str | None = None
     status_tag: str | None = None
+    model_status_tag: str | None = None
+    """The model-status register (purpose ``status``): the model store's last install/trial
+    outcome as a code (:data:`agent.modelstore.trial.MODEL_STATUS_CODES`)."""
     refresh_s: Annotated[float, Field(gt=0)] = 30.0
     """Values are written when they change, and at least this often."""
 
@@ -455,6 +460,7 @@ class Config(FrozenModel):
     devices: list[Device] = []
     models: list[ModelBinding] = []
     models_trust: ModelsTrust = ModelsTrust()
+    models_store: ModelsStoreConfig = ModelsStoreConfig()
     assets: list[AssetConfig] = []
     alarms: AlarmsConfig = AlarmsConfig()
     hmi: HmiConfig = HmiConfig()
@@ -547,6 +553,7 @@ class Config(FrozenModel):
                     need(("models", i, "assets", asset, role), tag)
         need(("hmi", "heartbeat_tag"), self.hmi.heartbeat_tag, write=True)
         need(("hmi", "status_tag"), self.hmi.status_tag, write=True)
+        need(("hmi", "model_status_tag"), self.hmi.model_status_tag, write=True)
         need(("alarms", "ack_tag"), self.alarms.ack_tag)
         if self.guard is not None:
             need(("guard", "permissive_tag"), self.guard.permissive_tag)
@@ -633,6 +640,8 @@ def _written_refs(config: Config) -> list[_Ref]:
         refs.append(_Ref(("hmi", "heartbeat_tag"), "heartbeat", config.hmi.heartbeat_tag))
     if config.hmi.status_tag is not None:
         refs.append(_Ref(("hmi", "status_tag"), "status", config.hmi.status_tag))
+    if config.hmi.model_status_tag is not None:
+        refs.append(_Ref(("hmi", "model_status_tag"), "status", config.hmi.model_status_tag))
     for i, a in enumerate(config.assets):
         refs += [_Ref(("assets", i, "hmi", field), "display", tag) for field, tag in a.hmi.items()]
     return refs
@@ -1037,6 +1046,8 @@ def check_paths(config: Config, config_path: str | os.PathLike[str]) -> list[str
             out.append(problem(source, config.line_of(loc), loc, message))
 
     for i, m in enumerate(config.models):
+        if m.bundle is None:
+            continue  # a store model: `edge-agent models show NAME` checks the store
         add(
             ("models", i, "bundle"),
             _file_problem(_resolve(m.bundle, base), "bundle directory", directory=True),
