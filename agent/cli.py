@@ -392,6 +392,12 @@ def _cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
         return 2
 
 
+def _cmd_models(cfg: Config, args: argparse.Namespace) -> int:
+    from agent.modelstore.commands import run_models
+
+    return run_models(cfg, args, os_user())
+
+
 def _cmd_simulate(argv: Sequence[str]) -> int:
     from simulator.cli import main as simulate_main
 
@@ -446,6 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--modbus-port", type=int, default=None, help="default: the config's; 0 picks a free one")
     d.add_argument("--no-console", action="store_true", help="log lines instead of the live screen")
 
+    from agent.modelstore.commands import add_models_parser
+
+    add_models_parser(sub)
+    from agent.modelstore.flash import add_flash_parser
+
+    add_flash_parser(sub)
     from agent.ops.certs import add_certs_parser
 
     add_certs_parser(sub)
@@ -501,6 +513,10 @@ def _main(argv: Sequence[str] | None) -> int:
         from agent.ops.service import run_service
 
         return run_service(args)
+    if args.command == "flash":
+        from agent.modelstore.flash import run_flash
+
+        return run_flash(args)
     if args.command == "status" and not args.config:
         return _cmd_status(None, args)
     try:
@@ -517,6 +533,7 @@ def _main(argv: Sequence[str] | None) -> int:
         "status": _cmd_status,
         "audit": _cmd_audit,
         "demo": _cmd_demo,
+        "models": _cmd_models,
     }
     try:
         return handlers[args.command](cfg, args)

@@ -39,7 +39,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -52,6 +52,8 @@ from agent.drivers import make_driver
 from agent.errors import AgentError, AuditError, ConfigError, ModelError
 from agent.hmi import HmiWriter, block_values, with_sources
 from agent.modelstore.binding import ModelBinding, check_binding
+from agent.modelstore.store import Store
+from agent.modelstore.watch import StoreWatcher, same_input_contract
 from agent.ops import sdnotify
 from agent.ops.audit import AuditLog
 from agent.ops.host import boot_id
@@ -166,6 +168,10 @@ class Agent:
                 self._periods[tag.name] = dev.poll_interval_ms / 1000
                 limits[tag.name] = dev.stale_limit_s(tag)  # type: ignore[arg-type]
         self.table = TagTable(limits, clock=clock)
+        self.model_store = Store(
+            self._resolve(config.models_store.dir), keep=config.models_store.keep, audit=self._store_audit
+        )
+        self._models_reload_requested = False
         self.models = [self._load_model(b) for b in config.models]
         self.alarms = AlarmEngine(config.alarms, [a.name for a in config.assets])
         self.detectors: dict[tuple[str, str], Detector] = {
@@ -188,6 +194,7 @@ class Agent:
         self.reloads: Counter[str] = Counter()
         self.last_reload: dict[str, Any] | None = None
         self.status_server: StatusServer | None = None
+        self.store_watcher: StoreWatcher | None = None
         self.metrics_server: MetricsServer | None = None
 
     @property
@@ -232,15 +239,22 @@ class Agent:
         from agent.modelstore.bundle import load_bundle
         from agent.pipeline.scorer import Scorer
 
-        path = self._resolve(binding.bundle)
         trust = self.config.models_trust
-        bundle = load_bundle(
-            path,
-            threads=binding.threads,
-            variant=binding.variant,
-            trusted_keys=[self._resolve(k) for k in trust.public_keys],
-            allow_unsigned=trust.allow_unsigned,
-        )
+        keys = [self._resolve(k) for k in trust.public_keys]
+        if binding.store is not None:
+            bundle = self.model_store.load(
+                binding.store, threads=binding.threads, variant=binding.variant,
+                trusted_keys=keys, allow_unsigned=trust.allow_unsigned,
+            )  # fmt: skip
+        else:
+            assert binding.bundle is not None  # the binding has one or the other
+            bundle = load_bundle(
+                self._resolve(binding.bundle),
+                threads=binding.threads,
+                variant=binding.variant,
+                trusted_keys=keys,
+                allow_unsigned=trust.allow_unsigned,
+            )
         log.info("model loaded", model=bundle.manifest.ident, signature=bundle.signature.detail)
         check_binding(bundle.manifest, binding, self._units, self._periods, source=self.config_path)
         period = bundle.manifest.window.sample_period_s
@@ -251,6 +265,31 @@ class Agent:
                 f"agent.cycle_ms in {self.config_path} is {self.config.agent.cycle_ms} ms: they must match"
             )
         return _Model(binding, bundle, FeatureWindows(bundle.manifest, binding), Scorer(bundle))
+
+    def _store_audit(self, action: str, model: str, message: str, detail: Mapping[str, Any]) -> None:
+        audit: AuditLog | None = getattr(self, "audit", None)  # None while __init__ loads models
+        log.warning("model store", action=action, model=model, message=message)
+        if audit is not None:
+            with contextlib.suppress(AuditError):
+                audit.record_model(action, model, message, user=detail.get("user"), extra=detail)
+
+    def request_model_reload(self) -> None:
+        """Ask for :meth:`reload_models` at the start of the next cycle (the store watcher
+        calls it when a store model's ``current`` changed)."""
+        self._models_reload_requested = True
+
+    def _store_watcher(self) -> StoreWatcher:
+        from agent.modelstore.configcheck import binding_checker
+
+        trust = self.config.models_trust
+        return StoreWatcher(
+            self,
+            self.model_store,
+            trusted_keys=[self._resolve(k) for k in trust.public_keys],
+            allow_unsigned=trust.allow_unsigned,
+            check=binding_checker(self.config, self.config_path),
+            poll_s=self.config.models_store.poll_s,
+        )
 
     async def _restore_alarms(self) -> None:
         try:
@@ -305,6 +344,9 @@ class Agent:
                         self.runners[dev.name] = runner
                         tg.create_task(self._supervised(runner), name=f"poll {dev.name}")
                     tg.create_task(self._main(stop), name="cycle")
+                    if any(m.store is not None for m in self.config.models):
+                        self.store_watcher = self._store_watcher()
+                        tg.create_task(self.store_watcher.run(), name="model store")
                     if sdnotify.enabled():
                         notifier = Notifier(
                             self.progress,
@@ -596,6 +638,8 @@ class Agent:
                 lines.append(f"{name}: unchanged ({old.bundle.ident})")
                 continue
             await old.scorer.drain()
+            if new.binding == old.binding and same_input_contract(old.bundle.manifest, new.bundle.manifest):
+                new.windows = old.windows  # the same inputs: no refill, no gap in scoring
             self.models[i] = new
             log.warning("model installed", model=new.bundle.ident, replaces=old.bundle.ident)
             with contextlib.suppress(AuditError):
@@ -613,8 +657,14 @@ class Agent:
         """One pass of the pipeline over the current tag table."""
         if self._reload_requested:
             self._reload_requested = False
+            self._models_reload_requested = False
             for line in await self.reload():
                 log.info("reload", result=line)
+            self._cycle_beat()
+        if self._models_reload_requested:
+            self._models_reload_requested = False
+            for line in await self.reload_models():
+                log.info("model store reload", result=line)
             self._cycle_beat()
         now, now_utc = self._clock(), utcnow()
         await self._score(now, now_utc)

@@ -74,6 +74,8 @@ __all__ = [
     "ModelState",
     "Store",
     "VersionRecord",
+    "check_source",
+    "verify_source",
 ]
 
 CURRENT = "current"
@@ -424,16 +426,7 @@ class Store:
         pending: bool,
         user: str | None,
     ) -> InstallResult:
-        manifest_bytes, signature_bytes = _read_source(src)
-        # The signature before the manifest is parsed: bytes nobody trusted vouches for are not read.
-        key: str | None = None
-        if not (allow_unsigned and signature_bytes is None):
-            key = verify_manifest_signature(
-                manifest_bytes, signature_bytes, [Path(k) for k in trusted_keys], src
-            )
-        manifest = parse_manifest(manifest_bytes, src / MANIFEST_FILE)
-        if check is not None:
-            check(manifest)
+        manifest, key = check_source(src, trusted_keys, allow_unsigned, check)
         name, version = manifest.name, manifest.version
         model_dir = self.root / name
         model_dir.mkdir(exist_ok=True)
@@ -676,6 +669,38 @@ class Store:
                     (hidden / fname).write_bytes(data)
         os.rename(hidden, final)
         return final
+
+
+def check_source(
+    src: Path,
+    trusted_keys: Sequence[str | os.PathLike[str]],
+    allow_unsigned: bool,
+    check: Callable[[Manifest], None] | None,
+) -> tuple[Manifest, str | None]:
+    """The checks an install makes on the source before copying it: the signature over the
+    manifest bytes (before they are parsed: bytes nobody trusted vouches for are not read),
+    the manifest, and ``check`` (the config's bindings). Returns the manifest and the key id
+    that signed (None: unsigned, allowed). ModelError otherwise."""
+    manifest_bytes, signature_bytes = _read_source(src)
+    key: str | None = None
+    if not (allow_unsigned and signature_bytes is None):
+        key = verify_manifest_signature(manifest_bytes, signature_bytes, [Path(k) for k in trusted_keys], src)
+    manifest = parse_manifest(manifest_bytes, src / MANIFEST_FILE)
+    if check is not None:
+        check(manifest)
+    return manifest, key
+
+
+def verify_source(
+    src: Path,
+    trusted_keys: Sequence[str | os.PathLike[str]],
+    allow_unsigned: bool,
+    check: Callable[[Manifest], None] | None,
+) -> tuple[SelfTestReport, Manifest]:
+    """Everything an install checks, without installing: :func:`check_source`, then the
+    self-test (hashes, sessions, checks, benchmark) in a subprocess on ``src`` itself."""
+    manifest, _ = check_source(src, trusted_keys, allow_unsigned, check)
+    return run_selftest(src, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned), manifest
 
 
 def _name_hint(source: Path) -> str:

@@ -1,0 +1,222 @@
+"""``edge-agent models …``: the model store from the command line.
+
+``install BUNDLE [--trial N] [--json]``, ``list``, ``show NAME``, ``rollback NAME [VERSION]``,
+``verify BUNDLE``, ``remove NAME VERSION``. Every change is audited (the agent's audit log, as a
+guest writer beside the running agent) with the OS user. A user who cannot write the store
+but can write its ``incoming/`` folder (a member of the service group) gets the bundle queued
+there: the running service verifies, self-tests and switches it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from agent.config import Config
+from agent.errors import AuditError, ModelError
+from agent.modelstore.archive import is_archive, unpack_bundle
+from agent.modelstore.store import INCOMING, Store
+from agent.ops.audit import AuditLog
+
+__all__ = ["add_models_parser", "open_store", "run_models", "trust_of"]
+
+
+def add_models_parser(sub: Any) -> None:
+    """The ``models`` subcommand and its own subcommands."""
+    m = sub.add_parser("models", help="the model store: install, list, show, rollback, verify, remove")
+    m.add_argument("-c", "--config", required=True)
+    m.add_argument("--store", type=Path, default=None, help="the store directory (default: models_store.dir)")
+    ms = m.add_subparsers(dest="models_command", required=True)
+    i = ms.add_parser("install", help="verify, self-test and switch to a bundle (directory or .tar.gz)")
+    i.add_argument("bundle", type=Path)
+    i.add_argument(
+        "--trial", type=int, default=None, metavar="N", help="run in shadow for N sample periods first"
+    )
+    i.add_argument("--json", action="store_true", help="the outcome as one JSON object")
+    ms.add_parser("list", help="every model with its versions")
+    s = ms.add_parser("show", help="one model's versions, self-test results and trial")
+    s.add_argument("name")
+    r = ms.add_parser("rollback", help="make an earlier verified version current (audited)")
+    r.add_argument("name")
+    r.add_argument("version", nargs="?")
+    v = ms.add_parser("verify", help="check a bundle as install does, without installing it")
+    v.add_argument("bundle", type=Path)
+    rm = ms.add_parser("remove", help="remove a version that is not current")
+    rm.add_argument("name")
+    rm.add_argument("version")
+
+
+def trust_of(cfg: Config, config_path: str) -> tuple[list[Path], bool]:
+    """The trusted key files (resolved against the config's directory) and allow_unsigned."""
+    base = Path(os.path.abspath(config_path)).parent
+    keys = [k if k.is_absolute() else base / k for k in cfg.models_trust.public_keys]
+    return keys, cfg.models_trust.allow_unsigned
+
+
+def open_store(
+    cfg: Config, config_path: str, store_dir: Path | None, audit: AuditLog | None, user: str
+) -> Store:
+    """The config's store (``store_dir`` overrides ``models_store.dir``), auditing into ``audit``."""
+    root = store_dir or cfg.models_store.dir
+    if not root.is_absolute():
+        root = Path(os.path.abspath(config_path)).parent / root
+
+    def record(action: str, model: str, message: str, detail: Mapping[str, Any]) -> None:
+        if audit is None:
+            return
+        extra = {k: v for k, v in detail.items() if k != "user"}
+        try:
+            audit.record_model(action, model, message, user=str(detail.get("user") or user), extra=extra)
+        except AuditError as exc:
+            print(f"warning: not audited: {exc}", file=sys.stderr)
+
+    return Store(root, keep=cfg.models_store.keep, audit=record)
+
+
+def _writable(d: Path) -> bool:
+    return d.is_dir() and os.access(d, os.W_OK | os.X_OK)
+
+
+def _install(store: Store, cfg: Config, args: argparse.Namespace, user: str) -> int:
+    from agent.modelstore.configcheck import binding_checker
+
+    keys, allow = trust_of(cfg, args.config)
+    root = store.root
+    if not _writable(root) and (root.exists() or not _writable(root.parent)):
+        if _writable(root / INCOMING):
+            queued = store.drop(args.bundle)
+            msg = f"queued {queued}: the service verifies, self-tests and installs it"
+            print(json.dumps({"ok": True, "state": "queued", "path": str(queued)}) if args.json else msg)
+            return 0
+        why = f"cannot write the model store {root} nor its {INCOMING}/ folder (uid {os.geteuid()})"
+        print(json.dumps({"ok": False, "error": why}) if args.json else f"refused: {why}", file=sys.stdout)
+        return 1
+    try:
+        res = store.install(
+            args.bundle,
+            trusted_keys=keys,
+            allow_unsigned=allow,
+            check=binding_checker(cfg, args.config),
+            trial=args.trial,
+            user=user,
+        )
+    except (ModelError, OSError) as exc:
+        text = str(exc) if isinstance(exc, ModelError) else f"{exc.filename}: {exc.strerror}"
+        if args.json:
+            print(json.dumps({"ok": False, "error": text}))
+        else:
+            print(f"refused: {text}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"ok": True, **res.as_dict()}))
+        return 0
+    if res.report is not None:
+        print(f"self-test on this CPU ({len(res.report.cpu_flags)} flags): {res.report.summary()}")
+    was = f" (was {res.previous})" if res.previous else ""
+    lines = {
+        "current": f"installed {res.name} v{res.version}, variant {res.variant}: current{was}",
+        "trial": f"installed {res.name} v{res.version}, variant {res.variant}: on trial for "
+        f"{args.trial} periods beside v{res.previous}",
+        "unchanged": f"{res.name} v{res.version} is already current",
+        "pending": f"copied {res.name} v{res.version}: pending its self-test at first start",
+    }
+    print(lines[res.state])
+    return 0
+
+
+def _list(store: Store) -> int:
+    names = store.names()
+    if not names:
+        print(f"model store {store.root}: no models")
+        return 0
+    print(f"{'MODEL':20} {'CURRENT':10} VERSIONS")
+    for name in names:
+        st, cur = store.state(name), store.current(name)
+        parts = []
+        for v, rec in st.versions.items():
+            mark = "*" if v == cur else ""
+            trial = " trial" if st.trial and st.trial.get("version") == v else ""
+            parts.append(f"{v}{mark} ({rec.state}{trial}, {rec.variant or '-'})")
+        print(f"{name:20} {cur or '-':10} {', '.join(parts)}")
+    return 0
+
+
+def _show(store: Store, name: str) -> int:
+    st = store.state(name)
+    if not st.versions:
+        print(f"refused: model store {store.root} has no model {name!r}", file=sys.stderr)
+        return 1
+    out = {
+        "name": name,
+        "current": store.current(name),
+        "history": st.history,
+        "trial": st.trial,
+        "last_outcome": st.last_outcome,
+        "versions": {v: vars(r) for v, r in st.versions.items()},
+        "problems": [p for p in store.check() if p.startswith(f"{name}") or f": {name}" in p],
+    }
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _verify(cfg: Config, args: argparse.Namespace) -> int:
+    from agent.modelstore.configcheck import binding_checker
+    from agent.modelstore.store import verify_source
+
+    keys, allow = trust_of(cfg, args.config)
+    with tempfile.TemporaryDirectory(prefix="edge-verify-") as tmp:
+        try:
+            src = unpack_bundle(args.bundle, Path(tmp) / "b") if is_archive(args.bundle) else args.bundle
+            report, manifest = verify_source(src, keys, allow, binding_checker(cfg, args.config))
+        except ModelError as exc:
+            print(f"refused: {exc}", file=sys.stderr)
+            return 1
+    print(f"{manifest.ident}: signature, hashes and bindings OK")
+    print(
+        f"self-test on this CPU ({len(report.cpu_flags)} flags, {report.checks} checks): {report.summary()}"
+    )
+    print(f"would run variant {report.chosen}")
+    return 0
+
+
+def run_models(cfg: Config, args: argparse.Namespace, user: str) -> int:
+    """Run one ``models`` subcommand; returns the exit code (1: refused, with the reason)."""
+    if args.models_command == "verify":
+        return _verify(cfg, args)
+    changes = args.models_command in ("install", "rollback", "remove")
+    audit = AuditLog(cfg.audit_config(), guest=True) if changes else None
+    if audit is not None:
+        try:
+            audit.open()
+        except AuditError as exc:
+            print(f"warning: not audited: {exc}", file=sys.stderr)
+            audit = None
+    try:
+        store = open_store(cfg, args.config, args.store, audit, user)
+        cmd = args.models_command
+        if cmd == "install":
+            return _install(store, cfg, args, user)
+        if cmd == "list":
+            return _list(store)
+        if cmd == "show":
+            return _show(store, args.name)
+        try:
+            if cmd == "rollback":
+                v = store.rollback(args.name, args.version, user=user)
+                print(f"{args.name}: v{v} is current (rolled back)")
+            else:
+                store.remove(args.name, args.version, user=user)
+                print(f"{args.name}: v{args.version} removed")
+        except ModelError as exc:
+            print(f"refused: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        if audit is not None:
+            audit.close()
