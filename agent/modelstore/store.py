@@ -207,6 +207,7 @@ class Store:
         self.root = Path(root)
         self.keep = keep
         self._audit = audit
+        self._installing = ""  # the model an install is about, for its refusal's audit row
 
     # ------------------------------------------------------------------ reading
 
@@ -395,6 +396,7 @@ class Store:
         pending. Raises ModelError, audited as ``model_refused``, with the previous version
         still current."""
         source = Path(source)
+        self._installing = _name_hint(source)
         with self._locked():
             (self.root / _TMP).mkdir(exist_ok=True)
             self._clean_leftovers()
@@ -408,7 +410,7 @@ class Store:
                 return self._install(src, source, trusted_keys, allow_unsigned, check, trial, pending, user)
             except ModelError as exc:
                 self._record(
-                    "model_refused", _name_hint(source), f"install of {source} refused: {exc}", user=user
+                    "model_refused", self._installing, f"install of {source} refused: {exc}", user=user
                 )
                 raise
             finally:
@@ -427,6 +429,7 @@ class Store:
         user: str | None,
     ) -> InstallResult:
         manifest, key = check_source(src, trusted_keys, allow_unsigned, check)
+        self._installing = manifest.name
         name, version = manifest.name, manifest.version
         model_dir = self.root / name
         model_dir.mkdir(exist_ok=True)
