@@ -64,6 +64,7 @@ def make_bundle(
     int8: bool = False,
     n_in: int = 2,
     key: Path | None = DEV_KEY,
+    period: float = 0.1,
 ) -> Path:
     """Write a signed ``tiny`` bundle into ``dst`` (created). ``checks``: ``good`` (expected
     outputs computed by running the model), ``bad`` (expected outputs off by one) or None."""
@@ -81,7 +82,7 @@ def make_bundle(
         "name": "tiny",
         "version": version,
         "task": "anomaly",
-        "window": {"sample_period_s": 0.1, "length": 3, "stride": 1},
+        "window": {"sample_period_s": period, "length": 3, "stride": 1},
         "inputs": [
             {
                 "role": r,
@@ -124,12 +125,14 @@ def make_archive(bundle: Path, out: Path) -> Path:
     return out
 
 
-def write_config(tmp: Path, port: int = 5020, *, store: Path | None = None, extra: str = "") -> Path:
+def write_config(
+    tmp: Path, port: int = 5020, *, store: Path | None = None, extra: str = "", cycle_ms: int = 100
+) -> Path:
     """A config with one Modbus device (registers A=40001, B=40002, the model-status register
     40011) and the store model ``tiny`` bound to asset p1."""
     store = store or tmp / "store"
     text = f"""
-agent: {{name: store-test, state_dir: {tmp / "state"}, cycle_ms: 100, log_format: json, log_level: warning}}
+agent: {{name: store-test, state_dir: {tmp / "state"}, cycle_ms: {cycle_ms}, log_format: json, log_level: warning}}
 devices:
   - name: plc
     protocol: modbus_tcp
