@@ -60,10 +60,17 @@ def binomial_sf(k: int, n: int, p: float) -> float:
         return 1.0
     j = np.arange(1, n + 1, dtype=np.float64)
     log_comb = np.concatenate(([0.0], np.cumsum(np.log(n - j + 1) - np.log(j))))
-    i = np.arange(k, n + 1, dtype=np.float64)
-    log_pmf = log_comb[k:] + i * math.log(p) + (n - i) * math.log1p(-p)
-    top = float(np.max(log_pmf))
-    return float(min(1.0, math.exp(top) * float(np.sum(np.exp(log_pmf - top)))))
+    i = np.arange(0, n + 1, dtype=np.float64)
+    log_pmf = log_comb + i * math.log(p) + (n - i) * math.log1p(-p)
+
+    def total(lp: np.ndarray) -> float:
+        top = float(np.max(lp))
+        return math.exp(top) * float(np.sum(np.exp(lp - top)))
+
+    # Sum the smaller side: the upper tail directly, or one minus the lower one.
+    if k > n * p:
+        return float(min(1.0, total(log_pmf[k:])))
+    return float(max(0.0, 1.0 - total(log_pmf[:k])))
 
 
 @dataclass(frozen=True)
