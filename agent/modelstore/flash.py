@@ -81,14 +81,16 @@ def _ssh_opts(args: argparse.Namespace, port_flag: str) -> list[str]:
 
 
 def _last_line(text: str) -> str:
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else "no output"
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    # ssh's own reason ("ssh: connect to host … Connection refused") before scp's summary
+    said = [ln for ln in lines if ln.startswith("ssh:")]
+    return said[-1] if said else lines[-1] if lines else "no output"
 
 
 def flash_host(host: str, archive: Path, args: argparse.Namespace) -> HostResult:
     """Copy ``archive`` to ``host`` and install it there; never raises for the host's faults."""
     remote = f"/tmp/edge-bundle-{uuid.uuid4().hex[:12]}.tar.gz"
-    scp = ["scp", "-q", *_ssh_opts(args, "-P"), str(archive), f"{host}:{remote}"]
+    scp = ["scp", *_ssh_opts(args, "-P"), str(archive), f"{host}:{remote}"]
     try:
         cp = subprocess.run(scp, capture_output=True, text=True, timeout=_INSTALL_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired:

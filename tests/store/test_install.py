@@ -74,7 +74,7 @@ def test_good_install_switches_and_records_the_self_test(
     assert set(rec.latencies_us) == {"model.onnx", "model-int8.onnx"} and rec.cpu_flags
     bundle = store.load("tiny")
     assert bundle.fingerprint == rec.fingerprint and bundle.variant.file == rec.variant
-    assert getattr(res, "previous") == "1"
+    assert res.previous == "1"
     assert rows.actions() == ["model_install", "model_install"]
 
 
@@ -261,7 +261,7 @@ def test_incoming_drop_by_a_group_member_is_installed_by_the_service(tmp_path: P
     assert store.incoming() == [queued]
     cfg = write_config(tmp_path)
     res = install(store, cfg, queued)
-    assert getattr(res, "state") == "current" and store.current("tiny") == "1"
+    assert res.state == "current" and store.current("tiny") == "1"
 
 
 def test_archive_members_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

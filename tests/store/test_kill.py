@@ -23,7 +23,9 @@ pytestmark = pytest.mark.timeout(120)
     ("point", "current_after"),
     [("before-copy", "1"), ("mid-copy", "1"), ("before-switch", "1"), ("after-switch", "2")],
 )
-def test_sigkill_during_install_leaves_a_consistent_store(tmp_path: Path, point: str, current_after: str) -> None:
+def test_sigkill_during_install_leaves_a_consistent_store(
+    tmp_path: Path, point: str, current_after: str
+) -> None:
     cfg = write_config(tmp_path)
     assert edge_agent("models", "-c", cfg, "install", make_bundle(tmp_path / "v1", "1")).returncode == 0
     v2 = make_bundle(tmp_path / "v2", "2")
