@@ -91,7 +91,7 @@ def make_bundle(
                 "normalisation": {"kind": "standard", "mean": 50.0, "std": 10.0},
             }
             for r in ("a", "b")
-        ],  # fmt: skip
+        ],
         "features": {"kind": "summary", "stats": ["mean"]},
         "model_input": {"name": "x", "shape": ["batch", 2], "dtype": "float32"},
         "outputs": [
@@ -102,7 +102,7 @@ def make_bundle(
                 "thresholds": {"alarm": alarm},
                 "false_alarm_rate": 0.001,
             }
-        ],  # fmt: skip
+        ],
         "variants": variants,
     }
     if checks is not None:

@@ -42,9 +42,12 @@ async def running(tmp_path: Path) -> AsyncIterator[tuple[Agent, ModbusTestServer
             await task
 
 
-async def until(cond: Callable[[], bool], timeout: float) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():
+async def until(cond: Callable[[], bool], timeout_s: float) -> None:
+    """Poll the agent's own state (no event to wait on) until ``cond`` holds."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if cond():
+                return
             await asyncio.sleep(0.02)
 
 
