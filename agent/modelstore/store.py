@@ -645,6 +645,15 @@ class Store:
 
     # ------------------------------------------------------------------ incoming
 
+    def ensure_layout(self) -> None:
+        """Create the store (0755: the service's alone) and ``incoming/`` (2770: members of the
+        service's group drop bundles there; setgid keeps the group) when missing."""
+        self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
+        d = self.root / INCOMING
+        if not d.exists():
+            d.mkdir()
+            os.chmod(d, 0o2770)  # chmod, not mkdir's mode: the umask would take the group's write bit
+
     def incoming(self) -> list[Path]:
         """Bundles dropped into ``incoming/`` (complete ones: a ``.tar.gz``, or a directory
         renamed in without a leading dot), oldest first."""

@@ -101,6 +101,8 @@ class StoreWatcher:
 
     async def run(self) -> None:
         """Poll until cancelled (the agent's task group cancels it at shutdown)."""
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self.store.ensure_layout)
         last = {n: await asyncio.to_thread(self._snapshot, n) for n in self.names}
         async with asyncio.TaskGroup() as tg:
             await self._write_status()

@@ -61,8 +61,12 @@ async def test_new_current_is_picked_up_without_a_missed_cycle(tmp_path: Path) -
         windows = agent.models[0].windows
         start_cycles = agent.view.cycles
         v2 = make_bundle(tmp_path / "v2", "2", period=PERIOD, bias=0.5)
-        await asyncio.to_thread(agent.model_store.install, v2, trusted_keys=[DEV_PUB])
-        await until(lambda: version(agent) == "2", 15)
+        # dropped into incoming/ (as a member of the service group does): the agent installs it
+        incoming = agent.model_store.root / "incoming"
+        assert incoming.is_dir() and incoming.stat().st_mode & 0o7777 == 0o2770
+        queued = agent.model_store.drop(v2)
+        await until(lambda: version(agent) == "2", 20)
+        assert not queued.exists() and agent.model_store.current("tiny") == "2"
         swapped_at = agent.view.cycles
         # windows carried over: the new version scores in the next cycle, not after a refill
         await until(lambda: agent.view.scores["tiny"]["p1"].version == "2", 2 * PERIOD + 1)
