@@ -652,7 +652,10 @@ class Store:
         d = self.root / INCOMING
         if not d.exists():
             d.mkdir()
-            os.chmod(d, 0o2770)  # chmod, not mkdir's mode: the umask would take the group's write bit
+            try:
+                os.chmod(d, 0o2770)  # chmod, not mkdir's mode: the umask would take the group's write bit
+            except PermissionError:  # systemd's RestrictSUIDSGID: drop() sets the group itself
+                os.chmod(d, 0o770)
 
     def incoming(self) -> list[Path]:
         """Bundles dropped into ``incoming/`` (complete ones: a ``.tar.gz``, or a directory
@@ -679,6 +682,12 @@ class Store:
                 for fname in sorted(os.listdir(source)):
                     data = b.read(fname, limit=MAX_MODEL_BYTES)
                     (hidden / fname).write_bytes(data)
+        # The service (the folder's owner, in its group) must read and later remove what a
+        # member drops, whatever that member's own group and umask are.
+        gid = d.stat().st_gid
+        for p in [hidden, *(hidden.iterdir() if hidden.is_dir() else [])]:
+            os.chown(p, -1, gid)
+            os.chmod(p, 0o770 if p.is_dir() else 0o640)
         os.rename(hidden, final)
         return final
 

@@ -131,6 +131,7 @@ def test_flash_to_two_gateways_one_unreachable(sshd: Sshd, tmp_path: Path) -> No
     for h in hosts:
         args += ["--host", h]
     out = edge_agent(*args, timeout=120)
+    print(out.stdout)  # the table the README shows
     assert out.returncode == 1, out.stdout + out.stderr  # one host failed
     table = rows(out.stdout)
     assert table[hosts[0]][1:4] == ["installed", "1", "model.onnx"] and "current" in table[hosts[0]][4]
