@@ -112,8 +112,7 @@ def check_binding(
     problems: list[str] = []
     if binding.name != manifest.name:
         problems.append(
-            f"binding {binding.name!r} ({source}) points at {binding.source}, "
-            f"whose manifest names {who}"
+            f"binding {binding.name!r} ({source}) points at {binding.source}, whose manifest names {who}"
         )
     wanted = manifest.roles
     for asset, roles in binding.assets.items():

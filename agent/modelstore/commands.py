@@ -10,10 +10,12 @@ there: the running service verifies, self-tests and switches it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,10 @@ from typing import Any
 from agent.config import Config
 from agent.errors import AuditError, ModelError
 from agent.modelstore.archive import is_archive, unpack_bundle
+from agent.modelstore.manifest import Manifest, load_manifest
 from agent.modelstore.store import INCOMING, Store
-from agent.ops.audit import AuditLog
+from agent.ops.audit import AuditLog, query_audit
+from agent.types import utcnow
 
 __all__ = ["add_models_parser", "open_store", "run_models", "trust_of"]
 
@@ -39,6 +43,14 @@ def add_models_parser(sub: Any) -> None:
         "--trial", type=int, default=None, metavar="N", help="run in shadow for N sample periods first"
     )
     i.add_argument("--json", action="store_true", help="the outcome as one JSON object")
+    i.add_argument(
+        "--queue", action="store_true",
+        help="hand the bundle to the running service (incoming/) even where the store is writable",
+    )  # fmt: skip
+    i.add_argument(
+        "--wait", type=float, default=300.0, metavar="S",
+        help="queued for the service (incoming/): wait this long for its outcome",
+    )  # fmt: skip
     ms.add_parser("list", help="every model with its versions")
     s = ms.add_parser("show", help="one model's versions, self-test results and trial")
     s.add_argument("name")
@@ -83,17 +95,60 @@ def _writable(d: Path) -> bool:
     return d.is_dir() and os.access(d, os.W_OK | os.X_OK)
 
 
+def _manifest_of(bundle: Path) -> Manifest:
+    if not is_archive(bundle):
+        return load_manifest(bundle)
+    with tempfile.TemporaryDirectory(prefix="edge-queue-") as tmp:
+        return load_manifest(unpack_bundle(bundle, Path(tmp) / "b"))
+
+
+def _queue(store: Store, cfg: Config, args: argparse.Namespace) -> int:
+    """Drop the bundle into ``incoming/`` and wait (bounded) for the service's outcome."""
+    try:
+        manifest = _manifest_of(args.bundle)
+    except ModelError as exc:
+        return _say_refused(args, str(exc))
+    since = utcnow()
+    queued = store.drop(args.bundle)
+    if not args.json:
+        print(f"queued {queued}: the service verifies, self-tests and installs it")
+    deadline = time.monotonic() + args.wait
+    while queued.exists():
+        if time.monotonic() > deadline:
+            return _say_refused(
+                args, f"the service did not take {queued} within {args.wait:g} s (is it running?)"
+            )
+        time.sleep(0.5)
+    name, version = manifest.name, manifest.version
+    st = store.state(name)
+    rec = st.versions.get(version)
+    if rec is None or rec.state == "rejected":
+        why = "refused by the service"
+        with contextlib.suppress(AuditError, OSError):
+            rows = query_audit(cfg.audit_config(), since=since, kinds=["event"])
+            why = next((r.message for r in reversed(rows) if r.action == "model_refused"), why)
+        return _say_refused(args, why)
+    state = "trial" if st.trial and st.trial.get("version") == version else "current"
+    if state == "current" and store.current(name) != version:
+        state = "verified"
+    out = {"ok": True, "name": name, "version": version, "state": state, "variant": rec.variant}
+    print(json.dumps(out) if args.json else f"installed {name} v{version}, variant {rec.variant}: {state}")
+    return 0
+
+
+def _say_refused(args: argparse.Namespace, why: str) -> int:
+    print(json.dumps({"ok": False, "error": why}) if args.json else f"refused: {why}")
+    return 1
+
+
 def _install(store: Store, cfg: Config, args: argparse.Namespace, user: str) -> int:
     from agent.modelstore.configcheck import binding_checker
 
     keys, allow = trust_of(cfg, args.config)
     root = store.root
-    if not _writable(root) and (root.exists() or not _writable(root.parent)):
+    if args.queue or (not _writable(root) and (root.exists() or not _writable(root.parent))):
         if _writable(root / INCOMING):
-            queued = store.drop(args.bundle)
-            msg = f"queued {queued}: the service verifies, self-tests and installs it"
-            print(json.dumps({"ok": True, "state": "queued", "path": str(queued)}) if args.json else msg)
-            return 0
+            return _queue(store, cfg, args)
         why = f"cannot write the model store {root} nor its {INCOMING}/ folder (uid {os.geteuid()})"
         print(json.dumps({"ok": False, "error": why}) if args.json else f"refused: {why}", file=sys.stdout)
         return 1
@@ -158,7 +213,7 @@ def _show(store: Store, name: str) -> int:
         "history": st.history,
         "trial": st.trial,
         "last_outcome": st.last_outcome,
-        "versions": {v: vars(r) for v, r in st.versions.items()},
+        "versions": {v: {**vars(r), "cpu_flags": " ".join(r.cpu_flags)} for v, r in st.versions.items()},
         "problems": [p for p in store.check() if p.startswith(f"{name}") or f": {name}" in p],
     }
     print(json.dumps(out, indent=2))

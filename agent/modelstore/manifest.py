@@ -113,8 +113,9 @@ class Normalisation(_Frozen):
                 raise ValueError(f"normalisation {k} must be finite")
         if self.kind == "standard" and not (self.std is not None and self.std > 0):
             raise ValueError("normalisation std must be > 0")
-        if self.kind == "minmax" and not (self.min is not None and self.max is not None
-                                          and self.min < self.max):
+        if self.kind == "minmax" and not (
+            self.min is not None and self.max is not None and self.min < self.max
+        ):
             raise ValueError("normalisation needs min < max")
         return self
 

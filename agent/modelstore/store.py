@@ -134,6 +134,8 @@ class VersionRecord:
     cpu_flags: list[str] = field(default_factory=list)
     latencies_us: dict[str, float] = field(default_factory=dict)
     signature: str = ""
+    failed_variants: dict[str, str] = field(default_factory=dict)
+    """Variants the self-test refused on this box, with the reason (the others may still run)."""
 
 
 @dataclass
@@ -473,6 +475,7 @@ class Store:
                     report.cpu_flags,
                     {v.file: v.latency_us for v in report.variants if v.latency_us is not None},
                     signature,
+                    {v.file: v.error for v in report.variants if not v.ok},
                 )
             st.versions[version] = rec
         if pending:
@@ -567,6 +570,7 @@ class Store:
                     return f"{name}: pending v{version} refused: {exc}"
                 rec.state, rec.variant, rec.cpu_flags = "verified", report.chosen, report.cpu_flags
                 rec.latencies_us = {v.file: v.latency_us for v in report.variants if v.latency_us is not None}
+                rec.failed_variants = {v.file: v.error for v in report.variants if not v.ok}
                 previous = self.current(name)
                 self._activate(name, st, version)
                 self._record("model_install", name, f"pending {name} v{version} self-tested here and current",

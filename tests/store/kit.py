@@ -28,8 +28,10 @@ DEV_KEY = ROOT / "export" / "keys" / "dev-ed25519.pem"
 DEV_PUB = ROOT / "export" / "keys" / "dev-ed25519.pub"
 
 
-def onnx_model(bias: float = 0.0, n_in: int = 2) -> bytes:
+def onnx_model(bias: float = 0.0, n_in: int = 2, skew: bool = False) -> bytes:
     w = np.ones((n_in,), dtype=np.float32)
+    if skew:
+        w[-1] = -1.0  # another model altogether: it disagrees with the FP32 build
     graph = helper.make_graph(
         [
             helper.make_node("Mul", ["x", "w"], ["xw"]),
@@ -62,6 +64,7 @@ def make_bundle(
     bias: float = 0.0,
     checks: str | None = "good",
     int8: bool = False,
+    int8_skew: bool = False,
     n_in: int = 2,
     key: Path | None = DEV_KEY,
     period: float = 0.1,
@@ -73,10 +76,9 @@ def make_bundle(
     (dst / "model.onnx").write_bytes(model)
     variants = [{"file": "model.onnx", "precision": "fp32", "sha256": _sha(model), "size": len(model)}]
     if int8:
-        (dst / "model-int8.onnx").write_bytes(model)
-        variants.append(
-            {"file": "model-int8.onnx", "precision": "int8", "sha256": _sha(model), "size": len(model)}
-        )
+        q = onnx_model(bias, n_in, skew=int8_skew)
+        (dst / "model-int8.onnx").write_bytes(q)
+        variants.append({"file": "model-int8.onnx", "precision": "int8", "sha256": _sha(q), "size": len(q)})
     manifest: dict[str, Any] = {
         "schema_version": 1,
         "name": "tiny",

@@ -78,6 +78,17 @@ def test_good_install_switches_and_records_the_self_test(
     assert rows.actions() == ["model_install", "model_install"]
 
 
+def test_an_int8_variant_that_disagrees_with_fp32_on_this_cpu_is_not_chosen(
+    setup: tuple[Store, Rows, Path], tmp_path: Path
+) -> None:
+    store, _, cfg = setup
+    install(store, cfg, make_bundle(tmp_path / "v2", "2", int8=True, int8_skew=True, checks=None))
+    rec = store.state("tiny").versions["2"]
+    assert store.current("tiny") == "2" and rec.variant == "model.onnx"
+    assert "disagrees with model.onnx on this CPU" in rec.failed_variants["model-int8.onnx"]
+    assert store.load("tiny").variant.file == "model.onnx"
+
+
 def test_flipped_byte_refused(setup: tuple[Store, Rows, Path], tmp_path: Path) -> None:
     store, rows, cfg = setup
     b = make_bundle(tmp_path / "v2", "2")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from agent.modelstore.store import Store
 from agent.modelstore.trial import MODEL_STATUS_CODES
 from agent.runtime import Agent
 from tests.modbus_server import ModbusTestServer
-from tests.store.kit import DEV_PUB, make_bundle, write_config
+from tests.store.kit import DEV_PUB, edge_agent, make_bundle, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -117,3 +118,27 @@ async def test_trial_rolls_back_a_model_raising_false_alerts(tmp_path: Path) -> 
     assert agent.model_store.state("tiny").versions["2"].state == "rejected"
     assert status == MODEL_STATUS_CODES["rolled_back"]
     assert "model_trial" in actions
+
+
+async def test_an_install_queued_in_incoming_is_done_by_the_service(tmp_path: Path) -> None:
+    # What a member of the service group gets (it cannot write the store, only incoming/):
+    # the running agent verifies, self-tests and switches; the CLI waits for the outcome.
+    async with running(tmp_path) as (agent, _):
+        cfg = tmp_path / "agent.yaml"
+        v2 = make_bundle(tmp_path / "v2", "2", period=PERIOD, bias=0.5)
+        out = await asyncio.to_thread(edge_agent, "models", "-c", cfg, "install", v2, "--queue", "--json")
+        assert out.returncode == 0, out.stdout + out.stderr
+        doc = json.loads(out.stdout.splitlines()[-1])
+        assert doc == {
+            "ok": True,
+            "name": "tiny",
+            "version": "2",
+            "state": "current",
+            "variant": "model.onnx",
+        }
+        await until(lambda: version(agent) == "2", 10)
+        bad = make_bundle(tmp_path / "v3", "3", period=PERIOD, checks="bad")
+        out = await asyncio.to_thread(edge_agent, "models", "-c", cfg, "install", bad, "--queue")
+        assert out.returncode == 1 and "refused: " in out.stdout and "no variant passed" in out.stdout
+        assert agent.model_store.current("tiny") == "2" and agent.model_store.check() == []
+        assert not list((agent.model_store.root / "incoming").iterdir())
