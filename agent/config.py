@@ -1032,7 +1032,8 @@ def _file_problem(path: Path, what: str, *, directory: bool = False) -> str | No
 def check_paths(config: Config, config_path: str | os.PathLike[str]) -> list[str]:
     """What ``edge-agent check`` verifies outside the file, as ``file:line field: message``.
 
-    Model bundle directories (each with its manifest) and trusted public key files exist
+    Model bundle directories (each with its manifest), a current version of each store model,
+    and trusted public key files exist
     (relative paths: to the config file's directory, as the agent resolves them); the state
     directory, and the audit log's directory when the audit section names one, exist and are
     writable or can be created (relative: to the working directory). An empty list is all well.
@@ -1045,9 +1046,17 @@ def check_paths(config: Config, config_path: str | os.PathLike[str]) -> list[str
         if message is not None:
             out.append(problem(source, config.line_of(loc), loc, message))
 
+    store_dir = _resolve(config.models_store.dir, base)
     for i, m in enumerate(config.models):
-        if m.bundle is None:
-            continue  # a store model: `edge-agent models show NAME` checks the store
+        if m.store is not None:
+            if not os.path.islink(store_dir / m.store / "current"):
+                add(
+                    ("models", i, "store"),
+                    f"the model store {store_dir} has no current version of {m.store} "
+                    "(edge-agent models install BUNDLE)",
+                )
+            continue
+        assert m.bundle is not None
         add(
             ("models", i, "bundle"),
             _file_problem(_resolve(m.bundle, base), "bundle directory", directory=True),

@@ -34,7 +34,15 @@ def test_store_binding_and_defaults(tmp_path: Path) -> None:
     cfg = load_config(write_config(tmp_path))
     assert cfg.models[0].store == "tiny" and cfg.models[0].bundle is None
     assert cfg.models_store.keep == 3 and cfg.hmi.model_status_tag == "ModelStatus"
-    assert check_paths(cfg, tmp_path / "agent.yaml") == []  # a store model has no bundle path to check
+    problems = check_paths(cfg, tmp_path / "agent.yaml")
+    line = line_of(tmp_path / "agent.yaml", "store: tiny")
+    assert problems == [
+        f"{tmp_path / 'agent.yaml'}:{line} models[0].store: the model store {tmp_path / 'store'} has no "
+        "current version of tiny (edge-agent models install BUNDLE)"
+    ]
+    (tmp_path / "store" / "tiny").mkdir(parents=True)
+    (tmp_path / "store" / "tiny" / "current").symlink_to("1")
+    assert check_paths(cfg, tmp_path / "agent.yaml") == []
 
 
 def test_bundle_and_store_together_refused(tmp_path: Path) -> None:
