@@ -109,7 +109,7 @@ def _queue(store: Store, cfg: Config, args: argparse.Namespace) -> int:
     except ModelError as exc:
         return _say_refused(args, str(exc))
     since = utcnow()
-    queued = store.drop(args.bundle)
+    queued = store.drop(args.bundle, trial=args.trial)
     if not args.json:
         print(f"queued {queued}: the service verifies, self-tests and installs it")
     deadline = time.monotonic() + args.wait

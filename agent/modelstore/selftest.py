@@ -214,11 +214,14 @@ def run_selftest(
     trusted_keys: Sequence[str | os.PathLike[str]] | None,
     allow_unsigned: bool = False,
     timeout_s: float = _TIMEOUT_S,
+    label: str | None = None,
 ) -> SelfTestReport:
     """Run the self-test of ``bundle_dir`` in a child process (hashes and signature checked
     there again, against ``trusted_keys``); return its report when a variant passed.
     ModelError when the child crashed (by signal: named), timed out, refused the bundle, or
-    no variant passed (each variant's reason)."""
+    no variant passed (each variant's reason). ``label`` names the bundle in messages (default:
+    its directory)."""
+    what = label or str(bundle_dir)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     root = str(Path(__file__).resolve().parents[2])
@@ -231,11 +234,11 @@ def run_selftest(
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
     except subprocess.TimeoutExpired:
-        raise ModelError(f"self-test of {bundle_dir} did not finish in {timeout_s:g} s") from None
+        raise ModelError(f"self-test of {what} did not finish in {timeout_s:g} s") from None
     if proc.returncode < 0:
         sig = signal.Signals(-proc.returncode).name
         raise ModelError(
-            f"self-test of {bundle_dir} crashed with {sig}: onnxruntime cannot run this model on this CPU"
+            f"self-test of {what} crashed with {sig}: onnxruntime cannot run this model on this CPU"
         )
     try:
         data = json.loads(proc.stdout)
@@ -244,9 +247,9 @@ def run_selftest(
         report = SelfTestReport.from_json(data)
     except (ValueError, KeyError, TypeError):
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ModelError(f"self-test of {bundle_dir} failed (exit {proc.returncode}): {tail}") from None
+        raise ModelError(f"self-test of {what} failed (exit {proc.returncode}): {tail}") from None
     if report.chosen is None:
-        raise ModelError(f"self-test of {bundle_dir}: no variant passed: {report.summary()}")
+        raise ModelError(f"self-test of {what}: no variant passed: {report.summary()}")
     return report
 
 

@@ -45,6 +45,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -462,7 +463,10 @@ class Store:
                 rec = VersionRecord(version, "pending", _fingerprint(dest), _utc(), signature=signature)
             else:
                 try:
-                    report = run_selftest(dest, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned)
+                    report = run_selftest(
+                        dest, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned,
+                        label=f"{manifest.ident} ({source})",
+                    )  # fmt: skip
                 except ModelError:
                     shutil.rmtree(dest, ignore_errors=True)
                     raise
@@ -661,6 +665,12 @@ class Store:
             except PermissionError:  # systemd's RestrictSUIDSGID: drop() sets the group itself
                 os.chmod(d, 0o770)
 
+    @staticmethod
+    def trial_of(entry: Path) -> int | None:
+        """The trial periods an ``incoming/`` entry asks for (None: none)."""
+        m = re.search(r"-trial(\d+)(?:\.tar\.gz)?$", entry.name)
+        return int(m.group(1)) if m else None
+
     def incoming(self) -> list[Path]:
         """Bundles dropped into ``incoming/`` (complete ones: a ``.tar.gz``, or a directory
         renamed in without a leading dot), oldest first."""
@@ -670,12 +680,13 @@ class Store:
         found = [p for p in d.iterdir() if not p.name.startswith(".") and (p.is_dir() or is_archive(p))]
         return sorted(found, key=lambda p: p.lstat().st_mtime)
 
-    def drop(self, source: Path) -> Path:
+    def drop(self, source: Path, *, trial: int | None = None) -> Path:
         """Put ``source`` (directory or archive) into ``incoming/`` for the service to install
-        (what a member of the service group does: it cannot write the store itself). Copied
-        under a hidden name, then renamed: the service never sees half a bundle."""
+        (what a member of the service group does: it cannot write the store itself), with an
+        N-period trial when ``trial`` is given (carried in the entry's name). Copied under a
+        hidden name, then renamed: the service never sees half a bundle."""
         d = self.root / INCOMING
-        stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.getpid()}"
+        stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.getpid()}" + (f"-trial{int(trial)}" if trial else "")
         final = d / (f"{stamp}.tar.gz" if is_archive(source) else stamp)
         hidden = d / f".{final.name}"
         if is_archive(source):

@@ -130,6 +130,7 @@ class StoreWatcher:
                     trusted_keys=self.trusted_keys,
                     allow_unsigned=self.allow_unsigned,
                     check=self.check,
+                    trial=self.store.trial_of(entry),
                     user=f"uid {entry.lstat().st_uid}",
                 )
                 log.warning("model store: installed from incoming", model=res.name, version=res.version)

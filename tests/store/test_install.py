@@ -158,7 +158,7 @@ def test_variant_whose_outputs_do_not_match_its_checks_refused(
     text = refused(
         store, cfg, make_bundle(tmp_path / "v2", "2", checks="bad"), "no variant passed", "check 0"
     )
-    assert "expected" in text
+    assert "expected" in text and f"tiny v2 ({tmp_path / 'v2'})" in text
 
 
 def test_binding_mismatch_refused(setup: tuple[Store, Rows, Path], tmp_path: Path) -> None:

@@ -142,3 +142,9 @@ async def test_an_install_queued_in_incoming_is_done_by_the_service(tmp_path: Pa
         assert out.returncode == 1 and "refused: " in out.stdout and "no variant passed" in out.stdout
         assert agent.model_store.current("tiny") == "2" and agent.model_store.check() == []
         assert not list((agent.model_store.root / "incoming").iterdir())
+        # a trial asked for through the queue runs on the service, and promotes a good model
+        v4 = make_bundle(tmp_path / "v4", "4", period=PERIOD)
+        args = ("models", "-c", cfg, "install", v4, "--queue", "--trial", "4", "--json")
+        out = await asyncio.to_thread(edge_agent, *args)
+        assert json.loads(out.stdout.splitlines()[-1])["state"] == "trial", out.stdout + out.stderr
+        await until(lambda: version(agent) == "4", 15)
