@@ -28,7 +28,18 @@ from agent.modelstore.store import INCOMING, Store
 from agent.ops.audit import AuditLog, query_audit
 from agent.types import utcnow
 
-__all__ = ["add_models_parser", "open_store", "run_models", "trust_of"]
+__all__ = ["add_models_parser", "open_store", "positive_int", "run_models", "trust_of"]
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
 
 
 def add_models_parser(sub: Any) -> None:
@@ -40,7 +51,11 @@ def add_models_parser(sub: Any) -> None:
     i = ms.add_parser("install", help="verify, self-test and switch to a bundle (directory or .tar.gz)")
     i.add_argument("bundle", type=Path)
     i.add_argument(
-        "--trial", type=int, default=None, metavar="N", help="run in shadow for N sample periods first"
+        "--trial",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="run in shadow for N sample periods first",
     )
     i.add_argument("--json", action="store_true", help="the outcome as one JSON object")
     i.add_argument(

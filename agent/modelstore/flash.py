@@ -34,6 +34,7 @@ from typing import Any
 
 from agent.errors import ModelError
 from agent.modelstore.archive import is_archive
+from agent.modelstore.commands import positive_int
 
 __all__ = ["DEFAULT_REMOTE_CMD", "HostResult", "add_flash_parser", "flash_host", "run_flash"]
 
@@ -59,8 +60,8 @@ def add_flash_parser(sub: Any) -> None:
     f = sub.add_parser("flash", help="install a bundle on many gateways over SSH, or into a mounted image")
     f.add_argument("bundle", type=Path)
     f.add_argument("--host", action="append", default=[], help="user@gateway (repeatable)")
-    f.add_argument("--parallel", type=int, default=4, metavar="N")
-    f.add_argument("--trial", type=int, default=None, metavar="N")
+    f.add_argument("--parallel", type=positive_int, default=4, metavar="N")
+    f.add_argument("--trial", type=positive_int, default=None, metavar="N")
     f.add_argument("--port", type=int, default=None, metavar="P")
     f.add_argument("--remote-cmd", default=DEFAULT_REMOTE_CMD, help=f"default: {DEFAULT_REMOTE_CMD}")
     f.add_argument("--ssh-config", type=Path, default=None, help="an ssh_config file (ssh -F)")

@@ -439,6 +439,11 @@ class Store:
         st = self.state(name)
         previous = self.current(name)
         dest = model_dir / version
+        if st.trial is not None:
+            raise ModelError(
+                f"{name}: the trial of v{st.trial.get('version')} is running: wait for its outcome "
+                "(edge-agent models show) before installing another version"
+            )
         rec = st.versions.get(version)
         if rec is not None and rec.state == "verified" and dest.is_dir():
             fp = _fingerprint(dest)
@@ -483,7 +488,6 @@ class Store:
                 )
             st.versions[version] = rec
         if pending:
-            st.trial = None
             self._save(name, st)
             self._record("model_install", name, f"{manifest.ident} copied, pending its self-test at first start",  # noqa: E501
                          user=user, version=version, fingerprint=rec.fingerprint)  # fmt: skip

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import load_config
+from agent.errors import ModelError
 from agent.modelstore.store import Store
 from agent.modelstore.trial import MODEL_STATUS_CODES
 from agent.runtime import Agent
@@ -88,6 +89,8 @@ async def trial(tmp_path: Path, alarm: float) -> tuple[Agent, int, list[str]]:
         v2 = make_bundle(tmp_path / "v2", "2", period=PERIOD, alarm=alarm)
         res = await asyncio.to_thread(agent.model_store.install, v2, trusted_keys=[DEV_PUB], trial=12)
         assert res.state == "trial" and agent.model_store.current("tiny") == "1"
+        with pytest.raises(ModelError, match="trial of v2 is running"):
+            await asyncio.to_thread(agent.model_store.install, v2, trusted_keys=[DEV_PUB])
         watcher = agent.store_watcher
         assert watcher is not None
         await until(lambda: bool(watcher.trials), 5)
