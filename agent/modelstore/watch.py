@@ -108,7 +108,10 @@ class StoreWatcher:
             await self._write_status()
             while True:
                 await asyncio.sleep(self.poll_s)
-                await self._incoming()
+                try:
+                    await self._incoming()
+                except OSError as exc:  # an unreadable incoming/ must not stop the agent
+                    log.error("model store: incoming/ not readable", error=str(exc))
                 for name in self.names:
                     snap = await asyncio.to_thread(self._snapshot, name)
                     if snap.current != last[name].current:
@@ -191,6 +194,25 @@ class StoreWatcher:
         await self._write_status()
         log.warning("model trial started", model=name, version=version, periods=periods)
         period = manifest.window.sample_period_s
+        try:
+            await self._shadow(windows, scorer, stats, thresholds, periods, period)
+        except (AgentError, ValueError) as exc:  # the trial fails; the live model is untouched
+            await scorer.drain()
+            await self._end(name, False, f"shadow run failed: {exc}")
+            return
+        decision = decide(stats, period, self.policy)
+        await self._end(name, decision.promote, decision.reason)
+
+    async def _shadow(
+        self,
+        windows: Any,
+        scorer: Any,
+        stats: TrialStats,
+        thresholds: dict[str, tuple[float, float | None]],
+        periods: int,
+        period: float,
+    ) -> None:
+        """Score the trial version every ``period`` for ``periods`` ticks into ``stats``."""
         start = self.agent.clock()
         for k in range(1, periods + 1):
             delay = start + k * period - self.agent.clock()
@@ -206,11 +228,9 @@ class StoreWatcher:
                 stats.errors += 1
                 continue
             if scores:
-                stats.max_latency_s = max(stats.max_latency_s, max(s.latency_s for s in scores))
+                stats.latencies_s.append(scores[0].latency_s)  # one call scores every asset
                 stats.add_scores([s.outputs for s in scores], thresholds)
         await scorer.drain()
-        decision = decide(stats, period, self.policy)
-        await self._end(name, decision.promote, decision.reason)
 
     async def _end(self, name: str, promote: bool, reason: str) -> None:
         try:

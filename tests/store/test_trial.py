@@ -31,7 +31,9 @@ def test_binomial_sf_falls_with_k_and_rises_with_p(n: int, p: float, data: st.Da
 
 
 def stats(k: int, n: int, p0: float = 0.001, latency: float = 0.001) -> TrialStats:
-    return TrialStats(periods=n, frames=n, max_latency_s=latency, outputs={"score": OutputCount(k, n, p0)})
+    return TrialStats(
+        periods=n, frames=n, latencies_s=[latency] * 20, outputs={"score": OutputCount(k, n, p0)}
+    )
 
 
 @given(st.integers(1, 2000), st.data())
@@ -59,6 +61,9 @@ def test_unhealthy_empty_and_slow_trials_roll_back() -> None:
     slow = decide(stats(0, 10, latency=0.2), 1.0)
     assert not slow.promote and "budget of 100.0 ms" in slow.reason
     assert decide(stats(0, 10, latency=0.2), 1.0, TrialPolicy(latency_budget=0.5)).promote
+    one_slow = stats(0, 10)
+    one_slow.latencies_s[0] = 0.9  # one preempted call of 20 does not decide
+    assert decide(one_slow, 1.0).promote
 
 
 def test_scores_are_counted_per_asset_against_the_alarm_threshold() -> None:
