@@ -1,14 +1,13 @@
 """A new bundle's manifest checked against the running config, before it enters the store.
 
 Every binding that names the model (``store: NAME``, or a binding of the same name) is checked
-with :func:`~agent.modelstore.binding.check_binding` (roles, units, sample period of the
-tags), the manifest's sample period against ``agent.cycle_ms``, and each role's plausible
-range against what its tag can hold (a range the tag cannot represent at all is a mismatch).
+with :func:`~agent.modelstore.binding.check_binding` (roles, units, the bound tags polled at
+least as often as the model's sample period), and each role's plausible range against what
+its tag can hold (a range the tag cannot represent at all is a mismatch).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 from agent.config import Config
@@ -37,12 +36,6 @@ def binding_checker(config: Config, source: str) -> Callable[[Manifest], None]:
                 )
             except ModelError as exc:
                 problems.append(str(exc))
-            period, cycle = manifest.window.sample_period_s, config.agent.cycle_ms / 1000
-            if not math.isclose(period, cycle, rel_tol=1e-6):
-                problems.append(
-                    f"model {manifest.ident} samples every {period:g} s, agent.cycle_ms in {source} is "
-                    f"{config.agent.cycle_ms} ms: they must match"
-                )
             for asset, roles in b.assets.items():
                 for role, tag in roles.items():
                     lim = limits.get(tag)

@@ -45,7 +45,9 @@ class WatchedAgent(Protocol):
     config: Any
     drivers: dict[str, Any]
     table: Any
-    models: list[Any]  # each with .binding, .bundle, .windows
+
+    @property
+    def models(self) -> Sequence[Any]: ...  # runners, each with .binding, .bundle, .windows
 
     @property
     def clock(self) -> Callable[[], float]: ...

@@ -166,11 +166,12 @@ def test_binding_mismatch_refused(setup: tuple[Store, Rows, Path], tmp_path: Pat
     b = make_bundle(tmp_path / "v2", "2")
     m = json.loads((b / "manifest.json").read_text())
     m["inputs"][0]["unit"] = "psi"
-    m["window"]["sample_period_s"] = 1.0
+    m["inputs"][1]["range"] = [-100.0, -50.0]  # tag B is a uint16: it cannot hold any of it
+    m["window"]["sample_period_s"] = 0.05  # faster than the tags are polled (every 100 ms)
     (b / "manifest.json").write_text(json.dumps(m))
     sign_bundle(b, Path(__file__).resolve().parents[2] / "export" / "keys" / "dev-ed25519.pem")
-    text = refused(store, cfg, b, "expects unit psi", "agent.cycle_ms")
-    assert "tag A" in text
+    text = refused(store, cfg, b, "expects unit psi", "tag B of asset p1", "can only hold [0, 65535]")
+    assert "expects a sample every 0.05 s" in text
 
 
 def test_onnxruntime_crash_is_a_refusal(
