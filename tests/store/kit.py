@@ -3,7 +3,9 @@
 ``tiny`` is a real ONNX model (built with onnx.helper) over two roles ``a`` and ``b`` (bar,
 0..100, normalised with mean 50 and std 10), a 3-sample window at 0.1 s, summary features
 (mean): ``score = mean(za) + mean(zb) + bias``, alarm above ``alarm`` with a calibrated false
-alarm rate of 0.001. Signed with the development key of export/keys/.
+alarm rate of 0.001. Signed with the development key of export/keys/. (tests/tiny_bundles.py
+makes the agent's raw-input bundles; these add what the store checks: expected outputs,
+INT8 variants that agree or not, ONNX files whose shapes do not fit.)
 """
 
 from __future__ import annotations
@@ -22,10 +24,18 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from agent.modelstore.signing import sign_bundle
+from tests.tiny_bundles import DEV_KEY, DEV_PUB, ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
-DEV_KEY = ROOT / "export" / "keys" / "dev-ed25519.pem"
-DEV_PUB = ROOT / "export" / "keys" / "dev-ed25519.pub"
+__all__ = [
+    "DEV_KEY",
+    "DEV_PUB",
+    "ROOT",
+    "edge_agent",
+    "make_archive",
+    "make_bundle",
+    "onnx_model",
+    "write_config",
+]
 
 
 def onnx_model(bias: float = 0.0, n_in: int = 2, skew: bool = False) -> bytes:
