@@ -37,6 +37,7 @@ from agent.config import (
     check_models,
     check_paths,
     load_config,
+    model_dir,
     model_periods,
     unsafe_permissions,
 )
@@ -402,8 +403,7 @@ def _record_setup(cfg: Config, args: argparse.Namespace) -> tuple[list[RecordTag
         model_period = None
         if model is not None:
             binding = next(m for m in cfg.models if m.name == model)
-            bundle = binding.bundle
-            bundle = bundle if bundle.is_absolute() else Path(args.config).parent / bundle
+            bundle = model_dir(cfg, binding, Path(os.path.abspath(args.config)).parent)
             model_period = load_manifest(bundle / MANIFEST_FILE).window.sample_period_s
         period = default_period(tags, model_period)
     overrides: dict[str, float] = {"period_s": period}
@@ -567,6 +567,12 @@ def _cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
         return 2
 
 
+def _cmd_models(cfg: Config, args: argparse.Namespace) -> int:
+    from agent.modelstore.commands import run_models
+
+    return run_models(cfg, args, os_user())
+
+
 def _cmd_simulate(argv: Sequence[str]) -> int:
     from simulator.cli import main as simulate_main
 
@@ -668,6 +674,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--modbus-port", type=int, default=None, help="default: the config's; 0 picks a free one")
     d.add_argument("--no-console", action="store_true", help="log lines instead of the live screen")
 
+    from agent.modelstore.commands import add_models_parser
+
+    add_models_parser(sub)
+    from agent.modelstore.flash import add_flash_parser
+
+    add_flash_parser(sub)
     from agent.ops.certs import add_certs_parser
 
     add_certs_parser(sub)
@@ -723,6 +735,10 @@ def _main(argv: Sequence[str] | None) -> int:
         from agent.ops.service import run_service
 
         return run_service(args)
+    if args.command == "flash":
+        from agent.modelstore.flash import run_flash
+
+        return run_flash(args)
     if args.command == "status" and not args.config:
         return _cmd_status(None, args)
     try:
@@ -740,6 +756,7 @@ def _main(argv: Sequence[str] | None) -> int:
         "audit": _cmd_audit,
         "demo": _cmd_demo,
         "record": _cmd_record,
+        "models": _cmd_models,
     }
     try:
         return handlers[args.command](cfg, args)

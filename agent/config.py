@@ -44,6 +44,7 @@ from agent.drivers.opcua_config import OpcUaDevice, OpcUaTag
 from agent.errors import ConfigError, ModelError
 from agent.modelstore.binding import ModelBinding, binding_problems, binding_warnings
 from agent.modelstore.manifest import MANIFEST_FILE, load_manifest
+from agent.modelstore.storeconfig import ModelsStoreConfig
 from agent.ops.audit import AuditConfig
 from agent.ops.metrics_config import MetricsConfig
 from agent.ops.permissions import writable_by_others
@@ -68,6 +69,7 @@ __all__ = [
     "ModbusRtuDevice",
     "ModbusTag",
     "ModbusTcpDevice",
+    "ModelsStoreConfig",
     "ModelsTrust",
     "Purpose",
     "Secret",
@@ -75,6 +77,7 @@ __all__ = [
     "check_paths",
     "load_config",
     "modbus_reference",
+    "model_dir",
     "model_periods",
     "parse_config",
 ]
@@ -442,6 +445,9 @@ class HmiConfig(FrozenModel):
 
     heartbeat_tag: str | None = None
     status_tag: str | None = None
+    model_status_tag: str | None = None
+    """The model-status register (purpose ``status``): the model store's last install/trial
+    outcome as a code (:data:`agent.modelstore.trial.MODEL_STATUS_CODES`)."""
     refresh_s: Annotated[float, Field(gt=0)] = 30.0
     """Values are written when they change, and at least this often."""
 
@@ -460,6 +466,7 @@ class Config(FrozenModel):
     devices: list[Device] = []
     models: list[ModelBinding] = []
     models_trust: ModelsTrust = ModelsTrust()
+    models_store: ModelsStoreConfig = ModelsStoreConfig()
     assets: list[AssetConfig] = []
     alarms: AlarmsConfig = AlarmsConfig()
     hmi: HmiConfig = HmiConfig()
@@ -555,6 +562,7 @@ class Config(FrozenModel):
                     need(("models", i, "assets", asset, role), tag)
         need(("hmi", "heartbeat_tag"), self.hmi.heartbeat_tag, write=True)
         need(("hmi", "status_tag"), self.hmi.status_tag, write=True)
+        need(("hmi", "model_status_tag"), self.hmi.model_status_tag, write=True)
         need(("alarms", "ack_tag"), self.alarms.ack_tag)
         if self.guard is not None:
             need(("guard", "permissive_tag"), self.guard.permissive_tag)
@@ -641,6 +649,8 @@ def _written_refs(config: Config) -> list[_Ref]:
         refs.append(_Ref(("hmi", "heartbeat_tag"), "heartbeat", config.hmi.heartbeat_tag))
     if config.hmi.status_tag is not None:
         refs.append(_Ref(("hmi", "status_tag"), "status", config.hmi.status_tag))
+    if config.hmi.model_status_tag is not None:
+        refs.append(_Ref(("hmi", "model_status_tag"), "status", config.hmi.model_status_tag))
     for i, a in enumerate(config.assets):
         refs += [_Ref(("assets", i, "hmi", field), "display", tag) for field, tag in a.hmi.items()]
     return refs
@@ -1051,7 +1061,8 @@ def _file_problem(path: Path, what: str, *, directory: bool = False) -> str | No
 def check_paths(config: Config, config_path: str | os.PathLike[str]) -> list[str]:
     """What ``edge-agent check`` verifies outside the file, as ``file:line field: message``.
 
-    Model bundle directories (each with its manifest) and trusted public key files exist
+    Model bundle directories (each with its manifest), a current version of each store model,
+    and trusted public key files exist
     (relative paths: to the config file's directory, as the agent resolves them); the state
     directory, and the audit log's directory when the audit section names one, exist and are
     writable or can be created (relative: to the working directory), and so does the recording
@@ -1065,7 +1076,17 @@ def check_paths(config: Config, config_path: str | os.PathLike[str]) -> list[str
         if message is not None:
             out.append(problem(source, config.line_of(loc), loc, message))
 
+    store_dir = _resolve(config.models_store.dir, base)
     for i, m in enumerate(config.models):
+        if m.store is not None:
+            if not os.path.islink(store_dir / m.store / "current"):
+                add(
+                    ("models", i, "store"),
+                    f"the model store {store_dir} has no current version of {m.store} "
+                    "(edge-agent models install BUNDLE)",
+                )
+            continue
+        assert m.bundle is not None
         add(
             ("models", i, "bundle"),
             _file_problem(_resolve(m.bundle, base), "bundle directory", directory=True),
@@ -1083,6 +1104,19 @@ def check_paths(config: Config, config_path: str | os.PathLike[str]) -> list[str
     return out + unsafe_permissions(config, config_path)
 
 
+def model_dir(config: Config, binding: ModelBinding, base: Path) -> Path:
+    """The bundle directory a binding runs: its ``bundle`` (relative: to ``base``, the config
+    file's directory), or the version its store model's ``current`` names (it may not exist)."""
+    if binding.store is None:
+        assert binding.bundle is not None
+        return _resolve(binding.bundle, base)
+    model = _resolve(config.models_store.dir, base) / binding.store
+    try:
+        return model / os.readlink(model / "current")
+    except OSError:
+        return model / "current"
+
+
 def unsafe_permissions(config: Config, config_path: str | os.PathLike[str]) -> list[str]:
     """The config file, bundles, trusted keys, state directory and audit log that every local
     user could change (``agent/ops/permissions.py``), as ``file:line field: message``.
@@ -1094,7 +1128,11 @@ def unsafe_permissions(config: Config, config_path: str | os.PathLike[str]) -> l
     base = Path(os.path.abspath(config_path)).parent
     out: list[str] = []
     trusted: list[tuple[Loc, Path]] = [
-        *((("models", i, "bundle"), _resolve(m.bundle, base)) for i, m in enumerate(config.models)),
+        *(
+            (("models", i, "bundle"), _resolve(m.bundle, base))
+            for i, m in enumerate(config.models)
+            if m.bundle is not None
+        ),
         *(
             (("models_trust", "public_keys", i), _resolve(k, base))
             for i, k in enumerate(config.models_trust.public_keys)
@@ -1103,6 +1141,8 @@ def unsafe_permissions(config: Config, config_path: str | os.PathLike[str]) -> l
     ]
     if config.audit is not None:
         trusted.append((("audit", "path"), config.audit.path))
+    if any(m.store is not None for m in config.models):
+        trusted.append((("models_store", "dir"), _resolve(config.models_store.dir, base)))
     for loc, path in trusted:
         why = writable_by_others(path)
         if why is not None:
@@ -1126,13 +1166,13 @@ def check_models(config: Config, config_path: str | os.PathLike[str]) -> tuple[l
     errors: list[str] = []
     warnings: list[str] = []
     for i, m in enumerate(config.models):
-        path = _resolve(m.bundle, base)
+        path = model_dir(config, m, base)
         if not (path / MANIFEST_FILE).is_file():
             continue
         try:
             manifest = load_manifest(path)
         except ModelError as exc:
-            loc: Loc = ("models", i, "bundle")
+            loc: Loc = ("models", i, "bundle" if m.store is None else "store")
             errors.append(problem(source, config.line_of(loc), loc, str(exc)))
             continue
         for out, found in (
@@ -1151,7 +1191,7 @@ def model_periods(config: Config, config_path: str | os.PathLike[str]) -> list[t
     out: list[tuple[str, float]] = []
     for m in config.models:
         try:
-            out.append((m.name, load_manifest(_resolve(m.bundle, base)).window.sample_period_s))
+            out.append((m.name, load_manifest(model_dir(config, m, base)).window.sample_period_s))
         except (ModelError, OSError):
             continue
     return out

@@ -66,6 +66,7 @@ from agent.types import Frame, Quality, Sample, Score, utcnow
 
 if TYPE_CHECKING:  # onnxruntime only when a model is configured
     from agent.modelstore.bundle import Bundle
+    from agent.modelstore.store import Store
     from agent.pipeline.scorer import Scorer
 
 __all__ = [
@@ -293,6 +294,17 @@ class ModelRunner:
         """Inference works and the newest score is not stale."""
         return self.scorer.healthy and not self.stale(now)
 
+    def carry_over(self, old: ModelRunner) -> None:
+        """Continue where ``old`` (the previous bundle of this binding) was, when its window
+        rows mean the same (:meth:`window_inputs`): its window, tick schedule and newest
+        scores, so a new version scores at the next tick instead of refilling its window."""
+        if old.window_inputs() != self.window_inputs():
+            return
+        self.windows = old.windows
+        self.windows.manifest = self.bundle.manifest
+        self.next_tick, self._k, self.last_tick_utc = old.next_tick, old._k, old.last_tick_utc
+        self.scored_mono, self.latest, self._acc = old.scored_mono, old.latest, old._acc
+
     def take_fresh(self, now: float) -> dict[str, Score]:
         """The scores made since the last call (newest per asset); nothing when stale."""
         fresh, self._fresh = self._fresh, {}
@@ -409,6 +421,8 @@ class LoadContext:
     tag_periods_s: Mapping[str, float]
     source: str
     state_dir: Path | None = None
+    store: Store | None = None
+    """The model store, for bindings that name a store model (``store: NAME``)."""
 
 
 EventSink = Callable[[str, str], Awaitable[None]]
@@ -464,13 +478,23 @@ class Models(Sequence[ModelRunner]):
         from agent.pipeline.scorer import Scorer
 
         ctx = self.context
-        bundle = load_bundle(
-            ctx.resolve(binding.bundle),
-            threads=binding.threads,
-            variant=binding.variant,
-            trusted_keys=[ctx.resolve(k) for k in ctx.trust.public_keys],
-            allow_unsigned=ctx.trust.allow_unsigned,
-        )
+        keys = [ctx.resolve(k) for k in ctx.trust.public_keys]
+        if binding.store is not None:
+            if ctx.store is None:
+                raise ModelError(f"model {binding.name}: store model {binding.store}, but no model store")
+            bundle = ctx.store.load(
+                binding.store, threads=binding.threads, variant=binding.variant,
+                trusted_keys=keys, allow_unsigned=ctx.trust.allow_unsigned,
+            )  # fmt: skip
+        else:
+            assert binding.bundle is not None  # a binding has a bundle or a store model
+            bundle = load_bundle(
+                ctx.resolve(binding.bundle),
+                threads=binding.threads,
+                variant=binding.variant,
+                trusted_keys=keys,
+                allow_unsigned=ctx.trust.allow_unsigned,
+            )
         log.info("model loaded", model=bundle.manifest.ident, signature=bundle.signature.detail)
         check_binding(bundle.manifest, binding, ctx.tag_units, ctx.tag_periods_s, source=ctx.source)
         return ModelRunner(binding, bundle, Scorer(bundle), state_dir=ctx.state_dir)
@@ -583,6 +607,7 @@ class Models(Sequence[ModelRunner]):
                 lines.append(f"{name}: unchanged ({old.bundle.ident})")
                 continue
             await old.scorer.drain()
+            new.carry_over(old)
             runners = list(self.runners)
             runners[i] = new
             self.replace(runners)

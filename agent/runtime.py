@@ -42,7 +42,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -55,6 +55,8 @@ from agent.drivers import make_driver
 from agent.errors import AgentError, AuditError, ConfigError, ModelError
 from agent.hmi import HmiWriter, block_values, with_sources
 from agent.inference import LoadContext, ModelRunner, Models
+from agent.modelstore.store import Store
+from agent.modelstore.watch import StoreWatcher
 from agent.ops import sdnotify
 from agent.ops.audit import AuditLog
 from agent.ops.host import boot_id
@@ -157,11 +159,15 @@ class Agent:
                 periods[tag.name] = dev.poll_interval_ms / 1000
                 limits[tag.name] = dev.stale_limit_s(tag)  # type: ignore[arg-type]
         self.table = TagTable(limits, clock=clock)
-        self.models = Models(
-            LoadContext(
-                self._resolve, config.models_trust, units, periods, self.config_path, config.agent.state_dir
-            )
+        self.model_store = Store(
+            self._resolve(config.models_store.dir), keep=config.models_store.keep, audit=self._store_audit
         )
+        self._models_reload_requested = False
+        context = LoadContext(
+            self._resolve, config.models_trust, units, periods, self.config_path, config.agent.state_dir,
+            store=self.model_store,
+        )  # fmt: skip
+        self.models = Models(context)
         self.models.replace(self.models.load(b) for b in config.models)
         self._fresh: dict[str, dict[str, Score]] = {}  # the models' scores new this cycle
         self.alarms = AlarmEngine(config.alarms, [a.name for a in config.assets])
@@ -186,6 +192,7 @@ class Agent:
         self.reloads: Counter[str] = Counter()
         self.last_reload: dict[str, Any] | None = None
         self.status_server: StatusServer | None = None
+        self.store_watcher: StoreWatcher | None = None
         self.metrics_server: MetricsServer | None = None
         self.recorder: Recorder | None = self._build_recorder()
         """Records tags from the polls (the ``record`` section; agent.record), or None."""
@@ -238,6 +245,31 @@ class Agent:
 
     def _resolve(self, p: Path) -> Path:
         return p if p.is_absolute() else (self._base / p).resolve()
+
+    def _store_audit(self, action: str, model: str, message: str, detail: Mapping[str, Any]) -> None:
+        audit: AuditLog | None = getattr(self, "audit", None)  # None while __init__ loads models
+        log.warning("model store", action=action, model=model, message=message)
+        if audit is not None:
+            with contextlib.suppress(AuditError):
+                audit.record_model(action, model, message, user=detail.get("user"), extra=detail)
+
+    def request_model_reload(self) -> None:
+        """Ask for :meth:`reload_models` at the start of the next cycle (the store watcher
+        calls it when a store model's ``current`` changed)."""
+        self._models_reload_requested = True
+
+    def _store_watcher(self) -> StoreWatcher:
+        from agent.modelstore.configcheck import binding_checker
+
+        trust = self.config.models_trust
+        return StoreWatcher(
+            self,
+            self.model_store,
+            trusted_keys=[self._resolve(k) for k in trust.public_keys],
+            allow_unsigned=trust.allow_unsigned,
+            check=binding_checker(self.config, self.config_path),
+            poll_s=self.config.models_store.poll_s,
+        )
 
     async def _restore_alarms(self) -> None:
         try:
@@ -295,6 +327,9 @@ class Agent:
                     tg.create_task(self.models.run(self.table, self._clock, self._models_beat), name="models")
                     if self.recorder is not None:  # never raises: an error stops recording only
                         tg.create_task(self.recorder.run(), name="record")
+                    if any(m.store is not None for m in self.config.models):
+                        self.store_watcher = self._store_watcher()
+                        tg.create_task(self.store_watcher.run(), name="model store")
                     if sdnotify.enabled():
                         notifier = Notifier(
                             self.progress,
@@ -582,8 +617,14 @@ class Agent:
         """One pass of the pipeline over the current tag table."""
         if self._reload_requested:
             self._reload_requested = False
+            self._models_reload_requested = False
             for line in await self.reload():
                 log.info("reload", result=line)
+            self._cycle_beat()
+        if self._models_reload_requested:
+            self._models_reload_requested = False
+            for line in await self.reload_models():
+                log.info("model store reload", result=line)
             self._cycle_beat()
         now, now_utc = self._clock(), utcnow()
         self._fresh = self.models.take_fresh(now)

@@ -62,7 +62,11 @@ class ModelBinding(FrozenModel):
     """
 
     name: Annotated[str, Field(pattern=_NAME, max_length=64)]
-    bundle: Path
+    bundle: Path | None = None
+    """A bundle directory (development): relative to the config file."""
+    store: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._\-]*$", max_length=64)] | None = None
+    """A model of the model store (:mod:`agent.modelstore.store`), by its name: the agent runs
+    the store's verified ``current`` version."""
     threads: Annotated[int, Field(ge=1, le=64)] = 1
     variant: str | None = None
     assets: Annotated[dict[str, dict[str, str]], Field(min_length=1)]
@@ -74,12 +78,19 @@ class ModelBinding(FrozenModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
+        if (self.bundle is None) == (self.store is None):
+            raise ValueError("give exactly one of bundle (a directory) or store (a model store name)")
         if self.bad_input == "skip" and "hold_cycles" in self.model_fields_set:
             raise ValueError("hold_cycles applies only to bad_input: hold")
         for asset, roles in self.assets.items():
             if not roles:
                 raise ValueError(f"asset {asset!r} binds no roles")
         return self
+
+    @property
+    def source(self) -> str:
+        """Where the model comes from, for messages: ``bundle DIR`` or ``store model NAME``."""
+        return f"store model {self.store}" if self.store is not None else f"bundle {self.bundle}"
 
     @property
     def hold_limit(self) -> int:
@@ -118,8 +129,7 @@ def binding_problems(
         problems.append(
             (
                 ("name",),
-                f"binding {binding.name!r} ({source}) points at bundle {binding.bundle}, "
-                f"whose manifest names {who}",
+                f"binding {binding.name!r} ({source}) points at {binding.source}, whose manifest names {who}",
             )
         )
     wanted = manifest.roles

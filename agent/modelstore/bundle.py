@@ -34,6 +34,7 @@ import onnxruntime as ort
 
 from agent.errors import ModelError
 from agent.modelstore.files import MAX_FILE_BYTES, MAX_METADATA_BYTES, MAX_MODEL_BYTES, BundleDir
+from agent.modelstore.fingerprint import fingerprint_of
 from agent.modelstore.manifest import MANIFEST_FILE, Dim, Manifest, Variant, parse_manifest
 from agent.modelstore.signing import SIGNATURE_FILE, verify_manifest_signature
 
@@ -86,11 +87,7 @@ class Bundle:
         every file hash. Two loads are the same model exactly when their fingerprints are
         equal: a manifest re-signed with a new threshold has the same ident and file hashes,
         not the same fingerprint. The path and the chosen variant are not part of it."""
-        h = hashlib.sha256()
-        h.update(f"manifest {self.manifest_sha256}\nsignature {self.signature_sha256 or '-'}\n".encode())
-        for name in sorted(self.hashes):
-            h.update(f"file {name} {self.hashes[name]}\n".encode())
-        return h.hexdigest()
+        return fingerprint_of(self.manifest_sha256, self.signature_sha256, self.hashes)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """One session call returning every manifest output, in manifest order.

@@ -41,8 +41,9 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.errors import ModelError
@@ -52,6 +53,7 @@ __all__ = [
     "MANIFEST_FILE",
     "SCHEMA_VERSION",
     "Aggregation",
+    "CheckVector",
     "Dim",
     "FeatureSpec",
     "FileHash",
@@ -286,6 +288,28 @@ class FileHash(_Frozen):
     size: Annotated[int, Field(ge=0)]
 
 
+class CheckVector(_Frozen):
+    """One check of the on-box self-test: a model input tensor (nested floats, batch first),
+    the outputs every variant must give for it (by output name), and the tolerance: a value
+    passes when ``|got - expected| <= tolerance * (1 + |expected|)``."""
+
+    inputs: list[Any]
+    outputs: dict[str, list[Any]]
+    tolerance: Annotated[float, Field(gt=0, le=1e6)] = 1e-4
+
+    @field_validator("inputs", "outputs")
+    @classmethod
+    def _finite_tensors(cls, value: Any) -> Any:
+        for tensor in value.values() if isinstance(value, dict) else [value]:
+            try:
+                arr = np.asarray(tensor, dtype=np.float64)
+            except (ValueError, TypeError):
+                raise ValueError("must be a rectangular tensor of numbers (nested lists)") from None
+            if arr.ndim < 1 or arr.size == 0 or not np.all(np.isfinite(arr)):
+                raise ValueError("must be a non-empty tensor of finite numbers")
+        return value
+
+
 class Manifest(_Frozen):
     """A model bundle's contract (see the module docstring)."""
 
@@ -302,6 +326,8 @@ class Manifest(_Frozen):
     variants: Annotated[tuple[Variant, ...], Field(min_length=1)]
     files: dict[str, FileHash] = {}
     provenance: dict[str, str] = {}
+    checks: tuple[CheckVector, ...] = ()
+    """Check inputs and expected outputs for the on-box self-test (optional)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -325,6 +351,10 @@ class Manifest(_Frozen):
                 f"{len(self.inputs)} roles with features {self.features.kind} give "
                 f"{['batch', *expected]}"
             )
+        for i, check in enumerate(self.checks):
+            unknown = sorted(set(check.outputs) - set(outs))
+            if unknown:
+                raise ValueError(f"checks[{i}]: unknown outputs {', '.join(unknown)}")
         if self.task == "classifier" and not any(o.labels for o in self.outputs):
             raise ValueError("a classifier needs an output with labels")
         names = [v.file for v in self.variants] + list(self.files)

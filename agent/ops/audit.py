@@ -635,6 +635,22 @@ class AuditLog:
         detail = dict(extra or {})
         return self._insert(RecordKind.EVENT, mono, action=kind, message=message, detail=detail)
 
+    def record_model(
+        self,
+        action: str,
+        model: str,
+        message: str,
+        *,
+        user: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Record a model store change (``action`` e.g. model_install, model_switch,
+        model_rollback, model_remove, model_refused, model_trial) for store model ``model``."""
+        detail = dict(extra or {})
+        return self._insert(
+            RecordKind.EVENT, None, action=action, model=model, user=user, message=message, detail=detail
+        )
+
     # ---- reading
 
     def query(
