@@ -47,7 +47,7 @@ fi
 mkdir -p "$run/root/gateway"
 sed -e 's#^  state_dir: .*#  state_dir: /var/lib/edge-agent#' \
     -e 's#^  log_level: warning#  log_level: info\n  log_format: json#' \
-    -e 's#\.\./models/#/var/lib/edge-agent/models/#' \
+    -e 's#\.\./models/#/opt/edge-agent/models/#' \
     -e 's#\.\./export/keys/#/etc/edge-agent/keys/#' \
     "$here/configs/demo.yaml" >"$run/root/gateway/agent.yaml"
 

@@ -11,8 +11,11 @@ it with a plain ``python3`` on a gateway that has nothing else. ``install``, in 
    the rest then runs in that venv's interpreter when this one lacks the agent's packages;
 3. the directories, each with its owner and mode (see :data:`DIRECTORIES`): the config in
    ``/etc/edge-agent`` (0750 root:edge-agent: the agent reads it and cannot change it), the
-   state in ``/var/lib/edge-agent`` (the agent's own), models that members of the group may
-   install without root, the OPC UA pki;
+   state in ``/var/lib/edge-agent`` (the agent's own), the model store in it
+   (``/var/lib/edge-agent/models``: the agent's alone; members of the group install through its
+   ``incoming/`` folder, which the agent creates), the OPC UA pki; the shipped bundles in
+   ``/opt/edge-agent/models`` (root's, read-only: part of the software, replaced by an update;
+   bind them by path, or install them into the store with ``edge-agent models install``);
 4. the config (``--config FILE``, validated first; an existing one is kept when none is given);
 5. the unit, and the drop-in ``edge-agent.service.d/credentials.conf`` with exactly the systemd
    credentials the config names (``{credential: NAME}``): ``LoadCredential=`` from
@@ -69,7 +72,8 @@ CONFIG_DIR = PurePosixPath("/etc/edge-agent")
 CONFIG = CONFIG_DIR / "agent.yaml"
 CREDENTIALS_DIR = CONFIG_DIR / "credentials"
 STATE_DIR = PurePosixPath("/var/lib/edge-agent")
-MODELS_DIR = STATE_DIR / "models"
+MODELS_DIR = STATE_DIR / "models"  # the model store (models_store.dir)
+SHIPPED_MODELS = PREFIX / "models"
 UNIT = PurePosixPath("/etc/systemd/system/edge-agent.service")
 DROPIN_DIR = PurePosixPath("/etc/systemd/system/edge-agent.service.d")
 DROPIN = DROPIN_DIR / "credentials.conf"
@@ -90,8 +94,9 @@ DIRECTORIES: tuple[tuple[PurePosixPath, int, str, str], ...] = (
     # ...and the certificates it refused, written by the agent (ProtectSystem=strict: /etc is read-only).
     (STATE_DIR / "pki", 0o750, SERVICE_OWNED, SERVICE_OWNED),
     (STATE_DIR / "pki" / "rejected", 0o750, SERVICE_OWNED, SERVICE_OWNED),
-    # setgid: a bundle an engineer of the group copies in stays readable by the agent.
-    (MODELS_DIR, 0o2770, SERVICE_OWNED, SERVICE_OWNED),
+    # The model store: the agent's alone (it verifies what the group drops into incoming/).
+    (MODELS_DIR, 0o750, SERVICE_OWNED, SERVICE_OWNED),
+    (SHIPPED_MODELS, 0o755, ROOT_OWNED, ROOT_OWNED),
 )
 
 _CREDENTIAL_ID = re.compile(r"^[A-Za-z0-9_@-][A-Za-z0-9_.@-]{0,127}$")
@@ -421,11 +426,14 @@ def _install_config(opts: InstallOptions, source: Path, account: Account) -> obj
 
 
 def _install_models(opts: InstallOptions, source: Path, account: Account) -> None:
-    """The shipped bundles, unless a bundle of that name is installed (it may be newer)."""
+    """The shipped bundles, root's and read-only, replaced as a whole by each install (they are
+    part of the software and signed); the model store is never touched."""
+    del account  # root's, not the service's
+    root = Account(0, 0)
     for bundle in sorted((source / "models").glob("*/manifest.json")):
-        dst = _at(opts.root, MODELS_DIR / bundle.parent.name)
-        if not dst.exists():
-            _copy_tree(bundle.parent, dst, account, 0o2770, 0o640)
+        dst = _at(opts.root, SHIPPED_MODELS / bundle.parent.name)
+        shutil.rmtree(dst, ignore_errors=True)
+        _copy_tree(bundle.parent, dst, root, 0o755, 0o644)
 
 
 def install(opts: InstallOptions) -> None:

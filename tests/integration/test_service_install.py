@@ -92,7 +92,8 @@ def test_install_into_a_root_without_credentials(tmp_path: Path) -> None:
         "var/lib/edge-agent": (0o750, uid, gid),
         "var/lib/edge-agent/pki": (0o750, uid, gid),
         "var/lib/edge-agent/pki/rejected": (0o750, uid, gid),
-        "var/lib/edge-agent/models": (0o2770, uid, gid),
+        "var/lib/edge-agent/models": (0o750, uid, gid),
+        "opt/edge-agent/models": (0o755, 0, 0),
         "etc/systemd/system/edge-agent.service": (0o644, 0, 0),
         "etc/systemd/system/edge-agent.service.d": (0o755, 0, 0),
         "etc/systemd/system/edge-agent.service.d/credentials.conf": (0o644, 0, 0),
@@ -102,13 +103,14 @@ def test_install_into_a_root_without_credentials(tmp_path: Path) -> None:
     assert not (root / "opt/edge-agent/.venv").exists()  # --root builds no venv
     assert "is not built" in proc.stdout
 
-    # The shipped bundles, the agent's and writable by the group (setgid keeps the group).
+    # The shipped bundles: root's and read-only (the software); the model store starts empty.
     shipped = sorted(p.parent.name for p in (ROOT / "models").glob("*/manifest.json"))
-    installed = root / "var/lib/edge-agent/models"
+    installed = root / "opt/edge-agent/models"
     assert sorted(p.name for p in installed.iterdir()) == shipped
+    assert not any((root / "var/lib/edge-agent/models").iterdir())
     for name in shipped:
-        _check(installed / name, 0o2770, uid, gid)
-        _check(installed / name / "manifest.json", 0o640, uid, gid)
+        _check(installed / name, 0o755, 0, 0)
+        _check(installed / name / "manifest.json", 0o644, 0, 0)
         assert (installed / name / "model.onnx").read_bytes() == (ROOT / "models" / name / "model.onnx").read_bytes()
 
     assert (root / "etc/edge-agent/agent.yaml").read_bytes() == PLANT.read_bytes()
@@ -126,13 +128,18 @@ def test_install_writes_the_credentials_the_config_names(tmp_path: Path) -> None
     assert (root / "etc/group").read_text().splitlines() == ["dialout:x:999:", "edge-agent:x:998:"]
     uid, gid = _ids(root)
     assert (uid, gid) == (998, 998)
-    # An engineer installs a newer bundle: a second install must not replace it.
-    manifest = root / "var/lib/edge-agent/models/pca-pump/manifest.json"
-    manifest.write_text("{}")
+    # The model store holds a version installed since: a second install must not touch it,
+    # and a shipped bundle changed by hand is put back as shipped.
+    stored = root / "var/lib/edge-agent/models/pca-pump/2/manifest.json"
+    stored.parent.mkdir(parents=True)
+    stored.write_text("{}")
+    shipped = root / "opt/edge-agent/models/pca-pump/manifest.json"
+    shipped.write_text("{}")
 
     proc = _install(root, "--config", str(OPCUA))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert manifest.read_text() == "{}"
+    assert stored.read_text() == "{}"
+    assert shipped.read_bytes() == (ROOT / "models/pca-pump/manifest.json").read_bytes()
     assert _ids(root) == (uid, gid)  # the account is reused, not added twice
     assert [ln.split(":")[0] for ln in (root / "etc/passwd").read_text().splitlines()] == ["edge-agent"]
     conf = root / "etc/edge-agent"
@@ -206,7 +213,7 @@ def test_uninstall_keeps_config_state_and_user(tmp_path: Path) -> None:
     assert not (root / "etc/systemd/system/edge-agent.service.d").exists()
     assert not (root / "opt/edge-agent").exists()
     assert (root / "etc/edge-agent/agent.yaml").read_bytes() == PLANT.read_bytes()
-    assert (root / "var/lib/edge-agent/models/pca-pump/manifest.json").exists()
+    assert (root / "var/lib/edge-agent/models").is_dir()  # the model store is state: kept
     assert "edge-agent:" in (root / "etc/passwd").read_text()
 
 
