@@ -17,8 +17,9 @@ Per method and asset the report gives:
 
 * **false alerts per day**: annunciations raised outside every labelled episode of the asset,
   per day of unlabelled time;
-* **per-sample false-alarm rate**: the fraction of unlabelled cycles in which any of the
-  method's alarms is active;
+* **per-sample false-alarm rate**: the fraction of unlabelled cycles in which one of the
+  method's false alerts is active (an alert raised in an episode that outlasts it by its
+  off-delay is not false);
 * **per episode**: detected when one of the method's alarms is raised between the episode's
   start and end (an alarm already active at the onset does not count), and the delay from
   the onset; summaries give the detection rate and the mean delay **over detected episodes**.
@@ -403,9 +404,10 @@ def score_method(
         mine = [a for a in found if a.asset == asset]
         normal = _normal_mask(t, eps)
         raised = [a.raised.timestamp() for a in mine]
-        false = [r for r in raised if not any(e.start <= r <= e.end for e in eps)]
+        false_eps = [a for a in mine if not any(e.start <= a.raised.timestamp() <= e.end for e in eps)]
+        false = [a.raised.timestamp() for a in false_eps]
         active = np.zeros(len(t), dtype=np.bool_)
-        for a in mine:
+        for a in false_eps:
             end = a.cleared.timestamp() if a.cleared is not None else math.inf
             active |= (t >= a.raised.timestamp()) & (t < end)
         n_normal = int(normal.sum())
