@@ -351,6 +351,7 @@ class MethodResult:
     per_asset: dict[str, dict[str, Any]] = field(default_factory=dict)
     episodes: list[dict[str, Any]] = field(default_factory=list)
     thresholds: dict[str, float] = field(default_factory=dict)
+    alarms: list[dict[str, Any]] = field(default_factory=list)  # every annunciation, in time order
 
     @property
     def detected(self) -> int:
@@ -383,6 +384,7 @@ class MethodResult:
             "per_asset": self.per_asset,
             "per_episode": self.episodes,
             "thresholds": self.thresholds,
+            "alarms": self.alarms,
         }
 
 
@@ -398,6 +400,16 @@ def score_method(
 ) -> MethodResult:
     """False alerts, per-sample false-alarm rate and per-episode detection of one method."""
     res = MethodResult(method)
+    res.alarms = [
+        {
+            "code": a.code,
+            "name": a.name,
+            "asset": a.asset,
+            "raised": _iso(a.raised.timestamp()),
+            "cleared": _iso(a.cleared.timestamp()) if a.cleared is not None else None,
+        }
+        for a in sorted(found, key=lambda a: (a.raised, a.asset, a.code))
+    ]
     t = inputs.t
     for asset in inputs.assets:
         eps = labels.for_asset(asset)
