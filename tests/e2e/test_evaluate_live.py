@@ -22,7 +22,7 @@ import yaml
 from agent.config import load_config
 from agent.replay import episodes
 from export.evaluate import run_evaluation
-from tests.e2e.plant_fixtures import running_agent
+from tests.e2e.plant_fixtures import running_agent, wait_until
 from tests.replay_fixtures import T0, make_bundle, step_series, write_wide_csv
 from tests.replay_server import ReplayServer
 
@@ -72,8 +72,7 @@ async def test_evaluate_matches_a_live_agent_on_the_same_recording(tmp_path: Pat
         async with running_agent(config, config_path=cfg_path) as agent:
             # find the agent's cycle phase, and put every row half a cycle after a cycle
             seen = agent.view.cycles
-            while agent.view.cycles == seen:
-                await asyncio.sleep(0.002)
+            await wait_until(lambda: agent.view.cycles > seen, timeout_s=5, interval_s=0.005, what="a cycle")
             srv.play(time.monotonic() + 1.5 * PERIOD_S)
             await srv.wait_done(timeout_s=len(values) * PERIOD_S + 10)
             await asyncio.sleep(6 * PERIOD_S)  # the last off-delays run out
@@ -81,7 +80,7 @@ async def test_evaluate_matches_a_live_agent_on_the_same_recording(tmp_path: Pat
             skipped = agent.view.skipped_cycles
         zero = srv.row_times[0]
 
-    results, doc = run_evaluation(tmp_path / "tiny", [csv_path], config=cfg_path, classical=False)
+    _, doc = run_evaluation(tmp_path / "tiny", [csv_path], config=cfg_path, classical=False)
     (replayed,) = [m["alarms"] for m in doc["methods"]]
     assert skipped == 0, "the agent skipped cycles: the machine was too busy for a live comparison"
     assert [(a["code"], a["asset"]) for a in replayed] == [(1, "p1"), (2, "p1"), (1, "p1")]
