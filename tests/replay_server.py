@@ -6,7 +6,7 @@ registers of unit 1, tag ``i`` at address ``2·i`` (:meth:`tag_configs` gives th
 entries). A NaN is served as NaN (the driver reads it as not GOOD). ``scale`` speeds the
 recording's clock up: a row every ``period_s / scale`` real seconds. :attr:`row_times` holds
 the wall-clock (UTC) time each row went live, so a live agent's alarm times can be put on the
-recording's time axis.
+recording's time axis (:attr:`start_utc`: when row 0 was due).
 
 The server is the real pymodbus one of :class:`tests.modbus_server.ModbusTestServer` on
 127.0.0.1, port 0; the player is a task owned by the context (cancelled and awaited on exit).
@@ -19,7 +19,7 @@ import contextlib
 import struct
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
@@ -46,6 +46,7 @@ class ReplayServer:
         self.interval_s = period_s / scale
         self.server = ModbusTestServer(units=[1], size=max(2 * len(tags), 2))
         self.row_times: list[datetime] = []
+        self.start_utc: datetime | None = None  # when row 0 was due (UTC)
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -76,7 +77,10 @@ class ReplayServer:
         """Start serving rows, the first at ``start_mono`` (``time.monotonic()``; default now)."""
         if self._task is not None:
             raise RuntimeError("already playing")
-        self._task = asyncio.create_task(self._play(time.monotonic() if start_mono is None else start_mono))
+        now = time.monotonic()
+        start = now if start_mono is None else start_mono
+        self.start_utc = datetime.now(UTC) + timedelta(seconds=start - now)
+        self._task = asyncio.create_task(self._play(start))
 
     async def wait_done(self, timeout_s: float) -> None:
         assert self._task is not None, "not playing"

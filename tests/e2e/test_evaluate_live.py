@@ -5,8 +5,10 @@ the real Agent (in-process, tests/e2e/plant_fixtures.running_agent) with a real 
 whose sample period equals the agent's cycle; the same config file and bundle go to
 ``run_evaluation``. The rows go live half a cycle before the agent's cycles, so each cycle sees
 exactly one new row; a live alarm time is put on the recording's time axis by the time row 0
-went live and that half cycle. It must match the replay's within one sample period: a delay of
-exactly ``n`` cycles runs out in the ``n``-th or, with the live clock's jitter, the next cycle.
+was due and that half cycle. It must match the replay's within one sample period. The delays
+are whole cycles plus a half: a delay of exactly ``n`` cycles runs out in the ``n``-th cycle or,
+with a live clock's jitter of a millisecond, in the next one (both are right; the replay's
+clock has no jitter).
 """
 
 from __future__ import annotations
@@ -48,9 +50,9 @@ def _config(tmp_path: Path, srv: ReplayServer) -> Path:
         "assets": [{"name": "p1", "values": {"temp": TAGS[1]}}],
         "alarms": {"defs": [
             {"name": "score_high", "code": 1, "kind": "alert", "source": "tiny.score",
-             "high": {"value": 3.0, "severity": 1}, "on_delay_s": 3 * PERIOD_S, "off_delay_s": 3 * PERIOD_S},
+             "high": {"value": 3.0, "severity": 1}, "on_delay_s": 2.5 * PERIOD_S, "off_delay_s": 2.5 * PERIOD_S},
             {"name": "temp_high", "code": 2, "kind": "alarm", "response": "check the cooling", "source": "temp",
-             "high": {"value": 30.0, "severity": 2}, "deadband": 1.0, "on_delay_s": 2 * PERIOD_S},
+             "high": {"value": 30.0, "severity": 2}, "deadband": 1.0, "on_delay_s": 1.5 * PERIOD_S},
         ]},
     }
     path = tmp_path / "agent.yaml"
@@ -78,7 +80,8 @@ async def test_evaluate_matches_a_live_agent_on_the_same_recording(tmp_path: Pat
             await asyncio.sleep(6 * PERIOD_S)  # the last off-delays run out
             live = episodes(agent.view.alarms)
             skipped = agent.view.skipped_cycles
-        zero = srv.row_times[0]
+        assert srv.start_utc is not None
+        zero = srv.start_utc
 
     _, doc = run_evaluation(tmp_path / "tiny", [csv_path], config=cfg_path, classical=False)
     (replayed,) = [m["alarms"] for m in doc["methods"]]
@@ -96,5 +99,5 @@ async def test_evaluate_matches_a_live_agent_on_the_same_recording(tmp_path: Pat
         assert lv is not None and rp is not None
         assert abs(lv - rp) <= PERIOD_S, (live_r, rep_r, live_c, rep_c)
     # the replay's times are the engine's delays on the recording's rows: e.g. the first score
-    # alert needs the third stepped sample (row 12) and its on-delay of three cycles
+    # alert needs the third stepped sample (row 12) and its on-delay of 2.5 cycles (3 rows)
     assert rep_raised[0] == T0 + timedelta(seconds=(12 + 3) * PERIOD_S)
