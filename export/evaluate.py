@@ -50,15 +50,18 @@ from agent.modelstore.bundle import Bundle
 from agent.pipeline.alarms import AlarmDef, AlarmsConfig, Limit
 from agent.pipeline.detectors import EwmaConfig, Sigma3Config
 from agent.replay import AlarmEpisode, AlarmInputs, Recording, ReplaySetup, alarm_inputs, episodes, run_alarms
-from export.data import NORMAL, Windows, events, read_long_csv, resample_hold
+from export.data import NORMAL, DataSpec, Windows, events, read_long_csv, resample_hold
+from export.data import Recording as DataRecording
 from export.pca_baseline import _parse_time, read_csv
 
 __all__ = [
+    "CalibrationData",
     "Episode",
     "Labels",
     "MethodResult",
     "calibrate",
     "calibrated_setup",
+    "chain_detection",
     "classical_setups",
     "derived_setup",
     "detection_delays",
@@ -68,8 +71,12 @@ __all__ = [
     "label_column_episodes",
     "load_events",
     "load_recording",
+    "merge_results",
+    "provisional_bundle",
     "render_table",
     "score_method",
+    "spec_assets",
+    "spec_recordings",
     "summarise_delays",
     "threshold_at",
 ]
@@ -472,36 +479,61 @@ def false_alerts_per_day(alarms: AlarmsConfig, inputs: AlarmInputs, period_s: fl
     return len(_run_episodes(alarms, inputs)) / days if days > 0 else math.nan
 
 
+@dataclass(frozen=True)
+class CalibrationData:
+    """One calibration data set: the replay's alarm inputs, the cycle, and labelled episodes
+    to leave out (alerts raised in them are not false, their time is not normal time)."""
+
+    inputs: AlarmInputs
+    period_s: float
+    labels: Labels = Labels()
+
+    def normal_days(self) -> float:
+        days = 0.0
+        for asset in self.inputs.assets:
+            days += float(_normal_mask(self.inputs.t, self.labels.for_asset(asset)).sum()) * self.period_s
+        return days / 86400.0
+
+    def false_alerts(self, alarms: AlarmsConfig) -> int:
+        n = 0
+        for a in _run_episodes(alarms, self.inputs):
+            r = a.raised.timestamp()
+            n += not any(e.start <= r <= e.end for e in self.labels.for_asset(a.asset))
+        return n
+
+
 def calibrate(
     alarms: AlarmsConfig,
-    inputs: Sequence[tuple[AlarmInputs, float]],
+    data: Sequence[CalibrationData | tuple[AlarmInputs, float]],
     target_per_day: float,
     sources: Sequence[str] | None = None,
 ) -> AlarmsConfig:
     """Set the ``high`` limit of each definition on ``sources`` (default: every definition with
     a ``high`` limit) so that the alarm engine, its delays included, raises at most
-    ``target_per_day`` false alerts per asset-day on the calibration ``inputs`` (``(inputs,
-    period_s)`` of :func:`agent.replay.alarm_inputs`, normal data only).
+    ``target_per_day`` false alerts per asset-day on the calibration ``data`` (a
+    :class:`CalibrationData`, or ``(inputs, period_s)`` of :func:`agent.replay.alarm_inputs`
+    for data that is normal throughout).
 
     The budget is shared equally among the calibrated definitions. Bisection over the
     source's observed values: the lowest value whose replay stays within the budget (a higher
     threshold never raises more, up to the chatter of off-delays).
     """
+    sets = [d if isinstance(d, CalibrationData) else CalibrationData(d[0], d[1]) for d in data]
     todo = [d for d in alarms.defs if d.high is not None and (sources is None or d.source in sources)]
     if not todo:
         raise ValueError("nothing to calibrate: no alarm definition with a high limit on the sources")
     if not target_per_day > 0:
         raise ValueError(f"target false alerts per day must be > 0, got {target_per_day:g}")
     budget = target_per_day / len(todo)
-    days = sum(len(i.t) * p / 86400.0 * len(i.assets) for i, p in inputs)
+    days = sum(c.normal_days() for c in sets)
     if not days > 0:
-        raise ValueError("no calibration data")
+        raise ValueError("no normal calibration data")
     new = {d.code: d for d in alarms.defs}
     for d in todo:
         seen = [
             v[p & np.isfinite(v)]
-            for i, _ in inputs
-            for cols in i.sources.values()
+            for c in sets
+            for cols in c.inputs.sources.values()
             for s, (v, p) in cols.items()
             if s == d.source
         ]
@@ -509,13 +541,10 @@ def calibrate(
         if not len(vals):
             raise ValueError(f"alarm {d.name}: its source {d.source!r} has no value in the calibration data")
         cand = np.unique(vals)
-        single = AlarmsConfig(defs=(d,))
 
-        def rate(th: float, d: AlarmDef = d, single: AlarmsConfig = single) -> float:
-            assert d.high is not None
-            dd = d.model_copy(update={"high": d.high.model_copy(update={"value": th})})
-            cfg = single.model_copy(update={"defs": (dd,)})
-            return sum(len(_run_episodes(cfg, i)) for i, _ in inputs) / days
+        def rate(th: float, d: AlarmDef = d) -> float:
+            cfg = AlarmsConfig(defs=(_with_high(d, th),))
+            return sum(c.false_alerts(cfg) for c in sets) / days
 
         lo, hi = 0, len(cand) - 1  # rate(cand[-1]) == 0: nothing is above the highest value
         while lo < hi:
@@ -524,10 +553,13 @@ def calibrate(
                 hi = mid
             else:
                 lo = mid + 1
-        th = float(cand[lo])
-        assert d.high is not None
-        new[d.code] = d.model_copy(update={"high": d.high.model_copy(update={"value": th})})
+        new[d.code] = _with_high(d, float(cand[lo]))
     return alarms.model_copy(update={"defs": tuple(new[c.code] for c in alarms.defs)})
+
+
+def _with_high(d: AlarmDef, value: float) -> AlarmDef:
+    assert d.high is not None
+    return d.model_copy(update={"high": d.high.model_copy(update={"value": value})})
 
 
 def calibrated_setup(setup: ReplaySetup, cal: Sequence[Recording], target_per_day: float) -> ReplaySetup:
@@ -788,3 +820,131 @@ def run_evaluation(
         "methods": [r.summary() for r in results],
     }
     return results, doc
+
+
+# --------------------------------------------------------------------------- the export chain
+
+
+def spec_assets(spec: DataSpec) -> dict[str, dict[str, str]]:
+    """Asset → role → column of an export data spec (what a derived agent config binds)."""
+    return {a: {r.role: spec.column(r.column, a) for r in spec.roles} for a in spec.assets}
+
+
+def spec_recordings(
+    spec: DataSpec,
+    recordings: Sequence[DataRecording],
+    split: str,
+    *,
+    tail: float | None = None,
+    names: Mapping[int, str] | None = None,
+) -> list[tuple[Recording, Labels]]:
+    """The ``split`` recordings of an export config as replay recordings with their labelled
+    episodes (runs of one non-zero code of the label column per asset; class names from
+    ``names``, else the code). ``tail``: only the last fraction of each recording (the
+    validation part of training recordings)."""
+    out: list[tuple[Recording, Labels]] = []
+    period = spec.window.sample_period_s
+    for r in recordings:
+        if r.split != split:
+            continue
+        cols = {a: spec.columns(a, r.targets) for a in spec.assets}
+        tags = sorted({c for a in cols.values() for c in a.values()})
+        rec = load_recording([r.path], tags, period)
+        if tail is not None:
+            keep = slice(len(rec.t) - max(1, round(len(rec.t) * tail)), None)
+            rec = Recording(rec.t[keep], rec.tags, rec.values[keep])
+        eps: list[Episode] = []
+        for asset, c in cols.items():
+            if "__label" not in c:
+                continue
+            codes = rec.values[:, rec.column(c["__label"])]
+            k = 0
+            while k < len(codes):
+                code = codes[k]
+                if not np.isfinite(code) or code == 0:
+                    k += 1
+                    continue
+                e = k
+                while e + 1 < len(codes) and codes[e + 1] == code:
+                    e += 1
+                label = (names or {}).get(int(code), str(int(code)))
+                eps.append(Episode(float(rec.t[k]), float(rec.t[e]), asset, label))
+                k = e + 1
+        out.append((rec, Labels(tuple(eps))))
+    return out
+
+
+def merge_results(method: str, parts: Sequence[MethodResult]) -> MethodResult:
+    """One method's results on several recordings as one (false alerts and days summed)."""
+    res = MethodResult(method, thresholds=parts[0].thresholds if parts else {})
+    for p in parts:
+        for asset, a in p.per_asset.items():
+            m = res.per_asset.setdefault(asset, {"false_alerts": 0, "normal_days": 0.0, "_active": 0.0})
+            m["false_alerts"] += a["false_alerts"]
+            m["normal_days"] += a["normal_days"]
+            rate = a["sample_false_alarm_rate"]
+            m["_active"] += (rate if math.isfinite(rate) else 0.0) * a["normal_days"]
+        res.episodes.extend(p.episodes)
+        res.alarms.extend(p.alarms)
+    for m in res.per_asset.values():
+        days = m["normal_days"]
+        m["false_alerts_per_day"] = m["false_alerts"] / days if days > 0 else math.nan
+        m["sample_false_alarm_rate"] = m.pop("_active") / days if days > 0 else math.nan
+    return res
+
+
+def provisional_bundle(directory: Path, manifest: Mapping[str, Any], onnx_bytes: bytes) -> Bundle:
+    """A loadable FP32 bundle (unsigned, no report) to replay before the real one is written."""
+    import hashlib
+
+    from agent.modelstore.manifest import MANIFEST_FILE, SCHEMA_VERSION, Manifest, Variant
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "model.onnx").write_bytes(onnx_bytes)
+    fields = {k: v for k, v in manifest.items() if k not in ("schema_version", "variants", "files")}
+    man = Manifest(
+        schema_version=SCHEMA_VERSION,
+        variants=(
+            Variant(
+                file="model.onnx",
+                precision="fp32",
+                sha256=hashlib.sha256(onnx_bytes).hexdigest(),
+                size=len(onnx_bytes),
+            ),
+        ),
+        **fields,
+    )
+    (directory / MANIFEST_FILE).write_text(man.to_json(), encoding="utf-8")
+    return _load(directory)
+
+
+def chain_detection(
+    methods: Mapping[str, Bundle],
+    spec: DataSpec,
+    recordings: Sequence[DataRecording],
+    *,
+    validation_fraction: float,
+    on_delay_frames: int,
+    false_alerts_per_day: float,
+    names: Mapping[int, str] | None = None,
+) -> tuple[dict[str, MethodResult], dict[str, ReplaySetup]]:
+    """The export chain's detection step for every bundle of ``methods`` (label → bundle):
+    a derived agent config (alerts with an on/off delay of ``on_delay_frames - 1`` frames),
+    thresholds calibrated through the replay on the validation part of the training recordings
+    (labelled episodes left out) for ``false_alerts_per_day``, then the replay of the test
+    recordings. Returns the merged results and the calibrated setups."""
+    assets = spec_assets(spec)
+    cal = spec_recordings(spec, recordings, "train", tail=validation_fraction, names=names)
+    test = spec_recordings(spec, recordings, "test", names=names)
+    if not test:
+        raise ValueError("no test recordings to judge detection on (mark some split: test)")
+    results: dict[str, MethodResult] = {}
+    setups: dict[str, ReplaySetup] = {}
+    for label, bundle in methods.items():
+        setup = derived_setup(bundle, assets, on_delay_s=max(0, on_delay_frames - 1) * _frame_s(bundle))
+        data = [CalibrationData(alarm_inputs(r, setup)[0], r.period_s, lab) for r, lab in cal]
+        setup = replace(setup, alarms=calibrate(setup.alarms, data, false_alerts_per_day))
+        setups[label] = setup
+        parts = [evaluate_method(label, r, setup, lab)[0] for r, lab in test]
+        results[label] = merge_results(label, parts)
+    return results, setups
