@@ -11,7 +11,13 @@ import pytest
 
 from agent.replay import Recording, alarm_inputs
 from export.cli import main
-from export.evaluate import calibrate, derived_setup, false_alerts_per_day, load_recording
+from export.evaluate import (
+    calibrate,
+    derived_setup,
+    false_alerts_per_day,
+    label_column_episodes,
+    load_recording,
+)
 from tests.replay_fixtures import T0, iso, make_bundle, step_series, write_wide_csv
 
 COLUMNS = {a: {"level": f"{a.upper()}.Level", "temp": f"{a.upper()}.Temp"} for a in ("p1", "p2")}
@@ -107,3 +113,22 @@ def test_calibration_reaches_its_budget_on_calibration_data_and_is_reported_on_o
     # reported on separate data: a number, not the target by construction
     other = false_alerts_per_day(tuned, alarm_inputs(test, setup)[0], 60.0)
     assert np.isfinite(other) and other >= 0
+
+
+def test_label_column_episodes_take_class_names_from_the_data(tmp_path: Path) -> None:
+    path = tmp_path / "labelled.csv"
+    rows = ["timestamp,P1.Level,p1_state,p2_state"]
+    states1 = ["normal"] * 3 + ["surge"] * 4 + ["normal"] * 2 + ["clogged filter"] * 2 + [""]
+    states2 = ["0"] * 5 + ["7"] * 3 + ["0"] * 4
+    for k, (a, b) in enumerate(zip(states1, states2, strict=True)):
+        rows.append(f"{iso(T0 + timedelta(seconds=10 * k))},1.0,{a},{b}")
+    path.write_text("\n".join(rows) + "\n")
+    labels = label_column_episodes([path], "{asset}_state", ["p1", "p2"], 10.0)
+    t0 = T0.timestamp()
+    assert [(e.asset, e.label, e.start - t0, e.end - t0) for e in labels.episodes] == [
+        ("p1", "surge", 30.0, 60.0),
+        ("p1", "clogged filter", 90.0, 100.0),
+        ("p2", "7", 50.0, 70.0),
+    ]
+    with pytest.raises(ValueError, match=r"labelled\.csv:1: no label column 'p3_state'"):
+        label_column_episodes([path], "{asset}_state", ["p3"], 10.0)
