@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.config import AssetConfig, Config
+from agent.errors import ModelError
 from agent.modelstore.binding import ModelBinding
 from agent.modelstore.bundle import Bundle
 from agent.pipeline.alarms import AlarmEngine, AlarmsConfig
@@ -186,12 +187,21 @@ def _model_step(bundle: Bundle, period_s: float) -> int:
 
 
 def _score_frames(bundle: Bundle, frames: Sequence[tuple[int, Frame]], out: dict[str, _Series]) -> None:
-    """Scorer's arithmetic for many frames in one session call (the model is pure per window)."""
+    """Scorer's arithmetic for many frames in one session call (the model is pure per window).
+
+    A frame the Scorer would refuse (a non-finite output: ModelError) gives no scores, as in
+    the runtime, which logs it and carries on."""
     m = bundle.manifest
     dtype = np.float32 if m.model_input.dtype == "float32" else np.float64
     values = np.concatenate([f.values for _, f in frames])
-    x = window_to_input(values, m).astype(dtype, copy=False)
-    results = map_outputs(m, len(x), bundle.run({m.model_input.name: x}))
+    try:
+        x = window_to_input(values, m).astype(dtype, copy=False)
+        results = map_outputs(m, len(x), bundle.run({m.model_input.name: x}))
+    except (ModelError, ValueError):
+        if len(frames) > 1:
+            for one in frames:
+                _score_frames(bundle, [one], out)
+        return
     i = 0
     for row, f in frames:
         for asset in f.assets:
