@@ -8,6 +8,8 @@ one agent cycle per row through the same parts, configured the same way, as
    sample of the row (a value that was not GOOD arrives BAD; the binding's ``bad_input``
    policy applies) and close the tick; a model whose sample period is ``m`` rows is ticked
    every ``m``-th row;
+   (a regular recording is framed as whole arrays with the same result, see
+   :func:`alarm_inputs`);
 2. frames are scored as :class:`~agent.pipeline.scorer.Scorer` scores them
    (:func:`~agent.pipeline.features.window_to_input`, the bundle's session,
    :func:`~agent.pipeline.scorer.map_outputs`), batched over many frames: the model is pure
@@ -41,9 +43,10 @@ from agent.config import AssetConfig, Config
 from agent.errors import ModelError
 from agent.modelstore.binding import ModelBinding
 from agent.modelstore.bundle import Bundle
+from agent.modelstore.manifest import Manifest
 from agent.pipeline.alarms import AlarmEngine, AlarmsConfig
 from agent.pipeline.detectors import Detector, make_detector
-from agent.pipeline.features import FeatureWindows, window_to_input
+from agent.pipeline.features import FeatureWindows, sliding_windows, window_to_input
 from agent.pipeline.scorer import map_outputs
 from agent.pipeline.sources import asset_values, run_detectors
 from agent.types import Alarm, AlarmState, Frame, Quality, Sample
@@ -57,6 +60,7 @@ __all__ = [
     "ScoreSeries",
     "alarm_inputs",
     "episodes",
+    "held_series",
     "replay",
     "run_alarms",
 ]
@@ -218,16 +222,102 @@ class _Series:
     outputs: dict[str, list[float]] = field(default_factory=dict)
 
 
-def alarm_inputs(rec: Recording, setup: ReplaySetup) -> tuple[AlarmInputs, list[ScoreSeries]]:
-    """Steps 1-3 of the module docstring: the engine's inputs per cycle, and the scores."""
+def held_series(values: FloatArray, good: BoolArray, manifest: Manifest, hold_limit: int) -> FloatArray:
+    """A regular series ``[N, R]`` (roles in manifest order) as FeatureWindows' rings hold it:
+    a value that is not GOOD, not finite or outside the role's plausible range is NaN, or,
+    with ``hold_limit`` > 0 (``bad_input: hold``), the role's last good value for up to
+    ``hold_limit`` consecutive ticks."""
+    lo = np.array([r.range[0] for r in manifest.inputs])
+    hi = np.array([r.range[1] for r in manifest.inputs])
+    with np.errstate(invalid="ignore"):
+        ok = good & np.isfinite(values) & (values >= lo) & (values <= hi)
+    out: FloatArray = np.where(ok, values, np.nan)
+    if hold_limit > 0 and not ok.all():
+        rows = np.arange(len(values))[:, None]
+        last_good = np.maximum.accumulate(np.where(ok, rows, -1), axis=0)
+        hold = ~ok & (last_good >= 0) & (rows - last_good <= hold_limit)
+        r, c = np.nonzero(hold)
+        out[r, c] = values[last_good[r, c], c]
+    return out
+
+
+def _scores_vectorised(
+    rec: Recording, good: BoolArray, binding: ModelBinding, bundle: Bundle, step: int
+) -> list[ScoreSeries]:
+    """FeatureWindows + Scorer on a regular recording, as whole arrays: the same frames (every
+    ``stride`` ticks once the window is full), the same assets left out (a window still
+    holding a bad value) and the same outputs; tests/unit/test_replay.py holds the two equal."""
+    m = bundle.manifest
+    length, stride = m.window.length, m.window.stride
+    dtype = np.float32 if m.model_input.dtype == "float32" else np.float64
+    ticks = np.arange(0, len(rec.t), step)
+    out: list[ScoreSeries] = []
+    for asset, roles in binding.assets.items():
+        cols = np.array([rec.column(roles[r]) for r in m.roles], dtype=np.int64)
+        held = held_series(rec.values[np.ix_(ticks, cols)], good[np.ix_(ticks, cols)], m, binding.hold_limit)
+        view = sliding_windows(held, length, stride)
+        ok = np.isfinite(view).all(axis=(1, 2))
+        rows = ticks[length - 1 :: stride][: len(view)][ok]
+        outputs: dict[str, list[float]] = {}
+        kept: list[int] = []
+        idx = np.flatnonzero(ok)
+        for lo in range(0, len(idx), _CHUNK):
+            part = idx[lo : lo + _CHUNK]
+            x = window_to_input(view[part], m).astype(dtype, copy=False)
+            try:
+                results = map_outputs(m, len(x), bundle.run({m.model_input.name: x}))
+            except ModelError:  # one bad frame must not cost the others: score them one by one
+                results = []
+                for j in range(len(x)):
+                    try:
+                        results.extend(map_outputs(m, 1, bundle.run({m.model_input.name: x[j : j + 1]})))
+                    except ModelError:
+                        results.append(({}, None))
+            for j, (o, _) in enumerate(results):
+                if not o:
+                    continue
+                kept.append(int(rows[lo + j]))
+                for k, v in o.items():
+                    outputs.setdefault(k, []).append(v)
+        out.append(
+            ScoreSeries(
+                binding.name,
+                asset,
+                np.asarray(kept, dtype=np.int64),
+                {k: np.asarray(v, dtype=np.float64) for k, v in outputs.items()},
+            )
+        )
+    return out
+
+
+def _regular(rec: Recording, step: int) -> bool:
+    """Rows without gaps at the model's ticks: FeatureWindows would insert no missed tick."""
+    if len(rec.t) < 2:
+        return True
+    d = np.diff(rec.t[::step])
+    return bool(np.all(np.abs(d - step * rec.period_s) <= 1e-6 * step * rec.period_s + 1e-9))
+
+
+def alarm_inputs(
+    rec: Recording, setup: ReplaySetup, *, ticks: bool = False
+) -> tuple[AlarmInputs, list[ScoreSeries]]:
+    """Steps 1-3 of the module docstring: the engine's inputs per cycle, and the scores.
+
+    A regular recording (no gaps) is framed as whole arrays (:func:`held_series`, the same
+    frames and outputs as the tick path, much faster); ``ticks=True``, or a recording with
+    gaps, pushes every row through FeatureWindows as the agent does.
+    """
     n = len(rec.t)
     good = rec.good if rec.good is not None else np.isfinite(rec.values)
     mono = rec.t - (rec.t[0] if n else 0.0)
     period = rec.period_s
     scores: list[ScoreSeries] = []
     for binding, bundle in setup.models:
-        windows = FeatureWindows(bundle.manifest, binding)
         step = _model_step(bundle, period)
+        if not ticks and _regular(rec, step):
+            scores.extend(_scores_vectorised(rec, good, binding, bundle, step))
+            continue
+        windows = FeatureWindows(bundle.manifest, binding)
         cols = {
             asset: [(role, tag, rec.column(tag)) for role, tag in roles.items()]
             for asset, roles in binding.assets.items()
@@ -261,6 +351,20 @@ def alarm_inputs(rec: Recording, setup: ReplaySetup) -> tuple[AlarmInputs, list[
 
     inputs = AlarmInputs(rec.t, tuple(a.name for a in setup.assets))
     for asset in setup.assets:
+        if not asset.values and not asset.detectors:
+            # only model outputs: present in the cycles they were scored, as asset_values gives
+            cols_fast: dict[str, tuple[FloatArray, BoolArray]] = {}
+            for sc in scores:
+                if sc.asset != asset.name:
+                    continue
+                at_frames = np.zeros(n, dtype=np.bool_)
+                at_frames[sc.rows] = True
+                for o, v in sc.outputs.items():
+                    by_row = np.full(n, np.nan)
+                    by_row[sc.rows] = v
+                    cols_fast[f"{sc.model}.{o}"] = (by_row, at_frames)
+            inputs.sources[asset.name] = cols_fast
+            continue
         detectors: dict[tuple[str, str], Detector] = {
             (asset.name, d.name): make_detector(d.detector) for d in asset.detectors
         }
@@ -284,11 +388,11 @@ def alarm_inputs(rec: Recording, setup: ReplaySetup) -> tuple[AlarmInputs, list[
 
             values = asset_values(asset, outputs, tag_value)
             run_detectors(asset, detectors, values)
-            for src, v in values.items():
+            for src, val in values.items():
                 col = cols_out.get(src)
                 if col is None:
                     col = cols_out[src] = (np.full(n, np.nan), np.zeros(n, dtype=np.bool_))
-                col[0][k] = math.nan if v is None else v
+                col[0][k] = math.nan if val is None else val
                 col[1][k] = True
         inputs.sources[asset.name] = cols_out
     return inputs, scores
@@ -334,8 +438,8 @@ def episodes(transitions: Sequence[Alarm]) -> list[AlarmEpisode]:
     return out
 
 
-def replay(rec: Recording, setup: ReplaySetup) -> ReplayResult:
-    """The whole replay (see the module docstring)."""
-    inputs, scores = alarm_inputs(rec, setup)
+def replay(rec: Recording, setup: ReplaySetup, *, ticks: bool = False) -> ReplayResult:
+    """The whole replay (see the module docstring; ``ticks``: see :func:`alarm_inputs`)."""
+    inputs, scores = alarm_inputs(rec, setup, ticks=ticks)
     transitions = run_alarms(setup.alarms, inputs)
     return ReplayResult(transitions, episodes(transitions), scores, inputs)

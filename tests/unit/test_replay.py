@@ -89,3 +89,29 @@ def test_unbound_tag_and_period_mismatch_are_refused(tmp_path: Path) -> None:
     rec2 = Recording(T0.timestamp() + 0.4 * np.arange(10.0), ("P1.Level", "P1.Temp"), np.zeros((10, 2)))
     with pytest.raises(ValueError, match="whole number of rows"):
         replay(rec2, _setup(tmp_path, [_alert(0, 0)]))
+
+
+@pytest.mark.parametrize(("policy", "stride"), [("skip", 1), ("hold", 3)])
+def test_whole_array_framing_is_the_feature_windows_tick_path(tmp_path: Path, policy: str, stride: int) -> None:
+    rng = np.random.default_rng(11)
+    n = 400
+    level = step_series(n, [(100, 160, 5.0), (250, 300, 4.0)], noise=0.5, seed=4)
+    temp = rng.normal(20, 1, n)
+    level[rng.choice(n, 25, replace=False)] = np.nan  # dropouts: BAD
+    temp[rng.choice(n, 10, replace=False)] = 500.0  # outside the plausible range: BAD
+    good = np.ones((n, 2), dtype=bool)
+    good[rng.choice(n, 10, replace=False), 1] = False  # UNCERTAIN in the recording: not GOOD
+    rec = Recording(T0.timestamp() + np.arange(n, dtype=float), ("P1.Level", "P1.Temp"),
+                    np.stack([level, temp], axis=1), good)
+    bundle = make_bundle(tmp_path / "tiny", stride=stride)
+    extra = {"hold_cycles": 2} if policy == "hold" else {}
+    binding = ModelBinding(name="tiny", bundle=Path("."), bad_input=policy,  # type: ignore[arg-type]
+                           assets={"p1": {"level": "P1.Level", "temp": "P1.Temp"}}, **extra)  # type: ignore[arg-type]
+    setup = ReplaySetup([(binding, bundle)], [AssetConfig(name="p1")], AlarmsConfig(defs=(_alert(2.0, 3.0),)))
+    fast, ticked = replay(rec, setup), replay(rec, setup, ticks=True)
+    (a,), (b,) = fast.scores, ticked.scores
+    assert 0 < len(a.rows) < (n - 3) // stride  # some frames left the asset out
+    np.testing.assert_array_equal(a.rows, b.rows)
+    np.testing.assert_allclose(a.outputs["score"], b.outputs["score"], rtol=1e-6)
+    assert [(t.code, t.state, t.at) for t in fast.transitions] == [(t.code, t.state, t.at) for t in ticked.transitions]
+    assert fast.episodes
