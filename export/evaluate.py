@@ -27,7 +27,8 @@ Per method and asset the report gives:
 Without an agent config, :func:`derived_setup` builds the minimal one documented in
 export/README.md: one asset per column set of the bundle's provenance (or one asset named
 after the bundle, reading columns named after the roles), and one alert per output with an
-``alarm`` threshold (``high`` = the threshold, on- and off-delay = two frames).
+``alarm`` threshold (``high`` = the threshold, on- and off-delay = two frames), or, for a
+labelled output with a ``normal`` class and no threshold, while a fault class is the most likely.
 """
 
 from __future__ import annotations
@@ -270,6 +271,23 @@ def derived_setup(
     defs = []
     for o in m.outputs:
         th = o.thresholds.get("alarm")
+        labels = [lab.lower() for lab in o.labels or ()]
+        if th is None and "normal" in labels and len(defs) < _MAX_CODES:
+            # a classifier without a score threshold: alert while the most likely class is a fault
+            faults = tuple(i for i, lab in enumerate(labels) if lab != "normal")
+            defs.append(
+                AlarmDef(
+                    name=f"{m.name}_{o.name}_class".replace(".", "_")[:64],
+                    code=len(defs) + 1,
+                    kind="alert",
+                    source=f"{m.name}.{o.name}.class",
+                    in_classes=faults,
+                    severity=1,
+                    on_delay_s=delay,
+                    off_delay_s=delay,
+                )
+            )
+            continue
         if th is None or len(defs) >= _MAX_CODES:
             continue
         defs.append(
@@ -284,7 +302,10 @@ def derived_setup(
             )
         )
     if not defs:
-        raise ValueError(f"bundle {m.ident}: no output has an alarm threshold (thresholds.alarm) to alert on")
+        raise ValueError(
+            f"bundle {m.ident}: no output has an alarm threshold (thresholds.alarm) or a 'normal' class "
+            "to alert on; give --config with the alarms to evaluate"
+        )
     assets_cfg = [AssetConfig(name=a) for a in bound]
     return ReplaySetup([(binding, bundle)], assets_cfg, AlarmsConfig(defs=tuple(defs)))
 

@@ -132,3 +132,15 @@ def test_label_column_episodes_take_class_names_from_the_data(tmp_path: Path) ->
     ]
     with pytest.raises(ValueError, match=r"labelled\.csv:1: no label column 'p3_state'"):
         label_column_episodes([path], "{asset}_state", ["p3"], 10.0)
+
+
+def test_derived_config_for_a_classifier_bundle(tmp_path: Path) -> None:
+    from tests.unit.test_scorer import make_bundle as classifier_bundle
+
+    setup = derived_setup(classifier_bundle(tmp_path / "pump"))
+    by_source = {d.source: d for d in setup.alarms.defs}
+    assert by_source["pump.score"].high is not None and by_source["pump.score"].high.value == 5.0
+    assert by_source["pump.probs.class"].in_classes == (1, 2)  # every class but "normal"
+    assert [a.name for a in setup.assets] == ["pump"] and setup.models[0][0].assets == {
+        "pump": {"vibration": "vibration", "current": "current"}
+    }
