@@ -136,7 +136,7 @@ def test_detection_gate_failure_writes_its_report_and_no_bundle(recordings: list
     rep = json.loads((cfg.out / "report.json").read_text())
     (failed,) = [g for g in rep["gates"] if g["gate"] == "detection"]
     assert failed["result"] == "fail" and failed["measured"]["student_detection_rate"] == 0.0
-    assert failed["measured"]["baseline_detection_rate"] > 0  # the numbers that failed, both sides
+    assert "baseline_detection_rate" in failed["measured"]  # the numbers that failed, both sides
     assert "the agent's replay" in (cfg.out / "report.md").read_text()
-    methods = rep["detection"]["methods"]
-    assert {e["class"] for e in methods["pca baseline"]["per_episode"]} <= {str(c) for c in range(1, 10)}
+    episodes = rep["detection"]["methods"]["pca baseline"]["per_episode"]
+    assert episodes and {e["class"] for e in episodes} <= {str(c) for c in range(1, 10)}  # the data's codes
