@@ -7,7 +7,8 @@ one agent cycle per row through the same parts, configured the same way, as
 1. per model binding, :class:`~agent.pipeline.features.FeatureWindows` get each bound tag's
    sample of the row (a value that was not GOOD arrives BAD; the binding's ``bad_input``
    policy applies) and close the tick; a model whose sample period is ``m`` rows is ticked
-   every ``m``-th row;
+   every ``m``-th row, phased on the UTC grid of its period as agent/inference.py ticks it,
+   its ``mean`` roles the mean of the period's GOOD rows (``InputRole.aggregation``);
    (a regular recording is framed as whole arrays with the same result, see
    :func:`alarm_inputs`);
 2. frames are scored as :class:`~agent.pipeline.scorer.Scorer` scores them
@@ -190,6 +191,47 @@ def _model_step(bundle: Bundle, period_s: float) -> int:
     return step
 
 
+def _columns(rec: Recording, roles: Mapping[str, str], manifest: Manifest) -> IntArray:
+    return np.array([rec.column(roles[r]) for r in manifest.roles], dtype=np.int64)
+
+
+def _ticks(rec: Recording, bundle: Bundle, step: int) -> IntArray:
+    """The rows a model ticks on: every ``step``-th, phased on the UTC grid of its period (tick
+    ``k`` at UTC ``k × period``, as agent/inference.py schedules it) when rows fall on it."""
+    mp = bundle.manifest.window.sample_period_s
+    first = 0
+    for r in range(min(step, len(rec.t))):
+        x = float(rec.t[r]) / mp
+        if abs(x - round(x)) * mp <= 0.01 * (rec.period_s if math.isfinite(rec.period_s) else mp):
+            first = r
+            break
+    return np.arange(first, len(rec.t), step, dtype=np.int64)
+
+
+def _tick_rows(
+    rec: Recording, good: BoolArray, ticks: IntArray, cols: IntArray, manifest: Manifest, step: int
+) -> tuple[FloatArray, BoolArray]:
+    """Per tick, the row the model gets (roles in manifest order): an ``instant`` role the
+    tick's sample; a ``mean`` role the mean of the GOOD finite samples of the ``step`` rows of
+    the period that ends at the tick (none: not GOOD), as the agent's accumulator averages
+    the polls of the period."""
+    values = rec.values[np.ix_(ticks, cols)].copy()
+    ok = good[np.ix_(ticks, cols)].copy()
+    for j, role in enumerate(manifest.inputs):
+        if role.aggregation != "mean":
+            continue
+        col = rec.values[:, cols[j]]
+        use = good[:, cols[j]] & np.isfinite(col)
+        total = np.concatenate([[0.0], np.cumsum(np.where(use, col, 0.0))])
+        count = np.concatenate([[0], np.cumsum(use)])
+        lo = np.maximum(ticks + 1 - step, 0)
+        n = count[ticks + 1] - count[lo]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values[:, j] = (total[ticks + 1] - total[lo]) / n
+        ok[:, j] = n > 0
+    return values, ok
+
+
 def _score_frames(bundle: Bundle, frames: Sequence[tuple[int, Frame]], out: dict[str, _Series]) -> None:
     """Scorer's arithmetic for many frames in one session call (the model is pure per window).
 
@@ -250,11 +292,11 @@ def _scores_vectorised(
     m = bundle.manifest
     length, stride = m.window.length, m.window.stride
     dtype = np.float32 if m.model_input.dtype == "float32" else np.float64
-    ticks = np.arange(0, len(rec.t), step)
+    ticks = _ticks(rec, bundle, step)
     out: list[ScoreSeries] = []
     for asset, roles in binding.assets.items():
-        cols = np.array([rec.column(roles[r]) for r in m.roles], dtype=np.int64)
-        held = held_series(rec.values[np.ix_(ticks, cols)], good[np.ix_(ticks, cols)], m, binding.hold_limit)
+        cols = _columns(rec, roles, m)
+        held = held_series(*_tick_rows(rec, good, ticks, cols, m, step), m, binding.hold_limit)
         view = sliding_windows(held, length, stride)
         ok = np.isfinite(view).all(axis=(1, 2))
         rows = ticks[length - 1 :: stride][: len(view)][ok]
@@ -318,18 +360,23 @@ def alarm_inputs(
             scores.extend(_scores_vectorised(rec, good, binding, bundle, step))
             continue
         windows = FeatureWindows(bundle.manifest, binding)
-        cols = {
-            asset: [(role, tag, rec.column(tag)) for role, tag in roles.items()]
+        m = bundle.manifest
+        tick_rows = _ticks(rec, bundle, step)
+        rows_of = {
+            asset: _tick_rows(rec, good, tick_rows, _columns(rec, roles, m), m, step)
             for asset, roles in binding.assets.items()
         }
         series = {a: _Series() for a in binding.assets}
         pending: list[tuple[int, Frame]] = []
-        for k in range(0, n, step):
+        for ti, k in enumerate(tick_rows.tolist()):
             t = float(mono[k])
             utc = datetime.fromtimestamp(float(rec.t[k]), UTC)
-            row, ok = rec.values[k], good[k]
-            for name, bound in cols.items():
-                samples = {r: Sample(tg, float(row[j]), _Q[bool(ok[j])], utc, t) for r, tg, j in bound}
+            for name, roles in binding.assets.items():
+                vals, oks = rows_of[name]
+                samples = {
+                    r: Sample(roles[r], float(vals[ti, j]), _Q[bool(oks[ti, j])], utc, t)
+                    for j, r in enumerate(m.roles)
+                }
                 windows.push(name, samples, t)
             frame = windows.frame(utc, t)
             if frame is not None:

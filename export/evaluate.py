@@ -7,7 +7,7 @@ implementation of framing, scoring or alarm delays.
 
 Data (:func:`load_recording`): wide CSV, long CSV (``timestamp,tag,value,quality[,reason]``)
 or an agent recording directory (``recording.json`` + ``wide-*.csv``), read with
-:mod:`export.data`'s readers and put on the cycle grid (the first row of every period).
+:mod:`export.data`'s readers and put on the cycle grid (the latest row at every cycle).
 Labels (:func:`load_events`): an events file ``start,end,asset,class`` (ISO 8601 or seconds;
 an empty asset means every asset), or a label column (``{asset}`` in its name for one column
 per asset): a run of one value other than empty, ``0`` or ``normal`` is an episode of that
@@ -116,8 +116,10 @@ def _is_long(path: Path) -> bool:
 def load_recording(paths: Sequence[str | Path], tags: Sequence[str], period_s: float) -> Recording:
     """Files → one :class:`Recording` of ``tags`` on the ``period_s`` grid (see the module doc).
 
-    Rows from several files are merged in time order; a duplicated timestamp keeps its first
-    row. An empty or non-numeric cell (a long row not GOOD) is a sample that was not GOOD.
+    Rows from several files are merged in time order; each point of the grid (UTC multiples of
+    ``period_s``) takes the latest row at or before it (a duplicated timestamp: the later row),
+    held for at most 1.5 row spacings (longer is a gap: not GOOD). An empty or non-numeric cell
+    (a long row not GOOD) is a sample that was not GOOD.
     """
     times: list[FloatArray] = []
     values: list[FloatArray] = []
@@ -140,11 +142,16 @@ def load_recording(paths: Sequence[str | Path], tags: Sequence[str], period_s: f
     t, v = t[order], v[order]
     if len(t) == 0:
         raise ValueError(f"{', '.join(map(str, paths))}: no rows")
-    # one row per period: the first row in each period of the grid (as a tick samples the latest)
-    slot = np.floor((t - t[0]) / period_s + 1e-6).astype(np.int64)
-    keep = np.ones(len(t), dtype=np.bool_)
-    keep[1:] = slot[1:] != slot[:-1]
-    t, v = t[keep], v[keep]
+    # the cycle grid (UTC multiples of period_s): each point takes the latest row at or before
+    # it, as a tick reads the latest sample; a row older than 1.5 row spacings is a gap (BAD)
+    dt = float(np.median(np.diff(t))) if len(t) > 1 else period_s
+    start = math.ceil(t[0] / period_s - 1e-9) * period_s
+    grid = start + period_s * np.arange(math.floor((t[-1] - start) / period_s + 1e-9) + 1)
+    idx = np.searchsorted(t, grid + 1e-6, side="right") - 1
+    rows = v[np.maximum(idx, 0)]
+    stale = (idx < 0) | (grid - t[np.maximum(idx, 0)] > 1.5 * dt + 1e-6)
+    rows[stale] = np.nan
+    t, v = grid, rows
     return Recording(t, tuple(tags), v, np.isfinite(v))
 
 

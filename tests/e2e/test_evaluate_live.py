@@ -1,21 +1,23 @@
 """`edge-export evaluate` and a live `edge-agent run` give the same alarm times on one recording.
 
-The recording is served row by row through a real Modbus server (tests/replay_server.py) to
-the real Agent (in-process, tests/e2e/plant_fixtures.running_agent) with a real ONNX bundle
-whose sample period equals the agent's cycle; the same config file and bundle go to
-``run_evaluation``. The rows go live half a cycle before the agent's cycles, so each cycle sees
-exactly one new row; a live alarm time is put on the recording's time axis by the time row 0
-was due and that half cycle. It must match the replay's within one sample period. The delays
-are whole cycles plus a half: a delay of exactly ``n`` cycles runs out in the ``n``-th cycle or,
-with a live clock's jitter of a millisecond, in the next one (both are right; the replay's
-clock has no jitter).
+The recording (a row every 0.25 s, the model's sample period) is served row by row through a
+real Modbus server (tests/replay_server.py) to the real Agent (in-process,
+tests/e2e/plant_fixtures.running_agent) with a real ONNX bundle; the agent cycles (alarms)
+every 50 ms and ticks the model every 0.25 s on the UTC grid, as it runs any model. The same
+config file and bundle go to ``run_evaluation``. Rows go live half a model period after the
+model's ticks, so each tick reads exactly one new row; a live alarm time is put on the
+recording's time axis by the tick that read row 0. It must match the replay's within one
+sample period. The delays are whole periods plus a half: a delay of exactly ``n`` periods
+runs out on a tick or, with a live clock's jitter of a millisecond, a cycle later (both are
+right; the replay's clock has no jitter).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +26,12 @@ import yaml
 from agent.config import load_config
 from agent.replay import episodes
 from export.evaluate import run_evaluation
-from tests.e2e.plant_fixtures import running_agent, wait_until
+from tests.e2e.plant_fixtures import running_agent
 from tests.replay_fixtures import T0, make_bundle, step_series, write_wide_csv
 from tests.replay_server import ReplayServer
 
-PERIOD_S = 0.25
+PERIOD_S = 0.25  # the model's sample period and the recording's row spacing
+CYCLE_MS = 50
 TAGS = ("P1.Level", "P1.Temp")
 
 
@@ -41,7 +44,7 @@ def _recording() -> np.ndarray:
 
 def _config(tmp_path: Path, srv: ReplayServer) -> Path:
     data = {
-        "agent": {"name": "replay-test", "state_dir": str(tmp_path / "state"), "cycle_ms": int(PERIOD_S * 1000),
+        "agent": {"name": "replay-test", "state_dir": str(tmp_path / "state"), "cycle_ms": CYCLE_MS,
                   "log_level": "warning"},
         "devices": [{"name": "rec", "protocol": "modbus_tcp", "host": "127.0.0.1", "port": srv.port, "units": [1],
                      "timeout_ms": 300, "poll_interval_ms": 50, "tags": srv.tag_configs()}],
@@ -72,10 +75,10 @@ async def test_evaluate_matches_a_live_agent_on_the_same_recording(tmp_path: Pat
         cfg_path = _config(tmp_path, srv)
         config = load_config(cfg_path)
         async with running_agent(config, config_path=cfg_path) as agent:
-            # find the agent's cycle phase, and put every row half a cycle after a cycle
-            seen = agent.view.cycles
-            await wait_until(lambda: agent.view.cycles > seen, timeout_s=5, interval_s=0.005, what="a cycle")
-            srv.play(time.monotonic() + 1.5 * PERIOD_S)
+            # the model ticks at UTC multiples of its period: rows go live half a period after
+            now_utc, now_mono = datetime.now(UTC).timestamp(), time.monotonic()
+            first_tick = (math.floor(now_utc / PERIOD_S) + 4) * PERIOD_S
+            srv.play(now_mono + (first_tick + PERIOD_S / 2 - now_utc))
             await srv.wait_done(timeout_s=len(values) * PERIOD_S + 10)
             await asyncio.sleep(6 * PERIOD_S)  # the last off-delays run out
             live = episodes(agent.view.alarms)
@@ -85,12 +88,12 @@ async def test_evaluate_matches_a_live_agent_on_the_same_recording(tmp_path: Pat
 
     _, doc = run_evaluation(tmp_path / "tiny", [csv_path], config=cfg_path, classical=False)
     (replayed,) = [m["alarms"] for m in doc["methods"]]
-    assert skipped == 0, "the agent skipped cycles: the machine was too busy for a live comparison"
+    assert skipped <= 2, f"the agent skipped {skipped} cycles: the machine was too busy for a live comparison"
     assert [(a["code"], a["asset"]) for a in replayed] == [(1, "p1"), (2, "p1"), (1, "p1")]
     assert [(e.code, e.asset) for e in live] == [(a["code"], a["asset"]) for a in replayed]
     rep_raised = [datetime.fromisoformat(a["raised"]) for a in replayed]
     rep_cleared = [datetime.fromisoformat(a["cleared"]) if a["cleared"] else None for a in replayed]
-    zero += timedelta(seconds=PERIOD_S / 2)  # the agent reads row k half a cycle after it went live
+    zero += timedelta(seconds=PERIOD_S / 2)  # the model's tick that read row 0
     live_r = _offsets([e.raised for e in live], zero)
     live_c = _offsets([e.cleared for e in live], zero)
     rep_r = _offsets(rep_raised, T0)
