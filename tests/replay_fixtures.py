@@ -55,10 +55,12 @@ def make_bundle(
     threshold: float = 3.0,
     roles: Sequence[str] = ROLES,
     columns: dict[str, dict[str, str]] | None = None,
+    mean_roles: Sequence[str] = (),
 ) -> Bundle:
     """A bundle: ``score`` = mean of ``roles[0]`` over the window, alarm threshold ``threshold``.
 
-    ``columns`` (asset → role → column) goes to the provenance, as the export chain writes it.
+    ``columns`` (asset → role → column) goes to the provenance, as the export chain writes it;
+    ``mean_roles`` are fed the mean over each period (``InputRole.aggregation``).
     """
     model = _model(len(roles))
     manifest = {
@@ -73,6 +75,7 @@ def make_bundle(
                 "unit": "1",
                 "range": [-100.0, 100.0],
                 "normalisation": {"kind": "standard", "mean": 0.0, "std": 1.0},
+                "aggregation": "mean" if r in mean_roles else "instant",
             }
             for r in roles
         ],

@@ -115,3 +115,27 @@ def test_whole_array_framing_is_the_feature_windows_tick_path(tmp_path: Path, po
     np.testing.assert_allclose(a.outputs["score"], b.outputs["score"], rtol=1e-6)
     assert [(t.code, t.state, t.at) for t in fast.transitions] == [(t.code, t.state, t.at) for t in ticked.transitions]
     assert fast.episodes
+
+
+def test_a_slow_model_ticks_on_its_utc_grid_with_period_means(tmp_path: Path) -> None:
+    # rows every second from T0 + 2 s; the model samples every 4 s (ticks at UTC multiples of
+    # 4 s: rows 2, 6, 10, ...), its level role the mean of the period's rows
+    n = 80
+    level = np.arange(n, dtype=float) % 7
+    level[30] = np.nan  # one BAD row: that period's mean is of the other three
+    rec = Recording(T0.timestamp() + 2.0 + np.arange(n, dtype=float), ("P1.Level", "P1.Temp"),
+                    np.stack([level, np.zeros(n)], axis=1))
+    bundle = make_bundle(tmp_path / "slow", period_s=4.0, length=3, mean_roles=("level",))
+    binding = ModelBinding(name="tiny", bundle=Path("."), assets={"p1": {"level": "P1.Level", "temp": "P1.Temp"}})
+    setup = ReplaySetup([(binding, bundle)], [AssetConfig(name="p1")], AlarmsConfig(defs=(_alert(0.0, 0.0),)))
+    (fast,), (ticked,) = replay(rec, setup).scores, replay(rec, setup, ticks=True).scores
+    np.testing.assert_array_equal(fast.rows, ticked.rows)
+    np.testing.assert_allclose(fast.outputs["score"], ticked.outputs["score"], rtol=1e-6)
+    assert fast.rows[0] == 10 and np.all(np.diff(fast.rows) == 4)  # third tick: the window is full
+
+    def period_mean(tick: int) -> float:
+        rows = level[max(tick - 3, 0) : tick + 1]
+        return float(np.nanmean(rows))
+
+    expected = [np.mean([period_mean(k - 8), period_mean(k - 4), period_mean(k)]) for k in fast.rows]
+    np.testing.assert_allclose(fast.outputs["score"], expected, rtol=1e-5)
