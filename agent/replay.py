@@ -192,6 +192,9 @@ def _model_step(bundle: Bundle, period_s: float) -> int:
 
 
 def _columns(rec: Recording, roles: Mapping[str, str], manifest: Manifest) -> IntArray:
+    missing = [r for r in manifest.roles if r not in roles]
+    if missing:
+        raise ValueError(f"model {manifest.ident}: roles {missing} are not bound (bound: {sorted(roles)})")
     return np.array([rec.column(roles[r]) for r in manifest.roles], dtype=np.int64)
 
 
