@@ -144,3 +144,27 @@ def test_derived_config_for_a_classifier_bundle(tmp_path: Path) -> None:
     assert [a.name for a in setup.assets] == ["pump"] and setup.models[0][0].assets == {
         "pump": {"vibration": "vibration", "current": "current"}
     }
+
+
+def test_recording_directories_and_long_csv_load_onto_the_cycle_grid(tmp_path: Path) -> None:
+    rec_dir = tmp_path / "rec"
+    rec_dir.mkdir()
+    (rec_dir / "recording.json").write_text(json.dumps({"period_s": 10.0, "tags": ["P1.Level"]}))
+    level = np.arange(12, dtype=float)
+    level[4] = np.nan  # an empty cell: not GOOD
+    write_wide_csv(rec_dir / "wide-20260302T080000Z.csv", T0, 10.0, {"P1.Level": level[:6]})
+    write_wide_csv(rec_dir / "wide-20260302T080100Z.csv", T0 + timedelta(seconds=60), 10.0, {"P1.Level": level[6:]})
+    rec = load_recording([rec_dir], ["P1.Level"], 5.0)  # a 5 s cycle: every row held for two cycles
+    assert rec.t[0] == T0.timestamp() and len(rec.t) == 23 and rec.period_s == 5.0
+    np.testing.assert_array_equal(rec.values[::2, 0], level)
+    np.testing.assert_array_equal(rec.values[1::2, 0], level[:-1])
+    assert not rec.good[8, 0] and not rec.good[9, 0] and rec.good[10, 0]
+    long = tmp_path / "long.csv"
+    long.write_text(
+        "timestamp,tag,value,quality,reason\n"
+        f"{iso(T0)},P1.Level,1.5,GOOD,\n"
+        f"{iso(T0 + timedelta(seconds=20))},P1.Level,2.5,BAD,sensor open circuit\n"
+        f"{iso(T0 + timedelta(seconds=30))},P1.Level,3.5,GOOD,\n"
+    )
+    rec = load_recording([long], ["P1.Level"], 10.0)
+    np.testing.assert_array_equal(rec.values[:, 0], [1.5, 1.5, np.nan, 3.5])
