@@ -955,12 +955,13 @@ def chain_detection(
     on_delay_frames: int,
     false_alerts_per_day: float,
     names: Mapping[int, str] | None = None,
-) -> tuple[dict[str, MethodResult], dict[str, ReplaySetup]]:
+) -> tuple[dict[str, MethodResult], dict[str, ReplaySetup], dict[str, dict[str, float]]]:
     """The export chain's detection step for every bundle of ``methods`` (label → bundle):
     a derived agent config (alerts with an on/off delay of ``on_delay_frames - 1`` frames),
     thresholds calibrated through the replay on the validation part of the training recordings
     (labelled episodes left out) for ``false_alerts_per_day``, then the replay of the test
-    recordings. Returns the merged results and the calibrated setups."""
+    recordings. Returns the merged results, the calibrated setups and, per method and alert
+    source, the share of normal calibration frames above the calibrated threshold."""
     assets = spec_assets(spec)
     cal = spec_recordings(spec, recordings, "train", tail=validation_fraction, names=names)
     test = spec_recordings(spec, recordings, "test", names=names)
@@ -968,11 +969,23 @@ def chain_detection(
         raise ValueError("no test recordings to judge detection on (mark some split: test)")
     results: dict[str, MethodResult] = {}
     setups: dict[str, ReplaySetup] = {}
+    calibration: dict[str, dict[str, float]] = {}
     for label, bundle in methods.items():
         setup = derived_setup(bundle, assets, on_delay_s=max(0, on_delay_frames - 1) * _frame_s(bundle))
         data = [CalibrationData(alarm_inputs(r, setup)[0], r.period_s, lab) for r, lab in cal]
         setup = replace(setup, alarms=calibrate(setup.alarms, data, false_alerts_per_day))
         setups[label] = setup
+        exceed: dict[str, list[float]] = {}
+        for c in data:
+            for asset, cols in c.inputs.sources.items():
+                normal = _normal_mask(c.inputs.t, c.labels.for_asset(asset))
+                for d in setup.alarms.defs:
+                    if d.high is None or d.source not in cols:
+                        continue
+                    v, p = cols[d.source]
+                    frames = v[p & normal & np.isfinite(v)]
+                    exceed.setdefault(d.source, []).extend((frames > d.high.value).astype(float).tolist())
+        calibration[label] = {k: float(np.mean(x)) if x else math.nan for k, x in exceed.items()}
         parts = [evaluate_method(label, r, setup, lab)[0] for r, lab in test]
         results[label] = merge_results(label, parts)
-    return results, setups
+    return results, setups, calibration

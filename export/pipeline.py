@@ -623,7 +623,7 @@ def _replay_detection(
             inputs=pc.inputs, features=pc.features,
         )
         baseline = load_bundle(Path(tmp) / "pca", allow_unsigned=True)
-        results, setups = chain_detection(
+        results, setups, frame_rates = chain_detection(
             {cfg.name: student, "pca baseline": baseline},
             spec,
             recordings,
@@ -632,18 +632,25 @@ def _replay_detection(
             false_alerts_per_day=cfg.false_alerts_per_day,
         )
     thresholds = {d.source: d.high.value for d in setups[cfg.name].alarms.defs if d.high is not None}
-    outs = [
-        o.model_copy(update={"thresholds": {**o.thresholds, "alarm": thresholds[f"{cfg.name}.{o.name}"]}})
-        if f"{cfg.name}.{o.name}" in thresholds
-        else o
-        for o in outs
-    ]
+    def calibrated(o: OutputSpec) -> OutputSpec:
+        src = f"{cfg.name}.{o.name}"
+        if src not in thresholds:
+            return o
+        rate = frame_rates[cfg.name].get(src, float("nan"))
+        # the manifest's per-frame rate is what the shipped threshold gives on the normal
+        # calibration frames (None when no frame passed it: the field must be > 0)
+        far = rate if 0.0 < rate < 1.0 else None
+        alarm = {**o.thresholds, "alarm": thresholds[src]}
+        return o.model_copy(update={"thresholds": alarm, "false_alarm_rate": far})
+
+    outs = [calibrated(o) for o in outs]
     on_delay_s = setups[cfg.name].alarms.defs[0].on_delay_s
     rep["detection"] = {
         "method": "replay through the agent's windows, scorer and alarm engine (agent/replay.py)",
         "false_alerts_per_day_budget": cfg.false_alerts_per_day,
         "on_delay_s": on_delay_s,
         "thresholds": {k: r.thresholds for k, r in results.items()},
+        "calibration_frame_rates": frame_rates,
         "methods": {k: r.summary() for k, r in results.items()},
         "table_md": render_table(list(results.values())),
     }
