@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import os
 import time
 from collections import Counter
@@ -75,6 +74,7 @@ from agent.pipeline.alarms import AlarmEngine, HmiBlock
 from agent.pipeline.detectors import Detector, make_detector
 from agent.pipeline.guard import Guard, GuardDecision
 from agent.pipeline.policy import PumpEnergyRule, StationState
+from agent.pipeline.sources import asset_values, run_detectors
 from agent.record import Recorder, default_period, tags_to_record
 from agent.running import RunningSource, SampleSink
 from agent.tagtable import TagTable
@@ -646,31 +646,24 @@ class Agent:
         self.view.tags = self.table.snapshot(now=now)
 
     def _asset_values(self, asset_cfg: Any, now: float, *, fresh: bool = True) -> dict[str, float | None]:
-        """Values by source name. With ``fresh``, model outputs only from a frame scored since
-        the last cycle: between frames (for an asset left out of a frame, or from a stale model)
-        the alarm engine gets nothing for them and holds, rather than re-reading an old score."""
-        values: dict[str, float | None] = {}
+        """Values by source name (:func:`agent.pipeline.sources.asset_values`). With ``fresh``,
+        model outputs only from a frame scored since the last cycle: between frames (for an
+        asset left out of a frame, or from a stale model) the alarm engine gets nothing for them
+        and holds, rather than re-reading an old score."""
+        outputs: dict[str, Mapping[str, float]] = {}
         for m in self.models:
             score = (self._fresh.get(m.name, {}) if fresh else m.latest).get(asset_cfg.name)
-            if score is None:
-                continue
-            for out, v in score.outputs.items():
-                values[f"{m.binding.name}.{out}"] = v
-        for name, tag in asset_cfg.values.items():
+            if score is not None:
+                outputs[m.binding.name] = score.outputs
+
+        def tag_value(tag: str) -> float | None:
             s = self.table.get(tag, now)
-            values[name] = s.as_float() if s.quality.is_good else None
-        return values
+            return s.as_float() if s.quality.is_good else None
+
+        return asset_values(asset_cfg, outputs, tag_value)
 
     def _run_detectors(self, asset_cfg: Any, values: dict[str, float | None]) -> None:
-        """Feed each detector its source (once per new value: a model output only in the cycle
-        it was scored) and add ``<name>`` and ``<name>.outlier`` to ``values``."""
-        for d in asset_cfg.detectors:
-            if d.source not in values:
-                continue  # a model output between frames: nothing new to learn from
-            result = self.detectors[(asset_cfg.name, d.name)].update(values[d.source])
-            ready = result.ready and math.isfinite(result.score)
-            values[d.name] = result.score if ready else None
-            values[f"{d.name}.outlier"] = (1.0 if result.outlier else 0.0) if ready else None
+        run_detectors(asset_cfg, self.detectors, values)
 
     async def _alarm_transition(self, alarm: Alarm) -> None:
         log.warning(

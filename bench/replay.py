@@ -1,16 +1,19 @@
-"""Replay recorded plant data through the agent's scoring and alarm code, fast.
+"""The pump station's recordings for the benchmark, through the product's replay (agent/replay.py).
 
 Shared by ``tests/e2e/test_scoring_offline.py`` and ``bench/scoring.py`` (import it as
-``bench.replay``), so the test and the benchmark measure the same thing the same way.
+``bench.replay``), so the test and the benchmark measure the same thing the same way. The
+replay itself lives in the product (:mod:`agent.replay`, used by ``edge-export evaluate``, the
+export gates and this module): here are the simulator recordings, a vectorised scoring path
+for weeks of data, and adapters from both to the agent's replay.
 Everything is driven by a :class:`ModelBinding` (:func:`make_binding` is the demo's, see
 ``configs/demo.yaml``): its assets, its role → tag map and its bad-input policy.
 
 Two scoring paths, checked against each other by the e2e test:
 
-* **per tick** (:func:`replay_ticks`): what the agent does. Each recorded row becomes one
-  :class:`~agent.types.Sample` per bound tag (NaN: BAD, as a driver delivers a dropout),
-  pushed into :class:`FeatureWindows`; every frame goes through :meth:`Scorer.score` (the
-  bundle's session, in an executor thread). About 150 µs per tick: fine for hours, not weeks.
+* **per tick** (:func:`replay_ticks`): what the agent does, :func:`agent.replay.alarm_inputs`.
+  Each recorded row becomes one :class:`~agent.types.Sample` per bound tag (NaN: BAD, as a
+  driver delivers a dropout), pushed into :class:`FeatureWindows`; frames are scored with the
+  Scorer's arithmetic. Fine for hours, not weeks.
 * **batched** (:func:`score_recording`): the bad-input policy applied to the whole series
   (:func:`bad_input`: a value that is not finite or outside the plausible range is bad; with
   ``hold`` the last good value stands in for ``hold_cycles`` ticks), the same frames cut with
@@ -20,7 +23,8 @@ Two scoring paths, checked against each other by the e2e test:
   :meth:`Bundle.run` call, outputs named by :func:`~agent.pipeline.scorer.map_outputs`. The
   model is pure per window: batching changes the speed only.
 
-Scores reach the real :class:`AlarmEngine` (:func:`replay_alarms`) keyed as the runtime keys
+Scores reach the real alarm engine through :func:`agent.replay.run_alarms`
+(:func:`replay_alarms`) keyed as the runtime keys
 them: ``"<binding name>.<output>"`` for model outputs, ``"<detector name>"`` for detector
 scores. The runtime evaluates every asset's alarms on every cycle with the asset's latest
 score (``agent/runtime.py``); :func:`model_streams` does the same with ``cycle_s``, or feeds
@@ -38,7 +42,6 @@ worker processes.
 
 from __future__ import annotations
 
-import math
 import multiprocessing
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -54,10 +57,12 @@ import numpy.typing as npt
 from agent.modelstore.binding import ModelBinding
 from agent.modelstore.bundle import Bundle
 from agent.modelstore.manifest import Manifest
-from agent.pipeline.alarms import AlarmEngine, AlarmsConfig
-from agent.pipeline.features import FeatureWindows, sliding_windows, window_to_input
-from agent.pipeline.scorer import Scorer, map_outputs
-from agent.types import Alarm, AlarmState, Quality, Sample, Score
+from agent.pipeline.alarms import AlarmsConfig
+from agent.pipeline.features import sliding_windows, window_to_input
+from agent.pipeline.scorer import map_outputs
+from agent.replay import AlarmInputs, ReplaySetup, alarm_inputs, held_series, run_alarms
+from agent.replay import Recording as AgentRecording
+from agent.types import Alarm, AlarmState, Score
 from simulator import Fault, FaultKind, Plant, ScenarioEvent, StationParams
 from simulator.recorder import recorded_tags
 
@@ -268,24 +273,9 @@ def record_many(specs: Sequence[RecordSpec], workers: int | None = None) -> list
 
 
 def bad_input(series: FloatArray, manifest: Manifest, hold_limit: int) -> FloatArray:
-    """The series as the agent's windows hold it: bad values NaN, or held (see the module doc).
-
-    A value is bad when it is not finite or outside the role's plausible range (bounds are
-    valid). With ``hold_limit`` > 0 (``bad_input: hold``) the last good value of the role stands
-    in for up to ``hold_limit`` consecutive bad ticks, as :class:`FeatureWindows` does.
-    """
-    lo = np.array([r.range[0] for r in manifest.inputs])
-    hi = np.array([r.range[1] for r in manifest.inputs])
-    with np.errstate(invalid="ignore"):
-        good = np.isfinite(series) & (series >= lo) & (series <= hi)
-    out = np.where(good, series, np.nan)
-    if hold_limit > 0 and not good.all():
-        rows = np.arange(len(series))[:, None]
-        last_good = np.maximum.accumulate(np.where(good, rows, -1), axis=0)
-        hold = ~good & (last_good >= 0) & (rows - last_good <= hold_limit)
-        r, c = np.nonzero(hold)
-        out[r, c] = series[last_good[r, c], c]
-    return out
+    """The series as the agent's windows hold it (:func:`agent.replay.held_series`; NaN = no
+    valid value: bad, or held for ``hold_limit`` ticks)."""
+    return held_series(series, np.ones(series.shape, dtype=np.bool_), manifest, hold_limit)
 
 
 @dataclass(frozen=True)
@@ -343,35 +333,21 @@ def score_recording(bundle: Bundle, rec: Recording, binding: ModelBinding) -> di
 
 
 async def replay_ticks(rec: Recording, bundle: Bundle, binding: ModelBinding) -> list[Score]:
-    """The agent's own path: one Sample per tag per row into FeatureWindows, frames to the Scorer.
-
-    A NaN (no valid value) arrives as a BAD sample. Returns every Score in order (frames are
-    scored one at a time, so none is skipped as busy).
-    """
-    windows = FeatureWindows(bundle.manifest, binding)
-    scorer = Scorer(bundle)
-    bad = Quality.bad("no valid value")
-    good = Quality.good()
-    cols = {
-        asset: [(role, tag, rec.tags.index(tag)) for role, tag in roles.items()]
-        for asset, roles in binding.assets.items()
-    }
-    out: list[Score] = []
-    for k in range(len(rec.t_s)):
-        t = float(rec.t_s[k])
-        utc = rec.utc(t)
-        row = rec.values[k]
-        for asset, bound in cols.items():
-            samples = {}
-            for role, tag, j in bound:
-                v = float(row[j])
-                samples[role] = Sample(tag, v, good if math.isfinite(v) else bad, utc, t)
-            windows.push(asset, samples, t)
-        frame = windows.frame(utc, t)
-        if frame is not None:
-            out.extend(await scorer.score(frame))
-    await scorer.drain()
-    return out
+    """The agent's own path (:func:`agent.replay.alarm_inputs`): one Sample per tag per row into
+    FeatureWindows, every frame scored. A NaN (no valid value) arrives as a BAD sample.
+    Returns every Score in time order (assets in binding order within a frame)."""
+    tags = tuple(dict.fromkeys(t for roles in binding.assets.values() for t in roles.values()))
+    agent_rec = AgentRecording(rec.epoch.timestamp() + rec.t_s, tags, rec.series(tags))
+    _, series = alarm_inputs(agent_rec, ReplaySetup([(binding, bundle)], [], AlarmsConfig()), ticks=True)
+    m = bundle.manifest
+    order = {a: i for i, a in enumerate(binding.assets)}
+    out = [
+        (int(row), order[s.asset], Score(m.name, m.version, s.asset, rec.utc(float(rec.t_s[row])),
+                                         {k: float(v[i]) for k, v in s.outputs.items()}, 0.0))
+        for s in series
+        for i, row in enumerate(s.rows)
+    ]
+    return [score for _, _, score in sorted(out, key=lambda x: (x[0], x[1]))]
 
 
 # --------------------------------------------------------------------------- alarms
@@ -387,27 +363,18 @@ class Stream:
 
 
 def replay_alarms(config: AlarmsConfig, epoch: datetime, streams: Sequence[Stream]) -> list[Alarm]:
-    """Feed streams to one :class:`AlarmEngine`, merged in time order; return every transition.
-
-    Rows at the same time are fed in stream order. The engine's assets are the streams' assets.
-    """
-    engine = AlarmEngine(config, list(dict.fromkeys(s.asset for s in streams)))
-    times = np.concatenate([s.t_s for s in streams])
-    owner = np.concatenate([np.full(len(s.t_s), i) for i, s in enumerate(streams)])
-    row = np.concatenate([np.arange(len(s.t_s)) for s in streams])
-    order = np.lexsort((owner, times))
-    tables = [
-        (list(s.values), np.column_stack([np.asarray(v, dtype=np.float64) for v in s.values.values()]))
-        for s in streams
-    ]
-    out: list[Alarm] = []
-    for i in order:
-        s = streams[owner[i]]
-        sources, table = tables[owner[i]]
-        t = float(times[i])
-        values = dict(zip(sources, table[row[i]].tolist(), strict=True))
-        out.extend(engine.evaluate(s.asset, values, t, epoch + timedelta(seconds=t)))
-    return out
+    """Feed streams to the agent's alarm engine (:func:`agent.replay.run_alarms`), merged in
+    time order; return every transition. An asset without a row at a time gets nothing then."""
+    times = np.unique(np.concatenate([s.t_s for s in streams]))
+    inputs = AlarmInputs(epoch.timestamp() + times, tuple(dict.fromkeys(s.asset for s in streams)))
+    for s in streams:
+        idx = np.searchsorted(times, s.t_s)
+        cols = inputs.sources.setdefault(s.asset, {})
+        for src, v in s.values.items():
+            values, present = np.full(len(times), np.nan), np.zeros(len(times), dtype=np.bool_)
+            values[idx], present[idx] = v, True
+            cols[src] = (values, present)
+    return run_alarms(config, inputs)
 
 
 def latest_at(t_grid: FloatArray, t_events: FloatArray, values: FloatArray) -> FloatArray:

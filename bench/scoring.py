@@ -17,7 +17,8 @@ each the median of several rounds of many calls.
 
 **Detection** (``bench.replay``: plant recordings at 1 s through configs/demo.yaml's binding
 (``bad_input: hold``, 3 cycles), the agent's framing, features and scorer outputs, and the real
-alarm engine fed every 1 s cycle with the latest values as the runtime feeds it; every method
+alarm engine through the product's replay (``agent.replay.run_alarms``, as ``edge-export
+evaluate`` runs it) fed every 1 s cycle with the latest values as the runtime feeds it; every method
 is an *alert* with the PCA alert's on-delay (30 s) and off-delay (60 s), so only the detector
 differs):
 

@@ -10,6 +10,7 @@
     edge-export compress --module mypkg.nets:build --state-dict w.pt --manifest m.json \\
         --calibration x.npy --out build/my-model                  # any nn.Module with a manifest
     edge-export report models/fault-mlp                    # print the bundle's report (Markdown)
+    edge-export evaluate models/fault-mlp --data rec/ --events events.csv --baseline build/pca
     edge-export all --config configs/export-demo.yaml      # record, train, compress, gate, sign
     edge-export baseline --config configs/export-example.yaml --out build/baselines  # PCA + dynamic PCA
 
@@ -73,6 +74,19 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", type=Path, default=Path("build/baselines"), help="directory for the bundles")
     b.add_argument("--lags", type=int, help="dynamic PCA lags (default: chosen by Ku's rule)")
     b.add_argument("--no-sign", action="store_true")
+    e = sub.add_parser(
+        "evaluate", help="replay data through the agent's own alarm path: false alerts, detections, delays"
+    )
+    e.add_argument("bundle", type=Path)
+    e.add_argument("--data", nargs="+", required=True, help="wide/long CSVs or agent recording dirs")
+    e.add_argument("--events", type=Path, help="labelled episodes: CSV start,end,asset,class")
+    e.add_argument("--label-column", help="a label column of the data instead ({asset}: one per asset)")
+    e.add_argument("--config", type=Path, help="the agent config to replay (default: derived)")
+    e.add_argument("--baseline", action="append", default=[], type=Path, help="a bundle to compare (repeat)")
+    e.add_argument("--no-classical", action="store_true", help="leave out the 3-sigma and EWMA detectors")
+    e.add_argument("--calibrate", nargs="+", default=[], help="normal data: calibrate alert thresholds first")
+    e.add_argument("--false-alerts-per-day", type=float, default=1.0, help="calibration target (default 1)")
+    e.add_argument("--out", type=Path, default=Path("."), help="directory for evaluation.json (default: .)")
     a = sub.add_parser("all", help="the whole chain: record, every model, sign")
     a.add_argument("--config", required=True, type=Path)
     a.add_argument("--no-sign", action="store_true")
@@ -224,6 +238,34 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from export.evaluate import render_table, run_evaluation
+
+    if args.events is not None and args.label_column is not None:
+        raise ValueError("give --events or --label-column, not both")
+    results, doc = run_evaluation(
+        args.bundle,
+        args.data,
+        events=args.events,
+        label_column=args.label_column,
+        config=args.config,
+        baselines=args.baseline,
+        classical=not args.no_classical,
+        calibration=args.calibrate,
+        false_alerts_per_day=args.false_alerts_per_day,
+    )
+    print(f"{doc['model']} on {doc['rows']} rows ({doc['days']:.2f} days, every {doc['period_s']:g} s)")
+    for n in doc["notes"]:
+        print(f"- {n}")
+    print()
+    print(render_table(results))
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / "evaluation.json"
+    out.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
+    print(f"\nwrote {out}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from export.report import render_markdown
 
@@ -259,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_report(args)
         if args.cmd == "baseline":
             return _cmd_baseline(args)
+        if args.cmd == "evaluate":
+            return _cmd_evaluate(args)
         return _cmd_train(args, every=True)
     except ConfigError as exc:
         print("\n".join(f"error: {p}" for p in exc.problems), file=sys.stderr)

@@ -11,11 +11,15 @@ gate                   passes when
                        Pearson correlation of scores >= 0.999 (anomaly scores, regressors)
 ``distillation``       the distilled student's held-out metric >= the same-size student
                        trained from scratch (minus ``tolerance``): distillation earns its place
-``detection_delay``    the student's mean detection delay (missed faults count their whole
-                       duration) < the PCA baseline's, both at the same false-alarm rate
+``detection``          at the same false-alert budget (thresholds of both calibrated through
+                       the agent's replay, :mod:`export.evaluate`), the student detects a
+                       larger share of the labelled episodes than the PCA baseline, or the
+                       same share with a mean delay over *detected* episodes no longer than
+                       the baseline's (a miss counts in the rate, never as a delay)
 =====================  ======================================================================
 
-A failed gate stops the export (the CLI prints the message, exits 1 and writes no bundle),
+A failed gate stops the export (the CLI prints the message and exits 1; no bundle is written,
+but the detection gate still writes ``report.json``/``report.md`` with the numbers that failed),
 except where the config says a failure only drops something: an INT8 variant that fails its
 gate is left out of the bundle when ``int8: optional`` (the default), and a distilled student
 that does not beat the scratch one is replaced by it when ``distillation: auto``. Either way
@@ -24,7 +28,8 @@ the report says what happened and why.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -34,7 +39,7 @@ __all__ = [
     "INT8_CORRELATION",
     "INT8_TOP1",
     "GateError",
-    "gate_detection_delay",
+    "gate_detection",
     "gate_distillation",
     "gate_fp32_parity",
     "gate_int8_agreement",
@@ -135,15 +140,40 @@ def gate_distillation(
     return measured
 
 
-def gate_detection_delay(student_s: float, baseline_s: float, *, far: float) -> dict[str, float]:
-    """Mean detection delay (s) of the student vs the PCA baseline at false-alarm rate ``far``."""
-    measured = {"student_mean_delay_s": student_s, "pca_mean_delay_s": baseline_s, "false_alarm_rate": far}
-    if not student_s < baseline_s:
+def gate_detection(
+    student: Mapping[str, float], baseline: Mapping[str, float], *, budget_per_day: float
+) -> dict[str, float]:
+    """Detection rate, then mean delay over detected episodes, of the student vs the baseline.
+
+    ``student``/``baseline``: ``detection_rate``, ``mean_delay_detected_s`` and
+    ``false_alerts_per_day`` (on test data) at false-alert budget ``budget_per_day``.
+    """
+    rs, rb = float(student["detection_rate"]), float(baseline["detection_rate"])
+    ds, db = float(student["mean_delay_detected_s"]), float(baseline["mean_delay_detected_s"])
+    measured = {
+        "student_detection_rate": rs,
+        "baseline_detection_rate": rb,
+        "student_mean_delay_detected_s": ds,
+        "baseline_mean_delay_detected_s": db,
+        "student_false_alerts_per_day": float(student["false_alerts_per_day"]),
+        "baseline_false_alerts_per_day": float(baseline["false_alerts_per_day"]),
+        "budget_false_alerts_per_day": budget_per_day,
+    }
+    where = f"(both calibrated for {budget_per_day:g} false alerts per day)"
+    if not math.isfinite(rs) or not rs > 0:
+        raise GateError("detection", f"the student detected none of the labelled episodes {where}", measured)
+    if rs < rb:
         raise GateError(
-            "detection_delay",
-            f"the student detects faults after {student_s:.0f} s on average, "
-            f"the PCA baseline after {baseline_s:.0f} s (both at false-alarm rate {far:g} per frame): "
-            "the student must be faster",
+            "detection",
+            f"the student detected {rs:.0%} of the labelled episodes, the PCA baseline {rb:.0%} {where}",
+            measured,
+        )
+    if rs == rb and math.isfinite(db) and not ds <= db:
+        raise GateError(
+            "detection",
+            f"the student and the PCA baseline both detected {rs:.0%} of the labelled episodes {where}; "
+            f"the student after {ds:.0f} s on average, the baseline after {db:.0f} s: the student must be "
+            "as fast",
             measured,
         )
     return measured

@@ -197,7 +197,20 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines.append("")
     if data.get("classes"):
         lines += ["Classes (from the data): " + ", ".join(f"{k} {v}" for k, v in data["classes"].items()), ""]
-    if report.get("detection"):
+    if report.get("detection", {}).get("table_md"):
+        det = report["detection"]
+        lines += [
+            "## Detection on test recordings (the agent's replay)",
+            "",
+            f"Alert thresholds calibrated for {det['false_alerts_per_day_budget']:g} false alerts per day "
+            "on the validation data through the agent's alarm engine "
+            f"(on/off delay {det['on_delay_s']:g} s); "
+            "delays are over detected episodes.",
+            "",
+            det["table_md"],
+            "",
+        ]
+    elif report.get("detection"):
         lines += [
             "## Detection delay on the test set",
             "",

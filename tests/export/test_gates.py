@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +54,18 @@ def test_gate_functions_pass_and_fail_with_numbers() -> None:
     with pytest.raises(gates.GateError, match="does not match the same-size student trained from scratch"):
         gates.gate_distillation(0.80, 0.85, metric="balanced accuracy")
     assert gates.gate_distillation(0.85, 0.85, metric="balanced accuracy")["distilled"] == 0.85
-    with pytest.raises(gates.GateError, match="the student must be faster"):
-        gates.gate_detection_delay(300.0, 300.0, far=3e-4)
+    def d(rate: float, delay: float) -> dict[str, float]:
+        return {"detection_rate": rate, "mean_delay_detected_s": delay, "false_alerts_per_day": 0.5}
+
+    # detection rate first; a miss is never averaged in as a delay
+    assert gates.gate_detection(d(0.8, 900.0), d(0.6, 30.0), budget_per_day=1)["student_detection_rate"] == 0.8
+    with pytest.raises(gates.GateError, match=r"student detected 60% .* PCA baseline 80%"):
+        gates.gate_detection(d(0.6, 30.0), d(0.8, 900.0), budget_per_day=1)
+    assert gates.gate_detection(d(0.6, 30.0), d(0.6, 30.0), budget_per_day=1)
+    with pytest.raises(gates.GateError, match="the student must be as fast"):
+        gates.gate_detection(d(0.6, 31.0), d(0.6, 30.0), budget_per_day=1)
+    with pytest.raises(gates.GateError, match="detected none"):
+        gates.gate_detection(d(0.0, float("nan")), d(0.0, float("nan")), budget_per_day=1)
 
 
 def test_fp32_parity_gate_stops_a_broken_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -116,9 +127,16 @@ def test_distillation_gate(recordings: list[Recording], tmp_path: Path) -> None:
     assert "scratch" in man.provenance["method"]
 
 
-def test_detection_delay_gate(recordings: list[Recording], tmp_path: Path) -> None:
-    # an on-delay longer than any fault: the student never alarms, so it cannot beat PCA
+def test_detection_gate_failure_writes_its_report_and_no_bundle(recordings: list[Recording], tmp_path: Path) -> None:
+    # an on-delay longer than any fault: the student never alerts, so it cannot match PCA
     cfg = tiny_model(tmp_path, "anomaly", detection_gate=True, on_delay=100_000, int8={"mode": "off"})
-    with pytest.raises(gates.GateError, match=r"gate detection_delay failed: .* the student must be faster"):
+    with pytest.raises(gates.GateError, match=r"gate detection failed: the student detected none .*report in"):
         export_model(cfg, recordings, progress=False)
-    assert not cfg.out.exists()
+    assert sorted(p.name for p in cfg.out.iterdir() if p.suffix != ".svg") == ["report.json", "report.md"]
+    rep = json.loads((cfg.out / "report.json").read_text())
+    (failed,) = [g for g in rep["gates"] if g["gate"] == "detection"]
+    assert failed["result"] == "fail" and failed["measured"]["student_detection_rate"] == 0.0
+    assert "baseline_detection_rate" in failed["measured"]  # the numbers that failed, both sides
+    assert "the agent's replay" in (cfg.out / "report.md").read_text()
+    episodes = rep["detection"]["methods"]["pca baseline"]["per_episode"]
+    assert episodes and {e["class"] for e in episodes} <= {str(c) for c in range(1, 10)}  # the data's codes

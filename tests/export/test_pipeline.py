@@ -56,7 +56,11 @@ def test_classifier_chain(recordings: list[Recording], tmp_path: Path) -> None:
     assert {v["file"] for v in rep["variants"]} == {"model.onnx", "model.int8.onnx"}  # INT8 measured, shipped or not
     # pruning physically removed neurons: the shipped MLP is [16, 8]
     assert "[16, 8]" in man.provenance["method"]
-    assert "pca baseline" in rep["detection"]["detectors"]
+    # detection through the agent's replay: the shipped threshold is the calibrated one
+    det = rep["detection"]
+    assert set(det["methods"]) == {"tiny-classifier", "pca baseline"} and det["false_alerts_per_day_budget"] == 1.0
+    assert man.outputs[1].thresholds["alarm"] == det["thresholds"]["tiny-classifier"]["tiny-classifier.fault_score"]
+    assert det["methods"]["tiny-classifier"]["episodes"] > 0
     # the ONNX input is exactly what the agent's feature function gives for a raw window
     raw = np.random.default_rng(1).uniform(10, 20, size=(2, 60, 14))
     b = load_bundle(cfg.out)
@@ -68,9 +72,12 @@ def test_anomaly_chain_with_classical_baselines(recordings: list[Recording], tmp
     cfg = tiny_model(tmp_path, "anomaly", baselines=True)
     man = export_model(cfg, recordings, key=DEV_KEY, progress=False)
     rep = check_bundle(cfg.out)
-    assert man.outputs[0].name == "score" and man.outputs[0].false_alarm_rate == 3e-4
+    # the manifest's per-frame rate: the calibrated threshold's share of normal calibration frames
+    rate = rep["detection"]["calibration_frame_rates"]["tiny-anomaly"]["tiny-anomaly.score"]
+    assert man.outputs[0].name == "score" and 0 <= rate < 1
+    assert man.outputs[0].false_alarm_rate == (rate if rate > 0 else None)
     assert set(rep["baselines"]) == {"isolation forest", "local outlier factor", "knn distance"}
-    assert {"pca baseline", "isolation forest", "tiny-anomaly"} <= set(rep["detection"]["detectors"])
+    assert set(rep["detection"]["methods"]) == {"pca baseline", "tiny-anomaly"}
     assert "bottleneck" not in man.provenance["method"] and "[8, 8, 8]" in man.provenance["method"]
 
 
