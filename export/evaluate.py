@@ -53,7 +53,9 @@ from agent.pipeline.detectors import EwmaConfig, Sigma3Config
 from agent.replay import AlarmEpisode, AlarmInputs, Recording, ReplaySetup, alarm_inputs, episodes, run_alarms
 from export.data import NORMAL, DataSpec, Windows, events, read_long_csv, resample_hold
 from export.data import Recording as DataRecording
-from export.pca_baseline import _parse_time, read_csv
+from export.dataconfig import read_events
+from export.pca_baseline import read_csv
+from export.tables import TimestampSpec, parse_times
 
 __all__ = [
     "CalibrationData",
@@ -176,31 +178,10 @@ class Labels:
 
 
 def load_events(path: str | Path) -> Labels:
-    """An events file: header ``start,end,asset,class`` (any order), one episode a row."""
-    p = Path(path)
-    with p.open(newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)
-        header = [h.strip().lower() for h in next(reader, [])]
-        need = ["start", "end", "asset", "class"]
-        missing = [h for h in need if h not in header]
-        if missing:
-            raise ValueError(f"{p}:1: an events file needs columns start,end,asset,class; missing {missing}")
-        ix = {h: header.index(h) for h in need}
-        out: list[Episode] = []
-        for line, row in enumerate(reader, start=2):
-            if not any(c.strip() for c in row):
-                continue
-            if len(row) < len(header):
-                raise ValueError(f"{p}:{line}: {len(row)} fields, the header has {len(header)}")
-            start = _parse_time(row[ix["start"]], p, line)
-            end = _parse_time(row[ix["end"]], p, line)
-            if not end >= start:
-                raise ValueError(f"{p}:{line}: end {row[ix['end']]!r} is before start {row[ix['start']]!r}")
-            label = row[ix["class"]].strip()
-            if not label:
-                raise ValueError(f"{p}:{line}: column class is empty")
-            out.append(Episode(start, end, row[ix["asset"]].strip() or None, label))
-    return Labels(tuple(out))
+    """An events file: header ``start,end,asset,class``, one episode a row (read by the export
+    chain's own reader, ``export.dataconfig.read_events``: one format, one set of errors)."""
+    ranges = read_events(Path(path), TimestampSpec())
+    return Labels(tuple(Episode(r.start, r.end, r.asset, r.what) for r in ranges))
 
 
 def label_column_episodes(
@@ -219,7 +200,7 @@ def label_column_episodes(
                     raise ValueError(f"{f}:1: no label column {col!r}")
                 idx[a] = header.index(col)
             rows = [(line, r) for line, r in enumerate(reader, start=2) if r]
-        t = [_parse_time(r[0], f, line) for line, r in rows]
+        t = list(parse_times([r[0] for _, r in rows], TimestampSpec(), str(f), [line for line, _ in rows]))
         for a, j in idx.items():
             labels = [r[j].strip() if j < len(r) else "" for _, r in rows]
             k = 0
