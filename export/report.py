@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 __all__ = ["bar_chart", "confusion_svg", "line_chart", "render_markdown", "write_report"]
 
 _W, _H, _M = 480, 320, 48
@@ -255,7 +257,27 @@ def write_report(out: Path, report: dict[str, Any], plots: Mapping[str, str]) ->
         report["plots"][file.removesuffix(".svg").replace("_", " ")] = file
         names.append(file)
     (out / "report.json").write_text(
-        json.dumps(report, indent=2, sort_keys=True, default=float) + "\n", encoding="utf-8"
+        json.dumps(_json_safe(report), indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8"
     )
     (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
     return [*names, "report.json", "report.md"]
+
+
+def _json_safe(obj: Any) -> Any:
+    """The report as strict JSON: a number that was not measured (NaN: no episode to detect, no
+    frame above a threshold) or is infinite becomes null, never the non-standard ``NaN``."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (bool, str)) or obj is None:
+        return obj
+    if isinstance(obj, (int, float, np.integer, np.floating)):
+        v = float(obj)
+        if isinstance(obj, (int, np.integer)) and not isinstance(obj, bool):
+            return int(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    return float(obj)
+
