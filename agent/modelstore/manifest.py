@@ -403,8 +403,16 @@ class Manifest(_Frozen):
 def _loc(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + str(part)
+        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + _printable(str(part))
     return out or "(top level)"
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped (a key from a hostile file must not break the
+    one-problem-per-line message, nor reach a terminal raw); an empty key shows as ``''``."""
+    if not text:
+        return "''"
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def load_manifest(path: str | os.PathLike[str]) -> Manifest:
@@ -455,5 +463,5 @@ def parse_manifest(data: bytes, source: str | os.PathLike[str]) -> Manifest:
             msg = str(err["msg"]).removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
-            problems.append(f"{p}: {_loc(tuple(err['loc']))}: {msg}")
+            problems.append(f"{p}: {_loc(tuple(err['loc']))}: {_printable(msg)}")
         raise ModelError("invalid manifest:\n" + "\n".join(problems)) from None
