@@ -52,6 +52,7 @@ from agent.drivers import make_driver
 from agent.errors import AgentError, AuditError, ConfigError, ModelError
 from agent.hmi import HmiWriter, block_values, with_sources
 from agent.modelstore.binding import ModelBinding, check_binding
+from agent.modelstore.station import StationManifest
 from agent.ops import sdnotify
 from agent.ops.audit import AuditLog
 from agent.ops.host import boot_id
@@ -173,6 +174,14 @@ class Agent:
         }
         self.rule = PumpEnergyRule(config.recommender) if config.recommender is not None else None
         self.audit = AuditLog(config.audit_config())
+        self.station: StationManifest | None = None  # the identified station the rule plans on
+        if self.rule is not None and self.rule.config.station_bundle is not None:
+            try:
+                self.station = self._load_station()
+                self.rule.use_station(self.station)
+                log.info("station loaded", station=self.station.ident)
+            except (ModelError, ValueError) as exc:  # the datasheet values stay the fallback
+                log.error("station bundle refused; the rule uses the datasheet values", error=str(exc))
         self.hmi = HmiWriter(config, self.drivers, self._device_of, clock=clock)
         self.writeback = self._build_writeback() if config.guard is not None else None
         self._state_file = config.agent.state_dir / "alarms.json"
@@ -251,6 +260,42 @@ class Agent:
                 f"agent.cycle_ms in {self.config_path} is {self.config.agent.cycle_ms} ms: they must match"
             )
         return _Model(binding, bundle, FeatureWindows(bundle.manifest, binding), Scorer(bundle))
+
+    def _load_station(self) -> StationManifest:
+        """The recommender bundle, checked against ``models_trust`` like a model bundle."""
+        from agent.modelstore.station import load_station_bundle
+
+        assert self.config.recommender is not None and self.config.recommender.station_bundle is not None
+        trust = self.config.models_trust
+        return load_station_bundle(
+            self._resolve(self.config.recommender.station_bundle),
+            [self._resolve(k) for k in trust.public_keys],
+            allow_unsigned=trust.allow_unsigned,
+        )
+
+    async def _reload_station(self) -> list[str]:
+        """Load the recommender bundle again; a bad one is refused and the running one stays."""
+        if self.rule is None or self.rule.config.station_bundle is None:
+            return []
+        old = self.station.ident if self.station is not None else "the datasheet values"
+        try:
+            new = await asyncio.to_thread(self._load_station)
+            self.rule.use_station(new)
+        except (ModelError, ValueError) as exc:
+            log.error("station bundle refused; the running one stays", error=str(exc), running=old)
+            with contextlib.suppress(AuditError):
+                await asyncio.to_thread(
+                    self.audit.record_event, "station_refused", f"station: {exc}; {old} stays"
+                )
+            return [f"station: refused, {old} stays: {exc}"]
+        if self.station is not None and new == self.station:
+            return [f"station: unchanged ({new.ident})"]
+        self.station = new
+        with contextlib.suppress(AuditError):
+            await asyncio.to_thread(
+                self.audit.record_event, "station_installed", f"{new.ident} replaces {old}"
+            )
+        return [f"station: installed {new.ident} (was {old})"]
 
     async def _restore_alarms(self) -> None:
         try:
@@ -605,7 +650,7 @@ class Agent:
                     f"{name}: {new.bundle.ident} replaces {old.bundle.ident}",
                 )
             lines.append(f"{name}: installed {new.bundle.ident} (was {old.bundle.ident})")
-        return lines
+        return lines + await self._reload_station()
 
     # ------------------------------------------------------------------ one cycle
 
@@ -737,11 +782,18 @@ class Agent:
             qualities = {rc.level_tag: level.quality, rc.demand_tag: demand.quality}
             good = level.quality.is_good and demand.quality.is_good
             inputs_mono = min(level.mono, demand.mono)
+            suction: dict[str, tuple[float, float]] = {}
+            for p in rc.pumps:
+                if p.suction_pressure_tag is not None and p.flow_tag is not None:
+                    ps, q = self.table.get(p.suction_pressure_tag, now), self.table.get(p.flow_tag, now)
+                    if ps.quality.is_good and q.quality.is_good:
+                        suction[p.asset] = (ps.as_float(), q.as_float())
             state = StationState(
                 level_m=level.as_float() if good else None,
                 demand_m3h=demand.as_float() if good else None,
                 severity=self._severity_by_asset(),
                 inputs_good=good,
+                suction=suction,
             )
             for r in self.rule.recommend(state, now):
                 recs[r.target_tag] = r

@@ -120,7 +120,7 @@ class RecommenderConfig(FrozenModel):
     carry the level out of it (the plant's oracle rides the band edges exactly)."""
     min_flow_fraction: _Frac = 0.3
     """Minimum continuous flow as a share of the BEP flow at the running speed."""
-    min_flow_margin: _NonNeg = 0.1
+    min_flow_margin: _NonNeg = 0.15
     """Recommend at least (1 + margin) × the minimum flow: the flow meter and the curves err."""
     bep_region: tuple[_Pos, _Pos] = (0.7, 1.2)
     """Preferred operating region, as q / q_BEP at the running speed."""
