@@ -284,6 +284,7 @@ class PumpEnergyRule:
         )
         self.curves = self._datasheet
         self._cache: dict[tuple[object, ...], tuple[float, _Plan]] = {}
+        self._ranges: dict[tuple[object, ...], tuple[float, float]] = {}
         if station is not None:
             self.use_station(station)
 
@@ -299,6 +300,7 @@ class PumpEnergyRule:
                 )
             self.curves = StationCurves.from_bundle(station, [p.min_flow_m3h for p in cfg.pumps])
         self._cache.clear()
+        self._ranges.clear()
 
     # ------------------------------------------------------------------ the station model
 
@@ -394,7 +396,7 @@ class PumpEnergyRule:
                                 + self._pump_cost(j, pair - x, head, suction.get(j), False)[0]
                             )
 
-                        q[i0] = _golden(cost, 0.0, pair, pair * 1e-5 + 1e-6)
+                        q[i0] = _golden(cost, 0.0, pair, pair * 1e-4 + 1e-6)
                         q[j] = pair - q[i0]
         kw, rs, bound = 0.0, [0.0] * n, []
         for i in range(n):
@@ -405,8 +407,21 @@ class PumpEnergyRule:
                     bound.append(f"pump {i + 1} {b}")
         return _Plan(tuple(q), tuple(rs), kw, tuple(bound))
 
-    def _flow_range(self, hs: float, running: Sequence[int], pinned: Sequence[int]) -> tuple[float, float]:
+    def _flow_range(
+        self, hs: float, running: tuple[int, ...], pinned: tuple[int, ...]
+    ) -> tuple[float, float]:
         """Station flow with every running pump at its minimum flow … all at maximum speed."""
+        key = ("range", round(hs, 3), running, pinned, self.curves)
+        if (hit := self._ranges.get(key)) is not None:
+            return hit
+        if len(self._ranges) > 8192:
+            self._ranges.clear()
+        self._ranges[key] = out = self._flow_range_uncached(hs, running, pinned)
+        return out
+
+    def _flow_range_uncached(
+        self, hs: float, running: tuple[int, ...], pinned: tuple[int, ...]
+    ) -> tuple[float, float]:
         c = self.curves
         r_max = self.config.station.max_speed_rpm / c.rated_speed_rpm
         lo_q, hi_q = 0.0, 0.0
@@ -430,21 +445,23 @@ class PumpEnergyRule:
         pinned: tuple[int, ...],
         suction: Mapping[int, tuple[float, float]],
     ) -> tuple[float, _Plan]:
-        """Station flow of least kWh/m³ (cached per static head when no suction data is used)."""
-        key = (round(hs, 3), running, pinned, self.curves) if not suction else None
-        if key is not None and (hit := self._cache.get(key)) is not None:
+        """Station flow of least kWh/m³, cached per static head (1 mm; 1 cm for pumps that
+        differ, whose optimum is a nested search) and rounded suction readings."""
+        digits = 3 if self.curves.identical else 2
+        sk = tuple(sorted((i, round(p, 2), round(q)) for i, (p, q) in suction.items()))
+        key = (round(hs, digits), running, pinned, self.curves, sk)
+        if (hit := self._cache.get(key)) is not None:
             return hit
         lo, hi = self._flow_range(hs, running, pinned)
 
         def spec(total: float) -> float:
             return self._split(total, hs, running, pinned, suction).power_kw / max(total, 1e-9)
 
-        best = _golden(spec, lo, hi, 1e-3)
+        best = _golden(spec, lo, hi, 1e-3 if self.curves.identical else 0.02)
         out = (best, self._split(best, hs, running, pinned, suction))
-        if key is not None:
-            if len(self._cache) > 8192:
-                self._cache.clear()
-            self._cache[key] = out
+        if len(self._cache) > 8192:
+            self._cache.clear()
+        self._cache[key] = out
         return out
 
     # ------------------------------------------------------------------ the rule
@@ -467,7 +484,8 @@ class PumpEnergyRule:
         running = tuple(i for i in range(len(assets)) if i not in idx_unloaded)
         if not running:  # never unload them all
             running, idx_unloaded = tuple(range(len(assets))), ()
-        by_idx = {i: suction[a] for i, a in enumerate(assets) if suction and a in suction}
+        checked = suction if suction and cfg.npsh3_bep_m is not None else {}  # else unused
+        by_idx = {i: checked[a] for i, a in enumerate(assets) if a in checked}
         hs = c.static_head_m + level_m
         q_opt, _ = self._optimum(hs, running, idx_unloaded, by_idx)
         low, high = m.level_low_m + cfg.band_margin_m, m.level_high_m - cfg.band_margin_m
