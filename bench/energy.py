@@ -196,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="3 variants x 1 day")
     ap.add_argument("--variants", type=int, default=5)
     ap.add_argument("--days", type=float, default=7.0)
-    ap.add_argument("--dt", type=float, default=5.0, help="plant step, simulated s")
-    ap.add_argument("--rule-s", type=float, default=10.0, help="rule and Guard every ... simulated s")
+    ap.add_argument("--dt", type=float, default=10.0, help="plant step, simulated s")
+    ap.add_argument("--rule-s", type=float, default=20.0, help="rule and Guard every ... simulated s")
     ap.add_argument("--id-hours", type=float, default=12.0, help="length of each identification recording")
     args = ap.parse_args(argv)
     if args.quick:
