@@ -653,12 +653,13 @@ class StartStopUnit:
     def __init__(
         self,
         guard: Guard,
-        sink: SetpointSink,
+        sinks: Mapping[str, SetpointSink],
         audit: StartStopLog,
         clock_utc: Callable[[], datetime] = utcnow,
     ) -> None:
+        """``sinks`` maps each request tag to the driver that writes it."""
         self.guard = guard
-        self.sink = sink
+        self.sinks = dict(sinks)
         self.audit = audit
         self._utc = clock_utc
         self._pending: dict[str, _Pending] = {}
@@ -786,7 +787,7 @@ class StartStopUnit:
                 continue
             self._pending[tag] = _Pending(value, now)
             try:
-                await self.sink.write(tag, value, purpose="command")
+                await self.sinks[tag].write(tag, value, purpose="command")
             except DriverError as exc:
                 await self._event("start_stop_failed", f"{tag}: {exc}", tag, now)
                 continue
@@ -799,7 +800,7 @@ class StartStopUnit:
 
     async def _read(self, tag: str) -> bool | None:
         try:
-            s = await self.sink.read(tag)
+            s = await self.sinks[tag].read(tag)
         except DriverError:
             return None
         return bool(s.value) if s.quality.is_good and isinstance(s.value, bool | int | float) else None

@@ -147,7 +147,7 @@ class Harness:
         return EPOCH + timedelta(seconds=self.t)
 
     def new_unit(self) -> StartStopUnit:
-        return StartStopUnit(self.guard, Sink(self), self.audit, clock_utc=self.utc)
+        return StartStopUnit(self.guard, {REQ: Sink(self)}, self.audit, clock_utc=self.utc)
 
     def sample(self, tag: str, value: bool) -> Sample:
         return Sample(tag, value, Quality.good(), self.utc(), self.t)
