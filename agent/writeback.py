@@ -609,6 +609,9 @@ START_STOP_CONFIRMED = "start_stop_confirmed"
 RUNNING_CHANGED = "running_changed"
 """Audit event of a start or stop the agent did not ask for (the operator's, a trip), as the
 running feedback showed it: the rest and run times count from it too."""
+RUNNING_SEEN = "running_seen"
+"""Audit event of the running state first seen with no audited history: a pump found running
+counts its run from here (at least this long), one found stopped its rest."""
 _START_STOP_EVENTS = (
     "start_stop_request",
     START_STOP_CONFIRMED,
@@ -681,7 +684,7 @@ class StartStopUnit:
             t = r.utc.timestamp()
             if r.action == "start_stop_request" and r.detail.get("value"):
                 starts.append(t)  # every attempt heats the motor: a failed start counts too
-            if r.action not in (START_STOP_CONFIRMED, RUNNING_CHANGED):
+            if r.action not in (START_STOP_CONFIRMED, RUNNING_CHANGED, RUNNING_SEEN):
                 continue
             if r.detail.get("running"):
                 if r.action == RUNNING_CHANGED:
@@ -699,7 +702,7 @@ class StartStopUnit:
         for r in self._rows(tag, now_utc):
             if r.action in _START_STOP_EVENTS:
                 last = r
-            if r.action in (START_STOP_CONFIRMED, RUNNING_CHANGED):
+            if r.action in (START_STOP_CONFIRMED, RUNNING_CHANGED, RUNNING_SEEN):
                 self._seen[tag] = bool(r.detail.get("running"))
         if last is not None and last.action == "start_stop_request":
             age = now_utc.timestamp() - last.utc.timestamp()
@@ -743,6 +746,9 @@ class StartStopUnit:
                 back = await self._read(tag)
                 if back is not None and bool(fb) == back:  # feedback and request agree again
                     self._confirm_ok[tag] = True
+            if fb is not None and tag not in self._seen and pend is None:
+                word = "running" if fb else "stopped"
+                await self._event(RUNNING_SEEN, f"{tag}: {t.asset} found {word}", tag, now, running=bool(fb))
             if fb is not None:
                 self._seen[tag] = bool(fb)
             audit_ok = self.audit.healthy

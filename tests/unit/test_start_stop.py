@@ -215,15 +215,16 @@ def cycles(n: int, run_s: float, stop_s: float, dt: float = 5.0, **kw: Any) -> l
 
 
 def test_start_confirm_run_and_stop_after_the_minimum_run_time(tmp_path: Path) -> None:
-    h = run([Step(dt=5.0, rec=1)] * 4 + [Step(dt=5.0, rec=0)] * 200, tmp_path)
-    assert h.plc.started == [10.0] and len(h.plc.stopped) == 1
-    assert h.plc.stopped[0] >= 10.0 + 600.0  # not before its minimum run time
+    h = run([Step(dt=5.0, rec=1)] * 70 + [Step(dt=5.0, rec=0)] * 200, tmp_path)
+    # found stopped, its rest counts from then (its stop time is unknown): started after 300 s
+    assert len(h.plc.started) == 1 and 305.0 <= h.plc.started[0] <= 315.0 and len(h.plc.stopped) == 1
+    assert h.plc.stopped[0] >= h.plc.started[0] + 600.0  # not before its minimum run time
     kinds = [r.action for r in h.audit.query(kinds=["event"])]
     assert kinds.count("start_stop_request") == 2 and kinds.count("start_stop_confirmed") == 2
 
 
 def test_a_start_the_feedback_never_confirms_holds_the_pump(tmp_path: Path) -> None:
-    h = run([Step(dt=5.0, rec=1, fail_start=True)] * 60, tmp_path)
+    h = run([Step(dt=5.0, rec=1, fail_start=True)] * 400, tmp_path)
     # failed attempts count as starts: no more than the hour allows, none in flight at once
     assert h.plc.started == [] and len(h.plc.writes) == h.target.max_starts_per_hour
     assert "start_stop_unconfirmed" in [r.action for r in h.audit.query(kinds=["event"])]
@@ -243,6 +244,8 @@ def test_config_refuses_the_running_feedback_as_the_request_tag() -> None:
 # --------------------------------------------------------------------------- knock-outs
 
 FAST = dict(min_run_s=0.0, min_stop_s=0.0, max_starts_per_hour=3)
+# found stopped, a pump rests min_stop_s from then: scripts with the default rest start with it
+REST = [Step(dt=1.0, rec=0), Step(dt=310.0, rec=0)]
 
 
 def _ko_starts(mp: pytest.MonkeyPatch) -> None:
@@ -292,10 +295,10 @@ GUARDS: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], list[Step], dict[s
         [s for k in range(5) for s in [Step(dt=5.0, rec=1, restart=True), *cycles(1, 30, 30)[1:]]],
         FAST,
     ),
-    "minimum run time": (_ko_min_run, cycles(1, 60, 60), {}),
-    "minimum stop time and remote start": (_ko_start_holds, cycles(2, 700, 30), {}),
-    "remote-start permissive": (_ko_start_holds, [Step(dt=5.0, rec=1, remote=False)] * 3, {}),
-    "station permissive": (_ko_permissive, [Step(dt=5.0, rec=1, perm=False)] * 3, {}),
+    "minimum run time": (_ko_min_run, REST + cycles(1, 60, 60), {}),
+    "minimum stop time": (_ko_start_holds, REST + cycles(2, 700, 30), {}),
+    "remote-start permissive": (_ko_start_holds, REST + [Step(dt=5.0, rec=1, remote=False)] * 3, {}),
+    "station permissive": (_ko_permissive, REST + [Step(dt=5.0, rec=1, perm=False)] * 3, {}),
     "confirmation pending": (_ko_pending, [Step(dt=1.0, rec=1), Step(dt=1.0, rec=0)] * 5, FAST),
 }
 
