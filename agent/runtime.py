@@ -54,6 +54,7 @@ from agent.drivers import make_driver
 from agent.errors import AgentError, AuditError, ConfigError, ModelError
 from agent.hmi import HmiWriter, block_values, with_sources
 from agent.inference import LoadContext, ModelRunner, Models
+from agent.modelstore.station import StationManifest
 from agent.modelstore.store import Store
 from agent.modelstore.watch import StoreWatcher
 from agent.ops import sdnotify
@@ -79,7 +80,7 @@ from agent.record import Recorder, default_period, tags_to_record
 from agent.running import RunningSource, SampleSink
 from agent.tagtable import TagTable
 from agent.types import Alarm, Quality, Recommendation, Sample, Score, Value, utcnow
-from agent.writeback import WriteBack, WriteInputs, grid_for
+from agent.writeback import StartStopUnit, WriteBack, WriteInputs, grid_for
 
 if TYPE_CHECKING:  # onnxruntime (~28 MB) only when a model is configured, prometheus-client
     # (~10 MB) only when the metrics endpoint is
@@ -176,8 +177,19 @@ class Agent:
         }
         self.rule = PumpEnergyRule(config.recommender) if config.recommender is not None else None
         self.audit = AuditLog(config.audit_config())
+        self.station: StationManifest | None = None  # the identified station the rule plans on
+        if self.rule is not None and self.rule.config.station_bundle is not None:
+            try:
+                self.station = self._load_station()
+                self.rule.use_station(self.station)
+                log.info("station loaded", station=self.station.ident)
+            except (ModelError, ValueError) as exc:  # the datasheet values stay the fallback
+                log.error("station bundle refused; the rule uses the datasheet values", error=str(exc))
         self.hmi = HmiWriter(config, self.drivers, self._device_of, clock=clock)
         self.writeback = self._build_writeback() if config.guard is not None else None
+        self.start_stop = (
+            self._build_start_stop() if config.guard is not None and config.guard.start_stop else None
+        )
         self._state_file = config.agent.state_dir / "alarms.json"
         self._reload_requested = False
         self._source_failure: str | None = None
@@ -241,6 +253,12 @@ class Agent:
             period = default_period(tags, model.bundle.manifest.window.sample_period_s if model else None)
         return Recorder(rc.directory(self.config.agent.state_dir), tags, period, rc, clock=self._clock)
 
+    def _build_start_stop(self) -> StartStopUnit:
+        cfg = self.config.guard
+        assert cfg is not None
+        sinks = {t.tag: self.drivers[self.config.tag(t.tag)[0].name] for t in cfg.start_stop}
+        return StartStopUnit(Guard(cfg), sinks, self.audit)
+
     # ------------------------------------------------------------------ start-up
 
     def _resolve(self, p: Path) -> Path:
@@ -270,6 +288,42 @@ class Agent:
             check=binding_checker(self.config, self.config_path),
             poll_s=self.config.models_store.poll_s,
         )
+
+    def _load_station(self) -> StationManifest:
+        """The recommender bundle, checked against ``models_trust`` like a model bundle."""
+        from agent.modelstore.station import load_station_bundle
+
+        assert self.config.recommender is not None and self.config.recommender.station_bundle is not None
+        trust = self.config.models_trust
+        return load_station_bundle(
+            self._resolve(self.config.recommender.station_bundle),
+            [self._resolve(k) for k in trust.public_keys],
+            allow_unsigned=trust.allow_unsigned,
+        )
+
+    async def _reload_station(self) -> list[str]:
+        """Load the recommender bundle again; a bad one is refused and the running one stays."""
+        if self.rule is None or self.rule.config.station_bundle is None:
+            return []
+        old = self.station.ident if self.station is not None else "the datasheet values"
+        try:
+            new = await asyncio.to_thread(self._load_station)
+            self.rule.use_station(new)
+        except (ModelError, ValueError) as exc:
+            log.error("station bundle refused; the running one stays", error=str(exc), running=old)
+            with contextlib.suppress(AuditError):
+                await asyncio.to_thread(
+                    self.audit.record_event, "station_refused", f"station: {exc}; {old} stays"
+                )
+            return [f"station: refused, {old} stays: {exc}"]
+        if self.station is not None and new == self.station:
+            return [f"station: unchanged ({new.ident})"]
+        self.station = new
+        with contextlib.suppress(AuditError):
+            await asyncio.to_thread(
+                self.audit.record_event, "station_installed", f"{new.ident} replaces {old}"
+            )
+        return [f"station: installed {new.ident} (was {old})"]
 
     async def _restore_alarms(self) -> None:
         try:
@@ -605,7 +659,7 @@ class Agent:
         return await self._reload_bundles(skip=[])
 
     async def _reload_bundles(self, skip: Sequence[ModelRunner]) -> list[str]:
-        return await self.models.reload_bundles(skip, self._model_event)
+        return await self.models.reload_bundles(skip, self._model_event) + await self._reload_station()
 
     async def _model_event(self, action: str, message: str) -> None:
         with contextlib.suppress(AuditError):
@@ -640,6 +694,14 @@ class Agent:
             inputs = self._write_inputs(now)
             self.view.recommendations = dict(inputs.recommendations)
             self.view.decisions = await self.writeback.step(inputs)
+            if self.start_stop is not None:
+                self.view.decisions |= await self.start_stop.step(
+                    inputs.recommendations,
+                    self.table,
+                    now,
+                    model_healthy=inputs.model_healthy,
+                    stopping=self.stopping,
+                )
             self.view.writes = sum(self.writeback.outcomes.values()) - self.writeback.outcomes["not_sent"]
             self.view.verify_failures = self.view.writes - self.writeback.outcomes["verified"]
         self.view.cycles += 1
@@ -721,11 +783,18 @@ class Agent:
             qualities = {rc.level_tag: level.quality, rc.demand_tag: demand.quality}
             good = level.quality.is_good and demand.quality.is_good
             inputs_mono = min(level.mono, demand.mono)
+            suction: dict[str, tuple[float, float]] = {}
+            for p in rc.pumps:
+                if p.suction_pressure_tag is not None and p.flow_tag is not None:
+                    ps, q = self.table.get(p.suction_pressure_tag, now), self.table.get(p.flow_tag, now)
+                    if ps.quality.is_good and q.quality.is_good:
+                        suction[p.asset] = (ps.as_float(), q.as_float())
             state = StationState(
                 level_m=level.as_float() if good else None,
                 demand_m3h=demand.as_float() if good else None,
                 severity=self._severity_by_asset(),
                 inputs_good=good,
+                suction=suction,
             )
             for r in self.rule.recommend(state, now):
                 recs[r.target_tag] = r

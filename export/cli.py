@@ -13,6 +13,8 @@
     edge-export evaluate models/fault-mlp --data rec/ --events events.csv --baseline build/pca
     edge-export all --config configs/export-demo.yaml      # record, train, compress, gate, sign
     edge-export baseline --config configs/export-example.yaml --out build/baselines  # PCA + dynamic PCA
+    edge-export identify --data rec1.csv rec2/ --config configs/demo.yaml --out models/station \
+        --key export/keys/dev-ed25519.pem                  # the station's curves: a recommender bundle
 
 Exit codes: 0 success, 1 a gate failed or a bundle was refused (the message says which and
 why; nothing is written), 2 a usage, config or data error.
@@ -87,6 +89,16 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--calibrate", nargs="+", default=[], help="normal data: calibrate alert thresholds first")
     e.add_argument("--false-alerts-per-day", type=float, default=1.0, help="calibration target (default 1)")
     e.add_argument("--out", type=Path, default=Path("."), help="directory for evaluation.json (default: .)")
+    i = sub.add_parser("identify", help="fit the station's pump and system curves: a recommender bundle")
+    i.add_argument(
+        "--data", required=True, nargs="+", type=Path, help="recordings (CSV files or directories)"
+    )
+    i.add_argument("--config", required=True, type=Path, help="the agent config (its recommender section)")
+    i.add_argument("--out", required=True, type=Path)
+    i.add_argument(
+        "--prior", type=Path, help="datasheet values and uncertainties (YAML); default: the config's"
+    )
+    i.add_argument("--key", type=Path, help="private key (PEM) to sign station.json")
     a = sub.add_parser("all", help="the whole chain: record, every model, sign")
     a.add_argument("--config", required=True, type=Path)
     a.add_argument("--no-sign", action="store_true")
@@ -274,6 +286,26 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_identify(args: argparse.Namespace) -> int:
+    from export.identify import identify
+
+    man = identify(args.data, args.config, args.out, args.prior, args.key)
+    for p in man.pumps:
+        a, b, c = p.head
+        print(
+            f"{p.asset}: H = {a.value:.2f}±{a.se:.2f} r² {b.value:+.4f} r q − {c.value:.6f}±{c.se:.6f} q², "
+            f"BEP {p.bep_flow_m3h:.1f} m³/h, head RMS {p.residual_head_m:.3f} m, "
+            f"power RMS {p.residual_power_kw:.3f} kW"
+        )
+    s = man.system
+    print(
+        f"system: static head {s.static_head_m.value:.2f}±{s.static_head_m.se:.2f} m, "
+        f"tank area {s.tank_area_m2.value:.1f}±{s.tank_area_m2.se:.1f} m²"
+    )
+    print(f"wrote {args.out}{' (signed)' if args.key else ' (UNSIGNED)'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``edge-export``; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -303,6 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_baseline(args)
         if args.cmd == "evaluate":
             return _cmd_evaluate(args)
+        if args.cmd == "identify":
+            return _cmd_identify(args)
         return _cmd_train(args, every=True)
     except ConfigError as exc:
         print("\n".join(f"error: {p}" for p in exc.problems), file=sys.stderr)
