@@ -328,12 +328,12 @@ class WriteBack:
             st.origin, st.origin_mono, st.moved = value, mono, False
             st.candidate, st.unsettled = None, 0
             # A possibly-applied write now seen: those sent before it no longer matter, a later
-            # one may still land. Without such a match, keep them only while recent.
+            # one may still land. Without such a match they all may still land (a PLC or gateway
+            # that queued one runs it when it resumes, however long that takes): they keep
+            # limiting the next step until one is seen or a write of ours is verified.
             seen = [t for p, t in st.possible if st.grid.same(value, p)]
             if seen:
                 st.possible = [(p, t) for p, t in st.possible if t > max(seen)]
-            else:
-                st.possible = [(p, t) for p, t in st.possible if mono - t < st.cfg.max_input_age_s]
             return
         if cand is None or not st.grid.same(value, cand[0]):
             st.moved = st.moved or cand is not None  # seen to change before any confirmation
