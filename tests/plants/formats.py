@@ -112,7 +112,7 @@ def iso_z(t: datetime) -> str:
 
 
 def _stamp(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return iso_z(t).replace("-", "").replace(":", "")
 
 
 def _cell(v: float) -> str:
@@ -125,20 +125,21 @@ def write_agent_recording(
     *,
     rows_per_file: int = 480,
     agent_version: str = "test-plant",
-    gaps: bool = True,
 ) -> Path:
-    """The run as ``edge-agent record`` writes it: ``recording.json`` and rotating
-    ``wide-<UTCstamp>.csv`` / ``long-<UTCstamp>.csv.gz`` files of at most ``rows_per_file`` rows.
+    """The run as ``edge-agent record`` writes it (agent/record.py's format): ``recording.json``
+    and rotating ``wide-<UTCstamp>.csv`` / ``long-<UTCstamp>.csv.gz`` pairs of at most
+    ``rows_per_file`` rows.
 
     A NaN sample is not GOOD: an empty cell in the wide file, ``BAD`` with the reason
-    ``no value`` in the long file, counted in the manifest's quality counts; runs of samples
-    where every tag is NaN are the recording's ``gaps``."""
+    ``no value`` in the long file, counted in the manifest's counts; runs of rows where no tag
+    is GOOD are the manifest's ``gaps`` (``no GOOD sample``, end exclusive)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     names = [t.name for t in run.tags]
     m = run.matrix(names)
     stamps = run.stamps()
-    files: list[str] = []
+    good = np.isfinite(m)
+    files: list[dict[str, object]] = []
     for lo in range(0, len(run), rows_per_file):
         hi = min(lo + rows_per_file, len(run))
         stamp = _stamp(stamps[lo])
@@ -155,43 +156,53 @@ def write_agent_recording(
                 ts = iso_z(stamps[i])
                 for j, n in enumerate(names):
                     v = m[i, j]
-                    if math.isfinite(v):
-                        w.writerow([ts, n, _cell(v), "GOOD", ""])
-                    else:
-                        w.writerow([ts, n, "", "BAD", "no value"])
-        files += [wide, long]
-    good = np.isfinite(m)
+                    w.writerow(
+                        [ts, n, _cell(v), "GOOD", ""] if math.isfinite(v) else [ts, n, "", "BAD", "no value"]
+                    )
+        span = {"rows": hi - lo, "first_utc": iso_z(stamps[lo]), "last_utc": iso_z(stamps[hi - 1])}
+        g = good[lo:hi]
+        counts = {n: [int(g[:, j].sum()), 0, int((~g[:, j]).sum())] for j, n in enumerate(names)}
+        files.append(
+            {"name": wide, "kind": "wide", "bytes": (d / wide).stat().st_size, **span, "counts": counts}
+        )
+        files.append({"name": long, "kind": "long", "bytes": (d / long).stat().st_size, **span})
     gap_list: list[dict[str, str]] = []
-    if gaps:
-        none = ~good.any(axis=1)
-        i = 0
-        while i < len(none):
-            if none[i]:
-                j = i
-                while j + 1 < len(none) and none[j + 1]:
-                    j += 1
-                gap_list.append({"start": iso_z(stamps[i]), "end": iso_z(stamps[j])})
-                i = j + 1
-            else:
-                i += 1
+    none = ~good.any(axis=1)
+    i = 0
+    while i < len(none):
+        if none[i]:
+            j = i
+            while j + 1 < len(none) and none[j + 1]:
+                j += 1
+            end = stamps[j] + timedelta(seconds=run.period_s)
+            gap_list.append(
+                {"start_utc": iso_z(stamps[i]), "end_utc": iso_z(end), "reason": "no GOOD sample"}
+            )
+            i = j + 1
+        else:
+            i += 1
     meta = {
-        "format": 1,
+        "format": "edge-agent-recording",
+        "format_version": 1,
         "agent_version": agent_version,
         "period_s": run.period_s,
-        "start": iso_z(stamps[0]),
-        "end": iso_z(stamps[-1]),
+        "start_utc": iso_z(stamps[0]),
+        "end_utc": iso_z(stamps[-1]),
+        "complete": True,
+        "stopped": None,
         "tags": [
             {
                 "name": t.name,
                 "unit": t.unit,
-                "quality": {"GOOD": int(good[:, j].sum()), "UNCERTAIN": 0, "BAD": int((~good[:, j]).sum())},
+                "counts": {"GOOD": int(good[:, j].sum()), "UNCERTAIN": 0, "BAD": int((~good[:, j]).sum())},
             }
             for j, t in enumerate(run.tags)
         ],
         "gaps": gap_list,
         "files": files,
+        "removed": {"files": 0, "bytes": 0},
     }
-    (d / "recording.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    (d / "recording.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return d
 
 

@@ -155,21 +155,24 @@ def test_agent_recording_format(tmp_path: Path) -> None:
     d = write_agent_recording(run, tmp_path / "rec", rows_per_file=200)
     meta = json.loads((d / "recording.json").read_text())
     assert meta["period_s"] == 180.0
-    assert meta["start"] == "2026-11-02T00:00:00.000Z"
+    assert meta["format"] == "edge-agent-recording" and meta["complete"] is True
+    assert meta["start_utc"] == "2026-11-02T00:00:00.000Z"
     assert [t["name"] for t in meta["tags"]] == [t.name for t in cstr.TAGS]
     fi = next(t for t in meta["tags"] if t["name"] == "R1.FI101")
-    assert fi["unit"] == "m3/h" and fi["quality"]["BAD"] == int(np.isnan(run.values["R1.FI101"]).sum()) > 0
+    assert fi["unit"] == "m3/h" and fi["counts"]["BAD"] == int(np.isnan(run.values["R1.FI101"]).sum()) > 0
     wides = sorted(d.glob("wide-*.csv"))
     longs = sorted(d.glob("long-*.csv.gz"))
     assert len(wides) == len(longs) == math.ceil(len(run) / 200)
-    assert sorted(meta["files"]) == sorted(p.name for p in [*wides, *longs])
+    assert sorted(f["name"] for f in meta["files"]) == sorted(p.name for p in [*wides, *longs])
+    assert wides[0].name == "wide-20261102T000000.000Z.csv"
+    assert sum(f["rows"] for f in meta["files"] if f["kind"] == "wide") == len(run)
     rows = [r for w in wides for r in list(csv.reader(w.open()))[1:]]
     assert len(rows) == len(run)
     header = next(csv.reader(wides[0].open()))
     assert header == ["timestamp", *(t.name for t in cstr.TAGS)]
     assert rows[1][0] == "2026-11-02T00:03:00.000Z"
     col = header.index("R1.FI101")
-    assert sum(r[col] == "" for r in rows) == fi["quality"]["BAD"]
+    assert sum(r[col] == "" for r in rows) == fi["counts"]["BAD"]
     with gzip.open(longs[0], "rt") as fh:
         lrows = list(csv.reader(fh))
     assert lrows[0] == ["timestamp", "tag", "value", "quality", "reason"]
@@ -177,7 +180,7 @@ def test_agent_recording_format(tmp_path: Path) -> None:
     for lr in longs:
         with gzip.open(lr, "rt") as fh:
             bad += [r for r in csv.reader(fh) if r[3] == "BAD"]
-    assert len(bad) == fi["quality"]["BAD"] and all(r[1] == "R1.FI101" and r[2] == "" for r in bad)
+    assert len(bad) == fi["counts"]["BAD"] and all(r[1] == "R1.FI101" and r[2] == "" for r in bad)
 
 
 def test_historian_wide_export_has_its_quirks(tmp_path: Path) -> None:
