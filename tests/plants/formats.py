@@ -24,7 +24,7 @@ import gzip
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -104,6 +104,37 @@ class PlantRun:
 
     def tag(self, name: str) -> TagInfo:
         return next(t for t in self.tags if t.name == name)
+
+    def scaled(self, factor: float, start: datetime | None = None) -> PlantRun:
+        """The same samples on a clock ``factor`` times faster (period and episode times
+        divided by ``factor``; RUL stays in plant hours): what a test serves and trains on
+        when an hour of plant time must pass in seconds."""
+        return replace(
+            self,
+            period_s=self.period_s / factor,
+            start=start or self.start,
+            episodes=tuple(
+                replace(e, start_s=e.start_s / factor, end_s=e.end_s / factor) for e in self.episodes
+            ),
+        )
+
+    def slice(self, lo: int, hi: int) -> PlantRun:
+        """Rows ``[lo, hi)``, with the episodes that overlap them, clipped and re-based."""
+        t0, t1 = lo * self.period_s, hi * self.period_s
+        eps = tuple(
+            replace(e, start_s=max(e.start_s, t0) - t0, end_s=min(e.end_s, t1) - t0)
+            for e in self.episodes
+            if e.end_s > t0 and e.start_s < t1
+        )
+        return replace(
+            self,
+            start=self.start + timedelta(seconds=t0),
+            values={k: v[lo:hi] for k, v in self.values.items()},
+            label=self.label[lo:hi],
+            episodes=eps,
+            rul_h=None if self.rul_h is None else self.rul_h[lo:hi],
+            strings={k: v[lo:hi] for k, v in self.strings.items()},
+        )
 
 
 def iso_z(t: datetime) -> str:
@@ -271,10 +302,15 @@ def write_historian_wide(
     return HistorianQuirks(utc_offset_h, jitter_s, gaps, dups, string_column, time_format + " %z")
 
 
-def write_historian_long(run: PlantRun, path: str | Path, *, deadband: float = 0.0) -> Path:
+def write_historian_long(
+    run: PlantRun, path: str | Path, *, deadband: float = 0.0, max_interval_s: float = 8 * 3600.0
+) -> Path:
     """The long, exception-based form: ``timestamp,tag,value,quality`` (ISO 8601 UTC), a row
-    only when a value changed by more than ``deadband`` (relative to the tag's span) or its
-    quality changed; a missing sample is a ``BAD`` row with an empty value."""
+    only when a value changed by more than ``deadband`` (relative to the tag's span), its
+    quality changed, or ``max_interval_s`` passed since the last row (a historian's maximum
+    compression interval: 8 h by default, as PI's CompMax); a missing sample is a ``BAD`` row
+    with an empty value."""
+    every = max(1, round(max_interval_s / run.period_s))
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     stamps = [iso_z(s) for s in run.stamps()]
@@ -284,15 +320,18 @@ def write_historian_long(run: PlantRun, path: str | Path, *, deadband: float = 0
         band = deadband * (t.high - t.low)
         last: float | None = None
         last_bad = False
+        since = 0
         for i, x in enumerate(v):
+            since += 1
             if not math.isfinite(x):
                 if not last_bad:
                     rows.append((i, j, "", "BAD"))
+                    since = 0
                 last_bad, last = True, None
                 continue
-            if last is None or last_bad or abs(x - last) > band:
+            if last is None or last_bad or abs(x - last) > band or since >= every:
                 rows.append((i, j, _cell(x), "GOOD"))
-                last, last_bad = float(x), False
+                last, last_bad, since = float(x), False, 0
     rows.sort()
     with p.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh, lineterminator="\n")

@@ -1,0 +1,68 @@
+"""A test plant as a site: its tags on a Modbus server's registers and the agent config for them.
+
+The register layout is the one :class:`tests.replay_server.ReplayServer` serves: each tag a
+float32 (ABCD) in two input registers of unit 1, tag ``i`` at address ``2·i``. The tag entries
+carry the plant's own units and sensor ranges, as a commissioning engineer would type them from
+the instrument list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.plants.formats import PlantRun, TagInfo
+
+__all__ = ["device", "role_name", "roles_of", "tag_entries", "write_config"]
+
+
+def tag_entries(tags: Sequence[TagInfo]) -> list[dict[str, Any]]:
+    """The agent's tag entries for ``tags`` as served (float32 ABCD input registers 2·i)."""
+    return [
+        {
+            "name": t.name,
+            "table": "input",
+            "address": 2 * i,
+            "type": "float32",
+            "word_order": "ABCD",
+            "engineering_unit": t.unit,
+            "range": [t.low, t.high],
+            "description": t.description,
+        }
+        for i, t in enumerate(tags)
+    ]
+
+
+def device(name: str, port: int, run: PlantRun, *, poll_ms: int, timeout_ms: int = 300) -> dict[str, Any]:
+    """A ``modbus_tcp`` device on 127.0.0.1 serving ``run``'s tags."""
+    return {
+        "name": name,
+        "protocol": "modbus_tcp",
+        "host": "127.0.0.1",
+        "port": port,
+        "units": [1],
+        "timeout_ms": timeout_ms,
+        "poll_interval_ms": poll_ms,
+        "breaker": {"failures": 3, "backoff_ms": 200, "backoff_max_ms": 1000},
+        "tags": tag_entries(run.tags),
+    }
+
+
+def role_name(tag: str, prefix: str) -> str:
+    """A role from a tag name, as a bulk column mapping names it (``R1.FIC101.SP`` → ``FIC101_SP``)."""
+    return tag.removeprefix(prefix).replace(".", "_")
+
+
+def roles_of(run: PlantRun, prefix: str, roles: Sequence[str] | None = None) -> dict[str, str]:
+    """Role → tag for a model binding: every tag of ``run`` (or those of ``roles``)."""
+    out = {role_name(t.name, prefix): t.name for t in run.tags}
+    return out if roles is None else {r: out[r] for r in roles}
+
+
+def write_config(path: Path, data: Mapping[str, Any]) -> Path:
+    """The agent config as YAML (what an engineer keeps in /etc/edge-agent/agent.yaml)."""
+    path.write_text(yaml.safe_dump(dict(data), sort_keys=False), encoding="utf-8")
+    return path
