@@ -49,7 +49,14 @@ import pytest
 from agent.ops.status import read_status
 from tests.agent_process import agent_process
 from tests.plants import cstr, progpy_source
-from tests.plants.formats import Episode, PlantRun, write_agent_recording, write_events, write_historian_wide
+from tests.plants.formats import (
+    Episode,
+    PlantRun,
+    merge_runs,
+    write_agent_recording,
+    write_events,
+    write_historian_wide,
+)
 from tests.plants.site import device, roles_of, write_config
 from tests.replay_server import ReplayServer
 
@@ -83,10 +90,15 @@ def _export(*args: str | Path, timeout: float = 240) -> subprocess.CompletedProc
 def _site_files(d: Path) -> dict[str, Path]:
     """What the site hands the ML engineer (all on the scaled clock): a historian export of
     five reactor days with faults and its maintenance log (events), a normal reactor run for
-    calibration, three held-out reactor days with faults, four hours of the pump."""
+    calibration, a day and a half held out (the gateway's recording of both plants, the
+    reactor's faults in its events file), four hours of the pump."""
     history = cstr.simulate(5.0, seed=1).scaled(SCALE_REACTOR)
     normal = cstr.simulate(2.0, seed=2, episodes="normal", start=datetime(2026, 11, 10, tzinfo=UTC))
-    held_out = cstr.simulate(3.0, seed=3, start=datetime(2026, 11, 15, tzinfo=UTC))
+    held_out = cstr.simulate(1.5, seed=3, start=datetime(2026, 11, 15, tzinfo=UTC)).scaled(SCALE_REACTOR)
+    # what the gateway recorded over those days: both plants, every tag, on the fast grid
+    hours = len(held_out) * held_out.period_s * SCALE_PUMP / 3600.0
+    pump_then = progpy_source.simulate(hours, seed=3, wear="normal", start=held_out.start)
+    held_out_site = merge_runs(pump_then.scaled(SCALE_PUMP), held_out)
     pump = progpy_source.simulate(4.0, seed=1)
     files = {
         "historian": d / "R1 historian export.csv",
@@ -99,9 +111,8 @@ def _site_files(d: Path) -> dict[str, Path]:
     write_historian_wide(history, files["historian"], seed=1, jitter_s=0.2 * SLOW_S)
     write_events(history, files["events"])
     write_agent_recording(normal.scaled(SCALE_REACTOR), files["normal"])
-    test_run = held_out.scaled(SCALE_REACTOR)
-    write_agent_recording(test_run, files["test"])
-    write_events(test_run, files["test_events"])
+    write_agent_recording(held_out_site, files["test"], rows_per_file=5000)
+    write_events(held_out, files["test_events"])
     write_agent_recording(pump.scaled(SCALE_PUMP), files["pump"], rows_per_file=2000)
     return files
 
@@ -159,9 +170,11 @@ def _agent_config(
     return write_config(path, data)
 
 
-def _export_config(path: Path, files: dict[str, Path], recording: Path, out: Path) -> Path:
-    """The training config, in the documented format (export/README.md, "Your own files")."""
+def _export_configs(d: Path, files: dict[str, Path], recording: Path, out: Path) -> dict[str, Path]:
+    """The training configs, in the documented format (export/README.md, "Training from your
+    own files"): one per plant section, as the recording sets differ."""
     common = {
+        "task": "anomaly",
         "teachers": [{"arch": "autoencoder", "hidden": [32], "bottleneck": 6}],
         "student": {"arch": "autoencoder", "hidden": [16], "bottleneck": 6},
         "stats": ["mean", "std"],
@@ -171,37 +184,53 @@ def _export_config(path: Path, files: dict[str, Path], recording: Path, out: Pat
         "detection_gate": False,
         "int8": {"mode": "off"},
     }
-    data = {
+    reactor = {
         "seed": 0,
         "threads": 1,
         "progress": False,
         "recordings": {
             "sets": [
-                {"name": "history", "files": [str(files["historian"])], "split": "train"},
+                {
+                    "name": "history",
+                    "files": [str(files["historian"])],
+                    "split": "train",
+                    "timestamp": HISTORIAN_TIME,
+                },
                 {"name": "recorded", "files": [str(recording)], "split": "train"},
                 {"name": "normal", "files": [str(files["normal"])], "split": "calibration"},
-                {"name": "pump-history", "files": [str(files["pump"])], "split": "train"},
             ]
         },
         "models": [
             {
                 "name": "r1-anomaly",
-                "task": "anomaly",
                 "description": "reactor R1: anomaly of its 17 measurements (autoencoder)",
                 "out": str(out / "r1-anomaly"),
                 "data": {
                     "assets": ["r1"],
                     "columns": "R1.*",
                     "operating": ["FIC101_SP"],
-                    "timestamp": HISTORIAN_TIME,
                     "events": str(files["events"]),
                     "window": {"sample_period_s": SLOW_S, "length": 5, "stride": 1},
+                    "test_fraction": 0.2,
+                    "min_distinct": 2,  # the targets move in steps: two levels are not a constant
                 },
                 **common,
-            },
+            }
+        ],
+    }
+    pump = {
+        "seed": 0,
+        "threads": 1,
+        "progress": False,
+        "recordings": {
+            "sets": [
+                {"name": "pump-history", "files": [str(files["pump"])], "split": "train"},
+                {"name": "recorded", "files": [str(recording)], "split": "train"},
+            ]
+        },
+        "models": [
             {
                 "name": "p101-anomaly",
-                "task": "anomaly",
                 "description": "pump P101: anomaly of its 10 measurements (autoencoder)",
                 "out": str(out / "p101-anomaly"),
                 "data": {
@@ -209,13 +238,17 @@ def _export_config(path: Path, files: dict[str, Path], recording: Path, out: Pat
                     "columns": "P101.*",
                     "operating": ["SC"],
                     "window": {"sample_period_s": FAST_S, "length": 10, "stride": 1},
+                    "test_fraction": 0.2,
+                    "min_distinct": 2,  # the targets move in steps: two levels are not a constant
                 },
                 **common,
-            },
+            }
         ],
     }
-    path.write_text(json.dumps(data, indent=1), encoding="utf-8")  # JSON is YAML
-    return path
+    paths = {"r1-anomaly": d / "export-reactor.yaml", "p101-anomaly": d / "export-pump.yaml"}
+    for name, data in (("r1-anomaly", reactor), ("p101-anomaly", pump)):
+        paths[name].write_text(json.dumps(data, indent=1), encoding="utf-8")  # JSON is YAML
+    return paths
 
 
 def _status(state: Path) -> dict[str, Any] | None:
@@ -299,11 +332,11 @@ async def test_record_train_evaluate_sign_run_a_plant_that_is_not_the_pump_stati
 
     # 2. train both models from the recording, the historian export and the pump history
     bundles = tmp_path / "bundles"
-    exp_cfg = _export_config(tmp_path / "export.yaml", files, recording, bundles)
-    t0 = time.monotonic()
-    proc = _export("train", "--config", exp_cfg, "--no-sign")
-    assert proc.returncode == 0, proc.stderr
-    print(f"training took {time.monotonic() - t0:.1f} s")
+    for name, exp_cfg in _export_configs(tmp_path, files, recording, bundles).items():
+        t0 = time.monotonic()
+        proc = _export("train", "--config", exp_cfg, "--no-sign")
+        assert proc.returncode == 0, proc.stderr
+        print(f"training {name} took {time.monotonic() - t0:.1f} s")
     manifests = {
         n: json.loads((bundles / n / "manifest.json").read_text()) for n in ("r1-anomaly", "p101-anomaly")
     }

@@ -36,6 +36,7 @@ __all__ = [
     "PlantRun",
     "TagInfo",
     "iso_z",
+    "merge_runs",
     "write_agent_recording",
     "write_events",
     "write_historian_long",
@@ -135,6 +136,20 @@ class PlantRun:
             rul_h=None if self.rul_h is None else self.rul_h[lo:hi],
             strings={k: v[lo:hi] for k, v in self.strings.items()},
         )
+
+
+def merge_runs(fast: PlantRun, slow: PlantRun, name: str = "site") -> PlantRun:
+    """Two plants as one agent recording sees them: ``fast``'s grid, ``slow``'s tags held
+    (zero-order) from its latest sample; labels, episodes and RUL are ``fast``'s, the slow
+    plant's episodes follow (their class names stay apart by asset)."""
+    t = fast.times_s + (fast.start - slow.start).total_seconds()
+    idx = np.clip(np.floor(t / slow.period_s + 1e-9).astype(int), 0, len(slow) - 1)
+    values = {**{k: v[idx] for k, v in slow.values.items()}, **fast.values}
+    shift = (slow.start - fast.start).total_seconds()
+    eps = fast.episodes + tuple(
+        replace(e, start_s=e.start_s + shift, end_s=e.end_s + shift) for e in slow.episodes
+    )
+    return replace(fast, name=name, tags=(*slow.tags, *fast.tags), values=values, episodes=eps, strings={})
 
 
 def iso_z(t: datetime) -> str:
