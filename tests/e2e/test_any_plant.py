@@ -27,7 +27,10 @@ What happens, as an ML engineer would do it:
 5. **run** (``python -m agent run``, a subprocess): both models scoring at their own periods in
    one agent; a fault injected in the served reactor (its thermometer drifts: the temperature
    loop holds the wrong reading, so the reactor cools and its conversion drops) raises the
-   reactor's model alarm after the onset, never before.
+   reactor's model alarm after the onset, never before;
+6. **the same evaluation**: what the agent was served, replayed by ``edge-export evaluate`` with
+   the same config and bundles, raises the same alarm within one sample period of the slow
+   model.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +50,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from agent.config import load_config
+from agent.ops.audit import query_audit
 from agent.ops.status import read_status
 from tests.agent_process import agent_process
 from tests.plants import cstr, progpy_source
@@ -91,7 +97,8 @@ def _site_files(d: Path) -> dict[str, Path]:
     """What the site hands the ML engineer (all on the scaled clock): a historian export of
     five reactor days with faults and its maintenance log (events), a normal reactor run for
     calibration, a day and a half held out (the gateway's recording of both plants, the
-    reactor's faults in its events file), four hours of the pump."""
+    reactor's faults in its events file), four hours of the pump with its wear episodes and an
+    hour of it running normally."""
     history = cstr.simulate(5.0, seed=1).scaled(SCALE_REACTOR)
     normal = cstr.simulate(2.0, seed=2, episodes="normal", start=datetime(2026, 11, 10, tzinfo=UTC))
     held_out = cstr.simulate(1.5, seed=3, start=datetime(2026, 11, 15, tzinfo=UTC)).scaled(SCALE_REACTOR)
@@ -99,7 +106,8 @@ def _site_files(d: Path) -> dict[str, Path]:
     hours = len(held_out) * held_out.period_s * SCALE_PUMP / 3600.0
     pump_then = progpy_source.simulate(hours, seed=3, wear="normal", start=held_out.start)
     held_out_site = merge_runs(pump_then.scaled(SCALE_PUMP), held_out)
-    pump = progpy_source.simulate(4.0, seed=1)
+    pump = progpy_source.simulate(4.0, seed=1).scaled(SCALE_PUMP)
+    pump_normal = progpy_source.simulate(1.0, seed=2, wear="normal", start=datetime(2026, 11, 10, tzinfo=UTC))
     files = {
         "historian": d / "R1 historian export.csv",
         "events": d / "R1 maintenance log.csv",
@@ -107,13 +115,17 @@ def _site_files(d: Path) -> dict[str, Path]:
         "test": d / "r1-test",
         "test_events": d / "r1-test-events.csv",
         "pump": d / "p101-history",
+        "pump_events": d / "p101-wear.csv",
+        "pump_normal": d / "p101-normal",
     }
     write_historian_wide(history, files["historian"], seed=1, jitter_s=0.2 * SLOW_S)
     write_events(history, files["events"])
     write_agent_recording(normal.scaled(SCALE_REACTOR), files["normal"])
     write_agent_recording(held_out_site, files["test"], rows_per_file=5000)
     write_events(held_out, files["test_events"])
-    write_agent_recording(pump.scaled(SCALE_PUMP), files["pump"], rows_per_file=2000)
+    write_agent_recording(pump, files["pump"], rows_per_file=2000)
+    write_events(pump, files["pump_events"])  # the wear progpy ran until its failure thresholds
+    write_agent_recording(pump_normal.scaled(SCALE_PUMP), files["pump_normal"], rows_per_file=2000)
     return files
 
 
@@ -226,6 +238,7 @@ def _export_configs(d: Path, files: dict[str, Path], recording: Path, out: Path)
             "sets": [
                 {"name": "pump-history", "files": [str(files["pump"])], "split": "train"},
                 {"name": "recorded", "files": [str(recording)], "split": "train"},
+                {"name": "normal", "files": [str(files["pump_normal"])], "split": "calibration"},
             ]
         },
         "models": [
@@ -237,6 +250,7 @@ def _export_configs(d: Path, files: dict[str, Path], recording: Path, out: Path)
                     "assets": ["p101"],
                     "columns": "P101.*",
                     "operating": ["SC"],
+                    "events": str(files["pump_events"]),
                     "window": {"sample_period_s": FAST_S, "length": 10, "stride": 1},
                     "test_fraction": 0.2,
                     "min_distinct": 2,  # the targets move in steps: two levels are not a constant
@@ -416,18 +430,49 @@ async def test_record_train_evaluate_sign_run_a_plant_that_is_not_the_pump_stati
                 active = [a for a in doc["alarms"] if a["asset"] == "r1" and a["name"] == "reactor_anomaly"]
                 if active and active[0]["state"].startswith("active"):
                     first_alarm = datetime.now(UTC)
-                    alarm_rows = len(rs.row_times)
             models = {m["name"]: m for m in doc.get("models", [])}
     log.close()
     print(json.dumps(doc, indent=1)[:3000])
     assert first_alarm is not None, f"no reactor alarm; status {doc}"
-    assert onset_wall is not None and first_alarm > onset_wall, (
-        f"alarm at row {alarm_rows} before the fault's onset at row {onset_row}"
+    # the alarm's time as the agent audited it
+    audit = await asyncio.to_thread(query_audit, load_config(cfg).audit_config(), None, ["alarm"])
+    raised = [
+        r.utc
+        for r in audit
+        if r.target == "r1" and r.tag == "reactor_anomaly" and r.action == "active_unacknowledged"
+    ]
+    assert raised, [r.as_dict() for r in audit]
+    live_alarm = raised[0]
+    assert onset_wall is not None and live_alarm > onset_wall, (
+        f"alarm at {live_alarm} before the fault's onset at {onset_wall} (row {onset_row})"
     )
-    delay = (first_alarm - onset_wall).total_seconds()
-    print(f"reactor alarm {delay:.1f} s after the onset ({delay / SLOW_S:.1f} samples)")
+    delay = (live_alarm - onset_wall).total_seconds()
+    print(f"live: reactor alarm {delay:.1f} s after the onset ({delay / SLOW_S:.1f} samples)")
     assert delay < 20 * SLOW_S
     # both models scored, each at its own period: the fast one about ten times as often
     slow, fast = models["r1-anomaly"], models["p101-anomaly"]
     assert slow["signature"] == fast["signature"] == "signed"
     assert slow["calls"] >= 3 and fast["calls"] >= 5 * slow["calls"], (slow["calls"], fast["calls"])
+
+    # 6. what the agent was served, replayed by edge-export evaluate with the same config and
+    #    bundles: the same alarm, within one sample period of the slow model
+    served_r = drift_run.slice(0, len(rs.row_times)).scaled(1.0, start=rs.row_times[0])
+    served_p = pump_live.scaled(SCALE_PUMP).slice(0, len(ps.row_times)).scaled(1.0, start=ps.row_times[0])
+    served = tmp_path / "served"
+    write_agent_recording(merge_runs(served_p, served_r), served, rows_per_file=10_000)
+    onset = Episode("thermometer_drift", 1, onset_row * SLOW_S, len(served_r) * SLOW_S, "r1", "R1.TI201")
+    write_events(replace(served_r, episodes=(onset,)), tmp_path / "served-events.csv")
+    proc = _export(
+        "evaluate", bundles / "r1-anomaly", "--data", served, "--events", tmp_path / "served-events.csv",
+        "--config", cfg, "--out", tmp_path / "replayed", "--no-classical",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    replayed = json.loads((tmp_path / "replayed" / "evaluation.json").read_text())["methods"][0]
+    first = [a for a in replayed["alarms"] if a["asset"] == "r1" and a["name"] == "reactor_anomaly"]
+    assert first, replayed
+    replay_alarm = datetime.fromisoformat(first[0]["raised"].replace("Z", "+00:00"))
+    gap = abs((replay_alarm - live_alarm).total_seconds())
+    print(f"replay: reactor alarm at {replay_alarm}, live at {live_alarm}: {gap:.2f} s apart")
+    assert gap <= SLOW_S, (
+        f"evaluate's alarm {replay_alarm} and the live agent's {live_alarm} are {gap:.2f} s apart"
+    )
