@@ -63,7 +63,7 @@ from tests.plants.formats import (
     write_events,
     write_historian_wide,
 )
-from tests.plants.site import device, roles_of, write_config
+from tests.plants.site import anomaly_model, device, export_config, roles_of, write_config
 from tests.replay_server import ReplayServer
 
 pytestmark = pytest.mark.timeout(420)
@@ -185,23 +185,38 @@ def _agent_config(
 def _export_configs(d: Path, files: dict[str, Path], recording: Path, out: Path) -> dict[str, Path]:
     """The training configs, in the documented format (export/README.md, "Training from your
     own files"): one per plant section, as the recording sets differ."""
-    common = {
-        "task": "anomaly",
-        "teachers": [{"arch": "autoencoder", "hidden": [32], "bottleneck": 6}],
-        "student": {"arch": "autoencoder", "hidden": [16], "bottleneck": 6},
-        "stats": ["mean", "std"],
-        "prune": 0.5,
-        "fit": {"epochs": 4, "finetune_epochs": 1, "patience": 2, "batch": 128},
-        "false_alarm_rate": 0.002,
-        "detection_gate": False,
-        "int8": {"mode": "off"},
-    }
-    reactor = {
-        "seed": 0,
-        "threads": 1,
-        "progress": False,
-        "recordings": {
-            "sets": [
+    reactor = anomaly_model(
+        "r1-anomaly",
+        out / "r1-anomaly",
+        {
+            "assets": ["r1"],
+            "columns": "R1.*",
+            "operating": ["FIC101_SP"],
+            "events": str(files["events"]),
+            "window": {"sample_period_s": SLOW_S, "length": 5, "stride": 1},
+            "test_fraction": 0.2,
+            "min_distinct": 2,  # the targets move in steps: two levels are not a constant
+        },
+        "reactor R1: anomaly of its 17 measurements (autoencoder)",
+    )
+    pump = anomaly_model(
+        "p101-anomaly",
+        out / "p101-anomaly",
+        {
+            "assets": ["p101"],
+            "columns": "P101.*",
+            "operating": ["SC"],
+            "events": str(files["pump_events"]),
+            "window": {"sample_period_s": FAST_S, "length": 10, "stride": 1},
+            "test_fraction": 0.2,
+            "min_distinct": 2,
+        },
+        "pump P101: anomaly of its 10 measurements (autoencoder)",
+    )
+    return {
+        "r1-anomaly": export_config(
+            d / "export-reactor.yaml",
+            [
                 {
                     "name": "history",
                     "files": [str(files["historian"])],
@@ -210,59 +225,19 @@ def _export_configs(d: Path, files: dict[str, Path], recording: Path, out: Path)
                 },
                 {"name": "recorded", "files": [str(recording)], "split": "train"},
                 {"name": "normal", "files": [str(files["normal"])], "split": "calibration"},
-            ]
-        },
-        "models": [
-            {
-                "name": "r1-anomaly",
-                "description": "reactor R1: anomaly of its 17 measurements (autoencoder)",
-                "out": str(out / "r1-anomaly"),
-                "data": {
-                    "assets": ["r1"],
-                    "columns": "R1.*",
-                    "operating": ["FIC101_SP"],
-                    "events": str(files["events"]),
-                    "window": {"sample_period_s": SLOW_S, "length": 5, "stride": 1},
-                    "test_fraction": 0.2,
-                    "min_distinct": 2,  # the targets move in steps: two levels are not a constant
-                },
-                **common,
-            }
-        ],
-    }
-    pump = {
-        "seed": 0,
-        "threads": 1,
-        "progress": False,
-        "recordings": {
-            "sets": [
+            ],
+            [reactor],
+        ),
+        "p101-anomaly": export_config(
+            d / "export-pump.yaml",
+            [
                 {"name": "pump-history", "files": [str(files["pump"])], "split": "train"},
                 {"name": "recorded", "files": [str(recording)], "split": "train"},
                 {"name": "normal", "files": [str(files["pump_normal"])], "split": "calibration"},
-            ]
-        },
-        "models": [
-            {
-                "name": "p101-anomaly",
-                "description": "pump P101: anomaly of its 10 measurements (autoencoder)",
-                "out": str(out / "p101-anomaly"),
-                "data": {
-                    "assets": ["p101"],
-                    "columns": "P101.*",
-                    "operating": ["SC"],
-                    "events": str(files["pump_events"]),
-                    "window": {"sample_period_s": FAST_S, "length": 10, "stride": 1},
-                    "test_fraction": 0.2,
-                    "min_distinct": 2,  # the targets move in steps: two levels are not a constant
-                },
-                **common,
-            }
-        ],
+            ],
+            [pump],
+        ),
     }
-    paths = {"r1-anomaly": d / "export-reactor.yaml", "p101-anomaly": d / "export-pump.yaml"}
-    for name, data in (("r1-anomaly", reactor), ("p101-anomaly", pump)):
-        paths[name].write_text(json.dumps(data, indent=1), encoding="utf-8")  # JSON is YAML
-    return paths
 
 
 def _status(state: Path) -> dict[str, Any] | None:

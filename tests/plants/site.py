@@ -16,7 +16,7 @@ import yaml
 
 from tests.plants.formats import PlantRun, TagInfo
 
-__all__ = ["device", "role_name", "roles_of", "tag_entries", "write_config"]
+__all__ = ["anomaly_model", "device", "export_config", "role_name", "roles_of", "tag_entries", "write_config"]
 
 
 def tag_entries(tags: Sequence[TagInfo]) -> list[dict[str, Any]]:
@@ -66,3 +66,34 @@ def write_config(path: Path, data: Mapping[str, Any]) -> Path:
     """The agent config as YAML (what an engineer keeps in /etc/edge-agent/agent.yaml)."""
     path.write_text(yaml.safe_dump(dict(data), sort_keys=False), encoding="utf-8")
     return path
+
+
+def anomaly_model(name: str, out: Path, data: Mapping[str, Any], description: str = "") -> dict[str, Any]:
+    """A small anomaly autoencoder for ``edge-export train`` (tiny epochs: seconds to train)."""
+    return {
+        "name": name,
+        "task": "anomaly",
+        "description": description,
+        "out": str(out),
+        "data": dict(data),
+        "teachers": [{"arch": "autoencoder", "hidden": [32], "bottleneck": 6}],
+        "student": {"arch": "autoencoder", "hidden": [16], "bottleneck": 6},
+        "stats": ["mean", "std"],
+        "prune": 0.5,
+        "fit": {"epochs": 4, "finetune_epochs": 1, "patience": 2, "batch": 128},
+        "false_alarm_rate": 0.002,
+        "detection_gate": False,
+        "int8": {"mode": "off"},
+    }
+
+
+def export_config(path: Path, sets: Sequence[Mapping[str, Any]], models: Sequence[Mapping[str, Any]]) -> Path:
+    """An ``edge-export`` config (the documented format of export/README.md) as YAML."""
+    data = {
+        "seed": 0,
+        "threads": 1,
+        "progress": False,
+        "recordings": {"sets": list(sets)},
+        "models": list(models),
+    }
+    return write_config(path, data)
