@@ -215,3 +215,24 @@ def test_historian_long_and_events(tmp_path: Path) -> None:
     erows = list(csv.DictReader(ev.open()))
     assert [r["class"] for r in erows] == [e.kind for e in run.episodes]
     assert all(r["asset"] == "r1" and r["start"].endswith("Z") and r["start"] < r["end"] for r in erows)
+
+
+def test_the_stand_in_site_files_load(tmp_path: Path) -> None:
+    """What ``python -m tests.plants.serve`` writes for the README walkthrough is valid for the
+    tools that read it: both agent configs, the training config, the historian export."""
+    from agent.config import load_config as load_agent_config
+    from export.pipeline import load_config as load_export_config
+    from export.tables import TimestampSpec, read_table
+    from tests.plants.serve import HISTORIAN_TIME, write_site
+
+    d = tmp_path / "site"
+    write_site(d, 5021, 90.0)
+    rec = load_agent_config(d / "agent.yaml")
+    assert [t.name for t in rec.devices[0].tags] == [t.name for t in cstr.TAGS]
+    run = load_agent_config(d / "agent-run.yaml")
+    (binding,) = run.models
+    assert binding.assets["r1"]["TI201"] == "R1.TI201" and len(binding.assets["r1"]) == 17
+    exp = load_export_config(d / "export.yaml")
+    assert exp.models[0].data.window.sample_period_s == cstr.PERIOD_S / 90.0
+    table = read_table(d / "historian" / "R1-2026-11.csv", TimestampSpec(**HISTORIAN_TIME))
+    assert table.duplicates > 0 and "Mode" in table.columns
