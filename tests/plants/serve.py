@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -147,7 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"site files in {args.dir}: agent.yaml, agent-run.yaml, export.yaml, historian/, events.csv, normal/, held-out/"
     )
-    asyncio.run(serve(args.port, args.scale, args.fault_after, args.duration))
+    try:
+        asyncio.run(serve(args.port, args.scale, args.fault_after, args.duration))
+    except RuntimeError as exc:  # pymodbus: the port is taken (its own log line says which)
+        print(f"error: cannot serve on 127.0.0.1:{args.port}: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
