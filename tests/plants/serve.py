@@ -24,7 +24,7 @@ import contextlib
 import signal
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tests.plants import cstr
@@ -127,9 +127,10 @@ async def serve(port: int, scale: float, fault_after_s: float, duration_s: float
     srv.server.port = port  # a fixed port for a person to point the agent at (tests use port 0)
     async with srv:
         srv.play()
+        onset = datetime.now(UTC) + timedelta(seconds=fault_after_s)
         print(
             f"serving reactor R1 ({len(run.tags)} tags) on 127.0.0.1:{port}, a sample every {run.period_s:g} s "
-            f"({scale:g}x); its thermometer drifts after {fault_after_s:g} s",
+            f"({scale:g}x); its thermometer starts drifting at {onset:%H:%M:%S}Z",
             flush=True,
         )
         with contextlib.suppress(TimeoutError):
