@@ -139,15 +139,18 @@ def _agent_config(
     pump: PlantRun,
     bundles: dict[str, Path] | None = None,
     trust: Path | None = None,
+    record: Path | None = None,
 ) -> Path:
     """The agent's config for the two served plants (and, once trained, their models)."""
     data: dict[str, Any] = {
         "agent": {"name": "any-plant", "log_level": "warning", "state_dir": str(state), "cycle_ms": 100},
         "devices": [
-            device("reactor", reactor_port, reactor, poll_ms=500),
+            device("reactor", reactor_port, reactor, poll_ms=100),
             device("pump", pump_port, pump, poll_ms=100),
         ],
     }
+    if record is not None:  # the running agent records what it reads (the PLC sees no extra client)
+        data["record"] = {"dir": str(record), "period_s": FAST_S, "flush_s": 0.5}
     if bundles:
         data["models"] = [
             {"name": "r1-anomaly", "bundle": str(bundles["r1-anomaly"]), "assets": {"r1": roles_of(reactor, "R1.")}},
@@ -165,7 +168,9 @@ def _agent_config(
                     "code": 1,
                     "source": "r1-anomaly.anomaly",
                     "high": {"value": 0.5, "severity": 2},
-                    "on_delay_s": 2 * SLOW_S,  # two frames of the slow model
+                    # two frames of the slow model; not exactly 2 periods: at an exact multiple, a
+                    # live agent's cycle jitter decides whether the second frame already counts
+                    "on_delay_s": 1.5 * SLOW_S,
                     "latch": True,
                     "response": "Compare TI201 with the spare thermometer; check the product analyser and the jacket.",
                 },
@@ -272,6 +277,32 @@ async def _record(config: Path, out: Path, seconds: float) -> tuple[int, str, st
     return proc.returncode or 0, stdout.decode(), stderr.decode()
 
 
+def _as_polled(served: list[tuple[ReplayServer, PlantRun]], end: datetime) -> PlantRun:
+    """What the agent could read, on the fast model's grid from a point of the slow model's UTC
+    grid (the agent's models tick at ``k × period`` UTC): every served tag holds the row that
+    was live at each grid time."""
+    start = max(srv.row_times[0].timestamp() for srv, _ in served)
+    t0 = np.ceil(start / SLOW_S) * SLOW_S
+    grid = t0 + FAST_S * np.arange(int((end.timestamp() - t0) / FAST_S))
+    values: dict[str, np.ndarray] = {}
+    for srv, run in served:
+        live = np.array([t.timestamp() for t in srv.row_times])
+        idx = np.searchsorted(live, grid, side="right") - 1
+        values.update({k: v[idx] for k, v in run.values.items()})
+    tags = tuple(t for _, run in served for t in run.tags)
+    return PlantRun(
+        "served",
+        datetime.fromtimestamp(t0, UTC),
+        FAST_S,
+        tags,
+        values,
+        np.zeros(len(grid), np.int64),
+        {},
+        (),
+        "site",
+    )
+
+
 def _drift_run() -> tuple[PlantRun, int]:
     """The reactor as served in the live run: normal, then its thermometer drifts fast (a
     sensor fault its own loop hides); returns the run and the onset row."""
@@ -341,6 +372,7 @@ async def test_record_train_evaluate_sign_run_a_plant_that_is_not_the_pump_stati
     key = tmp_path / "keys" / "site"
     key.parent.mkdir()
     run_cfg_path = tmp_path / "agent.yaml"
+    seen = tmp_path / "seen"  # what the running agent records
     drift_run, onset_row = _drift_run()
     pump_live = progpy_source.simulate(1.0, seed=9, wear="normal")
 
@@ -348,7 +380,7 @@ async def test_record_train_evaluate_sign_run_a_plant_that_is_not_the_pump_stati
         return _agent_config(
             run_cfg_path, state=state, reactor_port=reactor_port, pump_port=pump_port,
             reactor=drift_run, pump=pump_live,
-            bundles={n: bundles / n for n in manifests}, trust=key.with_suffix(".pub"),
+            bundles={n: bundles / n for n in manifests}, trust=key.with_suffix(".pub"), record=seen,
         )  # fmt: skip
 
     run_config(1502, 1503)  # the ports are the live run's; evaluate reads models, assets and alarms
@@ -406,6 +438,8 @@ async def test_record_train_evaluate_sign_run_a_plant_that_is_not_the_pump_stati
                 if active and active[0]["state"].startswith("active"):
                     first_alarm = datetime.now(UTC)
             models = {m["name"]: m for m in doc.get("models", [])}
+            await asyncio.sleep(3 * SLOW_S)  # a little more served (and recorded) past the alarm
+            stopped = datetime.now(UTC)
     log.close()
     print(json.dumps(doc, indent=1)[:3000])
     assert first_alarm is not None, f"no reactor alarm; status {doc}"
@@ -429,25 +463,32 @@ async def test_record_train_evaluate_sign_run_a_plant_that_is_not_the_pump_stati
     assert slow["signature"] == fast["signature"] == "signed"
     assert slow["calls"] >= 3 and fast["calls"] >= 5 * slow["calls"], (slow["calls"], fast["calls"])
 
-    # 6. what the agent was served, replayed by edge-export evaluate with the same config and
-    #    bundles: the same alarm, within one sample period of the slow model
+    # 6. edge-export evaluate with the same config and bundles, on what the agent was served
+    #    and on what the running agent recorded: the same alarm within one sample period of the
+    #    slow model (plus the agent's poll and cycle: 0.2 s)
     served_r = drift_run.slice(0, len(rs.row_times)).scaled(1.0, start=rs.row_times[0])
-    served_p = pump_live.scaled(SCALE_PUMP).slice(0, len(ps.row_times)).scaled(1.0, start=ps.row_times[0])
-    served = tmp_path / "served"
-    write_agent_recording(merge_runs(served_p, served_r), served, rows_per_file=10_000)
     onset = Episode("thermometer_drift", 1, onset_row * SLOW_S, len(served_r) * SLOW_S, "r1", "R1.TI201")
     write_events(replace(served_r, episodes=(onset,)), tmp_path / "served-events.csv")
-    proc = _export(
-        "evaluate", bundles / "r1-anomaly", "--data", served, "--events", tmp_path / "served-events.csv",
-        "--config", cfg, "--out", tmp_path / "replayed", "--no-classical",
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    replayed = json.loads((tmp_path / "replayed" / "evaluation.json").read_text())["methods"][0]
-    first = [a for a in replayed["alarms"] if a["asset"] == "r1" and a["name"] == "reactor_anomaly"]
-    assert first, replayed
-    replay_alarm = datetime.fromisoformat(first[0]["raised"].replace("Z", "+00:00"))
-    gap = abs((replay_alarm - live_alarm).total_seconds())
-    print(f"replay: reactor alarm at {replay_alarm}, live at {live_alarm}: {gap:.2f} s apart")
-    assert gap <= SLOW_S, (
-        f"evaluate's alarm {replay_alarm} and the live agent's {live_alarm} are {gap:.2f} s apart"
+    served = tmp_path / "served"
+    write_agent_recording(
+        _as_polled([(rs, drift_run), (ps, pump_live)], stopped), served, rows_per_file=10_000
     )
+    for data in (served, seen):
+        proc = _export(
+            "evaluate", bundles / "r1-anomaly", "--data", data, "--events", tmp_path / "served-events.csv",
+            "--config", cfg, "--out", tmp_path / f"replayed-{data.name}", "--no-classical",
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        replayed = json.loads((tmp_path / f"replayed-{data.name}" / "evaluation.json").read_text())[
+            "methods"
+        ][0]
+        first = [a for a in replayed["alarms"] if a["asset"] == "r1" and a["name"] == "reactor_anomaly"]
+        assert first, replayed
+        replay_alarm = datetime.fromisoformat(first[0]["raised"].replace("Z", "+00:00"))
+        gap = abs((replay_alarm - live_alarm).total_seconds())
+        print(
+            f"replay of {data.name}: reactor alarm at {replay_alarm}, live at {live_alarm}: {gap:.2f} s apart"
+        )
+        assert gap <= SLOW_S + 0.2, (
+            f"{data.name}: evaluate's alarm {replay_alarm}, the live agent's {live_alarm}: {gap:.2f} s"
+        )
