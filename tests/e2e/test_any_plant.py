@@ -38,10 +38,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -316,11 +318,18 @@ def _drift_run() -> tuple[PlantRun, int]:
     return full.slice(onset - lead, onset + 40).scaled(SCALE_REACTOR), lead
 
 
+@pytest.fixture
+def short() -> Iterator[Path]:
+    """A state directory whose unix socket path stays short (tmp_path's can pass 108 bytes)."""
+    d = Path(tempfile.mkdtemp(prefix="anyplant-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
 async def test_record_train_evaluate_sign_run_a_plant_that_is_not_the_pump_station(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, short: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
-    short = Path(tempfile.mkdtemp(prefix="anyplant-", dir="/tmp"))  # a unix socket path stays short
     files = _site_files(tmp_path / "site")
 
     # 1. record both plants through the agent (normal operation)
