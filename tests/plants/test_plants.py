@@ -236,3 +236,22 @@ def test_the_stand_in_site_files_load(tmp_path: Path) -> None:
     assert exp.models[0].data.window.sample_period_s == cstr.PERIOD_S / 90.0
     table = read_table(d / "historian" / "R1-2026-11.csv", TimestampSpec(**HISTORIAN_TIME))
     assert table.duplicates > 0 and "Mode" in table.columns
+
+
+def test_scaled_sliced_and_merged_runs() -> None:
+    """A faster clock keeps the samples and moves the episodes; two plants merge on the fast grid."""
+    from tests.plants.formats import merge_runs
+
+    slow = cstr.simulate(1.0, seed=3, episodes=[Episode("analyser_stuck", 2, 6 * 3600.0, 9 * 3600.0, "r1")])
+    fast = progpy_source.simulate(0.5, seed=3, wear="normal")
+    s = slow.scaled(90.0)
+    assert s.period_s == 2.0 and s.episodes[0].start_s == 240.0
+    np.testing.assert_array_equal(s.matrix(), slow.matrix())
+    cut = slow.slice(100, 200)
+    assert cut.start == slow.start + timedelta(seconds=100 * 180.0) and len(cut) == 100
+    assert cut.episodes[0].start_s == 20 * 180.0 and cut.episodes[0].end_s == 80 * 180.0
+    both = merge_runs(fast.scaled(50.0), s)
+    assert len(both) == len(fast) and len(both.tags) == len(slow.tags) + len(fast.tags)
+    # 0.2 s rows: each slow sample (2 s) is held for ten rows
+    np.testing.assert_array_equal(both.values["R1.TI201"][:20], np.repeat(slow.values["R1.TI201"][:2], 10))
+    np.testing.assert_array_equal(both.values["P101.SI"], fast.values["P101.SI"])
