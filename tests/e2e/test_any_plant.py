@@ -478,6 +478,8 @@ async def test_record_train_evaluate_sign_run_a_plant_that_is_not_the_pump_stati
     served_r = drift_run.slice(0, len(rs.row_times)).scaled(1.0, start=rs.row_times[0])
     onset = Episode("thermometer_drift", 1, onset_row * SLOW_S, len(served_r) * SLOW_S, "r1", "R1.TI201")
     write_events(replace(served_r, episodes=(onset,)), tmp_path / "served-events.csv")
+    seen_meta = json.loads((seen / "recording.json").read_text())
+    assert len(seen_meta["tags"]) == 27 and seen_meta["period_s"] == pytest.approx(FAST_S)
     served = tmp_path / "served"
     write_agent_recording(
         _as_polled([(rs, drift_run), (ps, pump_live)], stopped), served, rows_per_file=10_000
