@@ -27,7 +27,16 @@ from typing import Any
 
 import structlog
 
-from agent.config import AgentSection, AnyTag, Config, ModbusTag, check_paths, load_config
+from agent.config import (
+    AgentSection,
+    AnyTag,
+    Config,
+    ModbusTag,
+    check_models,
+    check_paths,
+    load_config,
+    model_periods,
+)
 from agent.configbase import Purpose
 from agent.drivers import make_driver
 from agent.drivers.modbus import UnitStatus, encode_tag
@@ -80,10 +89,15 @@ async def _poll_once(cfg: Config, only: set[str] | None) -> tuple[list[Sample], 
 
 
 def _cmd_check(cfg: Config, args: argparse.Namespace) -> int:
-    # The file is valid (main loaded it); now what it points at: bundles, keys, state directory.
+    # The file is valid (main loaded it); now what it points at: bundles (and each binding
+    # against its manifest: roles, units, periods), keys, state directory.
     problems = check_paths(cfg, args.config)
+    model_errors, warnings = check_models(cfg, args.config)
+    problems += model_errors
     for line in problems:
         print(line, file=sys.stderr)
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
     if problems:
         return 2
     n_tags = sum(len(d.tags) for d in cfg.devices)
@@ -91,6 +105,8 @@ def _cmd_check(cfg: Config, args: argparse.Namespace) -> int:
     for dev in cfg.devices:
         units = f" units {dev.units}" if dev.protocol != "opcua" else ""
         print(f"  {dev.name} {dev.protocol} {dev.endpoint}{units} poll {dev.poll_interval_ms} ms")
+    for m, period in model_periods(cfg, args.config):
+        print(f"  model {m}: a row every {period:g} s")
     if not args.connect:
         return 0
     _, status = asyncio.run(_poll_once(cfg, None))

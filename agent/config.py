@@ -41,9 +41,9 @@ from agent.configbase import FrozenModel, Loc, LocatedError, Purpose, Secret, ch
 from agent.configyaml import LineMap, compose, format_loc, line_for, problem, read_text
 from agent.drivers.modbus_codec import DataType, register_count, valid_orders
 from agent.drivers.opcua_config import OpcUaDevice, OpcUaTag
-from agent.errors import ConfigError
-from agent.modelstore.binding import ModelBinding
-from agent.modelstore.manifest import MANIFEST_FILE
+from agent.errors import ConfigError, ModelError
+from agent.modelstore.binding import ModelBinding, binding_problems, binding_warnings
+from agent.modelstore.manifest import MANIFEST_FILE, load_manifest
 from agent.ops.audit import AuditConfig
 from agent.ops.metrics_config import MetricsConfig
 from agent.pipeline.alarms import AlarmsConfig
@@ -69,9 +69,11 @@ __all__ = [
     "ModelsTrust",
     "Purpose",
     "Secret",
+    "check_models",
     "check_paths",
     "load_config",
     "modbus_reference",
+    "model_periods",
     "parse_config",
 ]
 
@@ -362,11 +364,12 @@ class AgentSection(FrozenModel):
     log_format: Literal["auto", "console", "json"] = "auto"
     """``auto``: JSON lines when stderr is not a terminal (journald), the console on one."""
     state_dir: Path = Path("/var/lib/edge-agent")
-    """The audit log, alarm state and ownership file (relative: to the working directory). It
-    need not exist yet; a path that exists and is not a directory is refused."""
+    """The audit log, alarm state, ownership file and the persisted windows of slow models
+    (relative: to the working directory). It need not exist yet; a path that exists and is not
+    a directory is refused."""
     cycle_ms: Annotated[int, Field(ge=50, le=60_000)] = 1000
-    """The pipeline tick: windows, models, alarms, Guard, HMI writes. A model's sample period
-    must equal it."""
+    """The cycle: alarms, detectors, Guard and write-back, HMI writes, heartbeat. Each model
+    ticks at its own sample period (agent/inference.py), not at this rate."""
     metrics: MetricsConfig | None = None
     """The Prometheus endpoint, e.g. ``{listen: "127.0.0.1:9108"}`` (absent: off). Loopback
     only unless ``allow_remote: true``."""
@@ -1046,4 +1049,48 @@ def check_paths(config: Config, config_path: str | os.PathLike[str]) -> list[str
     add(("agent", "state_dir"), _dir_problem(config.agent.state_dir, "state directory"))
     if config.audit is not None:
         add(("audit", "path"), _dir_problem(config.audit.path.parent, "audit log directory"))
+    return out
+
+
+def check_models(config: Config, config_path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """What ``edge-agent check`` verifies of each model binding against its bundle's manifest
+    (what ``run`` would refuse: roles, units, and a sample period shorter than the poll
+    interval of a bound tag), as ``file:line field: message``; and warnings (a ``mean`` role
+    polled fewer than twice per period). Returns (errors, warnings). Bundles that are missing
+    are left to :func:`check_paths`; hashes, signature and session are checked by ``run``."""
+    source = str(config_path)
+    base = Path(os.path.abspath(config_path)).parent
+    units = {t.name: t.engineering_unit for _, t in config.iter_tags()}
+    periods = {t.name: d.poll_interval_ms / 1000 for d, t in config.iter_tags()}
+    errors: list[str] = []
+    warnings: list[str] = []
+    for i, m in enumerate(config.models):
+        path = _resolve(m.bundle, base)
+        if not (path / MANIFEST_FILE).is_file():
+            continue
+        try:
+            manifest = load_manifest(path)
+        except ModelError as exc:
+            loc: Loc = ("models", i, "bundle")
+            errors.append(problem(source, config.line_of(loc), loc, str(exc)))
+            continue
+        for out, found in (
+            (errors, binding_problems(manifest, m, units, periods, source=source)),
+            (warnings, binding_warnings(manifest, m, periods, source=source)),
+        ):
+            for where, message in found:
+                loc = ("models", i, *where)
+                out.append(problem(source, config.line_of(loc), loc, message))
+    return errors, warnings
+
+
+def model_periods(config: Config, config_path: str | os.PathLike[str]) -> list[tuple[str, float]]:
+    """Each model binding whose manifest reads, with its sample period (for ``check``)."""
+    base = Path(os.path.abspath(config_path)).parent
+    out: list[tuple[str, float]] = []
+    for m in config.models:
+        try:
+            out.append((m.name, load_manifest(_resolve(m.bundle, base)).window.sample_period_s))
+        except (ModelError, OSError):
+            continue
     return out

@@ -2,8 +2,9 @@
 
 ::
 
-    sources (RunningSource per device) ─▶ TagTable ─▶ every cycle:
-        FeatureWindows ─▶ Scorer (off the loop) ─▶ AlarmEngine
+    sources (RunningSource per device) ─▶ TagTable (and the models' mean accumulators)
+    models (agent.inference), each at its own sample period: FeatureWindows ─▶ Scorer (off the loop)
+    every cycle: the models' newest scores ─▶ AlarmEngine
         HmiWriter (agent.hmi): display blocks, heartbeat, status word
         pump-energy rule ─▶ WriteBack (agent.writeback): Guard ─▶ audit ─▶ send ─▶ verify
     beside them: the sd_notify task (agent.ops.sdnotify: READY, WATCHDOG while every loop makes
@@ -11,8 +12,9 @@
     (agent.ops.metrics), both reading the units' own state when asked
 
 ``Agent`` orchestrates; each job is a unit of its own with its own tests: the HMI writer, the
-write-back unit, the model runners (features, scorer), the alarm engine, the watchdog, status
-and metrics, and what a config reload may change live (agent.ops.reload).
+write-back unit, the model runners (agent.inference: windows, scorer, each model at its own
+period), the alarm engine, the watchdog, status and metrics, and what a config reload may
+change live (agent.ops.reload).
 
 READY is sent once config, models and the audit log are loaded and the status socket is up,
 never after a first good poll: a PLC that is down at boot must not become a restart loop.
@@ -21,10 +23,11 @@ everything that changed can change live (otherwise refused as a whole, naming wh
 restart), then the model bundles installed in place; every reload is logged and audited.
 
 Start-up builds everything that can fail on bad input first (models, bindings, audit), so a
-bad bundle or config stops the agent before it touches a PLC. The pollers and the cycle loop
-run in one task group: a poller that dies is a fault of the agent, not something to run on
-without (the heartbeat and the watchdog stop with the cycle loop, so the PLC falls back and
-systemd restarts the service; the reason goes to the log and the audit, and ``run`` raises).
+bad bundle or config stops the agent before it touches a PLC. The pollers, the models'
+scheduler and the cycle loop run in one task group: a poller that dies is a fault of the
+agent, not something to run on without (the heartbeat and the watchdog stop with the cycle
+loop, so the PLC falls back and systemd restarts the service; the reason goes to the log and
+the audit, and ``run`` raises).
 Shutdown follows ARCHITECTURE.md, each step with a deadline: stop sources → drain scorers → the
 write-back unit refuses new writes (stopping) and the final HOLD is audited → the final status
 word → flush and close the audit → close sinks.
@@ -40,7 +43,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,7 +54,7 @@ from agent.config import AgentSection, Config, load_config
 from agent.drivers import make_driver
 from agent.errors import AgentError, AuditError, ConfigError, ModelError
 from agent.hmi import HmiWriter, block_values, with_sources
-from agent.modelstore.binding import ModelBinding, check_binding
+from agent.inference import LoadContext, ModelRunner, Models
 from agent.ops import sdnotify
 from agent.ops.audit import AuditLog
 from agent.ops.host import boot_id
@@ -68,7 +71,6 @@ from agent.ops.status import (
 )
 from agent.pipeline.alarms import AlarmEngine, HmiBlock
 from agent.pipeline.detectors import Detector, make_detector
-from agent.pipeline.features import FeatureWindows
 from agent.pipeline.guard import Guard, GuardDecision
 from agent.pipeline.policy import PumpEnergyRule, StationState
 from agent.running import RunningSource, SampleSink
@@ -78,9 +80,7 @@ from agent.writeback import WriteBack, WriteInputs, grid_for
 
 if TYPE_CHECKING:  # onnxruntime (~28 MB) only when a model is configured, prometheus-client
     # (~10 MB) only when the metrics endpoint is
-    from agent.modelstore.bundle import Bundle
     from agent.ops.metrics import MetricsServer
-    from agent.pipeline.scorer import Scorer
 
 __all__ = ["STATUS_BITS", "Agent", "AgentView"]
 
@@ -99,16 +99,6 @@ STATUS_BITS = {
 }
 _DEVICE_LOST_BIT0 = 8  # bits 8..15: device i (config order) lost
 _STOP_DEADLINE_S = 5.0
-
-
-@dataclass
-class _Model:
-    binding: ModelBinding
-    bundle: Bundle
-    windows: FeatureWindows
-    scorer: Scorer
-    latest: dict[str, Score] = field(default_factory=dict)  # for display
-    fresh: dict[str, Score] = field(default_factory=dict)  # scored this cycle: what alarms see
 
 
 @dataclass
@@ -156,17 +146,23 @@ class Agent:
         self.stopping = False
         self.drivers: dict[str, Any] = {d.name: make_driver(d) for d in config.devices}
         self._device_of: dict[str, str] = {}
-        self._units: dict[str, str] = {}  # tag → engineering unit, for model bindings
-        self._periods: dict[str, float] = {}  # tag → refresh period (s), for model bindings
+        units: dict[str, str] = {}  # tag → engineering unit, for model bindings
+        periods: dict[str, float] = {}  # tag → refresh period (s), for model bindings
         limits: dict[str, float] = {}
         for dev in config.devices:
             for tag in dev.tags:
                 self._device_of[tag.name] = dev.name
-                self._units[tag.name] = tag.engineering_unit
-                self._periods[tag.name] = dev.poll_interval_ms / 1000
+                units[tag.name] = tag.engineering_unit
+                periods[tag.name] = dev.poll_interval_ms / 1000
                 limits[tag.name] = dev.stale_limit_s(tag)  # type: ignore[arg-type]
         self.table = TagTable(limits, clock=clock)
-        self.models = [self._load_model(b) for b in config.models]
+        self.models = Models(
+            LoadContext(
+                self._resolve, config.models_trust, units, periods, self.config_path, config.agent.state_dir
+            )
+        )
+        self.models.replace(self.models.load(b) for b in config.models)
+        self._fresh: dict[str, dict[str, Score]] = {}  # the models' scores new this cycle
         self.alarms = AlarmEngine(config.alarms, [a.name for a in config.assets])
         self.detectors: dict[tuple[str, str], Detector] = {
             (a.name, d.name): make_detector(d.detector) for a in config.assets for d in a.detectors
@@ -185,6 +181,7 @@ class Agent:
         self.certificates = Certificates(config.devices)
         self.progress = Progress(clock)
         self._cycle_beat = self.progress.register("cycle", config.agent.cycle_ms / 1000).beat
+        self._models_beat = self.progress.register("models", 1.0).beat
         self.reloads: Counter[str] = Counter()
         self.last_reload: dict[str, Any] | None = None
         self.status_server: StatusServer | None = None
@@ -227,30 +224,6 @@ class Agent:
 
     def _resolve(self, p: Path) -> Path:
         return p if p.is_absolute() else (self._base / p).resolve()
-
-    def _load_model(self, binding: ModelBinding) -> _Model:
-        from agent.modelstore.bundle import load_bundle
-        from agent.pipeline.scorer import Scorer
-
-        path = self._resolve(binding.bundle)
-        trust = self.config.models_trust
-        bundle = load_bundle(
-            path,
-            threads=binding.threads,
-            variant=binding.variant,
-            trusted_keys=[self._resolve(k) for k in trust.public_keys],
-            allow_unsigned=trust.allow_unsigned,
-        )
-        log.info("model loaded", model=bundle.manifest.ident, signature=bundle.signature.detail)
-        check_binding(bundle.manifest, binding, self._units, self._periods, source=self.config_path)
-        period = bundle.manifest.window.sample_period_s
-        cycle = self.config.agent.cycle_ms / 1000
-        if not math.isclose(period, cycle, rel_tol=1e-6):
-            raise ModelError(
-                f"model {bundle.manifest.ident} samples every {period:g} s, "
-                f"agent.cycle_ms in {self.config_path} is {self.config.agent.cycle_ms} ms: they must match"
-            )
-        return _Model(binding, bundle, FeatureWindows(bundle.manifest, binding), Scorer(bundle))
 
     async def _restore_alarms(self) -> None:
         try:
@@ -305,6 +278,7 @@ class Agent:
                         self.runners[dev.name] = runner
                         tg.create_task(self._supervised(runner), name=f"poll {dev.name}")
                     tg.create_task(self._main(stop), name="cycle")
+                    tg.create_task(self.models.run(self.table, self._clock, self._models_beat), name="models")
                     if sdnotify.enabled():
                         notifier = Notifier(
                             self.progress,
@@ -355,15 +329,17 @@ class Agent:
 
     def _poll_sink(self, name: str, runner: RunningSource) -> SampleSink:
         """What a poller hands its samples to: the per-device statistics, the poller's
-        heartbeat (for the watchdog), then the tag table."""
+        heartbeat (for the watchdog), then the tag table and the models' mean accumulators."""
         observe = self.device_stats[name].observe
         beat = self.progress.register(f"poller {name}", runner.interval_s).beat
         update = self.table.update
+        models = self.models
 
         def sink(samples: Sequence[Sample]) -> None:
             observe(runner.counters.last_poll_s, samples)
             beat()
             update(samples)
+            models.observe(samples)
 
         return sink
 
@@ -389,8 +365,7 @@ class Agent:
         sdnotify.notify("STOPPING=1", "STATUS=stopping")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_STOP_DEADLINE_S):
-                for m in self.models:
-                    await m.scorer.drain()
+                await self.models.drain()
         self.stopping = True
         if self.writeback is not None:
             self.writeback.stopping = True
@@ -470,7 +445,7 @@ class Agent:
         lines, fresh = await self.reload_config()
         return lines + await self._reload_bundles(skip=fresh)
 
-    async def reload_config(self) -> tuple[list[str], list[_Model]]:
+    async def reload_config(self) -> tuple[list[str], list[ModelRunner]]:
         """Read and validate the config file again and apply it if everything that changed can
         change live (:mod:`agent.ops.reload`); otherwise refuse it as a whole. Every outcome is
         logged and audited (``config_reloaded`` with the changed field paths, or
@@ -484,13 +459,13 @@ class Agent:
         if restart:
             return [await self._refuse_config(f"needs a restart: {', '.join(restart)}", restart)], []
         changed = config_diff(self.config, new)
-        fresh: list[_Model] = []
-        models: list[_Model] = []
+        fresh: list[ModelRunner] = []
+        models: list[ModelRunner] = []
         try:
             for b in new.models:
                 same = next((m for m in self.models if m.binding == b), None)
                 if same is None:
-                    same = await asyncio.to_thread(self._load_model, b)
+                    same = await asyncio.to_thread(self.models.load, b)
                     fresh.append(same)
                 models.append(same)
         except ModelError as exc:
@@ -522,7 +497,7 @@ class Agent:
             )
         return f"config: refused, the running config stays: {reason}"
 
-    async def _apply_config(self, new: Config, models: list[_Model]) -> None:
+    async def _apply_config(self, new: Config, models: list[ModelRunner]) -> None:
         """Swap in a validated config whose changes are all live ones."""
         old, self.config = self.config, new
         if new.alarms != old.alarms:
@@ -545,7 +520,8 @@ class Agent:
         for m in self.models:
             if id(m) not in kept:
                 await m.scorer.drain()
-        self.models = models
+        self.models.replace(models)
+        self.models.context = replace(self.models.context, trust=new.models_trust)
         names = {m.binding.name for m in models}
         self.view.scores = {k: v for k, v in self.view.scores.items() if k in names}
         logging_changed = (new.agent.log_level, new.agent.log_format) != (
@@ -573,39 +549,12 @@ class Agent:
         """
         return await self._reload_bundles(skip=[])
 
-    async def _reload_bundles(self, skip: Sequence[_Model]) -> list[str]:
-        lines: list[str] = []
-        for i, old in enumerate(self.models):
-            if any(old is m for m in skip):
-                lines.append(f"{old.binding.name}: installed {old.bundle.ident} (new binding)")
-                continue
-            name = old.binding.name
-            try:
-                new = await asyncio.to_thread(self._load_model, old.binding)
-            except ModelError as exc:
-                log.error(
-                    "model reload refused; the running model stays", model=old.bundle.ident, error=str(exc)
-                )
-                with contextlib.suppress(AuditError):
-                    await asyncio.to_thread(
-                        self.audit.record_event, "model_refused", f"{name}: {exc}; {old.bundle.ident} stays"
-                    )
-                lines.append(f"{name}: refused, {old.bundle.ident} stays: {exc}")
-                continue
-            if new.bundle.fingerprint == old.bundle.fingerprint:
-                lines.append(f"{name}: unchanged ({old.bundle.ident})")
-                continue
-            await old.scorer.drain()
-            self.models[i] = new
-            log.warning("model installed", model=new.bundle.ident, replaces=old.bundle.ident)
-            with contextlib.suppress(AuditError):
-                await asyncio.to_thread(
-                    self.audit.record_event,
-                    "model_installed",
-                    f"{name}: {new.bundle.ident} replaces {old.bundle.ident}",
-                )
-            lines.append(f"{name}: installed {new.bundle.ident} (was {old.bundle.ident})")
-        return lines
+    async def _reload_bundles(self, skip: Sequence[ModelRunner]) -> list[str]:
+        return await self.models.reload_bundles(skip, self._model_event)
+
+    async def _model_event(self, action: str, message: str) -> None:
+        with contextlib.suppress(AuditError):
+            await asyncio.to_thread(self.audit.record_event, action, message)
 
     # ------------------------------------------------------------------ one cycle
 
@@ -617,8 +566,8 @@ class Agent:
                 log.info("reload", result=line)
             self._cycle_beat()
         now, now_utc = self._clock(), utcnow()
-        await self._score(now, now_utc)
-        self._cycle_beat()
+        self._fresh = self.models.take_fresh(now)
+        self.view.scores = self.models.latest()
         await self._evaluate_alarms(now, now_utc)
         await self._write_hmi(now)
         self._cycle_beat()
@@ -635,32 +584,13 @@ class Agent:
         self.view.cycles += 1
         self.view.tags = self.table.snapshot(now=now)
 
-    async def _score(self, now: float, now_utc: datetime) -> None:
-        for m in self.models:
-            m.fresh = {}
-        frames = [(m, m.windows.tick(self.table, now, now_utc)) for m in self.models]
-        pending = [(m, f) for m, f in frames if f is not None]
-        if not pending:
-            return
-        results = await asyncio.gather(*(m.scorer.score(f) for m, f in pending), return_exceptions=True)
-        for (m, _), res in zip(pending, results, strict=True):
-            if isinstance(res, BaseException):
-                if isinstance(res, asyncio.CancelledError):
-                    raise res
-                log.error("model failed", model=m.binding.name, error=str(res))
-                continue
-            for score in res:
-                m.latest[score.asset] = score
-                m.fresh[score.asset] = score
-            self.view.scores[m.binding.name] = dict(m.latest)
-
     def _asset_values(self, asset_cfg: Any, now: float, *, fresh: bool = True) -> dict[str, float | None]:
-        """Values by source name. With ``fresh``, model outputs only from a frame scored this
-        cycle: between frames (and for an asset left out of a frame) the alarm engine gets
-        nothing for them and holds, rather than re-reading an old score."""
+        """Values by source name. With ``fresh``, model outputs only from a frame scored since
+        the last cycle: between frames (for an asset left out of a frame, or from a stale model)
+        the alarm engine gets nothing for them and holds, rather than re-reading an old score."""
         values: dict[str, float | None] = {}
         for m in self.models:
-            score = (m.fresh if fresh else m.latest).get(asset_cfg.name)
+            score = (self._fresh.get(m.name, {}) if fresh else m.latest).get(asset_cfg.name)
             if score is None:
                 continue
             for out, v in score.outputs.items():
@@ -745,8 +675,7 @@ class Agent:
             )
             for r in self.rule.recommend(state, now):
                 recs[r.target_tag] = r
-        healthy = all(m.scorer.healthy for m in self.models)
-        return WriteInputs(recs, qualities, inputs_mono, healthy)
+        return WriteInputs(recs, qualities, inputs_mono, self.models.healthy(now))
 
     def status_word(self) -> int:
         lost = [
@@ -758,7 +687,7 @@ class Agent:
         self.view.warnings = [
             f"{name}: {w}" for name, drv in self.drivers.items() if (w := getattr(drv, "cert_warning", None))
         ]
-        models_ok = all(m.scorer.healthy for m in self.models)
+        models_ok = self.models.healthy(self._clock())
         holding = self.writeback is not None and bool(self.writeback.holding())
         flags = {
             "running": not self.stopping,

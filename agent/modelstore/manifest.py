@@ -51,6 +51,7 @@ from agent.modelstore.files import MAX_METADATA_BYTES, NOT_PLAIN, BundleDir, is_
 __all__ = [
     "MANIFEST_FILE",
     "SCHEMA_VERSION",
+    "Aggregation",
     "Dim",
     "FeatureSpec",
     "FileHash",
@@ -73,6 +74,8 @@ SCHEMA_VERSION: Literal[1] = 1
 MANIFEST_FILE = "manifest.json"
 
 Task = Literal["anomaly", "classifier", "rul", "setpoint"]
+Aggregation = Literal["instant", "mean"]
+"""How one window row of a role is made from the polled samples (see :class:`InputRole`)."""
 Stat = Literal["mean", "std", "min", "max", "last", "slope"]
 Dim = int | str
 """A tensor dimension: a fixed size, or a symbolic name (``"batch"``) for a dynamic one."""
@@ -137,6 +140,9 @@ class InputRole(_Frozen):
     """One model input, named by what it means on the asset, not by a tag.
 
     ``range`` is the plausible range in ``unit``: a value outside it is treated as BAD.
+    ``aggregation`` is what one window row holds, as the training data had it: ``instant``
+    the latest value at the tick, ``mean`` the mean of the GOOD samples polled within the
+    sample period that ends at the tick (as historians export period averages).
     """
 
     role: Annotated[str, Field(pattern=_ROLE, max_length=64)]
@@ -144,6 +150,7 @@ class InputRole(_Frozen):
     range: tuple[float, float]
     normalisation: Normalisation = Normalisation(kind="none")
     description: str = ""
+    aggregation: Aggregation = "instant"
 
     @field_validator("range")
     @classmethod

@@ -85,7 +85,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "edge_agent_inference_calls": ("counter", "Model calls started."),
     "edge_agent_inference_errors": ("counter", "Model calls that failed."),
     "edge_agent_inference_skipped": ("counter", "Frames skipped because the model was still busy."),
-    "edge_agent_model_healthy": ("gauge", "1 while the model's last call succeeded."),
+    "edge_agent_model_healthy": ("gauge", "1 while the model's last call succeeded and its score is fresh."),
     "edge_agent_model": ("info", "The model bundle running: version, variant, precision, signature."),
     "edge_agent_alarms_active": ("gauge", "Active alarms (and alerts) by severity (1 low .. 4 critical)."),
     "edge_agent_guard_decisions": ("counter", "Guard decisions by action and first reason code."),
@@ -229,7 +229,7 @@ class AgentCollector(Collector):
             calls.add_metric([name], sc.calls)
             errors.add_metric([name], sc.errors)
             skipped.add_metric([name], sc.skipped)
-            healthy.add_metric([name], 1.0 if sc.healthy else 0.0)
+            healthy.add_metric([name], 1.0 if m.healthy(self._agent.clock()) else 0.0)
             info.add_metric(
                 [name],
                 {

@@ -232,7 +232,7 @@ def _device(agent: Agent, dev: AnyDevice, now: float) -> dict[str, Any]:
     }
 
 
-def _model(m: Any) -> dict[str, Any]:
+def _model(m: Any, now: float) -> dict[str, Any]:
     sc, b = m.scorer, m.bundle
     return {
         "name": m.binding.name,
@@ -241,7 +241,9 @@ def _model(m: Any) -> dict[str, Any]:
         "variant": b.variant.file,
         "precision": b.variant.precision,
         "signature": b.signature.state,
-        "healthy": sc.healthy,
+        "healthy": m.healthy(now),
+        "period_s": m.period_s,
+        "stale": m.stale(now),
         "calls": sc.calls,
         "errors": sc.errors,
         "skipped": sc.skipped,
@@ -278,7 +280,7 @@ def status_document(agent: Agent, now: float | None = None) -> dict[str, Any]:
             "last_reload": agent.last_reload,
         },
         "devices": [_device(agent, d, now) for d in cfg.devices],
-        "models": [_model(m) for m in agent.models],
+        "models": [_model(m, now) for m in agent.models],
         "alarms": [
             {
                 "asset": r.asset,
@@ -324,7 +326,7 @@ def summary_line(agent: Agent) -> str:
     up = sum(1 for d in devices if agent.drivers[d.name].connected)
     parts = [f"{up}/{len(devices)} devices connected"]
     if agent.models:
-        ok = sum(1 for m in agent.models if m.scorer.healthy)
+        ok = sum(1 for m in agent.models if m.healthy(agent.clock()))
         parts.append(f"{ok}/{len(agent.models)} models healthy")
     active = sum(1 for r in alarm_rows(agent.alarms, agent.config) if r.active)
     parts.append(f"{active} alarms active")

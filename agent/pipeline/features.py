@@ -6,8 +6,9 @@ Two parts:
   roles in manifest order, oldest row first) → the model input, using the manifest's
   normalisation and feature spec. export/ imports it to build training inputs, so training and
   serving cannot drift. :func:`sliding_windows` cuts a recorded series the way the agent does.
-* :class:`FeatureWindows` (one per model): ring buffers per asset, aligned on the cycle tick,
-  fed from TagTable samples, with a quality mask and the configured bad-input policy. It emits
+* :class:`FeatureWindows` (one per model): ring buffers per asset, aligned on the model's own
+  tick (agent/inference.py schedules it), fed from TagTable samples or the period's means, with
+  a quality mask and the configured bad-input policy. It emits
   a :class:`~agent.types.Frame` of raw values every ``stride`` ticks for the assets whose whole
   window is valid; the scorer turns it into the model input with :func:`window_to_input`.
 
@@ -22,8 +23,9 @@ tell the two apart. (agent/types.py's docstring counts held values as True; sinc
 frame never holds an invalid value, that mask would always be all-True and say nothing.)
 
 Lifecycle of a tick: :meth:`FeatureWindows.push` once per asset, then :meth:`FeatureWindows.frame`
-closes the tick (or :meth:`FeatureWindows.tick` does both from a TagTable). Not thread-safe:
-call it from the event loop only.
+closes the tick (or :meth:`FeatureWindows.tick` does both from a TagTable). :meth:`snapshot` and
+:meth:`restore` carry the windows across a restart. Not thread-safe: call it from the event
+loop only.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -193,7 +195,7 @@ class _Ring:
 
 
 class FeatureWindows:
-    """Ring buffers for one model: one window per bound asset, aligned on the cycle tick.
+    """Ring buffers for one model: one window per bound asset, aligned on the model's tick.
 
     Call :meth:`push` once per asset per tick with the samples of its roles (from
     ``TagTable.get(tag, now)``, which already marks stale values BAD), then :meth:`frame` to
@@ -328,6 +330,65 @@ class FeatureWindows:
             values=values,
             good_mask=good,
         )
+
+    # ------------------------------------------------------------------ persistence
+
+    def snapshot(self) -> dict[str, Any]:
+        """The windows as JSON-ready data (each asset's filled rows, oldest first; NaN as None):
+        what :meth:`restore` needs to go on after a restart."""
+
+        def rows(a: npt.NDArray[np.generic], n: int) -> list[Any]:
+            out: list[Any] = a[len(a) - n :].tolist() if n else []
+            return out
+
+        assets: dict[str, Any] = {}
+        for name, ring in self._rings.items():
+            n = ring.filled
+            values = ring.ordered(ring.values)
+            assets[name] = {
+                "values": [[None if math.isnan(v) else v for v in row] for row in rows(values, n)],
+                "valid": rows(ring.ordered(ring.valid), n),
+                "good": rows(ring.ordered(ring.good), n),
+                "last_good": [None if math.isnan(v) else v for v in ring.last_good.tolist()],
+                "bad_run": ring.bad_run.tolist(),
+            }
+        return {"ticks": self.counters.ticks, "assets": assets}
+
+    def restore(self, data: Mapping[str, Any], missed: int) -> None:
+        """Refill the windows from :meth:`snapshot` data, then add ``missed`` bad rows (the ticks
+        nobody ran, treated as any missed tick: ``hold`` may stand in for them). Call it before
+        the first tick. Raises ValueError when the data does not fit these windows (nothing is
+        changed then)."""
+        n_roles = len(self.roles)
+        rings: dict[str, _Ring] = {}
+        try:
+            for name in self.assets:
+                saved = data["assets"][name]
+                ring = _Ring(self.length, n_roles)
+                values = np.array(
+                    [[math.nan if v is None else float(v) for v in row] for row in saved["values"]],
+                    dtype=np.float64,
+                ).reshape(-1, n_roles)
+                valid = np.array(saved["valid"], dtype=np.bool_).reshape(-1, n_roles)
+                good = np.array(saved["good"], dtype=np.bool_).reshape(-1, n_roles)
+                if not len(values) == len(valid) == len(good) <= self.length:
+                    raise ValueError(f"asset {name}: {len(values)} rows for a window of {self.length}")
+                for i in range(len(values)):
+                    ring.append(values[i], valid[i], good[i])
+                last_good = [math.nan if v is None else float(v) for v in saved["last_good"]]
+                ring.last_good = np.array(last_good, dtype=np.float64).reshape(n_roles)
+                ring.bad_run = np.array(saved["bad_run"], dtype=np.int64).reshape(n_roles)
+                rings[name] = ring
+            ticks = int(data["ticks"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"saved window does not fit model {self.manifest.ident}: {exc}") from None
+        for ring in rings.values():
+            for _ in range(min(missed, self.length)):
+                ring.append(*self._row(ring, None))
+        self._rings = rings
+        self.counters.missed_ticks += missed
+        self.counters.ticks = ticks + missed
+        self._tick_mono = None
 
     def reason(self, asset: str) -> str:
         """Why the asset was last left out of a frame (for status pages)."""

@@ -19,8 +19,8 @@ clients that read the PLC like an HMI would. Nothing is mocked.
 * :func:`wait_until`: poll an (async) predicate with a deadline.
 
 Timing model of the agent (used by the tests' bounds): a tag is polled every
-``poll_interval_ms`` (500 ms in the demo), the pipeline runs every ``cycle_ms`` (1 s, equal to
-the PCA model's sample period, which the Agent enforces), an alarm goes active on the first cycle
+``poll_interval_ms`` (500 ms in the demo), the pipeline runs every ``cycle_ms`` (1 s; the demo's
+models tick at their own 1 s sample period, beside the cycle), an alarm goes active on the first cycle
 after its condition held ``on_delay_s`` on consecutive cycles, and the HMI block is written in
 that same cycle.
 """
@@ -66,7 +66,7 @@ DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
 NAMESPACE_URI = "urn:edge-inference-agent:simulator"
 UNIT = 1
 
-CYCLE_S = 1.0  # demo agent.cycle_ms (= the PCA model's sample period; the Agent enforces it)
+CYCLE_S = 1.0  # demo agent.cycle_ms (alarms, HMI, write-back; the models tick at their own period)
 POLL_S = 0.5  # demo devices[0].poll_interval_ms
 
 # The demo's HMI map (simulator/REGISTER_MAP.md): pump i's block at HR 100*i.

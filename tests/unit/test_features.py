@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -265,3 +266,32 @@ def test_unknown_asset_and_role_are_refused() -> None:
         w.push("p1", {"speed": good(1.0)}, 0.0)
     with pytest.raises(ValueError, match="pass now_mono"):
         w.frame()
+
+
+def test_snapshot_and_restore_carry_the_window_and_add_missed_rows() -> None:
+    w = FeatureWindows(manifest(length=4), binding("hold", hold=1, assets=("p1",)))
+    for i in range(3):
+        push_tick(w, i, {"p1": row(1.0 + i, 2.0)})
+    saved = json.loads(json.dumps(w.snapshot()))  # what goes to the file
+    again = FeatureWindows(manifest(length=4), binding("hold", hold=1, assets=("p1",)))
+    again.restore(saved, missed=1)  # one tick nobody ran: held (hold 1)
+    assert again.counters.ticks == 4 and again.counters.missed_ticks == 1
+    frame = push_tick(again, 10, {"p1": row(9.0, 2.0)})  # no gap counted across the restart
+    assert frame is not None and again.counters.ticks == 5
+    np.testing.assert_array_equal(frame.values[0, :, 0], [2.0, 3.0, 3.0, 9.0])
+    np.testing.assert_array_equal(frame.good_mask[0, :, 0], [True, True, False, True])
+
+
+def test_restore_refuses_a_window_that_does_not_fit_and_changes_nothing() -> None:
+    w = FeatureWindows(manifest(length=4), binding("skip", assets=("p1",)))
+    push_tick(w, 0, {"p1": row(1.0, 2.0)})
+    saved = w.snapshot()
+    other = FeatureWindows(manifest(length=4), binding("skip", assets=("p2",)))
+    with pytest.raises(ValueError, match="saved window does not fit model m v1"):
+        other.restore(saved, missed=0)
+    short = FeatureWindows(manifest(length=2), binding("skip", assets=("p1",)))
+    for i in range(3):
+        push_tick(w, i + 1, {"p1": row(1.0, 2.0)})
+    with pytest.raises(ValueError, match="4 rows for a window of 2"):
+        short.restore(w.snapshot(), missed=0)
+    assert short.counters.ticks == 0 and short.reason("p1") == "window not full yet (0/2)"

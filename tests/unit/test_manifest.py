@@ -347,7 +347,7 @@ def test_slow_tag_is_a_period_mismatch(manifest: Manifest) -> None:
         check_binding(manifest, binding(), UNITS, periods, source="configs/demo.yaml")
     assert str(err.value) == (
         "model pca-pump v1 role motor_current expects a sample every 1 s, tag p2_current "
-        "(configs/demo.yaml) is refreshed every 5 s"
+        "(configs/demo.yaml) is polled every 5 s: poll it at least as often as the model samples"
     )
 
 
@@ -373,3 +373,26 @@ def test_tag_not_configured(manifest: Manifest) -> None:
 def test_binding_for_another_model(manifest: Manifest) -> None:
     with pytest.raises(ModelError, match=r"binding 'other' .* whose manifest names model pca-pump v1"):
         check_binding(manifest, binding(name="other"), UNITS, PERIODS)
+
+
+def test_aggregation_is_optional_instant_by_default_and_checked(tmp_path: Path) -> None:
+    model = tiny_onnx(4)
+    data = manifest_dict(model)
+    assert [r.aggregation for r in load_manifest(write_bundle(tmp_path / "a", model, data)).inputs] == [
+        "instant",
+        "instant",
+    ]
+    data["inputs"][1]["aggregation"] = "mean"
+    assert load_manifest(write_bundle(tmp_path / "b", model, data)).role("motor_current").aggregation == "mean"
+    data["inputs"][1]["aggregation"] = "median"
+    with pytest.raises(ModelError, match=r"inputs\[1\]\.aggregation: Input should be 'instant' or 'mean'"):
+        load_manifest(write_bundle(tmp_path / "c", model, data))
+
+
+def test_every_shipped_bundle_still_loads_and_verifies() -> None:
+    root = Path(__file__).resolve().parents[2]
+    pub = root / "export" / "keys" / "dev-ed25519.pub"
+    for bundle in sorted(p.parent for p in (root / "models").glob("*/manifest.json")):
+        loaded = load_bundle(bundle, trusted_keys=[pub])
+        assert loaded.signature.state == "signed"
+        assert {r.aggregation for r in loaded.manifest.inputs} == {"instant"}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agent.config import Config, load_config
 from agent.modelstore.signing import sign_bundle
-from agent.runtime import Agent
+from agent.runtime import STATUS_BITS, Agent
 
 ROOT = Path(__file__).resolve().parents[2]
 DEV_KEY = ROOT / "export" / "keys" / "dev-ed25519.pem"
@@ -65,3 +65,18 @@ async def test_bad_bundle_refused_old_keeps_running_good_one_installed(tmp_path:
         assert await agent.reload_models() == ["pca-pump: unchanged (pca-pump v2)"]
     finally:
         agent.audit.close()
+
+
+def test_a_stale_model_is_unhealthy_for_the_guard_and_the_status_word(tmp_path: Path) -> None:
+    bundle = tmp_path / "pca-pump"
+    shutil.copytree(ROOT / "models" / "pca-pump", bundle)
+    agent = Agent(config(tmp_path, bundle), config_path=tmp_path / "agent.yaml")
+    (runner,) = agent.models
+    now = agent.clock()
+    assert agent._write_inputs(now).model_healthy  # window filling: nothing scored yet
+    runner.scored_mono = now - 2.5 * runner.interval_s + 0.5  # pca-pump: a score every 10 s
+    assert agent._write_inputs(now).model_healthy and runner.scorer.healthy
+    runner.scored_mono = now - 2.5 * runner.interval_s - 0.5
+    assert not agent._write_inputs(now).model_healthy
+    word = agent.status_word()
+    assert not word >> STATUS_BITS["models_healthy"] & 1 and word >> STATUS_BITS["degraded"] & 1
