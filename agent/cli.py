@@ -6,6 +6,7 @@
 ``write`` (a deliberate, audited write of one writable tag). ``audit`` prints the audit log,
 ``certs`` manages OPC UA certificates, ``service`` installs the systemd service, ``simulate``
 serves the embedded plant alone and ``demo`` runs the agent against it with a live console view.
+``record`` records tags for training (the agent's drivers and poll policy, :mod:`agent.record`).
 
 Exit codes: 0 success, 1 a device or tag problem was found, 2 usage or config error.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import pwd
@@ -46,7 +48,9 @@ from agent.errors import (
     ConfigError,
     DeviceUnreachable,
     DriverError,
+    ModelError,
     ReadBackFailed,
+    RecordError,
     StateFileError,
     WriteRefused,
     WriteUnconfirmed,
@@ -54,6 +58,15 @@ from agent.errors import (
 from agent.ops.logging import setup_logging
 from agent.ops.ownership import FILE_NAME as OWNERSHIP_FILE
 from agent.ops.ownership import owned_in_auto
+from agent.record import (
+    FileInfo,
+    RecordConfig,
+    Recorder,
+    RecordTag,
+    default_period,
+    format_utc,
+    tags_to_record,
+)
 from agent.types import Sample, Value
 
 __all__ = ["main", "os_user", "parse_value"]
@@ -355,6 +368,146 @@ def _cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def _hms(t_ms: int | None) -> str:
+    return "-" if t_ms is None else format_utc(t_ms)[11:19] + "Z"
+
+
+def _record_setup(cfg: Config, args: argparse.Namespace) -> tuple[list[RecordTag], float, RecordConfig]:
+    """The tags, period and settings of ``edge-agent record``: the command line, else the
+    config's ``record`` section. Raises RecordError or ValueError with one line."""
+    from pydantic import ValidationError
+
+    from agent.modelstore.manifest import MANIFEST_FILE, load_manifest
+
+    section = cfg.record or RecordConfig()
+    chosen = bool(args.tag or args.model)
+    names = (args.tag or []) if chosen else section.tags
+    model = args.model if chosen else section.model
+    tags = tags_to_record(cfg, names, model)
+    period = args.period if args.period is not None else section.period_s
+    if period is None:
+        model_period = None
+        if model is not None:
+            binding = next(m for m in cfg.models if m.name == model)
+            bundle = binding.bundle
+            bundle = bundle if bundle.is_absolute() else Path(args.config).parent / bundle
+            model_period = load_manifest(bundle / MANIFEST_FILE).window.sample_period_s
+        period = default_period(tags, model_period)
+    overrides: dict[str, float] = {"period_s": period}
+    if args.rotate_mb is not None:
+        overrides["rotate_mb"] = args.rotate_mb
+    if args.quota_mb is not None:
+        overrides["quota_mb"] = args.quota_mb
+    try:
+        settings = RecordConfig.model_validate({**section.model_dump(), **overrides})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        raise ValueError(f"{where}: {message}" if where else message) from None
+    return tags, period, settings
+
+
+def _cmd_record(cfg: Config, args: argparse.Namespace) -> int:
+    """Record tags at a period into ``--out`` until Ctrl-C, SIGTERM or ``--duration``."""
+    from agent.running import RunningSource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit is a write error, not death
+    try:
+        tags, period, settings = _record_setup(cfg, args)
+    except (RecordError, ModelError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    names = {t.name for t in tags}
+    slowest = max(t.poll_s for t in tags)
+    if period < slowest:
+        log.warning(
+            "the period is shorter than a poll interval: rows repeat samples", period_s=period, poll_s=slowest
+        )
+    pipe_broken = False
+
+    def report(wide: FileInfo, long: FileInfo) -> None:
+        nonlocal pipe_broken
+        counts = wide.counts or []
+        samples = sum(sum(c) for c in counts)
+        good = sum(c[0] for c in counts) / samples if samples else 0.0
+        line = (
+            f"{wide.name}: {wide.rows} rows {_hms(wide.first_ms)}..{_hms(wide.last_ms)}, GOOD {good:.1%}, "
+            f"{_size(wide.bytes)} + {_size(long.bytes)} gzip"
+        )
+        try:
+            print(line, flush=True)
+        except BrokenPipeError:  # nobody reads any more: end the recording cleanly
+            pipe_broken = True
+            stop.set()
+
+    recorder = Recorder(Path(args.out), tags, period, settings, on_file=report)
+    try:
+        recorder.writer.open()
+    except (OSError, RecordError) as exc:
+        reason = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(f"error: {args.out}: {reason}", file=sys.stderr)
+        return 2
+    devices = [
+        d.model_copy(update={"tags": [t for t in d.tags if t.name in names]})
+        for d in cfg.devices
+        if any(t.name in names for t in d.tags)
+    ]
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        _install_stop(stop)
+        async with contextlib.AsyncExitStack() as stack:
+            runners = []
+            for dev in devices:
+                driver = make_driver(dev)
+                await stack.enter_async_context(driver)
+                runners.append(RunningSource(driver, dev.poll_interval_ms / 1000, recorder.observe))
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    for r in runners:
+                        tg.create_task(r.run(), name=f"poll {r.source.name}")
+                    tg.create_task(recorder.run(), name="record").add_done_callback(lambda _: stop.set())
+                    tg.create_task(_until(stop, args.duration), name="record until")
+            except* _Done:
+                pass
+
+    asyncio.run(main())
+    doc = recorder.writer.manifest()
+    st = recorder.status()
+    gaps = len(doc["gaps"])
+    summary = (
+        f"recorded {st['rows']} rows of {len(tags)} tags every {period:g} s into {args.out}: "
+        f"{st['files']} files, {_size(st['bytes'])}, {gaps} gap{'s' if gaps != 1 else ''}"
+    )
+    if recorder.stopped is not None:
+        print(summary, flush=not pipe_broken)
+        print(f"error: recording stopped: {recorder.stopped}", file=sys.stderr)
+        return 2
+    if pipe_broken:
+        raise BrokenPipeError
+    print(summary)
+    return 0
+
+
+class _Done(Exception):
+    """Ends the record command's task group."""
+
+
+async def _until(stop: asyncio.Event, duration_s: float | None) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(duration_s):
+            await stop.wait()
+    raise _Done
+
+
 def _cmd_status(cfg: Config | None, args: argparse.Namespace) -> int:
     """Ask the running agent (its status socket) what it is doing."""
     from agent.ops.status import format_status, read_status, socket_candidates
@@ -414,6 +567,16 @@ def _cmd_simulate(argv: Sequence[str]) -> int:
     return simulate_main(list(argv), prog="edge-agent simulate")
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-agent", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
@@ -432,6 +595,43 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("-c", "--config", required=True)
     w.add_argument("tag")
     w.add_argument("value")
+
+    rec = sub.add_parser("record", help="record tags at a period for training (rotating CSV files)")
+    rec.add_argument("-c", "--config", required=True)
+    rec.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="the recording directory (continued if it holds the same tags)",
+    )
+    rec.add_argument(
+        "--tag",
+        action="append",
+        metavar="NAME",
+        help="tag name (repeatable); default: the config's record section, else every tag read",
+    )
+    rec.add_argument("--model", metavar="BINDING", help="record the tags bound to the model binding's roles")
+    rec.add_argument(
+        "--period",
+        type=_positive,
+        metavar="S",
+        help="seconds between rows (default: the model's sample period)",
+    )
+    rec.add_argument(
+        "--duration", type=_positive, metavar="S", help="stop after S seconds (default: Ctrl-C, SIGTERM)"
+    )
+    rec.add_argument(
+        "--rotate-mb",
+        type=_positive,
+        metavar="N",
+        help="a new file pair after N MiB (default: the record section's, else 16)",
+    )
+    rec.add_argument(
+        "--quota-mb",
+        type=_positive,
+        metavar="N",
+        help="the files never exceed N MiB (default: the record section's, else 1024)",
+    )
 
     sub.add_parser(
         "simulate", help="serve the embedded pump station (see: edge-agent simulate --help)", add_help=False
@@ -533,6 +733,7 @@ def _main(argv: Sequence[str] | None) -> int:
         "status": _cmd_status,
         "audit": _cmd_audit,
         "demo": _cmd_demo,
+        "record": _cmd_record,
     }
     try:
         return handlers[args.command](cfg, args)

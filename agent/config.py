@@ -50,6 +50,7 @@ from agent.pipeline.alarms import AlarmsConfig
 from agent.pipeline.detectors import DetectorConfig
 from agent.pipeline.guard import GuardConfig
 from agent.pipeline.policy import RecommenderConfig
+from agent.record import RecordConfig
 
 __all__ = [
     "AgentSection",
@@ -464,6 +465,8 @@ class Config(FrozenModel):
     guard: GuardConfig | None = None
     recommender: RecommenderConfig | None = None
     audit: AuditConfig | None = None
+    record: RecordConfig | None = None
+    """Record tags for training while the agent runs (:mod:`agent.record`; absent: off)."""
 
     _lines: LineMap = PrivateAttr(default_factory=dict)
 
@@ -479,6 +482,7 @@ class Config(FrozenModel):
         problems += _guard_limit_problems(self, by_name)
         problems += _bit_write_problems(self, by_name)
         problems += _source_problems(self)
+        problems += _record_problems(self, by_name)
         if problems:
             raise LocatedError.many(problems)
         return self
@@ -900,6 +904,26 @@ def _source_problems(config: Config) -> list[tuple[Loc, str]]:
     return problems
 
 
+def _record_problems(config: Config, tags: _TagMap) -> list[tuple[Loc, str]]:
+    """The record section names tags the agent reads and a model binding of this config."""
+    rec = config.record
+    if rec is None:
+        return []
+    problems: list[tuple[Loc, str]] = []
+    for i, name in enumerate(rec.tags):
+        if name not in tags:
+            close = difflib.get_close_matches(name, list(tags), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append((("record", "tags", i), f"unknown tag {name!r}{hint}"))
+        elif not tags[name][1].readable:
+            message = f"tag {name!r} has access write: the agent never reads it"
+            problems.append((("record", "tags", i), message))
+    if rec.model is not None and rec.model not in {m.name for m in config.models}:
+        known = ", ".join(m.name for m in config.models) or "none"
+        problems.append((("record", "model"), f"{rec.model!r} is not a model binding (models: {known})"))
+    return problems
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -1029,7 +1053,8 @@ def check_paths(config: Config, config_path: str | os.PathLike[str]) -> list[str
     Model bundle directories (each with its manifest) and trusted public key files exist
     (relative paths: to the config file's directory, as the agent resolves them); the state
     directory, and the audit log's directory when the audit section names one, exist and are
-    writable or can be created (relative: to the working directory). An empty list is all well.
+    writable or can be created (relative: to the working directory), and so does the recording
+    directory of an enabled ``record`` section. An empty list is all well.
     """
     source = str(config_path)
     base = Path(os.path.abspath(config_path)).parent
@@ -1049,6 +1074,11 @@ def check_paths(config: Config, config_path: str | os.PathLike[str]) -> list[str
     add(("agent", "state_dir"), _dir_problem(config.agent.state_dir, "state directory"))
     if config.audit is not None:
         add(("audit", "path"), _dir_problem(config.audit.path.parent, "audit log directory"))
+    if config.record is not None and config.record.enabled:
+        add(
+            ("record", "dir"),
+            _dir_problem(config.record.directory(config.agent.state_dir), "recording directory"),
+        )
     return out
 
 

@@ -22,6 +22,8 @@
     ├── ModelError               a bundle or session is invalid (manifest/binding mismatch, hash)
     ├── AlarmError               an alarm command names an unknown asset or code, or saved
     │                            alarm state is unusable (also a ValueError)
+    ├── RecordError              a recording cannot be made or continued (its directory, or
+    │                            a recording of other tags already there)
     └── AuditError               the audit log cannot be written (writes must stop)
 
 ``asyncio.CancelledError`` is never turned into any of these.
@@ -41,6 +43,7 @@ __all__ = [
     "DriverError",
     "ModelError",
     "ReadBackFailed",
+    "RecordError",
     "SecretError",
     "StateFileError",
     "WriteRefused",
@@ -122,3 +125,8 @@ class AlarmError(AgentError, ValueError):
 
 class AuditError(AgentError):
     """The audit log cannot be written; automatic writes must stop."""
+
+
+class RecordError(AgentError):
+    """A recording cannot be made or continued: its directory cannot be written, or it holds a
+    recording of other tags or another period."""

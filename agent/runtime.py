@@ -73,6 +73,7 @@ from agent.pipeline.alarms import AlarmEngine, HmiBlock
 from agent.pipeline.detectors import Detector, make_detector
 from agent.pipeline.guard import Guard, GuardDecision
 from agent.pipeline.policy import PumpEnergyRule, StationState
+from agent.record import Recorder, default_period, tags_to_record
 from agent.running import RunningSource, SampleSink
 from agent.tagtable import TagTable
 from agent.types import Alarm, Quality, Recommendation, Sample, Score, Value, utcnow
@@ -186,6 +187,8 @@ class Agent:
         self.last_reload: dict[str, Any] | None = None
         self.status_server: StatusServer | None = None
         self.metrics_server: MetricsServer | None = None
+        self.recorder: Recorder | None = self._build_recorder()
+        """Records tags from the polls (the ``record`` section; agent.record), or None."""
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -219,6 +222,17 @@ class Agent:
             clock=self._clock,
             boot_id=boot_id(),
         )
+
+    def _build_recorder(self) -> Recorder | None:
+        rc = self.config.record
+        if rc is None or not rc.enabled:
+            return None
+        tags = tags_to_record(self.config, rc.tags, rc.model)
+        period = rc.period_s
+        if period is None:
+            model = next((m for m in self.models if m.binding.name == rc.model), None)
+            period = default_period(tags, model.bundle.manifest.window.sample_period_s if model else None)
+        return Recorder(rc.directory(self.config.agent.state_dir), tags, period, rc, clock=self._clock)
 
     # ------------------------------------------------------------------ start-up
 
@@ -279,6 +293,8 @@ class Agent:
                         tg.create_task(self._supervised(runner), name=f"poll {dev.name}")
                     tg.create_task(self._main(stop), name="cycle")
                     tg.create_task(self.models.run(self.table, self._clock, self._models_beat), name="models")
+                    if self.recorder is not None:  # never raises: an error stops recording only
+                        tg.create_task(self.recorder.run(), name="record")
                     if sdnotify.enabled():
                         notifier = Notifier(
                             self.progress,
@@ -329,17 +345,21 @@ class Agent:
 
     def _poll_sink(self, name: str, runner: RunningSource) -> SampleSink:
         """What a poller hands its samples to: the per-device statistics, the poller's
-        heartbeat (for the watchdog), then the tag table and the models' mean accumulators."""
+        heartbeat (for the watchdog), the tag table, the models' mean accumulators, then the
+        recorder (a dict update)."""
         observe = self.device_stats[name].observe
         beat = self.progress.register(f"poller {name}", runner.interval_s).beat
         update = self.table.update
         models = self.models
+        record = self.recorder.observe if self.recorder is not None else None
 
         def sink(samples: Sequence[Sample]) -> None:
             observe(runner.counters.last_poll_s, samples)
             beat()
             update(samples)
             models.observe(samples)
+            if record is not None:
+                record(samples)
 
         return sink
 

@@ -24,10 +24,12 @@ window straddles the split.
 from __future__ import annotations
 
 import csv
+import gzip
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -109,20 +111,28 @@ class Recording:
 # --------------------------------------------------------------------------- reading
 
 
+def _open_text(path: Path) -> TextIO:
+    """A CSV file, or a gzipped one (``.gz``: the agent's long recordings)."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", newline="", encoding="utf-8")
+    return path.open(newline="", encoding="utf-8")
+
+
 def sniff_format(path: str | Path) -> str:
     """``long`` when the header is ``timestamp,tag,value,quality``, otherwise ``wide``."""
-    with Path(path).open(encoding="utf-8") as fh:
+    with _open_text(Path(path)) as fh:
         header = [h.strip().lower() for h in fh.readline().split(",")]
     return "long" if header[:3] == ["timestamp", "tag", "value"] else "wide"
 
 
 def read_long_csv(path: str | Path, tags: Sequence[str]) -> dict[str, tuple[FloatArray, FloatArray]]:
-    """A long CSV → ``{tag: (times, values)}`` for ``tags``; a non-GOOD or empty value is NaN."""
+    """A long CSV (or ``.csv.gz``) → ``{tag: (times, values)}`` for ``tags``; a non-GOOD or empty
+    value is NaN. Columns after ``quality`` (the agent's ``reason``) are ignored."""
     p = Path(path)
     wanted = set(tags)
     times: dict[str, list[float]] = {t: [] for t in tags}
     values: dict[str, list[float]] = {t: [] for t in tags}
-    with p.open(newline="", encoding="utf-8") as fh:
+    with _open_text(p) as fh:
         reader = csv.reader(fh)
         header = [h.strip().lower() for h in next(reader, [])]
         if header[:3] != ["timestamp", "tag", "value"]:

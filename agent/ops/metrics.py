@@ -101,6 +101,14 @@ METRICS: dict[str, tuple[str, str]] = {
         "When an OPC UA client certificate expires (Unix time).",
     ),
     "edge_agent_config_reloads": ("counter", "Config reloads (SIGHUP) by result: applied, refused."),
+    "edge_agent_recording_state": (
+        "gauge",
+        "1 for the recorder's state: recording, paused (free disk below the reserve), stopped (an error).",
+    ),
+    "edge_agent_recording_bytes": ("gauge", "Bytes in the recording's files (bounded by its quota)."),
+    "edge_agent_recording_files": ("gauge", "Files in the recording."),
+    "edge_agent_recording_rows": ("counter", "Rows in the recording's files."),
+    "edge_agent_recording_write_errors": ("counter", "Write errors of the recorder (the first stops it)."),
 }
 
 
@@ -146,6 +154,7 @@ class AgentCollector(Collector):
         yield from self._model_metrics()
         yield from self._alarm_metrics()
         yield from self._write_metrics()
+        yield from self._recording_metrics()
 
     def _agent_metrics(self) -> Iterator[Metric]:
         a = self._agent
@@ -269,6 +278,23 @@ class AgentCollector(Collector):
         for (purpose, result), n in sorted(totals.items()):
             hmi.add_metric([purpose, result], n)
         yield hmi
+
+    def _recording_metrics(self) -> Iterator[Metric]:
+        state = _gauge("edge_agent_recording_state", "state")
+        size = _gauge("edge_agent_recording_bytes")
+        files = _gauge("edge_agent_recording_files")
+        rows = _counter("edge_agent_recording_rows")
+        errors = _counter("edge_agent_recording_write_errors")
+        rec = self._agent.recorder
+        if rec is not None:
+            st = rec.status()
+            for name in ("recording", "paused", "stopped"):
+                state.add_metric([name], 1.0 if st["state"] == name else 0.0)
+            size.add_metric([], st["bytes"])
+            files.add_metric([], st["files"])
+            rows.add_metric([], st["rows"])
+            errors.add_metric([], st["write_errors"])
+        yield from (state, size, files, rows, errors)
 
 
 def make_registry(agent: Agent) -> CollectorRegistry:

@@ -304,6 +304,7 @@ def status_document(agent: Agent, now: float | None = None) -> dict[str, Any]:
             }
             for target, d in decisions.items()
         ],
+        "recording": agent.recorder.status() if agent.recorder is not None else None,
         "certificates": [
             {
                 "device": c.device,
@@ -510,6 +511,13 @@ def format_status(doc: Mapping[str, Any]) -> str:
         ),
     ]
     lines += [f"  warning: {w}" for w in a.get("warnings", [])]
+    rec = doc.get("recording")
+    if rec:
+        why = f": {rec['reason']}" if rec.get("reason") else ""
+        lines.append(
+            f"  recording: {rec['state']}{why}, {rec['tags']} tags every {rec['period_s']:g} s into "
+            f"{rec['dir']}, {rec['files']} files, {rec['bytes'] / 1e6:.1f} MB, {rec['rows']} rows"
+        )
     lines.append("")
     rows = []
     for d in doc["devices"]:
