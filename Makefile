@@ -27,10 +27,7 @@ test: deps venv
 	$(BIN)/python -m pytest -q
 
 bench: venv
-	$(BIN)/python bench/acquisition.py
-	$(BIN)/python bench/scoring.py
-	$(BIN)/python bench/export.py
-	$(BIN)/python bench/cycle.py
+	$(BIN)/python bench/report.py
 
 lint: venv
 	$(BIN)/ruff check agent simulator export tests bench

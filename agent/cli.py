@@ -38,6 +38,7 @@ from agent.config import (
     check_paths,
     load_config,
     model_periods,
+    unsafe_permissions,
 )
 from agent.configbase import Purpose
 from agent.drivers import make_driver
@@ -350,6 +351,11 @@ def _cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     # A file-size limit or a quota must surface as an error (the audit log then stops auto
     # writes and the agent keeps running), not kill the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    unsafe = unsafe_permissions(cfg, args.config)
+    if unsafe:
+        for line in unsafe:
+            print(line, file=sys.stderr)
+        return 2
 
     def apply_logging(section: AgentSection) -> None:
         setup_logging(section.log_level, section.log_format)

@@ -46,6 +46,7 @@ from agent.modelstore.binding import ModelBinding, binding_problems, binding_war
 from agent.modelstore.manifest import MANIFEST_FILE, load_manifest
 from agent.ops.audit import AuditConfig
 from agent.ops.metrics_config import MetricsConfig
+from agent.ops.permissions import writable_by_others
 from agent.pipeline.alarms import AlarmsConfig
 from agent.pipeline.detectors import DetectorConfig
 from agent.pipeline.guard import GuardConfig
@@ -1079,6 +1080,36 @@ def check_paths(config: Config, config_path: str | os.PathLike[str]) -> list[str
             ("record", "dir"),
             _dir_problem(config.record.directory(config.agent.state_dir), "recording directory"),
         )
+    return out + unsafe_permissions(config, config_path)
+
+
+def unsafe_permissions(config: Config, config_path: str | os.PathLike[str]) -> list[str]:
+    """The config file, bundles, trusted keys, state directory and audit log that every local
+    user could change (``agent/ops/permissions.py``), as ``file:line field: message``.
+
+    ``edge-agent check`` reports them and ``edge-agent run`` refuses to start on them: what
+    decides the agent's writes must not be changeable by anyone on the gateway.
+    """
+    source = str(config_path)
+    base = Path(os.path.abspath(config_path)).parent
+    out: list[str] = []
+    trusted: list[tuple[Loc, Path]] = [
+        *((("models", i, "bundle"), _resolve(m.bundle, base)) for i, m in enumerate(config.models)),
+        *(
+            (("models_trust", "public_keys", i), _resolve(k, base))
+            for i, k in enumerate(config.models_trust.public_keys)
+        ),
+        (("agent", "state_dir"), Path(config.agent.state_dir)),
+    ]
+    if config.audit is not None:
+        trusted.append((("audit", "path"), config.audit.path))
+    for loc, path in trusted:
+        why = writable_by_others(path)
+        if why is not None:
+            out.append(problem(source, config.line_of(loc), loc, why))
+    why = writable_by_others(source)
+    if why is not None:
+        out.append(f"{source}: the config file: {why}")
     return out
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import enum
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import NamedTuple
 
 __all__ = [
@@ -32,9 +34,13 @@ __all__ = [
 Value = bool | int | float | str | None
 
 
+_wall_clock: Callable[[], datetime] = partial(datetime.now, UTC)
+"""The one source of wall-clock time in the agent (a seam: tests make it jump)."""
+
+
 def utcnow() -> datetime:
     """The current wall-clock time in UTC (for records, never for durations)."""
-    return datetime.now(UTC)
+    return _wall_clock()
 
 
 class QualityCode(enum.IntEnum):

@@ -17,6 +17,16 @@ again, and after ``settle_polls`` reads without agreement it holds as "not settl
 status and in the audit, never silently). One corrupted reply therefore never becomes the
 origin of the next step.
 
+**Another writer** (an operator on the HMI, the PLC's own logic, or a link that consistently
+corrupts the value, which no reader can tell apart) moving the setpoint away from the value the
+agent last verified, while the agent had control all along (the permissive read GOOD and on in
+every cycle since), makes the target hold ("moved by another writer"), as an APC controller
+sheds control on an operator's change: the agent never continues from a value it did not put
+there while it believed it was in charge. The operator hands control back by cycling the
+permissive; a read that returns to the verified value ends the hold by itself. A change while
+the permissive was off or unknown (the PLC's setpoint tracking, a bumpless restart) is the new
+origin as before.
+
 **Writes that did not verify** count: a write whose reply never came (``WriteUnconfirmed``) or
 whose read-back failed (``ReadBackFailed``) is *possibly applied*: its value joins
 ``also_possible`` (the next step is limited from it as well as from the origin), and the next
@@ -174,6 +184,8 @@ class _State:
     candidate: tuple[float, float] | None = None  # (value, mono) of a read that disagrees
     unsettled: int = 0
     moved: bool = False  # reads changed while no origin was confirmed yet
+    anchor: float | None = None  # the last value the agent verified, while it keeps control
+    overridden: float | None = None  # a confirmed value another writer put there (holds)
     last_sent: float | None = None  # the last value this boot's audit shows sent (at start-up)
     seen_mono: float = -math.inf  # reads at or before this are not evidence (already used)
     possible: list[tuple[float, float]] = field(default_factory=list)  # (value, sent mono)
@@ -292,10 +304,14 @@ class WriteBack:
         """Fold one read of the setpoint (poll or explicit) into the origin."""
         if st.origin is not None and st.grid.same(value, st.origin):
             st.origin_mono = max(st.origin_mono, mono)
-            st.candidate, st.unsettled = None, 0
+            st.candidate, st.unsettled, st.overridden = None, 0, None
             return
         cand = st.candidate
         if cand is not None and st.grid.same(value, cand[0]) and mono - cand[1] >= st.gap_s:
+            if self._moved_by_other(st, value):
+                st.overridden = value
+                st.candidate, st.unsettled = None, 0
+                return
             # Two reads a poll apart agree: the PLC (or the operator) holds this value. Unless it
             # is the value this agent last sent (the credit then runs as restored at start-up),
             # someone moved it, at the latest by the first of the two reads: the next step's
@@ -319,7 +335,24 @@ class WriteBack:
             st.candidate = (value, mono)
         st.unsettled += 1
 
+    def _moved_by_other(self, st: _State, value: float) -> bool:
+        """A confirmed value the agent did not put there while it kept control."""
+        if st.anchor is None or st.grid.same(value, st.anchor):
+            return False
+        return not any(st.grid.same(value, p) for p, _ in st.possible)  # not a late write of ours
+
+    def _keep_control(self, st: _State) -> None:
+        """Control is the agent's only while the permissive reads GOOD and on; once it is not,
+        whatever the PLC holds next is the PLC's (tracking) or the operator's, not a lie, and
+        the rate credit starts again when control comes back (no jump at the hand-back)."""
+        now = self._clock()
+        perm = self._table.get(self.guard.config.permissive_tag, now)
+        if not (perm.quality.is_good and perm.value is True):
+            st.anchor, st.overridden = None, None
+            st.credit_from = max(st.credit_from, now)
+
     async def _refresh_origin(self, tag: str, st: _State) -> None:
+        self._keep_control(st)
         if st.fresh_read and (sink := self._sinks.get(tag)) is not None:
             s = await sink.read(tag)
             self._table.update([s])
@@ -330,6 +363,7 @@ class WriteBack:
                 match = [t for p, t in st.possible if st.grid.same(v, p)]
                 if match:  # the possibly-applied write landed: this read verifies it
                     st.origin, st.origin_mono, st.candidate, st.unsettled = v, s.mono, None, 0
+                    st.anchor, st.overridden = v, None
                     st.possible = [(p, t) for p, t in st.possible if t > max(match)]
                 else:
                     self._accept_read(st, v, s.mono)
@@ -342,6 +376,11 @@ class WriteBack:
     def _origin_hold(self, st: _State) -> str | None:
         if st.fresh_read:
             return f"{Reason.READBACK_PENDING}: waiting for a fresh read after an unconfirmed write"
+        if st.overridden is not None:
+            return (
+                f"{Reason.MOVED_BY_OTHER}: the PLC holds {st.overridden:g}, the agent verified "
+                f"{st.anchor:g}; cycle the permissive to hand control back"
+            )
         if st.candidate is not None:
             head = Reason.NOT_SETTLED if st.unsettled >= self._settle else Reason.READBACK_UNCONFIRMED
             was = "unknown" if st.origin is None else f"{st.origin:g}"
@@ -444,6 +483,7 @@ class WriteBack:
             if on_setpoint:
                 st.origin, st.origin_mono = got, reply_at
                 st.candidate, st.unsettled, st.possible = None, 0, []
+                st.anchor, st.overridden = got, None
                 st.seen_mono = max(st.seen_mono, reply_at)
             st.verify_ok, st.backoff_s = True, _BACKOFF_FIRST_S / 2
             self._outcome(Outcome.VERIFIED, tag, write_tag, value, back, decision_id, "", reply_at)

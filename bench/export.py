@@ -100,7 +100,6 @@ from export.onnx_tools import (  # noqa: E402
     to_onnx,
 )
 from export.pipeline import (  # noqa: E402
-    FAULT_NAMES,
     ExportConfig,
     ModelConfig,
     RecordingSet,
@@ -393,7 +392,7 @@ class Pca:
                 on_delay=cfg.on_delay,
                 period_s=w.sample_period_s,
                 stride=w.stride,
-                names=FAULT_NAMES,
+                names=ds.labels,
             )
         )
         d["test_far"] = false_alarm_rate(te, alarms)

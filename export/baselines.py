@@ -47,7 +47,9 @@ def c_factor(n: npt.ArrayLike) -> FloatArray:
 
 def _standardise(x: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
     xf = np.asarray(x, np.float64)
-    return xf.mean(axis=0), np.maximum(xf.std(axis=0), 1e-6)
+    # Features are already in role-normalised units: a feature that barely moves in training
+    # (1e-3 sigma) must not turn round-off into an outlier.
+    return xf.mean(axis=0), np.maximum(xf.std(axis=0), 1e-3)
 
 
 def _model(

@@ -11,6 +11,7 @@
         --calibration x.npy --out build/my-model                  # any nn.Module with a manifest
     edge-export report models/fault-mlp                    # print the bundle's report (Markdown)
     edge-export all --config configs/export-demo.yaml      # record, train, compress, gate, sign
+    edge-export baseline --config configs/export-example.yaml --out build/baselines  # PCA + dynamic PCA
 
 Exit codes: 0 success, 1 a gate failed or a bundle was refused (the message says which and
 why; nothing is written), 2 a usage, config or data error.
@@ -24,6 +25,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -63,6 +65,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--key", type=Path)
     p = sub.add_parser("report", help="print a bundle's report as Markdown (from report.json)")
     p.add_argument("bundle", type=Path)
+    b = sub.add_parser(
+        "baseline", help="PCA and dynamic-PCA bundles fitted to the config's own normal data (signed)"
+    )
+    b.add_argument("--config", required=True, type=Path)
+    b.add_argument("--model", help="whose data section to use (default: the config's first model)")
+    b.add_argument("--out", type=Path, default=Path("build/baselines"), help="directory for the bundles")
+    b.add_argument("--lags", type=int, help="dynamic PCA lags (default: chosen by Ku's rule)")
+    b.add_argument("--no-sign", action="store_true")
     a = sub.add_parser("all", help="the whole chain: record, every model, sign")
     a.add_argument("--config", required=True, type=Path)
     a.add_argument("--no-sign", action="store_true")
@@ -137,6 +147,37 @@ def _cmd_train(args: argparse.Namespace, every: bool = False) -> int:
     return 0
 
 
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    from export.pipeline import load_config, record_all
+    from export.plant_baselines import Refused, fit_baselines
+
+    cfg = load_config(args.config)
+    models = _selected(cfg, [args.model] if args.model else [], [])
+    if not models:
+        raise ValueError(f"{args.config}: no models: the baseline uses a model's data section")
+    m: Any = models[0]
+    recordings = record_all(cfg.recordings, progress=cfg.progress)
+    key = None if args.no_sign else cfg.key
+    try:
+        results = fit_baselines(cfg, m, recordings, args.out, key=key, lags=args.lags, progress=cfg.progress)
+    except Refused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for r in results:
+        chk = r.report.get("check")
+        checked = (
+            f"check {chk['exceedance_rate']:.2%} per frame (limit {chk['limit']:.2%})"
+            if chk
+            else "no check data"
+        )
+        lags = f", {r.report['lags']} lags" if "lags" in r.report else ""
+        print(
+            f"wrote {r.out} ({r.manifest.ident}): {r.report['features']} features, "
+            f"{r.report['components']} components{lags}; {checked}{'; signed' if key else ''}"
+        )
+    return 0
+
+
 def _cmd_record(args: argparse.Namespace) -> int:
     from export.pipeline import load_config, record_all
 
@@ -194,7 +235,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``edge-export``; returns the exit status."""
     args = _parser().parse_args(argv)
-    from agent.errors import ModelError
+    from agent.errors import ConfigError, ModelError
 
     try:
         from export.gates import GateError
@@ -216,7 +257,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_compress(args)
         if args.cmd == "report":
             return _cmd_report(args)
+        if args.cmd == "baseline":
+            return _cmd_baseline(args)
         return _cmd_train(args, every=True)
+    except ConfigError as exc:
+        print("\n".join(f"error: {p}" for p in exc.problems), file=sys.stderr)
+        return 2
     except GateError as exc:
         print(f"error: {exc}\nno bundle was written", file=sys.stderr)
         return 1

@@ -13,8 +13,10 @@ Pipeline (training and serving share the feature code):
 2. Per-role normalisation (mean/std over the fitting data) goes into the manifest, and
    :func:`agent.pipeline.features.window_to_input` turns every window into its feature vector.
 3. PCA on the feature vectors: features standardised, eigen-decomposition of the correlation
-   matrix, ``k`` components for the requested variance fraction (at most F-1, so the residual
-   space is never empty).
+   matrix, ``k`` components by parallel analysis (eigenvalues above those of column-permuted
+   data; a variance fraction or a fixed k on request), at most F-1 so the residual space is
+   never empty. A dynamic PCA is the same model over lagged samples (``flatten`` features of
+   a ``lags + 1`` window; :func:`choose_lags`).
 4. ``T^2 = sum_j t_j^2 / lambda_j`` (distance inside the model plane), ``SPE = ||z - P P^T z||^2``
    (distance from it).
 5. Thresholds are EMPIRICAL quantiles on held-out calibration windows (the last
@@ -27,6 +29,9 @@ The ONNX graph: ``x[batch, F] → (x - mean) / scale → t = z P → T^2, SPE``;
 ``spe`` of shape ``[batch]``, each with an ``"alarm"`` threshold in the manifest (the scorer
 adds ``t2_alarm``, ``spe_alarm`` and ``anomaly``).
 
+With ``--check`` (fresh normal recordings) a model whose frame exceedance is above
+:func:`check_passes`' limit is refused: exit 1, no bundle, a report in ``OUT.refused/``.
+
 CLI: ``python -m export.pca_baseline --help`` (the command that builds ``models/pca-pump`` is
 in ``models/README.md``).
 """
@@ -34,14 +39,12 @@ in ``models/README.md``).
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -69,13 +72,18 @@ __all__ = [
     "RoleSpec",
     "alarm_episodes",
     "check",
+    "check_passes",
+    "choose_lags",
     "fit",
     "fit_pca",
     "load_series",
     "main",
+    "parallel_analysis",
     "read_csv",
+    "resolution",
     "to_onnx",
     "write_bundle",
+    "write_refusal",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -128,20 +136,46 @@ class PcaModel:
         return out
 
 
+def parallel_analysis(
+    z: npt.ArrayLike, *, permutations: int = 20, quantile: float = 0.95, seed: int = 0, max_rows: int = 5000
+) -> int:
+    """Components to keep by parallel analysis (Horn 1965): the leading eigenvalues of the
+    correlation matrix that exceed the ``quantile`` of the same-rank eigenvalues of the data
+    with every column permuted on its own (no correlation left, the marginals kept). Noise
+    adds eigenvalues near 1 to every component; a variance fraction counts them, this does not.
+    At least 1."""
+    zf = np.asarray(z, np.float64)
+    rng = np.random.default_rng(seed)
+    if len(zf) > max_rows:
+        zf = zf[np.sort(rng.choice(len(zf), max_rows, replace=False))]
+    zf = (zf - zf.mean(axis=0)) / np.maximum(zf.std(axis=0), 1e-12)
+    n = len(zf)
+    evals = np.linalg.eigvalsh(zf.T @ zf / (n - 1))[::-1]
+    null = np.empty((permutations, zf.shape[1]))
+    for i in range(permutations):
+        zp = np.column_stack([rng.permutation(zf[:, j]) for j in range(zf.shape[1])])
+        null[i] = np.linalg.eigvalsh(zp.T @ zp / (n - 1))[::-1]
+    above = evals > np.quantile(null, quantile, axis=0)
+    k = int(np.argmin(above)) if not above.all() else len(above)
+    return max(1, k)
+
+
 def fit_pca(
     x: npt.ArrayLike,
     *,
     n_components: int | None = None,
-    variance: float = 0.95,
+    variance: float | None = None,
     false_alarm_rate: float = 1e-3,
     calibration: npt.ArrayLike | None = None,
+    seed: int = 0,
 ) -> PcaModel:
     """Fit PCA on feature vectors ``x[N, F]`` and set thresholds.
 
-    ``n_components`` fixes k; otherwise the smallest k keeping ``variance`` of the
-    standardised variance (capped at F-1). Thresholds: empirical ``1 - false_alarm_rate/2``
-    quantiles of T^2 and SPE on ``calibration`` (held-out normal data; the fitting data when
-    None, which is optimistic for SPE).
+    ``n_components`` fixes k; ``variance`` keeps the smallest k holding that fraction of the
+    standardised variance; neither: :func:`parallel_analysis` (holds on noisy data, where a
+    variance fraction keeps most of the noise components). k is capped at F-1. Thresholds:
+    empirical ``1 - false_alarm_rate/2`` quantiles of T^2 and SPE on ``calibration``
+    (held-out normal data; the fitting data when None, which is optimistic for SPE).
     """
     xf = np.asarray(x, dtype=np.float64)
     if xf.ndim != 2 or xf.shape[0] < 2 or xf.shape[1] < 2:
@@ -160,13 +194,15 @@ def fit_pca(
     evals = np.maximum(evals[order], 1e-12)
     evecs = evecs[:, order]
     total = float(np.sum(evals))
-    if n_components is None:
+    if n_components is not None:
+        k = n_components
+    elif variance is not None:
         if not 0 < variance <= 1:
             raise ValueError("variance must be in (0, 1]")
         cum = np.cumsum(evals) / total
         k = int(np.searchsorted(cum, variance - 1e-12) + 1)
     else:
-        k = n_components
+        k = parallel_analysis(z, seed=seed)
     k = max(1, min(k, f - 1))
     # A deterministic sign per component (largest loading positive) makes bundles reproducible.
     comps = evecs[:, :k]
@@ -201,6 +237,43 @@ def fit_pca(
         n_fit=n,
         n_calibration=int(cal.shape[0]),
     )
+
+
+def resolution(values: npt.ArrayLike) -> float:
+    """The smallest step between distinct finite values (0 for fewer than two)."""
+    v = np.asarray(values, np.float64)
+    u = np.unique(v[np.isfinite(v)])
+    return float(np.min(np.diff(u))) if len(u) > 1 else 0.0
+
+
+def choose_lags(windows: npt.ArrayLike, *, max_lags: int = 5, seed: int = 0) -> int:
+    """The lag count of a dynamic PCA (Ku, Storer, Georgakis 1995), from windows ``[W, T, R]``
+    of normalised samples (T > ``max_lags``): with ``l`` lags, parallel analysis keeps ``k(l)``
+    components of the lagged data, so ``r(l) = (l + 1) R - k(l)`` linear relations hold; the
+    relations a lag adds beyond those the earlier lags already imply are
+    ``r_new(l) = r(l) - sum_{i<l} (l - i + 1) r_new(i)``. The answer is the last lag that added
+    relations (at least 1, at most ``max_lags``)."""
+    w = np.asarray(windows, np.float64)
+    if w.ndim != 3 or w.shape[1] <= max_lags:
+        raise ValueError(f"need windows [W, T, R] with T > {max_lags}, got shape {list(w.shape)}")
+    r_new: list[int] = []
+    for lag in range(max_lags + 1):
+        x = w[:, -(lag + 1) :, :].reshape(len(w), -1)
+        k = parallel_analysis(x, seed=seed)
+        r = (lag + 1) * w.shape[2] - k
+        new = r - sum((lag - i + 1) * r_new[i] for i in range(lag))
+        if lag > 0 and new <= 0:
+            return max(1, lag - 1)
+        r_new.append(new)
+    return max(1, max_lags)
+
+
+def check_passes(exceedance_rate: float, frames: int, target: float) -> tuple[bool, float]:
+    """Whether a fresh normal run's frame exceedance is consistent with the target rate:
+    at most twice the target plus three binomial standard errors (frames of overlapping
+    windows are not independent, hence the factor two). Returns (passed, limit)."""
+    limit = 2.0 * target + 3.0 * math.sqrt(target * (1.0 - target) / max(frames, 1))
+    return bool(exceedance_rate <= limit), limit
 
 
 def to_onnx(model: PcaModel, *, input_name: str = "x", name: str = "pca") -> onnx.ModelProto:
@@ -266,11 +339,20 @@ def write_bundle(
     features: FeatureSpec,
     description: str = "",
     provenance: Mapping[str, str] | None = None,
+    extra_files: Mapping[str, str] | None = None,
 ) -> Manifest:
-    """Write ``model.onnx`` and ``manifest.json`` (with sha256 and size) into ``out_dir``."""
+    """Write ``model.onnx`` and ``manifest.json`` (with sha256 and size of it and of every
+    ``extra_files`` text file, e.g. a report) into ``out_dir``."""
+    from agent.modelstore.manifest import FileHash
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = to_onnx(model, name=name).SerializeToString()
+    files = {}
+    for fname, text in (extra_files or {}).items():
+        raw = text.encode("utf-8")
+        (out / fname).write_bytes(raw)
+        files[fname] = FileHash(sha256=_sha256(raw), size=len(raw))
     alpha_each = model.false_alarm_rate / 2.0
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
@@ -307,6 +389,7 @@ def write_bundle(
                 note="fp32 only: a model this small gains nothing from INT8",
             ),
         ),
+        files=files,
         provenance={
             "method": "pca",
             "components": str(model.n_components),
@@ -329,53 +412,32 @@ def write_bundle(
 def read_csv(
     path: str | Path, columns: Sequence[str] | None = None
 ) -> tuple[FloatArray, dict[str, FloatArray]]:
-    """A wide CSV: ``timestamp`` (seconds, or ISO 8601) + columns; non-numbers and blanks → NaN.
+    """A wide CSV: ``timestamp`` (epoch seconds or ms, or ISO 8601) + columns; text and blanks
+    → NaN (read by :func:`export.tables.read_table`: sorted, a repeated timestamp keeps the
+    last row).
 
     Returns (timestamps in seconds, {column: values}) for ``columns`` (default: all).
     Raises ValueError naming the file when the header or a timestamp is wrong or a column
     is missing.
     """
+    from export.tables import read_table
+
     p = Path(path)
-    with p.open(newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise ValueError(f"{p}: empty file") from None
-        if not header or header[0] != "timestamp":
-            raise ValueError(f"{p}: the first column must be 'timestamp', got {header[:1]}")
-        wanted = list(header[1:]) if columns is None else list(dict.fromkeys(columns))
-        missing = [c for c in wanted if c not in header]
-        if missing:
-            raise ValueError(f"{p}: no column(s) {missing} (has {sorted(header[1:])})")
-        index = [header.index(c) for c in wanted]
-        stamps: list[float] = []
-        data: list[list[float]] = [[] for _ in wanted]
-        for line, row in enumerate(reader, start=2):
-            stamps.append(_parse_time(row[0], p, line))
-            for out, i in zip(data, index, strict=True):
-                out.append(_number(row[i]) if i < len(row) else math.nan)
-    return np.array(stamps, dtype=np.float64), {
-        c: np.array(v, dtype=np.float64) for c, v in zip(wanted, data, strict=True)
-    }
-
-
-def _number(cell: str) -> float:
-    try:
-        return float(cell)
-    except ValueError:
-        return math.nan  # labels and blanks (sensor dropout) are not numbers
-
-
-def _parse_time(cell: str, path: Path, line: int) -> float:
-    try:
-        return float(cell)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(cell.strip().replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        raise ValueError(f"{path}:{line}: timestamp {cell!r} is neither seconds nor ISO 8601") from None
+    table = read_table(p, columns=columns)
+    if table.form != "wide":
+        raise ValueError(f"{p}: expected a wide CSV (timestamp + one column per tag)")
+    wanted = list(table.series) if columns is None else list(dict.fromkeys(columns))
+    missing = [c for c in wanted if not table.has(c)]
+    if missing:
+        has = [c for c in table.available if c != "timestamp"][:20]
+        raise ValueError(f"{p}: no column(s) {missing} (has {has})")
+    if not wanted:
+        return np.empty(0), {}
+    out: dict[str, FloatArray] = {}
+    for c in wanted:
+        _, v = table.series[c]
+        out[c] = np.full(len(v), np.nan) if v.dtype == object else v.astype(np.float64)
+    return table.series[wanted[0]][0], out
 
 
 def load_series(path: str | Path, columns: Sequence[str], period_s: float) -> list[FloatArray]:
@@ -538,7 +600,13 @@ def fit(
             role=r.role,
             unit=r.unit,
             range=(r.low, r.high),
-            normalisation=Normalisation(kind="standard", mean=float(mean[i]), std=float(max(std[i], 1e-6))),
+            normalisation=Normalisation(
+                kind="standard",
+                mean=float(mean[i]),
+                # floored at the column's resolution: round-off is never hundreds of sigma
+                std=float(max(std[i], resolution(samples[:, i]), 1e-6 * abs(float(mean[i])), 1e-12)),
+            ),
+            training_range=(float(np.nanmin(samples[:, i])), float(np.nanmax(samples[:, i]))),
         )
         for i, r in enumerate(roles)
     )
@@ -645,7 +713,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--components", type=int, help="number of principal components")
-    group.add_argument("--variance", type=float, default=0.95, help="variance fraction to keep")
+    group.add_argument(
+        "--variance", type=float, help="variance fraction to keep (default: parallel analysis chooses k)"
+    )
     ap.add_argument(
         "--false-alarm-rate",
         type=float,
@@ -669,6 +739,18 @@ def _key_value(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise ValueError(f"--provenance {text!r}: expected KEY=VALUE")
     return key, value
+
+
+def write_refusal(out: Path, data: Mapping[str, object]) -> Path:
+    """A refused bundle's report: ``<out>.refused/report.json`` and ``report.md`` (never in
+    ``out``, which keeps whatever bundle it held)."""
+    where = Path(f"{out}.refused")
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "report.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    lines = [f"# {data.get('name', out.name)}: no bundle written", "", f"{data.get('refused', '')}", ""]
+    lines += [f"- {k}: {v}" for k, v in sorted(data.items()) if k not in ("name", "refused")]
+    (where / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return where
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -696,6 +778,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    m = result.model
+    if report:
+        ok, limit = check_passes(report["exceedance_rate"], int(report["frames"]), m.false_alarm_rate)
+        if not ok:
+            where = write_refusal(
+                args.out,
+                {
+                    "name": args.name,
+                    "refused": "the fresh normal data of --check exceed the false-alarm target",
+                    "false_alarm_rate": m.false_alarm_rate,
+                    "limit": limit,
+                    "check": report,
+                    "components": m.n_components,
+                    "features": m.n_features,
+                },
+            )
+            print(
+                f"error: {args.name}: --check exceedance {report['exceedance_rate']:.2%} per frame on "
+                f"{report['frames']:.0f} frames, above the limit {limit:.2%} for the target "
+                f"{m.false_alarm_rate:g}: no bundle written (report: {where})",
+                file=sys.stderr,
+            )
+            return 1
     provenance = {
         "recordings": " ".join(p.name for p in args.csv),
         "assets": " ".join(assets),
@@ -718,7 +823,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         features=features,
         provenance=provenance,
     )
-    m = result.model
     print(
         f"wrote {args.out} ({manifest.ident}): {m.n_features} features, {m.n_components} components "
         f"({m.explained_variance:.1%} of variance)"

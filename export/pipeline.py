@@ -29,8 +29,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import numpy.typing as npt
 import torch
-import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from agent.modelstore.bundle import load_bundle
@@ -43,7 +42,6 @@ from agent.modelstore.manifest import (
     OutputSpec,
     TensorSpec,
     Variant,
-    WindowSpec,
 )
 from agent.modelstore.signing import sign_bundle
 from export import baselines, gates, report
@@ -57,6 +55,7 @@ from export.data import (
     features,
     fit_normalisation,
 )
+from export.dataconfig import DataConfig, data_spec
 from export.evaluate import detection_delays, false_alarm_rate, summarise_delays, threshold_at
 from export.nets import MLP, AutoEncoder, build_net
 from export.onnx_tools import (
@@ -69,7 +68,8 @@ from export.onnx_tools import (
     run_onnx,
     to_onnx,
 )
-from export.pca_baseline import RoleSpec, fit_pca
+from export.pca_baseline import fit_pca
+from export.tables import TimestampSpec, expand_paths
 from export.train import (
     FitConfig,
     auc,
@@ -85,20 +85,6 @@ from export.train import (
 
 __all__ = ["ExportConfig", "ModelConfig", "export_model", "load_config", "package", "record_all"]
 
-FAULT_NAMES = {
-    0: "normal",
-    1: "bearing_wear",
-    2: "cavitation",
-    3: "imbalance",
-    4: "motor_electrical",
-    5: "valve_blockage",
-    6: "sensor_stuck",
-    7: "sensor_drift",
-    8: "sensor_spike",
-    9: "sensor_dropout",
-}
-
-
 # --------------------------------------------------------------------------- config
 
 
@@ -107,16 +93,22 @@ class _Strict(BaseModel):
 
 
 class RecordingSet(_Strict):
-    """Recordings made by the simulator (or existing CSV files, ``files``)."""
+    """Recordings made by the simulator (``seeds``), or the user's files (``files``: paths or
+    glob patterns of wide/long CSV files, ``.csv.gz``, or agent recording directories).
+
+    ``split``: ``train`` (cut in time into train / validation [/ test]), ``test`` (whole), or
+    ``calibration`` (a separate normal run, for thresholds only).
+    """
 
     name: str
     scenario: str = "random"  # "random" (a seeded fault schedule), "normal", or a scenario YAML path
     seeds: list[int] = []
     hours: float = 24.0
-    split: Literal["train", "test"] = "train"
+    split: Literal["train", "test", "calibration"] = "train"
     format: Literal["wide", "long"] = "wide"
-    files: list[Path] = []  # existing recordings instead of simulating
+    files: list[str] = []  # existing recordings instead of simulating (paths or globs)
     targets: dict[str, str] = {}  # label/rul/oracle column overrides (long CSVs name tags)
+    timestamp: TimestampSpec | None = None  # these files' time format (default: data.timestamp)
 
 
 class Recordings(_Strict):
@@ -124,17 +116,6 @@ class Recordings(_Strict):
     pumps: int = 2
     sample_period_s: float = 1.0
     sets: list[RecordingSet]
-
-
-class DataConfig(_Strict):
-    roles: list[str]  # ROLE:UNIT:LOW:HIGH:COLUMN ({asset}, {n} in COLUMN)
-    assets: list[str]
-    label: str | None = None
-    rul: str | None = None
-    oracle: str | None = None
-    window: WindowSpec = WindowSpec(sample_period_s=1.0, length=60, stride=10)
-    train_stride: int | None = None
-    validation_fraction: float = 0.25
 
 
 class NetConfig(_Strict):
@@ -171,6 +152,14 @@ class Int8Settings(_Strict):
 _DEFAULT_INT8 = Int8Settings()
 
 
+class OutputNaming(_Strict):
+    """Name, unit and meaning of a regression output (``rul``: rul_h in h; ``setpoint``)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    unit: str | None = None
+    meaning: str = ""
+
+
 class ModelConfig(_Strict):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._\-]*$")]
     version: str = "1"
@@ -195,6 +184,7 @@ class ModelConfig(_Strict):
     on_delay: int = 3
     detection_gate: bool = True
     rul_cap_h: float = 8.0
+    output: OutputNaming = OutputNaming()
     baselines: bool = False  # also build Isolation Forest / LOF / kNN and report their delays
     fit: FitSettings = FitSettings()
 
@@ -208,14 +198,33 @@ class ExportConfig(_Strict):
     models: list[ModelConfig]
 
 
+_TYPE_NAMES = frozenset({"str", "int", "float", "bool", "datetime"})
+
+
+def _union_member(part: int | str) -> bool:
+    """pydantic names the member of a union it tried in the error path (``list[str]``)."""
+    return isinstance(part, str) and (part in _TYPE_NAMES or ("[" in part and part.endswith("]")))
+
+
 def load_config(path: str | Path) -> ExportConfig:
-    """Read and validate an export config (YAML); ValueError naming the file and field."""
-    p = Path(path)
-    data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    """Read and validate an export config (YAML). Errors: :class:`agent.errors.ConfigError`,
+    one ``file:line field.path: message`` line per problem (the agent's located loader)."""
+    from agent.config import _message
+    from agent.configyaml import compose, line_for, problem, read_text
+    from agent.errors import ConfigError
+
+    source = str(path)
+    data, lines = compose(read_text(path), source)
+    if not isinstance(data, dict):
+        raise ConfigError([problem(source, 1, "(top level)", "must be a mapping")])
     try:
         return ExportConfig.model_validate(data)
-    except Exception as exc:  # pydantic.ValidationError: named for the user with the file
-        raise ValueError(f"{p}: {exc}") from None
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not _union_member(p))
+            problems.append(problem(source, line_for(loc, lines), loc, _message(err)))
+        raise ConfigError(problems) from None
 
 
 # --------------------------------------------------------------------------- recordings
@@ -256,15 +265,13 @@ def random_fault_schedule(seed: int, hours: float, pumps: int) -> list[Any]:
 def record_all(rc: Recordings, *, progress: bool = True) -> list[Recording]:
     """Make (or reuse) every recording of the config; deterministic for its seeds."""
     from export.progress import Progress
-    from simulator.faults import load_scenario
-    from simulator.recorder import record
 
     out: list[Recording] = []
     jobs = [(s, seed) for s in rc.sets for seed in s.seeds]
     bar = Progress(len(jobs), "record plant", enabled=progress and bool(jobs))
     for s in rc.sets:
-        for f in s.files:
-            out.append(Recording(Path(f), s.split, None, s.name, s.targets))
+        for f in expand_paths(s.files):
+            out.append(Recording(f, s.split, None, s.name, s.targets, s.timestamp))
     for s, seed in jobs:
         path = rc.dir / f"{s.name}-s{seed}.{s.format}.csv"
         meta = {
@@ -277,6 +284,9 @@ def record_all(rc: Recordings, *, progress: bool = True) -> list[Recording]:
         }
         side = path.with_suffix(".json")
         if not (path.exists() and side.exists() and json.loads(side.read_text()) == meta):
+            from simulator.faults import load_scenario
+            from simulator.recorder import record
+
             if s.scenario == "random":
                 events: Any = random_fault_schedule(seed, s.hours, rc.pumps)
             elif s.scenario == "normal":
@@ -309,12 +319,6 @@ def _params(pumps: int) -> Any:
 # --------------------------------------------------------------------------- helpers
 
 
-def _spec(d: DataConfig) -> DataSpec:
-    return DataSpec(
-        tuple(RoleSpec.parse(r) for r in d.roles), tuple(d.assets), d.window, d.label, d.rul, d.oracle
-    )
-
-
 def _feature_spec(kind: str, stats: Sequence[str]) -> FeatureSpec:
     if kind == "summary":
         return FeatureSpec(kind="summary", stats=tuple(stats))  # type: ignore[arg-type]
@@ -340,7 +344,7 @@ class _Task:
                     f"model {cfg.name}: the training data needs normal windows and at least one fault"
                 )
             self.codes = codes
-            self.labels = [FAULT_NAMES.get(c, f"code{c}") for c in codes]
+            self.labels = [ds.labels.get(c, f"class{c}") for c in codes]
             self.kind = "classifier"
             counts = np.array([np.sum(ds.train.label == c) for c in codes], np.float64)
             w = (counts.sum() / counts) ** 0.5
@@ -348,7 +352,10 @@ class _Task:
             self.metric = "balanced accuracy"
         elif cfg.task == "anomaly":
             self.kind = "autoencoder"
-            self.metric = "ROC AUC (fault vs normal windows)"
+            self.metric = (
+                "ROC AUC (fault vs normal windows) where the windows hold faults, else the "
+                "explained variance of held-out normal windows"
+            )
         else:
             self.kind = "regression"
             src = ds.train.rul if cfg.task == "rul" else ds.train.oracle
@@ -357,7 +364,8 @@ class _Task:
             if not len(y):
                 raise ValueError(f"model {cfg.name}: no {cfg.task} targets in the training data")
             self.y_mean, self.y_std = float(y.mean()), float(max(y.std(), 1e-6))
-            self.metric = "negative mean absolute error (" + ("h" if cfg.task == "rul" else "rpm") + ")"
+            unit = cfg.output.unit if cfg.output.unit is not None else ("h" if cfg.task == "rul" else "")
+            self.metric = f"negative mean absolute error ({unit or 'target units'})"
 
     def _raw_target(self, src: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         if self.cfg.task == "rul":
@@ -392,8 +400,15 @@ class _Task:
         if self.name == "classifier":
             return balanced_accuracy(self.target(w), np.argmax(raw, axis=1), len(self.codes))
         if self.name == "anomaly":
-            s = np.mean((raw - x.reshape(len(x), -1)) ** 2, axis=1)
-            return auc(s, w.label != NORMAL)
+            flat = x.reshape(len(x), -1)
+            s = np.mean((raw - flat) ** 2, axis=1)
+            fault = w.label != NORMAL
+            if fault.any() and not fault.all():
+                return auc(s, fault)
+            # Normal-only data: the fraction of the features' variance the autoencoder
+            # reconstructs on held-out windows (comparable across feature kinds; never NaN).
+            var = float(np.mean(np.var(flat, axis=0))) or 1.0
+            return 1.0 - float(np.mean(s)) / var
         y = self._raw_target(w.rul if self.name == "rul" else w.oracle)
         pred = raw.reshape(-1) * self.y_std + self.y_mean
         return -float(np.mean(np.abs(pred - y)))
@@ -627,24 +642,29 @@ def export_model(
 ) -> Manifest:
     """Train, compress, gate and write one model's bundle (see the module docstring)."""
     seed_everything(seed, threads)
-    spec = _spec(cfg.data)
     ds = build_dataset(
-        spec,
+        data_spec(cfg.data, recordings),
         recordings,
         validation_fraction=cfg.data.validation_fraction,
         train_stride=cfg.data.train_stride,
         progress=progress,
     )
-    inputs = fit_normalisation(spec, ds.train_samples)
+    spec = ds.spec  # resolved: inferred sensor ranges, constant inputs dropped
+    inputs = fit_normalisation(spec, ds.train_samples, training_range=ds.training_range)
     task = _Task(cfg, ds)
     tr, va, te = (
         w.take(task.rows(w, fitting)) for w, fitting in ((ds.train, True), (ds.val, True), (ds.test, False))
     )
     va_all = ds.val.take(task.rows(ds.val, False))
+    # Thresholds come from the separate normal run when there is one (calibration files),
+    # else from the validation windows.
+    cal_w = ds.calibration if ds.calibration is not None and len(ds.calibration) else va_all
     if not len(tr) or not len(va):
         raise ValueError(f"model {cfg.name}: no training or validation windows")
     if not len(te):
-        raise ValueError(f"model {cfg.name}: no test windows (mark recordings with other seeds split: test)")
+        raise ValueError(
+            f"model {cfg.name}: no test windows (mark recordings split: test, or set data.test_fraction)"
+        )
     y_tr, y_va = task.target(tr), task.target(va)
     rep: dict[str, Any] = {
         "name": cfg.name,
@@ -660,8 +680,16 @@ def export_model(
             "test_windows": len(te),
             "train_seeds": sorted({r.seed for r in recordings if r.split == "train" and r.seed is not None}),
             "test_seeds": sorted({r.seed for r in recordings if r.split == "test" and r.seed is not None}),
+            "calibration_windows": len(ds.calibration) if ds.calibration is not None else 0,
+            "classes": {str(k): v for k, v in ds.labels.items()},
+            "inputs": [
+                {"role": r.role, "unit": r.unit, "range": [r.low, r.high], "training_range": list(t)}
+                for r, t in zip(spec.roles, ds.training_range, strict=True)
+            ],
+            "quality": list(ds.quality),
         },
     }
+    rep["notes"] += ds.quality
 
     def contract(kind: str) -> Contract:
         return Contract(inputs, _feature_spec(kind, cfg.stats))
@@ -810,7 +838,7 @@ def export_model(
     score_va: npt.NDArray[np.float64] | None = None
     if task.name == "classifier":
         graph: nn.Module = ClassifierGraph(chosen, task.codes.index(NORMAL))
-        probs_va = torch.softmax(torch.from_numpy(predict(chosen, features(va_all.x, cs))), 1).numpy()
+        probs_va = torch.softmax(torch.from_numpy(predict(chosen, features(cal_w.x, cs))), 1).numpy()
         score_va = 1.0 - probs_va[:, task.codes.index(NORMAL)]
         probs_te = torch.softmax(torch.from_numpy(raw_te), 1).numpy()
         score_te = 1.0 - probs_te[:, task.codes.index(NORMAL)]
@@ -823,7 +851,7 @@ def export_model(
         int8_kind = "top1"
     elif task.name == "anomaly":
         graph = ReconstructionScore(chosen)
-        xva_all = features(va_all.x, cs)
+        xva_all = features(cal_w.x, cs)
         score_va = np.mean((predict(chosen, xva_all) - xva_all) ** 2, axis=1)
         score_te = np.mean((raw_te - xs_te) ** 2, axis=1)
         int8_kind = "correlation"
@@ -854,10 +882,10 @@ def export_model(
                 {"prediction - oracle": pts[:: max(1, len(pts) // 400)]},
                 title="setpoint error (test seeds)",
                 xlabel="window",
-                ylabel="error (rpm)",
+                ylabel=f"error ({cfg.output.unit or 'target units'})",
             )
     if score_te is not None and score_va is not None:
-        normal_va = va_all.label == NORMAL
+        normal_va = cal_w.label == NORMAL
         th = threshold_at(score_va[normal_va], cfg.false_alarm_rate)
         name = "fault_score" if task.name == "classifier" else "score"
         rep["roc"] = {"auc_test": auc(score_te, te.label != NORMAL)}
@@ -868,9 +896,9 @@ def export_model(
             normal_tr = tr.x[tr.label == NORMAL] if task.name != "anomaly" else tr.x
             pca = fit_pca(
                 features(normal_tr, pc),
-                variance=0.95,
+                variance=0.95,  # as the shipped models were gated; `edge-export baseline` is the honest one
                 false_alarm_rate=cfg.false_alarm_rate,
-                calibration=features(va_all.x[normal_va], pc),
+                calibration=features(cal_w.x[normal_va], pc),
             )
             x_pca_te = features(te.x, pc)
             detectors["pca baseline"] = pca.alarms(x_pca_te)
@@ -880,7 +908,7 @@ def export_model(
             )
         if cfg.baselines:
             xb_tr = features(tr.x[tr.label == NORMAL], cs)
-            xb_va = features(va_all.x[normal_va], cs)
+            xb_va = features(cal_w.x[normal_va], cs)
             for bname, det in (
                 ("isolation forest", baselines.IsolationForest.fit(xb_tr, seed=seed)),
                 ("local outlier factor", baselines.LocalOutlierFactor.fit(xb_tr, seed=seed)),
@@ -909,7 +937,7 @@ def export_model(
                 on_delay=cfg.on_delay,
                 period_s=spec.window.sample_period_s,
                 stride=spec.window.stride,
-                names=FAULT_NAMES,
+                names=ds.labels,
             )
             summ = summarise_delays(d)
             summ["test_far"] = false_alarm_rate(te, alarms)
@@ -959,18 +987,18 @@ def export_model(
     elif task.name == "rul":
         outputs = [
             OutputSpec(
-                name="rul_h",
-                meaning=f"remaining useful life of the bearing, capped at "
-                f"{cfg.rul_cap_h:g} h (the cap means: no wear seen)",
-                unit="h",
+                name=cfg.output.name or "rul_h",
+                meaning=cfg.output.meaning
+                or f"remaining useful life, capped at {cfg.rul_cap_h:g} h (the cap means: no wear seen)",
+                unit=cfg.output.unit if cfg.output.unit is not None else "h",
             )
         ]
     else:
         outputs = [
             OutputSpec(
-                name="speed_rpm",
-                meaning="recommended pump speed (energy-optimal within the level band, the plant's oracle)",
-                unit="rpm",
+                name=cfg.output.name or "setpoint",
+                meaning=cfg.output.meaning or "recommended setpoint (learned from the oracle column)",
+                unit=cfg.output.unit if cfg.output.unit is not None else "",
             )
         ]
     rep["summary"] = (

@@ -177,9 +177,29 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"{_fmt(m.get('test', ''))} |"
         )
     lines += ["", f"Metric: {report.get('metric', '')}.", ""]
+    data = report.get("data", {})
+    if data.get("inputs"):
+        lines += [
+            "## Inputs",
+            "",
+            "The sensor range is where a value is plausible (outside: BAD); the training range is "
+            "what the data covered (outside: an anomaly signal, still scored).",
+            "",
+            "| role | unit | sensor range | training range |",
+            "|---|---|---|---|",
+        ]
+        for r in data["inputs"]:
+            lo, hi = r["range"]
+            tlo, thi = r["training_range"]
+            lines.append(
+                f"| {r['role']} | {r['unit']} | {_fmt(lo)} .. {_fmt(hi)} | {_fmt(tlo)} .. {_fmt(thi)} |"
+            )
+        lines.append("")
+    if data.get("classes"):
+        lines += ["Classes (from the data): " + ", ".join(f"{k} {v}" for k, v in data["classes"].items()), ""]
     if report.get("detection"):
         lines += [
-            "## Detection delay on test seeds",
+            "## Detection delay on the test set",
             "",
             f"Thresholds at a per-frame false-alarm rate of {report['detection']['false_alarm_rate']:g}, "
             f"on-delay {report['detection']['on_delay']} frames; a missed event counts its duration.",

@@ -63,6 +63,7 @@ class WriteLogEntry:
     accepted: bool
     applied: Value | None  # value stored / in use after the write (None when refused)
     reason: str  # "applied", "clamped to 2950", "permissive off", "heartbeat stale", ...
+    previous: Value | None = None  # what the register held just before this write
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,7 @@ class Plc:
         raw: object = None,
     ) -> WriteResult:
         """Apply one external write through the PLC rules and log it."""
+        previous = self.values.get(name)
         result = self._write(name, value)
         self.version += 1
         self.log_write(
@@ -226,6 +228,7 @@ class Plc:
             raw=value if raw is None else raw,
             value=value,
             result=result,
+            previous=previous,
         )
         return result
 
@@ -249,6 +252,7 @@ class Plc:
         raw: object,
         value: Value | None,
         result: WriteResult,
+        previous: Value | None = None,
     ) -> None:
         """Append a write-log entry (servers call this for writes refused before the PLC rules)."""
         if len(self.write_log) == self.write_log.maxlen:
@@ -264,6 +268,7 @@ class Plc:
             accepted=result.accepted,
             applied=result.applied,
             reason=result.reason,
+            previous=previous,
         )
         self.write_log.append(entry)
         if self._write_log_fd is not None:
@@ -278,6 +283,7 @@ class Plc:
                 "accepted": result.accepted,
                 "applied": result.applied,
                 "reason": result.reason,
+                "previous": previous,
             }
             os.write(self._write_log_fd, (json.dumps(line, default=str) + "\n").encode())
 

@@ -139,7 +139,10 @@ class Normalisation(_Frozen):
 class InputRole(_Frozen):
     """One model input, named by what it means on the asset, not by a tag.
 
-    ``range`` is the plausible range in ``unit``: a value outside it is treated as BAD.
+    ``range`` is the plausible (sensor) range in ``unit``: a value outside it is treated as
+    BAD. ``training_range`` is what the training data covered (informative: a value outside it
+    is an anomaly signal, never BAD). ``operating`` marks an operating variable (speed, flow,
+    load: what the plant is asked to do) rather than a condition the model watches.
     ``aggregation`` is what one window row holds, as the training data had it: ``instant``
     the latest value at the tick, ``mean`` the mean of the GOOD samples polled within the
     sample period that ends at the tick (as historians export period averages).
@@ -151,6 +154,8 @@ class InputRole(_Frozen):
     normalisation: Normalisation = Normalisation(kind="none")
     description: str = ""
     aggregation: Aggregation = "instant"
+    training_range: tuple[float, float] | None = None
+    operating: bool = False
 
     @field_validator("range")
     @classmethod
@@ -158,6 +163,15 @@ class InputRole(_Frozen):
         lo, hi = value
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise ValueError("range must be [low, high], finite, with low < high")
+        return value
+
+    @field_validator("training_range")
+    @classmethod
+    def _training_range_ordered(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None:
+            lo, hi = value
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+                raise ValueError("training_range must be [low, high], finite, with low <= high")
         return value
 
 

@@ -217,6 +217,7 @@ class Reason(enum.StrEnum):
     READBACK_MISMATCH = "read-back mismatch"
     READBACK_UNCONFIRMED = "read-back unconfirmed"
     NOT_SETTLED = "not settled"
+    MOVED_BY_OTHER = "moved by another writer"
     DEADBAND = "inside deadband"
     RATE_WAIT = "rate limit allows no change yet"
     OUT_OF_REACH = "read-back outside limits"

@@ -84,7 +84,8 @@ def test_rul_and_setpoint_chains(recordings: list[Recording], tmp_path: Path) ->
                          assets=["Station"], oracle="oracle_speed_rpm", train_stride=20)
     recs = [Recording(r.path, r.split, r.seed, r.kind, {"oracle": "Simulation.OracleSpeed"} if r.targets else {})
             for r in recordings]
-    cfg = tiny_model(tmp_path, "setpoint", data=station, stats=["mean", "last", "slope"])
+    cfg = tiny_model(tmp_path, "setpoint", data=station, stats=["mean", "last", "slope"],
+                     output={"name": "speed_rpm", "unit": "rpm"})
     man = export_model(cfg, recs, progress=False)
     rep = check_bundle(cfg.out, signed=False)
     assert man.roles == ("tank_level", "outlet_flow") and man.outputs[0].unit == "rpm"

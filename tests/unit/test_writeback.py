@@ -167,6 +167,7 @@ class FakePlc:
     during_send: Callable[[], None] | None = None
     context: dict[str, Any] = field(default_factory=dict)  # what the test knows at reception
     held: list[Received] = field(default_factory=list)  # every change of the value it holds
+    lie: float = 0.0  # a link that adds this to every value read (consistent: no reader can tell)
 
     def hold(self, value: float, source: str) -> None:
         if value != self.value:
@@ -234,11 +235,11 @@ class FakePlc:
             raise ReadBackFailed("read-back timed out")
         if b == "readback_corrupt":
             return value * 0.7 + 13.0
-        return value
+        return value + self.lie
 
     async def read(self, tag_name: str) -> Sample:
         self.clock.advance(self.reply_s)
-        return Sample(tag_name, self.value, Quality.good(), T0, self.clock())
+        return Sample(tag_name, self.value + self.lie, Quality.good(), T0, self.clock())
 
 
 # --------------------------------------------------------------------------- the harness
@@ -268,6 +269,7 @@ class Step:
     restart: bool = False
     manual: float | None = None
     corrupt_value: float = 1528.0
+    lie: float = 0.0  # every read this step is off by this much (a consistently corrupting link)
 
 
 FLOAT32 = Grid(float32=True)
@@ -311,7 +313,7 @@ class Harness:
         if kind == "stale" and not self.stale_available:
             kind = "fresh"
         if kind == "fresh":
-            self.table.update([Sample(SP, self.plc.value, Quality.good(), T0, now)])
+            self.table.update([Sample(SP, self.plc.value + self.plc.lie, Quality.good(), T0, now)])
         elif kind == "corrupt":
             self.corrupt_reads += 1
             self.table.update([Sample(SP, corrupt_value + 0.37 * self.corrupt_reads, Quality.good(), T0, now)])
@@ -330,6 +332,7 @@ class Harness:
         if s.manual is not None:  # the operator moves the setpoint on the HMI
             self.plc.hold(s.manual, "operator")
             self.plc.received.append(Received(self.clock(), "operator", s.manual))
+        self.plc.lie = s.lie
         self.poll(s.poll, s.corrupt_value)
         now = self.clock()
         self.table.update([Sample(PERM, s.perm, Quality.good(), T0, now)])
@@ -460,16 +463,49 @@ def test_restart_loop_earns_no_fresh_allowance() -> None:
     assert h.plc.received
 
 
-def test_operator_change_restarts_the_credit() -> None:
-    """The operator moves the setpoint; once two reads confirm it, the agent's next step is
-    limited by the time since the first read that showed the new value."""
-    script = [*ramp(3), Step(dt=30.0, rec=None), Step(manual=2500.0, rec=None), Step(dt=0.5), Step(dt=0.5)]
-    h = run(script, target=make_target(max_step=500.0))
+def test_operator_change_holds_until_control_is_handed_back() -> None:
+    """The operator moves the setpoint while the agent has control: the agent holds ("moved by
+    another writer") and never continues from it; once the operator cycles the permissive,
+    the agent resumes from the operator's value, its first step limited by the time since
+    control came back."""
+
+    async def go() -> tuple[Harness, tuple[str, ...], float]:
+        h = Harness(make_target(max_step=500.0), 2000.0)
+        for s in [*ramp(3), Step(dt=30.0, rec=None), Step(manual=2500.0, rec=None), *ramp(4, dt=0.5)]:
+            await h.run_step(s)
+        held = h.wb.decisions[SP].decision.reasons
+        await h.run_step(Step(perm=False))
+        back = h.clock()
+        await run_script(h, ramp(4, dt=0.5))
+        return h, held, back
+
+    h, held, handed_back = asyncio.run(go())
+    assert held and held[0].startswith("moved by another writer: the PLC holds 2500"), held
     moved = next(r for r in h.plc.received if r.tag == "operator")
     after = [r for r in h.plc.received if r.t > moved.t and r.tag == SP]
-    assert after, "the agent never resumed after the operator's change"
+    assert after, "the agent never resumed after the hand-back"
+    assert all(r.t > handed_back for r in after), "the agent wrote before control was handed back"
     first = after[0]
-    assert abs(first.value - 2500.0) <= 600.0 / 60.0 * (first.t - moved.t) + 1e-6
+    assert abs(first.value - 2500.0) <= 600.0 / 60.0 * (first.t - handed_back) + 1e-6
+
+
+def test_a_consistently_corrupting_link_is_another_writer() -> None:
+    """A gateway that flips the same bit of every reply (+512 rpm on a float32 setpoint): two
+    reads agree, so the value is confirmed, but the agent had control all along and did not put
+    it there: it holds, and resumes on its own once the reads agree with it again."""
+
+    async def go() -> tuple[Harness, tuple[str, ...], int]:
+        h = Harness(make_target(), 1800.0)
+        for s in [*ramp(3), *ramp(6, lie=512.0)]:
+            await h.run_step(s)
+        held, n = h.wb.decisions[SP].decision.reasons, len(h.plc.received)
+        await run_script(h, ramp(3))
+        return h, held, n
+
+    h, held, n_during = asyncio.run(go())
+    assert held and held[0].startswith("moved by another writer"), held
+    assert n_during <= 4  # three before the lie, at most the one decided before it was confirmed
+    assert len(h.plc.received) > n_during, "writes resume once the reads tell the truth"
 
 
 def test_integer_scaled_setpoint_reaches_its_target() -> None:
@@ -567,6 +603,10 @@ def _ko_quantization(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(Grid, "snap", lambda self, value, lo, hi: value)
 
 
+def _ko_moved_by_other(mp: pytest.MonkeyPatch) -> None:
+    mp.setattr(WriteBack, "_moved_by_other", lambda self, st, value: False)
+
+
 def _ko_possibly_applied(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(WriteBack, "_possibly_applied", staticmethod(lambda st, value, sent: None))
 
@@ -597,6 +637,8 @@ GUARDS: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], list[Step], dict[s
     "quantization": (_ko_quantization, [Step(rec=45.15) for _ in range(5)], QUANT | {"start_value": 45.0}),
     # a write that timed out (the PLC runs it when it resumes, before the next one) is limited
     # against, then the recommendation turns around
+    # a link that corrupts every reply the same way: confirmed, but not the agent's own value
+    "another writer": (_ko_moved_by_other, [*ramp(3), *ramp(4, lie=512.0)], {}),
     "possibly applied": (
         _ko_possibly_applied, [*ramp(3), Step(write="timeout_late"), Step(dt=5.0, rec=1600.0)],
         {"target": make_target(max_step=10.0)},
@@ -712,6 +754,7 @@ NAMED_GUARDS = (
     "quantization",
     "supervision",
     "possibly applied",
+    "another writer",
 )
 
 
