@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from export.tables import DataError, TimestampSpec, read_table
 
+from export.tables import DataError, TimestampSpec, read_table
 from tests.plants import cstr
 from tests.plants.formats import (
     Episode,
@@ -207,7 +207,7 @@ models:
 
 def test_events_file_times_match_the_data(run, tmp_path: Path) -> None:
     """An events file's episodes land on the rows they name (UTC in the file, local data)."""
-    from export.pipeline import read_events
+    from export.dataconfig import read_events
 
     ev = tmp_path / "events.csv"
     ep = Episode("analyser_stuck", 2, 6 * 3600.0, 9 * 3600.0, "r1", "R1.AI201")
@@ -227,6 +227,9 @@ def test_events_file_times_match_the_data(run, tmp_path: Path) -> None:
     with pytest.raises(DataError) as err:
         read_events(backwards, LOCAL)
     assert str(err.value).startswith(f"{backwards}:2 column 'end'")
+    with pytest.raises(DataError) as err:  # a maintenance log naming a unit the model does not cover
+        read_events(ev, LOCAL, assets=["r2"])
+    assert str(err.value).startswith(f"{ev}:2 column 'asset': 'r1' is not one of the assets")
 
 
 def test_gzip_historian_export(run, tmp_path: Path) -> None:
