@@ -54,8 +54,7 @@ from agent.replay import AlarmEpisode, AlarmInputs, Recording, ReplaySetup, alar
 from export.data import NORMAL, DataSpec, Windows, events, read_long_csv, resample_hold
 from export.data import Recording as DataRecording
 from export.dataconfig import read_events
-from export.pca_baseline import read_csv
-from export.tables import TimestampSpec, parse_times
+from export.tables import TimestampSpec, parse_times, read_table
 
 __all__ = [
     "CalibrationData",
@@ -115,13 +114,19 @@ def _is_long(path: Path) -> bool:
     return header[:3] == ["timestamp", "tag", "value"]
 
 
-def load_recording(paths: Sequence[str | Path], tags: Sequence[str], period_s: float) -> Recording:
+def load_recording(
+    paths: Sequence[str | Path],
+    tags: Sequence[str],
+    period_s: float,
+    timestamp: TimestampSpec | None = None,
+) -> Recording:
     """Files → one :class:`Recording` of ``tags`` on the ``period_s`` grid (see the module doc).
 
     Rows from several files are merged in time order; each point of the grid (UTC multiples of
     ``period_s``) takes the latest row at or before it (a duplicated timestamp: the later row),
     held for at most 1.5 row spacings (longer is a gap: not GOOD). An empty or non-numeric cell
-    (a long row not GOOD) is a sample that was not GOOD.
+    (a long row not GOOD) is a sample that was not GOOD. Wide files are read by the export
+    chain's one reader (``export/tables.py``) with ``timestamp``'s column, format and zone.
     """
     times: list[FloatArray] = []
     values: list[FloatArray] = []
@@ -133,9 +138,11 @@ def load_recording(paths: Sequence[str | Path], tags: Sequence[str], period_s: f
             times.append(start + period_s * np.arange(len(grid_v)))
             values.append(grid_v)
         else:
-            t, cols = read_csv(f, list(tags))
+            table = read_table(f, timestamp or TimestampSpec(), columns=list(tags))
+            cols = [table.numeric(c) for c in tags]
+            t = cols[0][0] if cols else np.empty(0)
             times.append(t)
-            values.append(np.stack([cols[c] for c in tags], axis=1) if tags else np.empty((len(t), 0)))
+            values.append(np.stack([v for _, v in cols], axis=1) if cols else np.empty((len(t), 0)))
     if not times:
         raise ValueError("no data files given")
     t = np.concatenate(times)
@@ -845,12 +852,14 @@ def spec_recordings(
     split: str,
     *,
     tail: float | None = None,
+    part: tuple[float, float] | None = None,
     names: Mapping[int, str] | None = None,
 ) -> list[tuple[Recording, Labels]]:
     """The ``split`` recordings of an export config as replay recordings with their labelled
     episodes (runs of one non-zero code of the label column per asset; class names from
     ``names``, else the code). ``tail``: only the last fraction of each recording (the
-    validation part of training recordings)."""
+    validation part of training recordings); ``part``: the rows between these fractions of
+    each recording (the time split of ``test_fraction``, as export/data.py cuts it)."""
     out: list[tuple[Recording, Labels]] = []
     period = spec.window.sample_period_s
     for r in recordings:
@@ -858,9 +867,13 @@ def spec_recordings(
             continue
         cols = {a: spec.columns(a, r.targets) for a in spec.assets}
         tags = sorted({c for a in cols.values() for c in a.values()})
-        rec = load_recording([r.path], tags, period)
+        rec = load_recording([r.path], tags, period, r.timestamp)
         if tail is not None:
             keep = slice(len(rec.t) - max(1, round(len(rec.t) * tail)), None)
+            rec = Recording(rec.t[keep], rec.tags, rec.values[keep])
+        if part is not None:
+            n = len(rec.t)
+            keep = slice(round(n * part[0]), max(round(n * part[0]) + 1, round(n * part[1])))
             rec = Recording(rec.t[keep], rec.tags, rec.values[keep])
         eps: list[Episode] = []
         for asset, c in cols.items():
@@ -933,6 +946,7 @@ def chain_detection(
     recordings: Sequence[DataRecording],
     *,
     validation_fraction: float,
+    test_fraction: float = 0.0,
     on_delay_frames: int,
     false_alerts_per_day: float,
     names: Mapping[int, str] | None = None,
@@ -945,12 +959,18 @@ def chain_detection(
     recordings. Returns the merged results, the calibrated setups and, per method and alert
     source, the share of normal calibration frames above the calibrated threshold."""
     assets = spec_assets(spec)
+    # the same parts as export/data.py: [.. | validation | test] in time within training files
+    val_part = (1.0 - validation_fraction - test_fraction, 1.0 - test_fraction)
     cal = spec_recordings(spec, recordings, "calibration", names=names) or spec_recordings(
-        spec, recordings, "train", tail=validation_fraction, names=names
+        spec, recordings, "train", part=val_part, names=names
     )
     test = spec_recordings(spec, recordings, "test", names=names)
+    if not test and test_fraction > 0:
+        test = spec_recordings(spec, recordings, "train", part=(1.0 - test_fraction, 1.0), names=names)
     if not test:
-        raise ValueError("no test recordings to judge detection on (mark some split: test)")
+        raise ValueError(
+            "no test recordings to judge detection on (mark some split: test, or set data.test_fraction)"
+        )
     results: dict[str, MethodResult] = {}
     setups: dict[str, ReplaySetup] = {}
     calibration: dict[str, dict[str, float]] = {}

@@ -643,6 +643,7 @@ def _replay_detection(
             spec,
             recordings,
             validation_fraction=cfg.data.validation_fraction,
+            test_fraction=cfg.data.test_fraction,
             on_delay_frames=cfg.on_delay,
             false_alerts_per_day=cfg.false_alerts_per_day,
         )

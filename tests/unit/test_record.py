@@ -123,9 +123,12 @@ def test_files_manifest_qualities_and_gaps(tmp_path: Path) -> None:
     assert v[0] == 10.0 and math.isnan(v[5]) and v[9] == 1.0
     (seg,) = load_columns(long, ["flow", "temp"], 1.0)
     assert seg.shape[1] == 2 and np.isnan(seg[5, 0])
-    segments = load_columns(wide, ["flow", "temp"], 1.0)
-    assert [len(s) for s in segments] == [10, 2]  # split where rows were not recorded
-    assert segments[0][0].tolist() == [10.0, 40.0] and np.isnan(segments[0][6]).all()
+    (grid,) = load_columns(wide, ["flow", "temp"], 1.0)
+    # on the period's grid: periods not recorded are held for the loader's hold time (as a
+    # historian's exception-based rows are), beyond it they read as gaps (NaN)
+    gap = np.isnan(grid).all(axis=1)
+    assert len(grid) == 17 and gap[12:15].all() and not gap[15:].any()
+    assert grid[0].tolist() == [10.0, 40.0] and np.isnan(grid[6]).all()
 
 
 def test_rotation_by_size_and_by_time_and_the_quota(tmp_path: Path) -> None:
