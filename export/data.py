@@ -107,7 +107,7 @@ class ReadOptions:
     normal_class: str = "normal"
     test_fraction: float = 0.0
     gap_s: float = 0.0
-    range_margin: float = 1.0
+    range_margin: float = 3.0
     constant: str = "refuse"
     min_distinct: int = 3
 

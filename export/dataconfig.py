@@ -54,7 +54,7 @@ class DataConfig(FrozenModel):
     assets: list[str] = ["plant"]
     operating: list[str] = []
     aggregation: Literal["instant", "mean"] = "instant"  # what a row is: the value, or the period's mean
-    range_margin: Annotated[float, Field(ge=0)] = 1.0
+    range_margin: Annotated[float, Field(ge=0)] = 3.0
     constant: Literal["refuse", "drop"] = "refuse"
     min_distinct: Annotated[int, Field(ge=2)] = 3
     timestamp: TimestampSpec = TimestampSpec()

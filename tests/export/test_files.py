@@ -151,7 +151,9 @@ def test_inferred_ranges_training_range_and_operating(plant: Path, tmp_path: Pat
     tr = dict(zip(roles, ds.training_range, strict=True))
     lo, hi = tr["FI102"]
     span = hi - lo
-    assert roles["FI102"].low == pytest.approx(lo - span) and roles["FI102"].high == pytest.approx(hi + span)
+    m = d.range_margin
+    assert m == 3.0  # the example's (and the default) margin: three spans each side
+    assert roles["FI102"].low == pytest.approx(lo - m * span) and roles["FI102"].high == pytest.approx(hi + m * span)
     # the fault drives R1's temperature above anything seen in training, inside the sensor range:
     # those windows are kept (an anomaly signal), not dropped as BAD
     te_r1 = ds.test.x[ds.test.asset == 0][:, -1, 0]
