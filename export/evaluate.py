@@ -333,7 +333,7 @@ def classical_setups(
         defs = tuple(
             AlarmDef(
                 name=f"{names[r]}_{r}"[:64].replace(".", "_").replace(" ", "_"),
-                code=i + 1,
+                code=i % _MAX_CODES + 1,  # re-coded per engine of 16 (_run_episodes)
                 kind="alert",
                 source=f"{names[r]}.outlier",
                 high=Limit(value=0.5, severity=1),
@@ -342,7 +342,9 @@ def classical_setups(
             )
             for i, r in enumerate(roles)
         )
-        out[label] = (assets, AlarmsConfig(defs=defs))
+        # more than 16 inputs: codes repeat across engines of 16, each chunk validated when run
+        many = len(defs) > _MAX_CODES
+        out[label] = (assets, AlarmsConfig.model_construct(defs=defs) if many else AlarmsConfig(defs=defs))
     return out
 
 

@@ -168,3 +168,25 @@ def test_recording_directories_and_long_csv_load_onto_the_cycle_grid(tmp_path: P
     )
     rec = load_recording([long], ["P1.Level"], 10.0)
     np.testing.assert_array_equal(rec.values[:, 0], [1.5, 1.5, np.nan, 3.5])
+
+
+def test_classical_detectors_on_more_inputs_than_one_alarm_word_holds() -> None:
+    """20 bound tags: the classical detectors run in engines of 16 alarm codes (never a config
+    error), and a step on the 20th tag is found."""
+    import numpy as np
+
+    from agent.replay import Recording as ReplayRecording
+    from agent.replay import ReplaySetup
+    from export.evaluate import Labels, _iso, classical_setups, evaluate_method
+
+    tags = {"a1": {f"r{i:02d}": f"T{i:02d}" for i in range(20)}}
+    t = 1_796_000_000.0 + np.arange(4000.0)
+    rng = np.random.default_rng(1)
+    values = rng.normal(0.0, 1.0, (len(t), 20))
+    values[3000:, 19] += 25.0  # the last tag steps far out
+    rec = ReplayRecording(t, tuple(f"T{i:02d}" for i in range(20)), values)
+    for label, (assets, alarms) in classical_setups(tags, 1.0, 0.0).items():
+        assert len(alarms.defs) == 20
+        res, _ = evaluate_method(label, rec, ReplaySetup([], assets, alarms), Labels())
+        raised = [a for a in res.alarms if a["name"].endswith("r19")]
+        assert any(_iso(t[3000]) <= a["raised"] <= _iso(t[3000] + 60) for a in raised), label
