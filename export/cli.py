@@ -11,6 +11,8 @@
         --calibration x.npy --out build/my-model                  # any nn.Module with a manifest
     edge-export report models/fault-mlp                    # print the bundle's report (Markdown)
     edge-export all --config configs/export-demo.yaml      # record, train, compress, gate, sign
+    edge-export forecast --data rec/*.csv --test unseen/*.csv --config configs/forecast.yaml \\
+        --out models/demand-forecast                       # the demand forecast bundle
 
 Exit codes: 0 success, 1 a gate failed or a bundle was refused (the message says which and
 why; nothing is written), 2 a usage, config or data error.
@@ -63,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--key", type=Path)
     p = sub.add_parser("report", help="print a bundle's report as Markdown (from report.json)")
     p.add_argument("bundle", type=Path)
+    f = sub.add_parser("forecast", help="train the demand forecast bundle from recordings")
+    f.add_argument("--data", nargs="+", required=True, type=Path, help="training recordings (CSV)")
+    f.add_argument("--test", nargs="*", default=[], type=Path, help="unseen recordings (default: last days)")
+    f.add_argument("--config", required=True, type=Path)
+    f.add_argument("--out", required=True, type=Path)
+    f.add_argument("--no-sign", action="store_true")
     a = sub.add_parser("all", help="the whole chain: record, every model, sign")
     a.add_argument("--config", required=True, type=Path)
     a.add_argument("--no-sign", action="store_true")
@@ -183,6 +191,17 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_forecast(args: argparse.Namespace) -> int:
+    from export.forecast import build_forecast, load_forecast_config
+
+    cfg = load_forecast_config(args.config)
+    if args.no_sign:
+        cfg = cfg.model_copy(update={"key": None})
+    report = build_forecast(cfg, args.data, args.out, test=args.test)
+    print(f"wrote {args.out} ({cfg.name} v{cfg.version}){'; signed' if cfg.key else ''}: {report['summary']}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from export.report import render_markdown
 
@@ -216,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_compress(args)
         if args.cmd == "report":
             return _cmd_report(args)
+        if args.cmd == "forecast":
+            return _cmd_forecast(args)
         return _cmd_train(args, every=True)
     except GateError as exc:
         print(f"error: {exc}\nno bundle was written", file=sys.stderr)

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DemandModel", "DemandParams", "hourly_series"]
+__all__ = ["DemandModel", "DemandParams", "hourly_series", "minute_series", "write_recording"]
 
 _NODE_S = 900.0  # the demand is evaluated on a 15-min grid and interpolated linearly between
 
@@ -60,11 +61,25 @@ class DemandParams:
     weekend_level: float = 0.88  # a weekend day's mean relative to a weekday's
     holiday_level: float = 0.85
     holidays: tuple[str, ...] = (
-        "2024-01-01", "2024-03-29", "2024-04-01", "2024-05-01", "2024-05-09", "2024-05-20",
-        "2024-10-03", "2024-12-25", "2024-12-26",
-        "2025-01-01", "2025-04-18", "2025-04-21", "2025-05-01", "2025-05-29", "2025-06-09",
-        "2025-10-03", "2025-12-25", "2025-12-26",
-    )  # fmt: skip
+        "2024-01-01",
+        "2024-03-29",
+        "2024-04-01",
+        "2024-05-01",
+        "2024-05-09",
+        "2024-05-20",
+        "2024-10-03",
+        "2024-12-25",
+        "2024-12-26",
+        "2025-01-01",
+        "2025-04-18",
+        "2025-04-21",
+        "2025-05-01",
+        "2025-05-29",
+        "2025-06-09",
+        "2025-10-03",
+        "2025-12-25",
+        "2025-12-26",
+    )
     temp_mean_c: float = 14.0
     temp_daily_amplitude_c: float = 5.0  # peak at 15:00
     front_amplitude_c: float = 6.0  # standard deviation of a front's offset
@@ -121,11 +136,14 @@ class DemandModel:
             g = self._rng(2, day + 1_000_000)
             u = g.random(4)
             self._events[day] = (
-                (6.0 + 14.0 * u[1], p.event_hours[0] + (p.event_hours[1] - p.event_hours[0]) * u[2],
-                 p.event_gain[0] + (p.event_gain[1] - p.event_gain[0]) * u[3])
+                (
+                    6.0 + 14.0 * u[1],
+                    p.event_hours[0] + (p.event_hours[1] - p.event_hours[0]) * u[2],
+                    p.event_gain[0] + (p.event_gain[1] - p.event_gain[0]) * u[3],
+                )
                 if u[0] < p.event_rate_per_day
                 else None
-            )  # fmt: skip
+            )
         return self._events[day]
 
     def temperature(self, t: float) -> float:
@@ -188,31 +206,50 @@ class DemandModel:
         return a + (b - a) * f
 
 
-def hourly_series(
-    model: DemandModel, hours: int, *, noise: float = 0.04, noise_time_s: float = 600.0, start_s: float = 0.0
-) -> tuple[list[datetime], np.ndarray, np.ndarray]:
-    """Hourly means of demand (with the plant's OU noise, simulated each minute) and hourly
-    mean temperature, for ``hours`` hours from ``start_s``: the series a historian export of
-    the plant's Station.OutletFlow and Station.AmbientTemp gives, without running the pumps.
-
-    Returns (hour start times, demand m3/h [hours], temperature °C [hours]).
-    """
-    g = model._rng(3, 0)
+def minute_series(
+    model: DemandModel,
+    minutes: int,
+    *,
+    noise: float = 0.04,
+    noise_time_s: float = 600.0,
+    start_s: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Demand (m3/h, with the plant's Ornstein-Uhlenbeck noise) and temperature (°C), one value
+    a minute for ``minutes`` from ``start_s``: what the plant's Station.OutletFlow and
+    Station.AmbientTemp show, without running the pumps (the demand does not depend on them)."""
+    g = model._rng(3, int(start_s) // 60)
     dt = 60.0
     a = math.exp(-dt / noise_time_s)
-    steps = 60
-    z = g.standard_normal(hours * steps)
+    z = g.standard_normal(minutes) * noise * math.sqrt(1 - a * a)
     ou = 0.0
-    dem = np.empty(hours)
-    tmp = np.empty(hours)
-    times: list[datetime] = []
-    for i in range(hours):
-        t0 = start_s + i * 3600.0
-        times.append(model.epoch + timedelta(seconds=t0))
-        acc = 0.0
-        for j in range(steps):
-            ou = ou * a + noise * math.sqrt(1 - a * a) * z[i * steps + j]
-            acc += model.demand(t0 + j * dt) * (1.0 + ou)
-        dem[i] = acc / steps
-        tmp[i] = sum(model.temperature(t0 + j * 600.0) for j in range(6)) / 6
-    return times, dem, tmp
+    dem = np.empty(minutes)
+    tmp = np.empty(minutes)
+    for j in range(minutes):
+        ou = ou * a + z[j]
+        t = start_s + j * dt
+        dem[j] = model.demand(t) * (1.0 + ou)
+        tmp[j] = model.temperature(t) if j % 10 == 0 else tmp[j - 1]
+    return dem, tmp
+
+
+def hourly_series(
+    model: DemandModel, hours: int, *, noise: float = 0.04, start_s: float = 0.0
+) -> tuple[list[datetime], np.ndarray, np.ndarray]:
+    """Hourly means of :func:`minute_series`: (hour start times, demand [hours], temperature)."""
+    dem, tmp = minute_series(model, hours * 60, noise=noise, start_s=start_s)
+    times = [model.epoch + timedelta(seconds=start_s + i * 3600.0) for i in range(hours)]
+    return times, dem.reshape(hours, 60).mean(1), tmp.reshape(hours, 60).mean(1)
+
+
+def write_recording(path: str | Path, model: DemandModel, hours: int, *, start_s: float = 0.0) -> Path:
+    """A wide recording CSV (``timestamp,Station.OutletFlow,Station.AmbientTemp``, one row a
+    minute, ISO 8601 UTC with milliseconds) of :func:`minute_series`."""
+    dem, tmp = minute_series(model, hours * 60, start_s=start_s)
+    p = Path(path)
+    t0 = model.epoch + timedelta(seconds=start_s)
+    with p.open("w", encoding="utf-8", newline="") as fh:
+        fh.write("timestamp,Station.OutletFlow,Station.AmbientTemp\n")
+        for j in range(len(dem)):
+            ts = (t0 + timedelta(minutes=j)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+            fh.write(f"{ts},{dem[j]:.3f},{tmp[j]:.2f}\n")
+    return p

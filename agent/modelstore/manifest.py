@@ -72,7 +72,7 @@ SCHEMA_VERSION: Literal[1] = 1
 
 MANIFEST_FILE = "manifest.json"
 
-Task = Literal["anomaly", "classifier", "rul", "setpoint"]
+Task = Literal["anomaly", "classifier", "rul", "setpoint", "forecast"]
 Stat = Literal["mean", "std", "min", "max", "last", "slope"]
 Dim = int | str
 """A tensor dimension: a fixed size, or a symbolic name (``"batch"``) for a dynamic one."""

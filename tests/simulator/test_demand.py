@@ -69,7 +69,9 @@ def test_the_plant_draws_the_structured_demand_and_publishes_its_temperature() -
     plant = Plant(prm, seed=4)
     model = DemandModel(prm.demand, mean_m3h=prm.demand_mean_m3h, epoch=EPOCH, seed=4)  # type: ignore[arg-type]
     plant.run(3 * 3600, dt_s=5.0)
-    assert abs(plant.state.demand_m3h - model.demand(plant.t - 1.0)) < 1e-9  # at the last 1 s sub-step's start
+    assert (
+        abs(plant.state.demand_m3h - model.demand(plant.t - 1.0)) < 1e-9
+    )  # at the last 1 s sub-step's start
     assert abs(plant.state.tags["Station.AmbientTemp"] - model.temperature(plant.t)) < 0.01
     default = Plant(StationParams(noise_scale=0.0), seed=4)  # the sine stays the default
     assert default.demand_model is None
