@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
 from types import MappingProxyType
@@ -41,6 +41,7 @@ __all__ = [
     "G",
     "Plant",
     "PlantState",
+    "PlantVariant",
     "PumpParams",
     "StationParams",
     "optimal_speed",
@@ -91,6 +92,11 @@ class PumpParams:
     vib_bearing_mm_s: float = 0.25
     vib_hf_mm_s: float = 0.2
     vib_residual_mm_s: float = 0.25  # broadband rest included in the overall value
+    min_flow_fraction: float = 0.3  # minimum continuous flow: this share of BEP flow at the speed
+
+    def min_flow_m3h(self, speed_rpm: float) -> float:
+        """Minimum continuous flow at a speed (affinity: proportional to speed)."""
+        return self.min_flow_fraction * self.bep_flow_m3h * speed_rpm / self.rated_speed_rpm
 
 
 @dataclass(frozen=True)
@@ -340,6 +346,96 @@ def _oracle(demand_m3h: float, level_m: float, prm: StationParams, n_p: int, n_s
 
 
 # ---------------------------------------------------------------------------------------------
+# perturbed plants
+
+
+@dataclass(frozen=True)
+class PlantVariant:
+    """A perturbed station: what a real one looks like against its datasheet.
+
+    Drawn by :meth:`draw` from a seed: every pump curve perturbed (shut-off head, curve
+    steepness and BEP flow each uniformly within ±15 %, BEP efficiency −8..0 %), wear (shut-off
+    head −0..6 %, efficiency −0..5 %), one pump's impeller trimmed to 92..97 % of its diameter
+    (affinity for trims: H0 × d², BEP flow × d, efficiency −2 %), the static head ±15 % and the
+    tank area ±20 %. The recommender is never told any of this.
+    """
+
+    seed: int
+    pumps: tuple[PumpParams, ...]
+    static_head_m: float
+    tank_area_m2: float
+    trimmed_pump: int  # 1-based
+    trim_ratio: float
+
+    @classmethod
+    def draw(cls, seed: int, params: StationParams | None = None) -> PlantVariant:
+        """The variant of ``params`` (defaults) drawn from ``seed`` (deterministic)."""
+        prm = params or StationParams()
+        rng = np.random.Generator(np.random.PCG64([0x5EED, int(seed)]))
+        trimmed = int(rng.integers(1, prm.pumps + 1))
+        trim = float(rng.uniform(0.92, 0.97))
+        pumps = []
+        for i in range(prm.pumps):
+            p = prm.pump
+            f_h0, f_b, f_q = rng.uniform(0.85, 1.15, 3)
+            f_eta = rng.uniform(0.92, 1.0)
+            wear_h, wear_eta = rng.uniform(0.0, 0.06), rng.uniform(0.0, 0.05)
+            h0 = p.shutoff_head_m * f_h0 * (1 - wear_h)
+            q_bep = p.bep_flow_m3h * f_q
+            eta = p.bep_efficiency * f_eta * (1 - wear_eta)
+            if i + 1 == trimmed:
+                h0, q_bep, eta = h0 * trim * trim, q_bep * trim, eta * 0.98
+            pumps.append(
+                replace(
+                    p,
+                    shutoff_head_m=h0,
+                    head_coeff=p.head_coeff * f_b,
+                    bep_flow_m3h=q_bep,
+                    bep_efficiency=eta,
+                )
+            )
+        return cls(
+            seed=int(seed),
+            pumps=tuple(pumps),
+            static_head_m=prm.static_head_m * float(rng.uniform(0.85, 1.15)),
+            tank_area_m2=prm.tank_area_m2 * float(rng.uniform(0.8, 1.2)),
+            trimmed_pump=trimmed,
+            trim_ratio=trim,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """The true parameters (for reports; never given to the recommender)."""
+        return {
+            "seed": self.seed,
+            "static_head_m": self.static_head_m,
+            "tank_area_m2": self.tank_area_m2,
+            "trimmed_pump": self.trimmed_pump,
+            "trim_ratio": self.trim_ratio,
+            "pumps": [
+                {
+                    "shutoff_head_m": p.shutoff_head_m,
+                    "head_coeff": p.head_coeff,
+                    "bep_flow_m3h": p.bep_flow_m3h,
+                    "bep_efficiency": p.bep_efficiency,
+                }
+                for p in self.pumps
+            ],
+        }
+
+
+def _pump_power_kw(q: np.ndarray, r: np.ndarray, head: np.ndarray, p: PumpParams) -> np.ndarray:
+    """Vectorised electrical power of one pump (no cavitation): the step loop's formula."""
+    x = np.minimum(np.where(r > 0, q / np.maximum(r, 1e-9) / p.bep_flow_m3h, 0.0), 1.9)
+    shaft = np.where(
+        (r > 0) & (head > 0), KWH_PER_M3_M * head * r * p.bep_flow_m3h / (p.bep_efficiency * (2.0 - x)), 0.0
+    )
+    rated_losses = p.motor_rated_power_kw * (1.0 / p.motor_rated_efficiency - 1.0)
+    lam = shaft / p.motor_rated_power_kw
+    f = p.motor_fixed_loss_fraction
+    return np.asarray((shaft + rated_losses * (f + (1.0 - f) * lam * lam)) / p.drive_efficiency)
+
+
+# ---------------------------------------------------------------------------------------------
 # the plant
 
 
@@ -407,12 +503,27 @@ class Plant:
         scenario: Scenario | Iterable[ScenarioEvent] | None = None,
         heartbeat_clock: Callable[[], float] | None = None,
         permissive: bool = False,
+        variant_seed: int | None = None,
+        variant: PlantVariant | None = None,
     ) -> None:
-        self.params = params or StationParams()
+        params = params or StationParams()
+        if variant is None and variant_seed is not None:
+            variant = PlantVariant.draw(variant_seed, params)
+        self.variant = variant
+        if variant is not None:
+            if len(variant.pumps) != params.pumps:
+                raise ValueError(f"variant has {len(variant.pumps)} pumps but the station {params.pumps}")
+            params = replace(params, static_head_m=variant.static_head_m, tank_area_m2=variant.tank_area_m2)
+        self.params = params
         self.seed = int(seed)
         prm = self.params
         n = prm.pumps
         self.pumps = n
+        #: per-pump parameters (all ``params.pump`` unless a variant perturbs them)
+        self.pump_params: tuple[PumpParams, ...] = variant.pumps if variant is not None else (prm.pump,) * n
+        self._h0 = [pp.shutoff_head_m for pp in self.pump_params]
+        self._b_nom = [pp.head_coeff + prm.suction_k for pp in self.pump_params]
+        self._oracle_tables: dict[float, tuple[np.ndarray, ...]] = {}
         self._epoch_hour = prm.epoch_hour
         self._rng = np.random.Generator(np.random.PCG64(self.seed))
         self._row_width = _N_STATION + _N_PUMP * n
@@ -698,37 +809,40 @@ class Plant:
         # hydraulics: parallel branches into the header, H_header = Hs + k Q^2
         n0 = p.rated_speed_rpm
         hs = prm.static_head_m + self.level
-        h0 = p.shutoff_head_m
-        b_nom = p.head_coeff + prm.suction_k
+        pps = self.pump_params
+        h0s = self._h0
+        b_nom = self._b_nom
         cav_l = self.cav
         margin_l = self.npsh_margin
         r = [s_ / n0 for s_ in speed]
         npsh_const = ATM_HEAD_M + prm.suction_head_m - VAPOUR_HEAD_M
         if effects is None:
-            bk = [b_nom] * n
+            bk = list(b_nom)
             k_suc = [prm.suction_k] * n
         else:
-            bk = [b_nom + effects[5][i] + effects[6][i] for i in range(n)]
+            bk = [b_nom[i] + effects[5][i] + effects[6][i] for i in range(n)]
             k_suc = [prm.suction_k + effects[5][i] for i in range(n)]
         # pumps near cavitation need the implicit branch curve (head drop depends on q)
         implicit = [k_suc[i] > prm.suction_k or margin_l[i] < 1.4 for i in range(n)]
         if any(implicit):
             branches = [
                 _Branch(
-                    h0 * r[i] * r[i],
+                    h0s[i] * r[i] * r[i],
                     bk[i],
                     k_suc[i],
-                    p.npsh_required_bep_m * r[i] * r[i],
-                    r[i] * p.bep_flow_m3h,
+                    pps[i].npsh_required_bep_m * r[i] * r[i],
+                    r[i] * pps[i].bep_flow_m3h,
                     npsh_const,
                 )
                 if implicit[i]
                 else None
                 for i in range(n)
             ]
-            h_hdr, q = _solve_header_implicit([h0 * ri * ri for ri in r], bk, branches, hs, prm.system_k)
+            amp = [h0s[i] * r[i] * r[i] for i in range(n)]
+            h_hdr, q = _solve_header_implicit(amp, bk, branches, hs, prm.system_k)
         else:
-            h_hdr, q = _solve_header([h0 * ri * ri for ri in r], bk, hs, prm.system_k, self._h_header)
+            amp = [h0s[i] * r[i] * r[i] for i in range(n)]
+            h_hdr, q = _solve_header(amp, bk, hs, prm.system_k, self._h_header)
         self._h_header = h_hdr
         self.q = q
         q_tot = sum(q)
@@ -740,13 +854,13 @@ class Plant:
         total_power_m = 0.0
         total_power = 0.0
         j = _N_STATION
-        head_coeff = p.head_coeff
         suction_k = prm.suction_k
-        q_bep = p.bep_flow_m3h
         rated_losses = p.motor_rated_power_kw * (1.0 / p.motor_rated_efficiency - 1.0)
         f_fix = p.motor_fixed_loss_fraction
         for i in range(n):
             qi, ri = q[i], r[i]
+            pp = pps[i]
+            h0, head_coeff, q_bep = h0s[i], pp.head_coeff, pp.bep_flow_m3h
             if effects is None:
                 s_imb = s_mot = wear = k_str = 0.0
             else:
@@ -760,7 +874,7 @@ class Plant:
                     x = 1.9
             else:
                 x = 0.0
-            npsh3 = p.npsh_required_bep_m * ri * ri * (0.7 + 0.3 * x * x) + 1e-9
+            npsh3 = pp.npsh_required_bep_m * ri * ri * (0.7 + 0.3 * x * x) + 1e-9
             m = npsh_a / npsh3  # NPSH margin ratio
             margin_l[i] = m
             h_gen = h0 * ri * ri * (1.0 - _head_drop(m)) - head_coeff * qi * qi
@@ -773,7 +887,7 @@ class Plant:
             # shaft power rho g q H / (3.6e6 eta), eta reduced by cavitation; q/eta kept finite
             if ri > 0 and h_gen > 0:
                 p_shaft = (
-                    KWH_PER_M3_M * h_gen * ri * q_bep / (p.bep_efficiency * (2.0 - x) * (1.0 - 0.3 * cav))
+                    KWH_PER_M3_M * h_gen * ri * q_bep / (pp.bep_efficiency * (2.0 - x) * (1.0 - 0.3 * cav))
                 )
             else:
                 p_shaft = 0.0
@@ -1074,6 +1188,76 @@ class Plant:
         return _oracle(
             demand, level, self.params, self.pumps, self.optimal_speed(self.params.static_head_m + level)
         )
+
+    def min_flow_m3h(self, pump: int, speed_rpm: float) -> float:
+        """True minimum continuous flow of pump ``pump`` (1-based) at a speed."""
+        return self.pump_params[pump - 1].min_flow_m3h(speed_rpm)
+
+    def oracle_speeds(self, demand_m3h: float | None = None, level_m: float | None = None) -> list[float]:
+        """The energy oracle with this plant's true per-pump curves (variants included).
+
+        The definition of :func:`oracle_speed` generalised to pumps that differ: over a grid of
+        speed pairs (every pump at least at its minimum continuous flow), the one of least
+        station kWh/m³ whose total flow keeps the level in band over the horizon; the flow
+        closest above ``Q_min`` when the band forces more. Without a variant all pumps are
+        identical and this is :meth:`oracle_speed` for each.
+        """
+        demand = self._demand if demand_m3h is None else demand_m3h
+        level = self.level if level_m is None else level_m
+        if self.variant is None:
+            return [self.oracle_speed(demand, level)] * self.pumps
+        prm = self.params
+        speeds, q_tot, spec = self._oracle_table(round(level, 2))
+        horizon_h = prm.oracle_horizon_s / 3600.0
+        q_min = demand - prm.tank_area_m2 * (level - prm.level_low_m) / horizon_h
+        q_max = demand + prm.tank_area_m2 * (prm.level_high_m - level) / horizon_h
+        ok = (q_tot >= q_min) & (q_tot <= q_max)
+        if q_min <= q_max and ok.any():
+            k = int(np.argmin(np.where(ok, spec, np.inf)))
+        else:
+            above = q_tot >= q_min
+            k = int(np.argmin(np.where(above, q_tot, np.inf))) if above.any() else int(np.argmax(q_tot))
+        return [float(v) for v in speeds[k]]
+
+    def _oracle_table(self, level: float) -> tuple[np.ndarray, ...]:
+        """Speed grid, total flow and kWh/m³ at one level (cached; pairs below min flow dropped)."""
+        tab = self._oracle_tables.get(level)
+        if tab is not None:
+            return tab
+        prm = self.params
+        n = self.pumps
+        grid = np.linspace(prm.min_speed_rpm, prm.max_speed_rpm, 59 if n <= 2 else 12)
+        mesh = np.stack([g.ravel() for g in np.meshgrid(*([grid] * n), indexing="ij")], axis=1)
+        r = mesh / prm.pump.rated_speed_rpm
+        amp = np.stack([self._h0[i] * r[:, i] ** 2 for i in range(n)], axis=1)
+        bk = np.array(self._b_nom)
+        hs = prm.static_head_m + level
+        lo = np.full(len(mesh), hs)
+        hi = np.maximum(amp.max(axis=1), hs)
+        for _ in range(60):  # bisection on H = hs + k (sum q_i)^2, vectorised over the grid
+            h = 0.5 * (lo + hi)
+            q = np.sqrt(np.maximum(amp - h[:, None], 0.0) / bk)
+            g = h - hs - prm.system_k * q.sum(axis=1) ** 2
+            lo, hi = np.where(g < 0, h, lo), np.where(g < 0, hi, h)
+        h = 0.5 * (lo + hi)
+        q = np.sqrt(np.maximum(amp - h[:, None], 0.0) / bk)
+        power = sum(
+            _pump_power_kw(
+                q[:, i],
+                r[:, i],
+                amp[:, i] - self.pump_params[i].head_coeff * q[:, i] ** 2,
+                self.pump_params[i],
+            )
+            for i in range(n)
+        )
+        q_tot = q.sum(axis=1)
+        q_floor = np.stack([self.pump_params[i].min_flow_m3h(mesh[:, i]) for i in range(n)], axis=1)
+        keep = (q >= q_floor).all(axis=1)
+        tab = (mesh[keep], q_tot[keep], power[keep] / np.maximum(q_tot[keep], 1e-9))
+        if len(self._oracle_tables) > 2000:
+            self._oracle_tables.clear()
+        self._oracle_tables[level] = tab
+        return tab
 
 
 def _head_drop(margin: float) -> float:

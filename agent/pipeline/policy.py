@@ -177,9 +177,16 @@ class PumpEnergyRule:
         self._phys = _Physics(config.station)
 
     def speeds(
-        self, level_m: float, demand_m3h: float, unloaded: Sequence[str]
+        self,
+        level_m: float,
+        demand_m3h: float,
+        unloaded: Sequence[str],
+        planned_flow_m3h: float | None = None,
     ) -> tuple[dict[str, float], str]:
-        """Speed per pump asset, and the reason in words."""
+        """Speed per pump asset, and the reason in words.
+
+        ``planned_flow_m3h`` is the station flow a schedule asks for (None: the energy optimum);
+        the level band still bounds it."""
         cfg, m = self.config, self.config.station
         assets = [p.asset for p in cfg.pumps]
         running_assets = [a for a in assets if a not in unloaded] or assets  # never unload them all
@@ -192,9 +199,13 @@ class PumpEnergyRule:
         q_max = demand_m3h + m.tank_area_m2 * (high - level_m) / (m.horizon_s / 3600)
         n_lo = m.min_speed_rpm if q_min <= 0 else self._phys.speed_for_flow(q_min, hs, running)
         n_hi = self._phys.speed_for_flow(max(q_max, 1e-6), hs, running)
+        if planned_flow_m3h is not None:
+            n_opt = self._phys.speed_for_flow(max(planned_flow_m3h, 1e-6), hs, running)
         n = n_lo if n_lo > n_hi else min(max(n_opt, n_lo), n_hi)
         n = min(max(n, m.min_speed_rpm), m.max_speed_rpm)
-        if n == n_opt or abs(n - n_opt) < 0.5:
+        if planned_flow_m3h is not None and abs(n - n_opt) < 0.5:
+            why = f"planned station flow {planned_flow_m3h:.1f} m³/h: {n:.0f} rpm"
+        elif n == n_opt or abs(n - n_opt) < 0.5:
             why = f"energy optimum {n_opt:.0f} rpm at static head {hs:.1f} m"
         elif n < n_opt:
             why = f"level near the top of its band: {n:.0f} rpm (optimum {n_opt:.0f})"
@@ -205,13 +216,18 @@ class PumpEnergyRule:
         out = {a: (n if a in running_assets else m.min_speed_rpm) for a in assets}
         return out, why
 
-    def recommend(self, state: StationState, now_mono: float) -> list[Recommendation]:
-        """One recommendation per pump target, or none when level or demand is not GOOD."""
+    def recommend(
+        self, state: StationState, now_mono: float, planned_flow_m3h: float | None = None
+    ) -> list[Recommendation]:
+        """One recommendation per pump target, or none when level or demand is not GOOD.
+
+        ``planned_flow_m3h``: the station flow a schedule asks for (None: the energy optimum),
+        distributed across the pumps under the same constraints."""
         if state.level_m is None or state.demand_m3h is None:
             return []
         cfg = self.config
         unloaded = [p.asset for p in cfg.pumps if state.severity.get(p.asset, 0) >= cfg.unload_on_severity]
-        speeds, why = self.speeds(state.level_m, state.demand_m3h, unloaded)
+        speeds, why = self.speeds(state.level_m, state.demand_m3h, unloaded, planned_flow_m3h)
         return [
             Recommendation(
                 target_tag=p.target,

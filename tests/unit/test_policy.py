@@ -67,3 +67,13 @@ def test_band_edges_track_the_demand() -> None:
     assert top["pump1"] < mid["pump1"]  # full tank: slow down
     low, why = r.speeds(2.0, 240, [])
     assert low["pump1"] > mid["pump1"] and "bottom of its band" in why
+
+
+def test_a_planned_station_flow_is_followed_within_the_band() -> None:
+    r = rule()
+    free = r.recommend(StationState(3.0, 120, {}, True), 0.0)
+    more = r.recommend(StationState(3.0, 120, {}, True), 0.0, planned_flow_m3h=160)
+    assert more[0].value > free[0].value and "planned station flow 160.0" in more[0].reason
+    # the band still bounds it: a full tank refuses a large planned flow
+    full = r.recommend(StationState(4.0, 60, {}, True), 0.0, planned_flow_m3h=200)
+    assert full[0].value < more[0].value
