@@ -11,7 +11,7 @@
         --calibration x.npy --out build/my-model                  # any nn.Module with a manifest
     edge-export report models/fault-mlp                    # print the bundle's report (Markdown)
     edge-export all --config configs/export-demo.yaml      # record, train, compress, gate, sign
-    edge-export forecast --data rec/*.csv --test unseen/*.csv --config configs/forecast.yaml \\
+    edge-export forecast --data rec/*.csv --test unseen/*.csv --config configs/export-forecast.yaml \\
         --out models/demand-forecast                       # the demand forecast bundle
 
 Exit codes: 0 success, 1 a gate failed or a bundle was refused (the message says which and
