@@ -49,6 +49,7 @@ import structlog
 
 from agent.config import AgentSection, Config, load_config
 from agent.drivers import make_driver
+from agent.energyplan import PlanStatus, TariffPlanner, load_forecast_bundle
 from agent.errors import AgentError, AuditError, ConfigError, ModelError
 from agent.hmi import HmiWriter, block_values, with_sources
 from agent.modelstore.binding import ModelBinding, check_binding
@@ -130,6 +131,7 @@ class AgentView:
     status_word: int = 0
     devices_lost: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # e.g. an OPC UA certificate expiring soon
+    plan: PlanStatus | None = None  # the tariff plan, when recommender.tariff is set
 
 
 class Agent:
@@ -172,6 +174,7 @@ class Agent:
             (a.name, d.name): make_detector(d.detector) for a in config.assets for d in a.detectors
         }
         self.rule = PumpEnergyRule(config.recommender) if config.recommender is not None else None
+        self.planner = self._build_planner()
         self.audit = AuditLog(config.audit_config())
         self.hmi = HmiWriter(config, self.drivers, self._device_of, clock=clock)
         self.writeback = self._build_writeback() if config.guard is not None else None
@@ -251,6 +254,16 @@ class Agent:
                 f"agent.cycle_ms in {self.config_path} is {self.config.agent.cycle_ms} ms: they must match"
             )
         return _Model(binding, bundle, FeatureWindows(bundle.manifest, binding), Scorer(bundle))
+
+    def _build_planner(self) -> TariffPlanner | None:
+        rc = self.config.recommender
+        if rc is None or rc.tariff is None:
+            return None
+        trust = self.config.models_trust
+        bundle = load_forecast_bundle(
+            rc, self._resolve, [self._resolve(k) for k in trust.public_keys], trust.allow_unsigned
+        )
+        return TariffPlanner(rc, bundle, self._clock)
 
     async def _restore_alarms(self) -> None:
         try:
@@ -743,10 +756,24 @@ class Agent:
                 severity=self._severity_by_asset(),
                 inputs_good=good,
             )
-            for r in self.rule.recommend(state, now):
+            for r in self.rule.recommend(state, now, self._planned_flow(now, state)):
                 recs[r.target_tag] = r
         healthy = all(m.scorer.healthy for m in self.models)
         return WriteInputs(recs, qualities, inputs_mono, healthy)
+
+    def _planned_flow(self, now: float, state: StationState) -> float | None:
+        """The tariff plan's flow for now (None without a tariff): the planner's own unit."""
+        if self.planner is None:
+            return None
+        fc = self.planner.rc.forecast
+        temp = self.table.get(fc.temperature_tag, now) if fc.temperature_tag is not None else None
+        now_utc = utcnow()
+        self.planner.observe(
+            now_utc, state.demand_m3h, temp.as_float() if temp is not None and temp.quality.is_good else None
+        )
+        flow = self.planner.planned_flow(now, now_utc, state.level_m, state.demand_m3h)
+        self.view.plan = self.planner.status
+        return flow
 
     def status_word(self) -> int:
         lost = [

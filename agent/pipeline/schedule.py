@@ -93,7 +93,11 @@ class PowerTable:
 
     @classmethod
     def build(
-        cls, power: Callable[[float, float], float], q_max: float, levels: Sequence[float], n_flows: int = 121
+        cls,
+        power: Callable[[float, float], float],
+        q_max: float,
+        levels: Sequence[float] | FloatArray,
+        n_flows: int = 121,
     ) -> PowerTable:
         """Tabulate ``power(flow, level)`` (kW; inf when not deliverable) for flows in [0, q_max]."""
         flows = np.linspace(0.0, q_max, n_flows)
