@@ -31,6 +31,7 @@ bench: venv
 	$(BIN)/python bench/scoring.py
 	$(BIN)/python bench/export.py
 	$(BIN)/python bench/cycle.py
+	$(BIN)/python bench/tariff.py
 
 lint: venv
 	$(BIN)/ruff check agent simulator export tests bench

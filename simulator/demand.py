@@ -61,6 +61,15 @@ class DemandParams:
     weekend_level: float = 0.88  # a weekend day's mean relative to a weekday's
     holiday_level: float = 0.85
     holidays: tuple[str, ...] = (
+        "2023-01-01",
+        "2023-04-07",
+        "2023-04-10",
+        "2023-05-01",
+        "2023-05-18",
+        "2023-05-29",
+        "2023-10-03",
+        "2023-12-25",
+        "2023-12-26",
         "2024-01-01",
         "2024-03-29",
         "2024-04-01",
@@ -217,7 +226,7 @@ def minute_series(
     """Demand (m3/h, with the plant's Ornstein-Uhlenbeck noise) and temperature (°C), one value
     a minute for ``minutes`` from ``start_s``: what the plant's Station.OutletFlow and
     Station.AmbientTemp show, without running the pumps (the demand does not depend on them)."""
-    g = model._rng(3, int(start_s) // 60)
+    g = model._rng(3, int(start_s) // 60 + 1_000_000_000)  # seed keys must not be negative
     dt = 60.0
     a = math.exp(-dt / noise_time_s)
     z = g.standard_normal(minutes) * noise * math.sqrt(1 - a * a)

@@ -165,8 +165,10 @@ def plan(
     """The cheapest flows over ``len(demand_m3h)`` steps (see the module docstring).
 
     ``table.levels`` is the level grid (from ``tank.lowest`` to ``tank.highest``); the level now
-    is snapped to it. ``end_level_m``: the plan ends at or above min(level now, this) (default:
-    the level now), so a horizon's end never sells the next day's storage.
+    is snapped to it, and a level outside the grid (the plan's model was wrong, or a burst)
+    raises (lowers) the first flow enough to be back on it within the first step.
+    ``end_level_m``: the plan ends at or above min(level now, this) (default: the level now),
+    so a horizon's end never sells the next day's storage.
     """
     d = np.asarray(demand_m3h, dtype=np.float64)
     p = np.asarray(prices, dtype=np.float64)
@@ -217,6 +219,10 @@ def plan(
         i = j
     if not feasible:
         flows[0] = table.q_max
+    elif level_m < lv[0]:  # below the reserve (model error, a burst): back to it within the step
+        flows[0] = min(table.q_max, max(flows[0], float(d[0]) + tank.area_m2 * (lv[0] - level_m) / step_h))
+    elif level_m > lv[-1]:
+        flows[0] = max(0.0, min(flows[0], float(d[0]) - tank.area_m2 * (level_m - lv[-1]) / step_h))
     reason = (
         f"plan over {n * step_h:g} h: {energy:.0f} kWh, cost {cost:.2f}"
         if feasible

@@ -50,6 +50,13 @@ def test_the_reserve_is_never_used_even_when_it_would_pay() -> None:
     assert min(plan([150.0] * 24, dear_first, 3.0, no_reserve, tab).levels_m) < TANK.lowest - 0.2
 
 
+def test_a_level_below_the_reserve_is_brought_back_within_the_first_step() -> None:
+    pl = plan([100.0] * 6, [0.5] * 6, TANK.lowest - 0.1, TANK, TABLE)
+    assert pl.first_flow_m3h >= 100.0 + TANK.area_m2 * 0.1 - 1e-6
+    high = plan([100.0] * 6, [0.1] * 6, TANK.highest + 0.05, TANK, TABLE)
+    assert high.first_flow_m3h <= 100.0 - TANK.area_m2 * 0.05 + 1e-6
+
+
 def test_a_flat_tariff_gives_the_energy_optimal_flow() -> None:
     # kWh/m³ is convex in flow and parked pumps still draw power: with one price the cheapest
     # plan evens the flow out (the tank absorbs the demand's swings) and spends no less than needed
