@@ -463,6 +463,11 @@ class ForecastSection(FrozenModel):
     holidays: list[date] = []
     timezone: str = "UTC"
 
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        return TariffConfig.check_zone(value)
+
 
 class ScheduleSection(FrozenModel):
     """``recommender.schedule``: the receding-horizon plan against ``recommender.tariff``."""

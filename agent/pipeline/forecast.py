@@ -139,7 +139,8 @@ class HourlyHistory:
     """Hourly means of demand and temperature, the last ``hours`` complete hours.
 
     ``add`` once per cycle with the cycle's UTC time and the GOOD values (None otherwise). An
-    hour whose GOOD demand count is below half of the hour's samples is a gap (NaN).
+    hour watched for less than 30 minutes, or whose GOOD demand count is below half of its
+    cycles, is a gap (NaN); so is an hour without a single cycle.
     """
 
     def __init__(self, hours: int) -> None:
@@ -148,38 +149,52 @@ class HourlyHistory:
         self._demand: deque[float] = deque(maxlen=hours)
         self._temp: deque[float] = deque(maxlen=hours)
         self._cur: datetime | None = None
+        self._first = self._last = datetime.min.replace(tzinfo=UTC)
         self._sum = [0.0, 0.0]
         self._n = [0, 0]
         self._seen = 0
 
     def add(self, now_utc: datetime, demand: float | None, temperature: float | None) -> None:
         hour = now_utc.replace(minute=0, second=0, microsecond=0)
+        if self._cur is not None and hour < self._cur:  # the wall clock stepped back: start again
+            self._cur = None
         if self._cur is not None and hour != self._cur:
-            self._close(hour)
+            self._close()
         if self._cur is None:
+            self._fill_to(hour)
             self._cur = hour
+            self._sum, self._n, self._seen = [0.0, 0.0], [0, 0], 0
+            self._first = now_utc
+        self._last = now_utc
         self._seen += 1
         for i, v in enumerate((demand, temperature)):
             if v is not None and math.isfinite(v):
                 self._sum[i] += v
                 self._n[i] += 1
 
-    def _close(self, new_hour: datetime) -> None:
+    def _close(self) -> None:
         assert self._cur is not None
-        ok = self._seen > 0 and self._n[0] >= self._seen / 2
+        # an hour watched for less than half of it (start-up, an outage) is no hour's mean
+        half = max(1, self._seen / 2) if self._last - self._first >= timedelta(minutes=30) else math.inf
         self._push(
             self._cur,
-            self._sum[0] / self._n[0] if ok else math.nan,
-            self._sum[1] / self._n[1] if self._n[1] >= max(1, self._seen / 2) else math.nan,
+            self._sum[0] / self._n[0] if self._n[0] >= half else math.nan,
+            self._sum[1] / self._n[1] if self._n[1] >= half else math.nan,
         )
-        t = self._cur + timedelta(hours=1)
-        while t < new_hour and len(self._starts) < 10 * self.hours:  # hours with no cycle at all
+        self._cur = None
+
+    def _fill_to(self, hour: datetime) -> None:
+        """Hours without a single cycle between the last held hour and ``hour`` are gaps."""
+        if not self._starts or self._starts[-1] >= hour:
+            if self._starts and self._starts[-1] >= hour:  # a clock step back: old hours are void
+                self._starts.clear()
+                self._demand.clear()
+                self._temp.clear()
+            return
+        t = max(self._starts[-1] + timedelta(hours=1), hour - timedelta(hours=self.hours))
+        while t < hour:
             self._push(t, math.nan, math.nan)
             t += timedelta(hours=1)
-            if (new_hour - t) > timedelta(hours=self.hours):
-                t = new_hour - timedelta(hours=self.hours)
-        self._cur = new_hour
-        self._sum, self._n, self._seen = [0.0, 0.0], [0, 0], 0
 
     def _push(self, start: datetime, demand: float, temp: float) -> None:
         self._starts.append(start)
@@ -190,10 +205,9 @@ class HourlyHistory:
         self, starts: Sequence[datetime], demand: Sequence[float], temperature: Sequence[float]
     ) -> None:
         """Prefill complete hours (a historian's export, a bench's warm-up), oldest first."""
+        self._cur = None
         for s, d, t in zip(starts, demand, temperature, strict=True):
             self._push(s, float(d), float(t))
-        if starts:
-            self._cur = None
 
     @property
     def complete(self) -> int:

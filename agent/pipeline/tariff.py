@@ -82,7 +82,8 @@ class TariffConfig(FrozenModel):
 
     @field_validator("timezone")
     @classmethod
-    def _zone(cls, value: str) -> str:
+    def check_zone(cls, value: str) -> str:
+        """``value`` if it names an IANA time zone (ValueError otherwise)."""
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):

@@ -112,3 +112,9 @@ def test_tariff_config_errors_name_file_line_and_field() -> None:
     ok = parse_config(fixed.replace("[mon, tue, wed, thu, fri, sat]", "all"), "site.yaml")
     assert ok.recommender is not None and ok.recommender.tariff is not None
     assert ok.recommender.tariff.price_at(datetime.fromisoformat("2024-01-08T08:00:00+00:00")) == 0.3
+
+
+def test_an_unknown_time_zone_is_named() -> None:
+    text = DEMO + "  forecast: {timezone: Mars/Olympus}\n"
+    with pytest.raises(ConfigError, match=rf"site\.yaml:{DEMO.count(chr(10)) + 1} recommender\.forecast\.timezone: "):
+        parse_config(text, "site.yaml")
