@@ -101,6 +101,10 @@ METRICS: dict[str, tuple[str, str]] = {
         "When an OPC UA client certificate expires (Unix time).",
     ),
     "edge_agent_config_reloads": ("counter", "Config reloads (SIGHUP) by result: applied, refused."),
+    "edge_agent_plan_flow_m3h": ("gauge", "The tariff plan's station flow for now (recommender.tariff)."),
+    "edge_agent_plan_energy_kwh": ("gauge", "The tariff plan's energy over its horizon."),
+    "edge_agent_plan_specific_energy_kwh_per_m3": ("gauge", "The tariff plan's kWh per m³ pumped."),
+    "edge_agent_plan_cost": ("gauge", "The tariff plan's energy cost over its horizon, by currency."),
 }
 
 
@@ -146,6 +150,7 @@ class AgentCollector(Collector):
         yield from self._model_metrics()
         yield from self._alarm_metrics()
         yield from self._write_metrics()
+        yield from self._plan_metrics()
 
     def _agent_metrics(self) -> Iterator[Metric]:
         a = self._agent
@@ -269,6 +274,20 @@ class AgentCollector(Collector):
         for (purpose, result), n in sorted(totals.items()):
             hmi.add_metric([purpose, result], n)
         yield hmi
+
+
+    def _plan_metrics(self) -> Iterator[Metric]:
+        flow = _gauge("edge_agent_plan_flow_m3h")
+        energy = _gauge("edge_agent_plan_energy_kwh")
+        spec = _gauge("edge_agent_plan_specific_energy_kwh_per_m3")
+        cost = _gauge("edge_agent_plan_cost", "currency")
+        p = self._agent.view.plan
+        if p is not None:
+            flow.add_metric([], p.first_flow_m3h)
+            energy.add_metric([], p.energy_kwh)
+            spec.add_metric([], p.specific_energy_kwh_m3)
+            cost.add_metric([p.currency], p.cost)
+        yield from (flow, energy, spec, cost)
 
 
 def make_registry(agent: Agent) -> CollectorRegistry:
