@@ -152,7 +152,7 @@ class Run:
             "eur_per_m3": self.cost / self.volume_m3 if self.volume_m3 else math.nan,
             "level_min_m": self.level_min,
             "level_max_m": self.level_max,
-            "in_band": self.level_min >= 2.0 and self.level_max <= 4.0,
+            "in_band": bool(self.level_min >= 2.0 and self.level_max <= 4.0),
             "unmet_demand_m3": self.unmet_m3,
             "overflow_m3": self.overflow_m3,
             "wall_s": self.wall_s,
@@ -424,7 +424,7 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
         / min(r["forecast"]["naive_week_mae_m3h"], r["forecast"]["naive_day_mae_m3h"])
         for r in results
     ]
-    in_band = all(r["rows"][agent]["in_band"] for r in results)
+    in_band = bool(all(r["rows"][agent]["in_band"] for r in results))
     return {
         "eligible_variants": [r["variant"] for r in eligible],
         "agent_cost_over_oracle_mean": float(np.mean(vs_oracle)) if vs_oracle else None,
@@ -436,12 +436,14 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
         "forecast_gain_vs_best_naive_min": float(np.min(fc_gain)),
         "agent_always_in_band": in_band,
         "targets": {
-            "cost within 5 % of the oracle (every eligible variant)": bool(vs_oracle)
-            and max(vs_oracle) <= 0.05,
-            "cost >= 15 % below PLC level control (every eligible variant)": bool(vs_plc)
-            and min(vs_plc) >= 0.15,
+            "cost within 5 % of the oracle (every eligible variant)": bool(
+                vs_oracle and max(vs_oracle) <= 0.05
+            ),
+            "cost >= 15 % below PLC level control (every eligible variant)": bool(
+                vs_plc and min(vs_plc) >= 0.15
+            ),
             "tank always in band": in_band,
-            "forecast error >= 20 % below seasonal-naive (every unseen seed)": min(fc_gain) >= 0.20,
+            "forecast error >= 20 % below seasonal-naive (every unseen seed)": bool(min(fc_gain) >= 0.20),
         },
     }
 
