@@ -32,6 +32,7 @@ bench: venv
 	$(BIN)/python bench/export.py
 	$(BIN)/python bench/cycle.py
 	$(BIN)/python bench/tariff.py
+	$(BIN)/python bench/energy.py
 
 lint: venv
 	$(BIN)/ruff check agent simulator export tests bench

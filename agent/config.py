@@ -607,6 +607,14 @@ class Config(FrozenModel):
                     raise LocatedError(
                         ("recommender", "pumps", i, "target"), f"{p.target!r} is not a guard target"
                     )
+                for field in (
+                    "speed_tag",
+                    "flow_tag",
+                    "suction_pressure_tag",
+                    "discharge_pressure_tag",
+                    "power_tag",
+                ):
+                    need(("recommender", "pumps", i, field), getattr(p, field))
 
     def audit_config(self) -> AuditConfig:
         """The audit section, defaulting to ``state_dir/audit.sqlite``."""
@@ -1084,6 +1092,12 @@ def check_paths(config: Config, config_path: str | os.PathLike[str]) -> list[str
         )
     for i, key in enumerate(config.models_trust.public_keys):
         add(("models_trust", "public_keys", i), _file_problem(_resolve(key, base), "public key file"))
+    if config.recommender is not None and config.recommender.station_bundle is not None:
+        bundle = _resolve(config.recommender.station_bundle, base)
+        add(
+            ("recommender", "station_bundle"),
+            _file_problem(bundle, "recommender bundle directory", directory=True),
+        )
     add(("agent", "state_dir"), _dir_problem(config.agent.state_dir, "state directory"))
     if config.audit is not None:
         add(("audit", "path"), _dir_problem(config.audit.path.parent, "audit log directory"))

@@ -9,8 +9,11 @@ against the tariff (:mod:`agent.pipeline.schedule`). Between replans it returns 
 plan's first flow, which the pump-energy rule follows within the level band; the Guard still
 decides every write.
 
-The station's power comes from the rule's published curves (``recommender.station``); the
-level band from the same section, less ``schedule.reserve_m`` at the bottom and the rule's
+The station's power is the pump-energy rule's own: the least-power split of a station flow
+over the pumps on the curves the rule plans on (the identified station when
+``recommender.station_bundle`` is loaded, else the datasheet), tabulated again whenever the
+rule switches curves; the tank area from the same curves; the level band from
+``recommender.station``, less ``schedule.reserve_m`` at the bottom and the rule's
 ``band_margin_m`` at the top. Not thread-safe: call from the event loop only.
 """
 
@@ -28,15 +31,33 @@ import numpy as np
 import structlog
 
 from agent.pipeline.forecast import DemandForecaster, Forecast, HourlyHistory
-from agent.pipeline.schedule import Plan, PowerTable, TankBand, plan, station_power
+from agent.pipeline.policy import PumpEnergyRule
+from agent.pipeline.schedule import Plan, PowerTable, TankBand, plan
 
 if TYPE_CHECKING:
     from agent.config import RecommenderSection
     from agent.modelstore.bundle import Bundle
 
-__all__ = ["PlanStatus", "TariffPlanner", "load_forecast_bundle"]
+__all__ = ["PlanStatus", "TariffPlanner", "load_forecast_bundle", "rule_power"]
 
 log = structlog.get_logger("agent.energyplan")
+
+
+def rule_power(rule: PumpEnergyRule) -> Callable[[float, float], float]:
+    """``power(station flow m³/h, level m) -> kW``: the rule's least-power split of that flow
+    over all its pumps on its current curves (inf outside what they can deliver: below every
+    pump's minimum continuous flow, above every pump at maximum speed)."""
+    curves = rule.curves
+    running = tuple(range(len(curves.pumps)))
+
+    def power(q: float, level: float) -> float:
+        hs = curves.static_head_m + level
+        lo, hi = rule._flow_range(hs, running, ())
+        if not lo - 1e-6 <= q <= hi + 1e-6:
+            return math.inf
+        return rule._split(q, hs, running, (), {}).power_kw
+
+    return power
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,16 +78,15 @@ class PlanStatus:
 class TariffPlanner:
     """See the module docstring. ``bundle``: the forecast bundle, already verified (or None)."""
 
-    def __init__(self, rc: RecommenderSection, bundle: Bundle | None, clock: Callable[[], float]) -> None:
+    def __init__(self, rc: RecommenderSection, bundle: Bundle | None, rule: PumpEnergyRule) -> None:
         if rc.tariff is None:
             raise ValueError("a tariff planner needs recommender.tariff")
         self.rc = rc
         self.tariff = rc.tariff
-        self._clock = clock
-        st, sc = rc.station, rc.schedule
-        self.tank = TankBand(st.tank_area_m2, st.level_low_m, st.level_high_m, sc.reserve_m, rc.band_margin_m)
-        levels = np.linspace(self.tank.lowest, self.tank.highest, sc.level_grid)
-        self.table = PowerTable.build(station_power(st, len(rc.pumps)), sc.max_flow_m3h, levels)
+        self.rule = rule
+        self._curves: object = None
+        self._station()
+        sc = rc.schedule
         fc = rc.forecast
         self.forecaster = DemandForecaster(
             bundle, fc.holidays, horizon_h=sc.horizon_h, tz=ZoneInfo(fc.timezone)
@@ -77,6 +97,18 @@ class TariffPlanner:
         self.status: PlanStatus | None = None
         self.replans = 0
         self._next_mono = -math.inf
+
+    def _station(self) -> None:
+        """Tank and power table from the rule's current curves (again after it switched)."""
+        if self.rule.curves is self._curves:
+            return
+        st, sc, c = self.rc.station, self.rc.schedule, self.rule.curves
+        self.tank = TankBand(
+            c.tank_area_m2, st.level_low_m, st.level_high_m, sc.reserve_m, self.rc.band_margin_m
+        )
+        levels = np.linspace(self.tank.lowest, self.tank.highest, sc.level_grid)
+        self.table = PowerTable.build(rule_power(self.rule), sc.max_flow_m3h, levels)
+        self._curves = c
 
     def observe(self, now_utc: datetime, demand_m3h: float | None, temperature_c: float | None) -> None:
         """This cycle's GOOD demand and temperature (None when not GOOD)."""
@@ -94,6 +126,7 @@ class TariffPlanner:
         return self.plan.first_flow_m3h if self.plan is not None else None
 
     def _replan(self, now_utc: datetime, level_m: float, demand_m3h: float) -> None:
+        self._station()
         h = self.rc.schedule.horizon_h
         fc = self.forecaster.forecast(self.history, now_utc, demand_m3h)
         demand: Sequence[float] = fc.values[:h]

@@ -53,6 +53,7 @@ from agent.energyplan import PlanStatus, TariffPlanner, load_forecast_bundle
 from agent.errors import AgentError, AuditError, ConfigError, ModelError
 from agent.hmi import HmiWriter, block_values, with_sources
 from agent.modelstore.binding import ModelBinding, check_binding
+from agent.modelstore.station import StationManifest
 from agent.ops import sdnotify
 from agent.ops.audit import AuditLog
 from agent.ops.host import boot_id
@@ -174,8 +175,16 @@ class Agent:
             (a.name, d.name): make_detector(d.detector) for a in config.assets for d in a.detectors
         }
         self.rule = PumpEnergyRule(config.recommender) if config.recommender is not None else None
-        self.planner = self._build_planner()
         self.audit = AuditLog(config.audit_config())
+        self.station: StationManifest | None = None  # the identified station the rule plans on
+        if self.rule is not None and self.rule.config.station_bundle is not None:
+            try:
+                self.station = self._load_station()
+                self.rule.use_station(self.station)
+                log.info("station loaded", station=self.station.ident)
+            except (ModelError, ValueError) as exc:  # the datasheet values stay the fallback
+                log.error("station bundle refused; the rule uses the datasheet values", error=str(exc))
+        self.planner = self._build_planner()  # plans on the rule's curves (identified or datasheet)
         self.hmi = HmiWriter(config, self.drivers, self._device_of, clock=clock)
         self.writeback = self._build_writeback() if config.guard is not None else None
         self._state_file = config.agent.state_dir / "alarms.json"
@@ -257,13 +266,49 @@ class Agent:
 
     def _build_planner(self) -> TariffPlanner | None:
         rc = self.config.recommender
-        if rc is None or rc.tariff is None:
+        if rc is None or rc.tariff is None or self.rule is None:
             return None
         trust = self.config.models_trust
         bundle = load_forecast_bundle(
             rc, self._resolve, [self._resolve(k) for k in trust.public_keys], trust.allow_unsigned
         )
-        return TariffPlanner(rc, bundle, self._clock)
+        return TariffPlanner(rc, bundle, self.rule)
+
+    def _load_station(self) -> StationManifest:
+        """The recommender bundle, checked against ``models_trust`` like a model bundle."""
+        from agent.modelstore.station import load_station_bundle
+
+        assert self.config.recommender is not None and self.config.recommender.station_bundle is not None
+        trust = self.config.models_trust
+        return load_station_bundle(
+            self._resolve(self.config.recommender.station_bundle),
+            [self._resolve(k) for k in trust.public_keys],
+            allow_unsigned=trust.allow_unsigned,
+        )
+
+    async def _reload_station(self) -> list[str]:
+        """Load the recommender bundle again; a bad one is refused and the running one stays."""
+        if self.rule is None or self.rule.config.station_bundle is None:
+            return []
+        old = self.station.ident if self.station is not None else "the datasheet values"
+        try:
+            new = await asyncio.to_thread(self._load_station)
+            self.rule.use_station(new)
+        except (ModelError, ValueError) as exc:
+            log.error("station bundle refused; the running one stays", error=str(exc), running=old)
+            with contextlib.suppress(AuditError):
+                await asyncio.to_thread(
+                    self.audit.record_event, "station_refused", f"station: {exc}; {old} stays"
+                )
+            return [f"station: refused, {old} stays: {exc}"]
+        if self.station is not None and new == self.station:
+            return [f"station: unchanged ({new.ident})"]
+        self.station = new
+        with contextlib.suppress(AuditError):
+            await asyncio.to_thread(
+                self.audit.record_event, "station_installed", f"{new.ident} replaces {old}"
+            )
+        return [f"station: installed {new.ident} (was {old})"]
 
     async def _restore_alarms(self) -> None:
         try:
@@ -618,7 +663,7 @@ class Agent:
                     f"{name}: {new.bundle.ident} replaces {old.bundle.ident}",
                 )
             lines.append(f"{name}: installed {new.bundle.ident} (was {old.bundle.ident})")
-        return lines
+        return lines + await self._reload_station()
 
     # ------------------------------------------------------------------ one cycle
 
@@ -750,11 +795,18 @@ class Agent:
             qualities = {rc.level_tag: level.quality, rc.demand_tag: demand.quality}
             good = level.quality.is_good and demand.quality.is_good
             inputs_mono = min(level.mono, demand.mono)
+            suction: dict[str, tuple[float, float]] = {}
+            for p in rc.pumps:
+                if p.suction_pressure_tag is not None and p.flow_tag is not None:
+                    ps, q = self.table.get(p.suction_pressure_tag, now), self.table.get(p.flow_tag, now)
+                    if ps.quality.is_good and q.quality.is_good:
+                        suction[p.asset] = (ps.as_float(), q.as_float())
             state = StationState(
                 level_m=level.as_float() if good else None,
                 demand_m3h=demand.as_float() if good else None,
                 severity=self._severity_by_asset(),
                 inputs_good=good,
+                suction=suction,
             )
             for r in self.rule.recommend(state, now, self._planned_flow(now, state)):
                 recs[r.target_tag] = r

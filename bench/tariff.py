@@ -333,12 +333,13 @@ def bench_variant(v: int, days: float, bundle: Bundle) -> dict[str, Any]:
 
     plant = Plant(BASE, seed=seed, variant_seed=v, permissive=True)
     sec = _section(True)
-    planner = TariffPlanner(sec, bundle, time.monotonic)
+    rule = PumpEnergyRule(sec)
+    planner = TariffPlanner(sec, bundle, rule)
     model = plant.demand_model
     assert model is not None
     hist_starts, hist_d, hist_t = hourly_series(model, 168, start_s=-168 * 3600.0)
     planner.history.extend(hist_starts, hist_d, hist_t)
-    runs["agent (forecast + tariff)"] = _simulate(plant, days, _rule_controller(PumpEnergyRule(sec), planner))
+    runs["agent (forecast + tariff)"] = _simulate(plant, days, _rule_controller(rule, planner))
     runs["agent (forecast + tariff)"].notes["replans"] = planner.replans
     runs["agent (forecast + tariff)"].notes["last_forecast"] = (
         planner.forecast.source if planner.forecast else None

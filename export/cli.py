@@ -13,6 +13,8 @@
     edge-export all --config configs/export-demo.yaml      # record, train, compress, gate, sign
     edge-export forecast --data rec/*.csv --test unseen/*.csv --config configs/export-forecast.yaml \\
         --out models/demand-forecast                       # the demand forecast bundle
+    edge-export identify --data rec1.csv rec2/ --config configs/demo.yaml --out models/station \
+        --key export/keys/dev-ed25519.pem                  # the station's curves: a recommender bundle
 
 Exit codes: 0 success, 1 a gate failed or a bundle was refused (the message says which and
 why; nothing is written), 2 a usage, config or data error.
@@ -71,6 +73,16 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--config", required=True, type=Path)
     f.add_argument("--out", required=True, type=Path)
     f.add_argument("--no-sign", action="store_true")
+    i = sub.add_parser("identify", help="fit the station's pump and system curves: a recommender bundle")
+    i.add_argument(
+        "--data", required=True, nargs="+", type=Path, help="recordings (CSV files or directories)"
+    )
+    i.add_argument("--config", required=True, type=Path, help="the agent config (its recommender section)")
+    i.add_argument("--out", required=True, type=Path)
+    i.add_argument(
+        "--prior", type=Path, help="datasheet values and uncertainties (YAML); default: the config's"
+    )
+    i.add_argument("--key", type=Path, help="private key (PEM) to sign station.json")
     a = sub.add_parser("all", help="the whole chain: record, every model, sign")
     a.add_argument("--config", required=True, type=Path)
     a.add_argument("--no-sign", action="store_true")
@@ -210,6 +222,26 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_identify(args: argparse.Namespace) -> int:
+    from export.identify import identify
+
+    man = identify(args.data, args.config, args.out, args.prior, args.key)
+    for p in man.pumps:
+        a, b, c = p.head
+        print(
+            f"{p.asset}: H = {a.value:.2f}±{a.se:.2f} r² {b.value:+.4f} r q − {c.value:.6f}±{c.se:.6f} q², "
+            f"BEP {p.bep_flow_m3h:.1f} m³/h, head RMS {p.residual_head_m:.3f} m, "
+            f"power RMS {p.residual_power_kw:.3f} kW"
+        )
+    s = man.system
+    print(
+        f"system: static head {s.static_head_m.value:.2f}±{s.static_head_m.se:.2f} m, "
+        f"tank area {s.tank_area_m2.value:.1f}±{s.tank_area_m2.se:.1f} m²"
+    )
+    print(f"wrote {args.out}{' (signed)' if args.key else ' (UNSIGNED)'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``edge-export``; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -237,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_report(args)
         if args.cmd == "forecast":
             return _cmd_forecast(args)
+        if args.cmd == "identify":
+            return _cmd_identify(args)
         return _cmd_train(args, every=True)
     except GateError as exc:
         print(f"error: {exc}\nno bundle was written", file=sys.stderr)

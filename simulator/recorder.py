@@ -130,8 +130,11 @@ def record(
     dt_s: float | None = None,
     include_truth: bool = True,
     max_interval_s: float = 900.0,
+    variant_seed: int | None = None,
 ) -> RecordSummary:
-    """Run a plant for ``hours`` of simulated time and write a CSV (see module docstring)."""
+    """Run a plant for ``hours`` of simulated time and write a CSV (see module docstring).
+
+    ``variant_seed`` records a perturbed plant (:class:`simulator.physics.PlantVariant`)."""
     if fmt not in ("wide", "long"):
         raise ValueError("fmt must be 'wide' or 'long'")
     if not hours > 0 or not sample_s > 0:
@@ -139,7 +142,7 @@ def record(
     dt = dt_s if dt_s is not None else min(sample_s, 1.0)
     steps_per_sample = max(1, round(sample_s / dt))
     dt = sample_s / steps_per_sample
-    plant = Plant(params, seed=seed, scenario=scenario)
+    plant = Plant(params, seed=seed, scenario=scenario, variant_seed=variant_seed)
     n_samples = round(hours * 3600.0 / sample_s)
     t_wall = time.perf_counter()
     close = False

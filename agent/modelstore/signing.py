@@ -132,8 +132,12 @@ def generate_key_pair(private_path: str | Path, public_path: str | Path) -> str:
     return key_id(key.public_key())
 
 
-def sign_bundle(bundle_dir: str | Path, private_key_path: str | Path) -> str:
+def sign_bundle(
+    bundle_dir: str | Path, private_key_path: str | Path, *, signed_file: str = MANIFEST_FILE
+) -> str:
     """Sign ``bundle_dir/manifest.json`` and write ``signature.json``; return the key id.
+
+    ``signed_file`` names another manifest (a recommender bundle signs ``station.json``).
 
     Sign last: any later change to the manifest (or to a file it hashes) breaks the signature
     or the hash check. ``signature.json`` is replaced (a new file renamed over it), so a link
@@ -142,7 +146,7 @@ def sign_bundle(bundle_dir: str | Path, private_key_path: str | Path) -> str:
     d = Path(bundle_dir)
     try:
         with BundleDir(d) as bundle:
-            data = bundle.read(MANIFEST_FILE, limit=MAX_METADATA_BYTES)
+            data = bundle.read(signed_file, limit=MAX_METADATA_BYTES)
     except ModelError as exc:
         raise ModelError(f"cannot sign {d}: {exc}") from None
     key = load_private_key(private_key_path)
@@ -150,7 +154,7 @@ def sign_bundle(bundle_dir: str | Path, private_key_path: str | Path) -> str:
     record = {
         "algorithm": ALGORITHM,
         "key_id": kid,
-        "signed_file": MANIFEST_FILE,
+        "signed_file": signed_file,
         "manifest_sha256": hashlib.sha256(data).hexdigest(),
         "signature": base64.b64encode(key.sign(data)).decode("ascii"),
     }
@@ -161,7 +165,9 @@ def sign_bundle(bundle_dir: str | Path, private_key_path: str | Path) -> str:
     return kid
 
 
-def verify_bundle_signature(bundle_dir: str | Path, trusted_public_keys: Sequence[str | Path]) -> str:
+def verify_bundle_signature(
+    bundle_dir: str | Path, trusted_public_keys: Sequence[str | Path], *, signed_file: str = MANIFEST_FILE
+) -> str:
     """Check ``signature.json`` against the manifest bytes and the trusted keys.
 
     Returns the key id of the trusted key that signed. Raises ModelError naming the bundle
@@ -172,8 +178,8 @@ def verify_bundle_signature(bundle_dir: str | Path, trusted_public_keys: Sequenc
     d = Path(bundle_dir)
     with BundleDir(d) as bundle:
         signature = bundle.read_optional(SIGNATURE_FILE, limit=MAX_METADATA_BYTES)
-        manifest = bundle.read(MANIFEST_FILE, limit=MAX_METADATA_BYTES)
-    return verify_manifest_signature(manifest, signature, trusted_public_keys, d)
+        manifest = bundle.read(signed_file, limit=MAX_METADATA_BYTES)
+    return verify_manifest_signature(manifest, signature, trusted_public_keys, d, signed_file=signed_file)
 
 
 def verify_manifest_signature(
@@ -181,6 +187,8 @@ def verify_manifest_signature(
     signature: bytes | None,
     trusted_public_keys: Sequence[str | Path],
     bundle_dir: str | Path,
+    *,
+    signed_file: str = MANIFEST_FILE,
 ) -> str:
     """Check the bytes of ``signature.json`` (None: there is none) against the bytes of
     ``manifest.json`` and the trusted keys; ``bundle_dir`` names the bundle in messages.
@@ -201,9 +209,9 @@ def verify_manifest_signature(
     if not isinstance(record, dict) or record.get("algorithm") != ALGORITHM:
         got = record.get("algorithm") if isinstance(record, dict) else None
         raise ModelError(f"bundle {d}: {SIGNATURE_FILE} must use algorithm {ALGORITHM!r} (got {got!r})")
-    if record.get("signed_file", MANIFEST_FILE) != MANIFEST_FILE:
+    if record.get("signed_file", MANIFEST_FILE) != signed_file:
         signed = record.get("signed_file")
-        raise ModelError(f"bundle {d}: {SIGNATURE_FILE} signs {signed!r}, not {MANIFEST_FILE}")
+        raise ModelError(f"bundle {d}: {SIGNATURE_FILE} signs {signed!r}, not {signed_file}")
     kid = record.get("key_id")
     try:
         raw = base64.b64decode(str(record.get("signature", "")), validate=True)
@@ -224,7 +232,7 @@ def verify_manifest_signature(
         key.verify(raw, manifest)
     except InvalidSignature:
         raise ModelError(
-            f"bundle {d}: signature by key {kid} does not match {MANIFEST_FILE}: the bundle was "
+            f"bundle {d}: signature by key {kid} does not match {signed_file}: the bundle was "
             "modified after signing (tampered) or the signature is corrupt"
         ) from None
     return str(kid)

@@ -29,38 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from agent.pipeline.policy import PumpStationModel, _Physics
-
-__all__ = ["Plan", "PowerTable", "TankBand", "plan", "station_power"]
+__all__ = ["Plan", "PowerTable", "TankBand", "plan"]
 
 FloatArray = npt.NDArray[np.float64]
-
-
-def station_power(station: PumpStationModel, pumps: int) -> Callable[[float, float], float]:
-    """``power(flow m³/h, level m) -> kW`` of ``pumps`` identical pumps from the station's
-    published curves (the pump-energy rule's physics): the cheapest number running at one
-    speed, the others parked at minimum speed; inf above what the maximum speed delivers and
-    below what the minimum speed already delivers."""
-    phys = _Physics(station)
-    m = station
-
-    def power(q: float, level: float) -> float:
-        hs = m.static_head_m + level
-        floor = pumps * phys.pump_flow(m.min_speed_rpm, hs, pumps)
-        if q < floor - 1e-9:
-            return math.inf
-        if q <= floor + 1e-9:
-            return pumps * phys.electrical_power(floor / pumps, m.min_speed_rpm)
-        best = math.inf
-        for running in range(1, pumps + 1):
-            n = phys.speed_for_flow(q, hs, running)
-            if n > m.max_speed_rpm or n < m.min_speed_rpm:
-                continue
-            parked = (pumps - running) * phys.electrical_power(0.0, m.min_speed_rpm)
-            best = min(best, running * phys.electrical_power(q / running, n) + parked)
-        return best
-
-    return power
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ import pytest
 
 from agent.config import RecommenderSection
 from agent.energyplan import TariffPlanner
+from agent.pipeline.policy import PumpEnergyRule
 
 NIGHT = datetime(2024, 1, 8, 1, 0, tzinfo=UTC)  # Monday 01:00, cheap until 06:00
 
@@ -33,7 +34,7 @@ def _section(**schedule: Any) -> RecommenderSection:
 
 
 def test_replans_on_its_cadence_and_fills_while_cheap() -> None:
-    planner = TariffPlanner(_section(), None, lambda: 0.0)
+    planner = TariffPlanner(_section(), None, PumpEnergyRule(_section()))
     assert planner.planned_flow(0.0, NIGHT, None, 100.0) is None  # no GOOD level: nothing
     planner.observe(NIGHT, 100.0, 5.0)
     q = planner.planned_flow(0.0, NIGHT, 3.0, 100.0)
@@ -51,7 +52,7 @@ def test_replans_on_its_cadence_and_fills_while_cheap() -> None:
 
 
 def test_at_the_top_of_the_band_in_dear_hours_it_draws_the_tank_down() -> None:
-    planner = TariffPlanner(_section(), None, lambda: 0.0)
+    planner = TariffPlanner(_section(), None, PumpEnergyRule(_section()))
     noon = NIGHT.replace(hour=12)
     q = planner.planned_flow(0.0, noon, 3.8, 100.0)
     assert q is not None and q < 100.0
@@ -60,4 +61,4 @@ def test_at_the_top_of_the_band_in_dear_hours_it_draws_the_tank_down() -> None:
 def test_a_tariff_is_required() -> None:
     sec = _section().model_copy(update={"tariff": None})
     with pytest.raises(ValueError, match=r"needs recommender\.tariff"):
-        TariffPlanner(sec, None, lambda: 0.0)
+        TariffPlanner(sec, None, PumpEnergyRule(sec))

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from agent.pipeline.policy import PumpEnergyRule, RecommenderConfig, RecommenderPump, StationState
-from simulator.physics import StationParams, oracle_speed
+from simulator.physics import StationParams, oracle_speed, station_operating_point
 
 
 def rule(n: int = 2) -> PumpEnergyRule:
@@ -22,9 +22,19 @@ def rule(n: int = 2) -> PumpEnergyRule:
     "demand,level", list(itertools.product([20, 60, 100, 120, 160, 200, 240], [2.0, 2.4, 3.0, 3.6, 4.0]))
 )
 def test_matches_the_plant_oracle_when_all_pumps_are_healthy(demand: float, level: float) -> None:
-    speeds, _ = rule().speeds(level, demand, [])
-    assert speeds["pump1"] == speeds["pump2"]
-    assert speeds["pump1"] == pytest.approx(oracle_speed(demand, level, StationParams()), abs=0.5)
+    r = rule()
+    speeds, flows, _ = r.plan(level, demand, [])
+    assert speeds["pump1"] == pytest.approx(speeds["pump2"], abs=1e-6)
+    prm = StationParams()
+    oracle = oracle_speed(demand, level, prm)
+    q_oracle, _ = station_operating_point(oracle, prm.static_head_m + level, prm)
+    floor = r.min_flow_m3h("pump1", oracle) * (1 + r.config.min_flow_margin)
+    if q_oracle >= floor:  # the plant's oracle knows no minimum flow: equal where it keeps it
+        assert speeds["pump1"] == pytest.approx(oracle, abs=0.5)
+    else:  # below it, the rule holds the pumps at their minimum continuous flow
+        assert speeds["pump1"] > oracle
+        floor = r.min_flow_m3h("pump1", speeds["pump1"]) * (1 + r.config.min_flow_margin)
+        assert flows["pump1"] == pytest.approx(floor, rel=1e-3)
 
 
 def test_alarmed_pump_is_unloaded_and_the_other_carries_the_flow() -> None:
@@ -33,11 +43,16 @@ def test_alarmed_pump_is_unloaded_and_the_other_carries_the_flow() -> None:
         StationState(level_m=3.0, demand_m3h=120, severity={"pump1": 3}, inputs_good=True), 100.0
     )
     by = {x.target_tag: x for x in recs}
-    assert by["Pump1.ExternalSpeedSetpoint"].value == 1500
+    speeds, flows, _ = r.plan(3.0, 120, ["pump1"])
+    unloaded = by["Pump1.ExternalSpeedSetpoint"].value
+    # never a speed that delivers nothing: the unloaded pump is held at its minimum flow
+    assert unloaded == speeds["pump1"] > 1500
+    assert flows["pump1"] == pytest.approx(r.min_flow_m3h("pump1", unloaded) * 1.15, rel=1e-3)
+    assert flows["pump1"] > 20
     healthy = by["Pump2.ExternalSpeedSetpoint"].value
     both, _ = r.speeds(3.0, 120, [])
-    assert healthy > both["pump2"] + 100  # one pump must run faster to deliver the flow
-    assert "pump1 unloaded" in by["Pump2.ExternalSpeedSetpoint"].reason
+    assert healthy > both["pump2"] + 50  # the healthy pump must run faster to carry the flow
+    assert "pump1 unloaded to its minimum-flow speed" in by["Pump2.ExternalSpeedSetpoint"].reason
     assert all(x.model == "pump-energy-rule" and x.expires_mono == 110.0 for x in recs)
 
 
@@ -57,7 +72,7 @@ def test_band_margin_aims_inside_the_band() -> None:
     inner = PumpEnergyRule(RecommenderConfig(level_tag="l", demand_tag="d", pumps=pumps, band_margin_m=0.2))
     # near the bottom with a high demand the margin asks for more flow, near the top for less
     assert inner.speeds(2.1, 240, [])[0]["pump1"] > edge.speeds(2.1, 240, [])[0]["pump1"]
-    assert inner.speeds(3.9, 20, [])[0]["pump1"] < edge.speeds(3.9, 20, [])[0]["pump1"]
+    assert inner.speeds(3.9, 60, [])[0]["pump1"] < edge.speeds(3.9, 60, [])[0]["pump1"]
 
 
 def test_band_edges_track_the_demand() -> None:

@@ -9,14 +9,24 @@ import numpy as np
 import pytest
 
 from agent.config import parse_config
+from agent.energyplan import rule_power
 from agent.errors import ConfigError
-from agent.pipeline.policy import PumpStationModel
-from agent.pipeline.schedule import PowerTable, TankBand, plan, station_power
+from agent.pipeline.policy import PumpEnergyRule, RecommenderConfig
+from agent.pipeline.schedule import PowerTable, TankBand, plan
 from agent.pipeline.tariff import TariffConfig
 
-STATION = PumpStationModel(tank_area_m2=400)
+RULE = PumpEnergyRule(
+    RecommenderConfig.model_validate(
+        {
+            "station": {"tank_area_m2": 400},
+            "level_tag": "L",
+            "demand_tag": "D",
+            "pumps": [{"asset": "p1", "target": "S1"}, {"asset": "p2", "target": "S2"}],
+        }
+    )
+)
 TANK = TankBand(400, 2.0, 4.0, reserve_m=0.4, margin_m=0.1)
-TABLE = PowerTable.build(station_power(STATION, 2), 250, np.linspace(TANK.lowest, TANK.highest, 121))
+TABLE = PowerTable.build(rule_power(RULE), 250, np.linspace(TANK.lowest, TANK.highest, 121))
 CHEAP = {0, 1, 2, 3, 4, 5, 22, 23}
 TWO_RATE = [0.10 if h in CHEAP else 0.30 for h in range(24)]
 DEMAND = [80 + 60 * np.sin(np.pi * h / 24) for h in range(24)]
@@ -38,7 +48,7 @@ def test_a_two_rate_tariff_fills_the_tank_in_cheap_hours_and_keeps_the_band() ->
 
 def _follow_demand_table() -> PowerTable:
     # the same station when the tank has no room: the level grid is a single point
-    return PowerTable.build(station_power(STATION, 2), 250, [3.0])
+    return PowerTable.build(rule_power(RULE), 250, [3.0])
 
 
 def test_the_reserve_is_never_used_even_when_it_would_pay() -> None:
@@ -46,7 +56,7 @@ def test_the_reserve_is_never_used_even_when_it_would_pay() -> None:
     pl = plan([150.0] * 24, dear_first, 3.0, TANK, TABLE)
     assert TANK.lowest - 1e-9 <= min(pl.levels_m) < TANK.lowest + 0.05
     no_reserve = TankBand(400, 2.0, 4.0, reserve_m=0.0, margin_m=0.1)
-    tab = PowerTable.build(station_power(STATION, 2), 250, np.linspace(2.0, 3.9, 121))
+    tab = PowerTable.build(rule_power(RULE), 250, np.linspace(2.0, 3.9, 121))
     assert min(plan([150.0] * 24, dear_first, 3.0, no_reserve, tab).levels_m) < TANK.lowest - 0.2
 
 
@@ -116,5 +126,7 @@ def test_tariff_config_errors_name_file_line_and_field() -> None:
 
 def test_an_unknown_time_zone_is_named() -> None:
     text = DEMO + "  forecast: {timezone: Mars/Olympus}\n"
-    with pytest.raises(ConfigError, match=rf"site\.yaml:{DEMO.count(chr(10)) + 1} recommender\.forecast\.timezone: "):
+    with pytest.raises(
+        ConfigError, match=rf"site\.yaml:{DEMO.count(chr(10)) + 1} recommender\.forecast\.timezone: "
+    ):
         parse_config(text, "site.yaml")
