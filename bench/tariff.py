@@ -383,10 +383,27 @@ def main(argv: list[str] | None = None) -> int:
                 + ", ".join(f"{k} {x['cost_eur']:.0f} EUR" for k, x in rows.items()),
                 flush=True,
             )
-    summary = _summary(results)
-    _print(results, summary, days)
-    out: dict[str, Any] = {
+            _write(args.out, days, n_var, report, results, t0, complete=v == n_var)
+    _print(results, _summary(results), days)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _write(
+    out: Path,
+    days: float,
+    n_var: int,
+    report: dict[str, Any],
+    results: list[dict[str, Any]],
+    t0: float,
+    *,
+    complete: bool,
+) -> None:
+    """The JSON after every variant (``complete`` false until the last): a long run that is
+    stopped keeps what it measured."""
+    data: dict[str, Any] = {
         "benchmark": "tariff",
+        "complete": complete,
         "days": days,
         "variants": n_var,
         "control_period_s": CTRL_S,
@@ -397,13 +414,11 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": time.perf_counter() - t0,
         "forecast_training": report,
         "results": results,
-        "summary": summary,
+        "summary": _summary(results),
         "utc": datetime.now().astimezone().isoformat(timespec="seconds"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
-    print(f"wrote {args.out}")
-    return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
