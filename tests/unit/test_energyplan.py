@@ -62,3 +62,20 @@ def test_a_tariff_is_required() -> None:
     sec = _section().model_copy(update={"tariff": None})
     with pytest.raises(ValueError, match=r"needs recommender\.tariff"):
         TariffPlanner(sec, None, PumpEnergyRule(sec))
+
+
+def test_the_plan_follows_the_curves_the_rule_switches_to() -> None:
+    from agent.pipeline.policy import PumpStationModel, StationCurves
+
+    sec = _section()
+    rule = PumpEnergyRule(sec)
+    planner = TariffPlanner(sec, None, rule)
+    q_small = planner.planned_flow(0.0, NIGHT, 3.0, 100.0)
+    assert planner.tank.area_m2 == 400
+    # an identified station with twice the tank: the same night fills it at a higher flow
+    rule.curves = StationCurves.from_datasheet(
+        PumpStationModel(tank_area_m2=800), 2, [None, None], sec.min_flow_fraction
+    )
+    q_big = planner.planned_flow(300.0, NIGHT + timedelta(seconds=300), 3.0, 100.0)
+    assert planner.tank.area_m2 == 800
+    assert q_small is not None and q_big is not None and q_big > q_small
