@@ -593,6 +593,10 @@ class Config(FrozenModel):
             for i, t in enumerate(self.guard.targets):
                 need(("guard", "targets", i, "tag"), t.tag, write=True)
                 need(("guard", "targets", i, "recommendation_tag"), t.recommendation_tag, write=True)
+            for i, ss in enumerate(self.guard.start_stop):
+                need(("guard", "start_stop", i, "tag"), ss.tag, write=True)
+                need(("guard", "start_stop", i, "running_tag"), ss.running_tag)
+                need(("guard", "start_stop", i, "remote_start_tag"), ss.remote_start_tag)
         if self.recommender is not None:
             need(("recommender", "level_tag"), self.recommender.level_tag)
             need(("recommender", "demand_tag"), self.recommender.demand_tag)
@@ -646,7 +650,17 @@ def _is_model_output(source: str, models: Sequence[str]) -> bool:
     return any(source.startswith(m + ".") and len(source) > len(m) + 1 for m in models)
 
 
-_Role = Literal["setpoint", "recommendation", "display", "heartbeat", "status", "permissive", "acknowledge"]
+_Role = Literal[
+    "setpoint",
+    "recommendation",
+    "display",
+    "heartbeat",
+    "status",
+    "command",
+    "permissive",
+    "acknowledge",
+    "feedback",
+]
 
 _NOUN: dict[str, str] = {
     "setpoint": "a setpoint",
@@ -656,6 +670,8 @@ _NOUN: dict[str, str] = {
     "status": "the status word",
     "permissive": "the permissive",
     "acknowledge": "the acknowledge tag",
+    "command": "a start/stop request",
+    "feedback": "a running feedback or remote-start permissive",
 }
 
 
@@ -678,6 +694,8 @@ def _written_refs(config: Config) -> list[_Ref]:
         for i, t in enumerate(targets)
         if t.recommendation_tag is not None
     ]
+    start_stop = config.guard.start_stop if config.guard is not None else []
+    refs += [_Ref(("guard", "start_stop", i, "tag"), "command", t.tag) for i, t in enumerate(start_stop)]
     if config.hmi.heartbeat_tag is not None:
         refs.append(_Ref(("hmi", "heartbeat_tag"), "heartbeat", config.hmi.heartbeat_tag))
     if config.hmi.status_tag is not None:
@@ -692,6 +710,9 @@ def _protected_refs(config: Config) -> list[_Ref]:
     refs: list[_Ref] = []
     if config.guard is not None:
         refs.append(_Ref(("guard", "permissive_tag"), "permissive", config.guard.permissive_tag))
+        for i, t in enumerate(config.guard.start_stop):
+            refs.append(_Ref(("guard", "start_stop", i, "running_tag"), "feedback", t.running_tag))
+            refs.append(_Ref(("guard", "start_stop", i, "remote_start_tag"), "feedback", t.remote_start_tag))
     if config.alarms.ack_tag is not None:
         refs.append(_Ref(("alarms", "ack_tag"), "acknowledge", config.alarms.ack_tag))
     return refs
@@ -702,6 +723,8 @@ def _why(writer: _Ref, other: _Ref, same: str) -> str:
         return "the agent must never write the permissive"
     if other.role == "acknowledge":
         return "the agent must never write the operator's acknowledge"
+    if other.role == "feedback":
+        return "the agent requests a start, it never writes the motor's feedback or the PLC's permissive"
     if other.role == "setpoint" and writer.role != "setpoint":
         return "only the Guard writes a setpoint, and only as that target"
     return f"two values the agent writes must not share {same}"
@@ -808,6 +831,13 @@ def _write_problems(config: Config, tags: _TagMap) -> list[tuple[Loc, str]]:
                     w.loc,
                     f"tag {w.name!r} is declared purpose {tag.purpose}; "
                     f"{_NOUN[w.role]} needs purpose {w.role}",
+                )
+            )
+        if w.role == "command" and not tag.readable:
+            problems.append(
+                (
+                    w.loc,
+                    f"tag {w.name!r} has access {tag.access}: a start/stop request is read back",
                 )
             )
         if w.role == "setpoint" and not tag.readable:

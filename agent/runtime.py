@@ -76,7 +76,7 @@ from agent.pipeline.policy import PumpEnergyRule, StationState
 from agent.running import RunningSource, SampleSink
 from agent.tagtable import TagTable
 from agent.types import Alarm, Quality, Recommendation, Sample, Score, Value, utcnow
-from agent.writeback import WriteBack, WriteInputs, grid_for
+from agent.writeback import StartStopUnit, WriteBack, WriteInputs, grid_for
 
 if TYPE_CHECKING:  # onnxruntime (~28 MB) only when a model is configured, prometheus-client
     # (~10 MB) only when the metrics endpoint is
@@ -187,6 +187,9 @@ class Agent:
         self.planner = self._build_planner()  # plans on the rule's curves (identified or datasheet)
         self.hmi = HmiWriter(config, self.drivers, self._device_of, clock=clock)
         self.writeback = self._build_writeback() if config.guard is not None else None
+        self.start_stop = (
+            self._build_start_stop() if config.guard is not None and config.guard.start_stop else None
+        )
         self._state_file = config.agent.state_dir / "alarms.json"
         self._reload_requested = False
         self._source_failure: str | None = None
@@ -234,6 +237,12 @@ class Agent:
             clock=self._clock,
             boot_id=boot_id(),
         )
+
+    def _build_start_stop(self) -> StartStopUnit:
+        cfg = self.config.guard
+        assert cfg is not None
+        sinks = {t.tag: self.drivers[self.config.tag(t.tag)[0].name] for t in cfg.start_stop}
+        return StartStopUnit(Guard(cfg), sinks, self.audit)
 
     # ------------------------------------------------------------------ start-up
 
@@ -688,6 +697,14 @@ class Agent:
             inputs = self._write_inputs(now)
             self.view.recommendations = dict(inputs.recommendations)
             self.view.decisions = await self.writeback.step(inputs)
+            if self.start_stop is not None:
+                self.view.decisions |= await self.start_stop.step(
+                    inputs.recommendations,
+                    self.table,
+                    now,
+                    model_healthy=inputs.model_healthy,
+                    stopping=self.stopping,
+                )
             self.view.writes = sum(self.writeback.outcomes.values()) - self.writeback.outcomes["not_sent"]
             self.view.verify_failures = self.view.writes - self.writeback.outcomes["verified"]
         self.view.cycles += 1

@@ -46,6 +46,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
@@ -61,6 +62,7 @@ from agent.pipeline.guard import (
     HoldTracker,
     Reason,
     SetpointTarget,
+    StartStopInputs,
     max_step,
     permissive_on,
 )
@@ -68,9 +70,12 @@ from agent.pipeline.quantize import CONTINUOUS, Grid
 from agent.types import Action, Decision, Quality, Recommendation, Sample, Value, utcnow
 
 __all__ = [
+    "START_STOP_CONFIRMED",
     "DecisionLog",
     "Outcome",
     "SetpointSink",
+    "StartStopLog",
+    "StartStopUnit",
     "TableView",
     "WriteBack",
     "WriteInputs",
@@ -373,9 +378,7 @@ class WriteBack:
 
     # ------------------------------------------------------------------ decide → audit → send
 
-    async def _apply(
-        self, tag: str, st: _State, d: GuardDecision, inputs: WriteInputs, now: float
-    ) -> None:
+    async def _apply(self, tag: str, st: _State, d: GuardDecision, inputs: WriteInputs, now: float) -> None:
         decision_id: int | None = None
         if self.holds.changed(d):
             extra = {
@@ -597,3 +600,225 @@ def _code(d: GuardDecision) -> str:
         return str(Reason.of(d.reasons[0]))
     except ValueError:
         return "other"
+
+
+# --------------------------------------------------------------------------- start / stop
+
+START_STOP_CONFIRMED = "start_stop_confirmed"
+"""Audit event of a start or stop the running feedback confirmed (``detail``: target, running)."""
+RUNNING_CHANGED = "running_changed"
+"""Audit event of a start or stop the agent did not ask for (the operator's, a trip), as the
+running feedback showed it: the rest and run times count from it too."""
+RUNNING_SEEN = "running_seen"
+"""Audit event of the running state first seen with no audited history: a pump found running
+counts its run from here (at least this long), one found stopped its rest."""
+_START_STOP_EVENTS = (
+    "start_stop_request",
+    START_STOP_CONFIRMED,
+    "start_stop_unconfirmed",
+    "start_stop_mismatch",
+)
+
+
+class StartStopLog(Protocol):
+    """The audit log, as the start/stop unit uses it (:class:`agent.ops.audit.AuditLog`)."""
+
+    @property
+    def healthy(self) -> bool: ...
+
+    def record_event(
+        self, kind: str, message: str, *, mono: float | None = None, extra: Mapping[str, Any] | None = None
+    ) -> int: ...
+
+    def query(
+        self, since: datetime | None = None, kinds: Any = None, limit: int | None = None
+    ) -> list[Any]: ...
+
+
+@dataclass
+class _Pending:
+    value: bool
+    since: float
+
+
+class StartStopUnit:
+    """Starts and stops pumps through their request bits, with the Guard's proof.
+
+    Per start/stop target, every cycle: the running feedback confirms (or, after
+    ``confirm_timeout_s``, fails to confirm) a request sent before; the start history (confirmed
+    starts, last start and stop) is read from the audit log, so minimum run time and starts per
+    hour hold across restarts; :meth:`Guard.decide_start_stop` decides; the decision is committed
+    to the audit log before the request bit is written, and the bit is read back after. A request
+    the feedback did not confirm holds the target until the feedback agrees with the request
+    again (an operator's doing).
+    """
+
+    def __init__(
+        self,
+        guard: Guard,
+        sinks: Mapping[str, SetpointSink],
+        audit: StartStopLog,
+        clock_utc: Callable[[], datetime] = utcnow,
+    ) -> None:
+        """``sinks`` maps each request tag to the driver that writes it."""
+        self.guard = guard
+        self.sinks = dict(sinks)
+        self.audit = audit
+        self._utc = clock_utc
+        self._pending: dict[str, _Pending] = {}
+        self._confirm_ok: dict[str, bool] = {t: True for t in guard.start_stop}
+        self._seen: dict[str, bool] = {}  # running feedback last cycle
+        self._restored: set[str] = set()
+
+    def _rows(self, tag: str, now_utc: datetime) -> list[Any]:
+        rows = self.audit.query(since=now_utc - timedelta(days=1), kinds=["event"])
+        return [r for r in rows if r.detail.get("target") == tag]
+
+    def history(self, tag: str, now_utc: datetime) -> tuple[tuple[float, ...], float | None, float | None]:
+        """(starts of the last hour, last start, last stop) in UTC seconds, from the audit log:
+        every start the agent asked for (failed ones included) and those the running feedback
+        showed without it."""
+        starts: list[float] = []
+        started = stopped = None
+        for r in self._rows(tag, now_utc):
+            t = r.utc.timestamp()
+            if r.action == "start_stop_request" and r.detail.get("value"):
+                starts.append(t)  # every attempt heats the motor: a failed start counts too
+            if r.action not in (START_STOP_CONFIRMED, RUNNING_CHANGED, RUNNING_SEEN):
+                continue
+            if r.detail.get("running"):
+                if r.action == RUNNING_CHANGED:
+                    starts.append(t)
+                started = t
+            else:
+                stopped = t
+        return tuple(s for s in starts if s > now_utc.timestamp() - 3600.0), started, stopped
+
+    def _restore(self, tag: str, now: float, now_utc: datetime) -> None:
+        """After a restart: a request audited and neither confirmed nor failed is still pending,
+        and the running state last audited is what the feedback is compared with."""
+        self._restored.add(tag)
+        last = None
+        for r in self._rows(tag, now_utc):
+            if r.action in _START_STOP_EVENTS:
+                last = r
+            if r.action in (START_STOP_CONFIRMED, RUNNING_CHANGED, RUNNING_SEEN):
+                self._seen[tag] = bool(r.detail.get("running"))
+        if last is not None and last.action == "start_stop_request":
+            age = now_utc.timestamp() - last.utc.timestamp()
+            self._pending[tag] = _Pending(bool(last.detail.get("value")), now - max(age, 0.0))
+
+    async def step(
+        self,
+        recommendations: Mapping[str, Recommendation],
+        table: TableView,
+        now: float,
+        *,
+        model_healthy: bool = True,
+        stopping: bool = False,
+    ) -> dict[str, GuardDecision]:
+        """One cycle over every start/stop target; the decisions by request tag."""
+        out: dict[str, GuardDecision] = {}
+        now_utc = self._utc()
+        for tag, t in self.guard.start_stop.items():
+            if tag not in self._restored:
+                try:
+                    self._restore(tag, now, now_utc)
+                except (AuditError, OSError):
+                    self._restored.discard(tag)
+            running = table.get(t.running_tag, now)
+            fb = running.value if running.quality.is_good else None
+            pend = self._pending.get(tag)
+            if pend is not None and fb is not None and bool(fb) == pend.value:
+                await self._confirmed(tag, pend.value, now)
+            elif fb is not None and tag in self._seen and bool(fb) != self._seen[tag] and pend is None:
+                word = "started" if fb else "stopped"
+                await self._event(
+                    RUNNING_CHANGED, f"{tag}: {t.asset} {word}, not by the agent", tag, now, running=bool(fb)
+                )
+            elif pend is not None and not now - pend.since <= t.confirm_timeout_s:
+                self._pending.pop(tag)
+                self._confirm_ok[tag] = False
+                await self._event(
+                    "start_stop_unconfirmed", f"{tag}: {t.running_tag} did not confirm", tag, now
+                )
+            elif pend is None and not self._confirm_ok[tag] and fb is not None:
+                back = await self._read(tag)
+                if back is not None and bool(fb) == back:  # feedback and request agree again
+                    self._confirm_ok[tag] = True
+            if fb is not None and tag not in self._seen and pend is None:
+                word = "running" if fb else "stopped"
+                await self._event(RUNNING_SEEN, f"{tag}: {t.asset} found {word}", tag, now, running=bool(fb))
+            if fb is not None:
+                self._seen[tag] = bool(fb)
+            audit_ok = self.audit.healthy
+            try:
+                starts, started, stopped = self.history(tag, now_utc)
+            except (AuditError, OSError):
+                starts, started, stopped, audit_ok = (), None, None, False
+            pend = self._pending.get(tag)
+            d = self.guard.decide_start_stop(
+                tag,
+                StartStopInputs(
+                    now=now,
+                    now_utc_s=now_utc.timestamp(),
+                    recommendation=recommendations.get(tag),
+                    permissive=table.get(self.guard.config.permissive_tag, now),
+                    remote_start=table.get(t.remote_start_tag, now),
+                    running=running,
+                    starts_utc_s=starts,
+                    started_at_utc_s=started,
+                    stopped_at_utc_s=stopped,
+                    pending_since=None if pend is None else pend.since,
+                    last_confirm_ok=self._confirm_ok[tag],
+                    model_healthy=model_healthy,
+                    audit_ok=audit_ok,
+                    stopping=stopping,
+                ),
+            )
+            out[tag] = d
+            if not d.writes or d.applied_value is None:
+                continue
+            value = bool(d.applied_value)
+            rec = d.decision.recommendation
+            try:  # audited before it is sent
+                self.audit.record_event(
+                    "start_stop_request",
+                    f"{tag}: {'start' if value else 'stop'} {t.asset}"
+                    + (f" ({rec.reason})" if rec is not None else ""),
+                    mono=now,
+                    extra={"target": tag, "value": value},
+                )
+            except AuditError:
+                continue
+            self._pending[tag] = _Pending(value, now)
+            try:
+                await self.sinks[tag].write(tag, value, purpose="command")
+            except DriverError as exc:
+                await self._event("start_stop_failed", f"{tag}: {exc}", tag, now)
+                continue
+            back = await self._read(tag)
+            if back is not value:
+                self._pending.pop(tag, None)
+                self._confirm_ok[tag] = False
+                await self._event("start_stop_mismatch", f"{tag}: wrote {value}, read back {back}", tag, now)
+        return out
+
+    async def _read(self, tag: str) -> bool | None:
+        try:
+            s = await self.sinks[tag].read(tag)
+        except DriverError:
+            return None
+        return bool(s.value) if s.quality.is_good and isinstance(s.value, bool | int | float) else None
+
+    async def _confirmed(self, tag: str, value: bool, now: float) -> None:
+        self._pending.pop(tag, None)
+        self._confirm_ok[tag] = True
+        word = "started" if value else "stopped"
+        await self._event(START_STOP_CONFIRMED, f"{tag}: {word}, confirmed", tag, now, running=value)
+
+    async def _event(self, kind: str, message: str, tag: str, now: float, **extra: Any) -> None:
+        try:
+            self.audit.record_event(kind, message, mono=now, extra={"target": tag, **extra})
+        except AuditError:
+            log.error("start/stop event not audited", kind=kind, target=tag)

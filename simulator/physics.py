@@ -778,7 +778,8 @@ class Plant:
         if not initial:
             if external:
                 for i in range(n):
-                    setpoint[i] = plc.setpoint(i + 1)
+                    # a pump whose run request is cleared stops (ramps to 0); set, it runs again
+                    setpoint[i] = plc.setpoint(i + 1) if plc.run_request(i + 1) else 0.0
             else:
                 e = prm.level_setpoint_m - self._level_filt
                 if self._was_external:  # bumpless return to local control
@@ -796,6 +797,7 @@ class Plant:
                 for i in range(n):
                     setpoint[i] = u
                     plc.track_setpoint(i + 1, u)
+                    plc.track_run(i + 1)
             self._was_external = external
             ramp = prm.ramp_rpm_s * dt
             for i in range(n):
@@ -892,7 +894,7 @@ class Plant:
             else:
                 p_shaft = 0.0
             lam = p_shaft / p.motor_rated_power_kw
-            p_in = p_shaft + rated_losses * (f_fix + (1.0 - f_fix) * lam * lam)
+            p_in = p_shaft + rated_losses * (f_fix + (1.0 - f_fix) * lam * lam) if ri > 0 else 0.0
             if s_mot:
                 p_in += s_mot * (0.08 * p_shaft + 0.6)
             p_el = p_in / p.drive_efficiency
@@ -948,7 +950,8 @@ class Plant:
             if effects is not None and effects[7][i]:
                 signal_fault = self._sensor_faults(i, vals, z14, z15, dt, t_new, bad)
             sp = setpoint[i]
-            bits = 1 | ext_bit
+            running = speed[i] > 0.0
+            bits = (1 if running else 0) | ext_bit
             if sp <= prm.min_speed_rpm + 0.5:
                 bits |= 4
             if sp >= prm.max_speed_rpm - 0.5:
@@ -966,6 +969,7 @@ class Plant:
                 tags[nm[rel]] = v
             tags[nm["SpeedSetpoint"]] = sp
             tags[nm["Status"]] = bits
+            tags[f"Pump{i + 1}.Running"] = running
 
         # tank, energy, volume
         if not initial:

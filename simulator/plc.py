@@ -116,6 +116,8 @@ class Plc:
         for name, e in self._entries.items():
             self.values[name] = False if e.type == "bool" else (0.0 if e.type == "float32" else 0)
         self.values["Station.Permissive"] = bool(permissive)
+        for i in range(1, pumps + 1):
+            self.values[f"Pump{i}.RunRequest"] = True  # the pumps run, as they always did
         self._heartbeat_changed_at: float | None = None
         self._ack_set_at: float | None = None
         self._remote_active = False
@@ -162,6 +164,14 @@ class Plc:
     def track_setpoint(self, pump: int, rpm: float) -> None:
         """Setpoint tracking while external control is inactive (bumpless transfer)."""
         self.values[f"Pump{pump}.ExternalSpeedSetpoint"] = float(rpm)
+
+    def run_request(self, pump: int) -> bool:
+        """The run request of a pump (obeyed only in external control)."""
+        return bool(self.values.get(f"Pump{pump}.RunRequest", True))
+
+    def track_run(self, pump: int) -> None:
+        """Out of remote the pumps run under local control: the request tracks it (bumpless)."""
+        self.values[f"Pump{pump}.RunRequest"] = True
 
     def clamp(self, rpm: float) -> float:
         return min(max(rpm, self.min_speed_rpm), self.max_speed_rpm)

@@ -290,6 +290,13 @@ def _pump_entries(i: int) -> list[RegisterEntry]:
            eu_range=(0.0, 10000.0), description="Remaining useful life estimated by the agent"),
         _e(p + "RecommendedSpeed", hr, b + 9, "float32", "ABCD", unit="rpm", access="RW", group="hmi", pump=i,
            eu_range=(0.0, 3000.0), description="Speed recommended by the agent (display only)"),
+        # start/stop: the agent's request and the motor's feedback (the remote-start permissive is
+        # Station.RemoteActive: external control active)
+        _e(p + "RunRequest", "coil", 1 + i, "bool", access="RW", group="control", pump=i,
+           description="Run request from outside: obeyed only while Station.RemoteActive is on (clearing "
+           "it stops the pump, setting it starts it); otherwise tracks the local state (true: running)"),
+        _e(p + "Running", "discrete", 3 + i, "bool", group="status", pump=i,
+           description="Running feedback (speed > 0)"),
         _e(p + "ExternalSpeedSetpoint", hr, b + 20, "float32", "ABCD", unit="rpm", access="RW",
            group="control", pump=i, eu_range=(0.0, 3000.0),
            description="External speed setpoint: applied (clamped) only while permissive is on and the "

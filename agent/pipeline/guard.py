@@ -63,8 +63,11 @@ __all__ = [
     "Mode",
     "Reason",
     "SetpointTarget",
+    "StartStopInputs",
+    "StartStopTarget",
     "max_step",
     "permissive_on",
+    "starts_in_last_hour",
 ]
 
 RATE_WINDOW_S = 60.0
@@ -117,6 +120,41 @@ class SetpointTarget(FrozenModel):
         return self.max_step if self.max_step is not None else self.rate_per_min
 
 
+class StartStopTarget(FrozenModel):
+    """A pump the agent may start and stop, through a request bit of the PLC's logic.
+
+    ``tag`` is a *request* (config purpose ``command``) that the PLC's own start logic obeys only
+    while ``remote_start_tag`` (the PLC's remote-start permissive: local/remote switch, no trip,
+    interlocks made) is true; never the motor's run coil, and never the running feedback. A
+    start or stop is confirmed by ``running_tag`` within ``confirm_timeout_s``; a pump runs at
+    least ``min_run_s`` before the agent stops it and rests ``min_stop_s`` before it starts it
+    again, and starts at most ``max_starts_per_hour`` times in any hour (counted from the audit
+    log, so a restart of the agent does not reset the count).
+    """
+
+    tag: _Tag
+    asset: _Tag
+    running_tag: _Tag
+    remote_start_tag: _Tag
+    confirm_timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 15.0
+    min_run_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 900.0
+    min_stop_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 300.0
+    max_starts_per_hour: Annotated[int, Field(ge=1, le=60)] = 4
+    ttl_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 10.0
+    max_input_age_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 5.0
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Self:
+        if self.tag == self.running_tag:
+            raise ValueError(
+                f"tag {self.tag!r} is the running feedback: the agent writes a start request, "
+                "never the motor's own run coil or its feedback"
+            )
+        if self.tag == self.remote_start_tag or self.running_tag == self.remote_start_tag:
+            raise ValueError("tag, running_tag and remote_start_tag must be three different tags")
+        return self
+
+
 class GuardConfig(FrozenModel):
     """Write-back policy: one global switch, a mode, an allow-list, a permissive, targets."""
 
@@ -129,10 +167,28 @@ class GuardConfig(FrozenModel):
     permissive_tag: _Tag
     """The operator's remote-enable; writes happen only while it is GOOD, true and fresh."""
     targets: list[SetpointTarget] = []
+    start_stop: list[StartStopTarget] = []
+    """Pumps the agent may start and stop (auto mode only)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         allowed = set(self.allow_list)
+        setpoints = {t.tag for t in self.targets}
+        for i, ss in enumerate(self.start_stop):
+            if ss.tag not in allowed:
+                raise ValueError(f"start_stop[{i}].tag {ss.tag!r} is not on allow_list: add it there")
+            if (
+                self.permissive_tag in (ss.tag, ss.running_tag, ss.remote_start_tag)
+                and ss.tag == self.permissive_tag
+            ):
+                raise ValueError(f"start_stop[{i}].tag writes the permissive tag {self.permissive_tag!r}")
+            if ss.running_tag in allowed or ss.remote_start_tag in allowed:
+                raise ValueError(
+                    f"start_stop[{i}]: the running feedback and the remote-start permissive are the PLC's; "
+                    "they must not be on allow_list"
+                )
+            if ss.tag in setpoints:
+                raise ValueError(f"start_stop[{i}].tag {ss.tag!r} is also a setpoint target")
         if self.permissive_tag in allowed:
             raise ValueError(
                 f"permissive_tag {self.permissive_tag!r} must not be on allow_list: "
@@ -300,7 +356,74 @@ class GuardDecision:
         return self.decision.writes
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartStopInputs:
+    """Everything :meth:`Guard.decide_start_stop` decides from (monotonic ``now``; the start
+    history in UTC seconds, from the audit log, so that it survives a restart)."""
+
+    now: float
+    now_utc_s: float
+    recommendation: Recommendation | None
+    permissive: Sample | None
+    remote_start: Sample | None
+    running: Sample | None
+    starts_utc_s: tuple[float, ...]
+    """Confirmed starts (UTC seconds), at least those of the last hour."""
+    started_at_utc_s: float | None
+    """When the running pump was last started (None: unknown, so it is never stopped early)."""
+    stopped_at_utc_s: float | None
+    pending_since: float | None
+    """A request sent and not yet confirmed by the running feedback (monotonic)."""
+    last_confirm_ok: bool
+    model_healthy: bool
+    audit_ok: bool
+    stopping: bool
+
+
 # --------------------------------------------------------------------------- helpers
+
+
+def starts_in_last_hour(starts_utc_s: tuple[float, ...], now_utc_s: float) -> int:
+    """Starts within the hour before ``now_utc_s`` (a start in the future counts: fail closed)."""
+    return sum(1 for s in starts_utc_s if not s <= now_utc_s - 3600.0)
+
+
+def _start_holds(t: StartStopTarget, inputs: StartStopInputs) -> list[str]:
+    """Why a stopped pump may not be started now: remote start, starts per hour, rest time."""
+    holds = []
+    if permissive_on(inputs.remote_start, t.remote_start_tag, t.max_input_age_s, inputs.now) is not None:
+        holds.append(f"{Reason.PERMISSIVE_OFF}: remote start not available ({t.remote_start_tag})")
+    starts = starts_in_last_hour(inputs.starts_utc_s, inputs.now_utc_s)
+    if starts >= t.max_starts_per_hour:
+        holds.append(f"{Reason.RATE_WAIT}: {starts} starts in the last hour (max {t.max_starts_per_hour})")
+    if inputs.stopped_at_utc_s is not None and not inputs.now_utc_s - inputs.stopped_at_utc_s >= t.min_stop_s:
+        holds.append(f"{Reason.RATE_WAIT}: stopped less than {t.min_stop_s:g} s ago")
+    return holds
+
+
+def _stop_holds(t: StartStopTarget, inputs: StartStopInputs) -> list[str]:
+    """Why a running pump may not be stopped now: its minimum run time (unknown start: never)."""
+    started = inputs.started_at_utc_s
+    if started is None or not inputs.now_utc_s - started >= t.min_run_s:
+        return [f"{Reason.RATE_WAIT}: minimum run time {t.min_run_s:g} s not reached"]
+    return []
+
+
+def _bool_of(sample: Sample | None, tag: str, max_age_s: float, now: float) -> bool | None:
+    """A GOOD, fresh boolean sample of ``tag``, else None."""
+    if (
+        sample is None
+        or sample.tag != tag
+        or not sample.quality.is_good
+        or not _fresh(sample.mono, max_age_s, now)
+    ):
+        return None
+    v = sample.value
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int | float) and math.isfinite(v):
+        return v != 0
+    return None
 
 
 def permissive_on(sample: Sample | None, tag: str, max_age_s: float, now: float) -> str | None:
@@ -521,6 +644,75 @@ class Guard:
         assert rec is not None and write_tag is not None  # for mypy: both checked above
         action = Action.WRITE if proposed == rec.value else Action.CLAMP
         return GuardDecision(target, Decision(rec, action, proposed, limit_reasons), write_tag, proposed)
+
+    @property
+    def start_stop(self) -> Mapping[str, StartStopTarget]:
+        """Configured start/stop targets by request tag."""
+        return {t.tag: t for t in self._config.start_stop}
+
+    def decide_start_stop(self, target: str, inputs: StartStopInputs) -> GuardDecision:
+        """Decide whether to set (start) or clear (stop) the request bit ``target``.
+
+        Recommendation value 1 asks the pump to run, 0 to stop. Never raises for any inputs.
+        """
+        rec = inputs.recommendation
+        cfg = self._config
+        t = self.start_stop.get(target)
+        if t is None:
+            return self._reject(target, rec, (f"{Reason.UNKNOWN_TARGET}: {target!r} is not configured",))
+        if rec is not None:
+            bad: list[str] = []
+            if rec.target_tag != t.tag:
+                bad.append(f"{Reason.WRONG_TARGET}: for {rec.target_tag!r}, not {t.tag!r}")
+            if t.tag not in self._allowed:
+                bad.append(f"{Reason.NOT_ALLOWED}: {t.tag!r}")
+            if not isinstance(rec.value, int | float) or rec.value not in (0, 1):
+                bad.append(f"{Reason.NOT_FINITE}: a start/stop request is 0 or 1, got {rec.value!r}")
+            if bad:
+                return self._reject(target, rec, tuple(bad))
+        holds: list[str] = []
+        now = inputs.now
+        if not (math.isfinite(now) and math.isfinite(inputs.now_utc_s)):
+            holds.append(f"{Reason.CLOCK_INVALID}: now={now!r}")
+        if rec is None:
+            holds.append(str(Reason.NO_RECOMMENDATION))
+        if not cfg.writes_enabled:
+            holds.append(str(Reason.WRITES_DISABLED))
+        if cfg.mode != "auto":
+            holds.append(f"{Reason.MODE_SHADOW}: start/stop is written in auto mode only")
+        if inputs.stopping:
+            holds.append(str(Reason.STOPPING))
+        if not inputs.audit_ok:
+            holds.append(str(Reason.AUDIT_UNAVAILABLE))
+        if not inputs.last_confirm_ok:
+            holds.append(
+                f"{Reason.READBACK_MISMATCH}: the last start/stop was not confirmed by {t.running_tag}"
+            )
+        off = permissive_on(inputs.permissive, cfg.permissive_tag, t.max_input_age_s, now)
+        if off is not None:
+            holds.append(off)
+        if not inputs.model_healthy:
+            holds.append(str(Reason.MODEL_UNHEALTHY))
+        if rec is not None and (not rec.inputs_good or _expired(rec, t.ttl_s, now)):
+            holds.append(str(Reason.EXPIRED) if rec.inputs_good else str(Reason.INPUTS_NOT_GOOD))
+        running = _bool_of(inputs.running, t.running_tag, t.max_input_age_s, now)
+        if running is None:
+            holds.append(
+                f"{Reason.READBACK_UNAVAILABLE}: running feedback {t.running_tag} not GOOD and fresh"
+            )
+        if inputs.pending_since is not None:
+            holds.append(f"{Reason.READBACK_PENDING}: waiting for {t.running_tag} to confirm")
+        want = None if rec is None else bool(rec.value)
+        if want is True and running is False:
+            holds += _start_holds(t, inputs)
+        elif want is False and running is True:
+            holds += _stop_holds(t, inputs)
+        elif want is not None and running is not None:
+            holds.append(str(Reason.DEADBAND))  # already as asked
+        if holds or rec is None:
+            return GuardDecision(target, Decision(rec, Action.HOLD, None, tuple(holds)), None, None)
+        value = 1.0 if want else 0.0
+        return GuardDecision(target, Decision(rec, Action.WRITE, value, ()), t.tag, value)
 
     @staticmethod
     def _origin(t: SetpointTarget, inputs: GuardInputs) -> tuple[float | None, str | None]:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Literal
@@ -101,6 +101,9 @@ class RecommenderPump(FrozenModel):
     min_flow_m3h: _NonNeg | None = None
     """Minimum continuous flow at rated speed (the pump datasheet's); None: ``min_flow_fraction``
     of the BEP flow (identified, or the datasheet's)."""
+    start_stop_tag: str | None = None
+    """The request tag of this pump's ``guard.start_stop`` target: the rule may then stop it
+    (an alarmed pump is stopped instead of held at its minimum flow) and start it again."""
 
 
 class RecommenderConfig(FrozenModel):
@@ -285,6 +288,7 @@ class PumpEnergyRule:
         self.curves = self._datasheet
         self._cache: dict[tuple[object, ...], tuple[float, _Plan]] = {}
         self._ranges: dict[tuple[object, ...], tuple[float, float]] = {}
+        self.last_stopped: set[str] = set()  # the assets the last plan stopped
         if station is not None:
             self.use_station(station)
 
@@ -484,6 +488,9 @@ class PumpEnergyRule:
         running = tuple(i for i in range(len(assets)) if i not in idx_unloaded)
         if not running:  # never unload them all
             running, idx_unloaded = tuple(range(len(assets))), ()
+        # an unloaded pump the agent may stop is stopped: no minimum flow to keep
+        stopped = tuple(i for i in idx_unloaded if cfg.pumps[i].start_stop_tag is not None)
+        idx_unloaded = tuple(i for i in idx_unloaded if i not in stopped)
         checked = suction if suction and cfg.npsh3_bep_m is not None else {}  # else unused
         by_idx = {i: checked[a] for i, a in enumerate(assets) if a in checked}
         hs = c.static_head_m + level_m
@@ -502,6 +509,13 @@ class PumpEnergyRule:
             total = hi
             reasons.append("all pumps at maximum speed")
         plan = self._split(total, hs, running, idx_unloaded, by_idx)
+        head = hs + c.system_k * total * total
+        r_all = list(plan.r)
+        for i in stopped:  # when started again: at its minimum-flow speed
+            q_i = self._pinned_flow(i, head)
+            r_all[i] = c.pumps[i].speed_for(q_i, head + c.suction_k * q_i * q_i)
+        plan = replace(plan, r=tuple(r_all))
+        self.last_stopped = {assets[i] for i in stopped}
         speeds = {
             a: min(max(plan.r[i] * c.rated_speed_rpm, m.min_speed_rpm), m.max_speed_rpm)
             for i, a in enumerate(assets)
@@ -525,6 +539,9 @@ class PumpEnergyRule:
         bound = [b for b in plan.bound if "BEP" not in b or not reasons]
         if bound:
             why += "; bound: " + ", ".join(bound)
+        if stopped:
+            names = ", ".join(sorted(assets[i] for i in stopped))
+            why += f"; {names} stopped (alarm: no minimum flow to keep), load on the others"
         if idx_unloaded:
             names = ", ".join(sorted(assets[i] for i in idx_unloaded))
             held = ", ".join(f"{flows[assets[i]]:.1f} m³/h" for i in idx_unloaded)
@@ -555,7 +572,7 @@ class PumpEnergyRule:
         cfg = self.config
         unloaded = [p.asset for p in cfg.pumps if state.severity.get(p.asset, 0) >= cfg.unload_on_severity]
         speeds, _, why = self.plan(state.level_m, state.demand_m3h, unloaded, planned_flow_m3h, state.suction)
-        return [
+        out = [
             Recommendation(
                 target_tag=p.target,
                 value=speeds[p.asset],
@@ -567,6 +584,20 @@ class PumpEnergyRule:
             )
             for p in cfg.pumps
         ]
+        out += [
+            Recommendation(
+                target_tag=p.start_stop_tag,
+                value=0.0 if p.asset in self.last_stopped else 1.0,
+                reason=f"{RULE_NAME}: {why}",
+                model=RULE_NAME,
+                created_mono=now_mono,
+                expires_mono=now_mono + cfg.ttl_s,
+                inputs_good=state.inputs_good,
+            )
+            for p in cfg.pumps
+            if p.start_stop_tag is not None
+        ]
+        return out
 
     def min_flow_m3h(self, asset: str, speed_rpm: float) -> float:
         """The minimum continuous flow the rule keeps ``asset`` above, at a speed."""

@@ -43,9 +43,10 @@ def test_scripted_demo_shows_the_bearing_alarm_and_shifts_load(tmp_path: Path) -
     assert "pump1:bearing_defect" in summary
     assert "HMI pump1: alarm word 0x0000" not in summary  # the alarm is on the HMI word
     assert "HMI pump2: alarm word 0x0000" in summary  # and only on pump 1
-    # the recommendation shifted load: pump 1 toward its minimum, pump 2 above it
+    # the recommendation shifted load: pump 1 to its minimum-flow speed (above the 1,500 rpm at
+    # which it would deliver nothing against the static head), pump 2 above it
     p1 = float(summary.split("last recommendation Pump1.ExternalSpeedSetpoint: ")[1].split(" rpm")[0])
     p2 = float(summary.split("last recommendation Pump2.ExternalSpeedSetpoint: ")[1].split(" rpm")[0])
-    assert p1 == 1500 and p2 > 2000
+    assert 1650 < p1 < 1900 and p2 > 2000
     assert "setpoint writes: 0," not in summary
     assert (tmp_path / ".state" / "demo" / "audit.sqlite").exists()

@@ -92,3 +92,22 @@ def test_a_planned_station_flow_is_followed_within_the_band() -> None:
     # the band still bounds it: a full tank refuses a large planned flow
     full = r.recommend(StationState(4.0, 60, {}, True), 0.0, planned_flow_m3h=200)
     assert full[0].value < more[0].value
+
+
+def test_where_start_stop_is_allowed_an_alarmed_pump_is_stopped_not_held_at_min_flow() -> None:
+    pumps = [
+        RecommenderPump(
+            asset=f"pump{i}", target=f"Pump{i}.ExternalSpeedSetpoint", start_stop_tag=f"Pump{i}.RunRequest"
+        )
+        for i in (1, 2)
+    ]
+    r = PumpEnergyRule(RecommenderConfig(level_tag="l", demand_tag="d", pumps=pumps))
+    recs = {x.target_tag: x for x in r.recommend(StationState(3.0, 120, {"pump1": 3}, True), 0.0)}
+    assert recs["Pump1.RunRequest"].value == 0.0 and recs["Pump2.RunRequest"].value == 1.0
+    assert "pump1 stopped" in recs["Pump2.RunRequest"].reason
+    # its speed setpoint waits at its minimum-flow speed for the next start, never at zero flow
+    held = rule().plan(3.0, 120, ["pump1"])[0]["pump1"]
+    assert recs["Pump1.ExternalSpeedSetpoint"].value > 1600
+    assert abs(recs["Pump1.ExternalSpeedSetpoint"].value - held) < 80
+    healthy = {x.target_tag: x.value for x in r.recommend(StationState(3.0, 120, {}, True), 0.0)}
+    assert healthy["Pump1.RunRequest"] == healthy["Pump2.RunRequest"] == 1.0
