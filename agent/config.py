@@ -25,6 +25,7 @@ import re
 import stat
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -52,6 +53,7 @@ from agent.pipeline.alarms import AlarmsConfig
 from agent.pipeline.detectors import DetectorConfig
 from agent.pipeline.guard import GuardConfig
 from agent.pipeline.policy import RecommenderConfig
+from agent.pipeline.tariff import TariffConfig
 from agent.record import RecordConfig
 
 __all__ = [
@@ -65,6 +67,7 @@ __all__ = [
     "Config",
     "DetectorBinding",
     "Device",
+    "ForecastSection",
     "HmiConfig",
     "ModbusRtuDevice",
     "ModbusTag",
@@ -72,6 +75,8 @@ __all__ = [
     "ModelsStoreConfig",
     "ModelsTrust",
     "Purpose",
+    "RecommenderSection",
+    "ScheduleSection",
     "Secret",
     "check_models",
     "check_paths",
@@ -459,6 +464,41 @@ class ModelsTrust(FrozenModel):
     allow_unsigned: bool = False
 
 
+class ForecastSection(FrozenModel):
+    """``recommender.forecast``: the demand forecast the tariff schedule plans with."""
+
+    bundle: Path | None = None
+    """A forecast bundle (``edge-export forecast``), verified like every model; None: the
+    seasonal-naive forecast from the agent's own hourly history."""
+    temperature_tag: str | None = None
+    holidays: list[date] = []
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        return TariffConfig.check_zone(value)
+
+
+class ScheduleSection(FrozenModel):
+    """``recommender.schedule``: the receding-horizon plan against ``recommender.tariff``."""
+
+    every_s: Annotated[float, Field(ge=10, le=3600)] = 300.0
+    horizon_h: Annotated[int, Field(ge=1, le=72)] = 24
+    reserve_m: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.3
+    """Kept above the bottom of the level band (emergency, fire-fighting)."""
+    level_grid: Annotated[int, Field(ge=11, le=1001)] = 121
+    max_flow_m3h: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 250.0
+
+
+class RecommenderSection(RecommenderConfig):
+    """The recommender with its optional tariff schedule (``tariff`` set turns it on)."""
+
+    tariff: TariffConfig | None = None
+    forecast: ForecastSection = ForecastSection()
+    schedule: ScheduleSection = ScheduleSection()
+
+
 class Config(FrozenModel):
     """The whole agent configuration."""
 
@@ -471,7 +511,7 @@ class Config(FrozenModel):
     alarms: AlarmsConfig = AlarmsConfig()
     hmi: HmiConfig = HmiConfig()
     guard: GuardConfig | None = None
-    recommender: RecommenderConfig | None = None
+    recommender: RecommenderSection | None = None
     audit: AuditConfig | None = None
     record: RecordConfig | None = None
     """Record tags for training while the agent runs (:mod:`agent.record`; absent: off)."""
@@ -576,6 +616,7 @@ class Config(FrozenModel):
         if self.recommender is not None:
             need(("recommender", "level_tag"), self.recommender.level_tag)
             need(("recommender", "demand_tag"), self.recommender.demand_tag)
+            need(("recommender", "forecast", "temperature_tag"), self.recommender.forecast.temperature_tag)
             targets = {t.tag for t in self.guard.targets} if self.guard is not None else set()
             for i, p in enumerate(self.recommender.pumps):
                 if p.asset not in asset_names:

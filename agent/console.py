@@ -200,6 +200,13 @@ def render(
     if view.recommendations:
         first = next(iter(view.recommendations.values()))
         out.append(f"  why: {first.reason[:110]}")
+    if view.plan is not None:
+        p = view.plan
+        out.append(
+            f"  tariff plan: {p.first_flow_m3h:.0f} m³/h now; next 24 h {p.energy_kwh:.0f} kWh "
+            f"({p.specific_energy_kwh_m3:.3f} kWh/m³), {p.cost:.2f} {p.currency}; "
+            f"forecast {p.forecast_source}"
+        )
     out.append("")
     out.append("recent alarm transitions:")
     for a in view.alarms[-6:]:

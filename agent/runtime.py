@@ -51,6 +51,7 @@ import structlog
 
 from agent.config import AgentSection, Config, load_config
 from agent.drivers import make_driver
+from agent.energyplan import PlanStatus, TariffPlanner, load_forecast_bundle
 from agent.errors import AgentError, AuditError, ConfigError, ModelError
 from agent.hmi import HmiWriter, block_values, with_sources
 from agent.inference import LoadContext, ModelRunner, Models
@@ -124,6 +125,7 @@ class AgentView:
     status_word: int = 0
     devices_lost: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # e.g. an OPC UA certificate expiring soon
+    plan: PlanStatus | None = None  # the tariff plan, when recommender.tariff is set
 
 
 class Agent:
@@ -185,6 +187,7 @@ class Agent:
                 log.info("station loaded", station=self.station.ident)
             except (ModelError, ValueError) as exc:  # the datasheet values stay the fallback
                 log.error("station bundle refused; the rule uses the datasheet values", error=str(exc))
+        self.planner = self._build_planner()  # plans on the rule's curves (identified or datasheet)
         self.hmi = HmiWriter(config, self.drivers, self._device_of, clock=clock)
         self.writeback = self._build_writeback() if config.guard is not None else None
         self.start_stop = (
@@ -288,6 +291,16 @@ class Agent:
             check=binding_checker(self.config, self.config_path),
             poll_s=self.config.models_store.poll_s,
         )
+
+    def _build_planner(self) -> TariffPlanner | None:
+        rc = self.config.recommender
+        if rc is None or rc.tariff is None or self.rule is None:
+            return None
+        trust = self.config.models_trust
+        bundle = load_forecast_bundle(
+            rc, self._resolve, [self._resolve(k) for k in trust.public_keys], trust.allow_unsigned
+        )
+        return TariffPlanner(rc, bundle, self.rule)
 
     def _load_station(self) -> StationManifest:
         """The recommender bundle, checked against ``models_trust`` like a model bundle."""
@@ -796,9 +809,23 @@ class Agent:
                 inputs_good=good,
                 suction=suction,
             )
-            for r in self.rule.recommend(state, now):
+            for r in self.rule.recommend(state, now, self._planned_flow(now, state)):
                 recs[r.target_tag] = r
         return WriteInputs(recs, qualities, inputs_mono, self.models.healthy(now))
+
+    def _planned_flow(self, now: float, state: StationState) -> float | None:
+        """The tariff plan's flow for now (None without a tariff): the planner's own unit."""
+        if self.planner is None:
+            return None
+        fc = self.planner.rc.forecast
+        temp = self.table.get(fc.temperature_tag, now) if fc.temperature_tag is not None else None
+        now_utc = utcnow()
+        self.planner.observe(
+            now_utc, state.demand_m3h, temp.as_float() if temp is not None and temp.quality.is_good else None
+        )
+        flow = self.planner.planned_flow(now, now_utc, state.level_m, state.demand_m3h)
+        self.view.plan = self.planner.status
+        return flow
 
     def status_word(self) -> int:
         lost = [

@@ -13,6 +13,8 @@
     edge-export evaluate models/fault-mlp --data rec/ --events events.csv --baseline build/pca
     edge-export all --config configs/export-demo.yaml      # record, train, compress, gate, sign
     edge-export baseline --config configs/export-example.yaml --out build/baselines  # PCA + dynamic PCA
+    edge-export forecast --data rec/*.csv --test unseen/*.csv --config configs/export-forecast.yaml \\
+        --out models/demand-forecast                       # the demand forecast bundle
     edge-export identify --data rec1.csv rec2/ --config configs/demo.yaml --out models/station \
         --key export/keys/dev-ed25519.pem                  # the station's curves: a recommender bundle
 
@@ -89,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--calibrate", nargs="+", default=[], help="normal data: calibrate alert thresholds first")
     e.add_argument("--false-alerts-per-day", type=float, default=1.0, help="calibration target (default 1)")
     e.add_argument("--out", type=Path, default=Path("."), help="directory for evaluation.json (default: .)")
+    f = sub.add_parser("forecast", help="train the demand forecast bundle from recordings")
+    f.add_argument("--data", nargs="+", required=True, type=Path, help="training recordings (CSV)")
+    f.add_argument("--test", nargs="*", default=[], type=Path, help="unseen recordings (default: last days)")
+    f.add_argument("--config", required=True, type=Path)
+    f.add_argument("--out", required=True, type=Path)
+    f.add_argument("--no-sign", action="store_true")
     i = sub.add_parser("identify", help="fit the station's pump and system curves: a recommender bundle")
     i.add_argument(
         "--data", required=True, nargs="+", type=Path, help="recordings (CSV files or directories)"
@@ -275,6 +283,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     out = args.out / "evaluation.json"
     out.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
     print(f"\nwrote {out}")
+def _cmd_forecast(args: argparse.Namespace) -> int:
+    from export.forecast import build_forecast, load_forecast_config
+
+    cfg = load_forecast_config(args.config)
+    if args.no_sign:
+        cfg = cfg.model_copy(update={"key": None})
+    report = build_forecast(cfg, args.data, args.out, test=args.test)
+    print(f"wrote {args.out} ({cfg.name} v{cfg.version}){'; signed' if cfg.key else ''}: {report['summary']}")
     return 0
 
 
@@ -335,6 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_baseline(args)
         if args.cmd == "evaluate":
             return _cmd_evaluate(args)
+        if args.cmd == "forecast":
+            return _cmd_forecast(args)
         if args.cmd == "identify":
             return _cmd_identify(args)
         return _cmd_train(args, every=True)

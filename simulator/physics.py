@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .demand import DemandModel, DemandParams
 from .faults import RUL_SENTINEL_H, Fault, FaultKind, Scenario, ScenarioEvent
 from .plc import Plc
 from .register_map import build_register_map
@@ -127,6 +128,11 @@ class StationParams:
     demand_noise_time_s: float = 600.0
     ambient_mean_c: float = 20.0
     ambient_amplitude_c: float = 5.0  # peak at 15:00
+    demand: DemandParams | None = None
+    """None: the diurnal sine above (every existing scenario is tuned on it). Given: the
+    structured demand of :mod:`simulator.demand` (weekdays, holidays, temperature with fronts,
+    events), its temperature published as Station.AmbientTemp; the shape amplitudes and
+    ambient_* above are then unused."""
     epoch: str = "2024-01-01T06:00:00+00:00"  # wall-clock time of t = 0 (sets the time of day)
     heartbeat_timeout_s: float = 10.0
     ack_pulse_s: float = 5.0
@@ -564,6 +570,11 @@ class Plant:
         self._events: list[ScenarioEvent] = []
         self._event_i = 0
         self.demand_scale = 1.0
+        self.demand_model = (
+            DemandModel(prm.demand, mean_m3h=prm.demand_mean_m3h, epoch=prm.epoch_datetime, seed=self.seed)
+            if prm.demand is not None
+            else None
+        )
         if scenario is not None:
             self.schedule(scenario.events if isinstance(scenario, Scenario) else scenario)
         # state variables
@@ -714,6 +725,8 @@ class Plant:
         return c
 
     def _demand_base(self, t: float) -> float:
+        if self.demand_model is not None:
+            return self.demand_model.demand(t)
         prm = self.params
         h = (self._epoch_hour + t / 3600.0) % 24.0
         shape = (
@@ -751,7 +764,10 @@ class Plant:
         if demand < 0.0:
             demand = 0.0
         hour = (self._epoch_hour + self.t / 3600.0) % 24.0
-        ambient = prm.ambient_mean_c + prm.ambient_amplitude_c * math.sin(2 * math.pi * (hour - 9.0) / 24.0)
+        if self.demand_model is not None:
+            ambient = self.demand_model.temperature(self.t)
+        else:
+            ambient = prm.ambient_mean_c + prm.ambient_amplitude_c * math.sin(2 * math.pi * (hour - 9) / 24)
 
         # PLC scan: external setpoints or own PI on the filtered level
         external = plc.update()

@@ -75,7 +75,7 @@ SCHEMA_VERSION: Literal[1] = 1
 
 MANIFEST_FILE = "manifest.json"
 
-Task = Literal["anomaly", "classifier", "rul", "setpoint"]
+Task = Literal["anomaly", "classifier", "rul", "setpoint", "forecast"]
 Aggregation = Literal["instant", "mean"]
 """How one window row of a role is made from the polled samples (see :class:`InputRole`)."""
 Stat = Literal["mean", "std", "min", "max", "last", "slope"]

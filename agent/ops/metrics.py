@@ -109,6 +109,10 @@ METRICS: dict[str, tuple[str, str]] = {
     "edge_agent_recording_files": ("gauge", "Files in the recording."),
     "edge_agent_recording_rows": ("counter", "Rows in the recording's files."),
     "edge_agent_recording_write_errors": ("counter", "Write errors of the recorder (the first stops it)."),
+    "edge_agent_plan_flow_m3h": ("gauge", "The tariff plan's station flow for now (recommender.tariff)."),
+    "edge_agent_plan_energy_kwh": ("gauge", "The tariff plan's energy over its horizon."),
+    "edge_agent_plan_specific_energy_kwh_per_m3": ("gauge", "The tariff plan's kWh per m³ pumped."),
+    "edge_agent_plan_cost": ("gauge", "The tariff plan's energy cost over its horizon, by currency."),
 }
 
 
@@ -155,6 +159,7 @@ class AgentCollector(Collector):
         yield from self._alarm_metrics()
         yield from self._write_metrics()
         yield from self._recording_metrics()
+        yield from self._plan_metrics()
 
     def _agent_metrics(self) -> Iterator[Metric]:
         a = self._agent
@@ -295,6 +300,20 @@ class AgentCollector(Collector):
             rows.add_metric([], st["rows"])
             errors.add_metric([], st["write_errors"])
         yield from (state, size, files, rows, errors)
+
+
+    def _plan_metrics(self) -> Iterator[Metric]:
+        flow = _gauge("edge_agent_plan_flow_m3h")
+        energy = _gauge("edge_agent_plan_energy_kwh")
+        spec = _gauge("edge_agent_plan_specific_energy_kwh_per_m3")
+        cost = _gauge("edge_agent_plan_cost", "currency")
+        p = self._agent.view.plan
+        if p is not None:
+            flow.add_metric([], p.first_flow_m3h)
+            energy.add_metric([], p.energy_kwh)
+            spec.add_metric([], p.specific_energy_kwh_m3)
+            cost.add_metric([p.currency], p.cost)
+        yield from (flow, energy, spec, cost)
 
 
 def make_registry(agent: Agent) -> CollectorRegistry:

@@ -39,6 +39,7 @@ from agent.types import AlarmState, QualityCode, Sample, utcnow
 
 if TYPE_CHECKING:
     from agent.config import AnyDevice, Config
+    from agent.energyplan import PlanStatus
     from agent.pipeline.alarms import AlarmEngine
     from agent.runtime import Agent
 
@@ -255,6 +256,23 @@ def _model(m: Any, now: float) -> dict[str, Any]:
     }
 
 
+def _plan(p: PlanStatus | None) -> dict[str, Any] | None:
+    """The tariff plan (recommender.tariff), or None."""
+    if p is None:
+        return None
+    return {
+        "made_utc": p.made_utc.isoformat(),
+        "forecast": p.forecast_source,
+        "first_flow_m3h": round(p.first_flow_m3h, 2),
+        "energy_kwh": round(p.energy_kwh, 2),
+        "kwh_per_m3": round(p.specific_energy_kwh_m3, 5) if math.isfinite(p.specific_energy_kwh_m3) else None,
+        "cost": round(p.cost, 2),
+        "currency": p.currency,
+        "feasible": p.feasible,
+        "reason": p.reason,
+    }
+
+
 def status_document(agent: Agent, now: float | None = None) -> dict[str, Any]:
     """Everything `edge-agent status` shows, as JSON-ready data (read from the event loop)."""
     now = agent.clock() if now is None else now
@@ -281,6 +299,7 @@ def status_document(agent: Agent, now: float | None = None) -> dict[str, Any]:
         },
         "devices": [_device(agent, d, now) for d in cfg.devices],
         "models": [_model(m, now) for m in agent.models],
+        "energy_plan": _plan(agent.view.plan),
         "alarms": [
             {
                 "asset": r.asset,
