@@ -35,7 +35,9 @@ class Shift:
 class ShiftingPlant(Plant):
     """The plant with an agent writing speed setpoints through the PLC API at given times."""
 
-    def __init__(self, params: StationParams, seed: int, shifts: Sequence[Shift], scenario: Sequence[ScenarioEvent]):
+    def __init__(
+        self, params: StationParams, seed: int, shifts: Sequence[Shift], scenario: Sequence[ScenarioEvent]
+    ):
         super().__init__(params, seed=seed, scenario=list(scenario))
         self._shifts = sorted(shifts, key=lambda s: s.at_s)
         self._next = 0
@@ -105,7 +107,9 @@ def shift_schedule(seed: int, hours: float) -> list[Shift]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.loadshift", description=__doc__.splitlines()[0] if __doc__ else None)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.loadshift", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     ap.add_argument("--seed", type=int, required=True)
     ap.add_argument("--hours", type=float, required=True)
     ap.add_argument("--out", type=Path, required=True)

@@ -46,7 +46,10 @@ from simulator.physics import StationParams  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "operating_point.json"
 BUILD = ROOT / "build" / "bench" / "operating_point"
-BUNDLES = {"pca-pump (PCA)": ROOT / "models" / "pca-pump", "op-pump (conditioned)": ROOT / "models" / "op-pump"}
+BUNDLES = {
+    "pca-pump (PCA)": ROOT / "models" / "pca-pump",
+    "op-pump (conditioned)": ROOT / "models" / "op-pump",
+}
 SHIFT_SEEDS = tuple(range(501, 508))
 FAULT_SEEDS = (601, 602)
 AFTER_CHANGE_S = 1800.0
@@ -175,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = list(BUNDLES)
     print(f"Operating point: {len(shift_seeds)} load-shift days x 2 healthy pumps (seeds "
           f"{shift_seeds[0]}-{shift_seeds[-1]}), {changes} pump setpoint changes; fault runs seeds "
-          f"{', '.join(map(str, fault_seeds))}, {n_per_kind} episodes per kind per run; alert on/off delay 30 s")
+          f"{', '.join(map(str, fault_seeds))}, {n_per_kind} episodes per kind per run; "
+          "alert on/off delay 30 s")
     print()
     print("| metric | " + " | ".join(names) + " |")
     print("|---|" + "---:|" * len(names))

@@ -7,8 +7,9 @@ mean and reads as a fault. This model first explains every feature by the operat
 monitors only what they do not explain:
 
 1. Regressors ``u``: the window statistics (mean, std) of the operating roles (normalised, as
-   the agent feeds them). Terms: a polynomial of degree ``degree`` in ``u`` (pump affinity laws: head ∝ n²,
-   power ∝ n³, so degree 3 covers the physics with no plant-specific formula).
+   the agent feeds them). Terms: every product of up to ``degree`` means (pump affinity laws:
+   head ∝ n², power ∝ n³, so degree 3 covers the physics with no plant-specific formula), and
+   each other statistic alone and times each mean (a step's spread scales with its level).
 2. Targets ``y``: every other feature (means and standard deviations of the other roles).
 3. ``y_hat = [1, terms(u)] B`` with ``B`` by ridge least squares on normal windows; residuals
    ``r = y - y_hat``.
@@ -53,7 +54,8 @@ def feature_indices(roles: Sequence[str], stats: Sequence[str], operating: Seque
     if "mean" not in stats:
         raise ValueError("an operating-point-conditioned model needs the 'mean' statistic")
     n = len(roles)
-    reg = tuple(s * n + roles.index(r) for s in range(len(stats)) for r in operating)
+    order = [list(stats).index("mean")] + [i for i, s in enumerate(stats) if s != "mean"]
+    reg = tuple(s * n + roles.index(r) for s in order for r in operating)  # the means first
     tgt = tuple(i for i in range(n * len(stats)) if i not in reg)
     return reg, tgt
 
@@ -64,8 +66,16 @@ def _design(x: FloatArray, regressors: Sequence[int], terms: Sequence[tuple[int,
     return np.stack(cols, axis=1)
 
 
-def _terms(p: int, degree: int) -> tuple[tuple[int, ...], ...]:
-    return tuple(t for d in range(1, degree + 1) for t in itertools.combinations_with_replacement(range(p), d))
+def _terms(n_mean: int, n_other: int, degree: int) -> tuple[tuple[int, ...], ...]:
+    """Monomials over the regressors (the first ``n_mean`` are window means): every product of
+    up to ``degree`` means (the affinity laws are polynomials in speed and flow), each other
+    statistic alone and times each mean (a step's spread scales with the level it happens at);
+    no powers of spreads, which extrapolate wildly on the rare windows that hold a step."""
+    means = range(n_mean)
+    poly = [t for d in range(1, degree + 1) for t in itertools.combinations_with_replacement(means, d)]
+    others = [(j,) for j in range(n_mean, n_mean + n_other)]
+    cross = [(i, j) for j in range(n_mean, n_mean + n_other) for i in means]
+    return tuple(poly + others + cross)
 
 
 @dataclass(frozen=True)
@@ -136,14 +146,16 @@ def fit_conditioned(
     regressors: Sequence[int],
     *,
     calibration: npt.ArrayLike,
-    degree: int = 2,
+    n_means: int | None = None,
+    degree: int = 3,
     ridge: float = 1e-6,
     false_alarm_rate: float = 1e-3,
     n_components: int | None = None,
     variance: float | None = None,
 ) -> ConditionedModel:
     """Fit on normal feature vectors ``x[N, F]``; thresholds from ``calibration`` (held-out
-    normal windows). ``regressors``: the feature indices of the operating means."""
+    normal windows). ``regressors``: the feature indices of the operating variables' statistics,
+    the first ``n_means`` (default: all) their window means."""
     xf = np.asarray(x, dtype=np.float64)
     cal = np.asarray(calibration, dtype=np.float64)
     f = xf.shape[1]
@@ -153,7 +165,8 @@ def fit_conditioned(
     if not 1 <= degree <= 4:
         raise ValueError("degree must be 1..4")
     tgt = tuple(i for i in range(f) if i not in reg)
-    terms = _terms(len(reg), degree)
+    nm = len(reg) if n_means is None else n_means
+    terms = _terms(nm, len(reg) - nm, degree)
     a = _design(xf, reg, terms)
     # ridge on the non-intercept terms only: a tiny one, against collinear powers
     gram = a.T @ a + ridge * len(a) * np.diag([0.0] + [1.0] * (a.shape[1] - 1))

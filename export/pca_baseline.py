@@ -595,7 +595,7 @@ def fit(
     false_alarm_rate: float = 1e-3,
     calibration_fraction: float = 0.3,
     operating: Sequence[str] = (),
-    degree: int = 2,
+    degree: int = 3,
 ) -> FitResult:
     """Fit the baseline on recordings of normal operation.
 
@@ -652,6 +652,7 @@ def fit(
             x_fit,
             reg,
             calibration=x_cal,
+            n_means=len(operating),
             degree=degree,
             n_components=n_components,
             variance=variance,
@@ -774,7 +775,7 @@ def _parser() -> argparse.ArgumentParser:
         help="an operating variable (repeat): the model explains the other features by these "
         "roles' window means first and monitors the residuals (export/conditioned.py)",
     )
-    ap.add_argument("--degree", type=int, default=2, help="polynomial degree in the operating variables")
+    ap.add_argument("--degree", type=int, default=3, help="polynomial degree in the operating variables")
     ap.add_argument("--on-delay", type=int, default=3, help="frames, for the --check report")
     ap.add_argument(
         "--provenance",
