@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# run as a script, bench/ comes first on the path and its export.py would shadow the package
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if p and Path(p).resolve() not in (ROOT, ROOT / "bench")]
 
 from bench.loadshift import record, shift_schedule  # noqa: E402
 from simulator.faults import Fault, FaultKind, ScenarioEvent  # noqa: E402

@@ -13,7 +13,10 @@ monitors only what they do not explain:
 2. Targets ``y``: every other feature (means and standard deviations of the other roles).
 3. ``y_hat = [1, terms(u)] B`` with ``B`` by ridge least squares on normal windows; residuals
    ``r = y - y_hat``.
-4. Hotelling T² and SPE of a PCA on the residuals (:func:`export.pca_baseline.fit_pca`:
+4. While the commanded variable moves within the window (a setpoint step: its window standard
+   deviation ``g``), the residuals are divided by their expected width ``sqrt(1 + a g²)``
+   (:func:`fit_gate_gain`), so the few windows that hold a step do not set the thresholds.
+5. Hotelling T² and SPE of a PCA on the residuals (:func:`export.pca_baseline.fit_pca`:
    components by parallel analysis, thresholds as empirical quantiles on held-out calibration
    windows).
 
@@ -36,7 +39,7 @@ from onnx import TensorProto, compose, helper, numpy_helper
 from export.pca_baseline import IR_VERSION, OPSET, PcaModel, fit_pca
 from export.pca_baseline import to_onnx as pca_to_onnx
 
-__all__ = ["ConditionedModel", "feature_indices", "fit_conditioned", "to_onnx"]
+__all__ = ["ConditionedModel", "feature_indices", "fit_conditioned", "fit_gate_gain", "to_onnx"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -66,6 +69,28 @@ def _design(x: FloatArray, regressors: Sequence[int], terms: Sequence[tuple[int,
     return np.stack(cols, axis=1)
 
 
+def _gate_scale(x: FloatArray, gate: int | None, gain: float) -> FloatArray:
+    if gate is None:
+        return np.ones((len(x), 1))
+    out: FloatArray = np.sqrt(1.0 + gain * x[:, gate : gate + 1] ** 2)
+    return out
+
+
+def fit_gate_gain(raw: FloatArray, g: FloatArray) -> float:
+    """``a`` in ``E[mean_j (r_j / s_j)^2 | g] = 1 + a g^2``: how much wider the residuals are while
+    the plant is being moved (``g``: the within-window spread of the commanded variable; ``s_j``:
+    each residual's spread in steady windows, ``g`` below its median). A window that holds a
+    setpoint step is a transient the window statistics cannot fully explain; dividing by the
+    expected width keeps its T² in the steady windows' scale, so thresholds are set by steady
+    operation, not by the steps."""
+    steady = g <= np.median(g)
+    s = np.maximum(raw[steady].std(axis=0), 1e-9)
+    q = np.mean((raw / s) ** 2, axis=1) - 1.0
+    g2 = g * g
+    denom = float(np.sum(g2 * g2))
+    return max(0.0, float(np.sum(g2 * q)) / denom) if denom > 0 else 0.0
+
+
 def _terms(n_mean: int, n_other: int, degree: int) -> tuple[tuple[int, ...], ...]:
     """Monomials over the regressors (the first ``n_mean`` are window means): every product of
     up to ``degree`` means (the affinity laws are polynomials in speed and flow), each other
@@ -87,6 +112,8 @@ class ConditionedModel:
     terms: tuple[tuple[int, ...], ...]  # monomials over the regressors (indices into them)
     coef: FloatArray  # [1 + len(terms), len(targets)], the first row is the intercept
     pca: PcaModel  # on the residuals
+    gate: int | None = None  # feature index of the spread that says the plant was being moved
+    gate_gain: float = 0.0  # residuals are divided by sqrt(1 + gate_gain * x[gate]^2)
 
     @property
     def n_features(self) -> int:
@@ -128,7 +155,7 @@ class ConditionedModel:
         """What the operating variables do not explain: ``y - y_hat``, ``[N, len(targets)]``."""
         xf = np.asarray(x, dtype=np.float64)
         out: FloatArray = xf[:, list(self.targets)] - self.design(xf) @ self.coef
-        return out
+        return out / _gate_scale(xf, self.gate, self.gate_gain)
 
     def scores(self, x: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
         """The numpy reference: (T², SPE) of the residuals, for feature vectors ``[N, F]``."""
@@ -152,10 +179,12 @@ def fit_conditioned(
     false_alarm_rate: float = 1e-3,
     n_components: int | None = None,
     variance: float | None = None,
+    gate: int | None = None,
 ) -> ConditionedModel:
     """Fit on normal feature vectors ``x[N, F]``; thresholds from ``calibration`` (held-out
     normal windows). ``regressors``: the feature indices of the operating variables' statistics,
-    the first ``n_means`` (default: all) their window means."""
+    the first ``n_means`` (default: all) their window means. ``gate``: the feature index of the
+    commanded variable's within-window spread (:func:`fit_gate_gain`), None for no gate."""
     xf = np.asarray(x, dtype=np.float64)
     cal = np.asarray(calibration, dtype=np.float64)
     f = xf.shape[1]
@@ -171,9 +200,14 @@ def fit_conditioned(
     # ridge on the non-intercept terms only: a tiny one, against collinear powers
     gram = a.T @ a + ridge * len(a) * np.diag([0.0] + [1.0] * (a.shape[1] - 1))
     coef = np.linalg.solve(gram, a.T @ xf[:, list(tgt)])
-    def residuals(v: FloatArray) -> FloatArray:
+    def raw(v: FloatArray) -> FloatArray:
         out: FloatArray = v[:, list(tgt)] - _design(v, reg, terms) @ coef
         return out
+
+    gain = 0.0 if gate is None else fit_gate_gain(raw(xf), xf[:, gate])
+
+    def residuals(v: FloatArray) -> FloatArray:
+        return raw(v) / _gate_scale(v, gate, gain)
 
     pca = fit_pca(
         residuals(xf),
@@ -182,7 +216,7 @@ def fit_conditioned(
         n_components=n_components,
         variance=variance,
     )
-    return ConditionedModel(reg, tgt, terms, coef, pca)
+    return ConditionedModel(reg, tgt, terms, coef, pca, gate, gain)
 
 
 def to_onnx(model: ConditionedModel, *, input_name: str = "x", name: str = "conditioned") -> onnx.ModelProto:
@@ -219,8 +253,21 @@ def to_onnx(model: ConditionedModel, *, input_name: str = "x", name: str = "cond
         helper.make_node("Concat", names, ["phi"], axis=1),
         helper.make_node("MatMul", ["phi", "W"], ["phi_w"]),
         helper.make_node("Add", ["phi_w", "b"], ["y_hat"]),
-        helper.make_node("Sub", ["y", "y_hat"], ["r"]),
+        helper.make_node("Sub", ["y", "y_hat"], ["r_raw"]),
     ]
+    if model.gate is None:
+        nodes.append(helper.make_node("Identity", ["r_raw"], ["r"]))
+    else:
+        inits += [const("gate_idx", [model.gate], np.int64), const("gate_gain", model.gate_gain),
+                  const("one", 1.0)]
+        nodes += [
+            helper.make_node("Gather", [input_name, "gate_idx"], ["g"], axis=1),
+            helper.make_node("Mul", ["g", "g"], ["g2"]),
+            helper.make_node("Mul", ["g2", "gate_gain"], ["ag2"]),
+            helper.make_node("Add", ["ag2", "one"], ["width2"]),
+            helper.make_node("Sqrt", ["width2"], ["width"]),
+            helper.make_node("Div", ["r_raw", "width"], ["r"]),
+        ]
     f = model.n_features
     front = helper.make_model(
         helper.make_graph(

@@ -411,8 +411,9 @@ def write_bundle(
                 {}
                 if is_pca
                 else {
-                    "operating_terms": f"polynomial of degree {max(map(len, model.terms))} in "
-                    f"{len(model.regressors)} operating means ({len(model.terms)} terms)",
+                    "operating_terms": f"{len(model.terms)} polynomial terms in the "
+                    f"{len(model.regressors)} operating statistics",
+                    "gate_gain": f"{model.gate_gain:.6g}",
                 }
             ),
             "components": str(model.n_components),
@@ -596,6 +597,7 @@ def fit(
     calibration_fraction: float = 0.3,
     operating: Sequence[str] = (),
     degree: int = 3,
+    gate: bool = False,
 ) -> FitResult:
     """Fit the baseline on recordings of normal operation.
 
@@ -603,7 +605,8 @@ def fit(
     for identical pumps). The last ``calibration_fraction`` of every recording is held out to
     set the thresholds. Per-role normalisation: mean and std of the fitting samples.
     ``operating``: roles that are operating variables; with any, the model is the
-    operating-point-conditioned one (:mod:`export.conditioned`, a polynomial of ``degree``).
+    operating-point-conditioned one (:mod:`export.conditioned`, a polynomial of ``degree``;
+    ``gate``: widen the residuals while the first operating role moves within the window).
     """
     if not 0 < calibration_fraction < 1:
         raise ValueError("calibration_fraction must be in (0, 1)")
@@ -647,13 +650,21 @@ def fit(
     if operating:
         from export.conditioned import feature_indices, fit_conditioned
 
-        reg, _ = feature_indices([r.role for r in roles], features.stats, operating)
+        names = [r.role for r in roles]
+        reg, _ = feature_indices(names, features.stats, operating)
+        # the first operating role is the commanded one (speed): its spread says "being moved"
+        gate_index = (
+            list(features.stats).index("std") * len(names) + names.index(operating[0])
+            if gate and "std" in features.stats
+            else None
+        )
         model = fit_conditioned(
             x_fit,
             reg,
             calibration=x_cal,
             n_means=len(operating),
             degree=degree,
+            gate=gate_index,
             n_components=n_components,
             variance=variance,
             false_alarm_rate=false_alarm_rate,
@@ -775,6 +786,12 @@ def _parser() -> argparse.ArgumentParser:
         help="an operating variable (repeat): the model explains the other features by these "
         "roles' window means first and monitors the residuals (export/conditioned.py)",
     )
+    ap.add_argument(
+        "--gate",
+        action="store_true",
+        help="divide the residuals by their expected width while the first operating role moves "
+        "within the window (tighter thresholds, and a step may then alert: bench/operating_point.py)",
+    )
     ap.add_argument("--degree", type=int, default=3, help="polynomial degree in the operating variables")
     ap.add_argument("--on-delay", type=int, default=3, help="frames, for the --check report")
     ap.add_argument(
@@ -827,6 +844,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             calibration_fraction=args.calibration_fraction,
             operating=args.operating,
             degree=args.degree,
+            gate=args.gate,
         )
         report = check(result, args.check, role_columns, roles, args.on_delay) if args.check else {}
         extra = dict(_key_value(kv) for kv in args.provenance)
