@@ -46,6 +46,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -65,6 +66,9 @@ from agent.modelstore.manifest import (
     WindowSpec,
 )
 from agent.pipeline.features import sliding_windows, window_to_input
+
+if TYPE_CHECKING:
+    from export.conditioned import ConditionedModel
 
 __all__ = [
     "FitResult",
@@ -330,7 +334,7 @@ def _sha256(data: bytes) -> str:
 
 def write_bundle(
     out_dir: str | Path,
-    model: PcaModel,
+    model: PcaModel | ConditionedModel,
     *,
     name: str,
     version: str,
@@ -342,12 +346,17 @@ def write_bundle(
     extra_files: Mapping[str, str] | None = None,
 ) -> Manifest:
     """Write ``model.onnx`` and ``manifest.json`` (with sha256 and size of it and of every
-    ``extra_files`` text file, e.g. a report) into ``out_dir``."""
+    ``extra_files`` text file, e.g. a report) into ``out_dir``. A
+    :class:`export.conditioned.ConditionedModel` is written the same way (same outputs), its
+    provenance says so and its inputs carry ``operating``."""
     from agent.modelstore.manifest import FileHash
+    from export import conditioned
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data = to_onnx(model, name=name).SerializeToString()
+    is_pca = isinstance(model, PcaModel)
+    graph = to_onnx(model, name=name) if is_pca else conditioned.to_onnx(model, name=name)
+    data = graph.SerializeToString()
     files = {}
     for fname, text in (extra_files or {}).items():
         raw = text.encode("utf-8")
@@ -360,7 +369,12 @@ def write_bundle(
         version=version,
         task="anomaly",
         description=description
-        or "PCA monitoring baseline (Hotelling T^2 and SPE) fitted on normal operation",
+        or (
+            "PCA monitoring baseline (Hotelling T^2 and SPE) fitted on normal operation"
+            if is_pca
+            else "Hotelling T^2 and SPE of what the operating variables do not explain "
+            "(operating-point-conditioned PCA)"
+        ),
         window=window,
         inputs=tuple(inputs),
         features=features,
@@ -369,7 +383,8 @@ def write_bundle(
             OutputSpec(
                 name="t2",
                 meaning=f"Hotelling T^2 in the {model.n_components}-component model plane "
-                "(unusual combination of known variations)",
+                + ("" if is_pca else "of the residuals given the operating point ")
+                + "(unusual combination of known variations)",
                 thresholds={"alarm": model.t2_limit},
                 false_alarm_rate=alpha_each,
             ),
@@ -391,7 +406,16 @@ def write_bundle(
         ),
         files=files,
         provenance={
-            "method": "pca",
+            "method": "pca" if is_pca else "conditioned-pca",
+            **(
+                {}
+                if is_pca
+                else {
+                    "operating_terms": f"{len(model.terms)} polynomial terms in the "
+                    f"{len(model.regressors)} operating statistics",
+                    "gate_gain": f"{model.gate_gain:.6g}",
+                }
+            ),
             "components": str(model.n_components),
             "explained_variance": f"{model.explained_variance:.4f}",
             "thresholds": "empirical quantiles on held-out calibration windows, Bonferroni alpha/2 each",
@@ -488,7 +512,7 @@ class RoleSpec:
 class FitResult:
     """What :func:`fit` produced: the model, the roles with normalisation, and the data used."""
 
-    model: PcaModel
+    model: PcaModel | ConditionedModel
     inputs: tuple[InputRole, ...]
     features: FeatureSpec
     window: WindowSpec
@@ -571,12 +595,18 @@ def fit(
     variance: float = 0.95,
     false_alarm_rate: float = 1e-3,
     calibration_fraction: float = 0.3,
+    operating: Sequence[str] = (),
+    degree: int = 3,
+    gate: bool = False,
 ) -> FitResult:
     """Fit the baseline on recordings of normal operation.
 
     ``role_columns``: asset → {role → CSV column}; every asset's windows are pooled (one model
     for identical pumps). The last ``calibration_fraction`` of every recording is held out to
     set the thresholds. Per-role normalisation: mean and std of the fitting samples.
+    ``operating``: roles that are operating variables; with any, the model is the
+    operating-point-conditioned one (:mod:`export.conditioned`, a polynomial of ``degree``;
+    ``gate``: widen the residuals while the first operating role moves within the window).
     """
     if not 0 < calibration_fraction < 1:
         raise ValueError("calibration_fraction must be in (0, 1)")
@@ -607,6 +637,7 @@ def fit(
                 std=float(max(std[i], resolution(samples[:, i]), 1e-6 * abs(float(mean[i])), 1e-12)),
             ),
             training_range=(float(np.nanmin(samples[:, i])), float(np.nanmax(samples[:, i]))),
+            operating=r.role in operating,
         )
         for i, r in enumerate(roles)
     )
@@ -615,13 +646,37 @@ def fit(
     x_cal = _features(cal_segs, window, contract)
     if len(x_fit) < 10 or len(x_cal) < 10:
         raise ValueError(f"too little clean data: {len(x_fit)} fitting and {len(x_cal)} calibration windows")
-    model = fit_pca(
-        x_fit,
-        n_components=n_components,
-        variance=variance,
-        false_alarm_rate=false_alarm_rate,
-        calibration=x_cal,
-    )
+    model: PcaModel | ConditionedModel
+    if operating:
+        from export.conditioned import feature_indices, fit_conditioned
+
+        names = [r.role for r in roles]
+        reg, _ = feature_indices(names, features.stats, operating)
+        # the first operating role is the commanded one (speed): its spread says "being moved"
+        gate_index = (
+            list(features.stats).index("std") * len(names) + names.index(operating[0])
+            if gate and "std" in features.stats
+            else None
+        )
+        model = fit_conditioned(
+            x_fit,
+            reg,
+            calibration=x_cal,
+            n_means=len(operating),
+            degree=degree,
+            gate=gate_index,
+            n_components=n_components,
+            variance=variance,
+            false_alarm_rate=false_alarm_rate,
+        )
+    else:
+        model = fit_pca(
+            x_fit,
+            n_components=n_components,
+            variance=variance,
+            false_alarm_rate=false_alarm_rate,
+            calibration=x_cal,
+        )
     return FitResult(model, inputs, features, window, len(x_fit), len(x_cal))
 
 
@@ -723,6 +778,21 @@ def _parser() -> argparse.ArgumentParser:
         help="combined per-frame false alarm rate (each statistic at half)",
     )
     ap.add_argument("--calibration-fraction", type=float, default=0.3)
+    ap.add_argument(
+        "--operating",
+        action="append",
+        default=[],
+        metavar="ROLE",
+        help="an operating variable (repeat): the model explains the other features by these "
+        "roles' window means first and monitors the residuals (export/conditioned.py)",
+    )
+    ap.add_argument(
+        "--gate",
+        action="store_true",
+        help="divide the residuals by their expected width while the first operating role moves "
+        "within the window (tighter thresholds, and a step may then alert: bench/operating_point.py)",
+    )
+    ap.add_argument("--degree", type=int, default=3, help="polynomial degree in the operating variables")
     ap.add_argument("--on-delay", type=int, default=3, help="frames, for the --check report")
     ap.add_argument(
         "--provenance",
@@ -772,6 +842,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             variance=args.variance,
             false_alarm_rate=args.false_alarm_rate,
             calibration_fraction=args.calibration_fraction,
+            operating=args.operating,
+            degree=args.degree,
+            gate=args.gate,
         )
         report = check(result, args.check, role_columns, roles, args.on_delay) if args.check else {}
         extra = dict(_key_value(kv) for kv in args.provenance)

@@ -19,7 +19,7 @@ BUNDLES = sorted(p.parent for p in (ROOT / "models").glob("*/manifest.json"))
 
 
 def test_the_students_are_shipped() -> None:
-    assert {"pca-pump", "fault-mlp", "ae-pump"} <= {p.name for p in BUNDLES}
+    assert {"pca-pump", "op-pump", "fault-mlp", "ae-pump"} <= {p.name for p in BUNDLES}
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=[p.name for p in BUNDLES])

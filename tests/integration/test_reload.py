@@ -153,7 +153,11 @@ async def test_reload_applies_live_changes_and_refuses_the_rest(tmp_path: Path) 
         assert agent.models[0] is not models[0] and agent.models[0].binding.hold_cycles == 5
         assert all(a is b for a, b in zip(agent.models[1:], models[1:], strict=True))  # windows kept
         assert lines[1] == "pca-pump: installed pca-pump v1 (new binding)"
-        assert lines[2:] == ["fault-mlp: unchanged (fault-mlp v1)", "rul-bearing: unchanged (rul-bearing v1)"]
+        assert lines[2:] == [
+            "fault-mlp: unchanged (fault-mlp v1)",
+            "rul-bearing: unchanged (rul-bearing v1)",
+            "op-pump: unchanged (op-pump v1)",
+        ]
 
         # a Guard setting: refused as a whole, even with a live change beside it
         kept = agent.config

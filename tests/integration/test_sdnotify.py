@@ -178,7 +178,7 @@ async def test_ready_watchdog_status_and_stopping_from_a_real_agent(tmp_path: Pa
             gaps = [b - a for a, b in itertools.pairwise(pings)]
             assert max(gaps) < 1.5, gaps
             statuses = [f for _, f in ns.fields() if f.startswith("STATUS=")]
-            assert any("1/1 devices connected" in s and "3/3 models healthy" in s for s in statuses), statuses
+            assert any("1/1 devices connected" in s and "4/4 models healthy" in s for s in statuses), statuses
             assert all(a != b for a, b in itertools.pairwise(statuses))  # sent when it changes
             assert await stop(proc) == 0
         assert ns.has("STOPPING=1"), [f for _, f in ns.fields()]

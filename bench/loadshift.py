@@ -1,0 +1,124 @@
+"""Recordings of the embedded plant with the agent's load shifts: speed setpoints written through
+the PLC API (permissive, heartbeat, ``PumpN.ExternalSpeedSetpoint``, the PLC's own rules), as the
+pump-energy rule moves the load. A helper of ``bench/operating_point.py`` and of
+``models/build.sh`` (the operating-point model must see the operating envelope it will run in).
+
+    python -m bench.loadshift --seed 1 --hours 48 --out build/recordings/shift-s1.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from simulator.faults import ScenarioEvent
+from simulator.physics import Plant, StationParams
+from simulator.recorder import _wide, _Writer
+
+__all__ = ["Shift", "ShiftingPlant", "main", "record", "shift_schedule"]
+
+
+@dataclass(frozen=True)
+class Shift:
+    """At ``at_s`` write these external speed setpoints (pump → rpm); ``None``: give control back
+    to the PLC (permissive off)."""
+
+    at_s: float
+    speeds: dict[int, float] | None
+
+
+class ShiftingPlant(Plant):
+    """The plant with an agent writing speed setpoints through the PLC API at given times."""
+
+    def __init__(
+        self, params: StationParams, seed: int, shifts: Sequence[Shift], scenario: Sequence[ScenarioEvent]
+    ):
+        super().__init__(params, seed=seed, scenario=list(scenario))
+        self._shifts = sorted(shifts, key=lambda s: s.at_s)
+        self._next = 0
+        self._remote = False
+        self._beat = 0
+        self._beat_at = -math.inf
+
+    def step(self, dt: float) -> None:
+        while self._next < len(self._shifts) and self._shifts[self._next].at_s <= self.t + 1e-9:
+            s = self._shifts[self._next]
+            self._next += 1
+            if s.speeds is None:
+                self.plc.write("Station.Permissive", False)
+                self._remote = False
+                continue
+            if not self._remote:
+                self.plc.write("Station.Permissive", True)
+                self._remote = True
+            self._heartbeat()
+            for pump, rpm in s.speeds.items():
+                self.plc.write(f"Pump{pump}.ExternalSpeedSetpoint", float(rpm))
+        if self._remote and self.t - self._beat_at >= 2.0:
+            self._heartbeat()
+        super().step(dt)
+
+    def _heartbeat(self) -> None:
+        self._beat = (self._beat + 1) % 65536
+        self._beat_at = self.t
+        self.plc.write("Station.AgentHeartbeat", self._beat)
+
+
+def record(
+    path: Path, *, seed: int, hours: float, shifts: Sequence[Shift] = (), events: Sequence[ScenarioEvent] = ()
+) -> Path:
+    """A wide CSV at 1 s (the simulator's own recording format) of a run with ``shifts``."""
+    plant = ShiftingPlant(StationParams(pumps=2), seed, shifts, events)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        _wide(plant, _Writer(fh), round(hours * 3600), 1, 1.0, 1.0)
+    return path
+
+
+def shift_schedule(seed: int, hours: float) -> list[Shift]:
+    """Every 3 h from 1 h on, for 1 h, one of the moves the agent's pump-energy rule makes
+    (agent/pipeline/policy.py): unload one pump to the PLC's minimum speed while the other
+    carries the flow, move ``delta`` rpm of speed from one pump to the other, or run both at
+    one common speed; then control goes back to the PLC."""
+    rng = np.random.default_rng(seed)
+    out: list[Shift] = []
+    t = 3600.0
+    while t + 3600.0 <= hours * 3600.0:
+        kind = int(rng.integers(0, 3))
+        up = int(rng.integers(1, 3))
+        if kind == 0:  # unload: a pump to its minimum speed, the other carries the flow
+            speeds = {up: float(rng.uniform(2300.0, 2900.0)), 3 - up: 1500.0}
+        elif kind == 1:  # move speed from one pump to the other
+            delta = float(rng.uniform(300.0, 700.0))
+            base = float(rng.uniform(1950.0, 2250.0))
+            speeds = {up: min(base + delta / 2, 2900.0), 3 - up: max(base - delta / 2, 1500.0)}
+        else:  # both at one speed (the rule's energy optimum moves with the level and demand)
+            v = float(rng.uniform(1800.0, 2600.0))
+            speeds = {1: v, 2: v}
+        out.append(Shift(t, speeds))
+        out.append(Shift(t + 3600.0, None))
+        t += 3 * 3600.0
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.loadshift", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    ap.add_argument("--seed", type=int, required=True)
+    ap.add_argument("--hours", type=float, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    shifts = shift_schedule(args.seed, args.hours)
+    record(args.out, seed=args.seed, hours=args.hours, shifts=shifts)
+    print(f"wrote {args.out}: {args.hours:g} h, seed {args.seed}, {len(shifts) // 2} load shifts")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
