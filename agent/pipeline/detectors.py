@@ -17,6 +17,10 @@ Scores are in the units of each detector's threshold, and ``outlier`` is ``score
   ``z_t = lam * x_t + (1 - lam) * z_{t-1}`` starts at that mean, and the score is
   ``|z_t - mean| / sigma_z(t)`` with the exact (time-varying) EWMA sigma; the threshold is
   ``L`` (3).
+* ``stuck``: a frozen sensor (a value that stopped changing: a live measurement always carries
+  noise). The score is 1 when this value and the previous ``window`` good values all lie within
+  ``tolerance`` of each other (max − min), else 0; the threshold is 0.5. A quantised or truly
+  constant signal needs a ``window`` longer than its natural runs, or another detector.
 
 Every value is scored against the history *before* it, then added to it (outliers too, so a
 lasting step is absorbed rather than flagged forever). Until a detector is ready, scores are NaN
@@ -49,6 +53,8 @@ __all__ = [
     "IqrDetector",
     "Sigma3Config",
     "Sigma3Detector",
+    "StuckConfig",
+    "StuckDetector",
     "make_detector",
     "parse_detector_config",
 ]
@@ -91,13 +97,22 @@ class EwmaConfig(FrozenModel):
     min_scale: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
 
 
-DetectorConfig = Annotated[Sigma3Config | IqrConfig | EwmaConfig, Field(discriminator="kind")]
-"""A detector's config section, chosen by ``kind``: ``sigma3`` | ``iqr`` | ``ewma``."""
+class StuckConfig(FrozenModel):
+    """A frozen value: ``window`` + 1 good values in a row within ``tolerance`` of each other."""
 
-_ADAPTER: TypeAdapter[Sigma3Config | IqrConfig | EwmaConfig] = TypeAdapter(DetectorConfig)
+    kind: Literal["stuck"] = "stuck"
+    window: Annotated[int, Field(ge=2, le=100_000)] = 30
+    tolerance: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
 
 
-def parse_detector_config(data: object) -> Sigma3Config | IqrConfig | EwmaConfig:
+AnyDetectorConfig = Sigma3Config | IqrConfig | EwmaConfig | StuckConfig
+DetectorConfig = Annotated[AnyDetectorConfig, Field(discriminator="kind")]
+"""A detector's config section, chosen by ``kind``: ``sigma3`` | ``iqr`` | ``ewma`` | ``stuck``."""
+
+_ADAPTER: TypeAdapter[AnyDetectorConfig] = TypeAdapter(DetectorConfig)
+
+
+def parse_detector_config(data: object) -> AnyDetectorConfig:
     """Validate a mapping (e.g. from YAML) into the config model its ``kind`` names."""
     return _ADAPTER.validate_python(data)
 
@@ -139,12 +154,14 @@ class Detector(Protocol):
         ...
 
 
-def make_detector(cfg: Sigma3Config | IqrConfig | EwmaConfig) -> Detector:
+def make_detector(cfg: AnyDetectorConfig) -> Detector:
     """The detector a config section describes."""
     if isinstance(cfg, Sigma3Config):
         return Sigma3Detector(cfg)
     if isinstance(cfg, IqrConfig):
         return IqrDetector(cfg)
+    if isinstance(cfg, StuckConfig):
+        return StuckDetector(cfg)
     return EwmaDetector(cfg)
 
 
@@ -228,6 +245,20 @@ class _WindowDetector:
         with np.errstate(invalid="ignore"):
             outliers = scores > self._threshold
         return scores, outliers
+
+
+class StuckDetector(_WindowDetector):
+    """A frozen sensor: 1 when the value and the previous window span no more than ``tolerance``."""
+
+    def __init__(self, cfg: StuckConfig) -> None:
+        super().__init__(cfg.window, 0.5, 0.0)
+        self._tolerance = cfg.tolerance
+
+    def _score_windows(self, windows: FloatArray, targets: FloatArray) -> FloatArray:
+        hi: FloatArray = np.maximum(windows.max(axis=1), targets)
+        lo: FloatArray = np.minimum(windows.min(axis=1), targets)
+        out: FloatArray = (hi - lo <= self._tolerance).astype(np.float64)
+        return out
 
 
 class Sigma3Detector(_WindowDetector):

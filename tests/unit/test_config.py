@@ -126,4 +126,4 @@ def test_detector_source_must_be_a_value_or_a_model_output() -> None:
     bad = base + "      - {name: d, source: nope, detector: {kind: sigma3}}\n"
     assert "x.yaml:11 assets[0].detectors[0].source: 'nope' is neither" in _errors(bad)
     out = _errors(base + "      - {name: d, source: vib, detector: {kind: x}}\n")
-    assert out == "x.yaml:11 assets[0].detectors[0].detector: unknown kind 'x'; must be one of sigma3, iqr, ewma"
+    assert out == "x.yaml:11 assets[0].detectors[0].detector: unknown kind 'x'; must be one of sigma3, iqr, ewma, stuck"

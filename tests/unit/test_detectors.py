@@ -205,3 +205,40 @@ def test_config_is_discriminated_on_kind() -> None:
         parse_detector_config({"kind": "ewma", "lam": 0.0})
     with pytest.raises(ValueError, match="1-D"):
         make_detector(cfg).batch(np.zeros((2, 2)))
+
+
+# --------------------------------------------------------------------------- stuck
+
+
+def test_stuck_flags_a_frozen_sensor_after_its_window_and_is_quiet_on_noise() -> None:
+    from agent.pipeline.detectors import StuckConfig
+
+    rng = np.random.default_rng(3)
+    live = 5.0 + 0.01 * rng.standard_normal(500)  # a live pressure: always a little noise
+    frozen = np.full(200, live[-1])  # the transmitter freezes at its last value
+    det = make_detector(StuckConfig(window=30))
+    _, outliers = det.batch(np.concatenate([live, frozen]))
+    assert not outliers[:500].any()
+    first = int(np.flatnonzero(outliers)[0])
+    assert first == 500 + 29  # 30 values after the last live one equal it: window + 1 in a row
+    assert outliers[first:].all()
+    # a quantised signal that repeats in shorter runs than the window is not stuck
+    steps = np.repeat(np.arange(100.0), 10)
+    assert not make_detector(StuckConfig(window=30)).batch(steps)[1].any()
+    # tolerance: a frozen value with last-digit flicker is still frozen
+    flicker = 7.0 + 0.001 * (np.arange(100) % 2)
+    assert make_detector(StuckConfig(window=20, tolerance=0.002)).batch(flicker)[1][-1]
+    assert not make_detector(StuckConfig(window=20, tolerance=0.0)).batch(flicker)[1].any()
+
+
+def test_stuck_batch_equals_loop_and_bad_input_is_ignored() -> None:
+    from agent.pipeline.detectors import StuckConfig
+
+    xs = np.concatenate([np.arange(20.0), np.full(15, 3.0), [np.nan, None], np.full(5, 3.0)]).astype(float)
+    det = make_detector(StuckConfig(window=10))
+    loop_out = [det.update(float(x) if np.isfinite(x) else None) for x in xs]
+    b_scores, b_outliers = make_detector(StuckConfig(window=10)).batch(xs)
+    assert [r.outlier for r in loop_out] == b_outliers.tolist()
+    assert np.allclose([r.score for r in loop_out], b_scores, equal_nan=True)
+    # the NaNs do not break the run: 15 + 5 equal good values, the last ones flagged
+    assert b_outliers[-1] and not b_outliers[35] and np.isnan(b_scores[35])
