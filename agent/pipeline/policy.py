@@ -572,28 +572,20 @@ class PumpEnergyRule:
         cfg = self.config
         unloaded = [p.asset for p in cfg.pumps if state.severity.get(p.asset, 0) >= cfg.unload_on_severity]
         speeds, _, why = self.plan(state.level_m, state.demand_m3h, unloaded, planned_flow_m3h, state.suction)
-        out = [
-            Recommendation(
-                target_tag=p.target,
-                value=speeds[p.asset],
+        def recommend(tag: str, value: float) -> Recommendation:
+            return Recommendation(
+                target_tag=tag,
+                value=value,
                 reason=f"{RULE_NAME}: {why}",
                 model=RULE_NAME,
                 created_mono=now_mono,
                 expires_mono=now_mono + cfg.ttl_s,
                 inputs_good=state.inputs_good,
             )
-            for p in cfg.pumps
-        ]
+
+        out = [recommend(p.target, speeds[p.asset]) for p in cfg.pumps]
         out += [
-            Recommendation(
-                target_tag=p.start_stop_tag,
-                value=0.0 if p.asset in self.last_stopped else 1.0,
-                reason=f"{RULE_NAME}: {why}",
-                model=RULE_NAME,
-                created_mono=now_mono,
-                expires_mono=now_mono + cfg.ttl_s,
-                inputs_good=state.inputs_good,
-            )
+            recommend(p.start_stop_tag, 0.0 if p.asset in self.last_stopped else 1.0)
             for p in cfg.pumps
             if p.start_stop_tag is not None
         ]
