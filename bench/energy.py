@@ -40,9 +40,8 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if p != str(ROOT)]
 
 from agent.config import load_config  # noqa: E402
 from agent.modelstore.station import StationManifest  # noqa: E402
-from agent.pipeline.guard import Guard, GuardConfig, GuardInputs, SetpointTarget  # noqa: E402
 from agent.pipeline.policy import PumpEnergyRule, RecommenderConfig, StationState  # noqa: E402
-from agent.types import Quality, Sample, utcnow  # noqa: E402
+from bench.closed_loop import guard_step, station_guard  # noqa: E402
 from export.identify import identify  # noqa: E402
 from simulator.physics import Plant, StationParams  # noqa: E402
 from simulator.recorder import record  # noqa: E402
@@ -50,34 +49,6 @@ from simulator.recorder import record  # noqa: E402
 CONFIG = ROOT / "configs" / "demo.yaml"
 RESULTS = ROOT / "bench" / "results" / "energy.json"
 ALLOWED_BELOW_MIN_FLOW_S = 60.0
-
-
-def _guard(pumps: int) -> Guard:
-    targets = [
-        SetpointTarget(
-            tag=f"Pump{i}.ExternalSpeedSetpoint",
-            min=1500,
-            max=2950,
-            rate_per_min=600,
-            deadband=5,
-            ttl_s=30,
-            max_input_age_s=30,
-        )
-        for i in range(1, pumps + 1)
-    ]
-    return Guard(
-        GuardConfig(
-            writes_enabled=True,
-            mode="auto",
-            permissive_tag="Station.Permissive",
-            allow_list=[t.tag for t in targets],
-            targets=targets,
-        )
-    )
-
-
-def _good(tag: str, value: float | bool, t: float) -> Sample:
-    return Sample(tag, value, Quality.good(), utcnow(), t)
 
 
 def run(
@@ -94,7 +65,7 @@ def run(
     params = replace(StationParams(), max_step_s=dt)
     plant = Plant(params, seed=seed, permissive=True, variant_seed=variant)
     rule = PumpEnergyRule(rc, station) if drive == "rule" else None
-    guard = _guard(plant.pumps)
+    guard = station_guard([f"Pump{i}.ExternalSpeedSetpoint" for i in range(1, plant.pumps + 1)], ttl_s=30)
     last_write: dict[str, float] = {}
     lo, hi = math.inf, -math.inf
     below = [0.0] * plant.pumps
@@ -138,26 +109,7 @@ def run(
         for r in recs.values():
             why = r.reason.split("; bound: ")[-1] if "; bound: " in r.reason else "none"
             reasons[why] = reasons.get(why, 0) + 1
-        for target in guard.targets:
-            d = guard.decide(
-                target,
-                GuardInputs(
-                    now=t,
-                    recommendation=recs.get(target),
-                    permissive=_good("Station.Permissive", bool(tags["Station.Permissive"]), t),
-                    readback=_good(target, float(tags[target]), t),
-                    input_qualities={rc.level_tag: Quality.good(), rc.demand_tag: Quality.good()},
-                    inputs_mono=t,
-                    model_healthy=True,
-                    audit_ok=True,
-                    stopping=False,
-                    last_verify_ok=True,
-                    last_write_at=last_write.get(target),
-                ),
-            )
-            if d.writes and d.write_tag is not None and d.applied_value is not None:
-                plant.plc.write(d.write_tag, d.applied_value)
-                last_write[target] = t
+        guard_step(guard, plant, recs, t, last_write, (rc.level_tag, rc.demand_tag))
     return {
         "kwh_per_m3": plant.energy_kwh / plant.volume_m3,
         "energy_kwh": plant.energy_kwh,

@@ -65,11 +65,10 @@ from agent.energyplan import TariffPlanner  # noqa: E402
 from agent.modelstore.bundle import Bundle, load_bundle  # noqa: E402
 from agent.pipeline.features import window_to_input  # noqa: E402
 from agent.pipeline.forecast import forecast_window  # noqa: E402
-from agent.pipeline.guard import Guard, GuardConfig, GuardInputs, SetpointTarget  # noqa: E402
 from agent.pipeline.policy import PumpEnergyRule, PumpStationModel, RecommenderPump, StationState  # noqa: E402
 from agent.pipeline.schedule import PowerTable, TankBand, plan  # noqa: E402
 from agent.pipeline.tariff import TariffConfig  # noqa: E402
-from agent.types import Quality, Sample, utcnow  # noqa: E402
+from bench.closed_loop import guard_step, station_guard  # noqa: E402
 from simulator import Plant, StationParams  # noqa: E402
 from simulator.demand import DemandModel, DemandParams, hourly_series, write_recording  # noqa: E402
 
@@ -107,26 +106,6 @@ def _section(tariff: bool) -> RecommenderSection:
     if tariff:
         data["tariff"] = TARIFF.model_dump(by_alias=True)
     return RecommenderSection.model_validate(data)
-
-
-def _guard() -> Guard:
-    targets = [
-        SetpointTarget(tag=t, min=1500, max=2950, rate_per_min=600, deadband=5, ttl_s=10, max_input_age_s=10)
-        for t in TARGETS
-    ]
-    return Guard(
-        GuardConfig(
-            writes_enabled=True,
-            mode="auto",
-            permissive_tag="Station.Permissive",
-            allow_list=list(TARGETS),
-            targets=targets,
-        )
-    )
-
-
-def _sample(tag: str, value: float | bool, t: float) -> Sample:
-    return Sample(tag, value, Quality.good(), utcnow(), t)
 
 
 @dataclass
@@ -194,7 +173,7 @@ def _simulate(
 
 
 def _rule_controller(rule: PumpEnergyRule, planner: TariffPlanner | None) -> Controller:
-    guard = _guard()
+    guard = station_guard(TARGETS, ttl_s=10)
     last_write: dict[str, float] = {}
 
     def control(plant: Plant, t: float) -> None:
@@ -208,29 +187,7 @@ def _rule_controller(rule: PumpEnergyRule, planner: TariffPlanner | None) -> Con
             planner.observe(now_utc, state.demand_m3h, float(tags["Station.AmbientTemp"]))
             planned = planner.planned_flow(t, now_utc, state.level_m, state.demand_m3h)
         recs = {r.target_tag: r for r in rule.recommend(state, t, planned)}
-        for target in guard.targets:
-            d = guard.decide(
-                target,
-                GuardInputs(
-                    now=t,
-                    recommendation=recs.get(target),
-                    permissive=_sample("Station.Permissive", bool(tags["Station.Permissive"]), t),
-                    readback=_sample(target, float(tags[target]), t),
-                    input_qualities={
-                        "Station.TankLevel": Quality.good(),
-                        "Station.OutletFlow": Quality.good(),
-                    },
-                    inputs_mono=t,
-                    model_healthy=True,
-                    audit_ok=True,
-                    stopping=False,
-                    last_verify_ok=True,
-                    last_write_at=last_write.get(target),
-                ),
-            )
-            if d.writes and d.write_tag is not None and d.applied_value is not None:
-                plant.plc.write(d.write_tag, d.applied_value)
-                last_write[target] = t
+        guard_step(guard, plant, recs, t, last_write)
 
     return control
 

@@ -13,36 +13,14 @@ from __future__ import annotations
 
 import math
 
-from agent.pipeline.guard import Guard, GuardConfig, GuardInputs, SetpointTarget
 from agent.pipeline.policy import PumpEnergyRule, RecommenderConfig, RecommenderPump, StationState
-from agent.types import Quality, Sample, utcnow
+from bench.closed_loop import guard_step, station_guard
 from simulator import Plant
 
 HOURS = 24
 DT = 1.0
 SEED = 11
 PUMPS = ("Pump1", "Pump2")
-
-
-def _guard() -> Guard:
-    targets = [
-        SetpointTarget(tag=f"{p}.ExternalSpeedSetpoint", min=1500, max=2950, rate_per_min=600, deadband=5, ttl_s=5, max_input_age_s=5)
-        for p in PUMPS
-    ]
-    return Guard(
-        GuardConfig(
-            writes_enabled=True,
-            mode="auto",
-            permissive_tag="Station.Permissive",
-            allow_list=[t.tag for t in targets],
-            targets=targets,
-        )
-    )
-
-
-def _sample(tag: str, value: float | bool, t: float) -> Sample:
-    ok = not (isinstance(value, float) and math.isnan(value))
-    return Sample(tag, value, Quality.good() if ok else Quality.bad("no valid value"), utcnow(), t)
 
 
 def _run(drive: str) -> tuple[float, float, float]:
@@ -55,7 +33,7 @@ def _run(drive: str) -> tuple[float, float, float]:
             pumps=[RecommenderPump(asset=p.lower(), target=f"{p}.ExternalSpeedSetpoint") for p in PUMPS],
         )
     )
-    guard = _guard()
+    guard = station_guard([f"{p}.ExternalSpeedSetpoint" for p in PUMPS], ttl_s=5)
     last_write: dict[str, float] = {}
     lo, hi = math.inf, -math.inf
     heartbeat = 0
@@ -78,26 +56,7 @@ def _run(drive: str) -> tuple[float, float, float]:
             r.target_tag: r
             for r in rule.recommend(StationState(level if good else None, demand if good else None, {}, good), t)
         }
-        for target in guard.targets:
-            d = guard.decide(
-                target,
-                GuardInputs(
-                    now=t,
-                    recommendation=recs.get(target),
-                    permissive=_sample("Station.Permissive", bool(tags["Station.Permissive"]), t),
-                    readback=_sample(target, float(tags[target]), t),
-                    input_qualities={"Station.TankLevel": Quality.good(), "Station.OutletFlow": Quality.good()},
-                    inputs_mono=t,
-                    model_healthy=True,
-                    audit_ok=True,
-                    stopping=False,
-                    last_verify_ok=True,
-                    last_write_at=last_write.get(target),
-                ),
-            )
-            if d.writes and d.write_tag is not None and d.applied_value is not None:
-                plant.plc.write(d.write_tag, d.applied_value)
-                last_write[target] = t
+        guard_step(guard, plant, recs, t, last_write)
     return plant.energy_kwh / plant.volume_m3, lo, hi
 
 

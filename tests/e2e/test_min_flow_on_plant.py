@@ -14,35 +14,15 @@ from __future__ import annotations
 
 import math
 
-from agent.pipeline.guard import Guard, GuardConfig, GuardInputs, SetpointTarget
 from agent.pipeline.policy import PumpEnergyRule, RecommenderConfig, RecommenderPump, StationState
-from agent.types import Quality, Sample, utcnow
+from bench.closed_loop import guard_step, station_guard
 from simulator import Plant
 
 PUMPS = ("Pump1", "Pump2")
 
 
 def test_an_unloaded_pump_never_runs_below_its_minimum_flow() -> None:
-    targets = [
-        SetpointTarget(
-            tag=f"{p}.ExternalSpeedSetpoint",
-            min=1500,
-            max=2950,
-            rate_per_min=600,
-            deadband=5,
-            max_input_age_s=5,
-        )
-        for p in PUMPS
-    ]
-    guard = Guard(
-        GuardConfig(
-            writes_enabled=True,
-            mode="auto",
-            permissive_tag="Station.Permissive",
-            allow_list=[t.tag for t in targets],
-            targets=targets,
-        )
-    )
+    guard = station_guard([f"{p}.ExternalSpeedSetpoint" for p in PUMPS], ttl_s=5)
     rule = PumpEnergyRule(
         RecommenderConfig(
             level_tag="Station.TankLevel",
@@ -69,27 +49,7 @@ def test_an_unloaded_pump_never_runs_below_its_minimum_flow() -> None:
             )
         }
         reasons.add(recs["Pump2.ExternalSpeedSetpoint"].reason.split("; ")[-1])
-        for target in guard.targets:
-            good = Quality.good()
-            d = guard.decide(
-                target,
-                GuardInputs(
-                    now=t,
-                    recommendation=recs[target],
-                    permissive=Sample("Station.Permissive", True, good, utcnow(), t),
-                    readback=Sample(target, float(tags[target]), good, utcnow(), t),
-                    input_qualities={"Station.TankLevel": good, "Station.OutletFlow": good},
-                    inputs_mono=t,
-                    model_healthy=True,
-                    audit_ok=True,
-                    stopping=False,
-                    last_verify_ok=True,
-                    last_write_at=last.get(target),
-                ),
-            )
-            if d.writes and d.write_tag is not None and d.applied_value is not None:
-                plant.plc.write(d.write_tag, d.applied_value)
-                last[target] = t
+        guard_step(guard, plant, recs, t, last)
         if t > 120:  # after the drive ramps to the recommendation
             flows.append(plant.q[0] / plant.min_flow_m3h(1, plant.speed[0]))
             lo, hi = min(lo, plant.level), max(hi, plant.level)

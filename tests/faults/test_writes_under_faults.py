@@ -13,7 +13,11 @@ replies and corrupts a data byte of them, with a clean spell between faults. The
   just before it (the PLC's own record; its own control may have moved it in between) by no
   more than the rate allows since the previous write (the plant's simulated time, scaled back);
 * while the link was dead (half-open, replies dropped or late), at most the one write already
-  on its way reached the plant per target; once the link was back, writes resumed.
+  on its way reached the plant per target; once the link was back, writes resumed;
+* a link that corrupts the same byte of every reply, once the agent has verified a write since it
+  regained control, moves nothing: the confirmed but foreign value holds the target ("moved by
+  another writer"). Right after a loss of control (before any verified write) such a lie cannot
+  be told from the PLC's own tracking by any reader: that case is not claimed.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import pytest
 
 from simulator import Plant, serve
 from simulator.faults import load_scenario
-from tests.e2e.plant_fixtures import modbus_test_config, running_agent
+from tests.e2e.plant_fixtures import modbus_test_config, running_agent, wait_until
 from tests.e2e.test_writeback_on_plant import RATE_PER_S, TARGETS, audit_rows_before
 from tests.faults.proxy import Fault, FaultProxy
 
@@ -57,6 +61,17 @@ async def test_writes_through_a_faulty_link_are_audited_good_and_rate_limited(tm
         async with running_agent(cfg) as running:
             await asyncio.sleep(CLEAN_S + 4)  # origins confirmed, the demo's first moves made
             for name, fault, is_dead in FAULTS:
+                if name == "corrupted data":
+                    # A link that lies the same way on every reply cannot be told from the truth
+                    # by any reader; the agent catches it as another writer once it holds a value
+                    # it verified since control last came back (after the spells above it may not
+                    # have written yet): wait for that, then lie.
+                    verified = running.writeback.outcomes["verified"]
+                    await wait_until(
+                        lambda v=verified: running.writeback.outcomes["verified"] > v,
+                        timeout_s=30,
+                        what="a verified write after the link came back",
+                    )
                 start = plant.plc.sim_time_s
                 proxy.set(down=fault)
                 await asyncio.sleep(FAULT_S)
