@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -53,9 +52,8 @@ from agent.modelstore.manifest import (
 )
 from agent.pipeline.features import window_to_input
 from agent.pipeline.forecast import CALENDAR_ROLES, forecast_window
-from export.data import read_long_csv, sniff_format
 from export.onnx_tools import cpu_features, run_onnx, to_onnx
-from export.pca_baseline import _parse_time
+from export.tables import read_table
 
 __all__ = ["ForecastConfig", "HourlySeries", "build_forecast", "load_forecast_config", "read_hourly"]
 
@@ -127,32 +125,9 @@ def read_hourly(path: str | Path, demand_column: str, temperature_column: str | 
     p = Path(path)
     cols = [demand_column] + ([temperature_column] if temperature_column else [])
     series: dict[str, tuple[FloatArray, FloatArray]]
-    if sniff_format(p) == "long":
-        series = read_long_csv(p, cols)
-    else:
-        with p.open(newline="", encoding="utf-8") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, [])
-            missing = [c for c in cols if c not in header]
-            if not header or header[0].strip().lower() != "timestamp" or missing:
-                raise ValueError(
-                    f"{p}:1: needs columns timestamp and {cols} (missing {missing or ['timestamp']})"
-                )
-            ix = [header.index(c) for c in cols]
-            ts: list[float] = []
-            vals: list[list[float]] = [[] for _ in cols]
-            for line, row in enumerate(reader, start=2):
-                if not row:
-                    continue
-                ts.append(_parse_time(row[0], p, line))
-                for j, i in enumerate(ix):
-                    cell = row[i].strip() if i < len(row) else ""
-                    try:
-                        vals[j].append(float(cell) if cell else math.nan)
-                    except ValueError:
-                        raise ValueError(f"{p}:{line}: column {cols[j]}: {cell!r} is not a number") from None
-        t = np.asarray(ts)
-        series = {c: (t, np.asarray(v)) for c, v in zip(cols, vals, strict=True)}
+    # the export chain's one reader: wide or long CSV (gz too) or an agent recording directory
+    table = read_table(p, columns=cols)
+    series = {c: table.numeric(c) for c in cols}
     t_all = series[demand_column][0]
     if len(t_all) == 0:
         raise ValueError(f"{p}: no rows")

@@ -114,4 +114,4 @@ def test_the_cli_reports_a_missing_column_as_a_one_liner(tmp_path: Path) -> None
         cwd=Path(__file__).parents[2],
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert f"{data}:1: needs columns timestamp and ['Station.OutletFlow']" in r.stderr
+    assert f"{data}: no column 'Station.OutletFlow' (has Flow, timestamp)" in r.stderr
