@@ -283,6 +283,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     out = args.out / "evaluation.json"
     out.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
     print(f"\nwrote {out}")
+    return 0
+
+
 def _cmd_forecast(args: argparse.Namespace) -> int:
     from export.forecast import build_forecast, load_forecast_config
 

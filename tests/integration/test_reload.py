@@ -105,7 +105,8 @@ def test_the_diff_names_field_paths_and_what_needs_a_restart(tmp_path: Path) -> 
     one_more = variant(
         lambda d: d["alarms"]["defs"].append({**alarm(d, "suction_low"), "name": "x", "code": 9})
     )
-    assert config_diff(old, one_more) == ["alarms.defs[7]"] and restart_needed(old, one_more) == []
+    appended = f"alarms.defs[{len(old.alarms.defs)}]"  # the new last one
+    assert config_diff(old, one_more) == [appended] and restart_needed(old, one_more) == []
 
 
 async def test_reload_applies_live_changes_and_refuses_the_rest(tmp_path: Path) -> None:
