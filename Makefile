@@ -24,7 +24,7 @@ demo: venv
 	$(BIN)/edge-agent demo -c configs/demo.yaml
 
 test: deps venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: venv
 	$(BIN)/python bench/report.py
