@@ -15,54 +15,42 @@ done
 for s in 1 2 3 4 5 6; do
   .venv/bin/python -m bench.loadshift --seed $s --hours 48 --out "$REC/shift-s$s.csv"
 done
+# What both station models read: the fault-free fit and check recordings, and the same roles.
+NORMAL=() CHECK=()
+for s in 1 2 3 4 5 6; do NORMAL+=(--csv "$REC/normal-s$s.csv"); done
+for s in 101 102 103 104 105 106; do CHECK+=(--check "$REC/check-s$s.csv"); done
+ROLES=(
+  --role 'speed:rpm:0:3000:{asset}.Speed'
+  --role 'flow:m3/h:0:300:{asset}.Flow'
+  --role 'suction_pressure:bar:-1:3:{asset}.SuctionPressure'
+  --role 'discharge_pressure:bar:0:10:{asset}.DischargePressure'
+  --role 'motor_current:A:0:60:{asset}.MotorCurrent'
+  --role 'motor_power:kW:0:30:{asset}.MotorPower'
+  --role 'winding_temperature:°C:0:150:{asset}.WindingTemp'
+  --role 'bearing_temperature:°C:0:150:{asset}.BearingTemp'
+  --role 'vibration:mm/s:0:25:{asset}.Vibration'
+  --role 'vibration_1x:mm/s:0:25:{asset}.Vib1x'
+  --role 'vibration_2x:mm/s:0:25:{asset}.Vib2x'
+  --role 'vibration_bearing:mm/s:0:25:{asset}.VibBearing'
+  --role 'vibration_hf:mm/s:0:25:{asset}.VibHF'
+  --role 'ambient_temperature:°C:-40:60:Station.AmbientTemp'
+)
 .venv/bin/python -m export.pca_baseline \
   --out models/pca-pump --name pca-pump --version 1 \
-  --csv "$REC/normal-s1.csv" --csv "$REC/normal-s2.csv" --csv "$REC/normal-s3.csv" \
-  --csv "$REC/normal-s4.csv" --csv "$REC/normal-s5.csv" --csv "$REC/normal-s6.csv" \
-  --check "$REC/check-s101.csv" --check "$REC/check-s102.csv" --check "$REC/check-s103.csv" \
-  --check "$REC/check-s104.csv" --check "$REC/check-s105.csv" --check "$REC/check-s106.csv" \
-  --asset Pump1 --asset Pump2 \
-  --role 'speed:rpm:0:3000:{asset}.Speed' \
-  --role 'flow:m3/h:0:300:{asset}.Flow' \
-  --role 'suction_pressure:bar:-1:3:{asset}.SuctionPressure' \
-  --role 'discharge_pressure:bar:0:10:{asset}.DischargePressure' \
-  --role 'motor_current:A:0:60:{asset}.MotorCurrent' \
-  --role 'motor_power:kW:0:30:{asset}.MotorPower' \
-  --role 'winding_temperature:°C:0:150:{asset}.WindingTemp' \
-  --role 'bearing_temperature:°C:0:150:{asset}.BearingTemp' \
-  --role 'vibration:mm/s:0:25:{asset}.Vibration' \
-  --role 'vibration_1x:mm/s:0:25:{asset}.Vib1x' \
-  --role 'vibration_2x:mm/s:0:25:{asset}.Vib2x' \
-  --role 'vibration_bearing:mm/s:0:25:{asset}.VibBearing' \
-  --role 'vibration_hf:mm/s:0:25:{asset}.VibHF' \
-  --role 'ambient_temperature:°C:-40:60:Station.AmbientTemp' \
+  "${NORMAL[@]}" \
+  "${CHECK[@]}" --asset Pump1 --asset Pump2 \
+  "${ROLES[@]}" \
   --period 1 --window 60 --stride 10 --stats mean,std \
   --variance 0.95 --false-alarm-rate 3e-4 --calibration-fraction 0.3 --on-delay 3 \
   --provenance 'recordings=python -m simulator --pumps 2 --hours 48 --sample-period 1, fault-free, seeds 1-6 (fit), 101-106 (check)'
 # The demo's anomaly model: T^2/SPE of what speed and flow do not explain (export/conditioned.py)
 .venv/bin/python -m export.pca_baseline \
   --out models/op-pump --name op-pump --version 1 \
-  --csv "$REC/normal-s1.csv" --csv "$REC/normal-s2.csv" --csv "$REC/normal-s3.csv" \
-  --csv "$REC/normal-s4.csv" --csv "$REC/normal-s5.csv" --csv "$REC/normal-s6.csv" \
+  "${NORMAL[@]}" \
   --csv "$REC/shift-s1.csv" --csv "$REC/shift-s2.csv" --csv "$REC/shift-s3.csv" \
   --csv "$REC/shift-s4.csv" --csv "$REC/shift-s5.csv" --csv "$REC/shift-s6.csv" \
-  --check "$REC/check-s101.csv" --check "$REC/check-s102.csv" --check "$REC/check-s103.csv" \
-  --check "$REC/check-s104.csv" --check "$REC/check-s105.csv" --check "$REC/check-s106.csv" \
-  --asset Pump1 --asset Pump2 \
-  --role 'speed:rpm:0:3000:{asset}.Speed' \
-  --role 'flow:m3/h:0:300:{asset}.Flow' \
-  --role 'suction_pressure:bar:-1:3:{asset}.SuctionPressure' \
-  --role 'discharge_pressure:bar:0:10:{asset}.DischargePressure' \
-  --role 'motor_current:A:0:60:{asset}.MotorCurrent' \
-  --role 'motor_power:kW:0:30:{asset}.MotorPower' \
-  --role 'winding_temperature:°C:0:150:{asset}.WindingTemp' \
-  --role 'bearing_temperature:°C:0:150:{asset}.BearingTemp' \
-  --role 'vibration:mm/s:0:25:{asset}.Vibration' \
-  --role 'vibration_1x:mm/s:0:25:{asset}.Vib1x' \
-  --role 'vibration_2x:mm/s:0:25:{asset}.Vib2x' \
-  --role 'vibration_bearing:mm/s:0:25:{asset}.VibBearing' \
-  --role 'vibration_hf:mm/s:0:25:{asset}.VibHF' \
-  --role 'ambient_temperature:°C:-40:60:Station.AmbientTemp' \
+  "${CHECK[@]}" --asset Pump1 --asset Pump2 \
+  "${ROLES[@]}" \
   --operating speed --operating flow \
   --period 1 --window 60 --stride 10 --stats mean,std,last \
   --false-alarm-rate 3e-4 --calibration-fraction 0.3 --on-delay 3 \
