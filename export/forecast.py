@@ -264,32 +264,15 @@ def build_forecast(
     te = _Rows(roles, cfg, test_s, "all", 0.0) if test_s else _Rows(roles, cfg, train_s, "tail", frac)
     # normalisation from the training windows; calendar roles are already in [-1, 1]
     inputs: list[InputRole] = []
+    measured = {"demand": ("m3/h", cfg.demand_range), "temperature": ("°C", cfg.temperature_range)}
     for j, r in enumerate(roles):
-        col = tr.x[:, :, j]
-        if r == "demand":
-            inputs.append(
-                InputRole(
-                    role=r,
-                    unit="m3/h",
-                    range=cfg.demand_range,
-                    normalisation=Normalisation(
-                        kind="standard", mean=float(col.mean()), std=float(col.std()) or 1.0
-                    ),
-                )
-            )
-        elif r == "temperature":
-            inputs.append(
-                InputRole(
-                    role=r,
-                    unit="°C",
-                    range=cfg.temperature_range,
-                    normalisation=Normalisation(
-                        kind="standard", mean=float(col.mean()), std=float(col.std()) or 1.0
-                    ),
-                )
-            )
-        else:
+        if r not in measured:
             inputs.append(InputRole(role=r, unit="1", range=(-1.0, 1.0)))
+            continue
+        col = tr.x[:, :, j]
+        unit, rng = measured[r]
+        norm = Normalisation(kind="standard", mean=float(col.mean()), std=float(col.std()) or 1.0)
+        inputs.append(InputRole(role=r, unit=unit, range=rng, normalisation=norm))
     L, H = cfg.history_h, cfg.horizon_h
     contract = Manifest.model_construct(inputs=tuple(inputs), features=FeatureSpec(kind="flatten"))
     x_tr = window_to_input(tr.x, contract).astype(np.float64)
