@@ -25,7 +25,12 @@ sheds control on an operator's change: the agent never continues from a value it
 there while it believed it was in charge. The operator hands control back by cycling the
 permissive; a read that returns to the verified value ends the hold by itself. A change while
 the permissive was off or unknown (the PLC's setpoint tracking, a bumpless restart) is the new
-origin as before.
+origin as before. A spell in which the agent could not *see* the permissive (a dead link) is not
+proof that it lost control: once the permissive reads on again and the PLC still holds the value
+the agent last verified, that value is the agent's again (re-anchored), so a link that starts to
+lie after the spell is caught as another writer too. Only a PLC that moved the setpoint during
+the spell leaves the agent without an anchor until its next verified write (a consistent lie in
+that window is the PLC's tracking to any reader).
 
 **Writes that did not verify** count: a write whose reply never came (``WriteUnconfirmed``) or
 whose read-back failed (``ReadBackFailed``) is *possibly applied*: its value joins
@@ -190,6 +195,8 @@ class _State:
     unsettled: int = 0
     moved: bool = False  # reads changed while no origin was confirmed yet
     anchor: float | None = None  # the last value the agent verified, while it keeps control
+    verified: float | None = None  # the last value the agent verified (kept across losses)
+    control: bool = False  # the permissive read GOOD and on at the start of this cycle
     overridden: float | None = None  # a confirmed value another writer put there (holds)
     last_sent: float | None = None  # the last value this boot's audit shows sent (at start-up)
     seen_mono: float = -math.inf  # reads at or before this are not evidence (already used)
@@ -299,6 +306,11 @@ class WriteBack:
         """Targets currently held, with their reasons (for the status word and the console)."""
         return {t: d.reasons for t, d in self.decisions.items() if d.action is Action.HOLD}
 
+    def anchored(self, target: str) -> bool:
+        """Whether the agent holds, on ``target``, a value it verified since it last had control
+        (a change away from it then reads as another writer's)."""
+        return self._states[target].anchor is not None
+
     def origin(self, target: str) -> float | None:
         """The value the PLC verifiably holds for ``target`` (None while unknown)."""
         return self._states[target].origin
@@ -310,6 +322,7 @@ class WriteBack:
         if st.origin is not None and st.grid.same(value, st.origin):
             st.origin_mono = max(st.origin_mono, mono)
             st.candidate, st.unsettled, st.overridden = None, 0, None
+            self._reanchor(st, value)
             return
         cand = st.candidate
         if cand is not None and st.grid.same(value, cand[0]) and mono - cand[1] >= st.gap_s:
@@ -327,6 +340,7 @@ class WriteBack:
                 st.credit_from = self._first_credit(st, value, cand[1])
             st.origin, st.origin_mono, st.moved = value, mono, False
             st.candidate, st.unsettled = None, 0
+            self._reanchor(st, value)
             # A possibly-applied write now seen: those sent before it no longer matter, a later
             # one may still land. Without such a match they all may still land (a PLC or gateway
             # that queued one runs it when it resumes, however long that takes): they keep
@@ -346,13 +360,22 @@ class WriteBack:
             return False
         return not any(st.grid.same(value, p) for p, _ in st.possible)  # not a late write of ours
 
+    @staticmethod
+    def _reanchor(st: _State, value: float) -> None:
+        """Control is back (the permissive reads on) and the PLC holds the value the agent last
+        verified: it is the agent's own value again, and a change away from it is another
+        writer's. Only ever adds holds: an anchor never lends credit."""
+        if st.anchor is None and st.control and st.verified is not None and st.grid.same(value, st.verified):
+            st.anchor = st.verified
+
     def _keep_control(self, st: _State) -> None:
         """Control is the agent's only while the permissive reads GOOD and on; once it is not,
         whatever the PLC holds next is the PLC's (tracking) or the operator's, not a lie, and
         the rate credit starts again when control comes back (no jump at the hand-back)."""
         now = self._clock()
         perm = self._table.get(self.guard.config.permissive_tag, now)
-        if not (perm.quality.is_good and perm.value is True):
+        st.control = perm.quality.is_good and perm.value is True
+        if not st.control:
             st.anchor, st.overridden = None, None
             st.credit_from = max(st.credit_from, now)
 
@@ -368,7 +391,7 @@ class WriteBack:
                 match = [t for p, t in st.possible if st.grid.same(v, p)]
                 if match:  # the possibly-applied write landed: this read verifies it
                     st.origin, st.origin_mono, st.candidate, st.unsettled = v, s.mono, None, 0
-                    st.anchor, st.overridden = v, None
+                    st.anchor, st.verified, st.overridden = v, v, None
                     st.possible = [(p, t) for p, t in st.possible if t > max(match)]
                 else:
                     self._accept_read(st, v, s.mono)
@@ -486,7 +509,7 @@ class WriteBack:
             if on_setpoint:
                 st.origin, st.origin_mono = got, reply_at
                 st.candidate, st.unsettled, st.possible = None, 0, []
-                st.anchor, st.overridden = got, None
+                st.anchor, st.verified, st.overridden = got, got, None
                 st.seen_mono = max(st.seen_mono, reply_at)
             st.verify_ok, st.backoff_s = True, _BACKOFF_FIRST_S / 2
             self._outcome(Outcome.VERIFIED, tag, write_tag, value, back, decision_id, "", reply_at)

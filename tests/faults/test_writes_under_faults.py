@@ -14,10 +14,12 @@ replies and corrupts a data byte of them, with a clean spell between faults. The
   more than the rate allows since the previous write (the plant's simulated time, scaled back);
 * while the link was dead (half-open, replies dropped or late), at most the one write already
   on its way reached the plant per target; once the link was back, writes resumed;
-* a link that corrupts the same byte of every reply, once the agent has verified a write since it
-  regained control, moves nothing: the confirmed but foreign value holds the target ("moved by
-  another writer"). Right after a loss of control (before any verified write) such a lie cannot
-  be told from the PLC's own tracking by any reader: that case is not claimed.
+* a link that corrupts the same byte of every reply, once the agent holds on every target a
+  value it verified (its own write, or the value it last verified still read after the spells
+  in which it could not see the permissive), moves nothing: the confirmed but foreign value holds
+  the target ("moved by another writer"). Right after the PLC itself moved a setpoint (its
+  tracking while the agent's heartbeat was stale), before the agent's next verified write, such
+  a lie cannot be told from that tracking by any reader: that case is not claimed.
 """
 
 from __future__ import annotations
@@ -63,14 +65,14 @@ async def test_writes_through_a_faulty_link_are_audited_good_and_rate_limited(tm
             for name, fault, is_dead in FAULTS:
                 if name == "corrupted data":
                     # A link that lies the same way on every reply cannot be told from the truth
-                    # by any reader; the agent catches it as another writer once it holds a value
-                    # it verified since control last came back (after the spells above it may not
-                    # have written yet): wait for that, then lie.
-                    verified = running.writeback.outcomes["verified"]
+                    # by any reader; the agent catches it as another writer once it holds, on
+                    # each target, a value it verified since control last came back (a CI run
+                    # once lied while pump 1 had none: any verified write is not enough).
+                    wb = running.writeback
                     await wait_until(
-                        lambda v=verified: running.writeback.outcomes["verified"] > v,
+                        lambda wb=wb: all(wb.anchored(t) for t in TARGETS),
                         timeout_s=30,
-                        what="a verified write after the link came back",
+                        what="a verified value on every target after the link came back",
                     )
                 start = plant.plc.sim_time_s
                 proxy.set(down=fault)

@@ -259,6 +259,7 @@ class Step:
     dt: float = 1.0
     poll: str = "fresh"  # fresh | none | corrupt | stale | bad
     perm: bool = True
+    perm_bad: bool = False  # the permissive cannot be read this step (a dead link)
     rec: float | None = 2900.0
     inputs_bad: bool = False
     write: str = "ok"  # ok | refused | timeout_applied | timeout_lost | timeout_late | readback_fail | readback_corrupt
@@ -335,7 +336,10 @@ class Harness:
         self.plc.lie = s.lie
         self.poll(s.poll, s.corrupt_value)
         now = self.clock()
-        self.table.update([Sample(PERM, s.perm, Quality.good(), T0, now)])
+        if s.perm_bad:
+            self.table.update([Sample(PERM, None, Quality.bad("timeout"), T0, now)])
+        else:
+            self.table.update([Sample(PERM, s.perm, Quality.good(), T0, now)])
         if s.inputs_bad:
             self.table.update([Sample(INPUT, None, Quality.bad("timeout"), T0, now)])
         rec = None
@@ -508,6 +512,31 @@ def test_a_consistently_corrupting_link_is_another_writer() -> None:
     assert len(h.plc.received) > n_during, "writes resume once the reads tell the truth"
 
 
+BLIND_THEN_LIE = [
+    *ramp(3),
+    *ramp(2, poll="bad", perm_bad=True, rec=None),  # the link is dead: nothing can be read
+    *ramp(2, rec=None),  # back: the PLC still holds the value the agent verified
+    *ramp(4, lie=512.0),  # then the link starts to lie the same way on every reply
+]
+
+
+def test_a_link_that_lies_after_a_blind_spell_is_another_writer() -> None:
+    """A spell in which nothing could be read is not a loss of control: when the reads come
+    back with the value the agent last verified, it is the agent's again, and a consistent lie
+    that follows is another writer (the -502 rpm step a faulty-link run once found)."""
+
+    async def go() -> tuple[Harness, tuple[str, ...]]:
+        h = Harness(make_target(), 1800.0)
+        for s in BLIND_THEN_LIE:
+            await h.run_step(s)
+        return h, h.wb.decisions[SP].decision.reasons
+
+    h, held = asyncio.run(go())
+    assert held and held[0].startswith("moved by another writer"), held
+    assert h.wb.anchored(SP)
+    h.check()
+
+
 def test_integer_scaled_setpoint_reaches_its_target() -> None:
     """uint16 x 0.1: 45.15 cannot be encoded; the Guard lands on the register grid."""
     t = make_target(min=0.0, max=100.0, rate_per_min=30.0, max_step=1.0)
@@ -607,6 +636,10 @@ def _ko_moved_by_other(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(WriteBack, "_moved_by_other", lambda self, st, value: False)
 
 
+def _ko_reanchor(mp: pytest.MonkeyPatch) -> None:
+    mp.setattr(WriteBack, "_reanchor", staticmethod(lambda st, value: None))
+
+
 def _ko_possibly_applied(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(WriteBack, "_possibly_applied", staticmethod(lambda st, value, sent: None))
 
@@ -639,6 +672,8 @@ GUARDS: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], list[Step], dict[s
     # against, then the recommendation turns around
     # a link that corrupts every reply the same way: confirmed, but not the agent's own value
     "another writer": (_ko_moved_by_other, [*ramp(3), *ramp(4, lie=512.0)], {}),
+    # ... also when the lie starts after a spell in which the permissive could not be read
+    "re-anchor after a blind spell": (_ko_reanchor, BLIND_THEN_LIE, {}),
     "possibly applied": (
         _ko_possibly_applied, [*ramp(3), Step(write="timeout_late"), Step(dt=5.0, rec=1600.0)],
         {"target": make_target(max_step=10.0)},
@@ -678,6 +713,7 @@ STEPS = st.builds(
     dt=mostly(st.sampled_from([0.5, 1.0]), st.floats(0.0, 90.0)),
     poll=mostly(st.just("fresh"), st.sampled_from(["none", "corrupt", "stale", "bad"])),
     perm=mostly(st.just(True), st.just(False)),
+    perm_bad=mostly(st.just(False), st.just(True)),
     rec=mostly(st.floats(1000.0, 3500.0), st.none()),
     inputs_bad=mostly(st.just(False), st.just(True)),
     write=mostly(
@@ -755,6 +791,7 @@ NAMED_GUARDS = (
     "supervision",
     "possibly applied",
     "another writer",
+    "re-anchor after a blind spell",
 )
 
 
