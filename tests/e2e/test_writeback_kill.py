@@ -120,8 +120,11 @@ async def test_kill_9_ten_times_during_a_ramp(tmp_path: Path) -> None:
         assert match is not None, f"write without a prior committed audit row: {e}"
         assert match.detail.get("boot_id") and "credit_from" in match.detail and "origin" in match.detail
         used.add(match.id)
-    # the ramp went on: every run moved the setpoint on from where the previous one left it
-    assert abs(float(writes[-1]["value"]) - float(writes[0]["value"])) > 5
+    # the ramp went on: every run moved the setpoint on from where it found it (the PLC's own
+    # tracking while the agent was dead may have moved it back: judged per write, not end to end)
+    moves = [abs(float(e["value"]) - float(e["previous"])) for e in writes]
+    assert all(m > 0.01 for m in moves), moves
+    assert sum(moves) > 5, moves
 
 
 async def test_a_poller_that_dies_stops_the_agent_and_its_heartbeat(
