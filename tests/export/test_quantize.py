@@ -209,7 +209,7 @@ def test_bundle_is_schema_2_the_agent_feeds_raw_windows_and_the_self_test_passes
 
 
 def test_self_test_refuses_an_int8_that_fails_agreement_on_this_cpu_and_keeps_fp32(tmp_path: Path) -> None:
-    man, x, _, _ = export(tmp_path)
+    man, *_ = export(tmp_path)
     b = tmp_path / "b"
     # what a CPU that computes the INT8 differently gives: the same graph, other INT8 numbers
     fp32 = (b / "model.onnx").read_bytes()
