@@ -258,7 +258,12 @@ def quantize_int8(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    qtypes = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    qtypes = {
+        "uint8": QuantType.QUInt8,
+        "int8": QuantType.QInt8,
+        "uint16": QuantType.QUInt16,
+        "int16": QuantType.QInt16,
+    }
     methods = {
         "minmax": CalibrationMethod.MinMax,
         "percentile": CalibrationMethod.Percentile,

@@ -508,6 +508,7 @@ def package(
             weight=int8.weight,
             reduce_range=int8.reduce_range,
             quantizer=quantizer,
+            x_gate=x_checks,
             progress=progress,
         )
         rep["int8"] = search.report()
@@ -515,7 +516,7 @@ def package(
             if search.chosen is None:
                 raise gates.GateError("int8_agreement", search.reason, {})
             chosen = search.chosen
-            agreement = (quantize.agreement_gate(search, out_names[0], x_checks, fp32, "model.int8.onnx"),)
+            agreement = (quantize.agreement_gate(search, out_names[0], "model.int8.onnx"),)
             q, settings = chosen.model, chosen.settings
             qlat = {
                 "b1": latency_us(q, x_check[:1]),

@@ -3,16 +3,24 @@
 :func:`search_int8` quantizes the FP32 model once per setting and gates every result
 (:func:`export.gates.gate_int8_agreement` on the check windows):
 
-* weights symmetric, per output channel (plus the former default, per-tensor MinMax, as the
-  reference row);
+* weights INT8, symmetric, per output channel (plus the former default, per-tensor MinMax, as
+  the reference row);
 * the activation calibration among MinMax, Percentile and Entropy (onnxruntime
   ``CalibrationMethod``);
 * the first and/or last layer left in FP32 (``nodes_to_exclude``) or not;
+* activations 8-bit, or 16-bit (``W8A16``: onnxruntime's 16-bit QDQ, opset 21): a classifier
+  whose fault windows drive its features to hundreds of sigmas spans three orders of magnitude
+  in every layer, which 256 levels cannot hold (fault-mlp: at best 0.916 top-1 agreement with
+  8-bit activations, 0.995-0.999 with 16-bit; weights stay INT8, the size halves);
 * ``reduce_range`` only where this CPU lacks VNNI / dot-product (:func:`export.onnx_tools.has_int8_dot`).
 
-Every trial is a report row (method, per-channel, FP32 layers, agreement, size, FP32 and INT8
-latency measured side by side). The passing setting with the best agreement ships (ties: fewer
-FP32 layers, then the faster); when none passes, none ships and the reason gives the numbers.
+Every trial is a report row (activations, method, per-channel, FP32 layers, agreement, size,
+FP32 and INT8 latency measured side by side). A setting passes when it passes the gate on the
+test windows and on the windows the bundle carries as checks (the gate the gateway re-runs).
+Of the passing ones, 8-bit activations before 16-bit, then the smallest file (what INT8 brings
+to a 30 KB model is bytes; its speed is decided on the gateway, and a layer left in FP32 only
+where it costs the agreement is what the smallest passing file has), then the best agreement;
+when none passes, none ships and the reason gives the numbers.
 Where INT8 brings nothing on the build CPU it still ships when it passes: the install self-test
 re-runs the gate on the gateway (``Manifest.agreement`` over ``Manifest.checks``) and keeps the
 faster passing variant there.
@@ -58,6 +66,7 @@ __all__ = [
     "Int8Search",
     "Setting",
     "Trial",
+    "agreement_gate",
     "candidate_settings",
     "feature_affine",
     "make_checks",
@@ -80,11 +89,17 @@ class Setting:
     per_channel: bool
     fp32_layers: tuple[str, ...]  # "first", "last"
     reduce_range: bool
+    activation: str = "uint8"
+
+    @property
+    def activation_bits(self) -> int:
+        return 16 if self.activation.endswith("16") else 8
 
     def label(self) -> str:
         kept = "+".join(self.fp32_layers) or "none"
+        weights = "per-channel" if self.per_channel else "per-tensor"
         return (
-            f"{self.method}, {'per-channel' if self.per_channel else 'per-tensor'}, "
+            f"W8A{self.activation_bits} {self.method}, {weights}, "
             f"FP32 layers {kept}{', reduce_range' if self.reduce_range else ''}"
         )
 
@@ -95,6 +110,7 @@ class Trial:
 
     setting: Setting
     agreement: float = float("nan")
+    agreement_checks: float = float("nan")
     passed: bool = False
     size: int = 0
     latency_fp32_us: float = float("nan")
@@ -107,11 +123,13 @@ class Trial:
     def row(self, kind: str) -> dict[str, Any]:
         """The report row (``report.json`` ``int8.trials``)."""
         return {
+            "activation": self.setting.activation,
             "method": self.setting.method,
             "per_channel": self.setting.per_channel,
             "fp32_layers": list(self.setting.fp32_layers),
             "reduce_range": self.setting.reduce_range,
             "top1_agreement" if kind == "top1" else "score_correlation": self.agreement,
+            "on_checks": self.agreement_checks,
             "passed": self.passed,
             "size": self.size,
             "latency_fp32_us": self.latency_fp32_us,
@@ -136,22 +154,23 @@ class Int8Search:
         """The trials as a Markdown table (the bundle report)."""
         what = "top-1 agreement" if self.kind == "top1" else "score correlation"
         lines = [
-            f"| calibration | weights | FP32 layers | reduce_range | {what} | gate | size (B) | "
-            "FP32 us | INT8 us | noise us |",
-            "|---|---|---|---|---:|---|---:|---:|---:|---:|",
+            f"| activations | calibration | weights | FP32 layers | reduce_range | {what} | on checks | "
+            f"gate | size (B) | FP32 us | INT8 us | noise us |",
+            "|---|---|---|---|---|---:|---:|---|---:|---:|---:|---:|",
         ]
         for t in self.trials:
             s = t.setting
-            mark = " **ships**" if t is self.chosen else ""
-            lines.append(
-                f"| {s.method} | {'per-channel' if s.per_channel else 'per-tensor'} | "
+            head = (
+                f"| {s.activation} | {s.method} | {'per-channel' if s.per_channel else 'per-tensor'} | "
                 f"{'+'.join(s.fp32_layers) or 'none'} | {str(s.reduce_range).lower()} | "
-                f"{t.agreement:.4f} | {('pass' if t.passed else 'fail') + mark} | {t.size} | "
-                f"{t.latency_fp32_us:.1f} | {t.latency_int8_us:.1f} | {t.noise_us:.1f} |"
-                if not t.error
-                else f"| {s.method} | {'per-channel' if s.per_channel else 'per-tensor'} | "
-                f"{'+'.join(s.fp32_layers) or 'none'} | {str(s.reduce_range).lower()} | - | "
-                f"error: {t.error} | | | | |"
+            )
+            if t.error:
+                lines.append(head + f"- | - | error: {t.error} | | | | |")
+                continue
+            gate = ("pass" if t.passed else "fail") + (" **ships**" if t is self.chosen else "")
+            lines.append(
+                head + f"{t.agreement:.4f} | {t.agreement_checks:.4f} | {gate} | "
+                f"{t.size} | {t.latency_fp32_us:.1f} | {t.latency_int8_us:.1f} | {t.noise_us:.1f} |"
             )
         return "\n".join(lines)
 
@@ -167,29 +186,29 @@ class Int8Search:
         }
 
 
-def candidate_settings(n_layers: int, reduce_range: bool) -> list[Setting]:
+def candidate_settings(n_layers: int, reduce_range: bool, activation: str = "uint8") -> list[Setting]:
     """The settings tried, in order: the former default (per-tensor MinMax with reduce_range)
-    as the reference, then every calibration method × FP32 layers (none, first, last, both)
-    with per-channel symmetric weights. Excluding every layer is not INT8, so a model with one
-    layer (two) tries no exclusion (only one)."""
-    out = [Setting("minmax", False, (), True)]
+    as the reference, then 8-bit and 16-bit activations × every calibration method × FP32
+    layers (none, first, last, both) with per-channel symmetric INT8 weights. Excluding every
+    layer is not INT8, so a model with one layer (two) tries no exclusion (only one)."""
+    wide = "int16" if activation == "int8" else "uint16"
+    out = [Setting("minmax", False, (), True, activation)]
     exclusions: list[tuple[str, ...]] = [()]
     if n_layers >= 2:
         exclusions += [("first",), ("last",)]
     if n_layers >= 3:
         exclusions.append(("first", "last"))
-    for ex in exclusions:
-        for method in CALIBRATION_METHODS:
-            out.append(Setting(method, True, ex, reduce_range))
+    for act in (activation, wide):
+        for ex in exclusions:
+            for method in CALIBRATION_METHODS:
+                out.append(Setting(method, True, ex, reduce_range, act))
     return out
 
 
-def _better(a: Trial, b: Trial) -> bool:
-    """Whether passing trial ``a`` beats passing trial ``b``: agreement, then fewer FP32
-    layers, then INT8 latency."""
-    ka = (-a.agreement, len(a.setting.fp32_layers), a.latency_int8_us)
-    kb = (-b.agreement, len(b.setting.fp32_layers), b.latency_int8_us)
-    return ka < kb
+def _rank(t: Trial) -> tuple[int, int, float, float]:
+    """Passing trials, best first: 8-bit activations, then the smallest file, then the best
+    agreement, then the faster."""
+    return (t.setting.activation_bits, t.size, -t.agreement, t.latency_int8_us)
 
 
 def search_int8(
@@ -203,18 +222,24 @@ def search_int8(
     reduce_range: bool | None = None,
     quantizer: Quantizer = quantize_int8,
     settings: Sequence[Setting] | None = None,
+    x_gate: npt.NDArray[np.float32] | None = None,
     progress: bool = False,
 ) -> Int8Search:
     """Quantize ``fp32`` with every setting, gate each on ``x_check`` (the gate of ``kind``:
-    ``top1`` on the first output's classes, ``correlation`` on the first output) and choose.
+    ``top1`` on the first output's classes, ``correlation`` on the first output) and on
+    ``x_gate`` (the bundle's check rows, when given), and choose.
 
     ``reduce_range`` None: on only where this CPU lacks an INT8 dot-product (and weights are
-    signed). ``settings`` overrides :func:`candidate_settings`."""
+    signed). ``settings`` overrides :func:`candidate_settings`; ``activation`` is the 8-bit
+    activation type (its 16-bit sibling is tried too)."""
     names = layers(fp32)
     if reduce_range is None:
         reduce_range = weight == "int8" and not has_int8_dot()
-    todo = list(settings) if settings is not None else candidate_settings(len(names), reduce_range)
+    todo = (
+        list(settings) if settings is not None else candidate_settings(len(names), reduce_range, activation)
+    )
     ref = run_onnx(fp32, x_check)[0]
+    ref_gate = run_onnx(fp32, x_gate)[0] if x_gate is not None else None
     minimum = gates.INT8_TOP1 if kind == "top1" else gates.INT8_CORRELATION
     trials: list[Trial] = []
     for s in todo:
@@ -225,7 +250,7 @@ def search_int8(
             q, t.settings = quantizer(
                 fp32,
                 x_calibration,
-                activation=activation,
+                activation=s.activation,
                 weight=weight,
                 reduce_range=s.reduce_range,
                 per_channel=s.per_channel,
@@ -238,18 +263,13 @@ def search_int8(
             t.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
             continue
         t.model, t.size = q, len(q)
-        try:
-            m = gates.gate_int8_agreement(ref, got, kind=kind)
-            t.passed = True
-        except gates.GateError as exc:
-            m = exc.measured
-        t.agreement = float(next(iter(m.values())))
+        t.passed, t.agreement = _gate(ref, got, kind)
+        if ref_gate is not None and x_gate is not None:
+            on_checks, t.agreement_checks = _gate(ref_gate, run_onnx(q, x_gate)[0], kind)
+            t.passed = t.passed and on_checks
         t.latency_fp32_us, t.latency_int8_us, t.noise_us = latency_pair_us(fp32, q, x_check[:1])
-    passing = [t for t in trials if t.passed]
-    chosen: Trial | None = None
-    for t in passing:
-        if chosen is None or _better(t, chosen):
-            chosen = t
+    passing = sorted((t for t in trials if t.passed), key=_rank)
+    chosen = passing[0] if passing else None
     what = "top-1 agreement" if kind == "top1" else "score correlation"
     if chosen is None:
         done = [t for t in trials if not t.error]
@@ -280,6 +300,16 @@ def search_int8(
             f"on {len(x_check)} windows; {brings}"
         )
     return Int8Search(kind, minimum, len(fp32), trials, chosen, reason)
+
+
+def _gate(ref: npt.NDArray[np.float32], got: npt.NDArray[np.float32], kind: str) -> tuple[bool, float]:
+    """(passed, measured) of the INT8 gate of ``kind``."""
+    try:
+        m = gates.gate_int8_agreement(ref, got, kind=kind)
+        passed = True
+    except gates.GateError as exc:
+        m, passed = exc.measured, False
+    return passed, float(next(iter(m.values())))
 
 
 # --------------------------------------------------------------------------- in-graph normalisation
@@ -364,16 +394,10 @@ def make_checks(
     return (vec,), x
 
 
-def agreement_gate(
-    search: Int8Search, output: str, checks_x: npt.NDArray[np.float32], fp32: bytes, file: str
-) -> AgreementGate:
-    """The chosen INT8's gate as the manifest carries it, measured on the check rows; raises
-    :class:`export.gates.GateError` when it misses the gate on exactly those rows."""
+def agreement_gate(search: Int8Search, output: str, file: str) -> AgreementGate:
+    """The chosen INT8's gate as the manifest carries it (measured on the check rows)."""
     assert search.chosen is not None
-    ref = run_onnx(fp32, checks_x)[0]
-    got = run_onnx(search.chosen.model, checks_x)[0]
-    m = gates.gate_int8_agreement(ref, got, kind=search.kind)
     return AgreementGate(
         output=output, kind=search.kind, minimum=search.minimum,  # type: ignore[arg-type]
-        measured={file: float(next(iter(m.values())))},
+        measured={file: search.chosen.agreement_checks},
     )

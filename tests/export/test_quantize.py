@@ -129,6 +129,7 @@ def test_reduce_range_only_without_an_int8_dot_product(monkeypatch: pytest.Monke
     assert rows[0].reduce_range and not rows[0].per_channel  # the former default, for reference
     assert all(s.per_channel and not s.reduce_range for s in rows[1:])
     assert {s.method for s in rows} == {"minmax", "percentile", "entropy"}
+    assert {s.activation for s in rows} == {"uint8", "uint16"}
     assert {s.fp32_layers for s in rows} == {(), ("first",), ("last",), ("first", "last")}
 
 
@@ -136,9 +137,12 @@ def test_search_reports_every_setting_and_ships_the_best_passing() -> None:
     graph, x, _ = trained_classifier()
     fp32 = to_onnx(graph, torch.from_numpy(x[:2]), "x", ["probs", "fault_score"])
     search = search_int8(fp32, x[:600], x[600:], kind="top1", reduce_range=False)
-    assert len(search.trials) == 13 and not any(t.error for t in search.trials)
+    assert len(search.trials) == 25 and not any(t.error for t in search.trials)
     assert search.chosen is not None and search.chosen.passed
-    assert search.chosen.agreement == max(t.agreement for t in search.trials if t.passed)
+    passing = [t for t in search.trials if t.passed]
+    # 8-bit activations first, then the smallest file
+    assert search.chosen.setting.activation_bits == min(t.setting.activation_bits for t in passing)
+    assert search.chosen.size == min(t.size for t in passing if t.setting.activation_bits == 8)
     for t in search.trials:
         got = ot.run_onnx(t.model, x[600:])[0]
         assert t.agreement == pytest.approx(np.mean(np.argmax(got, 1) == np.argmax(ot.run_onnx(fp32, x[600:])[0], 1)))
@@ -153,8 +157,8 @@ def test_search_reports_every_setting_and_ships_the_best_passing() -> None:
             for i in range(3)
         ]
     rep = search.report()
-    assert len(rep["trials"]) == 13 and rep["chosen"] == search.chosen.setting.label()
-    assert {"method", "per_channel", "fp32_layers", "top1_agreement", "size", "latency_fp32_us",
+    assert len(rep["trials"]) == 25 and rep["chosen"] == search.chosen.setting.label()
+    assert {"activation", "method", "per_channel", "fp32_layers", "top1_agreement", "size", "latency_fp32_us",
             "latency_int8_us"} <= set(rep["trials"][0])
     assert "ships" in rep["reason"] and "**ships**" in rep["table_md"]
 
@@ -172,7 +176,7 @@ def test_no_setting_passes_says_why_in_numbers() -> None:
     best = max(t.agreement for t in search.trials)
     assert best < gates.INT8_TOP1
     assert f"at best {best:.4f}" in search.reason
-    assert "needs >= 0.995): no setting of 13 passed on 600 windows" in search.reason
+    assert "needs >= 0.995): no setting of 25 passed on 600 windows" in search.reason
 
 
 def export(tmp_path: Path, **kw: Any) -> tuple[Manifest, np.ndarray, np.ndarray, torch.nn.Module]:
@@ -202,7 +206,7 @@ def test_bundle_is_schema_2_the_agent_feeds_raw_windows_and_the_self_test_passes
         else:
             assert np.mean(np.argmax(got, 1) == np.argmax(want, 1)) >= 0.96
     rep = json.loads((tmp_path / "b" / "report.json").read_text())
-    assert len(rep["int8"]["trials"]) == 13 and "## INT8 settings tried" in (tmp_path / "b" / "report.md").read_text()
+    assert len(rep["int8"]["trials"]) == 25 and "## INT8 settings tried" in (tmp_path / "b" / "report.md").read_text()
     report = run_selftest(tmp_path / "b", trusted_keys=None, allow_unsigned=True)
     assert all(r.ok for r in report.variants), report.summary()
     assert report.chosen in {"model.onnx", "model.int8.onnx"}
