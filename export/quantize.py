@@ -205,10 +205,10 @@ def candidate_settings(n_layers: int, reduce_range: bool, activation: str = "uin
     return out
 
 
-def _rank(t: Trial) -> tuple[int, int, float, float]:
+def _rank(t: Trial) -> tuple[int, int, float]:
     """Passing trials, best first: 8-bit activations, then the smallest file, then the best
-    agreement, then the faster."""
-    return (t.setting.activation_bits, t.size, -t.agreement, t.latency_int8_us)
+    agreement (then the order tried: the choice never depends on a timing)."""
+    return (t.setting.activation_bits, t.size, -t.agreement)
 
 
 def search_int8(
