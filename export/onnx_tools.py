@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import platform
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +226,19 @@ def _named(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+@contextlib.contextmanager
+def _quiet_root_log() -> Iterator[None]:
+    """onnxruntime's quantizer warns on the root logger that a 16-bit setting lifts the opset
+    to 21 (it does, on purpose: that is the setting)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def layers(model: bytes) -> list[str]:
     """The names (as :func:`quantize_int8` gives them) of the quantizable nodes (MatMul, Gemm,
     Conv) in graph order: ``[0]`` is the first layer, ``[-1]`` the last."""
@@ -284,7 +298,7 @@ def quantize_int8(
         src, pre, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(_named(onnx.load_from_string(model)).SerializeToString())
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_root_log():
             warnings.simplefilter("ignore")  # and the histogram calibrators print progress
             quantize_static(
                 str(pre),
