@@ -192,6 +192,7 @@ def test_bundle_is_schema_2_the_agent_feeds_raw_windows_and_the_self_test_passes
     assert sorted(v.precision for v in man.variants) == ["fp32", "int8"]
     (check,) = man.checks
     assert len(check.inputs) == 200 and set(check.outputs) == {"probs", "fault_score"}
+    assert 1e-4 <= check.tolerance < 1e-2  # float32 round-off as this model amplifies it, not a blank cheque
     (gate,) = man.agreement
     assert (gate.output, gate.kind, gate.minimum) == ("probs", "top1", 0.995)
     assert gate.measured["model.int8.onnx"] >= 0.995
