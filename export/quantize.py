@@ -278,6 +278,7 @@ def search_int8(
             reason = (
                 f"INT8 {what} with FP32 is at best {best.agreement:.4f} ({best.setting.label()}; "
                 f"needs >= {minimum:g}): no setting of {len(trials)} passed on {len(x_check)} windows"
+                + _diagnosis(done)
             )
         else:
             reason = f"no INT8 setting could be quantized: {trials[0].error if trials else 'none tried'}"
@@ -300,6 +301,25 @@ def search_int8(
             f"on {len(x_check)} windows; {brings}"
         )
     return Int8Search(kind, minimum, len(fp32), trials, chosen, reason)
+
+
+def _diagnosis(done: Sequence[Trial]) -> str:
+    """What the failed settings say about the cause: the activations (16-bit helps) or the
+    INT8 weights (it does not), for the layers quantized everywhere."""
+    best: dict[int, float] = {}
+    for t in done:
+        if t.setting.per_channel:
+            bits = t.setting.activation_bits
+            best[bits] = max(best.get(bits, -1.0), t.agreement)
+    if 8 not in best or 16 not in best:
+        return ""
+    a8, a16 = best[8], best[16]
+    cause = (
+        "8-bit activations cost the agreement"
+        if a16 - a8 > 0.5 * (1.0 - a8)
+        else "the INT8 weights cost it, not the activations' width"
+    )
+    return f"; best with 8-bit activations {a8:.4f}, with 16-bit {a16:.4f}: {cause}"
 
 
 def _gate(ref: npt.NDArray[np.float32], got: npt.NDArray[np.float32], kind: str) -> tuple[bool, float]:

@@ -177,6 +177,7 @@ def test_no_setting_passes_says_why_in_numbers() -> None:
     assert best < gates.INT8_TOP1
     assert f"at best {best:.4f}" in search.reason
     assert "needs >= 0.995): no setting of 25 passed on 600 windows" in search.reason
+    assert "; best with 8-bit activations 0." in search.reason and "cost" in search.reason
 
 
 def export(tmp_path: Path, **kw: Any) -> tuple[Manifest, np.ndarray, np.ndarray, torch.nn.Module]:
