@@ -285,17 +285,23 @@ def search_int8(
     else:
         gain = chosen.latency_fp32_us - chosen.latency_int8_us
         fp32_size = len(fp32)
-        if abs(gain) <= max(chosen.noise_us, 0.05 * chosen.latency_fp32_us) and chosen.size > 0.5 * fp32_size:
+        numbers = (
+            f"{chosen.latency_int8_us:.1f} us vs FP32 {chosen.latency_fp32_us:.1f} us (noise "
+            f"{chosen.noise_us:.1f} us), {chosen.size} vs {fp32_size} B"
+        )
+        within = abs(gain) <= max(chosen.noise_us, 0.05 * chosen.latency_fp32_us)
+        if within and chosen.size > 0.5 * fp32_size:
             brings = (
-                f"INT8 brings nothing on this CPU ({chosen.latency_int8_us:.1f} vs "
-                f"{chosen.latency_fp32_us:.1f} us FP32, noise {chosen.noise_us:.1f} us; {chosen.size} vs "
-                f"{fp32_size} B): it ships because it passed, and the install self-test keeps the faster"
+                f"INT8 brings nothing on this CPU ({numbers}): it ships because it passed, and the "
+                "install self-test keeps the faster passing variant"
+            )
+        elif gain < 0 and not within:
+            brings = (
+                f"INT8 is slower on this CPU ({numbers}): it ships because it passed, and the install "
+                "self-test keeps the faster passing variant"
             )
         else:
-            brings = (
-                f"INT8 {chosen.latency_int8_us:.1f} us vs FP32 {chosen.latency_fp32_us:.1f} us "
-                f"(noise {chosen.noise_us:.1f} us), {chosen.size} vs {fp32_size} B"
-            )
+            brings = f"INT8 {numbers}"
         reason = (
             f"{chosen.setting.label()} ships: {what} {chosen.agreement:.4f} >= {minimum:g} "
             f"on {len(x_check)} windows; {brings}"
