@@ -315,7 +315,17 @@ def quantize_int8(
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
             )
         q = strip(onnx.load(str(dst)))
-    q.ir_version = min(q.ir_version, IR_VERSION)
+    # the quantizer imports every domain onnxruntime knows; keep those a node uses (and the
+    # default one), so the IR version is the opset's, not the training domain's
+    used = {n.domain for n in q.graph.node} | {""}
+    kept = [o for o in q.opset_import if o.domain in used]
+    del q.opset_import[:]
+    q.opset_import.extend(kept)
+    # IR 8 where the opset allows (every onnxruntime >= 1.20 reads it); a 16-bit setting lifts
+    # the opset to 21, which needs IR 10 (onnxruntime >= 1.20 reads both)
+    q.ir_version = max(
+        min(q.ir_version, IR_VERSION), onnx.helper.find_min_ir_version_for(list(q.opset_import), True)
+    )
     onnx.checker.check_model(q, full_check=True)
     settings = {
         "format": "QDQ",

@@ -125,6 +125,9 @@ def test_reduce_range_only_without_an_int8_dot_product(monkeypatch: pytest.Monke
         _, settings = quantize_int8(fp32, x[:256], per_channel=True)
         assert settings["reduce_range"] == str(not dot).lower()
     assert settings["weight_symmetric"] == "true"
+    for act, ir, opset in (("uint8", 8, 17), ("uint16", 10, 21)):  # the IR version the opset needs
+        m = onnx.load_from_string(quantize_int8(fp32, x[:256], per_channel=True, activation=act)[0])
+        assert (m.ir_version, [(o.domain, o.version) for o in m.opset_import]) == (ir, [("", opset)])
     rows = candidate_settings(3, reduce_range=False)
     assert rows[0].reduce_range and not rows[0].per_channel  # the former default, for reference
     assert all(s.per_channel and not s.reduce_range for s in rows[1:])
