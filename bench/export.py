@@ -95,6 +95,7 @@ from export.onnx_tools import (  # noqa: E402
     RegressorGraph,
     cpu_features,
     latency_us,
+    normalise_in_graph,
     quantize_int8,
     run_onnx,
     to_onnx,
@@ -109,6 +110,7 @@ from export.pipeline import (  # noqa: E402
     load_config,
     record_all,
 )
+from export.quantize import feature_affine  # noqa: E402
 from export.train import auc, balanced_accuracy, n_params  # noqa: E402
 from export.train import fit as train_fit  # noqa: E402
 
@@ -249,11 +251,15 @@ def run_chain(
             )
         rep = json.loads((out / "report.json").read_text(encoding="utf-8"))
         fp32 = (out / "model.onnx").read_bytes()
+        # the INT8 that ships (export/quantize.py tries many settings), else the last tried
+        shipped = out / "model.int8.onnx"
+        int8 = next((q for q in quantized if shipped.exists() and q[0] == shipped.read_bytes()), None)
+        int8 = int8 or (quantized[-1] if quantized else None)
     return Chain(
         cfg,
         datasets[-1],
         nets,
-        quantized[-1] if quantized else None,
+        int8,
         man,
         rep,
         fp32,
@@ -440,12 +446,26 @@ def measure(chain: Chain, pca: Pca, scale: Scale, log: Callable[[str], None]) ->
     student, other = (scratch, distilled) if scratch_ships else (distilled, scratch)
     other_name = "distilled" if scratch_ships else "scratch"
 
-    x_s = features(te.x, Contract(man.inputs, man.features))
-    x_t = features(te.x, Contract(man.inputs, _feature_spec(tc.features, cfg.stats)))
+    # the networks take the trained (normalised) features; a schema-2 bundle's ONNX files take
+    # raw features and normalise in the graph (export/quantize.py)
+    trained = man.inputs
+    if man.input_normalisation is not None:
+        trained = tuple(
+            r.model_copy(update={"normalisation": n})
+            for r, n in zip(man.inputs, man.input_normalisation.roles, strict=True)
+        )
+    x_s = features(te.x, Contract(trained, man.features))
+    x_raw = features(te.x, Contract(man.inputs, man.features))
+    x_t = features(te.x, Contract(trained, _feature_spec(tc.features, cfg.stats)))
     g_teacher, g_student, g_other = served(task, teacher), served(task, student), served(task, other)
     t_bytes = to_onnx(g_teacher, torch.from_numpy(x_t[:2]), man.model_input.name, out_names)
     o_bytes = to_onnx(g_other, torch.from_numpy(x_s[:2]), man.model_input.name, out_names)
-    same_bytes = to_onnx(g_student, torch.from_numpy(x_s[:2]), man.model_input.name, out_names) == chain.fp32
+    s_bytes = to_onnx(g_student, torch.from_numpy(x_s[:2]), man.model_input.name, out_names)
+    if man.input_normalisation is not None:
+        affine = feature_affine(man.input_normalisation.roles, man.features, man.window.length)
+        o_bytes, s_bytes = (normalise_in_graph(b, *affine) for b in (o_bytes, s_bytes))
+        x_s = x_raw  # every ONNX student below takes raw features (the torch ones are timed only)
+    same_bytes = s_bytes == chain.fp32
 
     int8_gate = next((g for g in rep["gates"] if g["gate"] == "int8_agreement"), None)
     int8_ok = int8_gate is not None and int8_gate["result"] == "pass"

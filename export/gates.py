@@ -34,6 +34,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from agent.modelstore.selftest import agreement
+
 __all__ = [
     "FP32_TOLERANCE",
     "INT8_CORRELATION",
@@ -97,10 +99,8 @@ def gate_int8_agreement(
     correlation: float = INT8_CORRELATION,
 ) -> dict[str, float]:
     """``kind`` ``top1`` (class probabilities ``[N, C]``) or ``correlation`` (scores ``[N]``)."""
-    a = np.asarray(fp32, np.float64)
-    b = np.asarray(int8, np.float64)
     if kind == "top1":
-        agree = float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1)))
+        agree = agreement("top1", fp32, int8)
         measured = {"top1_agreement": agree}
         if not agree >= top1:
             raise GateError(
@@ -110,10 +110,7 @@ def gate_int8_agreement(
             )
         return measured
     if kind == "correlation":
-        if np.std(a) == 0 or np.std(b) == 0:
-            corr = 1.0 if np.allclose(a, b) else 0.0
-        else:
-            corr = float(np.corrcoef(a.reshape(-1), b.reshape(-1))[0, 1])
+        corr = agreement("correlation", fp32, int8)
         measured = {"score_correlation": corr}
         if not corr >= correlation:
             raise GateError(

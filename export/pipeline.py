@@ -37,6 +37,7 @@ from torch import nn
 
 from agent.modelstore.bundle import load_bundle
 from agent.modelstore.manifest import (
+    LATEST_SCHEMA_VERSION,
     MANIFEST_FILE,
     SCHEMA_VERSION,
     FeatureSpec,
@@ -47,7 +48,7 @@ from agent.modelstore.manifest import (
     Variant,
 )
 from agent.modelstore.signing import sign_bundle
-from export import baselines, gates, report
+from export import baselines, gates, quantize, report
 from export.data import (
     NORMAL,
     Contract,
@@ -151,6 +152,7 @@ class Int8Settings(_Strict):
     weight: Literal["uint8", "int8"] = "int8"
     reduce_range: bool | None = None  # None: on unless the CPU has VNNI/dot-product... see onnx_tools
     calibration_windows: int = 2000
+    graph_normalisation: bool = True  # the graph normalises its raw input (schema 2): export/quantize.py
 
 
 _DEFAULT_INT8 = Int8Settings()
@@ -465,6 +467,11 @@ def package(
     with torch.no_grad():
         t_out = graph(torch.from_numpy(x_check))
     t_out = [t_out] if isinstance(t_out, torch.Tensor) else list(t_out)
+    if int8.mode != "off" and int8.graph_normalisation:
+        # the graph normalises its raw input (schema 2); torch saw the normalised features
+        fp32, manifest, (x_check, x_calibration) = quantize.normalise_inputs(
+            fp32, manifest, [x_check, x_calibration]
+        )
     o_out = run_onnx(fp32, x_check)
     rep = dict(report_data or {})
     rep.setdefault("gates", [])
@@ -489,37 +496,59 @@ def package(
             "status": "shipped",
         }
     ]
+    checks, x_checks = quantize.make_checks(fp32, x_check, out_names)
+    agreement: tuple[Any, ...] = ()
     if int8.mode != "off":
-        q, settings = quantizer(
+        search = quantize.search_int8(
             fp32,
             x_calibration,
+            x_check,
+            kind=int8_kind,
             activation=int8.activation,
             weight=int8.weight,
             reduce_range=int8.reduce_range,
+            quantizer=quantizer,
+            x_gate=x_checks,
             progress=progress,
         )
-        q_out = run_onnx(q, x_check)
-        ref = o_out[0]
-        got = q_out[0]
-        qlat = {"b1": latency_us(q, x_check[:1]), "bn": latency_us(q, x_check[:batch_n]), "n": float(batch_n)}
-        entry = {
-            "file": "model.int8.onnx",
-            "precision": "int8",
-            "size": len(q),
-            "latency_us_b1": qlat["b1"],
-            "latency_us_bn": qlat["bn"],
-            "quantization": settings,
-        }
+        rep["int8"] = search.report()
         try:
-            m = gates.gate_int8_agreement(ref, got, kind=int8_kind)
-            rep["gates"].append({"gate": "int8_agreement", "result": "pass", "measured": m})
+            if search.chosen is None:
+                raise gates.GateError("int8_agreement", search.reason, {})
+            chosen = search.chosen
+            agreement = (quantize.agreement_gate(search, out_names[0], "model.int8.onnx"),)
+            q, settings = chosen.model, chosen.settings
+            qlat = {
+                "b1": latency_us(q, x_check[:1]),
+                "bn": latency_us(q, x_check[:batch_n]),
+                "n": float(batch_n),
+            }
+            rep["gates"].append(
+                {
+                    "gate": "int8_agreement",
+                    "result": "pass",
+                    "measured": {"agreement": chosen.agreement, **agreement[0].measured},
+                    "note": search.reason,
+                }
+            )
             variants.append(
                 ("model.int8.onnx", q, "int8", qlat, ", ".join(f"{k}={v}" for k, v in settings.items()))
             )
-            entry["status"] = "shipped"
+            rep["variants"].append(
+                {
+                    "file": "model.int8.onnx",
+                    "precision": "int8",
+                    "size": len(q),
+                    "latency_us_b1": qlat["b1"],
+                    "latency_us_bn": qlat["bn"],
+                    "quantization": settings,
+                    "status": "shipped",
+                }
+            )
         except gates.GateError as exc:
             if int8.mode == "required":
                 raise
+            agreement = ()
             rep["gates"].append(
                 {
                     "gate": "int8_agreement",
@@ -529,8 +558,20 @@ def package(
                 }
             )
             rep["notes"].append(f"INT8 variant left out: {exc}")
-            entry["status"] = "left out: failed its gate"
-        rep["variants"].append(entry)
+            tried = [t for t in search.trials if t.model]
+            if tried:  # the best of the failed settings, for the size and latency plots
+                best = max(tried, key=lambda t: t.agreement)
+                rep["variants"].append(
+                    {
+                        "file": "model.int8.onnx",
+                        "precision": "int8",
+                        "size": best.size,
+                        "latency_us_b1": latency_us(best.model, x_check[:1]),
+                        "latency_us_bn": latency_us(best.model, x_check[:batch_n]),
+                        "quantization": best.settings,
+                        "status": "left out: failed its gate",
+                    }
+                )
     # The faster variant on this machine is listed first (the agent's default); the agent
     # benchmarks every variant again on the gateway at install.
     variants.sort(key=lambda v: v[3]["b1"])
@@ -582,8 +623,16 @@ def package(
         )
         prov["gates"] = "; ".join(f"{g['gate']}: {g['result']}" for g in rep["gates"])
         fields = {k: v for k, v in manifest.items() if k != "provenance"}
+        fields.setdefault("checks", checks)
+        if agreement:
+            fields["agreement"] = agreement
+        v2 = fields.get("input_normalisation") is not None or bool(agreement)
         man = Manifest(
-            schema_version=SCHEMA_VERSION, variants=tuple(vlist), files=files, provenance=prov, **fields
+            schema_version=LATEST_SCHEMA_VERSION if v2 else SCHEMA_VERSION,
+            variants=tuple(vlist),
+            files=files,
+            provenance=prov,
+            **fields,
         )
         (tmp / MANIFEST_FILE).write_text(man.to_json(), encoding="utf-8")
         for v in man.variants:  # every variant must load in the agent and match the manifest

@@ -166,6 +166,19 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     for g in report.get("gates", []):
         measured = ", ".join(f"{k}={_fmt(v)}" for k, v in g.get("measured", {}).items())
         lines.append(f"| {g['gate']} | {g['result']} | {measured} {html.escape(g.get('note', ''))} |")
+    if report.get("int8", {}).get("table_md"):
+        q = report["int8"]
+        lines += [
+            "",
+            "## INT8 settings tried (export/quantize.py)",
+            "",
+            "Latencies: batch 1, FP32 and INT8 measured side by side (interleaved blocks); noise is "
+            "the median absolute deviation of the per-block difference.",
+            "",
+            q["table_md"],
+            "",
+            html.escape(q.get("reason", "")),
+        ]
     lines += [
         "",
         "## Models",

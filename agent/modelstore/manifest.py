@@ -15,6 +15,19 @@ model needs and what it gives:
   meaning, class labels and thresholds. Checked against the session at load.
 * ``variants``: every ONNX file with its sha256, size, precision and the CPU features it was
   measured and chosen on; ``files``: sha256 of every other file shipped in the bundle.
+* ``checks``: model inputs with the outputs every variant must give (the on-box self-test).
+
+Schema 2 adds two optional fields (a manifest using either says ``"schema_version": 2``, so an
+agent that reads only schema 1 refuses it rather than misreading it; schema 1 bundles load
+unchanged):
+
+* ``input_normalisation`` (:class:`GraphNormalisation`): the ONNX graph normalises its input
+  itself (its initializers ``input_offset`` / ``input_scale``, before the first quantized op):
+  every role's ``normalisation`` is ``none``, so the agent feeds raw features; the training
+  normalisation the constants came from is kept here, per role.
+* ``agreement`` (:class:`AgreementGate`): the INT8 agreement gate the export passed, re-run by
+  the install self-test on ``checks``: a reduced-precision variant must agree with the checks'
+  expected (FP32) outputs on the gateway's own CPU.
 
 Example (abridged)::
 
@@ -50,13 +63,17 @@ from agent.errors import ModelError
 from agent.modelstore.files import MAX_METADATA_BYTES, NOT_PLAIN, BundleDir, is_plain_file_name
 
 __all__ = [
+    "LATEST_SCHEMA_VERSION",
     "MANIFEST_FILE",
     "SCHEMA_VERSION",
+    "SCHEMA_VERSIONS",
     "Aggregation",
+    "AgreementGate",
     "CheckVector",
     "Dim",
     "FeatureSpec",
     "FileHash",
+    "GraphNormalisation",
     "InputRole",
     "Manifest",
     "Normalisation",
@@ -71,7 +88,11 @@ __all__ = [
 ]
 
 SCHEMA_VERSION: Literal[1] = 1
-"""The manifest schema this agent reads; a bundle written for another version is refused."""
+"""The base schema: what a manifest that uses no schema-2 field says (every older bundle)."""
+LATEST_SCHEMA_VERSION: Literal[2] = 2
+"""The schema a manifest with ``input_normalisation`` or ``agreement`` must say."""
+SCHEMA_VERSIONS: tuple[int, ...] = (SCHEMA_VERSION, LATEST_SCHEMA_VERSION)
+"""The manifest schemas this agent reads; a bundle written for another version is refused."""
 
 MANIFEST_FILE = "manifest.json"
 
@@ -310,10 +331,33 @@ class CheckVector(_Frozen):
         return value
 
 
+class GraphNormalisation(_Frozen):
+    """Schema 2: the ONNX graph normalises its input (``(x - offset) / scale`` per feature, its
+    initializers named ``offset`` and ``scale``) before its first quantized op, so INT8 sees
+    normalised values and the agent feeds raw features. ``roles``: the training normalisation
+    of every input role (in manifest order) the constants were derived from."""
+
+    offset: str = "input_offset"
+    scale: str = "input_scale"
+    roles: Annotated[tuple[Normalisation, ...], Field(min_length=1)]
+
+
+class AgreementGate(_Frozen):
+    """Schema 2: the agreement a reduced-precision (INT8) variant must reach against the
+    expected outputs of ``checks`` (FP32's) on output ``output``: ``top1`` the share of rows
+    with the same arg-max class, ``correlation`` the Pearson correlation of the values; at least
+    ``minimum``. ``measured``: what the export measured on the check inputs, per variant file."""
+
+    output: str
+    kind: Literal["top1", "correlation"]
+    minimum: Annotated[float, Field(gt=0, le=1)]
+    measured: dict[str, float] = {}
+
+
 class Manifest(_Frozen):
     """A model bundle's contract (see the module docstring)."""
 
-    schema_version: Literal[1]
+    schema_version: Literal[1, 2]
     name: Annotated[str, Field(pattern=_NAME, max_length=64)]
     version: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9._+\-]+$")]
     task: Task
@@ -328,6 +372,10 @@ class Manifest(_Frozen):
     provenance: dict[str, str] = {}
     checks: tuple[CheckVector, ...] = ()
     """Check inputs and expected outputs for the on-box self-test (optional)."""
+    input_normalisation: GraphNormalisation | None = None
+    """Schema 2: the graph normalises its input; the agent feeds raw features."""
+    agreement: tuple[AgreementGate, ...] = ()
+    """Schema 2: the INT8 agreement gate, re-run on ``checks`` by the install self-test."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -355,6 +403,7 @@ class Manifest(_Frozen):
             unknown = sorted(set(check.outputs) - set(outs))
             if unknown:
                 raise ValueError(f"checks[{i}]: unknown outputs {', '.join(unknown)}")
+        self._schema_2_fields(outs)
         if self.task == "classifier" and not any(o.labels for o in self.outputs):
             raise ValueError("a classifier needs an output with labels")
         names = [v.file for v in self.variants] + list(self.files)
@@ -367,6 +416,33 @@ class Manifest(_Frozen):
             if n == MANIFEST_FILE:
                 raise ValueError(f"files: {n!r} is the manifest itself")
         return self
+
+    def _schema_2_fields(self, outs: list[str]) -> None:
+        used = [k for k in ("input_normalisation", "agreement") if getattr(self, k)]
+        if used and self.schema_version < LATEST_SCHEMA_VERSION:
+            raise ValueError(
+                f"{', '.join(used)} need schema_version {LATEST_SCHEMA_VERSION} "
+                f"(this manifest says {self.schema_version})"
+            )
+        norm = self.input_normalisation
+        if norm is not None:
+            if len(norm.roles) != len(self.inputs):
+                raise ValueError(
+                    f"input_normalisation.roles has {len(norm.roles)} entries for {len(self.inputs)} inputs"
+                )
+            twice = [r.role for r in self.inputs if r.normalisation.kind != "none"]
+            if twice:
+                raise ValueError(
+                    f"input_normalisation: the graph normalises, so the normalisation of "
+                    f"{', '.join(twice)} must be none (the agent would normalise twice)"
+                )
+        for i, gate in enumerate(self.agreement):
+            if gate.output not in outs:
+                raise ValueError(f"agreement[{i}]: unknown output {gate.output!r}")
+            if not self.checks:
+                raise ValueError(f"agreement[{i}]: an agreement gate needs checks to run on")
+            if gate.kind == "top1" and len(self.outputs[outs.index(gate.output)].shape) != 2:
+                raise ValueError(f"agreement[{i}]: top1 needs an output of shape [batch, C]")
 
     @property
     def ident(self) -> str:
@@ -450,10 +526,10 @@ def parse_manifest(data: bytes, source: str | os.PathLike[str]) -> Manifest:
     if not isinstance(obj, dict):
         raise ModelError(f"{p}: a manifest must be a JSON object")
     found = obj.get("schema_version")
-    if found != SCHEMA_VERSION:
+    if type(found) is not int or found not in SCHEMA_VERSIONS:
         raise ModelError(
             f"{p}: schema_version {found!r} is not supported "
-            f"(this agent reads schema_version {SCHEMA_VERSION})"
+            f"(this agent reads schema_version {', '.join(map(str, SCHEMA_VERSIONS))})"
         )
     try:
         return Manifest.model_validate(obj)

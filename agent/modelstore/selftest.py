@@ -10,9 +10,14 @@ or runs a model; in a subprocess that is a refused install, not a dead agent. Th
    a bundle without checks is run on windows drawn uniformly from the manifest's plausible
    ranges and turned into model inputs by the one feature function
    (:func:`~agent.pipeline.features.window_to_input`), its outputs required finite;
-3. re-runs the INT8 agreement gate on this CPU: every output of an INT8 (or FP16) variant must
-   correlate with the FP32 variant's at :data:`AGREEMENT_MIN_CORR` or better on those inputs
-   (per-channel S8S8 on CPUs without VNNI has been seen at 0.982);
+3. re-runs the INT8 agreement gate on this CPU. A bundle that carries it (schema 2,
+   ``manifest.agreement``) has it re-run as the export ran it: an INT8 (or FP16) variant's
+   outputs on the ``checks`` inputs (real windows) against their expected FP32 outputs, top-1
+   agreement or correlation at the manifest's ``minimum`` (the tolerance comparison is for FP32
+   only: quantization error is what the gate bounds). Without it, every output of a
+   reduced-precision variant must correlate with the FP32 variant's at
+   :data:`AGREEMENT_MIN_CORR` or better on the random inputs (per-channel S8S8 on CPUs without
+   VNNI has been seen at 0.982). A variant that fails is refused; FP32 stays;
 4. benchmarks every variant that passed (median of batch-1 calls) and keeps the fastest.
 
 It prints one JSON document (:class:`SelfTestReport` fields) and exits 0 when a variant was
@@ -42,6 +47,7 @@ __all__ = [
     "CRASH_HOOK_ENV",
     "SelfTestReport",
     "VariantResult",
+    "agreement",
     "cpu_flags",
     "main",
     "run_selftest",
@@ -122,6 +128,47 @@ def _compare(got: Any, want: Any, tol: float) -> str | None:
     return None
 
 
+def agreement(kind: str, expected: Any, got: Any) -> float:
+    """How well ``got`` agrees with ``expected``: ``top1`` the share of rows ``[N, C]`` with the
+    same arg-max, ``correlation`` the Pearson correlation of all values (1 when both are
+    constant and equal, 0 when one is constant and they differ). The INT8 gate's measure, at
+    export (:mod:`export.gates`) and on the gateway."""
+    import numpy as np
+
+    a = np.asarray(expected, np.float64)
+    b = np.asarray(got, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shape {list(b.shape)}, expected {list(a.shape)}")
+    if kind == "top1":
+        return float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1)))
+    if kind == "correlation":
+        fa, fb = a.reshape(-1), b.reshape(-1)
+        if not (np.all(np.isfinite(fb)) and np.all(np.isfinite(fa))):
+            return 0.0
+        if np.std(fa) == 0 or np.std(fb) == 0:
+            return 1.0 if np.allclose(fa, fb) else 0.0
+        return float(np.corrcoef(fa, fb)[0, 1])
+    raise ValueError(f"unknown agreement kind {kind!r}")
+
+
+def _agreement_gates(manifest: Any, got: list[Any]) -> None:
+    """Raise ModelError when a variant's outputs on the checks miss an agreement gate."""
+    import numpy as np
+
+    names = [o.name for o in manifest.outputs]
+    for gate in manifest.agreement:
+        k = names.index(gate.output)
+        want = np.concatenate([np.asarray(c.outputs[gate.output], np.float64) for c in manifest.checks])
+        have = np.concatenate([np.asarray(g[k], np.float64) for g in got])
+        value = agreement(gate.kind, want, have)
+        if not value >= gate.minimum:
+            what = "top-1 agreement" if gate.kind == "top1" else "correlation"
+            raise ModelError(
+                f"INT8 agreement gate fails on this CPU: {what} of {gate.output} with the expected "
+                f"FP32 outputs {value:.4f} < {gate.minimum:g} on {len(want)} check inputs"
+            )
+
+
 def _random_inputs(manifest: Any) -> Any:
     import numpy as np
 
@@ -170,13 +217,18 @@ def selftest(
         report.variants.append(res)
         try:
             b = load_bundle(bundle_dir, variant=v.file)
+            gated = bool(manifest.agreement) and v.precision != "fp32"
+            got_all = []
             for i, check in enumerate(manifest.checks):
                 got = b.run({manifest.model_input.name: np.asarray(check.inputs, dtype=dtype)})
+                got_all.append(got)
                 for o, arr in zip(manifest.outputs, got, strict=True):
-                    if o.name in check.outputs:
+                    if o.name in check.outputs and not gated:
                         why = _compare(arr, check.outputs[o.name], check.tolerance)
                         if why is not None:
                             raise ModelError(f"check {i} output {o.name}: {why}")
+            if gated:
+                _agreement_gates(manifest, got_all)
             outputs[v.file] = b.run({manifest.model_input.name: random_x})
             for o, arr in zip(manifest.outputs, outputs[v.file], strict=True):
                 if not np.all(np.isfinite(np.asarray(arr, dtype=np.float64))):
@@ -187,7 +239,9 @@ def selftest(
             res.error = str(exc).splitlines()[0]
     reference = next((r for r in report.variants if r.ok and r.precision == "fp32"), None)
     for r in report.variants:
-        if reference is None or not r.ok or r is reference:
+        # a variant judged by the manifest's agreement gate on real windows is not judged again
+        # on the random ones: those lie outside what the INT8 ranges were calibrated on
+        if reference is None or not r.ok or r is reference or (manifest.agreement and r.precision != "fp32"):
             continue
         for o, a, b2 in zip(manifest.outputs, outputs[reference.file], outputs[r.file], strict=True):
             fa, fb = np.asarray(a, np.float64).ravel(), np.asarray(b2, np.float64).ravel()

@@ -241,8 +241,9 @@ def test_train_from_files_writes_a_bundle_with_both_ranges(plant: Path, tmp_path
     assert ti.range[0] < ti.training_range[0] < ti.training_range[1] < ti.range[1]
     assert [r.operating for r in man.inputs] == [False, True, False, False, False]
     assert {r.aggregation for r in man.inputs} == {"instant"}
-    fi = man.inputs[1]
-    assert fi.normalisation.std > 0.5  # never the silent 1e-6 floor
+    # the training normalisation (in the graph since schema 2: export/quantize.py)
+    fi = man.input_normalisation.roles[1] if man.input_normalisation else man.inputs[1].normalisation
+    assert fi.std is not None and fi.std > 0.5  # never the silent 1e-6 floor
     rep = (m.out / "report.json").read_text()
     assert '"fouling"' in rep and "bearing" not in rep
     # validation holds no labelled episode: the teacher is scored on held-out normal windows

@@ -123,10 +123,78 @@ def test_unknown_key_is_refused_with_its_path(bundle_dir: Path) -> None:
 
 def test_other_schema_version_is_refused(bundle_dir: Path) -> None:
     data = json.loads((bundle_dir / "manifest.json").read_text())
+    for bad in (3, "2", True, 0):
+        data["schema_version"] = bad
+        (bundle_dir / "manifest.json").write_text(json.dumps(data))
+        with pytest.raises(ModelError, match=rf"schema_version {bad!r} is not supported.*reads schema_version 1, 2"):
+            load_manifest(bundle_dir)
+
+
+def _schema2(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the roles' normalisation moved into the graph and an agreement gate."""
+    out = json.loads(json.dumps(data))
+    roles = [r.get("normalisation", {"kind": "none"}) for r in out["inputs"]]
+    for r in out["inputs"]:
+        r["normalisation"] = {"kind": "none"}
+    out["input_normalisation"] = {"roles": roles}
+    out["checks"] = [{"inputs": [[0.0] * 4], "outputs": {"score": [0.0]}}]
+    out["agreement"] = [{"output": "score", "kind": "correlation", "minimum": 0.999, "measured": {"m": 1.0}}]
+    return out
+
+
+def test_schema_2_fields_load_and_need_schema_2(bundle_dir: Path) -> None:
+    data = _schema2(json.loads((bundle_dir / "manifest.json").read_text()))
     data["schema_version"] = 2
     (bundle_dir / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(ModelError, match=r"schema_version 2 is not supported.*reads schema_version 1"):
+    m = load_manifest(bundle_dir)
+    assert m.schema_version == 2 and m.input_normalisation is not None
+    assert m.input_normalisation.offset == "input_offset" and len(m.input_normalisation.roles) == len(m.inputs)
+    assert m.agreement[0].kind == "correlation" and m.agreement[0].minimum == 0.999
+    assert all(r.normalisation.kind == "none" for r in m.inputs)
+    # the same fields under schema 1: refused, naming the fields (an old agent would misread them)
+    data["schema_version"] = 1
+    (bundle_dir / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match=r"input_normalisation, agreement need schema_version 2 \(this manifest says 1\)"):
         load_manifest(bundle_dir)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["inputs"][0].update(normalisation={"kind": "standard", "mean": 1.0, "std": 2.0}),
+         r"normalisation of bearing_vibration must be none \(the agent would normalise twice\)"),
+        (lambda d: d["input_normalisation"]["roles"].pop(), r"input_normalisation.roles has 1 entries for 2 inputs"),
+        (lambda d: d["agreement"][0].update(output="nope"), r"agreement\[0\]: unknown output 'nope'"),
+        (lambda d: d["agreement"][0].update(kind="top1"), r"agreement\[0\]: top1 needs an output of shape"),
+        (lambda d: d.update(checks=[]), r"agreement\[0\]: an agreement gate needs checks"),
+        (lambda d: d["agreement"][0].update(minimum=1.5), r"agreement\[0\]\.minimum"),
+    ],
+)
+def test_schema_2_fields_are_checked(bundle_dir: Path, change: Any, message: str) -> None:
+    data = _schema2(json.loads((bundle_dir / "manifest.json").read_text()))
+    data["schema_version"] = 2
+    change(data)
+    (bundle_dir / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match=message):
+        load_manifest(bundle_dir)
+
+
+def test_every_shipped_bundle_loads_and_schema_1_ones_unchanged() -> None:
+    shipped = sorted(p.parent for p in (Path(__file__).resolve().parents[2] / "models").glob("*/manifest.json"))
+    assert len(shipped) >= 5
+    versions = {}
+    for b in shipped:
+        m = load_manifest(b)
+        versions[b.name] = m.schema_version
+        if m.schema_version == 1:  # read as written: the agent normalises, no agreement gate
+            raw = json.loads((b / "manifest.json").read_text())
+            assert m.input_normalisation is None and m.agreement == ()
+            assert [r.normalisation.model_dump(exclude_none=True) for r in m.inputs] == [
+                r.get("normalisation", {"kind": "none"}) for r in raw["inputs"]
+            ]
+        for v in m.variants:
+            load_bundle(b, variant=v.file, allow_unsigned=True)
+    assert versions["pca-pump"] == 1  # the PCA baselines stay schema 1 (nothing in them needs 2)
 
 
 def test_invalid_json_names_line(tmp_path: Path) -> None:
