@@ -41,12 +41,16 @@ the write's reply; a request is never re-sent, and whether it left at all decide
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
+import operator
 import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import repeat
 from types import TracebackType
 from typing import Any, Self
 
@@ -115,9 +119,20 @@ class _Table:
     refused: dict[str, str] = field(default_factory=dict)
     # when the illegal keys are asked again (a map that changed, a fault that went away)
     probe_at: float = math.inf
+    # the columnar decoder of each request read so far (see _Columns)
+    columns: dict[ReadRequest, _Columns] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.readers = {k: (t.address, t.register_count, make_reader(t)) for k, t in self.tags.items()}
+
+    def columns_for(self, req: ReadRequest) -> _Columns:
+        """The decoder of ``req``, compiled on its first reply (a plan changes rarely: splits)."""
+        cols = self.columns.get(req)
+        if cols is None:
+            if len(self.columns) >= _MAX_COLUMNS:
+                self.columns.clear()  # plans learned and forgotten many times: start again
+            cols = self.columns[req] = _Columns(self, req)
+        return cols
 
     @property
     def registers(self) -> bool:
@@ -224,6 +239,156 @@ def make_reader(tag: ModbusTag) -> Reader:
         return value, good
 
     return read
+
+
+_BLOCK_TYPES = frozenset(
+    {
+        codec.DataType.INT16,
+        codec.DataType.UINT16,
+        codec.DataType.INT32,
+        codec.DataType.UINT32,
+        codec.DataType.INT64,
+        codec.DataType.UINT64,
+        codec.DataType.FLOAT32,
+        codec.DataType.FLOAT64,
+    }
+)
+_FLOAT_TYPES = frozenset({codec.DataType.FLOAT32, codec.DataType.FLOAT64})
+_MAX_COLUMNS = 256  # compiled request decoders kept per table
+_GOOD = Quality.good()
+# A Sample built from one 6-tuple in C (a NamedTuple's own __new__ is a Python call per tag).
+_new_sample: Callable[[tuple[str, Value, Quality, datetime, float, None]], Sample] = functools.partial(
+    tuple.__new__, Sample
+)
+
+
+def _picker(indices: Sequence[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """``operator.itemgetter`` that always returns a tuple (also for zero or one index)."""
+    if not indices:
+        return lambda _: ()
+    if len(indices) == 1:
+        (i,) = indices
+        return lambda seq: (seq[i],)
+    return operator.itemgetter(*indices)
+
+
+class _Columns:
+    """Every tag of one planned read decoded at once: the poll's hot path.
+
+    One reply becomes the raw values of all its numeric tags in a few ``struct`` calls
+    (:func:`~agent.drivers.modbus_codec.compile_block`); scale and offset, the finiteness
+    check and the range check run over whole columns in C (``map`` over ``operator``
+    functions), and the samples are built in C sharing one receive stamp. Only when every
+    value of the reply is GOOD is the result taken; otherwise the reply is decoded again tag
+    by tag by each tag's :func:`make_reader` (the reference: it gives each BAD tag its own
+    reason), so both paths give the same samples for any reply (tests/unit/test_modbus_columns.py).
+    """
+
+    def __init__(self, table: _Table, req: ReadRequest) -> None:
+        self.keys = req.keys
+        tags = [table.tags[k] for k in req.keys]
+        offsets = [t.address - req.start for t in tags]
+        readers = [table.readers[k][2] for k in req.keys]
+        self.slow = [
+            (k, o, t.register_count, r) for k, o, t, r in zip(req.keys, offsets, tags, readers, strict=True)
+        ]
+        self.bits = not table.registers
+        self.pick_bits = _picker(offsets)
+        numeric = [i for i, t in enumerate(tags) if t.type in _BLOCK_TYPES]
+        other = [i for i, t in enumerate(tags) if t.type not in _BLOCK_TYPES]
+        self.other = [(o, c, r) for _, o, c, r in (self.slow[i] for i in other)]
+        # the numeric values come first, then the others: back into the request's key order
+        order = numeric + other
+        self.reorder = (
+            None if order == sorted(order) else _picker([order.index(i) for i in range(len(order))])
+        )
+        num = [tags[i] for i in numeric]
+        self.block = codec.compile_block(
+            [codec.BlockField(offsets[i], tags[i].type, tags[i].word_order) for i in numeric],
+            req.count,
+        )
+        is_scaled = [t.scale != 1.0 or t.offset != 0.0 for t in num]
+        scaled = [j for j, yes in enumerate(is_scaled) if yes]
+        unscaled = [j for j, yes in enumerate(is_scaled) if not yes]
+        self.any_scaled, self.all_scaled = bool(scaled), not unscaled
+        self.scales = tuple(num[j].scale for j in scaled)
+        self.offsets = tuple(num[j].offset for j in scaled)
+        self.pick_scaled = _picker(scaled)
+        self.pick_unscaled = _picker(unscaled)
+        grouped = unscaled + scaled
+        self.regroup = _picker([grouped.index(j) for j in range(len(num))])
+        # integers unscaled are finite by construction; floats and anything scaled are checked
+        self.check_finite = bool(scaled) or any(t.type in _FLOAT_TYPES for t in num)
+        ranges = [(j, t.range) for j, t in enumerate(num) if t.range is not None]
+        self.pick_ranged = _picker([j for j, _ in ranges])
+        self.lows = tuple(r[0] for _, r in ranges)
+        self.highs = tuple(r[1] for _, r in ranges)
+
+    def decode(
+        self, data: Sequence[int] | Sequence[bool], received_at: datetime, mono: float
+    ) -> list[Sample]:
+        """The samples of one reply (``data``: exactly the request's registers or bits)."""
+        n = len(self.keys)
+        values: tuple[Value, ...] | None
+        if self.bits:
+            values = tuple(map(bool, self.pick_bits(data)))
+        else:
+            values = self._registers(data)
+            if values is None:
+                return self._slow(data, received_at, mono)
+        return list(
+            map(
+                _new_sample,
+                zip(
+                    self.keys,
+                    values,
+                    repeat(_GOOD, n),
+                    repeat(received_at, n),
+                    repeat(mono, n),
+                    repeat(None, n),
+                    strict=True,
+                ),
+            )
+        )
+
+    def _registers(self, data: Sequence[int]) -> tuple[Value, ...] | None:
+        """Every value of a register reply when all are GOOD, else None (take the slow path)."""
+        try:
+            raw = self.block(data)
+        except CodecError:
+            return None
+        eff: tuple[Value, ...]
+        if not self.any_scaled:
+            eff = raw
+        elif self.all_scaled:
+            eff = tuple(map(operator.add, map(operator.mul, raw, self.scales), self.offsets))
+        else:
+            scaled = map(operator.add, map(operator.mul, self.pick_scaled(raw), self.scales), self.offsets)
+            eff = self.regroup(self.pick_unscaled(raw) + tuple(scaled))
+        # NaN and ±Inf propagate through a sum (an overflow of finite values only sends a good
+        # reply down the slow path, which decides each tag on its own)
+        if self.check_finite and not math.isfinite(sum(eff)):  # type: ignore[arg-type]
+            return None
+        if self.lows:
+            ranged = self.pick_ranged(eff)
+            if not (all(map(operator.le, self.lows, ranged)) and all(map(operator.le, ranged, self.highs))):
+                return None
+        if self.other:
+            rest = [read(data[o : o + c]) for o, c, read in self.other]
+            if any(q is not _GOOD for _, q in rest):
+                return None
+            eff = eff + tuple(v for v, _ in rest)
+            if self.reorder is not None:
+                eff = self.reorder(eff)
+        return eff
+
+    def _slow(self, data: Sequence[int] | Sequence[bool], received_at: datetime, mono: float) -> list[Sample]:
+        """Tag by tag, each by its own reader (the reference): a BAD tag gets its own reason."""
+        out = []
+        for key, offset, count, read in self.slow:
+            value, quality = read(data[offset : offset + count])
+            out.append(Sample(key, value, quality, received_at, mono))
+        return out
 
 
 def encode_tag(tag: ModbusTag, value: Value) -> list[int] | bool:
@@ -771,16 +936,7 @@ class ModbusDriver:
 
     def _decode(self, table: _Table, req: ReadRequest, data: Sequence[int] | Sequence[bool]) -> list[Sample]:
         # One reply, one receive time: every sample of it carries the same stamps.
-        received_at, mono = utcnow(), self._clock()
-        out = []
-        start = req.start
-        readers = table.readers
-        for k in req.keys:
-            address, count, read = readers[k]
-            offset = address - start
-            value, quality = read(data[offset : offset + count])
-            out.append(Sample(k, value, quality, received_at, mono))
-        return out
+        return table.columns_for(req).decode(data, utcnow(), self._clock())
 
     async def _read(
         self, unit: int, table: str, req: ReadRequest, budget_s: float
