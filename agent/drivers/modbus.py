@@ -119,19 +119,22 @@ class _Table:
     refused: dict[str, str] = field(default_factory=dict)
     # when the illegal keys are asked again (a map that changed, a fault that went away)
     probe_at: float = math.inf
-    # the columnar decoder of each request read so far (see _Columns)
-    columns: dict[ReadRequest, _Columns] = field(default_factory=dict)
+    # the columnar decoder of each request read so far (see _Columns), by the request's id:
+    # the planner hands out the same request objects every cycle (hashing one hashes its keys)
+    columns: dict[int, tuple[ReadRequest, _Columns]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.readers = {k: (t.address, t.register_count, make_reader(t)) for k, t in self.tags.items()}
 
     def columns_for(self, req: ReadRequest) -> _Columns:
         """The decoder of ``req``, compiled on its first reply (a plan changes rarely: splits)."""
-        cols = self.columns.get(req)
-        if cols is None:
-            if len(self.columns) >= _MAX_COLUMNS:
-                self.columns.clear()  # plans learned and forgotten many times: start again
-            cols = self.columns[req] = _Columns(self, req)
+        known = self.columns.get(id(req))
+        if known is not None and known[0] is req:
+            return known[1]
+        if len(self.columns) >= _MAX_COLUMNS:
+            self.columns.clear()  # plans learned and forgotten many times: start again
+        cols = _Columns(self, req)
+        self.columns[id(req)] = (req, cols)  # the request kept alive: its id stays its own
         return cols
 
     @property
@@ -431,6 +434,12 @@ def encode_tag(tag: ModbusTag, value: Value) -> list[int] | bool:
         raise WriteRefused(f"{tag.name}: {exc}") from None
 
 
+_READ_METHODS = {
+    "coil": "read_coils",
+    "discrete": "read_discrete_inputs",
+    "holding": "read_holding_registers",
+    "input": "read_input_registers",
+}
 # Replies whose PDU length is fixed by the function code (unit id + PDU, as in the MBAP length).
 _FIXED_REPLY_LENGTH = {5: 6, 6: 6, 15: 6, 16: 6, 22: 8}
 _READ_FUNCTIONS = frozenset({1, 2, 3, 4, 23})
@@ -941,13 +950,7 @@ class ModbusDriver:
     async def _read(
         self, unit: int, table: str, req: ReadRequest, budget_s: float
     ) -> Sequence[int] | Sequence[bool]:
-        client = self._client
-        fn = {
-            "coil": client.read_coils,
-            "discrete": client.read_discrete_inputs,
-            "holding": client.read_holding_registers,
-            "input": client.read_input_registers,
-        }[table]
+        fn = getattr(self._client, _READ_METHODS[table])
         rr = await self._execute(lambda: fn(req.start, count=req.count, device_id=unit), unit, budget_s)
         if table in ("coil", "discrete"):
             bits = list(rr.bits)
@@ -955,7 +958,7 @@ class ModbusDriver:
             if len(bits) < req.count:
                 raise _ShortReply(f"short reply: {len(bits)} of {req.count} bits from unit {unit}", bits)
             return bits[: req.count]
-        regs = list(rr.registers)
+        regs: list[int] = rr.registers
         if len(regs) < req.count:
             raise _ShortReply(f"short reply: {len(regs)} of {req.count} registers from unit {unit}", regs)
         if len(regs) > req.count:
