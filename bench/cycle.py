@@ -240,7 +240,39 @@ class Recorder:
         return out
 
 
-async def cycle_vs_floor(cfg_path: Path, seconds: float, block: int = 20) -> dict[str, Any]:
+async def profile_cycles_of(
+    one: Callable[[], Awaitable[Any]], cycles: int, top: int = 25
+) -> list[dict[str, Any]]:
+    """cProfile of ``cycles`` agent cycles (poll + cycle()): the functions with the most own time."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(cycles):
+        await one()
+    prof.disable()
+    rows = []
+    for (file, line, func), (_cc, calls, own, cum, _callers) in pstats.Stats(prof).stats.items():  # type: ignore[attr-defined]
+        where = file.split("/site-packages/")[-1].split("/lib/python3.11/")[-1].replace(str(ROOT) + "/", "")
+        rows.append(
+            {
+                "function": f"{where}:{line}({func})",
+                "calls_per_cycle": calls / cycles,
+                "own_us_per_cycle": 1e6 * own / cycles,
+                "cum_us_per_cycle": 1e6 * cum / cycles,
+            }
+        )
+    rows.sort(key=lambda r: -r["own_us_per_cycle"])
+    return [
+        {"total_own_us_per_cycle": sum(r["own_us_per_cycle"] for r in rows), "cycles": cycles},
+        *rows[:top],
+    ]
+
+
+async def cycle_vs_floor(
+    cfg_path: Path, seconds: float, block: int = 20, profile_cycles: int = 0
+) -> dict[str, Any]:
     cfg = load_config(cfg_path)
     period = cfg.agent.cycle_ms / 1000
     vnow = [time.monotonic()]
@@ -261,6 +293,7 @@ async def cycle_vs_floor(cfg_path: Path, seconds: float, block: int = 20) -> dic
     floor_poll_s: list[float] = []
     requests: list[int] = []
     writes: list[int] = []
+    profile: list[dict[str, Any]] = []
     try:
         async with drv:
             rec = Recorder(drv._client)
@@ -313,6 +346,8 @@ async def cycle_vs_floor(cfg_path: Path, seconds: float, block: int = 20) -> dic
                         floor_poll_s.append(t1 - t0)
             finally:
                 bare.close()
+            if profile_cycles:
+                profile = await profile_cycles_of(one, profile_cycles)
     finally:
         agent.audit.close()
     n = len(agent_s)
@@ -336,6 +371,7 @@ async def cycle_vs_floor(cfg_path: Path, seconds: float, block: int = 20) -> dic
         "ratio": mean(agent_s) / mean(floor_s),
         "ratio_p50": pct(agent_s, 50) / pct(floor_s, 50),
         "agent_writes": agent.view.writes,
+        "profile": profile,
     }
 
 
@@ -412,7 +448,9 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             if "cycle" in args.rows:
                 print("cycle vs floor ...", flush=True)
                 demo = demo_config(tmp, port, "cycle")
-                res["cycle"] = await cycle_vs_floor(write_config(demo, tmp / "demo.yaml"), args.seconds)
+                res["cycle"] = await cycle_vs_floor(
+                    write_config(demo, tmp / "demo.yaml"), args.seconds, profile_cycles=args.profile_cycles
+                )
             if "jitter" in args.rows:
                 print("jitter at 10 Hz ...", flush=True)
                 fast = at_10hz(demo_config(tmp, port, "jitter"), tmp)
@@ -446,6 +484,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jitter-seconds", type=float, default=30.0, help="10 Hz run, measured time")
     ap.add_argument("--ready-cycles", type=int, default=30, help="cycles after ready before RSS is read")
     ap.add_argument("--quick", action="store_true", help="short runs (about 30 s in all)")
+    ap.add_argument(
+        "--profile-cycles",
+        type=int,
+        default=100,
+        help="cProfile this many cycles after the measured ones (0: none)",
+    )
     ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of: " + ", ".join(ROWS))
     ap.add_argument("--keep", metavar="DIR", help="keep configs and agent logs in DIR (default: a temp dir)")
     args = ap.parse_args(argv)
@@ -507,6 +551,19 @@ def report(res: dict[str, Any]) -> dict[str, Any]:
             f"cycle vs floor: {c['ratio']:.2f}x (mean), {c['ratio_p50']:.2f}x (p50); "
             f"target <= {TARGETS['cycle_vs_floor']}x: {verdict(ok)}"
         )
+        if c.get("profile"):
+            total, *top = c["profile"]
+            print(
+                f"\nProfile of {total['cycles']} agent cycles after the measured ones (cProfile, which "
+                "slows Python calls; own time per cycle, all functions "
+                f"{total['total_own_us_per_cycle']:.0f} us):"
+            )
+            print(f"{'own us':>8} {'cum us':>8} {'calls':>7}  function")
+            for p in top:
+                print(
+                    f"{p['own_us_per_cycle']:8.0f} {p['cum_us_per_cycle']:8.0f} {p['calls_per_cycle']:7.1f}  "
+                    f"{p['function']}"
+                )
     if "jitter" in res:
         j = res["jitter"]
         print()
