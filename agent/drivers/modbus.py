@@ -188,6 +188,12 @@ def _bad(tag: ModbusTag, reason: str) -> Sample:
     return Sample.now(tag.name, None, Quality.bad(reason))
 
 
+def _bad_many(tags: Iterable[ModbusTag], reason: str) -> list[Sample]:
+    """One BAD sample per tag with one reason and one stamp (a dead device: every tag at once)."""
+    quality, received_at, mono = Quality.bad(reason), utcnow(), time.monotonic()
+    return [Sample(t.name, None, quality, received_at, mono) for t in tags]
+
+
 def decode_tag(tag: ModbusTag, words: Sequence[int] | Sequence[bool]) -> tuple[Value, Quality]:
     """Raw words (or bits) of one tag → engineering value and quality (the general path; the
     poll loop uses :func:`make_reader`, the same rules with constants bound)."""
@@ -489,6 +495,15 @@ def scan_mbap(buf: bytes, tid: int, fc: int) -> tuple[str | None, int | None, in
     return None, stray, (7 - (n - off)) if n > off else 0
 
 
+@functools.cache
+def _pymodbus_errors() -> tuple[type[Exception], type[Exception], type[Exception]]:
+    """pymodbus's ConnectionException, ModbusException, ModbusIOException (imported when the
+    first request is made, not with this module; then cached: this is on every request)."""
+    from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+    return ConnectionException, ModbusException, ModbusIOException
+
+
 class _InvalidStream(Exception):
     """Set on pymodbus's pending reply when the bytes received are not valid Modbus TCP."""
 
@@ -760,7 +775,7 @@ class ModbusDriver:
         if not self.connected:
             reason = await self._connect(deadline)
             if reason is not None:
-                return [_bad(t, reason) for t in self._tags.values() if t.access != "write"]
+                return _bad_many((t for t in self._tags.values() if t.access != "write"), reason)
         samples: list[Sample] = []
         # Healthy units first, so a unit being probed spends only the time left over.
         order = sorted(self._units.values(), key=lambda u: u.breaker.state is not BreakerState.CLOSED)
@@ -768,7 +783,7 @@ class ModbusDriver:
             if not self.connected:
                 reason = f"connection lost: {self._link.last_error or 'closed by the device'}"
                 unit.problem = reason
-                samples.extend(_bad(t, reason) for t in unit.tags())
+                samples.extend(_bad_many(unit.tags(), reason))
                 continue
             samples.extend(await self._poll_unit(unit, deadline))
         return samples
@@ -806,7 +821,7 @@ class ModbusDriver:
         if not unit.breaker.allow():
             reason = f"unit {unit.unit} not responding ({unit.breaker.last_error}); skipped until retry"
             self.counters.bump(key, "skipped")
-            return [_bad(t, reason) for t in unit.tags()]
+            return _bad_many(unit.tags(), reason)
         if unit.refused_everywhere:
             # A unit id the device does not have (yet): ask again, as the breaker allows, so a
             # drive added later is found without a restart.
@@ -816,9 +831,14 @@ class ModbusDriver:
         for table in unit.tables:
             if table.refused and self._clock() >= table.probe_at:
                 table.retry_refused()  # once per backoff cap: a refusal is not for ever
-            for name in table.planner.illegal_keys:
-                samples.append(_bad(table.tags[name], table.refused[name]))
-            queue = list(table.planner.requests())
+            illegal = table.planner.illegal_keys
+            if illegal:
+                received_at, mono = utcnow(), time.monotonic()
+                samples.extend(
+                    Sample(name, None, Quality.bad(table.refused[name]), received_at, mono)
+                    for name in illegal
+                )
+            queue = table.planner.requests()  # a list of its own
             while queue:
                 req = queue.pop(0)
                 budget = min(self._timeout_s, deadline - self._clock() - _MARGIN_S)
@@ -838,7 +858,7 @@ class ModbusDriver:
                         self._refused(unit, table, req, before, str(exc), samples)
                         queue[:0] = replacement
                         continue
-                    samples.extend(_bad(table.tags[k], str(exc)) for k in req.keys)
+                    samples.extend(_bad_many((table.tags[k] for k in req.keys), str(exc)))
                     if exc.code in _UNIT_DOWN_CODES:
                         self._unit_failed(unit, str(exc))
                         if unit.breaker.is_open:
@@ -853,7 +873,7 @@ class ModbusDriver:
                     continue
                 except DeviceUnreachable as exc:
                     unit.problem = str(exc)
-                    samples.extend(_bad(table.tags[k], str(exc)) for k in req.keys)
+                    samples.extend(_bad_many((table.tags[k] for k in req.keys), str(exc)))
                     if not self.connected:
                         self._link.record_failure(str(exc))
                         return samples + self._rest_bad(unit, table, queue, str(exc))
@@ -864,7 +884,7 @@ class ModbusDriver:
                 except BadReply as exc:
                     unit.problem = str(exc)
                     self.counters.bump(key, "bad_replies")
-                    samples.extend(_bad(table.tags[k], str(exc)) for k in req.keys)
+                    samples.extend(_bad_many((table.tags[k] for k in req.keys), str(exc)))
                     continue
                 unit.breaker.record_success()
                 samples.extend(self._decode(table, req, data))
@@ -935,11 +955,11 @@ class ModbusDriver:
 
     def _rest_bad(self, unit: _Unit, current: _Table, queue: list[ReadRequest], reason: str) -> list[Sample]:
         """BAD samples for everything of ``unit`` not yet read this cycle."""
-        out = [_bad(current.tags[k], reason) for r in queue for k in r.keys]
+        out = _bad_many((current.tags[k] for r in queue for k in r.keys), reason)
         after = False
         for table in unit.tables:
             if after:
-                out.extend(_bad(t, reason) for t in table.tags.values())
+                out.extend(_bad_many(table.tags.values(), reason))
             after = after or table is current
         return out
 
@@ -972,7 +992,7 @@ class ModbusDriver:
 
         ``resend=False`` (writes): a request is never sent twice, not even after a late reply
         to an earlier request; :attr:`_sent` tells the caller whether it left at all."""
-        from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+        ConnectionException, ModbusException, ModbusIOException = _pymodbus_errors()
 
         async with self._lock:
             for attempt in (1, 2):
