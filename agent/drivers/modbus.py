@@ -266,9 +266,7 @@ _FLOAT_TYPES = frozenset({codec.DataType.FLOAT32, codec.DataType.FLOAT64})
 _MAX_COLUMNS = 256  # compiled request decoders kept per table
 _GOOD = Quality.good()
 # A Sample built from one 6-tuple in C (a NamedTuple's own __new__ is a Python call per tag).
-_new_sample: Callable[[tuple[str, Value, Quality, datetime, float, None]], Sample] = functools.partial(
-    tuple.__new__, Sample
-)
+_new = tuple.__new__  # a Sample from one 6-tuple, in C (the NamedTuple's own __new__ is Python)
 
 
 def _picker(indices: Sequence[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
@@ -345,20 +343,17 @@ class _Columns:
             values = self._registers(data)
             if values is None:
                 return self._slow(data, received_at, mono)
-        return list(
-            map(
-                _new_sample,
-                zip(
-                    self.keys,
-                    values,
-                    repeat(_GOOD, n),
-                    repeat(received_at, n),
-                    repeat(mono, n),
-                    repeat(None, n),
-                    strict=True,
-                ),
-            )
+        columns = (
+            self.keys,
+            values,
+            repeat(_GOOD, n),
+            repeat(received_at, n),
+            repeat(mono, n),
+            repeat(None, n),
         )
+        rows = zip(*columns, strict=True)
+        samples: list[Sample] = list(map(_new, repeat(Sample, n), rows))
+        return samples
 
     def _registers(self, data: Sequence[int]) -> tuple[Value, ...] | None:
         """Every value of a register reply when all are GOOD, else None (take the slow path)."""
