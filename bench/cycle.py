@@ -600,6 +600,10 @@ def report(res: dict[str, Any]) -> dict[str, Any]:
                 f"{label:24} {p['rss_ready_mb']:8.1f}MB {p.get('hwm_mb', p['rss_sampled_peak_mb']):6.1f}MB "
                 f"{target:5.0f}MB {verdict(ok):7} {torch!s:>6} {p['modules']['asyncua']!s:>8} {stop:>10}"
             )
+        print("where the RSS is when ready (MB; /proc/<pid>/smaps: libraries by package, heap, anonymous):")
+        for key, label in procs:
+            parts = res[f"process_{key}"].get("rss_by_mapping", {})
+            print(f"  {label}: " + ", ".join(f"{name} {mb:.1f}" for name, mb in parts.items() if mb >= 0.05))
         print()
         print("Start-up, seconds from process start to:")
         print(
