@@ -11,8 +11,11 @@ Rows, measured in one run against the same in-process pymodbus server on 127.0.0
 Every sample of a poll before and after the measured rounds is checked GOOD, and the driver's
 fault counters (failures, bad or short replies, skipped) must stay zero through them; the
 check of each sample is outside the timed loop (it costs the bench about 0.3 us per tag).
-The agent and the floor alternate in rounds (``--rounds``), each row's time is the sum over
-its rounds, so load from other processes falls on both alike. Besides cycles per second
+Before the rounds, this process's start-up objects are frozen out of the garbage collector
+(``agent.runtime.freeze_startup_objects``), as ``Agent.run`` does in the agent once started:
+the rows measure the poll path in the state it runs in. The agent and the floor alternate in
+rounds (``--rounds``), each row's time is the sum over its rounds, so load from other
+processes falls on both alike. Besides cycles per second
 (wall clock, the server in this process too) each row has its CPU time per cycle
 (``time.process_time``); the CPU per tag above the floor is the agent's CPU per cycle less the
 floor's, over the tags. Then a cProfile of the agent's polls: where the time above the floor
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import platform
 import random
@@ -59,6 +63,7 @@ from agent.drivers.modbus_plan import plan  # noqa: E402
 from agent.drivers.opcua import OpcUaDriver  # noqa: E402
 from agent.drivers.opcua_config import OpcUaDevice  # noqa: E402
 from agent.ops.logging import setup_logging  # noqa: E402
+from agent.runtime import freeze_startup_objects  # noqa: E402
 from bench import rss  # noqa: E402
 from bench.opcua_server import node_id  # noqa: E402
 from tests.modbus_server import ModbusTestServer  # noqa: E402
@@ -326,7 +331,13 @@ async def run(
                         assert not rr.isError()
 
                 await checked()
-                measured = await interleaved({"agent": ours, "bare_planned": bare_planned}, seconds, rounds)
+                freeze_startup_objects()  # this process stands for the agent: as Agent.run does once started
+                try:
+                    measured = await interleaved(
+                        {"agent": ours, "bare_planned": bare_planned}, seconds, rounds
+                    )
+                finally:
+                    gc.unfreeze()
                 await checked()
                 faults = {
                     k: v for per in drv.counters.per_unit.values() for k, v in per.items() if k in FAULTS

@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import itertools
 import json
 import math
@@ -66,7 +67,7 @@ from pymodbus.client import AsyncModbusTcpClient  # noqa: E402
 
 from agent.config import load_config  # noqa: E402
 from agent.ops.logging import setup_logging  # noqa: E402
-from agent.runtime import Agent  # noqa: E402
+from agent.runtime import Agent, freeze_startup_objects  # noqa: E402
 from bench import rss  # noqa: E402
 
 DEMO = ROOT / "configs" / "demo.yaml"
@@ -285,6 +286,7 @@ async def cycle_vs_floor(
     drv._clock = clock  # samples carry the agent's (virtual) time
     cfg.agent.state_dir.mkdir(parents=True, exist_ok=True)
     agent.audit.open()
+    freeze_startup_objects()  # as Agent.run does once started
     frames = lambda: sum(m.windows.counters.frames for m in agent.models)  # noqa: E731
     agent_s: list[float] = []
     poll_s: list[float] = []
@@ -350,6 +352,7 @@ async def cycle_vs_floor(
                 profile = await profile_cycles_of(one, profile_cycles)
     finally:
         agent.audit.close()
+        gc.unfreeze()
     n = len(agent_s)
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
     return {
