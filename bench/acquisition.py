@@ -263,7 +263,11 @@ async def opcua_section(
                 )
         finally:
             server.stdin.close()
-            done = await asyncio.wait_for(server.stdout.readline(), 10)
+            try:
+                done = await asyncio.wait_for(server.stdout.readline(), 30)
+            except TimeoutError:  # a server too loaded to report its pace: killed, pace unknown
+                done = b""
+                server.kill()
             await server.wait()
     served = json.loads(done) if done else {}
     return {
