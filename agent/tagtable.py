@@ -7,6 +7,7 @@ stopped arriving must never look GOOD.
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -16,10 +17,14 @@ from agent.types import Quality, Sample
 __all__ = ["TagTable"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_tag_of = operator.itemgetter(0)  # Sample.tag
 
 
 class TagTable:
-    """Latest sample per tag. ``stale_limits`` maps tag name → seconds."""
+    """Latest sample per tag. ``stale_limits`` maps tag name → seconds.
+
+    One task writes it (the event loop: pollers, write-back); readers on the same loop.
+    """
 
     def __init__(
         self, stale_limits: Mapping[str, float], clock: Callable[[], float] = time.monotonic
@@ -27,33 +32,43 @@ class TagTable:
         self._limits = dict(stale_limits)
         self._latest: dict[str, Sample] = {}
         self._clock = clock
+        self._names: tuple[int, tuple[str, ...]] = (-1, ())  # (len(_latest) it was made for, names)
         self.updates = 0
 
     def update(self, samples: Iterable[Sample]) -> None:
-        for s in samples:
-            self._latest[s.tag] = s
-            self.updates += 1
+        """Take a poll's samples (a later sample of a tag replaces the earlier one)."""
+        batch = samples if isinstance(samples, list | tuple) else list(samples)
+        self._latest.update(zip(map(_tag_of, batch), batch, strict=True))  # in C: one poll, one call
+        self.updates += len(batch)
 
     def get(self, tag: str, now: float | None = None) -> Sample:
         """The tag's latest sample; BAD "stale" when too old, BAD "no value yet" when never seen."""
-        now = self._clock() if now is None else now
         s = self._latest.get(tag)
+        if now is None:
+            now = self._clock()
         if s is None:
             return Sample(tag, None, Quality.bad("no value yet"), _EPOCH, now)
         limit = self._limits.get(tag)
-        if limit is not None and s.stale(limit, now):
-            age = now - s.mono
-            return Sample(
-                tag,
-                s.value,
-                Quality.bad(f"stale: no update for {age:.1f} s (limit {limit:g} s)"),
-                s.received_at,
-                s.mono,
-                s.source_time,
-            )
-        return s
+        if limit is None or now - s.mono <= limit:  # a NaN time is stale (fail closed)
+            return s
+        age = now - s.mono
+        return Sample(
+            tag,
+            s.value,
+            Quality.bad(f"stale: no update for {age:.1f} s (limit {limit:g} s)"),
+            s.received_at,
+            s.mono,
+            s.source_time,
+        )
 
     def snapshot(self, tags: Iterable[str] | None = None, now: float | None = None) -> dict[str, Sample]:
+        """:meth:`get` of ``tags`` (default: every tag with a limit or a sample) at one ``now``."""
         now = self._clock() if now is None else now
-        names = self._limits.keys() | self._latest.keys() if tags is None else tags
-        return {t: self.get(t, now) for t in names}
+        if tags is None:
+            made_for, names = self._names
+            if made_for != len(self._latest):  # tags are never removed: a new one changes the size
+                names = tuple(self._limits.keys() | self._latest.keys())
+                self._names = (len(self._latest), names)
+            tags = names
+        get = self.get
+        return {t: get(t, now) for t in tags}

@@ -4,8 +4,22 @@ Rows, measured in one run against the same in-process pymodbus server on 127.0.0
 
 * ``agent``: our ModbusDriver (planner, validation, decoding, quality, samples);
 * ``bare pymodbus, planned``: a raw pymodbus loop issuing the same planned requests, no decoding
-  (the protocol floor): target agent >= 0.9x of it;
+  (the protocol floor): targets (issue 16) agent >= 0.8x of it and <= 1 us of CPU per tag
+  above it;
 * ``bare pymodbus, one request per tag``: what a naive poller does: target agent >= 10x.
+
+Every sample of a poll before and after the measured rounds is checked GOOD, and the driver's
+fault counters (failures, bad or short replies, skipped) must stay zero through them; the
+check of each sample is outside the timed loop (it costs the bench about 0.3 us per tag).
+Before the rounds, this process's start-up objects are frozen out of the garbage collector
+(``agent.runtime.freeze_startup_objects``), as ``Agent.run`` does in the agent once started:
+the rows measure the poll path in the state it runs in. The agent and the floor alternate in
+rounds (``--rounds``), each row's time is the sum over its rounds, so load from other
+processes falls on both alike. Besides cycles per second
+(wall clock, the server in this process too) each row has its CPU time per cycle
+(``time.process_time``); the CPU per tag above the floor is the agent's CPU per cycle less the
+floor's, over the tags. Then a cProfile of the agent's polls: where the time above the floor
+goes (``--no-profile`` leaves it out).
 
 OPC UA (the ``opcua`` section; ``--no-opcua`` leaves it out):
 
@@ -28,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import platform
 import random
@@ -48,10 +63,13 @@ from agent.drivers.modbus_plan import plan  # noqa: E402
 from agent.drivers.opcua import OpcUaDriver  # noqa: E402
 from agent.drivers.opcua_config import OpcUaDevice  # noqa: E402
 from agent.ops.logging import setup_logging  # noqa: E402
+from agent.runtime import freeze_startup_objects  # noqa: E402
 from bench import rss  # noqa: E402
 from bench.opcua_server import node_id  # noqa: E402
 from tests.modbus_server import ModbusTestServer  # noqa: E402
 
+# the driver's counters of anything but a clean read (none may move while measured)
+FAULTS = ("failures", "bad_replies", "short_replies", "skipped", "deferred")
 TYPES = [("uint16", 1), ("int16", 1), ("float32", 2), ("int32", 2), ("float64", 4), ("uint32", 2)]
 
 
@@ -66,15 +84,68 @@ def make_tags(n: int, seed: int = 7) -> list[dict[str, Any]]:
     return tags
 
 
-async def measure(fn: Any, seconds: float) -> tuple[float, int]:
-    """Run fn() repeatedly for ``seconds``; return (cycles per second, cycles)."""
-    await fn()  # warm up (connect)
-    n = 0
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        await fn()
-        n += 1
-    return n / (time.perf_counter() - t0), n
+class Row:
+    """Cycles, wall and CPU seconds of one row, summed over its rounds."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn, self.cycles, self.wall, self.cpu = fn, 0, 0.0, 0.0
+
+    async def round(self, seconds: float) -> None:
+        """Run fn() repeatedly for ``seconds`` (at least once)."""
+        n = 0
+        w0, c0 = time.perf_counter(), time.process_time()
+        while n == 0 or time.perf_counter() - w0 < seconds:
+            await self.fn()
+            n += 1
+        self.wall += time.perf_counter() - w0
+        self.cpu += time.process_time() - c0
+        self.cycles += n
+
+    def result(self) -> dict[str, float]:
+        return {
+            "cycles_per_s": self.cycles / self.wall,
+            "cycles": self.cycles,
+            "cpu_ms_per_cycle": 1000 * self.cpu / self.cycles,
+        }
+
+
+async def interleaved(rows: dict[str, Any], seconds: float, rounds: int) -> dict[str, dict[str, float]]:
+    """Each row warmed up, then ``rounds`` rounds of ``seconds / rounds`` per row, alternating."""
+    measured = {name: Row(fn) for name, fn in rows.items()}
+    for row in measured.values():
+        await row.fn()  # warm up (connect)
+    for _ in range(rounds):
+        for row in measured.values():
+            await row.round(seconds / rounds)
+    return {name: row.result() for name, row in measured.items()}
+
+
+async def profile_polls(poll: Any, cycles: int, top: int = 14) -> list[dict[str, Any]]:
+    """cProfile of ``cycles`` agent polls: the functions with the most own time."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(cycles):
+        await poll()
+    prof.disable()
+    stats = pstats.Stats(prof)
+    rows = []
+    for (file, line, func), (_cc, calls, own, cum, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        where = file.split("/site-packages/")[-1].split("/lib/python3")[-1]
+        where = where.replace(str(ROOT) + "/", "")
+        rows.append(
+            {
+                "function": f"{where}:{line}({func})",
+                "calls_per_cycle": calls / cycles,
+                "own_us_per_cycle": 1e6 * own / cycles,
+                "cum_us_per_cycle": 1e6 * cum / cycles,
+            }
+        )
+    rows.sort(key=lambda r: -r["own_us_per_cycle"])
+    total = sum(r["own_us_per_cycle"] for r in rows)
+    return [{"total_own_us_per_cycle": total}, *rows[:top]]
 
 
 # --------------------------------------------------------------------------- OPC UA
@@ -192,7 +263,11 @@ async def opcua_section(
                 )
         finally:
             server.stdin.close()
-            done = await asyncio.wait_for(server.stdout.readline(), 10)
+            try:
+                done = await asyncio.wait_for(server.stdout.readline(), 30)
+            except TimeoutError:  # a server too loaded to report its pace: killed, pace unknown
+                done = b""
+                server.kill()
             await server.wait()
     served = json.loads(done) if done else {}
     return {
@@ -208,7 +283,9 @@ async def opcua_section(
 # --------------------------------------------------------------------------- Modbus
 
 
-async def run(seconds: float, n_tags: int, ua: dict[str, Any] | None = None) -> dict[str, Any]:
+async def run(
+    seconds: float, n_tags: int, ua: dict[str, Any] | None = None, rounds: int = 6, profile: bool = True
+) -> dict[str, Any]:
     tags = make_tags(n_tags)
     size = max(t["address"] for t in tags) + 8
     async with ModbusTestServer(size=size) as srv:
@@ -232,32 +309,48 @@ async def run(seconds: float, n_tags: int, ua: dict[str, Any] | None = None) -> 
         )
         results: dict[str, Any] = {"tags": n_tags, "registers": spans_regs, "planned_requests": len(requests)}
 
-        async with ModbusDriver(dev) as drv:
-
-            async def ours() -> None:
-                samples = await drv.poll(time.monotonic() + 10)
-                assert all(s.quality.is_good for s in samples)
-
-            results["agent"] = await measure(ours, seconds)
-
         client = AsyncModbusTcpClient("127.0.0.1", port=srv.port, retries=0, reconnect_delay=0)
         await client.connect()
         try:
+            async with ModbusDriver(dev) as drv:
 
-            async def bare_planned() -> None:
-                for r in requests:
-                    rr = await client.read_holding_registers(r.start, count=r.count, device_id=1)
-                    assert not rr.isError()
+                async def ours() -> None:
+                    await drv.poll(time.monotonic() + 10)
 
-            async def bare_per_tag() -> None:
-                for t in tags:
-                    rr = await client.read_holding_registers(
-                        t["address"], count=counts[t["type"]], device_id=1
+                async def checked() -> None:
+                    samples = await drv.poll(time.monotonic() + 10)
+                    bad = [s for s in samples if not s.quality.is_good]
+                    assert len(samples) == n_tags and not bad, bad[:3]
+
+                async def bare_planned() -> None:
+                    for r in requests:
+                        rr = await client.read_holding_registers(r.start, count=r.count, device_id=1)
+                        assert not rr.isError()
+
+                async def bare_per_tag() -> None:
+                    for t in tags:
+                        rr = await client.read_holding_registers(
+                            t["address"], count=counts[t["type"]], device_id=1
+                        )
+                        assert not rr.isError()
+
+                await checked()
+                freeze_startup_objects()  # this process stands for the agent: as Agent.run does once started
+                try:
+                    measured = await interleaved(
+                        {"agent": ours, "bare_planned": bare_planned}, seconds, rounds
                     )
-                    assert not rr.isError()
-
-            results["bare_planned"] = await measure(bare_planned, seconds)
-            results["bare_per_tag"] = await measure(bare_per_tag, seconds)
+                finally:
+                    gc.unfreeze()
+                await checked()
+                faults = {
+                    k: v for per in drv.counters.per_unit.values() for k, v in per.items() if k in FAULTS
+                }
+                assert not any(faults.values()), f"the agent saw faults while measured: {faults}"
+                measured |= await interleaved({"bare_per_tag": bare_per_tag}, seconds, 1)
+                results.update(measured)
+                if profile:
+                    results["profile"] = await profile_polls(ours, max(20, int(50 * seconds)))
         finally:
             client.close()
         if ua is not None:
@@ -279,9 +372,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--opcua-seconds", type=float, default=10.0)
     ap.add_argument("--no-opcua", action="store_true", help="Modbus rows only")
     ap.add_argument("--quick", action="store_true", help="short runs")
+    ap.add_argument("--rounds", type=int, default=6, help="alternating rounds of the agent and the floor")
+    ap.add_argument("--no-profile", action="store_true", help="leave out the cProfile of the agent's polls")
     args = ap.parse_args(argv)
     if args.quick:
-        args.seconds, args.opcua_seconds = 1.0, 3.0
+        args.seconds, args.opcua_seconds = 1.5, 3.0
     setup_logging("warning")
     ua = None
     if not args.no_opcua:
@@ -291,35 +386,73 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": args.opcua_seconds,
             "ready_cycles": 10 if args.quick else 20,
         }
-    res = asyncio.run(run(args.seconds, args.tags, ua))
-    regs = res["registers"]
+    res = asyncio.run(run(args.seconds, args.tags, ua, rounds=args.rounds, profile=not args.no_profile))
+    regs, n_tags = res["registers"], res["tags"]
     rows = []
     for key, label in (
         ("agent", "agent (ModbusDriver)"),
         ("bare_planned", "bare pymodbus, same planned requests"),
         ("bare_per_tag", "bare pymodbus, one request per tag"),
     ):
-        cps, n = res[key]
-        rows.append({"row": label, "cycles_per_s": cps, "registers_per_s": cps * regs, "cycles": n})
+        r = res[key]
+        rows.append(
+            {
+                "row": label,
+                "cycles_per_s": r["cycles_per_s"],
+                "registers_per_s": r["cycles_per_s"] * regs,
+                "cycles": r["cycles"],
+                "cpu_ms_per_cycle": r["cpu_ms_per_cycle"],
+            }
+        )
     ours = rows[0]["registers_per_s"]
     ratio_planned = ours / rows[1]["registers_per_s"]
     ratio_per_tag = ours / rows[2]["registers_per_s"]
-    print(f"Acquisition: {res['tags']} tags, {regs} registers, {res['planned_requests']} planned requests")
-    print(f"{'row':40} {'cycles/s':>10} {'registers/s':>14}")
+    cpu_ratio = rows[1]["cpu_ms_per_cycle"] / rows[0]["cpu_ms_per_cycle"]
+    us_per_tag = 1000 * (rows[0]["cpu_ms_per_cycle"] - rows[1]["cpu_ms_per_cycle"]) / n_tags
+    print(
+        f"Acquisition: {n_tags} tags, {regs} registers, {res['planned_requests']} planned requests; "
+        f"agent and floor alternate in {args.rounds} rounds ({args.seconds:g} s per row in all); "
+        "the server runs in this process (in both rows)"
+    )
+    print(f"{'row':40} {'cycles/s':>10} {'registers/s':>14} {'CPU ms/cycle':>13}")
     for r in rows:
-        print(f"{r['row']:40} {r['cycles_per_s']:10.1f} {r['registers_per_s']:14.0f}")
+        print(
+            f"{r['row']:40} {r['cycles_per_s']:10.1f} {r['registers_per_s']:14.0f} "
+            f"{r['cpu_ms_per_cycle']:13.3f}"
+        )
     verdict = {True: "OK", False: "MISSED"}
-    print(f"agent vs bare planned:  {ratio_planned:.2f}x (target >= 0.9x) {verdict[ratio_planned >= 0.9]}")
+    print(
+        f"agent vs bare planned:  {ratio_planned:.2f}x wall clock, {cpu_ratio:.2f}x CPU "
+        f"(target >= 0.8x) {verdict[ratio_planned >= 0.8]}"
+    )
+    print(
+        f"CPU above the floor:    {us_per_tag:.2f} us per tag (target <= 1 us) {verdict[us_per_tag <= 1.0]}"
+    )
     print(f"agent vs one-per-tag:   {ratio_per_tag:.1f}x (target >= 10x) {verdict[ratio_per_tag >= 10]}")
+    if "profile" in res:
+        total, *top = res["profile"]
+        print(
+            f"\nProfile of the agent's polls (cProfile, which slows Python calls; own time per cycle, "
+            f"all functions {total['total_own_us_per_cycle']:.0f} us; the server's are in it too):"
+        )
+        print(f"{'own us':>8} {'cum us':>8} {'calls':>7}  function")
+        for p in top:
+            print(
+                f"{p['own_us_per_cycle']:8.0f} {p['cum_us_per_cycle']:8.0f} {p['calls_per_cycle']:7.0f}  "
+                f"{p['function']}"
+            )
     results: dict[str, Any] = {
         "machine": {"python": platform.python_version(), "machine": platform.machine()},
-        "tags": res["tags"],
+        "tags": n_tags,
         "registers": regs,
         "planned_requests": res["planned_requests"],
         "rows": rows,
         "ratio_vs_bare_planned": ratio_planned,
+        "cpu_ratio_vs_bare_planned": cpu_ratio,
+        "cpu_us_per_tag_above_floor": us_per_tag,
         "ratio_vs_per_tag": ratio_per_tag,
-        "targets": {"vs_bare_planned": 0.9, "vs_per_tag": 10},
+        "targets": {"vs_bare_planned": 0.8, "cpu_us_per_tag_above_floor": 1.0, "vs_per_tag": 10},
+        "profile": res.get("profile"),
     }
     if "opcua" in res:
         results["opcua"] = res["opcua"]

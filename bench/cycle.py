@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import itertools
 import json
 import math
@@ -66,7 +67,7 @@ from pymodbus.client import AsyncModbusTcpClient  # noqa: E402
 
 from agent.config import load_config  # noqa: E402
 from agent.ops.logging import setup_logging  # noqa: E402
-from agent.runtime import Agent  # noqa: E402
+from agent.runtime import Agent, freeze_startup_objects  # noqa: E402
 from bench import rss  # noqa: E402
 
 DEMO = ROOT / "configs" / "demo.yaml"
@@ -240,7 +241,39 @@ class Recorder:
         return out
 
 
-async def cycle_vs_floor(cfg_path: Path, seconds: float, block: int = 20) -> dict[str, Any]:
+async def profile_cycles_of(
+    one: Callable[[], Awaitable[Any]], cycles: int, top: int = 25
+) -> list[dict[str, Any]]:
+    """cProfile of ``cycles`` agent cycles (poll + cycle()): the functions with the most own time."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(cycles):
+        await one()
+    prof.disable()
+    rows = []
+    for (file, line, func), (_cc, calls, own, cum, _callers) in pstats.Stats(prof).stats.items():  # type: ignore[attr-defined]
+        where = file.split("/site-packages/")[-1].split("/lib/python3.11/")[-1].replace(str(ROOT) + "/", "")
+        rows.append(
+            {
+                "function": f"{where}:{line}({func})",
+                "calls_per_cycle": calls / cycles,
+                "own_us_per_cycle": 1e6 * own / cycles,
+                "cum_us_per_cycle": 1e6 * cum / cycles,
+            }
+        )
+    rows.sort(key=lambda r: -r["own_us_per_cycle"])
+    return [
+        {"total_own_us_per_cycle": sum(r["own_us_per_cycle"] for r in rows), "cycles": cycles},
+        *rows[:top],
+    ]
+
+
+async def cycle_vs_floor(
+    cfg_path: Path, seconds: float, block: int = 20, profile_cycles: int = 0
+) -> dict[str, Any]:
     cfg = load_config(cfg_path)
     period = cfg.agent.cycle_ms / 1000
     vnow = [time.monotonic()]
@@ -253,6 +286,7 @@ async def cycle_vs_floor(cfg_path: Path, seconds: float, block: int = 20) -> dic
     drv._clock = clock  # samples carry the agent's (virtual) time
     cfg.agent.state_dir.mkdir(parents=True, exist_ok=True)
     agent.audit.open()
+    freeze_startup_objects()  # as Agent.run does once started
     frames = lambda: sum(m.windows.counters.frames for m in agent.models)  # noqa: E731
     agent_s: list[float] = []
     poll_s: list[float] = []
@@ -261,6 +295,7 @@ async def cycle_vs_floor(cfg_path: Path, seconds: float, block: int = 20) -> dic
     floor_poll_s: list[float] = []
     requests: list[int] = []
     writes: list[int] = []
+    profile: list[dict[str, Any]] = []
     try:
         async with drv:
             rec = Recorder(drv._client)
@@ -313,8 +348,11 @@ async def cycle_vs_floor(cfg_path: Path, seconds: float, block: int = 20) -> dic
                         floor_poll_s.append(t1 - t0)
             finally:
                 bare.close()
+            if profile_cycles:
+                profile = await profile_cycles_of(one, profile_cycles)
     finally:
         agent.audit.close()
+        gc.unfreeze()
     n = len(agent_s)
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
     return {
@@ -336,6 +374,7 @@ async def cycle_vs_floor(cfg_path: Path, seconds: float, block: int = 20) -> dic
         "ratio": mean(agent_s) / mean(floor_s),
         "ratio_p50": pct(agent_s, 50) / pct(floor_s, 50),
         "agent_writes": agent.view.writes,
+        "profile": profile,
     }
 
 
@@ -412,7 +451,9 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             if "cycle" in args.rows:
                 print("cycle vs floor ...", flush=True)
                 demo = demo_config(tmp, port, "cycle")
-                res["cycle"] = await cycle_vs_floor(write_config(demo, tmp / "demo.yaml"), args.seconds)
+                res["cycle"] = await cycle_vs_floor(
+                    write_config(demo, tmp / "demo.yaml"), args.seconds, profile_cycles=args.profile_cycles
+                )
             if "jitter" in args.rows:
                 print("jitter at 10 Hz ...", flush=True)
                 fast = at_10hz(demo_config(tmp, port, "jitter"), tmp)
@@ -446,6 +487,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jitter-seconds", type=float, default=30.0, help="10 Hz run, measured time")
     ap.add_argument("--ready-cycles", type=int, default=30, help="cycles after ready before RSS is read")
     ap.add_argument("--quick", action="store_true", help="short runs (about 30 s in all)")
+    ap.add_argument(
+        "--profile-cycles",
+        type=int,
+        default=100,
+        help="cProfile this many cycles after the measured ones (0: none)",
+    )
     ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of: " + ", ".join(ROWS))
     ap.add_argument("--keep", metavar="DIR", help="keep configs and agent logs in DIR (default: a temp dir)")
     args = ap.parse_args(argv)
@@ -507,6 +554,19 @@ def report(res: dict[str, Any]) -> dict[str, Any]:
             f"cycle vs floor: {c['ratio']:.2f}x (mean), {c['ratio_p50']:.2f}x (p50); "
             f"target <= {TARGETS['cycle_vs_floor']}x: {verdict(ok)}"
         )
+        if c.get("profile"):
+            total, *top = c["profile"]
+            print(
+                f"\nProfile of {total['cycles']} agent cycles after the measured ones (cProfile, which "
+                "slows Python calls; own time per cycle, all functions "
+                f"{total['total_own_us_per_cycle']:.0f} us):"
+            )
+            print(f"{'own us':>8} {'cum us':>8} {'calls':>7}  function")
+            for p in top:
+                print(
+                    f"{p['own_us_per_cycle']:8.0f} {p['cum_us_per_cycle']:8.0f} {p['calls_per_cycle']:7.1f}  "
+                    f"{p['function']}"
+                )
     if "jitter" in res:
         j = res["jitter"]
         print()
@@ -543,6 +603,10 @@ def report(res: dict[str, Any]) -> dict[str, Any]:
                 f"{label:24} {p['rss_ready_mb']:8.1f}MB {p.get('hwm_mb', p['rss_sampled_peak_mb']):6.1f}MB "
                 f"{target:5.0f}MB {verdict(ok):7} {torch!s:>6} {p['modules']['asyncua']!s:>8} {stop:>10}"
             )
+        print("where the RSS is when ready (MB; /proc/<pid>/smaps: libraries by package, heap, anonymous):")
+        for key, label in procs:
+            parts = res[f"process_{key}"].get("rss_by_mapping", {})
+            print(f"  {label}: " + ", ".join(f"{name} {mb:.1f}" for name, mb in parts.items() if mb >= 0.05))
         print()
         print("Start-up, seconds from process start to:")
         print(

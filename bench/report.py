@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib.metadata
+import json
 import os
 import platform
 import subprocess
@@ -25,6 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -119,8 +121,47 @@ def run(name: str, quick: bool) -> Outcome:
     return Outcome(name, cmd, proc.returncode, took, proc.stdout)
 
 
+def issue16_targets(outcomes: Sequence[Outcome], results: Path = BENCH / "results") -> list[str]:
+    """The speed and memory targets (issue 16) as ratios, from the JSON the acquisition and
+    cycle benchmarks wrote in this run (a benchmark that failed or did not run adds nothing)."""
+    ran = {o.name for o in outcomes if o.exit_code == 0}
+    rows: list[tuple[str, str, str, bool]] = []
+
+    def load(name: str) -> dict[str, Any] | None:
+        path = results / f"{name}.json"
+        if name not in ran or not path.exists():
+            return None
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+
+    acq = load("acquisition")
+    if acq is not None and "cpu_us_per_tag_above_floor" in acq:
+        r, us = acq["ratio_vs_bare_planned"], acq["cpu_us_per_tag_above_floor"]
+        label = "acquisition, 1,000 tags: agent vs bare pymodbus (wall clock)"
+        rows.append((label, f"{r:.2f}x", ">= 0.8x", r >= 0.8))
+        rows.append(("acquisition: CPU per tag above the floor", f"{us:.2f} us", "<= 1 us", us <= 1.0))
+    cyc = load("cycle")
+    if cyc is not None:
+        summary = cyc.get("summary", {})
+        if "cycle_vs_floor" in summary:
+            c = summary["cycle_vs_floor"]
+            limit = f"<= {c['target']}x"
+            rows.append(("demo cycle vs its floor (mean)", f"{c['ratio']:.2f}x", limit, c["ok"]))
+        for key, label in (("rss_modbus", "RSS, Modbus only"), ("rss_modbus_opcua", "RSS with OPC UA")):
+            if key in summary:
+                m = summary[key]
+                torch = ", torch imported" if m["torch"] else ""
+                rows.append((label, f"{m['rss_mb']:.1f} MB{torch}", f"<= {m['target_mb']:.0f} MB", m["ok"]))
+    if not rows:
+        return []
+    out = ["", "Speed and memory targets (issue 16), from the tables below:", ""]
+    out += ["| target | measured | limit | |", "|---|---|---|---|"]
+    out += [f"| {name} | {value} | {limit} | {'OK' if ok else 'MISSED'} |" for name, value, limit, ok in rows]
+    return out
+
+
 def render(outcomes: Sequence[Outcome], machine: dict[str, str], load_before: str, load_after: str,
-           started: dt.datetime, quick: bool) -> str:
+           started: dt.datetime, quick: bool, targets: Sequence[str] = ()) -> str:
     lines = [
         "# Benchmark report",
         "",
@@ -146,6 +187,7 @@ def render(outcomes: Sequence[Outcome], machine: dict[str, str], load_before: st
     for o in outcomes:
         result = "ok" if o.exit_code == 0 else f"FAILED (exit {o.exit_code})"
         lines.append(f"| [{o.name}](#{o.name}) | {result} | {o.seconds:.0f} |")
+    lines += targets
     for o in outcomes:
         lines += ["", f"## {o.name}", "", f"`python bench/{o.name}.py{' --quick' if quick else ''}`", ""]
         text = o.output if o.exit_code == 0 else "\n".join(o.output.splitlines()[-40:])
@@ -163,7 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = dt.datetime.now(dt.UTC)
     machine, load_before = cpu_info(), load_average()
     outcomes = [run(n, args.quick) for n in names]
-    text = render(outcomes, machine, load_before, load_average(), started, args.quick)
+    targets = issue16_targets(outcomes)
+    text = render(outcomes, machine, load_before, load_average(), started, args.quick, targets)
     args.out.write_text(text)
     failed = [o.name for o in outcomes if o.exit_code != 0]
     print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}"

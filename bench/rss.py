@@ -3,6 +3,7 @@
 Library (standard library only, so importing it costs nothing in the measured process)::
 
     mem(pid)          -> Mem(rss_mb, hwm_mb)   VmRSS and VmHWM from /proc/<pid>/status
+    rss_by_mapping(pid) -> {group: MiB}        where the RSS is (libraries by package, heap, anon)
     torch_mapped(pid) -> bool                  a torch shared library is mapped into the process
     spawn_agent(...)  -> Popen                 start the instrumented agent (below)
     report_of(text)   -> dict                  the last report the instrumented agent printed
@@ -29,6 +30,7 @@ every asyncio task on stderr (to see where a shutdown hangs). Fields:
 * ``t_first_cycle_s``, ``t_first_full_cycle_s``, ``t_ready_s``: → the end of those cycles;
 * ``t_stop_s``, ``t_exit_s``: → it sent itself SIGTERM, → ``agent.cli.main`` returned;
 * ``rss_*_mb``: VmRSS at the first full cycle and when ready; ``hwm_mb``: VmHWM at exit;
+* ``rss_by_mapping``: when ready, :func:`rss_by_mapping` (where that RSS is);
 * ``modules``: whether torch, asyncua, onnxruntime and pymodbus are in ``sys.modules``.
 
 "Process start" is ``BENCH_T0`` (a ``time.monotonic()`` value taken by the parent just before
@@ -49,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MARK", "Mem", "mem", "report_of", "run_agent", "spawn_agent", "torch_mapped"]
+__all__ = ["MARK", "Mem", "mem", "report_of", "rss_by_mapping", "run_agent", "spawn_agent", "torch_mapped"]
 
 MARK = "BENCH-RSS "
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +72,45 @@ def mem(pid: int | str = "self") -> Mem:
             if key in ("VmRSS", "VmHWM"):
                 fields[key] = int(rest.split()[0]) / 1024
     return Mem(fields["VmRSS"], fields["VmHWM"])
+
+
+def rss_by_mapping(pid: int | str = "self", top: int = 12) -> dict[str, float]:
+    """Where the resident memory is, in MiB, from /proc/<pid>/smaps: each shared library by
+    its package (``numpy``, ``onnxruntime``, ``cryptography``, ...; ``python`` for the
+    interpreter and its standard-library extensions, ``system`` for /usr/lib), ``[heap]``
+    (brk: Python objects and small allocations), ``anonymous`` (mmap'd: large allocations,
+    glibc's thread arenas, onnxruntime's buffers), ``[stack]``; largest first, the rest summed
+    as ``other``."""
+    groups: dict[str, float] = {}
+    name = "anonymous"
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split(maxsplit=6)
+            if not head:
+                continue
+            if "-" in head[0] and len(head) >= 5 and ":" in head[3]:  # a mapping's first line
+                path = head[5].strip() if len(head) > 5 else ""
+                name = _mapping_group(path)
+            elif head[0] == "Rss:":
+                groups[name] = groups.get(name, 0.0) + int(head[1]) / 1024
+    ranked = sorted(groups.items(), key=lambda kv: -kv[1])
+    out = dict(ranked[:top])
+    if len(ranked) > top:
+        out["other"] = sum(v for _, v in ranked[top:])
+    return out
+
+
+def _mapping_group(path: str) -> str:
+    if not path:
+        return "anonymous"
+    if path.startswith("["):
+        return "[heap]" if path == "[heap]" else "[stack]" if path.startswith("[stack") else "kernel"
+    if "/site-packages/" in path:
+        top = path.split("/site-packages/", 1)[1].split("/", 1)[0]
+        return top.split(".libs")[0].split("-")[0].rstrip("_") or top
+    if "/lib-dynload/" in path or "python3" in path.rsplit("/", 1)[-1] or "libpython" in path:
+        return "python"
+    return "system"
 
 
 def torch_mapped(pid: int | str = "self") -> bool:
@@ -213,6 +254,7 @@ def _instrument(report: dict[str, Any], t0: float, ready_cycles: int | None, unt
             state["after_ready"] += 1
             if state["after_ready"] == ready_cycles:
                 report["rss_ready_mb"] = mem().rss_mb
+                report["rss_by_mapping"] = rss_by_mapping()
                 report["phase"] = "ready"
                 report["modules"] = _modules()
                 report["t_stop_s"] = time.monotonic() - t0

@@ -41,12 +41,16 @@ the write's reply; a request is never re-sent, and whether it left at all decide
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
+import operator
 import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import repeat
 from types import TracebackType
 from typing import Any, Self
 
@@ -115,9 +119,23 @@ class _Table:
     refused: dict[str, str] = field(default_factory=dict)
     # when the illegal keys are asked again (a map that changed, a fault that went away)
     probe_at: float = math.inf
+    # the columnar decoder of each request read so far (see _Columns), by the request's id:
+    # the planner hands out the same request objects every cycle (hashing one hashes its keys)
+    columns: dict[int, tuple[ReadRequest, _Columns]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.readers = {k: (t.address, t.register_count, make_reader(t)) for k, t in self.tags.items()}
+
+    def columns_for(self, req: ReadRequest) -> _Columns:
+        """The decoder of ``req``, compiled on its first reply (a plan changes rarely: splits)."""
+        known = self.columns.get(id(req))
+        if known is not None and known[0] is req:
+            return known[1]
+        if len(self.columns) >= _MAX_COLUMNS:
+            self.columns.clear()  # plans learned and forgotten many times: start again
+        cols = _Columns(self, req)
+        self.columns[id(req)] = (req, cols)  # the request kept alive: its id stays its own
+        return cols
 
     @property
     def registers(self) -> bool:
@@ -168,6 +186,12 @@ class _Unit:
 
 def _bad(tag: ModbusTag, reason: str) -> Sample:
     return Sample.now(tag.name, None, Quality.bad(reason))
+
+
+def _bad_many(tags: Iterable[ModbusTag], reason: str) -> list[Sample]:
+    """One BAD sample per tag with one reason and one stamp (a dead device: every tag at once)."""
+    quality, received_at, mono = Quality.bad(reason), utcnow(), time.monotonic()
+    return [Sample(t.name, None, quality, received_at, mono) for t in tags]
 
 
 def decode_tag(tag: ModbusTag, words: Sequence[int] | Sequence[bool]) -> tuple[Value, Quality]:
@@ -226,6 +250,151 @@ def make_reader(tag: ModbusTag) -> Reader:
     return read
 
 
+_BLOCK_TYPES = frozenset(
+    {
+        codec.DataType.INT16,
+        codec.DataType.UINT16,
+        codec.DataType.INT32,
+        codec.DataType.UINT32,
+        codec.DataType.INT64,
+        codec.DataType.UINT64,
+        codec.DataType.FLOAT32,
+        codec.DataType.FLOAT64,
+    }
+)
+_FLOAT_TYPES = frozenset({codec.DataType.FLOAT32, codec.DataType.FLOAT64})
+_MAX_COLUMNS = 256  # compiled request decoders kept per table
+_GOOD = Quality.good()
+# A Sample built from one 6-tuple in C (a NamedTuple's own __new__ is a Python call per tag).
+_new = tuple.__new__  # a Sample from one 6-tuple, in C (the NamedTuple's own __new__ is Python)
+
+
+def _picker(indices: Sequence[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """``operator.itemgetter`` that always returns a tuple (also for zero or one index)."""
+    if not indices:
+        return lambda _: ()
+    if len(indices) == 1:
+        (i,) = indices
+        return lambda seq: (seq[i],)
+    return operator.itemgetter(*indices)
+
+
+class _Columns:
+    """Every tag of one planned read decoded at once: the poll's hot path.
+
+    One reply becomes the raw values of all its numeric tags in a few ``struct`` calls
+    (:func:`~agent.drivers.modbus_codec.compile_block`); scale and offset, the finiteness
+    check and the range check run over whole columns in C (``map`` over ``operator``
+    functions), and the samples are built in C sharing one receive stamp. Only when every
+    value of the reply is GOOD is the result taken; otherwise the reply is decoded again tag
+    by tag by each tag's :func:`make_reader` (the reference: it gives each BAD tag its own
+    reason), so both paths give the same samples for any reply (tests/unit/test_modbus_columns.py).
+    """
+
+    def __init__(self, table: _Table, req: ReadRequest) -> None:
+        self.keys = req.keys
+        tags = [table.tags[k] for k in req.keys]
+        offsets = [t.address - req.start for t in tags]
+        readers = [table.readers[k][2] for k in req.keys]
+        self.slow = [
+            (k, o, t.register_count, r) for k, o, t, r in zip(req.keys, offsets, tags, readers, strict=True)
+        ]
+        self.bits = not table.registers
+        self.pick_bits = _picker(offsets)
+        numeric = [i for i, t in enumerate(tags) if t.type in _BLOCK_TYPES]
+        other = [i for i, t in enumerate(tags) if t.type not in _BLOCK_TYPES]
+        self.other = [(o, c, r) for _, o, c, r in (self.slow[i] for i in other)]
+        # the numeric values come first, then the others: back into the request's key order
+        order = numeric + other
+        self.reorder = (
+            None if order == sorted(order) else _picker([order.index(i) for i in range(len(order))])
+        )
+        num = [tags[i] for i in numeric]
+        self.block = codec.compile_block(
+            [codec.BlockField(offsets[i], tags[i].type, tags[i].word_order) for i in numeric],
+            req.count,
+        )
+        is_scaled = [t.scale != 1.0 or t.offset != 0.0 for t in num]
+        scaled = [j for j, yes in enumerate(is_scaled) if yes]
+        unscaled = [j for j, yes in enumerate(is_scaled) if not yes]
+        self.any_scaled, self.all_scaled = bool(scaled), not unscaled
+        self.scales = tuple(num[j].scale for j in scaled)
+        self.offsets = tuple(num[j].offset for j in scaled)
+        self.pick_scaled = _picker(scaled)
+        self.pick_unscaled = _picker(unscaled)
+        grouped = unscaled + scaled
+        self.regroup = _picker([grouped.index(j) for j in range(len(num))])
+        # integers unscaled are finite by construction; floats and anything scaled are checked
+        self.check_finite = bool(scaled) or any(t.type in _FLOAT_TYPES for t in num)
+        ranges = [(j, t.range) for j, t in enumerate(num) if t.range is not None]
+        self.pick_ranged = _picker([j for j, _ in ranges])
+        self.lows = tuple(r[0] for _, r in ranges)
+        self.highs = tuple(r[1] for _, r in ranges)
+
+    def decode(
+        self, data: Sequence[int] | Sequence[bool], received_at: datetime, mono: float
+    ) -> list[Sample]:
+        """The samples of one reply (``data``: exactly the request's registers or bits)."""
+        n = len(self.keys)
+        values: tuple[Value, ...] | None
+        if self.bits:
+            values = tuple(map(bool, self.pick_bits(data)))
+        else:
+            values = self._registers(data)
+            if values is None:
+                return self._slow(data, received_at, mono)
+        columns = (
+            self.keys,
+            values,
+            repeat(_GOOD, n),
+            repeat(received_at, n),
+            repeat(mono, n),
+            repeat(None, n),
+        )
+        rows = zip(*columns, strict=True)
+        samples: list[Sample] = list(map(_new, repeat(Sample, n), rows))
+        return samples
+
+    def _registers(self, data: Sequence[int]) -> tuple[Value, ...] | None:
+        """Every value of a register reply when all are GOOD, else None (take the slow path)."""
+        try:
+            raw = self.block(data)
+        except CodecError:
+            return None
+        eff: tuple[Value, ...]
+        if not self.any_scaled:
+            eff = raw
+        elif self.all_scaled:
+            eff = tuple(map(operator.add, map(operator.mul, raw, self.scales), self.offsets))
+        else:
+            scaled = map(operator.add, map(operator.mul, self.pick_scaled(raw), self.scales), self.offsets)
+            eff = self.regroup(self.pick_unscaled(raw) + tuple(scaled))
+        # NaN and ±Inf propagate through a sum (an overflow of finite values only sends a good
+        # reply down the slow path, which decides each tag on its own)
+        if self.check_finite and not math.isfinite(sum(eff)):  # type: ignore[arg-type]
+            return None
+        if self.lows:
+            ranged = self.pick_ranged(eff)
+            if not (all(map(operator.le, self.lows, ranged)) and all(map(operator.le, ranged, self.highs))):
+                return None
+        if self.other:
+            rest = [read(data[o : o + c]) for o, c, read in self.other]
+            if any(q is not _GOOD for _, q in rest):
+                return None
+            eff = eff + tuple(v for v, _ in rest)
+            if self.reorder is not None:
+                eff = self.reorder(eff)
+        return eff
+
+    def _slow(self, data: Sequence[int] | Sequence[bool], received_at: datetime, mono: float) -> list[Sample]:
+        """Tag by tag, each by its own reader (the reference): a BAD tag gets its own reason."""
+        out = []
+        for key, offset, count, read in self.slow:
+            value, quality = read(data[offset : offset + count])
+            out.append(Sample(key, value, quality, received_at, mono))
+        return out
+
+
 def encode_tag(tag: ModbusTag, value: Value) -> list[int] | bool:
     """Engineering value → register words (or a coil bit). Raises WriteRefused with the reason."""
     try:
@@ -266,6 +435,12 @@ def encode_tag(tag: ModbusTag, value: Value) -> list[int] | bool:
         raise WriteRefused(f"{tag.name}: {exc}") from None
 
 
+_READ_METHODS = {
+    "coil": "read_coils",
+    "discrete": "read_discrete_inputs",
+    "holding": "read_holding_registers",
+    "input": "read_input_registers",
+}
 # Replies whose PDU length is fixed by the function code (unit id + PDU, as in the MBAP length).
 _FIXED_REPLY_LENGTH = {5: 6, 6: 6, 15: 6, 16: 6, 22: 8}
 _READ_FUNCTIONS = frozenset({1, 2, 3, 4, 23})
@@ -313,6 +488,15 @@ def scan_mbap(buf: bytes, tid: int, fc: int) -> tuple[str | None, int | None, in
                 return f"length field {length} in a reply to function {fc}", stray, 0
         off = end
     return None, stray, (7 - (n - off)) if n > off else 0
+
+
+@functools.cache
+def _pymodbus_errors() -> tuple[type[Exception], type[Exception], type[Exception]]:
+    """pymodbus's ConnectionException, ModbusException, ModbusIOException (imported when the
+    first request is made, not with this module; then cached: this is on every request)."""
+    from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+    return ConnectionException, ModbusException, ModbusIOException
 
 
 class _InvalidStream(Exception):
@@ -586,7 +770,7 @@ class ModbusDriver:
         if not self.connected:
             reason = await self._connect(deadline)
             if reason is not None:
-                return [_bad(t, reason) for t in self._tags.values() if t.access != "write"]
+                return _bad_many((t for t in self._tags.values() if t.access != "write"), reason)
         samples: list[Sample] = []
         # Healthy units first, so a unit being probed spends only the time left over.
         order = sorted(self._units.values(), key=lambda u: u.breaker.state is not BreakerState.CLOSED)
@@ -594,7 +778,7 @@ class ModbusDriver:
             if not self.connected:
                 reason = f"connection lost: {self._link.last_error or 'closed by the device'}"
                 unit.problem = reason
-                samples.extend(_bad(t, reason) for t in unit.tags())
+                samples.extend(_bad_many(unit.tags(), reason))
                 continue
             samples.extend(await self._poll_unit(unit, deadline))
         return samples
@@ -632,7 +816,7 @@ class ModbusDriver:
         if not unit.breaker.allow():
             reason = f"unit {unit.unit} not responding ({unit.breaker.last_error}); skipped until retry"
             self.counters.bump(key, "skipped")
-            return [_bad(t, reason) for t in unit.tags()]
+            return _bad_many(unit.tags(), reason)
         if unit.refused_everywhere:
             # A unit id the device does not have (yet): ask again, as the breaker allows, so a
             # drive added later is found without a restart.
@@ -642,9 +826,14 @@ class ModbusDriver:
         for table in unit.tables:
             if table.refused and self._clock() >= table.probe_at:
                 table.retry_refused()  # once per backoff cap: a refusal is not for ever
-            for name in table.planner.illegal_keys:
-                samples.append(_bad(table.tags[name], table.refused[name]))
-            queue = list(table.planner.requests())
+            illegal = table.planner.illegal_keys
+            if illegal:
+                received_at, mono = utcnow(), time.monotonic()
+                samples.extend(
+                    Sample(name, None, Quality.bad(table.refused[name]), received_at, mono)
+                    for name in illegal
+                )
+            queue = table.planner.requests()  # a list of its own
             while queue:
                 req = queue.pop(0)
                 budget = min(self._timeout_s, deadline - self._clock() - _MARGIN_S)
@@ -664,7 +853,7 @@ class ModbusDriver:
                         self._refused(unit, table, req, before, str(exc), samples)
                         queue[:0] = replacement
                         continue
-                    samples.extend(_bad(table.tags[k], str(exc)) for k in req.keys)
+                    samples.extend(_bad_many((table.tags[k] for k in req.keys), str(exc)))
                     if exc.code in _UNIT_DOWN_CODES:
                         self._unit_failed(unit, str(exc))
                         if unit.breaker.is_open:
@@ -679,7 +868,7 @@ class ModbusDriver:
                     continue
                 except DeviceUnreachable as exc:
                     unit.problem = str(exc)
-                    samples.extend(_bad(table.tags[k], str(exc)) for k in req.keys)
+                    samples.extend(_bad_many((table.tags[k] for k in req.keys), str(exc)))
                     if not self.connected:
                         self._link.record_failure(str(exc))
                         return samples + self._rest_bad(unit, table, queue, str(exc))
@@ -690,7 +879,7 @@ class ModbusDriver:
                 except BadReply as exc:
                     unit.problem = str(exc)
                     self.counters.bump(key, "bad_replies")
-                    samples.extend(_bad(table.tags[k], str(exc)) for k in req.keys)
+                    samples.extend(_bad_many((table.tags[k] for k in req.keys), str(exc)))
                     continue
                 unit.breaker.record_success()
                 samples.extend(self._decode(table, req, data))
@@ -761,37 +950,22 @@ class ModbusDriver:
 
     def _rest_bad(self, unit: _Unit, current: _Table, queue: list[ReadRequest], reason: str) -> list[Sample]:
         """BAD samples for everything of ``unit`` not yet read this cycle."""
-        out = [_bad(current.tags[k], reason) for r in queue for k in r.keys]
+        out = _bad_many((current.tags[k] for r in queue for k in r.keys), reason)
         after = False
         for table in unit.tables:
             if after:
-                out.extend(_bad(t, reason) for t in table.tags.values())
+                out.extend(_bad_many(table.tags.values(), reason))
             after = after or table is current
         return out
 
     def _decode(self, table: _Table, req: ReadRequest, data: Sequence[int] | Sequence[bool]) -> list[Sample]:
         # One reply, one receive time: every sample of it carries the same stamps.
-        received_at, mono = utcnow(), self._clock()
-        out = []
-        start = req.start
-        readers = table.readers
-        for k in req.keys:
-            address, count, read = readers[k]
-            offset = address - start
-            value, quality = read(data[offset : offset + count])
-            out.append(Sample(k, value, quality, received_at, mono))
-        return out
+        return table.columns_for(req).decode(data, utcnow(), self._clock())
 
     async def _read(
         self, unit: int, table: str, req: ReadRequest, budget_s: float
     ) -> Sequence[int] | Sequence[bool]:
-        client = self._client
-        fn = {
-            "coil": client.read_coils,
-            "discrete": client.read_discrete_inputs,
-            "holding": client.read_holding_registers,
-            "input": client.read_input_registers,
-        }[table]
+        fn = getattr(self._client, _READ_METHODS[table])
         rr = await self._execute(lambda: fn(req.start, count=req.count, device_id=unit), unit, budget_s)
         if table in ("coil", "discrete"):
             bits = list(rr.bits)
@@ -799,7 +973,7 @@ class ModbusDriver:
             if len(bits) < req.count:
                 raise _ShortReply(f"short reply: {len(bits)} of {req.count} bits from unit {unit}", bits)
             return bits[: req.count]
-        regs = list(rr.registers)
+        regs: list[int] = rr.registers
         if len(regs) < req.count:
             raise _ShortReply(f"short reply: {len(regs)} of {req.count} registers from unit {unit}", regs)
         if len(regs) > req.count:
@@ -813,7 +987,7 @@ class ModbusDriver:
 
         ``resend=False`` (writes): a request is never sent twice, not even after a late reply
         to an earlier request; :attr:`_sent` tells the caller whether it left at all."""
-        from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+        ConnectionException, ModbusException, ModbusIOException = _pymodbus_errors()
 
         async with self._lock:
             for attempt in (1, 2):

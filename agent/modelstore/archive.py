@@ -19,11 +19,14 @@ Every refusal is a :class:`~agent.errors.ModelError` naming the archive and the 
 from __future__ import annotations
 
 import os
-import tarfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.errors import ModelError
 from agent.modelstore.files import MAX_MODEL_BYTES, is_plain_file_name
+
+if TYPE_CHECKING:  # tarfile is imported when an archive is read: the agent loads this module for
+    import tarfile  # every run (the model store), and most runs read no archive
 
 __all__ = ["MAX_MEMBERS", "MAX_TOTAL_BYTES", "is_archive", "unpack_bundle"]
 
@@ -73,6 +76,8 @@ def unpack_bundle(archive: Path, dest: Path) -> Path:
     (which must not exist). Members may sit at the top level or in one top directory (as
     ``tar czf b.tar.gz bundle/`` writes them). Returns ``dest``; ModelError on any refusal
     (``dest`` is then left for the caller to remove)."""
+    import tarfile
+
     try:
         tf = tarfile.open(archive, mode="r:gz")  # noqa: SIM115 (closed by the with below)
     except (OSError, tarfile.TarError, EOFError) as exc:

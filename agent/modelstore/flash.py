@@ -24,7 +24,6 @@ import json
 import shlex
 import subprocess
 import sys
-import tarfile
 import tempfile
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -127,6 +126,8 @@ def _as_archive(bundle: Path, tmp: Path) -> Path:
     if is_archive(bundle):
         return bundle
     out = tmp / f"{bundle.name}.tar.gz"
+    import tarfile  # here, not at the top: the CLI imports this module for every command
+
     with tarfile.open(out, "w:gz") as tf:
         for p in sorted(bundle.iterdir()):
             if p.is_symlink() or not p.is_file():

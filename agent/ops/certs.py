@@ -30,12 +30,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+if TYPE_CHECKING:  # imported where used: the agent loads this module for every run (status,
+    # CLI), and X.509 is needed only with an OPC UA certificate (about 1 MB of RSS otherwise)
+    from cryptography import x509
 
 __all__ = [
     "CertInfo",
@@ -107,6 +106,8 @@ def _hex(data: bytes) -> str:
 
 def thumbprint(cert: x509.Certificate) -> str:
     """The SHA-1 thumbprint of the DER encoding, upper-case hex (as OPC UA tools show it)."""
+    from cryptography.hazmat.primitives import hashes
+
     return _hex(cert.fingerprint(hashes.SHA1()))  # identification, not security
 
 
@@ -115,6 +116,8 @@ def load_certificate(path: str | os.PathLike[str]) -> x509.Certificate:
 
     Raises OSError when the file cannot be read and ValueError when it is not a certificate.
     """
+    from cryptography import x509
+
     data = Path(path).read_bytes()
     try:
         if data.lstrip().startswith(_PEM_MARKER):
@@ -125,6 +128,8 @@ def load_certificate(path: str | os.PathLike[str]) -> x509.Certificate:
 
 
 def _san(cert: x509.Certificate) -> tuple[str | None, tuple[str, ...], tuple[str, ...]]:
+    from cryptography import x509
+
     try:
         ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -136,6 +141,9 @@ def _san(cert: x509.Certificate) -> tuple[str | None, tuple[str, ...], tuple[str
 
 
 def _eku(cert: x509.Certificate) -> tuple[str, ...]:
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
     try:
         ext = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
@@ -146,6 +154,9 @@ def _eku(cert: x509.Certificate) -> tuple[str, ...]:
 
 def info_of(cert: x509.Certificate, path: str | os.PathLike[str] = "") -> CertInfo:
     """Build a :class:`CertInfo` from a loaded certificate."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     uri, dns, ips = _san(cert)
     key = cert.public_key()
     bits = key.key_size if isinstance(key, rsa.RSAPublicKey) else None
@@ -227,6 +238,11 @@ def create_certificate(
     Raises FileExistsError when either file exists and ``overwrite`` is false, ValueError for
     invalid arguments.
     """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     cert_file, key_file = Path(cert_path), Path(key_path)
     if not application_uri or ":" not in application_uri:
         raise ValueError(f"application URI {application_uri!r} is not a URI (e.g. urn:<host>:edge-agent)")

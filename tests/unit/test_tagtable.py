@@ -1,0 +1,44 @@
+"""TagTable: the latest sample per tag, staleness applied when read."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+from agent.tagtable import TagTable
+from agent.types import Quality, Sample
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def sample(tag: str, value: float, mono: float) -> Sample:
+    return Sample(tag, value, Quality.good(), T0, mono)
+
+
+def test_latest_wins_and_staleness_is_applied_when_read() -> None:
+    table = TagTable({"a": 2.0, "b": 2.0})
+    table.update(sample("a", v, m) for v, m in ((1.0, 10.0), (2.0, 11.0)))  # any iterable
+    table.update([sample("c", 3.0, 11.0)])  # a tag without a limit
+    assert table.updates == 3
+    assert table.get("a", 12.0).value == 2.0 and table.get("a", 13.0).quality.is_good
+    stale = table.get("a", 13.5)
+    assert (stale.value, stale.quality.reason) == (2.0, "stale: no update for 2.5 s (limit 2 s)")
+    assert stale.mono == 11.0 and stale.received_at == T0
+    assert table.get("a", math.nan).quality.reason.startswith("stale")  # a NaN time fails closed
+    assert table.get("c", 1e9).quality.is_good  # no limit: never stale
+    never = table.get("b", 12.0)
+    assert (never.value, never.quality) == (None, Quality.bad("no value yet"))
+
+
+def test_snapshot_covers_every_tag_with_a_limit_or_a_sample_even_new_ones() -> None:
+    table = TagTable({"a": 1.0, "b": 1.0}, clock=lambda: 5.0)
+    table.update([sample("a", 1.0, 4.5)])
+    assert set(table.snapshot()) == {"a", "b"}
+    table.update([sample("x", 2.0, 4.9)])
+    snap = table.snapshot()
+    assert set(snap) == {"a", "b", "x"} and snap["x"].value == 2.0
+    assert not snap["b"].quality.is_good and snap["a"].quality.is_good
+    assert (
+        set(table.snapshot(["a"], now=9.0)) == {"a"}
+        and not table.snapshot(["a"], now=9.0)["a"].quality.is_good
+    )
