@@ -1,10 +1,17 @@
-"""The scorer: one model's ONNX session, run off the event loop, all assets in one call.
+"""The scorer: one model's ONNX session, all assets in one call, never holding up the loop.
 
 Contract of :meth:`Scorer.score`:
 
 * Called from the event loop. The features (:func:`~agent.pipeline.features.window_to_input`)
   and the session call run in an executor thread (the default one, i.e. what
-  :func:`asyncio.to_thread` uses, unless one is given), never on the loop.
+  :func:`asyncio.to_thread` uses, unless one is given), unless the model is measured *small*:
+  its last :data:`INLINE_WINDOW` calls (at least :data:`INLINE_WARMUP`, the first ones always
+  in a thread) each took at most ``inline_budget_s`` (default :data:`INLINE_BUDGET_S`). A small
+  model runs inline on the loop: for a model that takes tens of microseconds the hop to a
+  thread and back costs more than the inference. One inline call that goes over the budget
+  sends the next calls to the thread again, until :data:`INLINE_WINDOW` calls in a row are
+  within it; so the loop is held up by at most one slow call, by about the model's latency.
+  ``inline_budget_s=0`` always uses the thread.
 * Every asset in the frame goes into ONE batched session call (the batch dimension).
 * One call per model at a time: a frame arriving while the previous call is still running is
   skipped (``[]`` is returned) and counted in :attr:`Scorer.skipped`. Calls never stack.
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor
 
@@ -35,7 +43,14 @@ from agent.pipeline.features import window_to_input
 from agent.stats import LatencyStats
 from agent.types import Frame, Score
 
-__all__ = ["LatencyStats", "Scorer", "map_outputs"]
+__all__ = ["INLINE_BUDGET_S", "INLINE_WARMUP", "INLINE_WINDOW", "LatencyStats", "Scorer", "map_outputs"]
+
+INLINE_BUDGET_S = 0.001
+"""A model whose recent calls each took at most this long runs inline on the event loop."""
+INLINE_WARMUP = 3
+"""The first calls of a model always run in the executor (its latency is not known yet)."""
+INLINE_WINDOW = 8
+"""How many recent latencies decide: all of them within the budget to run inline."""
 
 log = structlog.get_logger("agent.scorer")
 
@@ -95,7 +110,9 @@ def map_outputs(
 class Scorer:
     """Scores frames of one model with its bundle's session (see the module docstring)."""
 
-    def __init__(self, bundle: Bundle, *, executor: Executor | None = None) -> None:
+    def __init__(
+        self, bundle: Bundle, *, executor: Executor | None = None, inline_budget_s: float = INLINE_BUDGET_S
+    ) -> None:
         self.bundle = bundle
         self.manifest = bundle.manifest
         self._executor = executor
@@ -106,6 +123,16 @@ class Scorer:
         self.errors = 0
         self.healthy = True
         self.latency = LatencyStats()
+        self.inline_budget_s = inline_budget_s
+        self.inline_calls = 0
+        """Calls run inline on the loop (the rest of :attr:`calls` ran in the executor)."""
+        self._recent: deque[float] = deque(maxlen=INLINE_WINDOW)
+
+    @property
+    def inline(self) -> bool:
+        """True when the next call runs inline on the loop (see the module docstring)."""
+        recent = self._recent
+        return len(recent) >= INLINE_WARMUP and max(recent) <= self.inline_budget_s
 
     @property
     def busy(self) -> bool:
@@ -151,13 +178,22 @@ class Scorer:
         if not frame.assets:
             return []
         values = self._check(frame)
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._executor, self._infer, values)
-        self._inflight = fut
-        fut.add_done_callback(self._done)
         self.calls += 1
         try:
-            arrays, latency = await asyncio.shield(fut)
+            if self.inline:
+                self.inline_calls += 1
+                try:
+                    arrays, latency = self._infer(values)
+                except ModelError:
+                    self._recent.clear()  # a failing model earns no trust: warm up again
+                    raise
+            else:
+                loop = asyncio.get_running_loop()
+                fut = loop.run_in_executor(self._executor, self._infer, values)
+                self._inflight = fut
+                fut.add_done_callback(self._done)
+                arrays, latency = await asyncio.shield(fut)
+            self._recent.append(latency)
             results = map_outputs(self.manifest, len(frame.assets), arrays)
         except ModelError as exc:
             self.errors += 1

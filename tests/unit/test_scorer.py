@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -21,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from agent.errors import ModelError
 from agent.modelstore.bundle import Bundle, load_bundle
 from agent.pipeline.features import window_to_input
-from agent.pipeline.scorer import LatencyStats, Scorer, map_outputs
+from agent.pipeline.scorer import INLINE_WARMUP, INLINE_WINDOW, LatencyStats, Scorer, map_outputs
 from agent.types import Frame
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -92,6 +93,7 @@ class CountingSession:
     def __init__(self, inner: Any, gate: threading.Event | None = None) -> None:
         self.inner = inner
         self.gate = gate
+        self.delay_s = 0.0  # a slow model, for the inline budget
         self.started = threading.Event()
         self.runs: list[tuple[int, ...]] = []
         self.threads: list[int] = []
@@ -102,6 +104,8 @@ class CountingSession:
         self.started.set()
         if self.gate is not None:
             assert self.gate.wait(10), "test gate never opened"
+        if self.delay_s:
+            time.sleep(self.delay_s)
         result: list[np.ndarray] = self.inner.run(names, feeds)
         return result
 
@@ -196,6 +200,47 @@ async def test_latency_is_recorded(bundle: Bundle) -> None:
     assert scores[0].latency_s == scorer.latency.last_s
     assert 0 < scorer.latency.p50_s <= scorer.latency.p99_s
     assert sum(scorer.latency.histogram) == 5
+
+
+async def test_a_small_model_runs_inline_after_its_warm_up(bundle: Bundle) -> None:
+    session = CountingSession(bundle.session)
+    scorer = Scorer(replace(bundle, session=session), inline_budget_s=1.0)
+    loop_thread = threading.get_ident()
+    for i in range(INLINE_WARMUP + 3):
+        assert len(await scorer.score(frame(seed=i))) == 2
+    assert all(t != loop_thread for t in session.threads[:INLINE_WARMUP])  # latency unknown: a thread
+    assert session.threads[INLINE_WARMUP:] == [loop_thread] * 3  # measured small: inline
+    assert scorer.inline_calls == 3 and scorer.calls == INLINE_WARMUP + 3
+    x = window_to_input(np.asarray(frame(seed=INLINE_WARMUP + 2).values), bundle.manifest)
+    last = await scorer.score(frame(seed=INLINE_WARMUP + 2))
+    assert last[0].outputs["score"] == pytest.approx(float(x[0] @ W), rel=1e-5)  # same results inline
+
+
+async def test_one_call_over_the_budget_sends_the_model_back_to_the_thread(bundle: Bundle) -> None:
+    session = CountingSession(bundle.session)
+    scorer = Scorer(replace(bundle, session=session), inline_budget_s=0.05)
+    loop_thread = threading.get_ident()
+    for i in range(INLINE_WARMUP):
+        await scorer.score(frame(seed=i))
+    assert scorer.inline
+    session.delay_s = 0.1  # the model became slow: this inline call goes over the budget
+    await scorer.score(frame())
+    assert session.threads[-1] == loop_thread and not scorer.inline
+    session.delay_s = 0.0
+    for i in range(INLINE_WINDOW):  # fast again, in the thread, until the slow call leaves the window
+        await scorer.score(frame(seed=i))
+        assert session.threads[-1] != loop_thread
+    assert scorer.inline
+    await scorer.score(frame())
+    assert session.threads[-1] == loop_thread
+
+
+async def test_a_zero_budget_always_uses_the_thread(bundle: Bundle) -> None:
+    session = CountingSession(bundle.session)
+    scorer = Scorer(replace(bundle, session=session), inline_budget_s=0.0)
+    for i in range(INLINE_WINDOW + 2):
+        await scorer.score(frame(seed=i))
+    assert threading.get_ident() not in session.threads and scorer.inline_calls == 0
 
 
 def test_latency_stats_window_and_histogram() -> None:
