@@ -174,12 +174,14 @@ class _Ring:
         self.good: BoolArray = np.zeros((length, n_roles), dtype=np.bool_)
         self.pos = 0
         self.filled = 0
-        self.last_good: FloatArray = np.full(n_roles, np.nan)
-        self.bad_run = np.zeros(n_roles, dtype=np.int64)
+        self.last_good: list[float] = [math.nan] * n_roles
+        self.bad_run: list[int] = [0] * n_roles
         self.pending: Mapping[str, Sample] | None = None
         self.reason = "window not full yet"
 
-    def append(self, values: FloatArray, valid: BoolArray, good: BoolArray) -> None:
+    def append(
+        self, values: FloatArray | list[float], valid: BoolArray | list[bool], good: BoolArray | list[bool]
+    ) -> None:
         self.values[self.pos] = values
         self.valid[self.pos] = valid
         self.good[self.pos] = good
@@ -211,8 +213,8 @@ class FeatureWindows:
         self.stride = manifest.window.stride
         self.period_s = manifest.window.sample_period_s
         self.hold_limit = binding.hold_limit
-        self._lo = np.array([r.range[0] for r in manifest.inputs])
-        self._hi = np.array([r.range[1] for r in manifest.inputs])
+        self._lo = [float(r.range[0]) for r in manifest.inputs]
+        self._hi = [float(r.range[1]) for r in manifest.inputs]
         self._rings = {a: _Ring(self.length, len(self.roles)) for a in self.assets}
         self._tick_mono: float | None = None
         self._pending_mono: float | None = None
@@ -246,11 +248,14 @@ class FeatureWindows:
 
     def _row(
         self, ring: _Ring, samples: Mapping[str, Sample] | None
-    ) -> tuple[FloatArray, BoolArray, BoolArray]:
+    ) -> tuple[list[float], list[bool], list[bool]]:
+        # Plain Python on purpose: a row has a handful of roles, and a numpy call on arrays
+        # that small costs more than the arithmetic (this runs per asset per tick).
         n = len(self.roles)
-        values = np.full(n, np.nan)
-        good = np.zeros(n, dtype=np.bool_)
+        values = [math.nan] * n
+        good = [False] * n
         reasons: list[str] = []
+        lo, hi = self._lo, self._hi
         for i, role in enumerate(self.roles):
             s = samples.get(role) if samples is not None else None
             if s is None:
@@ -261,22 +266,28 @@ class FeatureWindows:
                 reasons.append(f"{role}: {s.quality}")
             elif not math.isfinite(v):
                 reasons.append(f"{role}: value {s.value!r} is not a finite number")
-            elif not self._lo[i] <= v <= self._hi[i]:
-                reasons.append(f"{role}: {v:g} outside plausible range [{self._lo[i]:g}, {self._hi[i]:g}]")
+            elif not lo[i] <= v <= hi[i]:
+                reasons.append(f"{role}: {v:g} outside plausible range [{lo[i]:g}, {hi[i]:g}]")
             else:
                 values[i] = v
                 good[i] = True
         valid = good.copy()
-        ring.last_good[good] = values[good]
-        ring.bad_run[good] = 0
-        bad = ~good
-        self.counters.bad_values += int(bad.sum())
-        ring.bad_run[bad] += 1
-        hold = bad & (ring.bad_run <= self.hold_limit) & np.isfinite(ring.last_good)
-        values[hold] = ring.last_good[hold]
-        valid[hold] = True
-        self.counters.held_values += int(hold.sum())
-        if reasons and not valid.all():
+        last_good, bad_run = ring.last_good, ring.bad_run
+        bad = held = 0
+        for i in range(n):
+            if good[i]:
+                last_good[i] = values[i]
+                bad_run[i] = 0
+                continue
+            bad += 1
+            bad_run[i] += 1
+            if bad_run[i] <= self.hold_limit and math.isfinite(last_good[i]):
+                values[i] = last_good[i]
+                valid[i] = True
+                held += 1
+        self.counters.bad_values += bad
+        self.counters.held_values += held
+        if reasons and not all(valid):
             ring.reason = "; ".join(reasons)
         return values, valid, good
 
@@ -349,8 +360,8 @@ class FeatureWindows:
                 "values": [[None if math.isnan(v) else v for v in row] for row in rows(values, n)],
                 "valid": rows(ring.ordered(ring.valid), n),
                 "good": rows(ring.ordered(ring.good), n),
-                "last_good": [None if math.isnan(v) else v for v in ring.last_good.tolist()],
-                "bad_run": ring.bad_run.tolist(),
+                "last_good": [None if math.isnan(v) else v for v in ring.last_good],
+                "bad_run": list(ring.bad_run),
             }
         return {"ticks": self.counters.ticks, "assets": assets}
 
@@ -376,8 +387,10 @@ class FeatureWindows:
                 for i in range(len(values)):
                     ring.append(values[i], valid[i], good[i])
                 last_good = [math.nan if v is None else float(v) for v in saved["last_good"]]
-                ring.last_good = np.array(last_good, dtype=np.float64).reshape(n_roles)
-                ring.bad_run = np.array(saved["bad_run"], dtype=np.int64).reshape(n_roles)
+                bad_run = [int(v) for v in saved["bad_run"]]
+                if not len(last_good) == len(bad_run) == n_roles:
+                    raise ValueError(f"asset {name}: last_good and bad_run need {n_roles} roles")
+                ring.last_good, ring.bad_run = last_good, bad_run
                 rings[name] = ring
             ticks = int(data["ticks"])
         except (KeyError, TypeError, ValueError) as exc:
