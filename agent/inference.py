@@ -255,11 +255,14 @@ class ModelRunner:
         k = self._k + skipped
         stamp = datetime.fromtimestamp(k * self.period_s, UTC)
         means = self._take_means(tick_mono, stamp) if self._acc else {}
+        get, mean_roles = table.get, self._mean_roles
         for asset, roles in self.binding.assets.items():
-            samples = {
-                role: means[tag] if role in self._mean_roles else table.get(tag, now)
-                for role, tag in roles.items()
-            }
+            if mean_roles:
+                samples = {
+                    role: means[tag] if role in mean_roles else get(tag, now) for role, tag in roles.items()
+                }
+            else:
+                samples = {role: get(tag, now) for role, tag in roles.items()}
             self.windows.push(asset, samples, tick_mono)
         frame = self.windows.frame(stamp, tick_mono)
         self._k = k + 1

@@ -208,6 +208,7 @@ class FeatureWindows:
         self.manifest = manifest
         self.binding = binding
         self.roles = manifest.roles
+        self._role_set = frozenset(self.roles)
         self.assets = tuple(binding.assets)
         self.length = manifest.window.length
         self.stride = manifest.window.stride
@@ -232,8 +233,8 @@ class FeatureWindows:
             raise ValueError(
                 f"model {self.manifest.ident}: asset {asset!r} is not bound (assets: {self.assets})"
             )
-        unknown = set(samples_by_role) - set(self.roles)
-        if unknown:
+        if not self._role_set.issuperset(samples_by_role):
+            unknown = set(samples_by_role) - self._role_set
             raise ValueError(
                 f"model {self.manifest.ident}: unknown roles {sorted(unknown)} for asset {asset}"
             )

@@ -117,6 +117,7 @@ class Scorer:
         self.manifest = bundle.manifest
         self._executor = executor
         self._inflight: asyncio.Future[tuple[list[npt.NDArray[np.generic]], float]] | None = None
+        self._roles = self.manifest.roles  # a property that builds the tuple each time
         self._dtype = np.float32 if self.manifest.model_input.dtype == "float32" else np.float64
         self.calls = 0
         self.skipped = 0
@@ -158,12 +159,10 @@ class Scorer:
         who = f"model {self.manifest.ident}"
         if frame.model != self.manifest.name:
             raise ModelError(f"{who} was given a frame of model {frame.model}")
-        if tuple(frame.roles) != self.manifest.roles:
-            raise ModelError(
-                f"{who} expects roles {list(self.manifest.roles)}, frame has {list(frame.roles)}"
-            )
+        if tuple(frame.roles) != self._roles:
+            raise ModelError(f"{who} expects roles {list(self._roles)}, frame has {list(frame.roles)}")
         values = np.asarray(frame.values, dtype=np.float64)
-        t, r = self.manifest.window.length, len(self.manifest.roles)
+        t, r = self.manifest.window.length, len(self._roles)
         if values.shape != (len(frame.assets), t, r):
             raise ModelError(
                 f"{who} expects frame values [{len(frame.assets)}, {t}, {r}], frame has {list(values.shape)}"
