@@ -970,6 +970,10 @@ class PumpEnergyRule:
         ]
         return out
 
+    def pump(self, asset: str) -> RecommenderPump | None:
+        """The recommender's pump ``asset`` (None: not one of its pumps)."""
+        return next((p for p in self.config.pumps if p.asset == asset), None)
+
     def code(self, asset: str) -> ReasonCode:
         """What bound the last recommendation for ``asset`` (NONE before the first)."""
         return self.last_codes.get(asset, ReasonCode.NONE)
