@@ -56,7 +56,7 @@ def test_the_tag_prices_the_current_step_and_the_table_the_future() -> None:
     # a BAD tag: the table prices now too, and the plan says why
     planner.observe(noon, 100.0, None, _price(None))
     prices, source = planner.prices(noon, 24)
-    assert prices[0] == 0.3 and "price tag Price not GOOD (BAD (exception 02)): weekly table" == source
+    assert prices[0] == 0.3 and source == "price tag Price not GOOD (BAD (exception 02)): weekly table"
     planner.planned_flow(0.0, noon, 3.0, 100.0)
     assert planner.status is not None and planner.status.price_source == source
     assert planner.price_now(noon) == 0.3
