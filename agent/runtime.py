@@ -127,6 +127,7 @@ class AgentView:
     devices_lost: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # e.g. an OPC UA certificate expiring soon
     plan: PlanStatus | None = None  # the tariff plan, when recommender.tariff is set
+    recommender: str = ""  # the rule's last plan: reason codes and saving (PumpEnergyRule.summary)
 
 
 class Agent:
@@ -840,6 +841,7 @@ class Agent:
             )
             for r in self.rule.recommend(state, now, self._planned_flow(now, state)):
                 recs[r.target_tag] = r
+            self.view.recommender = self.rule.summary()
         return WriteInputs(recs, qualities, inputs_mono, self.models.healthy(now))
 
     def _planned_flow(self, now: float, state: StationState) -> float | None:

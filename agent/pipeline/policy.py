@@ -411,6 +411,7 @@ class PumpEnergyRule:
         """(expected kWh/m³, plain level control's kWh/m³) of the last plan."""
         self._rotation: tuple[int, int, float | None] | None = None  # (duty, standby, since)
         self._rotation_retry = -math.inf
+        self._price: float | None = None
         if station is not None:
             self.use_station(station)
 
@@ -912,6 +913,7 @@ class PumpEnergyRule:
         q = min(max(demand, lo), hi)
         base = self._split(q, hs, running, pinned, by_idx).power_kw / max(q, 1e-9)
         self.last_specific_energy = (spec, base)
+        self._price = price if price is not None and math.isfinite(price) else None
         out = f" (level control: {base:.4f} kWh/m³, {1 - spec / base:+.1%} saved"
         if price is not None and math.isfinite(price):
             out += f"; {spec * price:.4f} instead of {base * price:.4f} per m³ at {price:g}/kWh"
@@ -968,6 +970,22 @@ class PumpEnergyRule:
             for p in cfg.pumps
             if p.start_stop_tag is not None
         ]
+        return out
+
+    def summary(self) -> str:
+        """The last plan in one line for the console and status: each pump's reason code and
+        what the plan saves against plain level control ("" before the first plan)."""
+        if not self.last_codes:
+            return ""
+        codes = ", ".join(
+            f"{a} {int(c)} {c.name.lower().replace('_', ' ')}" for a, c in self.last_codes.items()
+        )
+        if self.last_specific_energy is None:
+            return codes
+        spec, base = self.last_specific_energy
+        out = f"{codes}; {spec:.4f} kWh/m³ expected, level control {base:.4f} ({1 - spec / base:+.1%} saved)"
+        if self._price is not None:
+            out += f", {(base - spec) * self._price:+.4f}/m³ at {self._price:g}/kWh"
         return out
 
     def pump(self, asset: str) -> RecommenderPump | None:

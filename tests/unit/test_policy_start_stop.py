@@ -154,3 +154,14 @@ def test_reason_codes_for_alarms_band_and_plan() -> None:
     plain.recommend(StationState(None, 120.0, {}, False), 0.0)
     assert plain.code("pump2") == ReasonCode.NONE
     assert set(REASON_CODES) == {int(c) for c in ReasonCode} and REASON_CODES[9].startswith("Stopped")
+
+
+def test_the_summary_names_codes_and_the_saving() -> None:
+    r = rule()
+    assert r.summary() == ""
+    recs(r, StationState(3.0, 80.0, {}, True, pumps=both(10.0, 5.0), price_per_kwh=0.25))
+    line = r.summary()
+    assert line.startswith("pump1 9 stopped for energy, pump2 ")
+    spec, base = r.last_specific_energy  # type: ignore[misc]
+    assert f"{spec:.4f} kWh/m³ expected, level control {base:.4f}" in line and "saved" in line
+    assert f"{(base - spec) * 0.25:+.4f}/m³ at 0.25/kWh" in line
