@@ -379,6 +379,8 @@ class _SetEval:
     lo: float
     hi: float
     q_opt: float
+    delivers: bool = False
+    """It delivers the flow asked for (the plan's, or its optimum) inside the band window."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -607,9 +609,10 @@ class PumpEnergyRule:
         target = q_opt if planned_flow_m3h is None else planned_flow_m3h
         total = q_min if q_min > q_max else min(max(target, q_min), q_max)
         keeps = lo <= max(q_max, q_min) + 1e-6 and hi >= q_min - 1e-6
+        delivers = lo - 1e-6 <= total <= hi + 1e-6
         total = min(max(total, lo), hi)
         spec = self._split(total, hs, running, pinned, by_idx).power_kw / max(total, 1e-9)
-        return _SetEval(keeps, spec, total, lo, hi, q_opt)
+        return _SetEval(keeps, spec, total, lo, hi, q_opt, delivers)
 
     def _choose(
         self,
@@ -661,7 +664,9 @@ class PumpEnergyRule:
         subsets = [s for s in subsets if (s or fixed) and (s == current or allowed(s))]
         codes: dict[int, ReasonCode] = {}
         words: list[str] = []
-        options = [s for s in subsets if ev(s).keeps]
+        # sets that deliver the flow asked for first: one that falls short of a plan keeps the
+        # band but would shift the pumping into dearer hours
+        options = [s for s in subsets if ev(s).delivers] or [s for s in subsets if ev(s).keeps]
         if not options:  # nothing keeps the band: the set nearest to it
             chosen = min(
                 subsets,
@@ -675,7 +680,7 @@ class PumpEnergyRule:
             best = min(ev(s).spec for s in options)
             near = [s for s in options if ev(s).spec <= best * 1.002]
             chosen = min(near, key=lambda s: (len(s ^ current), hours(s)))
-            if ev(current).keeps and ev(current).spec <= best * (1 + cfg.switch_saving):
+            if current in options and ev(current).spec <= best * (1 + cfg.switch_saving):
                 chosen = current
         if chosen == current:
             chosen = self._rotate(current, pool, run, ev, codes, words, now)
@@ -689,7 +694,13 @@ class PumpEnergyRule:
             self._rotation = None
             saving = 1 - ev(chosen).spec / ev(current).spec if math.isfinite(ev(current).spec) else 0.0
             for j in sorted(chosen - current):
-                codes[j] = ReasonCode.STARTED_FOR_DEMAND if need else ReasonCode.ENERGY_OPTIMUM
+                codes[j] = (
+                    ReasonCode.STARTED_FOR_DEMAND
+                    if need
+                    else ReasonCode.TARIFF_PLAN
+                    if planned_flow_m3h is not None
+                    else ReasonCode.ENERGY_OPTIMUM
+                )
             for j in sorted(current - chosen):
                 codes[j] = ReasonCode.STOPPED_FOR_ENERGY
             names = [self.config.pumps[j].asset for j in sorted(chosen ^ current)]

@@ -165,3 +165,15 @@ def test_the_summary_names_codes_and_the_saving() -> None:
     spec, base = r.last_specific_energy  # type: ignore[misc]
     assert f"{spec:.4f} kWh/m³ expected, level control {base:.4f}" in line and "saved" in line
     assert f"{(base - spec) * 0.25:+.4f}/m³ at 0.25/kWh" in line
+
+
+def test_a_planned_flow_one_pump_cannot_deliver_starts_the_second() -> None:
+    one = {"pump1": PumpRunState(True, 1.0), "pump2": PumpRunState(False, 0.0)}
+    r = rule()
+    out = {
+        x.target_tag: float(x.value)
+        for x in r.recommend(StationState(3.0, 100.0, {}, True, pumps=one), 0.0, 230.0)
+    }  # type: ignore[arg-type]
+    assert out["P2.Run"] == 1.0 and r.code("pump2") == ReasonCode.TARIFF_PLAN
+    # without the plan the same station keeps one pump (cheaper per m³ at its own optimum)
+    assert recs(rule(), StationState(3.0, 100.0, {}, True, pumps=one))["P2.Run"] == 0.0
