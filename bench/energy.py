@@ -1,7 +1,7 @@
 """Energy benchmark: the pump-energy rule on perturbed plants it was never told about.
 
 Run ``python bench/energy.py`` (5 variants × 7 simulated days; a few minutes on 2 cores) or
-``--quick`` (3 variants × 1 day). Per plant variant (:class:`simulator.physics.PlantVariant`:
+``--quick`` (5 variants × 1 day). Per plant variant (:class:`simulator.physics.PlantVariant`:
 pump curves ±15 %, wear, a trimmed impeller, static head, tank area), side by side, flat tariff:
 
 * ``oracle``: the plant's energy oracle with the true per-pump curves
@@ -179,7 +179,7 @@ def identify_variant(variant: int, rc_config: Path, work: Path, hours: float) ->
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
-    ap.add_argument("--quick", action="store_true", help="3 variants x 1 day")
+    ap.add_argument("--quick", action="store_true", help="5 variants x 1 day")
     ap.add_argument("--variants", type=int, default=5)
     ap.add_argument("--days", type=float, default=7.0)
     ap.add_argument("--dt", type=float, default=10.0, help="plant step, simulated s")
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--id-hours", type=float, default=12.0, help="length of each identification recording")
     args = ap.parse_args(argv)
     if args.quick:
-        args.variants, args.days = 3, 1.0
+        args.variants, args.days = 5, 1.0
     cfg = load_config(CONFIG)
     assert cfg.recommender is not None
     rc = cfg.recommender

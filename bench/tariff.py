@@ -1,7 +1,7 @@
 """Tariff benchmark: energy cost of the forecast + tariff schedule against an oracle and the PLC.
 
 Run ``python bench/tariff.py`` (7 simulated days × 5 plant variants; about 10-15 minutes on
-one core) or ``--quick`` (2 days × 2 variants). Prints a table and writes
+one core) or ``--quick`` (1 day × 5 variants). Prints a table and writes
 ``bench/results/tariff.json``. Targets are reported (OK / MISSED), never asserted.
 
 **Plants**: the embedded plant with its structured demand (:mod:`simulator.demand`: weekdays,
@@ -358,12 +358,12 @@ def bench_variant(v: int, days: float, bundle: Bundle) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
-    ap.add_argument("--quick", action="store_true", help="2 days x 2 variants")
+    ap.add_argument("--quick", action="store_true", help="1 day x 5 variants")
     ap.add_argument("--days", type=float, default=7.0)
     ap.add_argument("--variants", type=int, default=5)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tariff.json")
     args = ap.parse_args(argv)
-    days, n_var = (2.0, 2) if args.quick else (args.days, args.variants)
+    days, n_var = (1.0, 5) if args.quick else (args.days, args.variants)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         bundle, report = _train_bundle(Path(tmp), weeks=16)
