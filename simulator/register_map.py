@@ -290,8 +290,6 @@ def _pump_entries(i: int) -> list[RegisterEntry]:
            eu_range=(0.0, 10000.0), description="Remaining useful life estimated by the agent"),
         _e(p + "RecommendedSpeed", hr, b + 9, "float32", "ABCD", unit="rpm", access="RW", group="hmi", pump=i,
            eu_range=(0.0, 3000.0), description="Speed recommended by the agent (display only)"),
-        _e(p + "RecommenderReason", hr, b + 11, "uint16", access="RW", group="hmi", pump=i,
-           description="What bound the agent's recommendation for this pump (the agent's reason code table)"),
         # start/stop: the agent's request and the motor's feedback (the remote-start permissive is
         # Station.RemoteActive: external control active)
         _e(p + "RunRequest", "coil", 1 + i, "bool", access="RW", group="control", pump=i,
@@ -303,6 +301,10 @@ def _pump_entries(i: int) -> list[RegisterEntry]:
            group="control", pump=i, eu_range=(0.0, 3000.0),
            description="External speed setpoint: applied (clamped) only while permissive is on and the "
            "heartbeat is alive; otherwise tracks SpeedSetpoint (bumpless)"),
+        # after the setpoint: a register inside the gap before it would let merged reads span
+        # unmapped addresses
+        _e(p + "RecommenderReason", hr, b + 22, "uint16", access="RW", group="hmi", pump=i,
+           description="What bound the agent's recommendation for this pump (the agent's reason code table)"),
     ]
 
 

@@ -206,6 +206,9 @@ class RecommenderConfig(FrozenModel):
     kWh/m³, or when the running set cannot keep the level band: no chatter."""
     duty_imbalance_h: _Pos = 24.0
     """Pass duty to the standby pump once their run hours differ by this much."""
+    duty_max_extra: Annotated[float, Field(ge=0, le=1)] = 0.10
+    """Equal wear may cost up to this share more kWh/m³ (pumps that differ): beyond it the
+    cheaper pumps keep running whatever their hours."""
     energy_starts_reserve: Annotated[int, Field(ge=0, le=10)] = 1
     """Starts of the hour that energy and duty rotation leave for a start the level band needs."""
 
@@ -359,8 +362,6 @@ class StationCurves:
         )
 
 
-_ROTATION_START_S = 120.0  # a standby that does not run within this is given up …
-_ROTATION_RETRY_S = 3600.0  # … and not tried again before this
 _BOUND_CODES = {
     "min flow": ReasonCode.MIN_FLOW,
     "max speed": ReasonCode.MAX_SPEED,
@@ -411,8 +412,8 @@ class PumpEnergyRule:
         self.last_codes: dict[str, ReasonCode] = {}  # per asset: what bound the last plan
         self.last_specific_energy: tuple[float, float] | None = None
         """(expected kWh/m³, plain level control's kWh/m³) of the last plan."""
-        self._rotation: tuple[int, int, float | None] | None = None  # (duty, standby, since)
-        self._rotation_retry = -math.inf
+        self._rank: list[int] = []  # the duty order of the pumps the rule may start and stop
+        self._handover: frozenset[int] = frozenset()
         self._price: float | None = None
         if station is not None:
             self.use_station(station)
@@ -624,11 +625,11 @@ class PumpEnergyRule:
         window: tuple[float, float],
         planned_flow_m3h: float | None,
         by_idx: Mapping[int, tuple[float, float]],
-        now: float | None,
     ) -> tuple[frozenset[int], dict[int, ReasonCode], list[str]]:
         """Which pumps of ``pool`` (start/stop allowed, feedback known) run: see the module
         docstring. Returns the set, codes for pumps started or stopped, and the words."""
         cfg = self.config
+        names = [p.asset for p in cfg.pumps]
         current = frozenset(i for i in pool if run[i].running)
         q_min, q_max = window
         cache: dict[frozenset[int], _SetEval] = {}
@@ -664,11 +665,13 @@ class PumpEnergyRule:
         subsets = [s for s in subsets if (s or fixed) and (s == current or allowed(s))]
         codes: dict[int, ReasonCode] = {}
         words: list[str] = []
+        rank, rotated = self._ranking(pool, run, current)
         # sets that deliver the flow asked for first: one that falls short of a plan keeps the
         # band but would shift the pumping into dearer hours
         options = [s for s in subsets if ev(s).delivers] or [s for s in subsets if ev(s).keeps]
+        wear = False
         if not options:  # nothing keeps the band: the set nearest to it
-            chosen = min(
+            pick = min(
                 subsets,
                 key=lambda s: (
                     max(q_min - ev(s).hi, ev(s).lo - max(q_max, q_min), 0.0),
@@ -679,105 +682,88 @@ class PumpEnergyRule:
         else:
             best = min(ev(s).spec for s in options)
             near = [s for s in options if ev(s).spec <= best * 1.002]
-            chosen = min(near, key=lambda s: (len(s ^ current), hours(s)))
+            pick = min(near, key=lambda s: (len(s ^ current), hours(s)))
             if current in options and ev(current).spec <= best * (1 + cfg.switch_saving):
-                chosen = current
-        if chosen == current:
-            chosen = self._rotate(current, pool, run, ev, codes, words, now)
-        elif self._rotation is not None and chosen == current - {self._rotation[0]}:
-            duty, standby, _ = self._rotation
-            self._rotation = None
-            codes[duty] = ReasonCode.DUTY_ROTATION
-            names = [p.asset for p in cfg.pumps]
-            words.append(f"duty rotation: {names[standby]} runs, {names[duty]} stopped")
+                pick = current
+            # equal wear: as many pumps, the duty ones (by run hours, with hysteresis) if they
+            # cost at most duty_max_extra more
+            lead = frozenset(rank[: len(pick)])
+            if lead != pick and lead in options and ev(lead).spec <= ev(pick).spec * (1 + cfg.duty_max_extra):
+                pick, wear = lead, True
+        start, stop = pick - current, current - pick
+        self._handover &= current  # duty pumps still to stop after a rotation's start
+        if start and stop and not need:  # a swap: the incoming pump starts first
+            chosen = current | start
+            if wear:
+                self._handover |= stop
+            for j in start:
+                codes[j] = ReasonCode.DUTY_ROTATION if wear else ReasonCode.ENERGY_OPTIMUM
+            what = "duty rotation" if wear else "switching pumps"
+            words.append(
+                f"{what}: {', '.join(names[j] for j in sorted(start))} started before "
+                f"{', '.join(names[j] for j in sorted(stop))} stops"
+            )
         else:
-            self._rotation = None
-            saving = 1 - ev(chosen).spec / ev(current).spec if math.isfinite(ev(current).spec) else 0.0
-            for j in sorted(chosen - current):
+            chosen = pick
+            for j in sorted(start):
                 codes[j] = (
                     ReasonCode.STARTED_FOR_DEMAND
                     if need
+                    else ReasonCode.DUTY_ROTATION
+                    if wear
                     else ReasonCode.TARIFF_PLAN
                     if planned_flow_m3h is not None
                     else ReasonCode.ENERGY_OPTIMUM
                 )
-            for j in sorted(current - chosen):
-                codes[j] = ReasonCode.STOPPED_FOR_ENERGY
-            names = [self.config.pumps[j].asset for j in sorted(chosen ^ current)]
-            if need:
-                verb = "started" if chosen > current else "stopped" if chosen < current else "switched"
-                words.append(f"{', '.join(names)} {verb}: the running pumps cannot keep the level band")
-            else:
+            wear = wear or bool(stop & self._handover)
+            for j in sorted(stop):
+                codes[j] = ReasonCode.DUTY_ROTATION if wear else ReasonCode.STOPPED_FOR_ENERGY
+            changed = ", ".join(names[j] for j in sorted(start | stop))
+            verb = "started" if start and not stop else "stopped" if stop and not start else "switched"
+            if need and changed:
+                words.append(f"{changed} {verb}: the running pumps cannot keep the level band")
+            elif wear and changed:
+                words.append(f"duty rotation: {changed} {verb} (run hours)")
+            elif changed:
+                saving = 1 - ev(chosen).spec / ev(current).spec if math.isfinite(ev(current).spec) else 0.0
                 words.append(
-                    f"{', '.join(names)} {'stopped' if chosen < current else 'switched'} for energy: "
-                    f"{ev(chosen).spec:.4f} instead of {ev(current).spec:.4f} kWh/m³ ({saving:.1%} less)"
+                    f"{changed} {verb} for energy: {ev(chosen).spec:.4f} instead of "
+                    f"{ev(current).spec:.4f} kWh/m³ ({saving:.1%} less)"
                 )
+        if rotated is not None:
+            duty, standby = rotated
+            gap = (run[duty].run_hours or 0.0) - (run[standby].run_hours or 0.0)
+            words.append(
+                f"duty passes from {names[duty]} to {names[standby]}: {gap:.1f} h more run "
+                f"(limit {cfg.duty_imbalance_h:g} h)"
+            )
+        if wear and ev(pick).spec > best * 1.002:
+            words.append(f"equal wear costs {ev(pick).spec / best - 1:+.1%} kWh/m³")
         for j in pool:
             if j not in chosen and j not in codes:
                 codes[j] = ReasonCode.STOPPED_FOR_ENERGY
         return chosen, codes, words
 
-    def _rotate(
-        self,
-        current: frozenset[int],
-        pool: tuple[int, ...],
-        run: Mapping[int, PumpRunState],
-        ev: Callable[[frozenset[int]], _SetEval],
-        codes: dict[int, ReasonCode],
-        words: list[str],
-        now: float | None,
-    ) -> frozenset[int]:
-        """Duty rotation while the running set holds: the standby pump is started first, the
-        duty pump stopped once the standby runs (make before break)."""
-        cfg = self.config
-        names = [p.asset for p in cfg.pumps]
-        rot = self._rotation
-        if rot is not None:
-            duty, standby, since = rot
-            if duty not in current:
-                self._rotation = None
-            elif standby in current:
-                after = current - {duty}
-                if ev(after).keeps and run[duty].may_stop:
-                    codes[duty] = ReasonCode.DUTY_ROTATION
-                    words.append(f"duty rotation: {names[standby]} runs, {names[duty]} stopped")
-                    return after
-                self._rotation = None
-            elif now is None or since is None or now - since <= _ROTATION_START_S:
-                codes[standby] = ReasonCode.DUTY_ROTATION
-                words.append(f"duty rotation: {names[standby]} started before {names[duty]} stops")
-                return current | {standby}
-            else:
-                self._rotation = None
-                self._rotation_retry = now + _ROTATION_RETRY_S
-                words.append(f"duty rotation abandoned: {names[standby]} did not start")
-            return current
-        if now is not None and now < self._rotation_retry:
-            return current
-        known = [i for i in pool if run[i].run_hours is not None]
-        on = [i for i in known if i in current and run[i].may_stop]
-        off = [
-            i
-            for i in known
-            if i not in current and run[i].may_start and run[i].starts_left > cfg.energy_starts_reserve
-        ]
-        if not on or not off:
-            return current
-        duty = max(on, key=lambda i: run[i].run_hours or 0.0)
-        standby = min(off, key=lambda i: run[i].run_hours or 0.0)
-        gap = (run[duty].run_hours or 0.0) - (run[standby].run_hours or 0.0)
-        swapped = (current - {duty}) | {standby}
-        if gap < cfg.duty_imbalance_h or not ev(swapped).keeps:
-            return current
-        if ev(swapped).spec > ev(current).spec * (1 + cfg.switch_saving):
-            return current
-        self._rotation = (duty, standby, now)
-        codes[standby] = ReasonCode.DUTY_ROTATION
-        words.append(
-            f"duty rotation: {names[duty]} ran {gap:.1f} h more than {names[standby]} "
-            f"(limit {cfg.duty_imbalance_h:g} h): {names[standby]} started before {names[duty]} stops"
-        )
-        return current | {standby}
+    def _ranking(
+        self, pool: tuple[int, ...], run: Mapping[int, PumpRunState], current: frozenset[int]
+    ) -> tuple[list[int], tuple[int, int] | None]:
+        """The duty order of ``pool`` (first: duty). Kept from cycle to cycle; at first the
+        running pumps, then by run hours. A pump passes duty to one behind it once it has run
+        ``duty_imbalance_h`` more hours (hysteresis: the other then keeps duty until it has run
+        as much more). Returns the order and the (duty, standby) pair that swapped, if any."""
+        hours = {i: run[i].run_hours for i in pool}
+        rank = [i for i in self._rank if i in pool]
+        rank += sorted((i for i in pool if i not in rank), key=lambda i: (i not in current, hours[i] or 0.0))
+        rotated = None
+        if all(h is not None for h in hours.values()):
+            for a in range(len(rank)):
+                for b in range(a + 1, len(rank)):
+                    i, j = rank[a], rank[b]
+                    if (hours[i] or 0.0) - (hours[j] or 0.0) >= self.config.duty_imbalance_h:
+                        rank[a], rank[b] = j, i
+                        rotated = rotated or (i, j)
+        self._rank = rank
+        return rank, rotated
 
     # ------------------------------------------------------------------ the rule
 
@@ -790,7 +776,6 @@ class PumpEnergyRule:
         suction: Mapping[str, tuple[float, float]] | None = None,
         run: Mapping[str, PumpRunState] | None = None,
         *,
-        now_mono: float | None = None,
         price_per_kwh: float | None = None,
     ) -> tuple[dict[str, float], dict[str, float], str]:
         """Speed and expected flow per pump asset, and the reason in words.
@@ -827,7 +812,7 @@ class PumpEnergyRule:
         q_max = demand_m3h + c.tank_area_m2 * (high - level_m) / (m.horizon_s / 3600)
         chosen, codes, set_words = self._choose(
             hs, pool, fixed, pinned, {i: runs[assets[i]] for i in pool}, (q_min, q_max),
-            planned_flow_m3h, by_idx, now_mono,
+            planned_flow_m3h, by_idx,
         )  # fmt: skip
         running = tuple(sorted((*fixed, *chosen)))
         stopped = tuple(sorted((*stop_alarm, *(i for i in pool if i not in chosen))))
@@ -960,7 +945,6 @@ class PumpEnergyRule:
             planned_flow_m3h,
             state.suction,
             state.pumps,
-            now_mono=now_mono,
             price_per_kwh=state.price_per_kwh,
         )
 

@@ -63,7 +63,7 @@ async def _reason(port: int, pump: int) -> int:
     client = AsyncModbusTcpClient("127.0.0.1", port=port)
     await client.connect()
     try:
-        rr = await client.read_holding_registers(100 * pump + 11, count=1, device_id=1)
+        rr = await client.read_holding_registers(100 * pump + 22, count=1, device_id=1)
         return int(rr.registers[0])
     finally:
         client.close()

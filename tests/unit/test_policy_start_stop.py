@@ -40,8 +40,9 @@ def test_fewer_pumps_at_lower_kwh_per_m3_stop_the_one_with_more_hours() -> None:
     _, flows, why = r.plan(3.0, 80.0, [], run=both(10.0, 5.0))
     assert flows["pump1"] == 0.0 or "pump1" in r.last_stopped
     assert "stopped for energy" in why and "saved" in why
-    # the other way round when pump 2 has more hours
-    out = recs(r, StationState(3.0, 80.0, {}, True, pumps=both(5.0, 10.0)))
+    # the other way round when pump 2 has more hours (a new rule: a running one keeps its
+    # duty order until the hours differ by duty_imbalance_h)
+    out = recs(rule(), StationState(3.0, 80.0, {}, True, pumps=both(5.0, 10.0)))
     assert out["P1.Run"] == 1.0 and out["P2.Run"] == 0.0
 
 
@@ -125,13 +126,24 @@ def test_duty_rotation_starts_the_standby_first_then_stops_the_duty_pump() -> No
     assert out["P2.Run"] == 0.0
 
 
-def test_a_standby_that_does_not_start_is_given_up() -> None:
+def test_duty_stays_with_the_new_pump_until_it_has_run_the_imbalance_more() -> None:
     r = rule(duty_imbalance_h=20.0)
-    one = {"pump1": PumpRunState(True, 130.0), "pump2": PumpRunState(False, 100.0)}
-    recs(r, StationState(3.0, 80.0, {}, True, pumps=one), now=0.0)
-    (first, *_) = r.recommend(StationState(3.0, 80.0, {}, True, pumps=one), 500.0)
-    assert "duty rotation abandoned: pump2 did not start" in first.reason
-    assert recs(r, StationState(3.0, 80.0, {}, True, pumps=one), now=501.0)["P2.Run"] == 0.0
+    st = StationState(3.0, 80.0, {}, True)
+
+    def step(h1: float, h2: float, on1: bool, on2: bool) -> dict[str, float]:
+        pumps = {"pump1": PumpRunState(on1, h1), "pump2": PumpRunState(on2, h2)}
+        return recs(r, StationState(st.level_m, st.demand_m3h, {}, True, pumps=pumps))
+
+    assert step(130.0, 100.0, True, False)["P2.Run"] == 1.0  # rotation: pump2 starts
+    assert step(130.0, 100.0, True, True)["P1.Run"] == 0.0  # then pump1 stops
+    # pump2 runs on past equal hours: no swap back before it has 20 h more
+    out = step(130.0, 140.0, False, True)
+    assert out["P1.Run"] == 0.0 and out["P2.Run"] == 1.0
+    assert r.code("pump1") == ReasonCode.STOPPED_FOR_ENERGY
+    pumps = {"pump1": PumpRunState(False, 130.0), "pump2": PumpRunState(True, 150.0)}
+    (first, *_) = r.recommend(StationState(3.0, 80.0, {}, True, pumps=pumps), 0.0)
+    assert "duty passes from pump2 to pump1: 20.0 h more run (limit 20 h)" in first.reason
+    assert r.code("pump1") == ReasonCode.DUTY_ROTATION and r.last_stopped == set()
 
 
 def test_reason_codes_for_alarms_band_and_plan() -> None:
