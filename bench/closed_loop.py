@@ -149,6 +149,7 @@ class StartStopLoop:
         self.run_s = [0.0] * plant.pumps  # truth: time with speed > 0
         self.starts: list[deque[float]] = [deque() for _ in range(plant.pumps)]
         self.max_starts_per_hour = 0
+        self.max_imbalance_s = 0.0
         self._was = [s > 0 for s in plant.speed]
 
     def _history(self, tag: str) -> StartHistory | None:
@@ -173,6 +174,7 @@ class StartStopLoop:
                     q.popleft()
                 self.max_starts_per_hour = max(self.max_starts_per_hour, len(q))
             self._was[i] = running
+        self.max_imbalance_s = max(self.max_imbalance_s, max(self.run_s) - min(self.run_s))
 
     def step(self, recs: Mapping[str, Recommendation], t: float) -> None:
         """The Guard on every start/stop target; a request it allows is written to the PLC."""
@@ -201,9 +203,12 @@ class StartStopLoop:
                 self.history[target.tag] = (starts, started, t)
 
     def summary(self) -> dict[str, Any]:
+        """Run hours per pump, their imbalance at the end and the largest during the run, the
+        most starts any pump made within an hour (the plant's truth)."""
         hours = [s / 3600.0 for s in self.run_s]
         return {
             "run_hours": hours,
             "run_hours_imbalance_h": max(hours) - min(hours),
+            "max_run_hours_imbalance_h": self.max_imbalance_s / 3600.0,
             "max_starts_per_hour": float(self.max_starts_per_hour),
         }

@@ -155,7 +155,12 @@ def run(
         **(
             loop.summary()
             if loop is not None
-            else {"run_hours_imbalance_h": 0.0, "max_starts_per_hour": 0.0, "run_hours": None}
+            else {
+                "run_hours_imbalance_h": 0.0,
+                "max_run_hours_imbalance_h": 0.0,
+                "max_starts_per_hour": 0.0,
+                "run_hours": None,
+            }
         ),
     }
 
@@ -273,7 +278,8 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             ),
             "below_min_flow_s": sum(sum(r[k]["below_min_flow_s"]) for r in rows),
             "max_starts_per_hour": max(r[k]["max_starts_per_hour"] for r in rows),
-            "max_run_hours_imbalance_h": max(r[k]["run_hours_imbalance_h"] for r in rows),
+            "max_run_hours_imbalance_h": max(r[k]["max_run_hours_imbalance_h"] for r in rows),
+            "end_run_hours_imbalance_h": max(r[k]["run_hours_imbalance_h"] for r in rows),
         }
     return out
 
@@ -287,7 +293,8 @@ def _print_row(row: dict[str, Any]) -> None:
             f"level [{r['level_min_m']:.2f}, {r['level_max_m']:.2f}] m (reserve {r['reserve_s']:.0f} s), "
             f"below min flow {'/'.join(f'{x:.0f}' for x in r['below_min_flow_s'])} s "
             f"(longest {max(r['longest_below_min_flow_s']):.0f} s), starts/h {r['max_starts_per_hour']:.0f}, "
-            f"imbalance {r['run_hours_imbalance_h']:.1f} h, {r['wall_s']:.0f} s",
+            f"imbalance {r['run_hours_imbalance_h']:.1f} h (max {r['max_run_hours_imbalance_h']:.1f}), "
+            f"{r['wall_s']:.0f} s",
             flush=True,
         )
 

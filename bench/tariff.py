@@ -192,7 +192,12 @@ def _simulate(
     run.notes |= (
         loop.summary()
         if loop is not None
-        else {"run_hours_imbalance_h": 0.0, "max_starts_per_hour": 0.0, "run_hours": None}
+        else {
+            "run_hours_imbalance_h": 0.0,
+            "max_run_hours_imbalance_h": 0.0,
+            "max_starts_per_hour": 0.0,
+            "run_hours": None,
+        }
     )
     return run
 
@@ -462,7 +467,8 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
         "always_in_band": bool(all(x["in_band"] for x in ss)),
         "reserve_s": float(sum(x["reserve_s"] for x in ss)),
         "max_starts_per_hour": float(max((x["max_starts_per_hour"] for x in ss), default=0.0)),
-        "max_run_hours_imbalance_h": float(max((x["run_hours_imbalance_h"] for x in ss), default=0.0)),
+        "max_run_hours_imbalance_h": float(max((x["max_run_hours_imbalance_h"] for x in ss), default=0.0)),
+        "end_run_hours_imbalance_h": float(max((x["run_hours_imbalance_h"] for x in ss), default=0.0)),
     }
     return {
         "eligible_variants": [r["variant"] for r in eligible],
@@ -512,7 +518,8 @@ def _print(results: list[dict[str, Any]], summary: dict[str, Any], days: float) 
                 f"{x['level_min_m']:.2f}..{x['level_max_m']:.2f}",
                 f"{x.get('reserve_s', 0.0) / 3600:.1f}",
                 f"{x.get('max_starts_per_hour', 0.0):.0f}",
-                f"{x.get('run_hours_imbalance_h', 0.0):.1f}",
+                f"{x.get('run_hours_imbalance_h', 0.0):.1f} "
+                f"(max {x.get('max_run_hours_imbalance_h', 0.0):.1f})",
                 f"{x['eur_per_m3'] / oracle - 1:+.1%}",
             ]
             print("| " + " | ".join(cells) + " |")
