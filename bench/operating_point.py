@@ -176,25 +176,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     names = list(BUNDLES)
-    print(
-        f"Operating point: {len(shift_seeds)} load-shift days x 2 healthy pumps (seeds "
-        f"{shift_seeds[0]}-{shift_seeds[-1]}), {changes} pump setpoint changes; fault runs seeds "
-        f"{', '.join(map(str, fault_seeds))}, {n_per_kind} episodes per kind per run; "
-        "alert on/off delay 30 s"
-    )
+    print(f"Operating point: {len(shift_seeds)} load-shift days x 2 healthy pumps (seeds "
+          f"{shift_seeds[0]}-{shift_seeds[-1]}), {changes} pump setpoint changes; fault runs seeds "
+          f"{', '.join(map(str, fault_seeds))}, {n_per_kind} episodes per kind per run; "
+          "alert on/off delay 30 s")
     print()
     print("| metric | " + " | ".join(names) + " |")
     print("|---|" + "---:|" * len(names))
-    print(
-        "| alerts within 30 min after a setpoint change (healthy pumps) | "
-        + " | ".join(f"{results[n]['alerts_within_30min_of_setpoint_change']}" for n in names)
-        + " |"
-    )
-    print(
-        "| false alerts per pump-day (load-shift days) | "
-        + " | ".join(f"{results[n]['false_alerts_per_pump_day_shift_days']:.2f}" for n in names)
-        + " |"
-    )
+    print("| alerts within 30 min after a setpoint change (healthy pumps) | "
+          + " | ".join(f"{results[n]['alerts_within_30min_of_setpoint_change']}" for n in names) + " |")
+    print("| false alerts per pump-day (load-shift days) | "
+          + " | ".join(f"{results[n]['false_alerts_per_pump_day_shift_days']:.2f}" for n in names) + " |")
     for kind in FAULT_KINDS:
         cells = []
         for n in names:

@@ -342,18 +342,8 @@ async def replay_ticks(rec: Recording, bundle: Bundle, binding: ModelBinding) ->
     m = bundle.manifest
     order = {a: i for i, a in enumerate(binding.assets)}
     out = [
-        (
-            int(row),
-            order[s.asset],
-            Score(
-                m.name,
-                m.version,
-                s.asset,
-                rec.utc(float(rec.t_s[row])),
-                {k: float(v[i]) for k, v in s.outputs.items()},
-                0.0,
-            ),
-        )
+        (int(row), order[s.asset], Score(m.name, m.version, s.asset, rec.utc(float(rec.t_s[row])),
+                                         {k: float(v[i]) for k, v in s.outputs.items()}, 0.0))
         for s in series
         for i, row in enumerate(s.rows)
     ]

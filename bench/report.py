@@ -34,16 +34,7 @@ BENCHMARKS = ("acquisition", "cycle", "scoring", "export", "energy", "tariff")
 # bench/ modules that are libraries or servers for the benchmarks, not benchmarks.
 HELPERS = frozenset({"report", "rss", "opcua_server", "replay", "loadshift", "closed_loop", "__init__"})
 FLAGS_OF_INTEREST = (
-    "avx",
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512_vnni",
-    "avx_vnni",
-    "amx_int8",
-    "asimddp",
-    "sve",
-    "i8mm",
+    "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "sve", "i8mm",
 )
 LIBRARIES = ("numpy", "onnxruntime", "pymodbus", "asyncua", "pydantic", "torch", "onnx")
 
@@ -128,14 +119,8 @@ def run(name: str, quick: bool) -> Outcome:
     return Outcome(name, cmd, proc.returncode, took, proc.stdout)
 
 
-def render(
-    outcomes: Sequence[Outcome],
-    machine: dict[str, str],
-    load_before: str,
-    load_after: str,
-    started: dt.datetime,
-    quick: bool,
-) -> str:
+def render(outcomes: Sequence[Outcome], machine: dict[str, str], load_before: str, load_after: str,
+           started: dt.datetime, quick: bool) -> str:
     lines = [
         "# Benchmark report",
         "",
@@ -181,10 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = render(outcomes, machine, load_before, load_average(), started, args.quick)
     args.out.write_text(text)
     failed = [o.name for o in outcomes if o.exit_code != 0]
-    print(
-        f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}"
-        + (f"; FAILED: {', '.join(failed)}" if failed else "")
-    )
+    print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}"
+          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
 

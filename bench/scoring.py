@@ -244,36 +244,20 @@ class Method:
 METHODS: tuple[Method, ...] = (
     Method("PCA T²/SPE thresholds (pca-pump.anomaly)", "PCA", PCA_ANOMALY_ALERT["source"], 1.0),
     Method(
-        "3-sigma on Vibration, window 600 s",
-        "3σ Vib",
-        "vib_sigma3",
-        3.0,
-        "vibration",
+        "3-sigma on Vibration, window 600 s", "3σ Vib", "vib_sigma3", 3.0, "vibration",
         Sigma3Config(window=600, k=3.0),
     ),
     Method(
-        "EWMA on Vibration, lam 0.1, L 3, warm-up 1800 s, min_scale 0.3 mm/s",
-        "EWMA Vib",
-        "vib_ewma",
-        3.0,
-        "vibration",
-        EwmaConfig(lam=0.1, L=3.0, warmup=1800, min_scale=0.3),
+        "EWMA on Vibration, lam 0.1, L 3, warm-up 1800 s, min_scale 0.3 mm/s", "EWMA Vib", "vib_ewma", 3.0,
+        "vibration", EwmaConfig(lam=0.1, L=3.0, warmup=1800, min_scale=0.3),
     ),
     Method(
-        "3-sigma on pca-pump.t2, window 60 frames, min_scale 5",
-        "3σ T²",
-        "t2_sigma3",
-        3.0,
-        "t2",
+        "3-sigma on pca-pump.t2, window 60 frames, min_scale 5", "3σ T²", "t2_sigma3", 3.0, "t2",
         Sigma3Config(window=60, k=3.0, min_scale=5.0),
     ),
     Method(
-        "EWMA on pca-pump.t2, lam 0.1, L 3, warm-up 180 frames, min_scale 30",
-        "EWMA T²",
-        "t2_ewma",
-        3.0,
-        "t2",
-        EwmaConfig(lam=0.1, L=3.0, warmup=180, min_scale=30.0),
+        "EWMA on pca-pump.t2, lam 0.1, L 3, warm-up 180 frames, min_scale 30", "EWMA T²", "t2_ewma", 3.0,
+        "t2", EwmaConfig(lam=0.1, L=3.0, warmup=180, min_scale=30.0),
     ),
 )
 
