@@ -628,6 +628,8 @@ class PumpEnergyRule:
     ) -> tuple[frozenset[int], dict[int, ReasonCode], list[str]]:
         """Which pumps of ``pool`` (start/stop allowed, feedback known) run: see the module
         docstring. Returns the set, codes for pumps started or stopped, and the words."""
+        if not pool:
+            return frozenset(), {}, []
         cfg = self.config
         names = [p.asset for p in cfg.pumps]
         current = frozenset(i for i in pool if run[i].running)
