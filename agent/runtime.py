@@ -837,9 +837,11 @@ class Agent:
                 inputs_good=good,
                 suction=suction,
                 pumps=pumps,
-                price_per_kwh=self.planner.price_now(utcnow()) if self.planner is not None else None,
             )
-            for r in self.rule.recommend(state, now, self._planned_flow(now, state)):
+            planned = self._planned_flow(now, state)
+            if self.planner is not None:  # the price it observed this cycle, for the stated saving
+                state = replace(state, price_per_kwh=self.planner.price_now(utcnow()))
+            for r in self.rule.recommend(state, now, planned):
                 recs[r.target_tag] = r
             self.view.recommender = self.rule.summary()
         return WriteInputs(recs, qualities, inputs_mono, self.models.healthy(now))
