@@ -411,6 +411,8 @@ class AssetHmi(FrozenModel):
     fault_class: str | None = None
     anomaly_score: str | None = None
     rul: str | None = None
+    recommender_reason: str | None = None
+    """The pump-energy rule's reason code for this pump (``agent.pipeline.policy.REASON_CODES``)."""
 
     def items(self) -> list[tuple[str, str]]:
         return [(k, v) for k, v in self.model_dump().items() if v is not None]
@@ -617,6 +619,8 @@ class Config(FrozenModel):
             need(("recommender", "level_tag"), self.recommender.level_tag)
             need(("recommender", "demand_tag"), self.recommender.demand_tag)
             need(("recommender", "forecast", "temperature_tag"), self.recommender.forecast.temperature_tag)
+            if self.recommender.tariff is not None:
+                need(("recommender", "tariff", "price_tag"), self.recommender.tariff.price_tag)
             targets = {t.tag for t in self.guard.targets} if self.guard is not None else set()
             for i, p in enumerate(self.recommender.pumps):
                 if p.asset not in asset_names:
@@ -633,6 +637,7 @@ class Config(FrozenModel):
                     "suction_pressure_tag",
                     "discharge_pressure_tag",
                     "power_tag",
+                    "run_hours_tag",
                 ):
                     need(("recommender", "pumps", i, field), getattr(p, field))
 

@@ -200,6 +200,8 @@ def render(
     if view.recommendations:
         first = next(iter(view.recommendations.values()))
         out.append(f"  why: {first.reason[:110]}")
+    if view.recommender:
+        out.append(f"  recommender: {view.recommender[:140]}")
     if view.plan is not None:
         p = view.plan
         out.append(

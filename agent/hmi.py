@@ -35,7 +35,9 @@ import structlog
 from agent.config import AssetConfig, Config
 from agent.errors import DriverError
 from agent.pipeline.alarms import HmiBlock
-from agent.types import Value
+from agent.pipeline.guard import Reason
+from agent.pipeline.policy import ReasonCode
+from agent.types import Action, Decision, Value
 
 __all__ = [
     "DETAIL_FIELDS",
@@ -46,6 +48,7 @@ __all__ = [
     "HmiWriter",
     "TagStats",
     "block_values",
+    "recommender_code",
     "with_sources",
 ]
 
@@ -61,6 +64,7 @@ DETAIL_FIELDS: tuple[str, ...] = (
     "fault_class",
     "anomaly_score",
     "rul",
+    "recommender_reason",
 )
 """Block fields written first: what an operator looks up once a word shows a new bit."""
 
@@ -126,13 +130,40 @@ def with_sources(block: HmiBlock, asset: AssetConfig, shown: Mapping[str, float 
     return replace(block, fault_class=fault_class, rul=rul)
 
 
-def block_values(block: HmiBlock, asset: AssetConfig, shown: Mapping[str, float | None]) -> dict[str, Value]:
+_STEPPING = frozenset({Reason.RATE_LIMITED, Reason.RATE_WAIT})
+_MOVING = frozenset(
+    {ReasonCode.STOPPED_ALARM, ReasonCode.STOPPED_FOR_ENERGY, ReasonCode.DUTY_ROTATION, ReasonCode.NONE}
+)
+
+
+def recommender_code(code: ReasonCode, decision: Decision | None) -> int:
+    """The recommender's reason code the HMI shows for a pump: ``code`` (what bound the
+    recommendation), or RATE_LIMITED while the Guard is still stepping its setpoint toward a
+    running pump's recommendation (its decision clamped or held by the rate limit)."""
+    if decision is None or code in _MOVING or decision.action not in (Action.CLAMP, Action.HOLD):
+        return int(code)
+    heads = set()
+    for r in decision.reasons:
+        try:
+            heads.add(Reason.of(r))
+        except ValueError:
+            continue
+    return int(ReasonCode.RATE_LIMITED) if heads & _STEPPING else int(code)
+
+
+def block_values(
+    block: HmiBlock,
+    asset: AssetConfig,
+    shown: Mapping[str, float | None],
+    recommender_reason: int | None = None,
+) -> dict[str, Value]:
     """Every field of the asset's HMI block → its value, in :data:`FIELD_ORDER`.
 
     ``block`` is the alarm engine's block (sources are filled in as :func:`with_sources` does,
     so a block already filled gives the same result); ``shown`` as for :func:`with_sources`.
     A field whose value is unknown (no score yet, a BAD source) is None: it is not written,
-    so the HMI keeps its last value rather than a made-up one.
+    so the HMI keeps its last value rather than a made-up one. ``recommender_reason``: the
+    recommender's code for this asset (:func:`recommender_code`; None: no recommender).
     """
     b = with_sources(block, asset, shown)
     values: dict[str, Value] = {
@@ -142,6 +173,7 @@ def block_values(block: HmiBlock, asset: AssetConfig, shown: Mapping[str, float 
         "fault_class": b.fault_class,
         "anomaly_score": shown.get(asset.anomaly_source) if asset.anomaly_source else None,
         "rul": b.rul,
+        "recommender_reason": recommender_reason,
         "alarm_word": b.alarm_word,
         "unacked_word": b.unacked_word,
         "shelved_word": b.shelved_word,

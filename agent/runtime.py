@@ -54,7 +54,7 @@ from agent.config import AgentSection, Config, load_config
 from agent.drivers import make_driver
 from agent.energyplan import PlanStatus, TariffPlanner, load_forecast_bundle
 from agent.errors import AgentError, AuditError, ConfigError, ModelError
-from agent.hmi import HmiWriter, block_values, with_sources
+from agent.hmi import HmiWriter, block_values, recommender_code, with_sources
 from agent.inference import LoadContext, ModelRunner, Models
 from agent.modelstore.station import StationManifest
 from agent.modelstore.store import Store
@@ -78,6 +78,7 @@ from agent.pipeline.detectors import Detector, make_detector
 from agent.pipeline.guard import Guard, GuardDecision
 from agent.pipeline.policy import PumpEnergyRule, StationState
 from agent.pipeline.sources import asset_values, run_detectors
+from agent.pumprun import PumpRunTracker
 from agent.record import Recorder, default_period, tags_to_record
 from agent.running import RunningSource, SampleSink
 from agent.tagtable import TagTable
@@ -140,6 +141,7 @@ class AgentView:
     devices_lost: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # e.g. an OPC UA certificate expiring soon
     plan: PlanStatus | None = None  # the tariff plan, when recommender.tariff is set
+    recommender: str = ""  # the rule's last plan: reason codes and saving (PumpEnergyRule.summary)
 
 
 class Agent:
@@ -207,6 +209,15 @@ class Agent:
         self.start_stop = (
             self._build_start_stop() if config.guard is not None and config.guard.start_stop else None
         )
+        self.pump_runs = (
+            PumpRunTracker(
+                config.recommender,
+                config.guard.start_stop if config.guard is not None else [],
+                config.agent.state_dir,
+            )
+            if config.recommender is not None
+            else None
+        )  # running state and run hours of the pumps, for the rule (agent.pumprun)
         self._state_file = config.agent.state_dir / "alarms.json"
         self._reload_requested = False
         self._source_failure: str | None = None
@@ -314,7 +325,7 @@ class Agent:
         bundle = load_forecast_bundle(
             rc, self._resolve, [self._resolve(k) for k in trust.public_keys], trust.allow_unsigned
         )
-        return TariffPlanner(rc, bundle, self.rule)
+        return TariffPlanner(rc, bundle, self.rule, self.config.agent.state_dir)
 
     def _load_station(self) -> StationManifest:
         """The recommender bundle, checked against ``models_trust`` like a model bundle."""
@@ -516,6 +527,8 @@ class Agent:
                 self.view.status_word = self.status_word()
                 await asyncio.shield(self.hmi.write_final_status(self.view.status_word))
         self._save_alarms()
+        if self.pump_runs is not None:
+            await self.pump_runs.persist(self._clock(), force=True)
         self._write_ownership(stopped=True)
 
     def _write_ownership(self, stopped: bool = False) -> None:
@@ -733,6 +746,8 @@ class Agent:
                     model_healthy=inputs.model_healthy,
                     stopping=self.stopping,
                 )
+            if self.pump_runs is not None:
+                await self.pump_runs.persist(now)
             self.view.writes = sum(self.writeback.outcomes.values()) - self.writeback.outcomes["not_sent"]
             self.view.verify_failures = self.view.writes - self.writeback.outcomes["verified"]
         self.view.cycles += 1
@@ -797,8 +812,15 @@ class Agent:
             shown = self._asset_values(a, now, fresh=False)  # the latest score, for display
             block = with_sources(self.alarms.hmi_block(a.name), a, shown)
             self.view.hmi[a.name] = block
-            blocks[a.name] = block_values(block, a, shown)
+            blocks[a.name] = block_values(block, a, shown, self._recommender_code(a.name))
         await self.hmi.write_blocks(blocks, now)
+
+    def _recommender_code(self, asset: str) -> int | None:
+        """The rule's last reason code for ``asset`` as the HMI shows it (None: not a pump)."""
+        if self.rule is None or (p := self.rule.pump(asset)) is None:
+            return None
+        d = self.view.decisions.get(p.target)
+        return recommender_code(self.rule.code(asset), d.decision if d is not None else None)
 
     def _severity_by_asset(self) -> dict[str, int]:
         return {name: block.highest_severity for name, block in self.view.hmi.items()}
@@ -820,15 +842,26 @@ class Agent:
                     ps, q = self.table.get(p.suction_pressure_tag, now), self.table.get(p.flow_tag, now)
                     if ps.quality.is_good and q.quality.is_good:
                         suction[p.asset] = (ps.as_float(), q.as_float())
+            histories = self.start_stop.histories if self.start_stop is not None else {}
+            pumps = (
+                self.pump_runs.observe(self.table, now, utcnow().timestamp(), histories.get)
+                if self.pump_runs is not None
+                else {}
+            )
             state = StationState(
                 level_m=level.as_float() if good else None,
                 demand_m3h=demand.as_float() if good else None,
                 severity=self._severity_by_asset(),
                 inputs_good=good,
                 suction=suction,
+                pumps=pumps,
             )
-            for r in self.rule.recommend(state, now, self._planned_flow(now, state)):
+            planned = self._planned_flow(now, state)
+            if self.planner is not None:  # the price it observed this cycle, for the stated saving
+                state = replace(state, price_per_kwh=self.planner.price_now(utcnow()))
+            for r in self.rule.recommend(state, now, planned):
                 recs[r.target_tag] = r
+            self.view.recommender = self.rule.summary()
         return WriteInputs(recs, qualities, inputs_mono, self.models.healthy(now))
 
     def _planned_flow(self, now: float, state: StationState) -> float | None:
@@ -838,8 +871,12 @@ class Agent:
         fc = self.planner.rc.forecast
         temp = self.table.get(fc.temperature_tag, now) if fc.temperature_tag is not None else None
         now_utc = utcnow()
+        price_tag = self.planner.tariff.price_tag
         self.planner.observe(
-            now_utc, state.demand_m3h, temp.as_float() if temp is not None and temp.quality.is_good else None
+            now_utc,
+            state.demand_m3h,
+            temp.as_float() if temp is not None and temp.quality.is_good else None,
+            self.table.get(price_tag, now) if price_tag is not None else None,
         )
         flow = self.planner.planned_flow(now, now_utc, state.level_m, state.demand_m3h)
         self.view.plan = self.planner.status

@@ -732,6 +732,8 @@ class StartStopUnit:
         self._confirm_ok: dict[str, bool] = {t: True for t in guard.start_stop}
         self._seen: dict[str, bool] = {}  # running feedback last cycle
         self._restored: set[str] = set()
+        self.histories: dict[str, tuple[tuple[float, ...], float | None, float | None]] = {}
+        """Per request tag, the start history the last :meth:`step` read (for planning)."""
 
     def _rows(self, tag: str, now_utc: datetime) -> list[Any]:
         rows = self.audit.query(since=now_utc - timedelta(days=1), kinds=["event"])
@@ -817,8 +819,10 @@ class StartStopUnit:
             audit_ok = self.audit.healthy
             try:
                 starts, started, stopped = self.history(tag, now_utc)
+                self.histories[tag] = (starts, started, stopped)
             except (AuditError, OSError):
                 starts, started, stopped, audit_ok = (), None, None, False
+                self.histories.pop(tag, None)
             pend = self._pending.get(tag)
             d = self.guard.decide_start_stop(
                 tag,

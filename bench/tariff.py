@@ -1,7 +1,7 @@
 """Tariff benchmark: energy cost of the forecast + tariff schedule against an oracle and the PLC.
 
 Run ``python bench/tariff.py`` (7 simulated days × 5 plant variants; about 10-15 minutes on
-one core) or ``--quick`` (2 days × 2 variants). Prints a table and writes
+one core) or ``--quick`` (1 day × 5 variants). Prints a table and writes
 ``bench/results/tariff.json``. Targets are reported (OK / MISSED), never asserted.
 
 **Plants**: the embedded plant with its structured demand (:mod:`simulator.demand`: weekdays,
@@ -19,9 +19,15 @@ tank area × level band / mean demand (h); the targets apply to variants with �
 * ``agent (forecast + tariff)``: the agent's own units: :class:`agent.energyplan.TariffPlanner`
   (hourly history prefilled with the week before, the forecast bundle trained below, a plan
   every 5 min over 24 h) → the rule's ``planned_flow_m3h`` → the Guard (rate limits, deadband);
+* ``agent + start/stop``: the same with both pumps on start/stop targets (the Guard's default
+  limits): the plan prices a flow on the cheapest set of pumps, the rule chooses how many and
+  which run, and rotates duty by run hours;
 * ``cost oracle``: planned with the *true* pump curves and tank area and the *true* hourly
   demand (perfect forecast), replanned every 15 min over the next 24 h, speeds set directly
   (the pair of least power for the planned flow).
+
+Also per row: the time the level spent in the reserve, the most starts any pump made within an
+hour and the run-hours imbalance between the pumps (from the plant's truth).
 
 All rows keep the same reserve (0.3 m above the bottom of the band) and margin (0.1 m). Costs
 are compared per m³ pumped (EUR/m³): a row that ends the run with a lower tank has not saved,
@@ -68,11 +74,13 @@ from agent.pipeline.forecast import forecast_window  # noqa: E402
 from agent.pipeline.policy import PumpEnergyRule, PumpStationModel, RecommenderPump, StationState  # noqa: E402
 from agent.pipeline.schedule import PowerTable, TankBand, plan  # noqa: E402
 from agent.pipeline.tariff import TariffConfig  # noqa: E402
-from bench.closed_loop import guard_step, station_guard  # noqa: E402
+from bench.closed_loop import StartStopLoop, guard_step, start_stop_targets, station_guard  # noqa: E402
 from simulator import Plant, StationParams  # noqa: E402
 from simulator.demand import DemandModel, DemandParams, hourly_series, write_recording  # noqa: E402
 
 CTRL_S = 5.0
+AGENT_SS = "agent + start/stop"
+MAX_STARTS_PER_HOUR = 4  # the start/stop targets' limit (StartStopTarget's default)
 PUMPS = ("Pump1", "Pump2")
 TARGETS = tuple(f"{p}.ExternalSpeedSetpoint" for p in PUMPS)
 TANK_AREA = 450.0
@@ -90,13 +98,15 @@ BASE = StationParams(tank_area_m2=TANK_AREA, demand=DemandParams(), max_step_s=C
 HOLIDAYS = [date.fromisoformat(d) for d in DemandParams().holidays]
 
 
-def _section(tariff: bool) -> RecommenderSection:
+def _section(tariff: bool, start_stop: bool = False) -> RecommenderSection:
     data: dict[str, Any] = {
         "station": PumpStationModel(tank_area_m2=TANK_AREA).model_dump(),  # the datasheet
         "level_tag": "Station.TankLevel",
         "demand_tag": "Station.OutletFlow",
         "pumps": [
-            RecommenderPump(asset=p.lower(), target=t).model_dump()
+            RecommenderPump(
+                asset=p.lower(), target=t, start_stop_tag=f"{p}.RunRequest" if start_stop else None
+            ).model_dump()
             for p, t in zip(PUMPS, TARGETS, strict=True)
         ],
         "forecast": {"temperature_tag": "Station.AmbientTemp", "holidays": HOLIDAYS},
@@ -119,6 +129,7 @@ class Run:
     level_max: float = -math.inf
     unmet_m3: float = 0.0
     overflow_m3: float = 0.0
+    reserve_s: float = 0.0
     wall_s: float = 0.0
     notes: dict[str, Any] = field(default_factory=dict)
 
@@ -134,6 +145,7 @@ class Run:
             "in_band": bool(self.level_min >= 2.0 and self.level_max <= 4.0),
             "unmet_demand_m3": self.unmet_m3,
             "overflow_m3": self.overflow_m3,
+            "reserve_s": self.reserve_s,
             "wall_s": self.wall_s,
             **self.notes,
         }
@@ -143,7 +155,11 @@ Controller = Callable[[Plant, float], None]
 
 
 def _simulate(
-    plant: Plant, days: float, control: Controller | None, demand_log: list[float] | None = None
+    plant: Plant,
+    days: float,
+    control: Controller | None,
+    demand_log: list[float] | None = None,
+    loop: StartStopLoop | None = None,
 ) -> Run:
     """Step the plant; ``control(plant, t)`` every CTRL_S; price the energy of each step."""
     run = Run()
@@ -163,16 +179,32 @@ def _simulate(
         run.cost += (plant.energy_kwh - e0) * price
         lv = plant.level
         run.level_min, run.level_max = min(run.level_min, lv), max(run.level_max, lv)
+        if lv < plant.params.level_low_m + RESERVE_M:
+            run.reserve_s += CTRL_S
+        if loop is not None:
+            loop.observe(t + CTRL_S, CTRL_S)
         if demand_log is not None:
             demand_log.append(plant.state.demand_m3h)
     run.energy_kwh, run.volume_m3 = plant.energy_kwh, plant.volume_m3
     run.unmet_m3, run.overflow_m3 = plant.unmet_demand_m3, plant.overflow_m3
     run.wall_s = time.perf_counter() - t0
     run.notes["level_end_m"] = plant.level
+    run.notes |= (
+        loop.summary()
+        if loop is not None
+        else {
+            "run_hours_imbalance_h": 0.0,
+            "max_run_hours_imbalance_h": 0.0,
+            "max_starts_per_hour": 0.0,
+            "run_hours": None,
+        }
+    )
     return run
 
 
-def _rule_controller(rule: PumpEnergyRule, planner: TariffPlanner | None) -> Controller:
+def _rule_controller(
+    rule: PumpEnergyRule, planner: TariffPlanner | None, loop: StartStopLoop | None = None
+) -> Controller:
     guard = station_guard(TARGETS, ttl_s=10)
     last_write: dict[str, float] = {}
 
@@ -180,7 +212,8 @@ def _rule_controller(rule: PumpEnergyRule, planner: TariffPlanner | None) -> Con
         tags = plant.state.tags
         level, demand = float(tags["Station.TankLevel"]), float(tags["Station.OutletFlow"])
         good = math.isfinite(level) and math.isfinite(demand)
-        state = StationState(level if good else None, demand if good else None, {}, good)
+        pumps = loop.run_state(t) if loop is not None else {}
+        state = StationState(level if good else None, demand if good else None, {}, good, pumps=pumps)
         planned = None
         if planner is not None:
             now_utc = plant.params.epoch_datetime + timedelta(seconds=t)
@@ -188,6 +221,8 @@ def _rule_controller(rule: PumpEnergyRule, planner: TariffPlanner | None) -> Con
             planned = planner.planned_flow(t, now_utc, state.level_m, state.demand_m3h)
         recs = {r.target_tag: r for r in rule.recommend(state, t, planned)}
         guard_step(guard, plant, recs, t, last_write)
+        if loop is not None:
+            loop.step(recs, t)
 
     return control
 
@@ -303,6 +338,14 @@ def bench_variant(v: int, days: float, bundle: Bundle) -> dict[str, Any]:
     )
 
     plant = Plant(BASE, seed=seed, variant_seed=v, permissive=True)
+    sec = _section(True, start_stop=True)
+    rule = PumpEnergyRule(sec)
+    planner = TariffPlanner(sec, bundle, rule)
+    planner.history.extend(hist_starts, hist_d, hist_t)
+    loop = StartStopLoop(plant, sec, start_stop_targets(len(PUMPS)))
+    runs[AGENT_SS] = _simulate(plant, days, _rule_controller(rule, planner, loop), loop=loop)
+
+    plant = Plant(BASE, seed=seed, variant_seed=v, permissive=True)
     runs["cost oracle"] = _simulate(plant, days, _oracle_controller(plant, hourly))
 
     prm = plant.params
@@ -320,12 +363,12 @@ def bench_variant(v: int, days: float, bundle: Bundle) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
-    ap.add_argument("--quick", action="store_true", help="2 days x 2 variants")
+    ap.add_argument("--quick", action="store_true", help="1 day x 5 variants")
     ap.add_argument("--days", type=float, default=7.0)
     ap.add_argument("--variants", type=int, default=5)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tariff.json")
     args = ap.parse_args(argv)
-    days, n_var = (2.0, 2) if args.quick else (args.days, args.variants)
+    days, n_var = (1.0, 5) if args.quick else (args.days, args.variants)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         bundle, report = _train_bundle(Path(tmp), weeks=16)
@@ -398,6 +441,35 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
         for r in results
     ]
     in_band = bool(all(r["rows"][agent]["in_band"] for r in results))
+    ss = [r["rows"][AGENT_SS] for r in results if AGENT_SS in r["rows"]]
+    ss_eligible = [r for r in eligible if AGENT_SS in r["rows"]]
+    ss_vs_oracle = [
+        r["rows"][AGENT_SS]["eur_per_m3"] / r["rows"]["cost oracle"]["eur_per_m3"] - 1 for r in ss_eligible
+    ]
+    ss_vs_plc = [
+        1 - r["rows"][AGENT_SS]["eur_per_m3"] / r["rows"]["PLC level control"]["eur_per_m3"]
+        for r in ss_eligible
+    ]
+    ss_vs_agent = [
+        1 - r["rows"][AGENT_SS]["eur_per_m3"] / r["rows"][agent]["eur_per_m3"] for r in ss_eligible
+    ]
+    start_stop = {
+        "cost_over_oracle_mean": float(np.mean(ss_vs_oracle)) if ss_vs_oracle else None,
+        "cost_over_oracle_max": float(np.max(ss_vs_oracle)) if ss_vs_oracle else None,
+        "saving_vs_plc_mean": float(np.mean(ss_vs_plc)) if ss_vs_plc else None,
+        "saving_vs_plc_min": float(np.min(ss_vs_plc)) if ss_vs_plc else None,
+        "saving_vs_agent_without_mean": float(np.mean(ss_vs_agent)) if ss_vs_agent else None,
+        "kwh_per_m3_vs_agent_without_mean": float(
+            np.mean([r["rows"][AGENT_SS]["kwh_per_m3"] / r["rows"][agent]["kwh_per_m3"] for r in ss_eligible])
+        )
+        if ss_eligible
+        else None,
+        "always_in_band": bool(all(x["in_band"] for x in ss)),
+        "reserve_s": float(sum(x["reserve_s"] for x in ss)),
+        "max_starts_per_hour": float(max((x["max_starts_per_hour"] for x in ss), default=0.0)),
+        "max_run_hours_imbalance_h": float(max((x["max_run_hours_imbalance_h"] for x in ss), default=0.0)),
+        "end_run_hours_imbalance_h": float(max((x["run_hours_imbalance_h"] for x in ss), default=0.0)),
+    }
     return {
         "eligible_variants": [r["variant"] for r in eligible],
         "agent_cost_over_oracle_mean": float(np.mean(vs_oracle)) if vs_oracle else None,
@@ -408,6 +480,8 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
         "forecast_gain_vs_best_naive_mean": float(np.mean(fc_gain)),
         "forecast_gain_vs_best_naive_min": float(np.min(fc_gain)),
         "agent_always_in_band": in_band,
+        "agent_reserve_s": float(sum(r["rows"][agent]["reserve_s"] for r in results)),
+        "start_stop": start_stop,
         "targets": {
             "cost within 5 % of the oracle (every eligible variant)": bool(
                 vs_oracle and max(vs_oracle) <= 0.05
@@ -417,14 +491,20 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
             ),
             "tank always in band": in_band,
             "forecast error >= 20 % below seasonal-naive (every unseen seed)": bool(min(fc_gain) >= 0.20),
+            "start/stop: starts per hour within limits": start_stop["max_starts_per_hour"]
+            <= MAX_STARTS_PER_HOUR,
+            "start/stop: tank always in band": start_stop["always_in_band"],
         },
     }
 
 
 def _print(results: list[dict[str, Any]], summary: dict[str, Any], days: float) -> None:
     print(f"\nTariff benchmark: {days:g} simulated days per variant, two-rate tariff (0.28 / 0.11 EUR/kWh)\n")
-    print("| variant | storage h | row | kWh/m³ | EUR/m³ | cost EUR | level min..max m | EUR/m³ vs oracle |")
-    print("|---|---:|---|---:|---:|---:|---|---:|")
+    print(
+        "| variant | storage h | row | kWh/m³ | EUR/m³ | cost EUR | level min..max m | reserve h "
+        "| starts/h max | run-h imbalance | EUR/m³ vs oracle |"
+    )
+    print("|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|")
     for r in results:
         oracle = r["rows"]["cost oracle"]["eur_per_m3"]
         for name, x in r["rows"].items():
@@ -436,6 +516,10 @@ def _print(results: list[dict[str, Any]], summary: dict[str, Any], days: float) 
                 f"{x['eur_per_m3']:.4f}",
                 f"{x['cost_eur']:.1f}",
                 f"{x['level_min_m']:.2f}..{x['level_max_m']:.2f}",
+                f"{x.get('reserve_s', 0.0) / 3600:.1f}",
+                f"{x.get('max_starts_per_hour', 0.0):.0f}",
+                f"{x.get('run_hours_imbalance_h', 0.0):.1f} "
+                f"(max {x.get('max_run_hours_imbalance_h', 0.0):.1f})",
                 f"{x['eur_per_m3'] / oracle - 1:+.1%}",
             ]
             print("| " + " | ".join(cells) + " |")
@@ -458,6 +542,17 @@ def _print(results: list[dict[str, Any]], summary: dict[str, Any], days: float) 
         if s["agent_cost_over_oracle_mean"] is not None
         else "no variant with >= 6 h of storage"
     )
+    ss = s["start_stop"]
+    if ss["cost_over_oracle_mean"] is not None:
+        print(
+            f"agent + start/stop vs oracle: mean {ss['cost_over_oracle_mean']:+.1%}, worst "
+            f"{ss['cost_over_oracle_max']:+.1%}; saving vs PLC: mean {ss['saving_vs_plc_mean']:.1%}, least "
+            f"{ss['saving_vs_plc_min']:.1%}; vs the agent without start/stop: cost "
+            f"{ss['saving_vs_agent_without_mean']:.1%} less, "
+            f"kWh/m³ x{ss['kwh_per_m3_vs_agent_without_mean']:.4f}; "
+            f"starts/h max {ss['max_starts_per_hour']:.0f}, run-hours imbalance max "
+            f"{ss['max_run_hours_imbalance_h']:.1f} h, {ss['reserve_s'] / 3600:.1f} h in the reserve"
+        )
 
 
 if __name__ == "__main__":

@@ -301,6 +301,10 @@ def _pump_entries(i: int) -> list[RegisterEntry]:
            group="control", pump=i, eu_range=(0.0, 3000.0),
            description="External speed setpoint: applied (clamped) only while permissive is on and the "
            "heartbeat is alive; otherwise tracks SpeedSetpoint (bumpless)"),
+        # after the setpoint: a register inside the gap before it would let merged reads span
+        # unmapped addresses
+        _e(p + "RecommenderReason", hr, b + 22, "uint16", access="RW", group="hmi", pump=i,
+           description="What bound the agent's recommendation for this pump (the agent's reason code table)"),
     ]
 
 

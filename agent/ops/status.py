@@ -270,6 +270,7 @@ def _plan(p: PlanStatus | None) -> dict[str, Any] | None:
         "currency": p.currency,
         "feasible": p.feasible,
         "reason": p.reason,
+        "prices": p.price_source,
     }
 
 
@@ -300,6 +301,7 @@ def status_document(agent: Agent, now: float | None = None) -> dict[str, Any]:
         "devices": [_device(agent, d, now) for d in cfg.devices],
         "models": [_model(m, now) for m in agent.models],
         "energy_plan": _plan(agent.view.plan),
+        "recommender": agent.view.recommender or None,
         "alarms": [
             {
                 "asset": r.asset,

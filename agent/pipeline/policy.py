@@ -23,16 +23,34 @@ Each cycle:
   available keeps its margin over NPSH3;
 * a pump with an active alarm at or above ``unload_on_severity`` is unloaded to its
   **minimum-flow speed** (never a speed that delivers nothing) and the healthy pumps carry the
-  rest.
+  rest; where the config lets the agent start and stop it (``start_stop_tag``) it is stopped;
+* **how many and which pumps run** (pumps with a ``start_stop_tag`` and a known running
+  feedback, :class:`PumpRunState`): every running set that can keep the level band is priced
+  at the flow it would deliver, and the rule moves to another set only when the current one
+  cannot keep the band (its minimum continuous flows deliver too much, or its maximum speed too
+  little) or when the other saves at least ``switch_saving`` of the kWh/m³; a pump is stopped
+  only after its minimum run time, started only after its rest and while starts of the hour are
+  left (energy keeps ``energy_starts_reserve`` of them for a start the band needs); the Guard
+  enforces the same limits again;
+* **equal wear**: between sets that cost the same, the pumps with fewer run hours run; while
+  the running set holds, duty passes to the standby pump once their run hours differ by
+  ``duty_imbalance_h`` (started first, the duty pump stopped once the standby runs).
+
+Every pump target gets a **reason code** (:class:`ReasonCode`, the HMI's
+``recommender_reason`` register; the table is in docs/architecture.md) and the words say what
+bound and what the recommendation saves against plain level control (all available pumps on
+the level, equal speeds, the flow the demand takes).
 
 Pure: inputs in, recommendations out. The Guard decides what, if anything, is written.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from enum import IntEnum
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Literal
@@ -44,9 +62,12 @@ from agent.modelstore.station import StationManifest
 from agent.types import Recommendation
 
 __all__ = [
+    "REASON_CODES",
     "PumpCurve",
     "PumpEnergyRule",
+    "PumpRunState",
     "PumpStationModel",
+    "ReasonCode",
     "RecommenderConfig",
     "RecommenderPump",
     "StationCurves",
@@ -62,6 +83,50 @@ _PENALTY_KW = 1000.0  # per m³/h beyond a hard pump limit: keeps the searches a
 _Pos = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 _NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 _Frac = Annotated[float, Field(ge=0, le=1)]
+
+
+class ReasonCode(IntEnum):
+    """What bound a pump's recommendation: the integer the HMI shows per pump target
+    (``assets[].hmi.recommender_reason``; meanings in :data:`REASON_CODES`). Codes are never
+    renumbered; new ones are appended."""
+
+    NONE = 0
+    ENERGY_OPTIMUM = 1
+    MIN_FLOW = 2
+    BEP_REGION = 3
+    NPSH_MARGIN = 4
+    LEVEL_HIGH = 5
+    LEVEL_LOW = 6
+    TARIFF_PLAN = 7
+    RATE_LIMITED = 8
+    STOPPED_FOR_ENERGY = 9
+    DUTY_ROTATION = 10
+    MAX_SPEED = 11
+    UNLOADED_ALARM = 12
+    STOPPED_ALARM = 13
+    STARTED_FOR_DEMAND = 14
+
+
+REASON_CODES: Mapping[int, str] = MappingProxyType(
+    {
+        ReasonCode.NONE: "No recommendation (level or demand not GOOD, no recommender).",
+        ReasonCode.ENERGY_OPTIMUM: "Unconstrained: the flow of least kWh/m³.",
+        ReasonCode.MIN_FLOW: "Held at (or above) its minimum continuous flow.",
+        ReasonCode.BEP_REGION: "Kept toward its preferred operating region around BEP.",
+        ReasonCode.NPSH_MARGIN: "Flow capped to keep the NPSH margin (suction pressure).",
+        ReasonCode.LEVEL_HIGH: "Less flow: the level is near the top of its band.",
+        ReasonCode.LEVEL_LOW: "More flow: the level is near the bottom of its band.",
+        ReasonCode.TARIFF_PLAN: "Following the tariff plan's station flow.",
+        ReasonCode.RATE_LIMITED: "The Guard limited the step (rate or step): the setpoint is on its way.",
+        ReasonCode.STOPPED_FOR_ENERGY: "Stopped: the others deliver the flow at lower kWh/m³.",
+        ReasonCode.DUTY_ROTATION: "Started or stopped to even the run hours of duty and standby.",
+        ReasonCode.MAX_SPEED: "At maximum speed: the running pumps cannot deliver more.",
+        ReasonCode.UNLOADED_ALARM: "An alarm unloaded it to its minimum-flow speed (no start/stop allowed).",
+        ReasonCode.STOPPED_ALARM: "An alarm stopped it (start/stop allowed).",
+        ReasonCode.STARTED_FOR_DEMAND: "Started: the running pumps could not keep the level band.",
+    }
+)
+"""Code → its meaning, for docs, the console and status."""
 
 
 class PumpStationModel(FrozenModel):
@@ -103,7 +168,10 @@ class RecommenderPump(FrozenModel):
     of the BEP flow (identified, or the datasheet's)."""
     start_stop_tag: str | None = None
     """The request tag of this pump's ``guard.start_stop`` target: the rule may then stop it
-    (an alarmed pump is stopped instead of held at its minimum flow) and start it again."""
+    (an alarmed pump is stopped instead of held at its minimum flow; a pump the others can do
+    without, for energy) and start it again."""
+    run_hours_tag: str | None = None
+    """The PLC's run-hours counter of this pump (h); None: the agent counts them itself."""
 
 
 class RecommenderConfig(FrozenModel):
@@ -133,6 +201,32 @@ class RecommenderConfig(FrozenModel):
     """NPSH3 at BEP and rated speed (datasheet); with a suction pressure tag the flow is capped
     so that NPSHa ≥ ``npsh_margin`` × NPSH3 (NPSH3 ∝ r² max(x, 0.5)²)."""
     npsh_margin: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 1.3
+    switch_saving: Annotated[float, Field(ge=0, le=0.5)] = 0.03
+    """Run another set of pumps (fewer or more) only when it saves at least this share of the
+    kWh/m³, or when the running set cannot keep the level band: no chatter."""
+    duty_imbalance_h: _Pos = 24.0
+    """Pass duty to the standby pump once their run hours differ by this much."""
+    duty_max_extra: Annotated[float, Field(ge=0, le=1)] = 0.10
+    """Equal wear may cost up to this share more kWh/m³ (pumps that differ): beyond it the
+    cheaper pumps keep running whatever their hours."""
+    energy_starts_reserve: Annotated[int, Field(ge=0, le=10)] = 1
+    """Starts of the hour that energy and duty rotation leave for a start the level band needs."""
+
+
+@dataclass(frozen=True, slots=True)
+class PumpRunState:
+    """One pump's running state and what its start/stop limits allow now (planning: the Guard
+    enforces the limits again on every request)."""
+
+    running: bool | None
+    """The running feedback (None: not GOOD; the rule then starts and stops nothing for energy)."""
+    run_hours: float | None = None
+    may_start: bool = True
+    """Rested its minimum stop time and a start of the hour is left."""
+    may_stop: bool = True
+    """Ran its minimum run time."""
+    starts_left: int = 60
+    """Starts still allowed within the last hour."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +239,10 @@ class StationState:
     inputs_good: bool
     suction: Mapping[str, tuple[float, float]] = field(default_factory=lambda: MappingProxyType({}))
     """asset → (measured suction pressure in bar, measured flow in m³/h), GOOD values only."""
+    pumps: Mapping[str, PumpRunState] = field(default_factory=lambda: MappingProxyType({}))
+    """asset → its running state (pumps with a start/stop target; others always run)."""
+    price_per_kwh: float | None = None
+    """The electricity price now (tariff), for the cost the reason states."""
 
 
 class PumpCurve:
@@ -264,6 +362,28 @@ class StationCurves:
         )
 
 
+_BOUND_CODES = {
+    "min flow": ReasonCode.MIN_FLOW,
+    "max speed": ReasonCode.MAX_SPEED,
+    "NPSH margin": ReasonCode.NPSH_MARGIN,
+    "BEP region": ReasonCode.BEP_REGION,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _SetEval:
+    """One running set at this cycle: keeps the band?, kWh/m³ at the flow it would deliver."""
+
+    keeps: bool
+    spec: float
+    total: float
+    lo: float
+    hi: float
+    q_opt: float
+    delivers: bool = False
+    """It delivers the flow asked for (the plan's, or its optimum) inside the band window."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Plan:
     q: tuple[float, ...]  # per pump, m³/h
@@ -289,6 +409,12 @@ class PumpEnergyRule:
         self._cache: dict[tuple[object, ...], tuple[float, _Plan]] = {}
         self._ranges: dict[tuple[object, ...], tuple[float, float]] = {}
         self.last_stopped: set[str] = set()  # the assets the last plan stopped
+        self.last_codes: dict[str, ReasonCode] = {}  # per asset: what bound the last plan
+        self.last_specific_energy: tuple[float, float] | None = None
+        """(expected kWh/m³, plain level control's kWh/m³) of the last plan."""
+        self._rank: list[int] = []  # the duty order of the pumps the rule may start and stop
+        self._handover: frozenset[int] = frozenset()
+        self._price: float | None = None
         if station is not None:
             self.use_station(station)
 
@@ -468,6 +594,179 @@ class PumpEnergyRule:
         self._cache[key] = out
         return out
 
+    def _set_eval(
+        self,
+        hs: float,
+        running: tuple[int, ...],
+        pinned: tuple[int, ...],
+        by_idx: Mapping[int, tuple[float, float]],
+        q_min: float,
+        q_max: float,
+        planned_flow_m3h: float | None,
+    ) -> _SetEval:
+        """What running ``running`` (``pinned`` held at their minimum flow) would deliver now."""
+        lo, hi = self._flow_range(hs, running, pinned)
+        q_opt, _ = self._optimum(hs, running, pinned, by_idx)
+        target = q_opt if planned_flow_m3h is None else planned_flow_m3h
+        total = q_min if q_min > q_max else min(max(target, q_min), q_max)
+        keeps = lo <= max(q_max, q_min) + 1e-6 and hi >= q_min - 1e-6
+        delivers = lo - 1e-6 <= total <= hi + 1e-6
+        total = min(max(total, lo), hi)
+        spec = self._split(total, hs, running, pinned, by_idx).power_kw / max(total, 1e-9)
+        return _SetEval(keeps, spec, total, lo, hi, q_opt, delivers)
+
+    def _choose(
+        self,
+        hs: float,
+        pool: tuple[int, ...],
+        fixed: tuple[int, ...],
+        pinned: tuple[int, ...],
+        run: Mapping[int, PumpRunState],
+        window: tuple[float, float],
+        planned_flow_m3h: float | None,
+        by_idx: Mapping[int, tuple[float, float]],
+    ) -> tuple[frozenset[int], dict[int, ReasonCode], list[str]]:
+        """Which pumps of ``pool`` (start/stop allowed, feedback known) run: see the module
+        docstring. Returns the set, codes for pumps started or stopped, and the words."""
+        if not pool:
+            return frozenset(), {}, []
+        cfg = self.config
+        names = [p.asset for p in cfg.pumps]
+        current = frozenset(i for i in pool if run[i].running)
+        q_min, q_max = window
+        cache: dict[frozenset[int], _SetEval] = {}
+
+        def ev(s: frozenset[int]) -> _SetEval:
+            if s not in cache:
+                running = tuple(sorted((*fixed, *s)))
+                cache[s] = (
+                    self._set_eval(hs, running, pinned, by_idx, q_min, q_max, planned_flow_m3h)
+                    if running
+                    else _SetEval(False, math.inf, 0.0, 0.0, 0.0, 0.0)
+                )
+            return cache[s]
+
+        def hours(s: frozenset[int]) -> float:
+            return sum(run[i].run_hours or 0.0 for i in s)
+
+        need = not ev(current).keeps
+
+        def allowed(s: frozenset[int]) -> bool:
+            if any(not run[j].may_stop for j in current - s):
+                return False
+            return all(
+                run[j].may_start and (need or run[j].starts_left > cfg.energy_starts_reserve)
+                for j in s - current
+            )
+
+        if len(pool) <= 6:
+            subsets = [frozenset(c) for k in range(len(pool) + 1) for c in itertools.combinations(pool, k)]
+        else:  # the least-worn first: n + 1 nested sets
+            order = sorted(pool, key=lambda i: run[i].run_hours or 0.0)
+            subsets = [frozenset(order[:k]) for k in range(len(pool) + 1)] + [current]
+        subsets = [s for s in subsets if (s or fixed) and (s == current or allowed(s))]
+        codes: dict[int, ReasonCode] = {}
+        words: list[str] = []
+        rank, rotated = self._ranking(pool, run, current)
+        # sets that deliver the flow asked for first: one that falls short of a plan keeps the
+        # band but would shift the pumping into dearer hours
+        options = [s for s in subsets if ev(s).delivers] or [s for s in subsets if ev(s).keeps]
+        wear = False
+        if not options:  # nothing keeps the band: the set nearest to it
+            pick = min(
+                subsets,
+                key=lambda s: (
+                    max(q_min - ev(s).hi, ev(s).lo - max(q_max, q_min), 0.0),
+                    len(s ^ current),
+                    hours(s),
+                ),
+            )
+        else:
+            best = min(ev(s).spec for s in options)
+            near = [s for s in options if ev(s).spec <= best * 1.002]
+            pick = min(near, key=lambda s: (len(s ^ current), hours(s)))
+            if current in options and ev(current).spec <= best * (1 + cfg.switch_saving):
+                pick = current
+            # equal wear: as many pumps, the duty ones (by run hours, with hysteresis) if they
+            # cost at most duty_max_extra more
+            lead = frozenset(rank[: len(pick)])
+            if lead != pick and lead in options and ev(lead).spec <= ev(pick).spec * (1 + cfg.duty_max_extra):
+                pick, wear = lead, True
+        start, stop = pick - current, current - pick
+        self._handover &= current  # duty pumps still to stop after a rotation's start
+        if start and stop and not need:  # a swap: the incoming pump starts first
+            chosen = current | start
+            if wear:
+                self._handover |= stop
+            for j in start:
+                codes[j] = ReasonCode.DUTY_ROTATION if wear else ReasonCode.ENERGY_OPTIMUM
+            what = "duty rotation" if wear else "switching pumps"
+            words.append(
+                f"{what}: {', '.join(names[j] for j in sorted(start))} started before "
+                f"{', '.join(names[j] for j in sorted(stop))} stops"
+            )
+        else:
+            chosen = pick
+            for j in sorted(start):
+                codes[j] = (
+                    ReasonCode.STARTED_FOR_DEMAND
+                    if need
+                    else ReasonCode.DUTY_ROTATION
+                    if wear
+                    else ReasonCode.TARIFF_PLAN
+                    if planned_flow_m3h is not None
+                    else ReasonCode.ENERGY_OPTIMUM
+                )
+            wear = wear or bool(stop & self._handover)
+            for j in sorted(stop):
+                codes[j] = ReasonCode.DUTY_ROTATION if wear else ReasonCode.STOPPED_FOR_ENERGY
+            changed = ", ".join(names[j] for j in sorted(start | stop))
+            verb = "started" if start and not stop else "stopped" if stop and not start else "switched"
+            if need and changed:
+                words.append(f"{changed} {verb}: the running pumps cannot keep the level band")
+            elif wear and changed:
+                words.append(f"duty rotation: {changed} {verb} (run hours)")
+            elif changed:
+                saving = 1 - ev(chosen).spec / ev(current).spec if math.isfinite(ev(current).spec) else 0.0
+                words.append(
+                    f"{changed} {verb} for energy: {ev(chosen).spec:.4f} instead of "
+                    f"{ev(current).spec:.4f} kWh/m³ ({saving:.1%} less)"
+                )
+        if rotated is not None:
+            duty, standby = rotated
+            gap = (run[duty].run_hours or 0.0) - (run[standby].run_hours or 0.0)
+            words.append(
+                f"duty passes from {names[duty]} to {names[standby]}: {gap:.1f} h more run "
+                f"(limit {cfg.duty_imbalance_h:g} h)"
+            )
+        if wear and ev(pick).spec > best * 1.002:
+            words.append(f"equal wear costs {ev(pick).spec / best - 1:+.1%} kWh/m³")
+        for j in pool:
+            if j not in chosen and j not in codes:
+                codes[j] = ReasonCode.STOPPED_FOR_ENERGY
+        return chosen, codes, words
+
+    def _ranking(
+        self, pool: tuple[int, ...], run: Mapping[int, PumpRunState], current: frozenset[int]
+    ) -> tuple[list[int], tuple[int, int] | None]:
+        """The duty order of ``pool`` (first: duty). Kept from cycle to cycle; at first the
+        running pumps, then by run hours. A pump passes duty to one behind it once it has run
+        ``duty_imbalance_h`` more hours (hysteresis: the other then keeps duty until it has run
+        as much more). Returns the order and the (duty, standby) pair that swapped, if any."""
+        hours = {i: run[i].run_hours for i in pool}
+        rank = [i for i in self._rank if i in pool]
+        rank += sorted((i for i in pool if i not in rank), key=lambda i: (i not in current, hours[i] or 0.0))
+        rotated = None
+        if all(h is not None for h in hours.values()):
+            for a in range(len(rank)):
+                for b in range(a + 1, len(rank)):
+                    i, j = rank[a], rank[b]
+                    if (hours[i] or 0.0) - (hours[j] or 0.0) >= self.config.duty_imbalance_h:
+                        rank[a], rank[b] = j, i
+                        rotated = rotated or (i, j)
+        self._rank = rank
+        return rank, rotated
+
     # ------------------------------------------------------------------ the rule
 
     def plan(
@@ -477,38 +776,63 @@ class PumpEnergyRule:
         unloaded: Sequence[str],
         planned_flow_m3h: float | None = None,
         suction: Mapping[str, tuple[float, float]] | None = None,
+        run: Mapping[str, PumpRunState] | None = None,
+        *,
+        price_per_kwh: float | None = None,
     ) -> tuple[dict[str, float], dict[str, float], str]:
         """Speed and expected flow per pump asset, and the reason in words.
 
         ``planned_flow_m3h`` is the station flow a schedule asks for (None: the energy optimum);
-        the level band still bounds it, and the pump constraints bound its split."""
+        the level band still bounds it, and the pump constraints bound its split. ``run``: the
+        running state of pumps with a start/stop target (the rule then chooses which of them
+        run; without it they all run). The stopped pumps are in :attr:`last_stopped`, each
+        pump's code in :attr:`last_codes`."""
         cfg, m, c = self.config, self.config.station, self.curves
         assets = [p.asset for p in cfg.pumps]
-        idx_unloaded = tuple(i for i, a in enumerate(assets) if a in unloaded)
-        running = tuple(i for i in range(len(assets)) if i not in idx_unloaded)
-        if not running:  # never unload them all
-            running, idx_unloaded = tuple(range(len(assets))), ()
+        n = len(assets)
+        alarmed = tuple(i for i, a in enumerate(assets) if a in unloaded)
+        if len(alarmed) == n:  # never unload them all
+            alarmed = ()
         # an unloaded pump the agent may stop is stopped: no minimum flow to keep
-        stopped = tuple(i for i in idx_unloaded if cfg.pumps[i].start_stop_tag is not None)
-        idx_unloaded = tuple(i for i in idx_unloaded if i not in stopped)
+        stop_alarm = tuple(i for i in alarmed if cfg.pumps[i].start_stop_tag is not None)
+        pinned = tuple(i for i in alarmed if i not in stop_alarm)
+        runs = run or {}
+        pool = tuple(
+            i
+            for i in range(n)
+            if i not in alarmed
+            and cfg.pumps[i].start_stop_tag is not None
+            and (st := runs.get(assets[i])) is not None
+            and st.running is not None
+        )
+        fixed = tuple(i for i in range(n) if i not in alarmed and i not in pool)
         checked = suction if suction and cfg.npsh3_bep_m is not None else {}  # else unused
         by_idx = {i: checked[a] for i, a in enumerate(assets) if a in checked}
         hs = c.static_head_m + level_m
-        q_opt, _ = self._optimum(hs, running, idx_unloaded, by_idx)
         low, high = m.level_low_m + cfg.band_margin_m, m.level_high_m - cfg.band_margin_m
         q_min = demand_m3h - c.tank_area_m2 * (level_m - low) / (m.horizon_s / 3600)
         q_max = demand_m3h + c.tank_area_m2 * (high - level_m) / (m.horizon_s / 3600)
+        chosen, codes, set_words = self._choose(
+            hs, pool, fixed, pinned, {i: runs[assets[i]] for i in pool}, (q_min, q_max),
+            planned_flow_m3h, by_idx,
+        )  # fmt: skip
+        running = tuple(sorted((*fixed, *chosen)))
+        stopped = tuple(sorted((*stop_alarm, *(i for i in pool if i not in chosen))))
+        q_opt, _ = self._optimum(hs, running, pinned, by_idx)
         target = q_opt if planned_flow_m3h is None else planned_flow_m3h
         total = q_min if q_min > q_max else min(max(target, q_min), q_max)
-        lo, hi = self._flow_range(hs, running, idx_unloaded)
+        lo, hi = self._flow_range(hs, running, pinned)
         reasons: list[str] = []
+        station_code = ReasonCode.ENERGY_OPTIMUM
         if total < lo:
             total = lo
             reasons.append(f"every pump at its minimum continuous flow: {lo:.1f} m³/h")
+            station_code = ReasonCode.MIN_FLOW
         elif total > hi:
             total = hi
             reasons.append("all pumps at maximum speed")
-        plan = self._split(total, hs, running, idx_unloaded, by_idx)
+            station_code = ReasonCode.MAX_SPEED
+        plan = self._split(total, hs, running, pinned, by_idx)
         head = hs + c.system_k * total * total
         r_all = list(plan.r)
         for i in stopped:  # when started again: at its minimum-flow speed
@@ -524,30 +848,74 @@ class PumpEnergyRule:
         spec = plan.power_kw / max(total, 1e-9)
         if planned_flow_m3h is not None and abs(total - planned_flow_m3h) < 0.05:
             why = f"planned station flow {planned_flow_m3h:.1f} m³/h"
+            station_code = ReasonCode.TARIFF_PLAN
         elif abs(total - q_opt) < 0.05:
             why = f"energy optimum {total:.1f} m³/h at static head {hs:.1f} m"
         elif total < target:
             why = f"level near the top of its band: {total:.1f} m³/h (optimum {target:.1f})"
+            station_code = station_code if reasons else ReasonCode.LEVEL_HIGH
         else:
             why = f"level near the bottom of its band: {total:.1f} m³/h (optimum {target:.1f})"
+            station_code = station_code if reasons else ReasonCode.LEVEL_LOW
         if len(assets) > 1 and not c.identical:
             why += ": " + ", ".join(f"{a} {speeds[a]:.0f} rpm {flows[a]:.1f} m³/h" for a in assets)
         else:
             why += f": {speeds[assets[running[0]]]:.0f} rpm"
         why += f", {spec:.4f} kWh/m³ expected ({c.source} curves)"
+        why += self._saving(hs, demand_m3h, (*fixed, *pool), pinned, by_idx, spec, price_per_kwh)
         why += "".join(f"; {r}" for r in reasons)
         bound = [b for b in plan.bound if "BEP" not in b or not reasons]
         if bound:
             why += "; bound: " + ", ".join(bound)
-        if stopped:
-            names = ", ".join(sorted(assets[i] for i in stopped))
+        why += "".join(f"; {w}" for w in set_words)
+        if stop_alarm:
+            names = ", ".join(sorted(assets[i] for i in stop_alarm))
             why += f"; {names} stopped (alarm: no minimum flow to keep), load on the others"
-        if idx_unloaded:
-            names = ", ".join(sorted(assets[i] for i in idx_unloaded))
-            held = ", ".join(f"{flows[assets[i]]:.1f} m³/h" for i in idx_unloaded)
+        if pinned:
+            names = ", ".join(sorted(assets[i] for i in pinned))
+            held = ", ".join(f"{flows[assets[i]]:.1f} m³/h" for i in pinned)
             carry = ", ".join(assets[i] for i in running)
             why += f"; {names} unloaded to its minimum-flow speed ({held}), load on {carry}"
+        out: dict[str, ReasonCode] = {}
+        for i, a in enumerate(assets):
+            own = next((b for b in plan.bound if b.startswith(f"pump {i + 1} ")), "")
+            if i in stop_alarm:
+                out[a] = ReasonCode.STOPPED_ALARM
+            elif i in pinned:
+                out[a] = ReasonCode.UNLOADED_ALARM
+            elif i in codes and (i in stopped or codes[i] != ReasonCode.ENERGY_OPTIMUM):
+                out[a] = codes[i]
+            elif station_code != ReasonCode.ENERGY_OPTIMUM:
+                out[a] = station_code
+            else:
+                out[a] = _BOUND_CODES.get(own.split(" ", 2)[-1], ReasonCode.ENERGY_OPTIMUM)
+        self.last_codes = out
         return speeds, flows, why
+
+    def _saving(
+        self,
+        hs: float,
+        demand: float,
+        available: Sequence[int],
+        pinned: tuple[int, ...],
+        by_idx: Mapping[int, tuple[float, float]],
+        spec: float,
+        price: float | None,
+    ) -> str:
+        """What the recommendation saves against plain level control: every available pump on
+        the level (the least-power split of the flow the demand takes)."""
+        running = tuple(sorted(available))
+        if not running or demand <= 0:
+            return ""
+        lo, hi = self._flow_range(hs, running, pinned)
+        q = min(max(demand, lo), hi)
+        base = self._split(q, hs, running, pinned, by_idx).power_kw / max(q, 1e-9)
+        self.last_specific_energy = (spec, base)
+        self._price = price if price is not None and math.isfinite(price) else None
+        out = f" (level control: {base:.4f} kWh/m³, {1 - spec / base:+.1%} saved"
+        if price is not None and math.isfinite(price):
+            out += f"; {spec * price:.4f} instead of {base * price:.4f} per m³ at {price:g}/kWh"
+        return out + ")"
 
     def speeds(
         self,
@@ -568,10 +936,20 @@ class PumpEnergyRule:
         ``planned_flow_m3h``: the station flow a schedule asks for (None: the energy optimum),
         distributed across the pumps under the same constraints."""
         if state.level_m is None or state.demand_m3h is None:
+            self.last_codes = {}
             return []
         cfg = self.config
         unloaded = [p.asset for p in cfg.pumps if state.severity.get(p.asset, 0) >= cfg.unload_on_severity]
-        speeds, _, why = self.plan(state.level_m, state.demand_m3h, unloaded, planned_flow_m3h, state.suction)
+        speeds, _, why = self.plan(
+            state.level_m,
+            state.demand_m3h,
+            unloaded,
+            planned_flow_m3h,
+            state.suction,
+            state.pumps,
+            price_per_kwh=state.price_per_kwh,
+        )
+
         def recommend(tag: str, value: float) -> Recommendation:
             return Recommendation(
                 target_tag=tag,
@@ -589,6 +967,47 @@ class PumpEnergyRule:
             for p in cfg.pumps
             if p.start_stop_tag is not None
         ]
+        return out
+
+    def summary(self) -> str:
+        """The last plan in one line for the console and status: each pump's reason code and
+        what the plan saves against plain level control ("" before the first plan)."""
+        if not self.last_codes:
+            return ""
+        codes = ", ".join(
+            f"{a} {int(c)} {c.name.lower().replace('_', ' ')}" for a, c in self.last_codes.items()
+        )
+        if self.last_specific_energy is None:
+            return codes
+        spec, base = self.last_specific_energy
+        out = f"{codes}; {spec:.4f} kWh/m³ expected, level control {base:.4f} ({1 - spec / base:+.1%} saved)"
+        if self._price is not None:
+            out += f", {(base - spec) * self._price:+.4f}/m³ at {self._price:g}/kWh"
+        return out
+
+    def pump(self, asset: str) -> RecommenderPump | None:
+        """The recommender's pump ``asset`` (None: not one of its pumps)."""
+        return next((p for p in self.config.pumps if p.asset == asset), None)
+
+    def code(self, asset: str) -> ReasonCode:
+        """What bound the last recommendation for ``asset`` (NONE before the first)."""
+        return self.last_codes.get(asset, ReasonCode.NONE)
+
+    def running_sets(self) -> list[tuple[int, ...]]:
+        """The sets of pumps the rule may run (by index): all pumps, and where start/stop is
+        allowed every non-empty subset that keeps the pumps without it (the tariff plan prices
+        a flow on the cheapest of them)."""
+        n = len(self.config.pumps)
+        fixed = tuple(i for i in range(n) if self.config.pumps[i].start_stop_tag is None)
+        pool = [i for i in range(n) if i not in fixed]
+        if len(pool) > 6:
+            pool = pool[:6]
+        out = []
+        for k in range(len(pool) + 1):
+            for c in itertools.combinations(pool, k):
+                s = tuple(sorted((*fixed, *c, *(i for i in range(n) if i not in fixed and i not in pool))))
+                if s and (s not in out):
+                    out.append(s)
         return out
 
     def min_flow_m3h(self, asset: str, speed_rpm: float) -> float:

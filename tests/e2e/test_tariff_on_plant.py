@@ -72,4 +72,6 @@ async def test_the_agent_fills_the_tank_while_power_is_cheap_through_the_guard(t
     plan = doc["energy_plan"]  # edge-agent status shows the plan
     assert plan["currency"] == "EUR" and plan["feasible"] and plan["forecast"].startswith("persistence")
     assert plan["first_flow_m3h"] > 0 and 0.05 < plan["kwh_per_m3"] < 0.5
+    assert plan["prices"] == "weekly table"
+    assert doc["recommender"].startswith("pump1 ") and "saved" in doc["recommender"]
     assert decisions and all(r.model == "pump-energy-rule" for r in decisions if r.model)

@@ -214,3 +214,11 @@ def test_columns_keep_their_place_whatever_the_values(
     for line in (header, pump1, pump2):
         assert all(line[i] == " " for i in seps), line
     assert len(pump1.split()) == 6
+
+
+def test_the_recommender_line_shows_codes_and_saving() -> None:
+    view = _view(2950.0, 30.1, 1.0)
+    assert "recommender:" not in render(view, assets=["pump1"], tag_columns=_COLUMNS, clear=False)
+    view.recommender = "pump1 9 stopped for energy, pump2 1 energy optimum; 0.0824 kWh/m³ expected"
+    screen = render(view, assets=["pump1"], tag_columns=_COLUMNS, clear=False)
+    assert f"  recommender: {view.recommender}" in screen.splitlines()

@@ -18,10 +18,13 @@ from agent.hmi import (
     HmiPurpose,
     HmiWriter,
     block_values,
+    recommender_code,
     with_sources,
 )
 from agent.pipeline.alarms import HmiBlock
-from agent.types import Value
+from agent.pipeline.guard import Reason
+from agent.pipeline.policy import ReasonCode
+from agent.types import Action, Decision, Value
 
 # Once tags declare their purpose (issue 10), a writable tag must say it; before, the key is unknown.
 _PURPOSE = "purpose" in ModbusTag.model_fields
@@ -48,6 +51,7 @@ def _config(tmp_path: Path, *, words_first_in_yaml: bool = True, refresh_s: floa
         ("fault_class", "P1.FaultClass"),
         ("anomaly_score", "P1.Anomaly"),
         ("rul", "P1.RUL"),
+        ("recommender_reason", "P1.Reason"),
     ]
     fields = words + details if words_first_in_yaml else details + words
     hmi_tags = "".join(
@@ -150,7 +154,7 @@ def test_field_order_covers_every_hmi_field_details_first() -> None:
 
 def test_block_values_take_sources_from_the_asset(tmp_path: Path) -> None:
     asset = _config(tmp_path).assets[0]
-    values = block_values(_block(), asset, SHOWN)
+    values = block_values(_block(), asset, SHOWN, 9)
     assert list(values) == list(FIELD_ORDER)
     assert values == {
         "highest_severity": 3,
@@ -159,6 +163,7 @@ def test_block_values_take_sources_from_the_asset(tmp_path: Path) -> None:
         "fault_class": 2,
         "anomaly_score": 12.5,
         "rul": 410.0,
+        "recommender_reason": 9,
         "alarm_word": 0b101,
         "unacked_word": 0b100,
         "shelved_word": 0,
@@ -166,7 +171,21 @@ def test_block_values_take_sources_from_the_asset(tmp_path: Path) -> None:
     }
     filled = with_sources(_block(), asset, SHOWN)
     assert (filled.fault_class, filled.rul) == (2, 410.0)
-    assert block_values(filled, asset, SHOWN) == values  # filling twice changes nothing
+    assert block_values(filled, asset, SHOWN, 9) == values  # filling twice changes nothing
+
+
+def test_the_recommender_code_shows_rate_limited_while_the_guard_steps() -> None:
+    energy = ReasonCode.ENERGY_OPTIMUM
+    assert recommender_code(energy, None) == 1
+    assert recommender_code(energy, Decision(None, Action.WRITE, 2000.0)) == 1
+    stepping = Decision(None, Action.CLAMP, 2000.0, (f"{Reason.RATE_LIMITED}: 10 rpm/s",))
+    assert recommender_code(energy, stepping) == int(ReasonCode.RATE_LIMITED) == 8
+    waiting = Decision(None, Action.HOLD, None, (f"{Reason.RATE_WAIT}: 0.4 s", "not a reason head"))
+    assert recommender_code(ReasonCode.LEVEL_LOW, waiting) == 8
+    held = Decision(None, Action.HOLD, None, (str(Reason.PERMISSIVE_OFF),))
+    assert recommender_code(ReasonCode.LEVEL_LOW, held) == 6
+    # a stopped pump's code is not hidden behind its speed setpoint's rate limit
+    assert recommender_code(ReasonCode.STOPPED_FOR_ENERGY, stepping) == 9
 
 
 def test_unknown_sources_are_not_made_up(tmp_path: Path) -> None:
@@ -187,13 +206,13 @@ def test_unknown_sources_are_not_made_up(tmp_path: Path) -> None:
 async def test_block_written_details_first_words_last(tmp_path: Path) -> None:
     cfg = _config(tmp_path, words_first_in_yaml=True)
     writer, _, calls = _writer(cfg)
-    values = block_values(_block(), cfg.assets[0], {"t2": 12.5})  # no RUL: not written
+    values = block_values(_block(), cfg.assets[0], {"t2": 12.5})  # no RUL, no reason: not written
     await writer.write_blocks({"pump1": values}, now=0.0)
     assert len(calls) == 1
     device, purpose, items = calls[0]
     assert (device, purpose) == ("hmi", "display")
     fields = dict((tag, f) for f, tag in cfg.assets[0].hmi.items())
-    assert [fields[t] for t, _ in items] == [f for f in FIELD_ORDER if f != "rul"]
+    assert [fields[t] for t, _ in items] == [f for f in FIELD_ORDER if f not in ("rul", "recommender_reason")]
     assert dict(items)["P1.Anomaly"] == 12.5 and "P1.RUL" not in dict(items)
 
 
@@ -201,7 +220,7 @@ async def test_one_bad_value_does_not_block_its_block(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     writer, sinks, calls = _writer(cfg)
     sinks["hmi"].fail["P1.Count"] = WriteRefused("P1.Count (HR 104, 40105): 70000 does not fit uint16")
-    values = block_values(_block(), cfg.assets[0], SHOWN)
+    values = block_values(_block(), cfg.assets[0], SHOWN, 9)
     with capture_logs() as logs:
         await writer.write_blocks({"pump1": values}, now=0.0)
         await writer.write_blocks({"pump1": values}, now=1.0)
@@ -234,7 +253,7 @@ async def test_a_failed_call_fails_every_value_once_logged(tmp_path: Path) -> No
     cfg = _config(tmp_path)
     writer, sinks, calls = _writer(cfg)
     sinks["hmi"].raises = DeviceUnreachable("hmi: connection refused")
-    values = block_values(_block(), cfg.assets[0], SHOWN)
+    values = block_values(_block(), cfg.assets[0], SHOWN, 9)
     with capture_logs() as logs:
         await writer.write_blocks({"pump1": values}, now=0.0)
         await writer.write_blocks({"pump1": values}, now=1.0)
@@ -251,7 +270,7 @@ async def test_a_tag_missing_from_the_result_counts_as_failed(tmp_path: Path) ->
     cfg = _config(tmp_path)
     writer, sinks, calls = _writer(cfg)
     sinks["hmi"].omit = {"P1.RUL"}
-    values = block_values(_block(), cfg.assets[0], SHOWN)
+    values = block_values(_block(), cfg.assets[0], SHOWN, 9)
     await writer.write_blocks({"pump1": values}, now=0.0)
     await writer.write_blocks({"pump1": values}, now=1.0)
     assert calls[1][2] == [("P1.RUL", 410.0)]
@@ -262,17 +281,17 @@ async def test_values_rewritten_when_changed_or_due(tmp_path: Path) -> None:
     cfg = _config(tmp_path, refresh_s=10.0)
     writer, _, calls = _writer(cfg)
     asset = cfg.assets[0]
-    await writer.write_blocks({"pump1": block_values(_block(), asset, SHOWN)}, now=0.0)
-    await writer.write_blocks({"pump1": block_values(_block(), asset, SHOWN)}, now=5.0)
+    await writer.write_blocks({"pump1": block_values(_block(), asset, SHOWN, 9)}, now=0.0)
+    await writer.write_blocks({"pump1": block_values(_block(), asset, SHOWN, 9)}, now=5.0)
     assert len(calls) == 1  # nothing changed, nothing due
-    await writer.write_blocks({"pump1": block_values(_block(active_count=3), asset, SHOWN)}, now=6.0)
+    await writer.write_blocks({"pump1": block_values(_block(active_count=3), asset, SHOWN, 9)}, now=6.0)
     assert calls[-1][2] == [("P1.Count", 3)]
-    await writer.write_blocks({"pump1": block_values(_block(active_count=3), asset, SHOWN)}, now=10.0)
+    await writer.write_blocks({"pump1": block_values(_block(active_count=3), asset, SHOWN, 9)}, now=10.0)
     # Due again 10 s after their last write: everything but the count (written at 6 s).
     assert [t for t, _ in calls[-1][2]] == [
         tag for f in FIELD_ORDER if f != "active_count" for ff, tag in asset.hmi.items() if ff == f
     ]
-    await writer.write_blocks({"pump1": block_values(_block(active_count=3), asset, SHOWN)}, now=16.0)
+    await writer.write_blocks({"pump1": block_values(_block(active_count=3), asset, SHOWN, 9)}, now=16.0)
     assert calls[-1][2] == [("P1.Count", 3)]
 
 
@@ -304,7 +323,7 @@ async def test_heartbeat_and_status_go_alone_while_displays_fail(tmp_path: Path)
     writer, sinks, calls = _writer(cfg)
     sinks["hmi"].raises = DeviceUnreachable("hmi: timeout")
     sinks["plc"].fail = {t: WriteRefused(f"{t}: refused") for t in ("P1.Vib",)}
-    values = block_values(_block(), cfg.assets[0], SHOWN)
+    values = block_values(_block(), cfg.assets[0], SHOWN, 9)
     for k in range(3):
         await writer.write_blocks({"pump1": values}, now=float(k))
         await writer.write_agent_status(True, 0b1000101, now=float(k))
