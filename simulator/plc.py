@@ -117,6 +117,7 @@ class Plc:
         for name, e in self._entries.items():
             self.values[name] = False if e.type == "bool" else (0.0 if e.type == "float32" else 0)
         self.values["Station.Permissive"] = bool(permissive)
+        self.values["Station.EnergyPrice"] = 0.10  # until the site's EMS writes one
         for i in range(1, pumps + 1):
             self.values[f"Pump{i}.RunRequest"] = True  # the pumps run, as they always did
         self._heartbeat_changed_at: float | None = None

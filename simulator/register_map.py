@@ -224,6 +224,10 @@ def _station_entries() -> list[RegisterEntry]:
            description="Agent status word (defined by the agent: mode, health, hold reason)"),
         _e("Station.OperatorCommand", "holding", 2, "bits16", access="RW", group="operator",
            description="Mirror of the operator coils: bit0 PERMISSIVE, bit1 ACKNOWLEDGE (writable)"),
+        _e("Station.EnergyPrice", "holding", 3, "float32", "ABCD", unit="EUR/kWh", access="RW", group="ems",
+           eu_range=(0.0, 10.0),
+           description="Energy price now, per kWh: written by the site's energy management system "
+           "(a tariff's price_tag reads it); 0.10 at start"),
         _e("Station.Permissive", "coil", 0, "bool", access="RW", group="operator",
            description="Operator remote enable: external setpoints applied only while on"),
         _e("Station.Acknowledge", "coil", 1, "bool", access="RW", group="operator",

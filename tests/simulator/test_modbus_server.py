@@ -179,7 +179,7 @@ async def test_writes_go_through_the_plc_and_are_logged(station: Station, client
 
 async def test_refused_writes_get_exceptions_and_log_entries(station: Station, client) -> None:
     plant = station.plant
-    rr = await client.write_register(3, 1, device_id=1)  # unmapped
+    rr = await client.write_register(5, 1, device_id=1)  # unmapped
     assert rr.isError() and rr.exception_code == 2
     rr = await client.write_register(121, 0, device_id=1)  # half of a float
     assert rr.isError() and rr.exception_code == 2
@@ -196,7 +196,7 @@ async def test_refused_writes_get_exceptions_and_log_entries(station: Station, c
     assert (await _ok(client.read_holding_registers(1001, count=1, device_id=1))).registers == [2]
     log = station.write_log
     assert [(e.accepted, e.reason) for e in log[:3]] == [
-        (False, "illegal address HR 3 (40004)"),
+        (False, "illegal address HR 5 (40006)"),
         (False, "write splits a 32-bit value"),
         (False, "illegal address CO 5 (00006)"),
     ]
