@@ -11,9 +11,11 @@ import csv
 import gzip
 import json
 import math
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -307,9 +309,9 @@ async def test_a_write_error_stops_recording_never_the_caller(tmp_path: Path) ->
         await asyncio.sleep(0.02)
     wide = next(d.glob("wide-*.csv"))
     with capture_logs() as logs:
-        for f in d.iterdir():  # the directory is gone and a directory stands where a file was
-            f.unlink()
-        d.rmdir()
+        # the directory is gone (moved away in one step: the writer thread may be creating a
+        # file in it right now) and a directory stands where a file was
+        d.rename(tmp_path / "gone")
         d.mkdir()
         (d / (MANIFEST_FILE + ".tmp")).mkdir()
         deadline = time.monotonic() + 5
@@ -323,31 +325,44 @@ async def test_a_write_error_stops_recording_never_the_caller(tmp_path: Path) ->
     assert task.result() is None and not wide.exists()
 
 
-async def test_observe_and_take_row_are_cheap_and_flushes_do_not_stall_the_loop(tmp_path: Path) -> None:
+async def test_flushes_write_in_a_worker_thread_while_the_loop_turns(tmp_path: Path) -> None:
+    """A big flush (120 rows of 500 tags) is written by a worker thread, and the loop keeps
+    turning while it writes (how cheap observing and taking rows is: bench, not here)."""
     tags = [RecordTag(f"t{i}", "", 10.0, 1.0) for i in range(500)]
     rec = Recorder(tmp_path, tags, 1.0, RecordConfig())
     batch = [Sample.now(f"t{i}", float(i), GOOD) for i in range(1000)]  # half of them recorded
-    t0 = time.perf_counter()
     for _ in range(100):
         rec.observe(batch)
-    observe_us = (time.perf_counter() - t0) / 100 * 1e6
-    t0 = time.perf_counter()
-    for _ in range(100):
         rec._last_t_ms = None
         rec.take_row()
-    row_us = (time.perf_counter() - t0) / 100 * 1e6
-    # Measured on the 2-core CI box: ~125 µs per 1000-sample poll, ~230 µs per 500-tag row.
-    assert observe_us < 5000 and row_us < 5000, (observe_us, row_us)
     await asyncio.to_thread(rec.writer.open)
-    for _ in range(20):  # 2000 rows of 500 tags: a big flush (about 5 MB of CSV)
+    for _ in range(20):
         rec.take_row()
-    lags: list[float] = []
+    loop_thread = threading.get_ident()
+    writing = threading.Event()
+    turns_while_writing = 0
+    write = rec.writer.write
+
+    def observed_write(rows: Any) -> Any:
+        writing.set()
+        try:
+            assert threading.get_ident() != loop_thread, "the flush wrote on the event loop's thread"
+            # hold the write until the loop has turned: a flush that blocked the loop never ends
+            deadline = time.monotonic() + 10
+            while turns_while_writing < 3 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            return write(rows)
+        finally:
+            writing.clear()
+
+    rec.writer.write = observed_write  # type: ignore[method-assign]
 
     async def watch() -> None:
+        nonlocal turns_while_writing
         while True:
-            t = time.perf_counter()
-            await asyncio.sleep(0.005)
-            lags.append(time.perf_counter() - t - 0.005)
+            await asyncio.sleep(0)
+            if writing.is_set():
+                turns_while_writing += 1
 
     watcher = asyncio.create_task(watch())
     await rec.flush()
@@ -355,7 +370,7 @@ async def test_observe_and_take_row_are_cheap_and_flushes_do_not_stall_the_loop(
     with pytest.raises(asyncio.CancelledError):
         await watcher
     assert rec.stats.rows_written == 120
-    assert max(lags) < 0.1, max(lags)  # the loop kept turning while the thread wrote
+    assert turns_while_writing >= 3, "the loop did not turn while the thread wrote"
 
 
 def test_check_paths_names_a_recording_directory_that_cannot_be_made(tmp_path: Path) -> None:
