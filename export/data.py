@@ -444,8 +444,8 @@ def _read_parts(
     parts: list[_Part] = []
     bar = Progress(len(recordings), "read recordings", enabled=progress)
     for ri, rec in enumerate(recordings):
-        if rec.split not in ("train", "test", "calibration"):
-            raise DataError(f"{rec.path}: split must be train, test or calibration, got {rec.split!r}")
+        if rec.split not in ("train", "test", "calibration", "transfer"):
+            raise DataError(f"{rec.path}: split must be train, test, calibration or transfer: {rec.split!r}")
         cols_by_asset = [spec.columns(a, rec.targets) for a in spec.assets]
         columns = list(dict.fromkeys(c for cols in cols_by_asset for c in cols.values()))
         table = read_table(rec.path, rec.timestamp or opts.timestamp, columns)

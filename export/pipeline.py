@@ -1079,6 +1079,17 @@ def export_model(
             "mae": float(np.mean(np.abs(pred - truth))),
             "rmse": float(np.sqrt(np.mean((pred - truth) ** 2))),
         }
+        if task.name == "rul":  # (teachers branch) the error where there is wear to predict
+            wearing = truth < cfg.rul_cap_h
+            mae_w = float(np.mean(np.abs(pred - truth)[wearing])) if wearing.any() else float("nan")
+            rep["regression"].update(
+                {
+                    "mae_pct_of_horizon": 100.0 * rep["regression"]["mae"] / cfg.rul_cap_h,
+                    "mae_wearing_h": mae_w,
+                    "mae_wearing_pct_of_horizon": 100.0 * mae_w / cfg.rul_cap_h,
+                    "wearing_windows": int(wearing.sum()),
+                }
+            )
         if task.name == "rul":
             wear = truth < cfg.rul_cap_h
             order = np.argsort(-truth[wear], kind="stable")
