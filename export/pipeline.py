@@ -137,6 +137,7 @@ class NetConfig(_Strict):
     dropout: float = 0.0
     epochs: int | None = None  # a teacher's own epoch count (default: fit.epochs)
     ensemble: Annotated[int, Field(ge=1)] = 1  # a teacher: members from as many seeds, outputs averaged
+    log_std: bool = False  # an MLP over summary features: the window std of every role as log(1e-3 + std)
 
 
 class FitSettings(_Strict):
@@ -750,7 +751,15 @@ def _no_target(task: _Task, n: int) -> npt.NDArray[np.generic] | None:
     return np.full(n, np.nan, np.float32)
 
 
-def _net(nc: NetConfig, *, n_in: int, n_out: int, spec: DataSpec) -> nn.Module:
+def _log_inputs(nc: NetConfig, stats: Sequence[str], n_roles: int) -> list[int]:
+    """Indexes of the window std of every role in summary features (stat-major), if ``log_std``."""
+    if not (nc.log_std and nc.arch == "mlp" and nc.features == "summary" and "std" in stats):
+        return []
+    k = list(stats).index("std")
+    return list(range(k * n_roles, (k + 1) * n_roles))
+
+
+def _net(nc: NetConfig, *, n_in: int, n_out: int, spec: DataSpec, stats: Sequence[str] = ()) -> nn.Module:
     return build_net(
         nc.arch,
         n_in=n_in,
@@ -764,6 +773,7 @@ def _net(nc: NetConfig, *, n_in: int, n_out: int, spec: DataSpec) -> nn.Module:
         heads=nc.heads,
         layers=nc.layers,
         dropout=nc.dropout,
+        log_inputs=_log_inputs(nc, stats, len(spec.roles)),
     )
 
 
@@ -842,7 +852,11 @@ def export_model(
         members = []
         for k in range(tc.ensemble):
             member = _net(
-                tc, n_in=int(np.prod(xt.shape[1:])), n_out=task.n_out(int(np.prod(xt.shape[1:]))), spec=spec
+                tc,
+                n_in=int(np.prod(xt.shape[1:])),
+                n_out=task.n_out(int(np.prod(xt.shape[1:]))),
+                spec=spec,
+                stats=cfg.stats,
             )
             member, _ = fit(
                 member,
@@ -914,7 +928,7 @@ def export_model(
     before: list[float] = []
     for k in range(cfg.seeds):
         s0 = seed + 100 + 10 * k
-        student = _net(cfg.student, n_in=n_in, n_out=task.n_out(n_in), spec=spec)
+        student = _net(cfg.student, n_in=n_in, n_out=task.n_out(n_in), spec=spec, stats=cfg.stats)
         student, _ = fit(
             student,
             task.kind,
@@ -949,7 +963,12 @@ def export_model(
                 n_in, hidden[: len(cfg.student.hidden)], hidden[len(cfg.student.hidden)]
             )
         else:
-            scratch = MLP(n_in, hidden, task.n_out(n_in))
+            scratch = MLP(
+                n_in,
+                hidden,
+                task.n_out(n_in),
+                log_inputs=_log_inputs(cfg.student, cfg.stats, len(spec.roles)),
+            )
         scratch, _ = fit(
             scratch,
             task.kind,
