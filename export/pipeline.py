@@ -195,6 +195,9 @@ class ModelConfig(_Strict):
     # distil on `all` (the labelled windows, plus `split: transfer` recordings thinned to the
     # training stride) or on the `labelled` windows only
     transfer: Literal["all", "labelled"] = "all"
+    # share of the normal training windows kept (every k-th; classifier, rul, setpoint): normal
+    # operation is most windows and nearly the same; the transfer set still covers it
+    normal_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
     int8: Int8Settings = Int8Settings()
     false_alarm_rate: float = 3e-4
     on_delay: int = 3
@@ -797,6 +800,12 @@ def export_model(
         progress=progress,
     )
     spec = ds.spec  # resolved: inferred sensor ranges, constant inputs dropped
+    if cfg.normal_fraction < 1 and cfg.task != "anomaly":  # (teachers branch) class balance
+        normal = np.flatnonzero(ds.train.label == NORMAL)
+        keep = np.ones(len(ds.train), bool)
+        keep[normal] = False
+        keep[normal[:: max(1, round(1 / cfg.normal_fraction))]] = True
+        ds.train = ds.train.take(keep)
     inputs = fit_normalisation(spec, ds.train_samples, training_range=ds.training_range)
     task = _Task(cfg, ds)
     tr, va, te = (
