@@ -875,7 +875,11 @@ def export_model(
                 xv,
                 y_va,
                 _fitcfg(
-                    cfg.fit, seed + i + 1000 * k, f"teacher {i + 1} {tc.arch} #{k + 1}", progress, tc.epochs
+                    cfg.fit,
+                    seed + i + 1000 * k,
+                    f"teacher {i + 1} {tc.arch}" + (f" #{k + 1}" if k else ""),
+                    progress,
+                    tc.epochs,
                 ),
                 class_weight=getattr(task, "class_weight", None),
             )
@@ -935,6 +939,7 @@ def export_model(
     big = 0
     hidden: list[int] = []
     before: list[float] = []
+    # (the fits of seed #1 keep the descriptions bench/export.py's spies look for)
     for k in range(cfg.seeds):
         s0 = seed + 100 + 10 * k
         student = _net(cfg.student, n_in=n_in, n_out=task.n_out(n_in), spec=spec, stats=cfg.stats)
@@ -945,7 +950,7 @@ def export_model(
             y_kd if kd else y_tr,
             xs_va,
             y_va,
-            _fitcfg(cfg.fit, s0, f"student #{k + 1} (distil)", progress),
+            _fitcfg(cfg.fit, s0, f"student{f' #{k + 1}' if k else ''} (distil)", progress),
             teacher=t_kd,
             teacher_val=t_va,
             class_weight=cw,
@@ -961,7 +966,13 @@ def export_model(
             y_kd if kd else y_tr,
             xs_va,
             y_va,
-            _fitcfg(cfg.fit, s0 + 1, f"student #{k + 1} (prune+tune)", progress, cfg.fit.finetune_epochs),
+            _fitcfg(
+                cfg.fit,
+                s0 + 1,
+                f"student{f' #{k + 1}' if k else ''} (prune+tune)",
+                progress,
+                cfg.fit.finetune_epochs,
+            ),
             teacher=t_kd,
             teacher_val=t_va,
             class_weight=cw,
@@ -988,7 +999,7 @@ def export_model(
             _fitcfg(
                 cfg.fit,
                 s0 + 2,
-                f"student #{k + 1} (scratch)",
+                f"student{f' #{k + 1}' if k else ''} (scratch)",
                 progress,
                 cfg.fit.epochs + cfg.fit.finetune_epochs,
             ),
