@@ -6,8 +6,11 @@ The bundle runs as the agent runs it: its manifest's window, ranges and feature 
 plausible range are skipped, as the agent skips them; the target is the label / remaining
 useful life at the window's last row.
 
-    python -m bench.teachers models/fault-mlp build/exp/fault-mlp --data build/rec/holdout-s20*.wide.csv
-    python -m bench.teachers models/rul-bearing --data ... --rul 'pump{n}_rul_h' --cap 2
+    python -m bench.teachers models/fault-mlp models/rul-bearing --seeds 201-206 --out teachers.json
+    python -m bench.teachers models/rul-bearing --data 'build/recordings/x/*.wide.csv' --cap 2
+
+``--seeds A-B`` records (or reuses) one day per seed with the export chain's seeded random fault
+schedule (:func:`export.pipeline.random_fault_schedule`) in ``--dir``.
 
 Prints one line per bundle (balanced accuracy and per-class recall, or the RUL MAE over every
 window and over the windows of a wearing bearing, in hours and % of the horizon) and writes
@@ -98,15 +101,31 @@ def judge(bundle_dir: Path, files: Sequence[Path], *, label: str, rul: str, cap:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.teachers", description=__doc__.split("\n\n")[0])
     ap.add_argument("bundles", nargs="+", type=Path)
-    ap.add_argument("--data", nargs="+", required=True, help="recordings (paths or globs)")
+    ap.add_argument("--data", nargs="+", default=[], help="recordings (paths or globs)")
+    ap.add_argument(
+        "--seeds",
+        default="",
+        help="record (or reuse) days with a random fault schedule for these seeds: 201-206",
+    )
+    ap.add_argument("--hours", type=float, default=24.0, help="length of each --seeds recording")
+    ap.add_argument(
+        "--dir", type=Path, default=Path("build/recordings/holdout"), help="where --seeds records"
+    )
     ap.add_argument("--label", default="pump{n}_fault_code", help="label column template ({n}, {asset})")
     ap.add_argument("--rul", default="pump{n}_rul_h", help="remaining useful life column template")
     ap.add_argument("--cap", type=float, default=2.0, help="the RUL horizon (h): the bundle's cap")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
     files = [Path(p) for p in expand_paths(a.data)]
+    if a.seeds:
+        from export.pipeline import Recordings, RecordingSet, record_all
+
+        lo, _, hi = a.seeds.partition("-")
+        seeds = list(range(int(lo), int(hi or lo) + 1))
+        sets = [RecordingSet(name="holdout", seeds=seeds, hours=a.hours, split="test")]
+        files += [r.path for r in record_all(Recordings(dir=a.dir, sets=sets), progress=False)]
     if not files:
-        print("error: --data matched no file", file=sys.stderr)
+        print("error: no recordings (--data matched no file and no --seeds)", file=sys.stderr)
         return 2
     results = []
     for bd in a.bundles:
