@@ -4,10 +4,12 @@ One call of :func:`export_model` does, for one model of the config:
 
 1. windows from the recordings (:mod:`export.data`: train / validation by time / test by seed)
    and per-role normalisation from the training data;
-2. every configured teacher, trained and scored on validation; the best one teaches;
-3. the student (an MLP over summary features), distilled from the teacher, structurally
-   pruned and fine-tuned; a same-size student trained from scratch as the control
-   (gate ``distillation``);
+2. every configured teacher (or an ensemble of seeds of it), trained and scored on
+   validation; the best one teaches;
+3. the students (MLPs over summary features) from ``seeds`` training seeds: distilled from the
+   teacher on the transfer set (the labelled windows and the unlabelled ``split: transfer``
+   recordings), structurally pruned and fine-tuned; as many same-size students trained from
+   scratch as the control (gate ``distillation``: mean and spread over the seeds);
 4. FP32 ONNX (gate ``fp32_parity``), INT8 QDQ (gate ``int8_agreement``), latencies of every
    variant; the score's alert threshold calibrated for ``false_alerts_per_day`` through the
    agent's own replay (:mod:`agent.replay`, :func:`export.evaluate.calibrate`) on the validation
