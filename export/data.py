@@ -157,8 +157,9 @@ class DataSpec:
 class Recording:
     """One file (or agent recording directory) with its split and the seed that made it.
 
-    ``split``: ``train`` (cut in time into train / validation [/ test]), ``test``, or
-    ``calibration`` (a separate normal run: thresholds only).
+    ``split``: ``train`` (cut in time into train / validation [/ test]), ``test``,
+    ``calibration`` (a separate normal run: thresholds only) or ``transfer`` (unlabelled
+    windows a teacher labels for distillation; never trained on with labels, nor judged on).
     """
 
     path: Path
@@ -379,6 +380,7 @@ class Dataset:
     calibration: Windows | None = None
     quality: list[str] = field(default_factory=list)
     training_range: tuple[tuple[float, float], ...] = ()  # per role: min/max of the training rows
+    transfer: Windows | None = None  # `split: transfer` recordings whole (their labels unused)
 
 
 def _plausible(seg: FloatArray, roles: Sequence[RoleSpec]) -> FloatArray:
@@ -442,8 +444,8 @@ def _read_parts(
     parts: list[_Part] = []
     bar = Progress(len(recordings), "read recordings", enabled=progress)
     for ri, rec in enumerate(recordings):
-        if rec.split not in ("train", "test", "calibration"):
-            raise DataError(f"{rec.path}: split must be train, test or calibration, got {rec.split!r}")
+        if rec.split not in ("train", "test", "calibration", "transfer"):
+            raise DataError(f"{rec.path}: split must be train, test, calibration or transfer: {rec.split!r}")
         cols_by_asset = [spec.columns(a, rec.targets) for a in spec.assets]
         columns = list(dict.fromkeys(c for cols in cols_by_asset for c in cols.values()))
         table = read_table(rec.path, rec.timestamp or opts.timestamp, columns)
@@ -667,7 +669,7 @@ def build_dataset(
     n_roles = len(spec.roles)
     stride = spec.window.stride
     tr_stride = train_stride or stride
-    out: dict[str, list[Windows]] = {"train": [], "val": [], "test": [], "calibration": []}
+    out: dict[str, list[Windows]] = {"train": [], "val": [], "test": [], "calibration": [], "transfer": []}
     samples: list[FloatArray] = []
     for p in parts:
         rec = recordings[p.rec]
@@ -696,6 +698,7 @@ def build_dataset(
         calibration=Windows.concat(out["calibration"], length, n_roles),
         quality=quality,
         training_range=training_range,
+        transfer=Windows.concat(out["transfer"], length, n_roles),
     )
 
 

@@ -9,8 +9,11 @@ gate                   passes when
                        absolute in any two implementations
 ``int8_agreement``     INT8 vs FP32: top-1 agreement >= 99.5 % (classifiers) and
                        Pearson correlation of scores >= 0.999 (anomaly scores, regressors)
-``distillation``       the distilled student's held-out metric >= the same-size student
-                       trained from scratch (minus ``tolerance``): distillation earns its place
+``distillation``       over at least three training seeds per student, the distilled students'
+                       mean held-out metric beats the same-size students trained from scratch
+                       by more than ``tolerance`` and by at least two standard errors of the
+                       difference (Welch's t over the seeds' spread): a win is not noise.
+                       (``gate_distillation`` compares one distilled and one scratch value.)
 ``detection``          at the same false-alert budget (thresholds of both calibrated through
                        the agent's replay, :mod:`export.evaluate`), the student detects a
                        larger share of the labelled episodes than the PCA baseline, or the
@@ -43,8 +46,10 @@ __all__ = [
     "GateError",
     "gate_detection",
     "gate_distillation",
+    "gate_distillation_seeds",
     "gate_fp32_parity",
     "gate_int8_agreement",
+    "seed_stats",
 ]
 
 FP32_TOLERANCE = 1e-4
@@ -132,6 +137,71 @@ def gate_distillation(
             "distillation",
             f"the distilled student ({metric} {distilled:.4f}) does not match the "
             f"same-size student trained from scratch ({metric} {scratch:.4f}) on held-out seeds",
+            measured,
+        )
+    return measured
+
+
+def seed_stats(values: Sequence[float]) -> dict[str, float]:
+    """Mean, sample standard deviation and count of one metric over training seeds."""
+    v = np.asarray(values, np.float64)
+    return {
+        "mean": float(v.mean()) if len(v) else math.nan,
+        "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+        "n": float(len(v)),
+    }
+
+
+def gate_distillation_seeds(
+    distilled: Sequence[float],
+    scratch: Sequence[float],
+    *,
+    metric: str,
+    tolerance: float = 0.0,
+    min_seeds: int = 3,
+    min_t: float = 2.0,
+) -> dict[str, float]:
+    """Distilled vs scratch students, each trained from ``min_seeds`` or more seeds: the
+    distilled mean must beat the scratch mean by more than ``tolerance`` (higher is better)
+    **and** by ``min_t`` standard errors of the difference (Welch's t: the spread over seeds of
+    both), so one lucky seed is not a win. Measured: both means and spreads, the difference,
+    its standard error and t."""
+    d, s = seed_stats(distilled), seed_stats(scratch)
+    diff = d["mean"] - s["mean"]
+    se = math.sqrt(d["sd"] ** 2 / max(d["n"], 1) + s["sd"] ** 2 / max(s["n"], 1))
+    t = diff / se if se > 0 else (math.inf if diff > 0 else -math.inf if diff < 0 else 0.0)
+    measured = {
+        "distilled_mean": d["mean"],
+        "distilled_sd": d["sd"],
+        "scratch_mean": s["mean"],
+        "scratch_sd": s["sd"],
+        "seeds": min(d["n"], s["n"]),
+        "difference": diff,
+        "difference_se": se,
+        "t": t,
+        "min_t": min_t,
+        "tolerance": tolerance,
+    }
+    if min(len(distilled), len(scratch)) < min_seeds:
+        raise GateError(
+            "distillation",
+            f"needs at least {min_seeds} training seeds per student, got {len(distilled)} distilled and "
+            f"{len(scratch)} scratch",
+            measured,
+        )
+    what = (
+        f"distilled {metric} {d['mean']:.4f} ± {d['sd']:.4f}, from scratch {s['mean']:.4f} ± {s['sd']:.4f} "
+        f"over {len(distilled)} and {len(scratch)} seeds (mean ± sd)"
+    )
+    if not diff > tolerance:
+        raise GateError(
+            "distillation", f"the distilled students do not beat the scratch ones: {what}", measured
+        )
+    if not t >= min_t:
+        raise GateError(
+            "distillation",
+            f"the distilled students' win ({diff:+.4f}) is within the noise of the seeds: t = {t:.2f} "
+            f"< {min_t:g}; {what}",
             measured,
         )
     return measured

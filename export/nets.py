@@ -1,4 +1,5 @@
-"""The networks: teachers (deep MLP, 1-D CNN, small Transformer encoder, autoencoders) and the
+"""The networks: teachers (deep MLP, 1-D CNN, temporal convolutional network, small Transformer
+encoder, autoencoders, and ensembles of any of them) and the
 students that ship (plain MLPs, so structured pruning can remove whole neurons).
 
 Every module maps a batch of model inputs (what :func:`agent.pipeline.features.window_to_input`
@@ -15,17 +16,39 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["MLP", "AutoEncoder", "CNN1d", "TinyTransformer", "build_net"]
+__all__ = ["LOG_EPS", "MLP", "TCN", "AutoEncoder", "CNN1d", "Ensemble", "TinyTransformer", "build_net"]
+
+
+#: Added before the log of a spread: a window spread of 0 (a frozen sensor) is log(1e-3), far
+#: from a sensor's noise of a few hundredths of its operating spread (log about -3.5).
+LOG_EPS = 1e-3
 
 
 class MLP(nn.Module):
-    """``n_in → hidden… → n_out`` with ReLU; ``layers`` is the list structured pruning edits."""
+    """``n_in → hidden… → n_out`` with ReLU; ``layers`` is the list structured pruning edits.
 
-    def __init__(self, n_in: int, hidden: Sequence[int], n_out: int, dropout: float = 0.0) -> None:
+    ``log_inputs``: input features (non-negative spreads, e.g. the window std of every role)
+    taken as ``log(LOG_EPS + x)`` first, inside the graph: standardised by the role's whole
+    operating range, a sensor's noise is a few hundredths and a frozen sensor 0, a difference
+    a linear layer barely sees and the log makes large.
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        hidden: Sequence[int],
+        n_out: int,
+        dropout: float = 0.0,
+        log_inputs: Sequence[int] = (),
+    ) -> None:
         super().__init__()
         sizes = [n_in, *hidden, n_out]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
         self.dropout = float(dropout)
+        self.log_inputs = tuple(int(i) for i in log_inputs)
+        mask = torch.zeros(n_in, dtype=torch.bool)
+        mask[list(self.log_inputs)] = True
+        self.register_buffer("log_mask", mask, persistent=False)
 
     @property
     def hidden(self) -> list[int]:
@@ -33,6 +56,8 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(x.shape[0], -1)
+        if self.log_inputs:
+            x = torch.where(self.log_mask, torch.log(LOG_EPS + torch.relu(x)), x)
         for layer in self.layers[:-1]:
             x = torch.relu(layer(x))
             if self.dropout and self.training:
@@ -76,6 +101,56 @@ class CNN1d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.body(x.transpose(1, 2))
         return self.head(torch.cat([h.mean(dim=2), h.amax(dim=2)], dim=1))
+
+
+class _Residual(nn.Module):
+    """Two dilated convolutions with a skip connection (same length in and out)."""
+
+    def __init__(self, channels: int, kernel: int, dilation: int) -> None:
+        super().__init__()
+        pad = dilation * (kernel // 2)
+        self.a = nn.Conv1d(channels, channels, kernel, padding=pad, dilation=dilation)
+        self.b = nn.Conv1d(channels, channels, kernel, padding=pad, dilation=dilation)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.relu(h + self.b(torch.relu(self.a(h))))
+
+
+class TCN(nn.Module):
+    """A temporal convolutional network over a window ``[B, T, R]``: every role, its first
+    difference and the log of its size (a frozen sensor has a zero difference, a spike a large
+    one: what window statistics average away), residual blocks with dilations 1, 2, 4, 8 (a receptive field
+    of the whole 60-sample window), then mean, max, standard deviation and last step pooled
+    over time and an MLP head."""
+
+    def __init__(
+        self, n_roles: int, n_out: int, channels: int = 48, kernel: int = 3, blocks: int = 4
+    ) -> None:
+        super().__init__()
+        self.stem = nn.Conv1d(3 * n_roles, channels, 1)
+        self.blocks = nn.Sequential(*(_Residual(channels, kernel, 2**i) for i in range(blocks)))
+        self.head = nn.Sequential(nn.Linear(4 * channels, channels), nn.ReLU(), nn.Linear(channels, n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:] - x[:, :-1]], dim=1)
+        inp = torch.cat([x, d, torch.log(LOG_EPS + d.abs())], dim=2)
+        h = self.blocks(torch.relu(self.stem(inp.transpose(1, 2))))
+        pooled = [h.mean(dim=2), h.amax(dim=2), h.std(dim=2), h[:, :, -1]]
+        return self.head(torch.cat(pooled, dim=1))
+
+
+class Ensemble(nn.Module):
+    """The mean of its members' raw outputs (logits, normalised values or reconstructions):
+    members trained from different seeds make a steadier teacher than any one of them."""
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(dim=0)
 
 
 class TinyTransformer(nn.Module):
@@ -124,14 +199,18 @@ def build_net(
     heads: int = 4,
     layers: int = 2,
     dropout: float = 0.0,
+    log_inputs: Sequence[int] = (),
 ) -> nn.Module:
-    """A network by name: ``mlp``, ``cnn``, ``transformer`` (sequence input) or ``autoencoder``."""
+    """A network by name: ``mlp``, ``cnn``, ``tcn``, ``transformer`` (sequence input) or
+    ``autoencoder``."""
     if arch == "mlp":
-        return MLP(n_in, hidden, n_out, dropout)
+        return MLP(n_in, hidden, n_out, dropout, log_inputs)
     if arch == "autoencoder":
         return AutoEncoder(n_in, hidden, bottleneck)
     if arch == "cnn":
         return CNN1d(n_roles, n_out, channels)
+    if arch == "tcn":
+        return TCN(n_roles, n_out, channels)
     if arch == "transformer":
         return TinyTransformer(n_roles, length, n_out, d_model, heads, layers)
-    raise ValueError(f"unknown architecture {arch!r} (mlp, cnn, transformer, autoencoder)")
+    raise ValueError(f"unknown architecture {arch!r} (mlp, cnn, tcn, transformer, autoencoder)")

@@ -4,10 +4,12 @@ One call of :func:`export_model` does, for one model of the config:
 
 1. windows from the recordings (:mod:`export.data`: train / validation by time / test by seed)
    and per-role normalisation from the training data;
-2. every configured teacher, trained and scored on validation; the best one teaches;
-3. the student (an MLP over summary features), distilled from the teacher, structurally
-   pruned and fine-tuned; a same-size student trained from scratch as the control
-   (gate ``distillation``);
+2. every configured teacher (or an ensemble of seeds of it), trained and scored on
+   validation; the best one teaches;
+3. the students (MLPs over summary features) from ``seeds`` training seeds: distilled from the
+   teacher on the transfer set (the labelled windows and the unlabelled ``split: transfer``
+   recordings), structurally pruned and fine-tuned; as many same-size students trained from
+   scratch as the control (gate ``distillation``: mean and spread over the seeds);
 4. FP32 ONNX (gate ``fp32_parity``), INT8 QDQ (gate ``int8_agreement``), latencies of every
    variant; the score's alert threshold calibrated for ``false_alerts_per_day`` through the
    agent's own replay (:mod:`agent.replay`, :func:`export.evaluate.calibrate`) on the validation
@@ -26,6 +28,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -55,13 +58,14 @@ from export.data import (
     Dataset,
     DataSpec,
     Recording,
+    Windows,
     build_dataset,
     features,
     fit_normalisation,
 )
 from export.dataconfig import DataConfig, data_spec
 from export.evaluate import chain_detection, provisional_bundle, render_table, threshold_at
-from export.nets import MLP, AutoEncoder, build_net
+from export.nets import MLP, AutoEncoder, Ensemble, build_net
 from export.onnx_tools import (
     ClassifierGraph,
     ReconstructionScore,
@@ -101,15 +105,16 @@ class RecordingSet(_Strict):
     """Recordings made by the simulator (``seeds``), or the user's files (``files``: paths or
     glob patterns of wide/long CSV files, ``.csv.gz``, or agent recording directories).
 
-    ``split``: ``train`` (cut in time into train / validation [/ test]), ``test`` (whole), or
-    ``calibration`` (a separate normal run, for thresholds only).
+    ``split``: ``train`` (cut in time into train / validation [/ test]), ``test`` (whole),
+    ``calibration`` (a separate normal run, for thresholds only), or ``transfer`` (unlabelled
+    operation: the teacher labels its windows for distillation; its labels are never used).
     """
 
     name: str
     scenario: str = "random"  # "random" (a seeded fault schedule), "normal", or a scenario YAML path
     seeds: list[int] = []
     hours: float = 24.0
-    split: Literal["train", "test", "calibration"] = "train"
+    split: Literal["train", "test", "calibration", "transfer"] = "train"
     format: Literal["wide", "long"] = "wide"
     files: list[str] = []  # existing recordings instead of simulating (paths or globs)
     targets: dict[str, str] = {}  # label/rul/oracle column overrides (long CSVs name tags)
@@ -124,7 +129,7 @@ class Recordings(_Strict):
 
 
 class NetConfig(_Strict):
-    arch: Literal["mlp", "cnn", "transformer", "autoencoder"] = "mlp"
+    arch: Literal["mlp", "cnn", "tcn", "transformer", "autoencoder"] = "mlp"
     features: Literal["summary", "sequence", "flatten"] = "summary"
     hidden: list[int] = [64, 32]
     bottleneck: int = 8
@@ -134,6 +139,8 @@ class NetConfig(_Strict):
     layers: int = 2
     dropout: float = 0.0
     epochs: int | None = None  # a teacher's own epoch count (default: fit.epochs)
+    ensemble: Annotated[int, Field(ge=1)] = 1  # a teacher: members from as many seeds, outputs averaged
+    log_std: bool = False  # an MLP over summary features: the window std of every role as log(1e-3 + std)
 
 
 class FitSettings(_Strict):
@@ -185,6 +192,16 @@ class ModelConfig(_Strict):
     prune: Annotated[float, Field(gt=0, le=1)] = 0.5
     distillation: Literal["auto", "required", "off"] = "auto"
     distillation_tolerance: float = 0.0
+    # students per family (distilled, scratch) from as many training seeds: the distillation
+    # gate compares their means and spreads (at least 3, or the gate fails)
+    seeds: Annotated[int, Field(ge=1)] = 3
+    distillation_min_t: float = 2.0  # the win in standard errors of the difference (Welch's t)
+    # distil on `all` (the labelled windows, plus `split: transfer` recordings thinned to the
+    # training stride) or on the `labelled` windows only
+    transfer: Literal["all", "labelled"] = "all"
+    # share of the normal training windows kept (every k-th; classifier, rul, setpoint): normal
+    # operation is most windows and nearly the same; the transfer set still covers it
+    normal_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
     int8: Int8Settings = Int8Settings()
     false_alarm_rate: float = 3e-4
     on_delay: int = 3
@@ -683,8 +700,13 @@ def _replay_detection(
     with tempfile.TemporaryDirectory(prefix="edge-export-replay.") as tmp:
         student = provisional_bundle(Path(tmp) / "student", manifest, onnx_bytes)
         write_pca_bundle(
-            Path(tmp) / "pca", pca, name="pca-baseline", version="1", window=spec.window,
-            inputs=pc.inputs, features=pc.features,
+            Path(tmp) / "pca",
+            pca,
+            name="pca-baseline",
+            version="1",
+            window=spec.window,
+            inputs=pc.inputs,
+            features=pc.features,
         )
         baseline = load_bundle(Path(tmp) / "pca", allow_unsigned=True)
         results, setups, frame_rates = chain_detection(
@@ -697,6 +719,7 @@ def _replay_detection(
             false_alerts_per_day=cfg.false_alerts_per_day,
         )
     thresholds = {d.source: d.high.value for d in setups[cfg.name].alarms.defs if d.high is not None}
+
     def calibrated(o: OutputSpec) -> OutputSpec:
         src = f"{cfg.name}.{o.name}"
         if src not in thresholds:
@@ -753,7 +776,44 @@ def _fitcfg(s: FitSettings, seed: int, desc: str, progress: bool, epochs: int | 
     )
 
 
-def _net(nc: NetConfig, *, n_in: int, n_out: int, spec: DataSpec) -> nn.Module:
+@dataclass
+class _Run:
+    """One trained student of one seed: the network and its validation and test metrics."""
+
+    net: nn.Module
+    val: float
+    test: float
+
+
+def _unlabelled(cfg: ModelConfig, task: _Task, ds: Dataset) -> Windows:
+    """The transfer set's unlabelled windows: the ``split: transfer`` recordings (a classifier's
+    or regressor's; an autoencoder learns normal operation only), thinned to the training
+    stride as the labelled windows are."""
+    w = ds.transfer
+    if w is None or task.name == "anomaly" or cfg.transfer == "labelled" or not len(w):
+        return Windows.concat([], ds.spec.window.length, len(ds.spec.roles))
+    step = max(1, (cfg.data.train_stride or ds.spec.window.stride) // ds.spec.window.stride)
+    return w.take(np.arange(0, len(w), step))
+
+
+def _no_target(task: _Task, n: int) -> npt.NDArray[np.generic] | None:
+    """Hard targets of ``n`` unlabelled windows: -1 (a class) or NaN (a value)."""
+    if task.name == "classifier":
+        return np.full(n, -1, np.int64)
+    if task.name == "anomaly":
+        return None
+    return np.full(n, np.nan, np.float32)
+
+
+def _log_inputs(nc: NetConfig, stats: Sequence[str], n_roles: int) -> list[int]:
+    """Indexes of the window std of every role in summary features (stat-major), if ``log_std``."""
+    if not (nc.log_std and nc.arch == "mlp" and nc.features == "summary" and "std" in stats):
+        return []
+    k = list(stats).index("std")
+    return list(range(k * n_roles, (k + 1) * n_roles))
+
+
+def _net(nc: NetConfig, *, n_in: int, n_out: int, spec: DataSpec, stats: Sequence[str] = ()) -> nn.Module:
     return build_net(
         nc.arch,
         n_in=n_in,
@@ -767,6 +827,7 @@ def _net(nc: NetConfig, *, n_in: int, n_out: int, spec: DataSpec) -> nn.Module:
         heads=nc.heads,
         layers=nc.layers,
         dropout=nc.dropout,
+        log_inputs=_log_inputs(nc, stats, len(spec.roles)),
     )
 
 
@@ -790,6 +851,12 @@ def export_model(
         progress=progress,
     )
     spec = ds.spec  # resolved: inferred sensor ranges, constant inputs dropped
+    if cfg.normal_fraction < 1 and cfg.task != "anomaly":  # (teachers branch) class balance
+        normal = np.flatnonzero(ds.train.label == NORMAL)
+        keep = np.ones(len(ds.train), bool)
+        keep[normal] = False
+        keep[normal[:: max(1, round(1 / cfg.normal_fraction))]] = True
+        ds.train = ds.train.take(keep)
     inputs = fit_normalisation(spec, ds.train_samples, training_range=ds.training_range)
     task = _Task(cfg, ds)
     tr, va, te = (
@@ -834,32 +901,48 @@ def export_model(
     def contract(kind: str) -> Contract:
         return Contract(inputs, _feature_spec(kind, cfg.stats))
 
-    # ---- teachers: the best on validation teaches
+    # ---- teachers (teachers branch): every configured teacher (an ensemble of `ensemble`
+    # members trained from different seeds when asked); the best on validation teaches
     best: tuple[float, nn.Module, str, NetConfig] | None = None
     for i, tc in enumerate(cfg.teachers):
         c = contract(tc.features)
         xt, xv = features(tr.x, c), features(va.x, c)
         if task.name == "anomaly" and tc.arch != "autoencoder":
             raise ValueError(f"model {cfg.name}: an anomaly teacher must be an autoencoder")
-        net = _net(
-            tc, n_in=int(np.prod(xt.shape[1:])), n_out=task.n_out(int(np.prod(xt.shape[1:]))), spec=spec
-        )
-        net, _ = fit(
-            net,
-            task.kind,
-            xt,
-            y_tr,
-            xv,
-            y_va,
-            _fitcfg(cfg.fit, seed + i, f"teacher {i + 1} {tc.arch}", progress, tc.epochs),
-            class_weight=getattr(task, "class_weight", None),
-        )
+        members = []
+        for k in range(tc.ensemble):
+            member = _net(
+                tc,
+                n_in=int(np.prod(xt.shape[1:])),
+                n_out=task.n_out(int(np.prod(xt.shape[1:]))),
+                spec=spec,
+                stats=cfg.stats,
+            )
+            member, _ = fit(
+                member,
+                task.kind,
+                xt,
+                y_tr,
+                xv,
+                y_va,
+                _fitcfg(
+                    cfg.fit,
+                    seed + i + 1000 * k,
+                    f"teacher {i + 1} {tc.arch}" + (f" #{k + 1}" if k else ""),
+                    progress,
+                    tc.epochs,
+                ),
+                class_weight=getattr(task, "class_weight", None),
+            )
+            members.append(member)
+        net: nn.Module = members[0] if len(members) == 1 else Ensemble(members)
         xva, xte = features(va_all.x, c), features(te.x, c)
         val = task.score(predict(net, xva), xva, va_all)
         rep["models"].append(
             {
                 "role": f"teacher {i + 1}",
-                "arch": f"{tc.arch} ({tc.features})",
+                "arch": f"{tc.arch} ({tc.features})"
+                + (f" x{tc.ensemble} ensemble" if tc.ensemble > 1 else ""),
                 "params": n_params(net),
                 "val": val,
                 "test": task.score(predict(net, xte), xte, te),
@@ -873,101 +956,181 @@ def export_model(
         f"teacher: {best[3].arch} over {t_feat} features (best validation {task.metric} {best[0]:.4f})"
     )
 
-    # ---- students: distilled + pruned, and the same-size control trained from scratch
+    # ---- students (teachers branch): `seeds` distilled+pruned students against as many
+    # same-size students trained from scratch; the distilled ones learn on the transfer set
+    # (every training window and the unlabelled `split: transfer` recordings, labelled by the
+    # teacher), the scratch ones on the labelled windows only
     cs = contract(cfg.student.features)
     xs_tr, xs_va, xs_te = features(tr.x, cs), features(va.x, cs), features(te.x, cs)
+    xs_va_all = features(va_all.x, cs)
     n_in = int(np.prod(xs_tr.shape[1:]))
     ct = contract(t_feat)
-    t_tr = predict(teacher, features(tr.x, ct))
-    t_va = predict(teacher, features(va.x, ct))
     if cfg.student.arch not in ("mlp", "autoencoder"):
         raise ValueError(f"model {cfg.name}: the student must be an mlp or autoencoder (structured pruning)")
     cw = getattr(task, "class_weight", None)
     kd = cfg.distillation != "off"
-    student = _net(cfg.student, n_in=n_in, n_out=task.n_out(n_in), spec=spec)
-    student, _ = fit(
-        student,
-        task.kind,
-        xs_tr,
-        y_tr,
-        xs_va,
-        y_va,
-        _fitcfg(cfg.fit, seed + 100, "student (distil)", progress),
-        teacher=t_tr if kd else None,
-        teacher_val=t_va if kd else None,
-        class_weight=cw,
-    )
-    big = n_params(student)
-    protect = [len(cfg.student.hidden)] if cfg.student.arch == "autoencoder" else []
-    pruned = prune_mlp(student, cfg.prune, xs_tr[:4096], protect=protect)
-    pruned, _ = fit(
-        pruned,
-        task.kind,
-        xs_tr,
-        y_tr,
-        xs_va,
-        y_va,
-        _fitcfg(cfg.fit, seed + 101, "student (prune+tune)", progress, cfg.fit.finetune_epochs),
-        teacher=t_tr if kd else None,
-        teacher_val=t_va if kd else None,
-        class_weight=cw,
-    )
-    hidden = pruned.mlp.hidden if isinstance(pruned, AutoEncoder) else pruned.hidden  # type: ignore[union-attr]
-    if isinstance(pruned, AutoEncoder):
-        scratch: nn.Module = AutoEncoder(
-            n_in, hidden[: len(cfg.student.hidden)], hidden[len(cfg.student.hidden)]
+    extra = _unlabelled(cfg, task, ds)
+    n_unlabelled = len(extra)
+    x_kd = np.concatenate([xs_tr, features(extra.x, cs)]) if n_unlabelled else xs_tr
+    y_no = _no_target(task, n_unlabelled)
+    y_kd = None if y_tr is None or y_no is None else np.concatenate([y_tr, y_no])
+    t_kd = (
+        predict(
+            teacher,
+            np.concatenate([features(tr.x, ct), features(extra.x, ct)])
+            if n_unlabelled
+            else features(tr.x, ct),
         )
-    else:
-        scratch = MLP(n_in, hidden, task.n_out(n_in))
-    scratch, _ = fit(
-        scratch,
-        task.kind,
-        xs_tr,
-        y_tr,
-        xs_va,
-        y_va,
-        _fitcfg(cfg.fit, seed + 102, "student (scratch)", progress, cfg.fit.epochs + cfg.fit.finetune_epochs),
-        class_weight=cw,
+        if kd
+        else None
     )
-    m_kd = task.score(predict(pruned, xs_te), xs_te, te)
-    m_sc = task.score(predict(scratch, xs_te), xs_te, te)
+    t_va = predict(teacher, features(va.x, ct)) if kd else None
+    rep["data"]["transfer_windows"] = {"labelled": len(tr), "unlabelled": n_unlabelled}
+    runs: dict[str, list[_Run]] = {"distilled": [], "scratch": []}
+    big = 0
+    hidden: list[int] = []
+    before: list[float] = []
+    # (the fits of seed #1 keep the descriptions bench/export.py's spies look for)
+    for k in range(cfg.seeds):
+        s0 = seed + 100 + 10 * k
+        student = _net(cfg.student, n_in=n_in, n_out=task.n_out(n_in), spec=spec, stats=cfg.stats)
+        student, _ = fit(
+            student,
+            task.kind,
+            x_kd if kd else xs_tr,
+            y_kd if kd else y_tr,
+            xs_va,
+            y_va,
+            _fitcfg(cfg.fit, s0, f"student{f' #{k + 1}' if k else ''} (distil)", progress),
+            teacher=t_kd,
+            teacher_val=t_va,
+            class_weight=cw,
+        )
+        big = n_params(student)
+        before.append(task.score(predict(student, xs_te), xs_te, te))
+        protect = [len(cfg.student.hidden)] if cfg.student.arch == "autoencoder" else []
+        pruned = prune_mlp(student, cfg.prune, xs_tr[:4096], protect=protect)
+        pruned, _ = fit(
+            pruned,
+            task.kind,
+            x_kd if kd else xs_tr,
+            y_kd if kd else y_tr,
+            xs_va,
+            y_va,
+            _fitcfg(
+                cfg.fit,
+                s0 + 1,
+                f"student{f' #{k + 1}' if k else ''} (prune+tune)",
+                progress,
+                cfg.fit.finetune_epochs,
+            ),
+            teacher=t_kd,
+            teacher_val=t_va,
+            class_weight=cw,
+        )
+        hidden = pruned.mlp.hidden if isinstance(pruned, AutoEncoder) else pruned.hidden  # type: ignore[union-attr]
+        if isinstance(pruned, AutoEncoder):
+            scratch: nn.Module = AutoEncoder(
+                n_in, hidden[: len(cfg.student.hidden)], hidden[len(cfg.student.hidden)]
+            )
+        else:
+            scratch = MLP(
+                n_in,
+                hidden,
+                task.n_out(n_in),
+                log_inputs=_log_inputs(cfg.student, cfg.stats, len(spec.roles)),
+            )
+        scratch, _ = fit(
+            scratch,
+            task.kind,
+            xs_tr,
+            y_tr,
+            xs_va,
+            y_va,
+            _fitcfg(
+                cfg.fit,
+                s0 + 2,
+                f"student{f' #{k + 1}' if k else ''} (scratch)",
+                progress,
+                cfg.fit.epochs + cfg.fit.finetune_epochs,
+            ),
+            class_weight=cw,
+        )
+        for fam, net_k in (("distilled", pruned), ("scratch", scratch)):
+            runs[fam].append(
+                _Run(
+                    net_k,
+                    task.score(predict(net_k, xs_va_all), xs_va_all, va_all),
+                    task.score(predict(net_k, xs_te), xs_te, te),
+                )
+            )
+    stats = {fam: gates.seed_stats([r.test for r in rs]) for fam, rs in runs.items()}
+    rep["students"] = {
+        "seeds": cfg.seeds,
+        **{fam: {"val": [r.val for r in rs], "test": [r.test for r in rs]} for fam, rs in runs.items()},
+    }
     rep["models"] += [
         {
             "role": "student before pruning",
             "arch": f"mlp {cfg.student.hidden}",
             "params": big,
-            "test": task.score(predict(student, xs_te), xs_te, te),
+            "test": float(np.mean(before)),
+            "test_sd": gates.seed_stats(before)["sd"],
+            "seeds": cfg.seeds,
         },
         {
-            "role": "student distilled+pruned",
+            "role": "student distilled+pruned" if kd else "student pruned",
             "arch": f"mlp {hidden}",
-            "params": n_params(pruned),
-            "test": m_kd,
+            "params": n_params(runs["distilled"][0].net),
+            "test": stats["distilled"]["mean"],
+            "test_sd": stats["distilled"]["sd"],
+            "seeds": cfg.seeds,
         },
-        {"role": "student from scratch", "arch": f"mlp {hidden}", "params": n_params(scratch), "test": m_sc},
+        {
+            "role": "student from scratch",
+            "arch": f"mlp {hidden}",
+            "params": n_params(runs["scratch"][0].net),
+            "test": stats["scratch"]["mean"],
+            "test_sd": stats["scratch"]["sd"],
+            "seeds": cfg.seeds,
+        },
     ]
-    chosen = pruned
+    family = "distilled"
     if kd:
         try:
-            m = gates.gate_distillation(m_kd, m_sc, metric=task.metric, tolerance=cfg.distillation_tolerance)
+            m = gates.gate_distillation_seeds(
+                [r.test for r in runs["distilled"]],
+                [r.test for r in runs["scratch"]],
+                metric=task.metric,
+                tolerance=cfg.distillation_tolerance,
+                min_t=cfg.distillation_min_t,
+            )
             rep["gates"].append(
                 {"gate": "distillation", "result": "pass (distilled student ships)", "measured": m}
             )
         except gates.GateError as exc:
             if cfg.distillation == "required":
                 raise
-            chosen = scratch
+            family = "scratch"
             rep["gates"].append(
                 {
                     "gate": "distillation",
                     "result": "fail (scratch student ships)",
                     "measured": exc.measured,
-                    "note": "distillation did not earn its place",
+                    "note": str(exc).split(": ", 1)[1],
                 }
             )
+    # of the winning family, the seed with the best validation metric ships (never chosen on test)
+    pick = max(range(cfg.seeds), key=lambda j: runs[family][j].val)
+    chosen = runs[family][pick].net
+    distilled = kd and family == "distilled"
+    rep["notes"].append(
+        f"ships the {family} student of seed #{pick + 1} (best validation {task.metric} "
+        f"{runs[family][pick].val:.4f} of {cfg.seeds})"
+    )
     rep["notes"].append(
         f"structured pruning kept {cfg.prune:.0%} of every hidden layer: {cfg.student.hidden} -> "
-        f"{hidden} ({big} -> {n_params(pruned)} parameters)"
+        f"{hidden} ({big} -> {n_params(chosen)} parameters)"
     )
 
     # ---- the served graph, outputs, thresholds
@@ -1006,6 +1169,17 @@ def export_model(
             "mae": float(np.mean(np.abs(pred - truth))),
             "rmse": float(np.sqrt(np.mean((pred - truth) ** 2))),
         }
+        if task.name == "rul":  # (teachers branch) the error where there is wear to predict
+            wearing = truth < cfg.rul_cap_h
+            mae_w = float(np.mean(np.abs(pred - truth)[wearing])) if wearing.any() else float("nan")
+            rep["regression"].update(
+                {
+                    "mae_pct_of_horizon": 100.0 * rep["regression"]["mae"] / cfg.rul_cap_h,
+                    "mae_wearing_h": mae_w,
+                    "mae_wearing_pct_of_horizon": 100.0 * mae_w / cfg.rul_cap_h,
+                    "wearing_windows": int(wearing.sum()),
+                }
+            )
         if task.name == "rul":
             wear = truth < cfg.rul_cap_h
             order = np.argsort(-truth[wear], kind="stable")
@@ -1114,7 +1288,7 @@ def export_model(
         ]
     rep["summary"] = (
         f"{cfg.description or cfg.task} — teacher {best[3].arch}, student MLP {hidden} "
-        f"({'distilled' if chosen is pruned and kd else 'trained from scratch'}), "
+        f"({'distilled' if distilled else 'trained from scratch'}), "
         f"test {task.metric} {task.score(raw_te, xs_te, te):.4f}."
     )
     fs = _feature_spec(cfg.student.features, cfg.stats)
@@ -1130,7 +1304,7 @@ def export_model(
         "outputs": tuple(outputs),
         "provenance": {
             "method": f"teacher {best[3].arch}; student mlp {hidden}; "
-            f"{'distilled' if chosen is pruned and kd else 'scratch'}; pruned to {cfg.prune:g}",
+            f"{'distilled' if distilled else 'scratch'}; pruned to {cfg.prune:g}",
             "recordings": " ".join(sorted(r.path.name for r in recordings)),
             "train_seeds": " ".join(map(str, rep["data"]["train_seeds"])),
             "test_seeds": " ".join(map(str, rep["data"]["test_seeds"])),

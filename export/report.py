@@ -187,11 +187,41 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     for m in report.get("models", []):
+        test = _fmt(m.get("test", ""))
+        if "test_sd" in m:
+            test = f"{test} ± {_fmt(m['test_sd'])} ({m.get('seeds', '?')} seeds)"
         lines.append(
-            f"| {m['role']} | {m['arch']} | {m.get('params', '')} | {_fmt(m.get('val', ''))} | "
-            f"{_fmt(m.get('test', ''))} |"
+            f"| {m['role']} | {m['arch']} | {m.get('params', '')} | {_fmt(m.get('val', ''))} | {test} |"
         )
-    lines += ["", f"Metric: {report.get('metric', '')}.", ""]
+    lines += [
+        "",
+        f"Metric: {report.get('metric', '')}"
+        + (
+            " (mean ± sd over training seeds)."
+            if any("test_sd" in m for m in report.get("models", []))
+            else "."
+        ),
+        "",
+    ]
+    students = report.get("students")
+    if students:
+        lines += [
+            "## Students over training seeds",
+            "",
+            "| student | validation per seed | test per seed |",
+            "|---|---|---|",
+        ]
+        for fam in ("distilled", "scratch"):
+            if fam in students:
+                val = ", ".join(_fmt(v) for v in students[fam]["val"])
+                test = ", ".join(_fmt(v) for v in students[fam]["test"])
+                lines.append(f"| {fam} | {val} | {test} |")
+        lines.append("")
+    reg = report.get("regression")
+    if reg:
+        lines += ["## Regression error on the test set", ""]
+        lines += [f"- {k.replace('_', ' ')}: {_fmt(v)}" for k, v in reg.items()]
+        lines.append("")
     data = report.get("data", {})
     if data.get("inputs"):
         lines += [
@@ -293,4 +323,3 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return _json_safe(obj.tolist())
     return float(obj)
-

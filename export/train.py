@@ -2,6 +2,9 @@
 
 Three kinds of objective (``kind``):
 
+Rows without a hard target (label ``-1``, a NaN regression target: the unlabelled windows of a
+transfer set) take part only through the teacher's term.
+
 * ``classifier``: cross-entropy on hard labels (class-weighted, so rare faults count), plus
   with a teacher the distillation term ``T^2 KL(softmax(t/T) || softmax(s/T))`` (Hinton et al.):
   ``loss = alpha * CE + (1 - alpha) * T^2 * KL``.
@@ -88,7 +91,12 @@ def _loss(
 ) -> torch.Tensor:
     if kind == "classifier":
         assert y is not None
-        hard = nn.functional.cross_entropy(out, y, weight=weight)
+        lab = y >= 0  # -1: an unlabelled window of the transfer set (only the teacher's term)
+        hard = (
+            nn.functional.cross_entropy(out[lab], y[lab], weight=weight)
+            if bool(lab.any())
+            else out.sum() * 0.0
+        )
         if teacher is None:
             return hard
         t = cfg.temperature
@@ -100,7 +108,8 @@ def _loss(
         return cfg.alpha * hard + (1 - cfg.alpha) * t * t * soft
     if kind == "regression":
         assert y is not None
-        hard = nn.functional.mse_loss(out.reshape(-1), y)
+        lab = torch.isfinite(y)  # NaN: an unlabelled window of the transfer set
+        hard = nn.functional.mse_loss(out.reshape(-1)[lab], y[lab]) if bool(lab.any()) else out.sum() * 0.0
         if teacher is None:
             return hard
         return cfg.alpha * hard + (1 - cfg.alpha) * nn.functional.mse_loss(
