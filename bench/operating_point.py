@@ -46,17 +46,41 @@ from simulator.physics import StationParams  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "operating_point.json"
 BUILD = ROOT / "build" / "bench" / "operating_point"
-BUNDLES = {
+SHIPPED = {
     "pca-pump (PCA)": ROOT / "models" / "pca-pump",
     "op-pump (conditioned)": ROOT / "models" / "op-pump",
 }
+DPCA = "dpca-pump (dynamic PCA)"
+SEQ = "seq-pump (sequence CNN)"
+TRAIN_NORMAL_SEEDS = (1, 2, 3)
+TRAIN_SHIFT_SEEDS = (1, 2, 3)
+CAL_NORMAL_SEEDS = (101,)
+CAL_SHIFT_SEEDS = (101, 102)
 SHIFT_SEEDS = tuple(range(501, 508))
 FAULT_SEEDS = (601, 602)
 AFTER_CHANGE_S = 1800.0
 ON_DELAY_S = 30.0
 FAULT_KINDS = tuple(k for k in FaultKind if k != FaultKind.NORMAL)
+ROLES = (
+    "speed:rpm:0:3000:{asset}.Speed",
+    "flow:m3/h:0:300:{asset}.Flow",
+    "suction_pressure:bar:-1:3:{asset}.SuctionPressure",
+    "discharge_pressure:bar:0:10:{asset}.DischargePressure",
+    "motor_current:A:0:60:{asset}.MotorCurrent",
+    "motor_power:kW:0:30:{asset}.MotorPower",
+    "winding_temperature:°C:0:150:{asset}.WindingTemp",
+    "bearing_temperature:°C:0:150:{asset}.BearingTemp",
+    "vibration:mm/s:0:25:{asset}.Vibration",
+    "vibration_1x:mm/s:0:25:{asset}.Vib1x",
+    "vibration_2x:mm/s:0:25:{asset}.Vib2x",
+    "vibration_bearing:mm/s:0:25:{asset}.VibBearing",
+    "vibration_hf:mm/s:0:25:{asset}.VibHF",
+    "ambient_temperature:°C:-40:60:Station.AmbientTemp",
+)  # models/build.sh's roles: the same inputs for every method
+OPERATING = ("speed", "flow")
+ASSETS = ("Pump1", "Pump2")
 
-__all__ = ["fault_events", "main"]
+__all__ = ["build_dpca", "build_seq", "fault_events", "main"]
 
 
 def fault_events(n_per_kind: int) -> tuple[list[ScenarioEvent], float]:
@@ -75,41 +99,117 @@ def fault_events(n_per_kind: int) -> tuple[list[ScenarioEvent], float]:
     return events, t / 3600.0
 
 
-def _tags(bundle: Path) -> list[str]:
-    from agent.modelstore.bundle import load_bundle
-    from export.evaluate import _provenance_columns
+def _role_columns() -> dict[str, dict[str, str]]:
+    from export.pca_baseline import RoleSpec
 
-    cols = _provenance_columns(load_bundle(bundle))
-    return sorted({c for m in cols.values() for c in m.values()})
+    specs = [RoleSpec.parse(r) for r in ROLES]
+    return {a: {r.role: r.column.format(asset=a) for r in specs} for a in ASSETS}
+
+
+def _recordings(quick: bool) -> tuple[list[Path], list[Path]]:
+    """Normal training and calibration recordings (24 h each; quick: 12 h), with and without the
+    agent's load shifts; seeds never used in the test days or fault runs."""
+    hours = 12.0 if quick else 24.0
+    train: list[Path] = []
+    cal: list[Path] = []
+    n_seeds = TRAIN_NORMAL_SEEDS[:1] if quick else TRAIN_NORMAL_SEEDS
+    s_seeds = TRAIN_SHIFT_SEEDS[:2] if quick else TRAIN_SHIFT_SEEDS
+    for seed in n_seeds:
+        train.append(_cached(BUILD / f"train-normal-s{seed}-{hours:g}h.csv", seed, hours, False))
+    for seed in s_seeds:
+        train.append(_cached(BUILD / f"train-shift-s{seed}-{hours:g}h.csv", seed, hours, True))
+    for seed in CAL_NORMAL_SEEDS:
+        cal.append(_cached(BUILD / f"cal-normal-s{seed}-{hours:g}h.csv", seed, hours, False))
+    for seed in CAL_SHIFT_SEEDS[:1] if quick else CAL_SHIFT_SEEDS:
+        cal.append(_cached(BUILD / f"cal-shift-s{seed}-{hours:g}h.csv", seed, hours, True))
+    return train, cal
+
+
+def _cached(path: Path, seed: int, hours: float, shifts: bool) -> Path:
+    if path.exists():
+        return path
+    tmp = path.with_suffix(".part")
+    record(tmp, seed=seed, hours=hours, shifts=shift_schedule(seed, hours) if shifts else ())
+    tmp.rename(path)
+    return path
+
+
+def build_seq(train: Sequence[Path], cal: Sequence[Path], out: Path, *, target: float, epochs: int) -> Path:
+    """The sequence model (export/sequence.py) on the bench's training recordings, calibrated
+    through the replay on ``cal`` for ``target`` false alerts per pump-day."""
+    from agent.modelstore.manifest import WindowSpec
+    from export.sequence import SequenceConfig, fit_bundle
+
+    fit_bundle(
+        train, cal, _role_columns(), ROLES, OPERATING,
+        WindowSpec(sample_period_s=1.0, length=60, stride=10), out,
+        name="seq-pump", cfg=SequenceConfig(epochs=epochs), false_alerts_per_day=target,
+        on_delay_s=ON_DELAY_S,
+    )  # fmt: skip
+    return out
+
+
+def build_dpca(train: Sequence[Path], out: Path, *, lags: int = 3) -> Path:
+    """The dynamic PCA baseline: T²/SPE over the last ``lags + 1`` samples of every role
+    (flattened), fitted on the same training recordings as the sequence model."""
+    from agent.modelstore.manifest import FeatureSpec, WindowSpec
+    from export.pca_baseline import RoleSpec, fit, write_bundle
+
+    specs = [RoleSpec.parse(r) for r in ROLES]
+    window = WindowSpec(sample_period_s=1.0, length=lags + 1, stride=10)
+    fs = FeatureSpec(kind="flatten")
+    res = fit(train, _role_columns(), specs, window, fs, variance=None, false_alarm_rate=3e-4)  # type: ignore[arg-type]
+    write_bundle(
+        out, res.model, name="dpca-pump", version="1", window=window, inputs=res.inputs, features=fs,
+        provenance={"method": "dpca", "lags": str(lags), "columns": json.dumps(_role_columns())},
+    )  # fmt: skip
+    return out
 
 
 def _labels(path: Path) -> object:
     """Episodes from the recording's truth columns ``pump<i>_fault_label``."""
-    from export.evaluate import label_column_episodes
+    from export.evaluate import Episode, Labels, label_column_episodes
 
-    labels = {}
+    out = []
     for pump in (1, 2):
         lab = label_column_episodes([path], f"pump{pump}_fault_label", ["x"], 1.0)
-        labels[f"Pump{pump}"] = [e for e in lab.episodes]
-    from export.evaluate import Episode, Labels
-
-    return Labels(tuple(Episode(e.start, e.end, a, e.label) for a, eps in labels.items() for e in eps))
+        out += [Episode(e.start, e.end, f"Pump{pump}", e.label) for e in lab.episodes]
+    return Labels(tuple(out))
 
 
-def _evaluate(bundle_dir: Path, path: Path, labels: object) -> object:
+def _setup(bundle_dir: Path, cal: Sequence[Path], target: float) -> tuple[object, list[str]]:
+    """The bundle's derived agent setup (one alert per output, on/off delay 30 s), its alert
+    thresholds calibrated through the replay of ``cal`` for ``target`` false alerts per
+    pump-day (every method the same way: the comparison is at the same false alerts per day)."""
+    from dataclasses import replace
+
     from agent.modelstore.bundle import load_bundle
-    from export.evaluate import derived_setup, evaluate_method, load_recording
+    from agent.replay import alarm_inputs
+    from export.evaluate import CalibrationData, calibrate, derived_setup, load_recording
 
     bundle = load_bundle(bundle_dir)
-    rec = load_recording([path], _tags(bundle_dir), 1.0)
-    setup = derived_setup(bundle, on_delay_s=ON_DELAY_S)
-    res, _ = evaluate_method(bundle.manifest.ident, rec, setup, labels)  # type: ignore[arg-type]
+    setup = derived_setup(bundle, _role_columns(), on_delay_s=ON_DELAY_S)
+    tags = sorted({t for c in _role_columns().values() for t in c.values()})
+    data = []
+    for p in cal:
+        rec = load_recording([p], tags, 1.0)
+        data.append(CalibrationData(alarm_inputs(rec, setup)[0], rec.period_s))
+    return replace(setup, alarms=calibrate(setup.alarms, data, target)), tags
+
+
+def _evaluate(setup: object, tags: list[str], path: Path, labels: object) -> object:
+    from export.evaluate import evaluate_method, load_recording
+
+    rec = load_recording([path], tags, 1.0)
+    res, _ = evaluate_method("m", rec, setup, labels)  # type: ignore[arg-type]
     return res
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--quick", action="store_true", help="2 load-shift days, 2 episodes per fault kind")
+    ap.add_argument("--false-alerts-per-day", type=float, default=0.3, help="calibration target per pump-day")
+    ap.add_argument("--epochs", type=int, default=12, help="sequence model training epochs")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     from export.evaluate import Labels
@@ -117,39 +217,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     shift_seeds = SHIFT_SEEDS[:2] if args.quick else SHIFT_SEEDS
     n_per_kind = 2 if args.quick else 5
     fault_seeds = FAULT_SEEDS[:1] if args.quick else FAULT_SEEDS
+    train, cal = _recordings(args.quick)
+    BUILD.mkdir(parents=True, exist_ok=True)
+    bundles = dict(SHIPPED)
+    bundles[DPCA] = build_dpca(train, BUILD / "dpca-pump")
+    target = args.false_alerts_per_day
+    bundles[SEQ] = build_seq(train, cal, BUILD / "seq-pump", target=target, epochs=args.epochs)
+    setups = {name: _setup(b, cal, args.false_alerts_per_day) for name, b in bundles.items()}
+    names = list(bundles)
     hours = 24.0
-    results: dict[str, dict[str, object]] = {name: {} for name in BUNDLES}
-    after = {name: 0 for name in BUNDLES}
+    results: dict[str, dict[str, object]] = {name: {} for name in names}
+    after = {name: 0 for name in names}
     changes = 0
-    false_alerts = {name: 0 for name in BUNDLES}
+    false_alerts = {name: 0 for name in names}
     pump_days = 0.0
     for seed in shift_seeds:
         shifts = shift_schedule(seed, hours)
-        path = record(BUILD / f"shift-s{seed}.csv", seed=seed, hours=hours, shifts=shifts)
+        path = _cached(BUILD / f"shift-s{seed}.csv", seed, hours, True)
         starts = [s.at_s for s in shifts]
         changes += 2 * len(starts)  # every change moves both pumps
         pump_days += 2 * hours / 24.0
-        for name, bdir in BUNDLES.items():
-            res = _evaluate(bdir, path, Labels())
+        for name in names:
+            res = _evaluate(*setups[name], path, Labels())
             false_alerts[name] += sum(v["false_alerts"] for v in res.per_asset.values())  # type: ignore[attr-defined]
             epoch = StationParams().epoch_datetime.timestamp()
             for a in res.alarms:  # type: ignore[attr-defined]
                 t0 = dt.datetime.fromisoformat(a["raised"].replace("Z", "+00:00")).timestamp() - epoch
                 if any(0.0 <= t0 - s <= AFTER_CHANGE_S for s in starts):
                     after[name] += 1
-    episodes: dict[str, list[dict[str, object]]] = {name: [] for name in BUNDLES}
-    fault_false = {name: 0 for name in BUNDLES}
-    fault_days = 0.0
+    episodes: dict[str, list[dict[str, object]]] = {name: [] for name in names}
+    fault_false = {name: 0 for name in names}
     for seed in fault_seeds:
         events, fh = fault_events(n_per_kind)
-        path = record(BUILD / f"faults-s{seed}.csv", seed=seed, hours=fh, events=events)
+        path = BUILD / f"faults-s{seed}-n{n_per_kind}.csv"
+        if not path.exists():
+            record(path, seed=seed, hours=fh, events=events)
         labels = _labels(path)
-        for name, bdir in BUNDLES.items():
-            res = _evaluate(bdir, path, labels)
+        for name in names:
+            res = _evaluate(*setups[name], path, labels)
             episodes[name] += res.episodes  # type: ignore[attr-defined]
             fault_false[name] += sum(v["false_alerts"] for v in res.per_asset.values())  # type: ignore[attr-defined]
-        fault_days += 2 * fh / 24.0  # includes the fault time: the per-day count below uses normal days
-    for name in BUNDLES:
+    for name in names:
         per_kind = {}
         for kind in FAULT_KINDS:
             eps = [e for e in episodes[name] if e["class"] == kind.label]
@@ -159,7 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "detected": len(d),
                 "median_delay_s": float(np.median(d)) if d else None,
             }
+        setup = setups[name][0]
         results[name] = {
+            "thresholds": {d.source: d.high.value for d in setup.alarms.defs if d.high is not None},  # type: ignore[attr-defined]
             "alerts_within_30min_of_setpoint_change": after[name],
             "setpoint_changes": changes,
             "false_alerts_per_pump_day_shift_days": false_alerts[name] / pump_days,
@@ -167,6 +277,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "per_kind": per_kind,
         }
     doc = {
+        "train": [p.name for p in train],
+        "calibration": [p.name for p in cal],
+        "false_alerts_per_day_target": args.false_alerts_per_day,
         "shift_seeds": list(shift_seeds),
         "fault_seeds": list(fault_seeds),
         "pump_days_with_shifts": pump_days,
@@ -175,11 +288,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    names = list(BUNDLES)
     print(f"Operating point: {len(shift_seeds)} load-shift days x 2 healthy pumps (seeds "
           f"{shift_seeds[0]}-{shift_seeds[-1]}), {changes} pump setpoint changes; fault runs seeds "
           f"{', '.join(map(str, fault_seeds))}, {n_per_kind} episodes per kind per run; "
-          "alert on/off delay 30 s")
+          f"alert on/off delay 30 s; every method's threshold calibrated through the replay for "
+          f"{args.false_alerts_per_day:g} false alerts per pump-day on {', '.join(p.name for p in cal)}")
     print()
     print("| metric | " + " | ".join(names) + " |")
     print("|---|" + "---:|" * len(names))

@@ -15,10 +15,11 @@ speed, flow, production target) is an input, never a fault; everything else is m
    operating branch alone. A frozen transmitter reads zero movement: its log roughness falls
    far below what the operating point predicts. The floor ``eps`` is per role, from the
    training data (a twentieth of its median roughness, at least a quantisation step's share).
-3. **Score.** Each role's mean squared reconstruction error is divided by its mean on held-out
-   normal windows, and each roughness residual is standardised and squared: ``2 M`` terms near 1
-   on normal operation; ``score`` is their maximum (sensor faults are single-role faults, a
-   mean over all roles would dilute them).
+3. **Score.** Each role's mean squared reconstruction error (in units of the expected
+   variance) and each low roughness residual (standardised, squared) is divided by its 99.9th
+   percentile on held-out normal windows: ``2 M`` terms at most about 1 in normal operation;
+   ``score`` is their maximum (sensor faults are single-role faults, a mean over all roles
+   would dilute them).
 
 Training is on normal data only (the agent's own load shifts included: bench/loadshift.py),
 seeded, one thread. The threshold is not a per-frame quantile: :func:`fit_bundle` replays the
@@ -79,6 +80,8 @@ __all__ = [
 FloatArray = npt.NDArray[np.float64]
 F32 = npt.NDArray[np.float32]
 MODEL_FILE = "model.onnx"
+TAIL = 0.999  # each term in units of this quantile of its held-out normal values
+RESTING = 0.01  # share of normal windows without any movement above which roughness says nothing
 
 
 @dataclass(frozen=True)
@@ -158,23 +161,32 @@ class SequenceNet(nn.Module):
 
 
 class SequenceScore(nn.Module):
-    """The served graph: ``score`` = the largest of the ``2 M`` standardised terms."""
+    """The served graph: ``score`` = the largest of the ``2 M`` terms, each in units of its own
+    99.9th percentile on held-out normal windows (so no single heavy-tailed role sets the
+    threshold for all: a role whose live signal often rests for a whole window, a quantised
+    slow temperature, has its roughness tail at "no movement" and cannot alarm on that alone)."""
 
     def __init__(
-        self, net: SequenceNet, rec_scale: FloatArray, rough_mean: FloatArray, rough_std: FloatArray
+        self,
+        net: SequenceNet,
+        rec_scale: FloatArray,
+        rough_mean: FloatArray,
+        rough_std: FloatArray,
+        rough_weight: FloatArray,
     ) -> None:
         super().__init__()
         self.net = net
         self.register_buffer("rec_scale", torch.tensor(rec_scale, dtype=torch.float32))
         self.register_buffer("rough_mean", torch.tensor(rough_mean, dtype=torch.float32))
         self.register_buffer("rough_std", torch.tensor(rough_std, dtype=torch.float32))
+        self.register_buffer("rough_weight", torch.tensor(rough_weight, dtype=torch.float32))
 
     def terms(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, 2 M]``: the reconstruction terms, then the roughness terms (one-sided: only a
         signal that moves *less* than the operating point says counts; a step moves more)."""
         rec, _, res = self.net(x)
         z = torch.clamp((res - self.rough_mean) / self.rough_std, max=0.0)
-        return torch.cat([rec / self.rec_scale, z * z], dim=1)
+        return torch.cat([rec / self.rec_scale, z * z * self.rough_weight], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.terms(x).amax(dim=1)
@@ -209,8 +221,8 @@ def windows_of(
 
 
 def _eps(x: F32, inputs: Sequence[InputRole], monitored: Sequence[int]) -> list[float]:
-    """Per monitored role, the roughness floor: a twentieth of the median mean squared step of
-    the training windows, at least a quantisation step's share (one step in the window)."""
+    """Per monitored role, the roughness floor: 0.5 % of the median mean squared step of the
+    training windows, at least a tenth of one quantisation step in the window."""
     from export.pca_baseline import resolution
 
     out = []
@@ -218,7 +230,7 @@ def _eps(x: F32, inputs: Sequence[InputRole], monitored: Sequence[int]) -> list[
         d = np.diff(x[:, :, j].astype(np.float64), axis=1)
         med = float(np.median(np.mean(d * d, axis=1)))
         step = resolution(x[: min(len(x), 2000), :, j])
-        out.append(max(0.05 * med, step * step / max(1, x.shape[1] - 1), 1e-8))
+        out.append(max(0.005 * med, step * step / (10.0 * max(1, x.shape[1] - 1)), 1e-8))
     return out
 
 
@@ -292,11 +304,16 @@ def train(
             res_l.append(s.numpy())
     rec_v = np.concatenate(rec_l).astype(np.float64)
     res_v = np.concatenate(res_l).astype(np.float64)
+    r_mean = res_v.mean(axis=0)
+    r_std = np.maximum(res_v.std(axis=0), 1e-3)
+    low = np.minimum((res_v - r_mean) / r_std, 0.0) ** 2
+    # a role that rests for a whole window in more than 1 % of normal windows (a quantised slow
+    # temperature): a frozen reading of it looks like normal, its roughness term is left out
+    d = np.diff(x_val[:, :, monitored], axis=1)
+    resting = np.mean(np.all(d == 0, axis=1), axis=0) > RESTING
+    rough_weight = np.where(resting, 0.0, 1.0 / np.maximum(np.quantile(low, TAIL, axis=0), 1.0))
     graph = SequenceScore(
-        net,
-        np.maximum(rec_v.mean(axis=0), 1e-6),
-        res_v.mean(axis=0),
-        np.maximum(res_v.std(axis=0), 1e-3),
+        net, np.maximum(np.quantile(rec_v, TAIL, axis=0), 1e-6), r_mean, r_std, rough_weight
     )
     graph.eval()
     info = {
