@@ -1,28 +1,41 @@
-"""Operating point bench: does the anomaly model read the agent's own setpoint changes as faults?
+"""Operating point bench: does an anomaly model read the agent's own setpoint changes as faults,
+and which faults does it catch?
 
-Run ``python bench/operating_point.py`` (``--quick``: fewer days and episodes). Prints one
-table and writes ``bench/results/operating_point.json``. Reported, never asserted.
+Run ``python bench/operating_point.py`` (``--quick``: fewer days and episodes; ``--plant pump``
+or ``cstr``: one plant). Prints the tables and writes ``bench/results/operating_point.json``.
+Reported, never asserted.
 
-Two shipped bundles on the same recordings, both replayed through the agent's own pipeline
+Four models on the same recordings, every one replayed through the agent's own pipeline
 (``agent.replay`` via ``export.evaluate``: feature windows, scorer, alarm engine; one alert per
-output at its bundle threshold, on/off delay 30 s as configs/demo.yaml's anomaly alert):
+output, on/off delay 30 s as configs/demo.yaml's anomaly alert; ``bad_input: hold`` for an hour,
+so a transmitter that stops delivering reads as a frozen value to every model), and every
+one's alert thresholds **calibrated the same way**: through the replay of the same normal
+calibration recordings for ``--false-alerts-per-day`` (default 0.5) per pump-day:
 
-* ``pca-pump``: the PCA baseline (T²/SPE over window means and stds);
-* ``op-pump``: the operating-point-conditioned model (``export/conditioned.py``): the same
-  features explained by the operating variables (speed, flow, ambient) first.
+* ``pca-pump``: the shipped PCA baseline (T²/SPE over window means and stds);
+* ``op-pump``: the shipped operating-point-conditioned model (``export/conditioned.py``);
+* ``dpca-pump``: dynamic PCA (the last 4 samples of every role), fitted here on the training
+  recordings below;
+* ``seq-pump``: the sequence model (``export/sequence.py``: a 1-D CNN over the window,
+  conditioned on speed and flow), trained here on the same recordings.
 
-Recordings (seeds never used to build either bundle: those are 1-6 and 101-106):
+Recordings (seeds: training 1-3 and calibration 101-102, 24 h each, with and without the
+agent's load shifts; the test seeds below are used by nothing else):
 
 * **load-shift days** (seeds 501-507, 24 h, 2 healthy pumps): every 3 h the load moves between
   the pumps as the agent's recommendation moves it: the permissive goes on, the agent's
   heartbeat runs, and ``PumpN.ExternalSpeedSetpoint`` is written through the PLC API (its own
-  write rules and clamping) with one pump ``delta`` rpm down and the other up (``delta`` drawn
-  in 300-700 rpm), held 1 h, then the permissive goes off and the PLC's level control takes
-  over again (a second setpoint change). Metrics: alerts raised within 30 min after a setpoint
-  change, and false alerts per pump-day over the whole day.
-* **fault runs** (seeds 601-...): episodes of every fault kind on alternating pumps, 45 min
+  write rules and clamping), held 1 h, then the permissive goes off and the PLC's level
+  control takes over again (a second setpoint change). Metrics: alerts raised within 30 min
+  after a setpoint change, and false alerts per pump-day over the whole day.
+* **fault runs** (seeds 601-602): episodes of every fault kind on alternating pumps, 45 min
   each with 75 min of normal operation between (sensor faults on ``DischargePressure``; bearing
   wear with a time to failure of 45 min). Metrics: detection and median delay per fault kind.
+
+**The second plant** (``tests/plants/cstr.py``, a jacketed reactor sampled every 180 s): PCA,
+dynamic PCA (3 lags) and the sequence model (operating variable: the production target) fitted
+on 20 normal days, calibrated for the same false alerts per day on 10 other normal days,
+judged on 10 runs of 4 days with every fault kind once (seeds 21-30).
 """
 
 from __future__ import annotations
@@ -59,6 +72,7 @@ CAL_SHIFT_SEEDS = (101, 102)
 SHIFT_SEEDS = tuple(range(501, 508))
 FAULT_SEEDS = (601, 602)
 AFTER_CHANGE_S = 1800.0
+HOLD_CYCLES = 3600  # bad_input: hold for an hour: a dropout reads as a frozen value (every method)
 ON_DELAY_S = 30.0
 FAULT_KINDS = tuple(k for k in FaultKind if k != FaultKind.NORMAL)
 ROLES = (
@@ -188,7 +202,7 @@ def _setup(bundle_dir: Path, cal: Sequence[Path], target: float) -> tuple[object
     from export.evaluate import CalibrationData, calibrate, derived_setup, load_recording
 
     bundle = load_bundle(bundle_dir)
-    setup = derived_setup(bundle, _role_columns(), on_delay_s=ON_DELAY_S)
+    setup = derived_setup(bundle, _role_columns(), on_delay_s=ON_DELAY_S, hold_cycles=HOLD_CYCLES)
     tags = sorted({t for c in _role_columns().values() for t in c.values()})
     data = []
     for p in cal:
@@ -205,14 +219,171 @@ def _evaluate(setup: object, tags: list[str], path: Path, labels: object) -> obj
     return res
 
 
+# --------------------------------------------------------------------------- the second plant
+
+CSTR_TRAIN_DAYS = 20.0
+CSTR_CAL_DAYS = 10.0
+CSTR_TEST_SEEDS = tuple(range(21, 31))  # every fault kind once per run: 10 episodes of each
+CSTR_WINDOW = 20  # samples (1 h at 180 s)
+CSTR_LAGS = 3
+
+
+def _cstr_role(tag: str) -> str:
+    return tag.removeprefix("R1.").replace(".", "_").lower()
+
+
+def _cstr_csv(run: object, path: Path) -> Path:
+    """A plant run (tests/plants) as a wide CSV: ISO 8601 UTC timestamps, empty cells for NaN."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tags = [t.name for t in run.tags]  # type: ignore[attr-defined]
+    m = run.matrix(tags)  # type: ignore[attr-defined]
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["timestamp", *tags])
+        for stamp, row in zip(run.stamps(), m, strict=True):  # type: ignore[attr-defined]
+            cells = ("" if not np.isfinite(v) else f"{v:.6g}" for v in row)
+            w.writerow([stamp.strftime("%Y-%m-%dT%H:%M:%SZ"), *cells])
+    return path
+
+
+def second_plant(quick: bool, target: float, epochs: int) -> dict[str, object]:
+    """The jacketed reactor of tests/plants/cstr.py: PCA, dynamic PCA and the sequence model
+    fitted on the same normal days, calibrated through the replay for the same false alerts per
+    day on other normal days, judged on runs with every fault kind (seeds never fitted on)."""
+    from dataclasses import replace
+
+    from agent.modelstore.bundle import load_bundle
+    from agent.modelstore.manifest import FeatureSpec, WindowSpec
+    from agent.replay import alarm_inputs
+    from export.evaluate import (
+        CalibrationData,
+        Episode,
+        Labels,
+        calibrate,
+        derived_setup,
+        evaluate_method,
+        load_recording,
+    )
+    from export.pca_baseline import RoleSpec, fit, write_bundle
+    from export.sequence import SequenceConfig, fit_bundle
+    from tests.plants import cstr
+
+    d = BUILD / "cstr"
+    tags = [t.name for t in cstr.TAGS]
+    roles = [f"{_cstr_role(t.name)}:{t.unit}:{t.low:g}:{t.high:g}:{t.name}" for t in cstr.TAGS]
+    operating = [_cstr_role(t.name) for t in cstr.TAGS if t.operating]
+    cols = {cstr.ASSET: {RoleSpec.parse(r).role: RoleSpec.parse(r).column for r in roles}}
+    train_days = CSTR_TRAIN_DAYS / (2 if quick else 1)
+    train = [_cstr_csv(cstr.simulate(train_days, seed=11, episodes="normal"), d / "train-s11.csv")]
+    cal = [_cstr_csv(cstr.simulate(CSTR_CAL_DAYS, seed=12, episodes="normal"), d / "cal-s12.csv")]
+    seeds = CSTR_TEST_SEEDS[:3] if quick else CSTR_TEST_SEEDS
+    tests = []
+    for seed in seeds:
+        run = cstr.simulate(4.0, seed=seed)
+        t0 = run.start.timestamp()
+        eps = tuple(Episode(t0 + e.start_s, t0 + e.end_s, cstr.ASSET, e.kind) for e in run.episodes)
+        tests.append((_cstr_csv(run, d / f"test-s{seed}.csv"), Labels(eps)))
+    period = cstr.PERIOD_S
+    specs = [RoleSpec.parse(r) for r in roles]
+    bundles: dict[str, Path] = {}
+    w = WindowSpec(sample_period_s=period, length=CSTR_WINDOW, stride=1)
+    fs = FeatureSpec(kind="summary", stats=("mean", "std"))
+    res = fit(train, cols, specs, w, fs, variance=None, false_alarm_rate=1e-3)  # type: ignore[arg-type]
+    write_bundle(
+        d / "cstr-pca", res.model, name="cstr-pca", version="1", window=w, inputs=res.inputs, features=fs
+    )
+    bundles["PCA"] = d / "cstr-pca"
+    dw = WindowSpec(sample_period_s=period, length=CSTR_LAGS + 1, stride=1)
+    dfs = FeatureSpec(kind="flatten")
+    res = fit(train, cols, specs, dw, dfs, variance=None, false_alarm_rate=1e-3)  # type: ignore[arg-type]
+    write_bundle(
+        d / "cstr-dpca", res.model, name="cstr-dpca", version="1", window=dw, inputs=res.inputs, features=dfs
+    )
+    bundles["dynamic PCA"] = d / "cstr-dpca"
+    fit_bundle(
+        train, cal, cols, roles, operating, w, d / "cstr-seq", name="cstr-seq",
+        cfg=SequenceConfig(epochs=epochs), false_alerts_per_day=target, on_delay_s=period,
+    )  # fmt: skip
+    bundles["sequence CNN"] = d / "cstr-seq"
+    out: dict[str, object] = {}
+    for name, bdir in bundles.items():
+        b = load_bundle(bdir)
+        setup = derived_setup(b, cols, on_delay_s=period)  # two frames in a row
+        data = []
+        for p in cal:
+            rec = load_recording([p], tags, period)
+            data.append(CalibrationData(alarm_inputs(rec, setup)[0], rec.period_s))
+        setup = replace(setup, alarms=calibrate(setup.alarms, data, target))
+        episodes: list[dict[str, object]] = []
+        false = 0
+        days = 0.0
+        for p, labels in tests:
+            rec = load_recording([p], tags, period)
+            r, _ = evaluate_method(name, rec, setup, labels)
+            episodes += r.episodes
+            false += sum(int(v["false_alerts"]) for v in r.per_asset.values())
+            days += sum(float(v["normal_days"]) for v in r.per_asset.values())
+        per_kind = {}
+        for f in cstr.FAULTS:
+            eps = [e for e in episodes if e["class"] == f.name]
+            dl = [float(e["delay_s"]) for e in eps if e["detected"]]  # type: ignore[arg-type]
+            per_kind[f.name] = {"episodes": len(eps), "detected": len(dl),
+                                "median_delay_s": float(np.median(dl)) if dl else None}  # fmt: skip
+        n_eps = len(episodes)
+        out[name] = {
+            "detection_rate": sum(bool(e["detected"]) for e in episodes) / n_eps if n_eps else None,
+            "episodes": n_eps,
+            "false_alerts_per_day_test": false / days if days else None,
+            "per_kind": per_kind,
+        }
+    return {"train_days": train_days, "calibration_days": CSTR_CAL_DAYS, "test_seeds": list(seeds),
+            "false_alerts_per_day_target": target, "results": out}  # fmt: skip
+
+
+def print_second_plant(doc: dict[str, object]) -> None:
+    res: dict[str, dict[str, object]] = doc["results"]  # type: ignore[assignment]
+    names = list(res)
+    print(f"\nSecond plant (tests/plants/cstr.py, 180 s samples): every method calibrated through the replay "
+          f"for {doc['false_alerts_per_day_target']} false alerts per day on {doc['calibration_days']} "
+          "normal days; "
+          f"test seeds {doc['test_seeds']}")
+    print()
+    print("| metric | " + " | ".join(names) + " |")
+    print("|---|" + "---:|" * len(names))
+    print("| detection rate | " + " | ".join(f"{res[n]['detection_rate']:.2f}" for n in names) + " |")
+    print("| false alerts per day (test runs) | "
+          + " | ".join(f"{res[n]['false_alerts_per_day_test']:.2f}" for n in names) + " |")
+    kinds = list(res[names[0]]["per_kind"])  # type: ignore[arg-type]
+    for kind in kinds:
+        cells = []
+        for n in names:
+            k = res[n]["per_kind"][kind]  # type: ignore[index]
+            delay = "-" if k["median_delay_s"] is None else f"{k['median_delay_s'] / 3600:.1f} h"
+            cells.append(f"{k['detected']}/{k['episodes']}, {delay}")
+        print(f"| {kind}: detected, median delay | " + " | ".join(cells) + " |")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--quick", action="store_true", help="2 load-shift days, 2 episodes per fault kind")
     ap.add_argument("--false-alerts-per-day", type=float, default=0.3, help="calibration target per pump-day")
     ap.add_argument("--epochs", type=int, default=12, help="sequence model training epochs")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--plant", choices=("pump", "cstr", "both"), default="both", help="default both")
     args = ap.parse_args(argv)
     from export.evaluate import Labels
+
+    target = args.false_alerts_per_day
+    second = None if args.plant == "pump" else second_plant(args.quick, target, args.epochs)
+    if args.plant == "cstr":
+        assert second is not None
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"second_plant": second}, indent=2, sort_keys=True) + "\n"
+        args.out.write_text(text, encoding="utf-8")
+        print_second_plant(second)
+        return 0
 
     shift_seeds = SHIFT_SEEDS[:2] if args.quick else SHIFT_SEEDS
     n_per_kind = 2 if args.quick else 5
@@ -221,7 +392,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     BUILD.mkdir(parents=True, exist_ok=True)
     bundles = dict(SHIPPED)
     bundles[DPCA] = build_dpca(train, BUILD / "dpca-pump")
-    target = args.false_alerts_per_day
     bundles[SEQ] = build_seq(train, cal, BUILD / "seq-pump", target=target, epochs=args.epochs)
     setups = {name: _setup(b, cal, args.false_alerts_per_day) for name, b in bundles.items()}
     names = list(bundles)
@@ -284,14 +454,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "fault_seeds": list(fault_seeds),
         "pump_days_with_shifts": pump_days,
         "on_delay_s": ON_DELAY_S,
+        "hold_cycles": HOLD_CYCLES,
         "results": results,
+        "second_plant": second,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     print(f"Operating point: {len(shift_seeds)} load-shift days x 2 healthy pumps (seeds "
           f"{shift_seeds[0]}-{shift_seeds[-1]}), {changes} pump setpoint changes; fault runs seeds "
           f"{', '.join(map(str, fault_seeds))}, {n_per_kind} episodes per kind per run; "
-          f"alert on/off delay 30 s; every method's threshold calibrated through the replay for "
+          f"alert on/off delay 30 s, bad_input hold {HOLD_CYCLES} ticks; every method's threshold "
+          f"calibrated through the replay for "
           f"{args.false_alerts_per_day:g} false alerts per pump-day on {', '.join(p.name for p in cal)}")
     print()
     print("| metric | " + " | ".join(names) + " |")
@@ -307,6 +480,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             delay = "-" if k["median_delay_s"] is None else f"{k['median_delay_s'] / 60:.1f} min"
             cells.append(f"{k['detected']}/{k['episodes']}, {delay}")
         print(f"| {kind.label}: detected, median delay | " + " | ".join(cells) + " |")
+    if second is not None:
+        print_second_plant(second)
     print(f"\nwrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
     return 0
 
