@@ -17,7 +17,9 @@ speed, flow, production target) is an input, never a fault; everything else is m
    training data (a twentieth of its median roughness, at least a quantisation step's share).
 3. **Score.** Each role's mean squared reconstruction error (in units of the expected
    variance) and each low roughness residual (standardised, squared) is divided by its 99.9th
-   percentile on held-out normal windows: ``2 M`` terms at most about 1 in normal operation;
+   percentile on held-out normal windows, and so is each role's squared *mean* standardised
+   error over the window (a persistent offset, a drift: noise averages out of it): ``3 M``
+   terms at most about 1 in normal operation;
    ``score`` is their maximum (sensor faults are single-role faults, a mean over all roles
    would dilute them).
 
@@ -81,6 +83,7 @@ FloatArray = npt.NDArray[np.float64]
 F32 = npt.NDArray[np.float32]
 MODEL_FILE = "model.onnx"
 TAIL = 0.999  # each term in units of this quantile of its held-out normal values
+LATENT_NOISE = 0.5  # in training, on a latent kept near unit scale by its penalty
 RESTING = 0.01  # share of normal windows without any movement above which roughness says nothing
 
 
@@ -140,24 +143,30 @@ class SequenceNet(nn.Module):
         self.log_var = nn.Conv1d(c, len(mon), k, padding=pad)
         self.rough = nn.Sequential(nn.Linear(2 * c, c), nn.ReLU(), nn.Linear(c, len(mon)))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(rec, log_var_mean, rough_res)``: per monitored role the mean over the window of the
-        squared error in units of its expected variance, the mean log variance (the Gaussian
-        likelihood's penalty, for training) and the log-roughness residual."""
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(rec, log_var_mean, rough_res, level)``: per monitored role the mean over the window
+        of the squared error in units of its expected variance, the mean log variance (the
+        Gaussian likelihood's penalty, for training), the log-roughness residual and the mean
+        standardised error (a persistent offset: a drift or a shifted relation; noise averages
+        out of it over the window, so it is far more sensitive to an offset than ``rec``)."""
         xt = x.transpose(1, 2)  # [B, R, T]
         op = torch.index_select(xt, 1, self.op_idx)
         mon = torch.index_select(xt, 1, self.mon_idx)
         z = self.to_latent(self.encoder(xt).mean(dim=2))
+        if self.training:
+            # a noisy, small summary carries the slow states a window cannot explain (coarse,
+            # large), not the fine offset of one role: a drift stays in the error
+            z = z + LATENT_NOISE * torch.randn_like(z)
         h = self.operating(op)
         zt = z.unsqueeze(2).expand(-1, -1, h.shape[2])
         recon = self.decoder(torch.cat([h, zt], dim=1))
         log_var = torch.clamp(self.log_var(h), -12.0, 6.0)
-        err = recon - mon
-        rec = (err * err * torch.exp(-log_var)).mean(dim=2)
+        err = (recon - mon) * torch.exp(-0.5 * log_var)
+        rec = (err * err).mean(dim=2)
         d = mon[:, :, 1:] - mon[:, :, :-1]
         rough = torch.log((d * d).mean(dim=2) + self.eps)
         pooled = torch.cat([h.mean(dim=2), h.amax(dim=2)], dim=1)
-        return rec, log_var.mean(dim=2), rough - self.rough(pooled)
+        return rec, log_var.mean(dim=2), rough - self.rough(pooled), err.mean(dim=2)
 
 
 class SequenceScore(nn.Module):
@@ -173,6 +182,7 @@ class SequenceScore(nn.Module):
         rough_mean: FloatArray,
         rough_std: FloatArray,
         rough_weight: FloatArray,
+        level_scale: FloatArray,
     ) -> None:
         super().__init__()
         self.net = net
@@ -180,13 +190,17 @@ class SequenceScore(nn.Module):
         self.register_buffer("rough_mean", torch.tensor(rough_mean, dtype=torch.float32))
         self.register_buffer("rough_std", torch.tensor(rough_std, dtype=torch.float32))
         self.register_buffer("rough_weight", torch.tensor(rough_weight, dtype=torch.float32))
+        self.register_buffer("level_scale", torch.tensor(level_scale, dtype=torch.float32))
 
     def terms(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, 2 M]``: the reconstruction terms, then the roughness terms (one-sided: only a
-        signal that moves *less* than the operating point says counts; a step moves more)."""
-        rec, _, res = self.net(x)
+        """``[B, 3 M]``: the reconstruction terms, the roughness terms (one-sided: only a signal
+        that moves *less* than the operating point says counts; a step moves more), the level
+        terms."""
+        rec, _, res, level = self.net(x)
         z = torch.clamp((res - self.rough_mean) / self.rough_std, max=0.0)
-        return torch.cat([rec / self.rec_scale, z * z * self.rough_weight], dim=1)
+        return torch.cat(
+            [rec / self.rec_scale, z * z * self.rough_weight, level * level / self.level_scale], dim=1
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.terms(x).amax(dim=1)
@@ -282,8 +296,9 @@ def train(
         total = 0.0
         for lo in range(0, len(xt), cfg.batch):
             xb = xt[perm[lo : lo + cfg.batch]]
-            rec, log_var, res = net(xb)
-            loss = rec.mean() + log_var.mean() + (res * res).mean()
+            rec, log_var, res, _ = net(xb)
+            z = net.to_latent(net.encoder(xb.transpose(1, 2)).mean(dim=2))
+            loss = rec.mean() + log_var.mean() + (res * res).mean() + 0.1 * (z * z).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -297,11 +312,12 @@ def train(
             )
     net.eval()
     with torch.no_grad():
-        rec_l, res_l = [], []
+        rec_l, res_l, lev_l = [], [], []
         for lo in range(0, len(x_val), 4096):
-            r, _, s = net(torch.from_numpy(np.ascontiguousarray(x_val[lo : lo + 4096])))
+            r, _, s, v = net(torch.from_numpy(np.ascontiguousarray(x_val[lo : lo + 4096])))
             rec_l.append(r.numpy())
             res_l.append(s.numpy())
+            lev_l.append(v.numpy())
     rec_v = np.concatenate(rec_l).astype(np.float64)
     res_v = np.concatenate(res_l).astype(np.float64)
     r_mean = res_v.mean(axis=0)
@@ -312,8 +328,14 @@ def train(
     d = np.diff(x_val[:, :, monitored], axis=1)
     resting = np.mean(np.all(d == 0, axis=1), axis=0) > RESTING
     rough_weight = np.where(resting, 0.0, 1.0 / np.maximum(np.quantile(low, TAIL, axis=0), 1.0))
+    lev_v = np.concatenate(lev_l).astype(np.float64)
     graph = SequenceScore(
-        net, np.maximum(np.quantile(rec_v, TAIL, axis=0), 1e-6), r_mean, r_std, rough_weight
+        net,
+        np.maximum(np.quantile(rec_v, TAIL, axis=0), 1e-6),
+        r_mean,
+        r_std,
+        rough_weight,
+        np.maximum(np.quantile(lev_v**2, TAIL, axis=0), 1e-6),
     )
     graph.eval()
     info = {

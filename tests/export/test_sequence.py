@@ -102,7 +102,7 @@ def test_onnx_matches_torch() -> None:
     torch.manual_seed(0)
     cfg = SequenceConfig(channels=4, latent=1)
     net = SequenceNet(3, [0], [1e-4, 1e-4], cfg)
-    graph = SequenceScore(net, np.ones(2), np.zeros(2), np.ones(2), np.array([1.0, 0.0]))
+    graph = SequenceScore(net, np.ones(2), np.zeros(2), np.ones(2), np.array([1.0, 0.0]), np.ones(2))
     graph.eval()
     from export.sequence import _onnx
 
