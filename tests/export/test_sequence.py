@@ -26,9 +26,12 @@ WINDOW = WindowSpec(sample_period_s=1.0, length=30, stride=5)
 T0 = 1_700_000_000.0
 
 
-def _plant(path: Path, seed: int, hours: float, *, stuck_at: float | None = None) -> Path:
+def _plant(
+    path: Path, seed: int, hours: float, *, stuck_at: float | None = None, dropout_at: float | None = None
+) -> Path:
     """Steps of the operating variable every 10 min; ``a`` and ``b`` follow it with a lag
-    (``b`` quadratically), ``c`` is slow; ``b`` freezes from ``stuck_at`` s on."""
+    (``b`` quadratically), ``c`` is slow; ``b`` freezes from ``stuck_at`` s on, or delivers
+    nothing (empty cells) from ``dropout_at`` s on."""
     rng = np.random.default_rng(seed)
     n = round(hours * 3600)
     sp = np.repeat(rng.uniform(30, 90, n // 600 + 1), 600)[:n]
@@ -42,11 +45,14 @@ def _plant(path: Path, seed: int, hours: float, *, stuck_at: float | None = None
     c = 5 * np.sin(np.arange(n) / 3000.0 + seed) + rng.normal(0, 0.1, n)
     if stuck_at is not None:
         b[int(stuck_at) :] = b[int(stuck_at)]
+    if dropout_at is not None:
+        b[int(dropout_at) :] = np.nan
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["timestamp", "load", "a", "b", "c"])
         for k in range(n):
-            w.writerow([f"{T0 + k:.0f}", f"{load[k]:.3f}", f"{a[k]:.3f}", f"{b[k]:.3f}", f"{c[k]:.3f}"])
+            bk = "" if np.isnan(b[k]) else f"{b[k]:.3f}"
+            w.writerow([f"{T0 + k:.0f}", f"{load[k]:.3f}", f"{a[k]:.3f}", bk, f"{c[k]:.3f}"])
     return path
 
 
@@ -68,10 +74,10 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d / "seq"
 
 
-def _replay(bundle_dir: Path, path: Path, labels: Labels) -> object:
+def _replay(bundle_dir: Path, path: Path, labels: Labels, hold_cycles: int | None = None) -> object:
     b = load_bundle(bundle_dir)
     rec = load_recording([path], ["load", "a", "b", "c"], 1.0)
-    setup = derived_setup(b, _columns(), on_delay_s=5.0)
+    setup = derived_setup(b, _columns(), on_delay_s=5.0, hold_cycles=hold_cycles)
     return evaluate_method("seq", rec, setup, labels)[0]
 
 
@@ -96,6 +102,20 @@ def test_setpoint_steps_are_no_fault_and_a_frozen_sensor_is(bundle: Path, tmp_pa
     (e,) = res.episodes  # type: ignore[attr-defined]
     assert e["detected"], res.alarms  # type: ignore[attr-defined]
     assert e["delay_s"] < 300.0
+
+
+def test_a_dropout_held_by_the_binding_reads_as_frozen(bundle: Path, tmp_path: Path) -> None:
+    """The agent never scores a window holding a BAD sample: with ``bad_input: skip`` a sensor
+    that stops delivering is invisible to the model; held for longer than the window, its last
+    value is a frozen reading, which the roughness term alarms."""
+    at = 3600.0
+    path = _plant(tmp_path / "dropout.csv", 9, 2.0, dropout_at=at)
+    labels = Labels((Episode(T0 + at, T0 + 7200.0, "unit", "dropout"),))
+    skip = _replay(bundle, path, labels)
+    assert not skip.episodes[0]["detected"]  # type: ignore[attr-defined]
+    held = _replay(bundle, path, labels, hold_cycles=3600)
+    (e,) = held.episodes  # type: ignore[attr-defined]
+    assert e["detected"] and e["delay_s"] < 300.0, held.alarms  # type: ignore[attr-defined]
 
 
 def test_onnx_matches_torch() -> None:
