@@ -110,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     i.add_argument("--key", type=Path, help="private key (PEM) to sign station.json")
     # sequence (anomaly helper): the temporal, operating-point-aware anomaly model
-    from export.sequence import add_arguments as _sequence_arguments
+    from export.sequence_args import add_arguments as _sequence_arguments
 
     q = sub.add_parser(
         "sequence", help="a 1-D CNN anomaly model over the window, calibrated by false alerts per day"
