@@ -13,6 +13,8 @@
     edge-export evaluate models/fault-mlp --data rec/ --events events.csv --baseline build/pca
     edge-export all --config configs/export-demo.yaml      # record, train, compress, gate, sign
     edge-export baseline --config configs/export-example.yaml --out build/baselines  # PCA + dynamic PCA
+    edge-export sequence --csv normal.csv --calibrate cal.csv --role ... --operating speed \\
+        --out build/seq-pump --name seq-pump               # the temporal anomaly model (export/sequence.py)
     edge-export forecast --data rec/*.csv --test unseen/*.csv --config configs/export-forecast.yaml \\
         --out models/demand-forecast                       # the demand forecast bundle
     edge-export identify --data rec1.csv rec2/ --config configs/demo.yaml --out models/station \
@@ -107,6 +109,13 @@ def _parser() -> argparse.ArgumentParser:
         "--prior", type=Path, help="datasheet values and uncertainties (YAML); default: the config's"
     )
     i.add_argument("--key", type=Path, help="private key (PEM) to sign station.json")
+    # sequence (anomaly helper): the temporal, operating-point-aware anomaly model
+    from export.sequence_args import add_arguments as _sequence_arguments
+
+    q = sub.add_parser(
+        "sequence", help="a 1-D CNN anomaly model over the window, calibrated by false alerts per day"
+    )
+    _sequence_arguments(q)
     a = sub.add_parser("all", help="the whole chain: record, every model, sign")
     a.add_argument("--config", required=True, type=Path)
     a.add_argument("--no-sign", action="store_true")
@@ -358,6 +367,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_forecast(args)
         if args.cmd == "identify":
             return _cmd_identify(args)
+        if args.cmd == "sequence":
+            from export.sequence import run as _cmd_sequence
+
+            return _cmd_sequence(args)
         return _cmd_train(args, every=True)
     except ConfigError as exc:
         print("\n".join(f"error: {p}" for p in exc.problems), file=sys.stderr)

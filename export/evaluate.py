@@ -252,16 +252,27 @@ def _frame_s(bundle: Bundle) -> float:
 
 
 def derived_setup(
-    bundle: Bundle, assets: Mapping[str, Mapping[str, str]] | None = None, *, on_delay_s: float | None = None
+    bundle: Bundle,
+    assets: Mapping[str, Mapping[str, str]] | None = None,
+    *,
+    on_delay_s: float | None = None,
+    hold_cycles: int | None = None,
 ) -> ReplaySetup:
     """The minimal agent config for one bundle (see the module docstring).
 
     ``assets``: asset → role → tag (default: the bundle's provenance ``columns``, else one
-    asset named after the bundle reading columns named after the roles).
+    asset named after the bundle reading columns named after the roles). ``hold_cycles``: the
+    binding's ``bad_input: hold`` with that many ticks (default ``skip``): a sensor that stops
+    delivering then reads as a frozen value until the hold runs out.
     """
     m = bundle.manifest
     bound = {a: {r: t[r] for r in m.roles} for a, t in (assets or _provenance_columns(bundle)).items()}
-    binding = ModelBinding(name=m.name, bundle=Path("."), assets=bound)
+    if hold_cycles is None:
+        binding = ModelBinding(name=m.name, bundle=Path("."), assets=bound)
+    else:
+        binding = ModelBinding(
+            name=m.name, bundle=Path("."), assets=bound, bad_input="hold", hold_cycles=hold_cycles
+        )
     delay = 2 * _frame_s(bundle) if on_delay_s is None else on_delay_s
     defs = []
     for o in m.outputs:

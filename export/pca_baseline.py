@@ -80,6 +80,7 @@ __all__ = [
     "choose_lags",
     "fit",
     "fit_pca",
+    "input_roles",
     "load_series",
     "main",
     "parallel_analysis",
@@ -584,6 +585,34 @@ def _asset_segments(
     return out
 
 
+def input_roles(
+    samples: FloatArray, roles: Sequence[RoleSpec], operating: Sequence[str] = ()
+) -> tuple[InputRole, ...]:
+    """The manifest's inputs for fitting samples ``[N, R]`` (NaN: bad): standard normalisation
+    by their mean and std, the std floored at the column's resolution (round-off is never
+    hundreds of sigma), the training range, ``operating`` for the roles named in it."""
+    mean = np.nanmean(samples, axis=0)
+    std = np.nanstd(samples, axis=0)
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
+        bad = [r.role for r, m in zip(roles, mean, strict=True) if not np.isfinite(m)]
+        raise ValueError(f"no valid samples for roles {bad}")
+    return tuple(
+        InputRole(
+            role=r.role,
+            unit=r.unit,
+            range=(r.low, r.high),
+            normalisation=Normalisation(
+                kind="standard",
+                mean=float(mean[i]),
+                std=float(max(std[i], resolution(samples[:, i]), 1e-6 * abs(float(mean[i])), 1e-12)),
+            ),
+            training_range=(float(np.nanmin(samples[:, i])), float(np.nanmax(samples[:, i]))),
+            operating=r.role in operating,
+        )
+        for i, r in enumerate(roles)
+    )
+
+
 def fit(
     csv_paths: Sequence[str | Path],
     role_columns: Mapping[str, Mapping[str, str]],
@@ -619,28 +648,7 @@ def fit(
             cal_segs += [s for s in tail if len(s)]
     if not fit_segs:
         raise ValueError("no data in the recordings")
-    samples = np.concatenate(fit_segs)
-    mean = np.nanmean(samples, axis=0)
-    std = np.nanstd(samples, axis=0)
-    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
-        bad = [r.role for r, m in zip(roles, mean, strict=True) if not np.isfinite(m)]
-        raise ValueError(f"no valid samples for roles {bad}")
-    inputs = tuple(
-        InputRole(
-            role=r.role,
-            unit=r.unit,
-            range=(r.low, r.high),
-            normalisation=Normalisation(
-                kind="standard",
-                mean=float(mean[i]),
-                # floored at the column's resolution: round-off is never hundreds of sigma
-                std=float(max(std[i], resolution(samples[:, i]), 1e-6 * abs(float(mean[i])), 1e-12)),
-            ),
-            training_range=(float(np.nanmin(samples[:, i])), float(np.nanmax(samples[:, i]))),
-            operating=r.role in operating,
-        )
-        for i, r in enumerate(roles)
-    )
+    inputs = input_roles(np.concatenate(fit_segs), roles, operating)
     contract = _Contract(inputs, features)
     x_fit = _features(fit_segs, window, contract)
     x_cal = _features(cal_segs, window, contract)

@@ -1,0 +1,57 @@
+"""The ``edge-export sequence`` options and the sequence model's size (no torch: the CLI's
+parser is built without importing it; export/sequence.py trains and exports)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["SequenceConfig", "add_arguments"]
+
+
+@dataclass(frozen=True)
+class SequenceConfig:
+    """Size and training of the model (defaults: ~7 k parameters, a minute or two on one core)."""
+
+    channels: int = 16
+    latent: int = 3
+    kernel: int = 5
+    epochs: int = 10
+    batch: int = 256
+    lr: float = 3e-3
+    seed: int = 0
+    max_windows: int = 30_000  # training windows (evenly thinned beyond): affordable on one core
+    threads: int = 1
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The ``edge-export sequence`` options (also ``python -m export.sequence``)."""
+    ap.add_argument(
+        "--csv", action="append", required=True, type=Path, help="normal recording to train on (repeat)"
+    )
+    ap.add_argument(
+        "--calibrate", action="append", required=True, type=Path,
+        help="normal recording (never trained on) for the false-alert calibration (repeat)",
+    )  # fmt: skip
+    ap.add_argument("--asset", action="append", help="asset name for {asset} in columns (repeat)")
+    ap.add_argument("--role", action="append", required=True, help="ROLE:UNIT:LOW:HIGH:COLUMN (repeat)")
+    ap.add_argument("--operating", action="append", required=True, help="an operating role (repeat)")
+    ap.add_argument("--period", type=float, default=1.0, help="sample period, s")
+    ap.add_argument("--window", type=int, default=60, help="window length, samples")
+    ap.add_argument("--stride", type=int, default=10, help="frame stride, samples")
+    ap.add_argument("--train-stride", type=int, help="stride of the training windows (default --stride)")
+    ap.add_argument("--false-alerts-per-day", type=float, default=0.5, help="per asset-day (default 0.5)")
+    ap.add_argument(
+        "--on-delay", type=float, help="alert on-delay for the calibration, s (default one frame)"
+    )
+    ap.add_argument("--epochs", type=int, default=SequenceConfig.epochs)
+    ap.add_argument("--channels", type=int, default=SequenceConfig.channels)
+    ap.add_argument("--latent", type=int, default=SequenceConfig.latent)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-windows", type=int, default=SequenceConfig.max_windows)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--version", default="1")
+    ap.add_argument("--key", type=Path, help="private key (PEM) to sign the bundle")
+    ap.add_argument("--provenance", action="append", default=[], metavar="KEY=VALUE")

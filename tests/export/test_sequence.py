@@ -1,0 +1,149 @@
+"""export/sequence.py: the temporal anomaly model, trained (real torch), exported (real ONNX),
+calibrated and judged through the agent's own replay (agent/replay.py), on a small synthetic
+plant: an operating variable moved in steps, three measurements that follow it with a lag."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agent.modelstore.bundle import load_bundle
+from agent.modelstore.manifest import WindowSpec
+from export.evaluate import Episode, Labels, derived_setup, evaluate_method, load_recording
+from export.onnx_tools import run_onnx
+from export.pca_baseline import RoleSpec
+from export.sequence import SequenceConfig, SequenceNet, SequenceScore, fit_bundle
+
+ROOT = Path(__file__).resolve().parents[2]
+ROLES = ["load:%:0:100:load", "a:bar:-50:50:a", "b:kW:-50:150:b", "c:degC:-50:50:c"]
+WINDOW = WindowSpec(sample_period_s=1.0, length=30, stride=5)
+T0 = 1_700_000_000.0
+
+
+def _plant(
+    path: Path, seed: int, hours: float, *, stuck_at: float | None = None, dropout_at: float | None = None
+) -> Path:
+    """Steps of the operating variable every 10 min; ``a`` and ``b`` follow it with a lag
+    (``b`` quadratically), ``c`` is slow; ``b`` freezes from ``stuck_at`` s on, or delivers
+    nothing (empty cells) from ``dropout_at`` s on."""
+    rng = np.random.default_rng(seed)
+    n = round(hours * 3600)
+    sp = np.repeat(rng.uniform(30, 90, n // 600 + 1), 600)[:n]
+    load = np.empty(n)
+    x = sp[0]
+    for k in range(n):
+        x += (sp[k] - x) * 0.2
+        load[k] = x
+    a = 0.3 * load + rng.normal(0, 0.2, n)
+    b = 0.01 * load**2 + rng.normal(0, 0.3, n)
+    c = 5 * np.sin(np.arange(n) / 3000.0 + seed) + rng.normal(0, 0.1, n)
+    if stuck_at is not None:
+        b[int(stuck_at) :] = b[int(stuck_at)]
+    if dropout_at is not None:
+        b[int(dropout_at) :] = np.nan
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["timestamp", "load", "a", "b", "c"])
+        for k in range(n):
+            bk = "" if np.isnan(b[k]) else f"{b[k]:.3f}"
+            w.writerow([f"{T0 + k:.0f}", f"{load[k]:.3f}", f"{a[k]:.3f}", bk, f"{c[k]:.3f}"])
+    return path
+
+
+def _columns() -> dict[str, dict[str, str]]:
+    return {"unit": {RoleSpec.parse(r).role: RoleSpec.parse(r).column for r in ROLES}}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("seq")
+    train = [_plant(d / f"train{s}.csv", s, 2.0) for s in (1, 2)]
+    cal = [_plant(d / "cal.csv", 3, 2.0)]
+    cfg = SequenceConfig(channels=8, latent=1, epochs=6, max_windows=4000)
+    res = fit_bundle(
+        train, cal, _columns(), ROLES, ["load"], WINDOW, d / "seq", name="seq-test",
+        cfg=cfg, train_stride=5, false_alerts_per_day=2.0,
+    )  # fmt: skip
+    assert res.report["false_alerts_calibration"] == 0 or float(str(res.report["calibration_asset_days"])) > 0
+    return d / "seq"
+
+
+def _replay(bundle_dir: Path, path: Path, labels: Labels, hold_cycles: int | None = None) -> object:
+    b = load_bundle(bundle_dir)
+    rec = load_recording([path], ["load", "a", "b", "c"], 1.0)
+    setup = derived_setup(b, _columns(), on_delay_s=5.0, hold_cycles=hold_cycles)
+    return evaluate_method("seq", rec, setup, labels)[0]
+
+
+def test_bundle_is_one_onnx_file_the_agent_loads(bundle: Path) -> None:
+    b = load_bundle(bundle)
+    m = b.manifest
+    assert m.features.kind == "sequence"
+    assert [r.operating for r in m.inputs] == [True, False, False, False]
+    assert m.model_input.shape[1:] == (WINDOW.length, 4)
+    (out,) = m.outputs
+    assert out.name == "score" and out.thresholds["alarm"] > 0
+    assert sorted(p.name for p in bundle.iterdir()) == ["manifest.json", "model.onnx", "report.json", "report.md"]
+
+
+def test_setpoint_steps_are_no_fault_and_a_frozen_sensor_is(bundle: Path, tmp_path: Path) -> None:
+    healthy = _replay(bundle, _plant(tmp_path / "healthy.csv", 7, 2.0), Labels())
+    assert healthy.per_asset["unit"]["false_alerts"] == 0  # type: ignore[attr-defined]
+    stuck_at = 3600.0
+    path = _plant(tmp_path / "stuck.csv", 8, 2.0, stuck_at=stuck_at)
+    ep = Episode(T0 + stuck_at, T0 + 7200.0, "unit", "stuck")
+    res = _replay(bundle, path, Labels((ep,)))
+    (e,) = res.episodes  # type: ignore[attr-defined]
+    assert e["detected"], res.alarms  # type: ignore[attr-defined]
+    assert e["delay_s"] < 300.0
+
+
+def test_a_dropout_held_by_the_binding_reads_as_frozen(bundle: Path, tmp_path: Path) -> None:
+    """The agent never scores a window holding a BAD sample: with ``bad_input: skip`` a sensor
+    that stops delivering is invisible to the model; held for longer than the window, its last
+    value is a frozen reading, which the roughness term alarms."""
+    at = 3600.0
+    path = _plant(tmp_path / "dropout.csv", 9, 2.0, dropout_at=at)
+    labels = Labels((Episode(T0 + at, T0 + 7200.0, "unit", "dropout"),))
+    skip = _replay(bundle, path, labels)
+    assert not skip.episodes[0]["detected"]  # type: ignore[attr-defined]
+    held = _replay(bundle, path, labels, hold_cycles=3600)
+    (e,) = held.episodes  # type: ignore[attr-defined]
+    assert e["detected"] and e["delay_s"] < 300.0, held.alarms  # type: ignore[attr-defined]
+
+
+def test_onnx_matches_torch() -> None:
+    torch.manual_seed(0)
+    cfg = SequenceConfig(channels=4, latent=1)
+    net = SequenceNet(3, [0], [1e-4, 1e-4], cfg)
+    graph = SequenceScore(net, np.ones(2), np.zeros(2), np.ones(2), np.array([1.0, 0.0]), np.ones(2))
+    graph.eval()
+    from export.sequence import _onnx
+
+    data = _onnx(graph, WindowSpec(sample_period_s=1.0, length=20, stride=5), 3)
+    x = np.random.default_rng(0).normal(size=(16, 20, 3)).astype(np.float32)
+    (got,) = run_onnx(data, x)
+    with torch.no_grad():
+        want = graph(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_cli_refuses_an_operating_role_that_is_not_a_role(tmp_path: Path) -> None:
+    p = _plant(tmp_path / "n.csv", 1, 0.2)
+    proc = subprocess.run(
+        [sys.executable, "-m", "export.cli", "sequence", "--csv", str(p), "--calibrate", str(p),
+         *[a for r in ROLES for a in ("--role", r)], "--operating", "speed", "--out", str(tmp_path / "o"),
+         "--name", "x"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "error: operating role(s) ['speed'] are not roles (['load', 'a', 'b', 'c'])"
+    ), proc.stderr
+    assert not (tmp_path / "o").exists()
