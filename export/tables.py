@@ -243,7 +243,9 @@ class Table:
                 t0 = self.series[columns[0]][0]
                 dt = float(np.median(np.diff(t0))) if len(t0) > 1 else period_s
                 max_hold_s = 2.0 * max(period_s, dt)
-        n = max(0, math.floor((end - start) / period_s + 1e-9) + 1)
+        # epoch seconds carry ~1e-7 s of float error: (end - start) / period may land just below
+        # a whole number, which must not drop the last row
+        n = max(0, math.floor((end - start) / period_s + 1e-3) + 1)
         grid = start + period_s * np.arange(n)
         out: list[npt.NDArray[np.generic]] = []
         for c in columns:

@@ -242,3 +242,19 @@ def test_gzip_historian_export(run, tmp_path: Path) -> None:
     np.testing.assert_array_equal(a.numeric("R1.LI201")[1], b.numeric("R1.LI201")[1])
     assert b.duplicates == len(q.duplicated_rows)
     assert datetime.fromtimestamp(b.span()[0], UTC) == run.start
+
+
+@pytest.mark.parametrize("offset_ms", range(0, 2000, 200))
+def test_the_grid_keeps_the_last_row_of_a_sub_second_recording(tmp_path: Path, offset_ms: int) -> None:
+    """25 rows 0.2 s apart give 25 grid rows wherever the recording starts: epoch seconds carry
+    float error that once put (end - start) / period just below 24 and dropped the last row."""
+    t0 = datetime(2026, 12, 7, 8, 11, 57, tzinfo=UTC) + timedelta(milliseconds=offset_ms)
+    path = tmp_path / "wide.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["timestamp", "flow"])
+        for k in range(25):
+            stamp = (t0 + timedelta(milliseconds=200 * k)).isoformat(timespec="milliseconds")
+            w.writerow([stamp.replace("+00:00", "Z"), 50.0 + k])
+    grid, (flow,) = read_table(path, columns=["flow"]).grid(["flow"], 0.2)
+    assert len(grid) == 25 and flow[-1] == 74.0
