@@ -66,6 +66,7 @@ from agent.ops.logging import setup_logging  # noqa: E402
 from agent.runtime import freeze_startup_objects  # noqa: E402
 from bench import rss  # noqa: E402
 from bench.opcua_server import node_id  # noqa: E402
+from bench.profiling import profile_calls  # noqa: E402
 from tests.modbus_server import ModbusTestServer  # noqa: E402
 
 # the driver's counters of anything but a clean read (none may move while measured)
@@ -122,30 +123,7 @@ async def interleaved(rows: dict[str, Any], seconds: float, rounds: int) -> dict
 
 async def profile_polls(poll: Any, cycles: int, top: int = 14) -> list[dict[str, Any]]:
     """cProfile of ``cycles`` agent polls: the functions with the most own time."""
-    import cProfile
-    import pstats
-
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(cycles):
-        await poll()
-    prof.disable()
-    stats = pstats.Stats(prof)
-    rows = []
-    for (file, line, func), (_cc, calls, own, cum, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        where = file.split("/site-packages/")[-1].split("/lib/python3")[-1]
-        where = where.replace(str(ROOT) + "/", "")
-        rows.append(
-            {
-                "function": f"{where}:{line}({func})",
-                "calls_per_cycle": calls / cycles,
-                "own_us_per_cycle": 1e6 * own / cycles,
-                "cum_us_per_cycle": 1e6 * cum / cycles,
-            }
-        )
-    rows.sort(key=lambda r: -r["own_us_per_cycle"])
-    total = sum(r["own_us_per_cycle"] for r in rows)
-    return [{"total_own_us_per_cycle": total}, *rows[:top]]
+    return await profile_calls(poll, cycles, top)
 
 
 # --------------------------------------------------------------------------- OPC UA

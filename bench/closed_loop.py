@@ -212,3 +212,16 @@ class StartStopLoop:
             "max_run_hours_imbalance_h": self.max_imbalance_s / 3600.0,
             "max_starts_per_hour": float(self.max_starts_per_hour),
         }
+
+
+def loop_summary(loop: StartStopLoop | None) -> dict[str, Any]:
+    """:meth:`StartStopLoop.summary`, or what a run without start/stop (every pump always
+    running) reports in its place."""
+    if loop is not None:
+        return loop.summary()
+    return {
+        "run_hours_imbalance_h": 0.0,
+        "max_run_hours_imbalance_h": 0.0,
+        "max_starts_per_hour": 0.0,
+        "run_hours": None,
+    }

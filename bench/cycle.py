@@ -70,6 +70,7 @@ from agent.config import load_config  # noqa: E402
 from agent.ops.logging import setup_logging  # noqa: E402
 from agent.runtime import Agent, freeze_startup_objects  # noqa: E402
 from bench import rss  # noqa: E402
+from bench.profiling import profile_calls  # noqa: E402
 
 DEMO = ROOT / "configs" / "demo.yaml"
 TARGETS = {"cycle_vs_floor": 1.3, "rss_modbus_mb": 90.0, "rss_modbus_opcua_mb": 120.0}
@@ -246,30 +247,7 @@ async def profile_cycles_of(
     one: Callable[[], Awaitable[Any]], cycles: int, top: int = 25
 ) -> list[dict[str, Any]]:
     """cProfile of ``cycles`` agent cycles (poll + cycle()): the functions with the most own time."""
-    import cProfile
-    import pstats
-
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(cycles):
-        await one()
-    prof.disable()
-    rows = []
-    for (file, line, func), (_cc, calls, own, cum, _callers) in pstats.Stats(prof).stats.items():  # type: ignore[attr-defined]
-        where = file.split("/site-packages/")[-1].split("/lib/python3.11/")[-1].replace(str(ROOT) + "/", "")
-        rows.append(
-            {
-                "function": f"{where}:{line}({func})",
-                "calls_per_cycle": calls / cycles,
-                "own_us_per_cycle": 1e6 * own / cycles,
-                "cum_us_per_cycle": 1e6 * cum / cycles,
-            }
-        )
-    rows.sort(key=lambda r: -r["own_us_per_cycle"])
-    return [
-        {"total_own_us_per_cycle": sum(r["own_us_per_cycle"] for r in rows), "cycles": cycles},
-        *rows[:top],
-    ]
+    return await profile_calls(one, cycles, top)
 
 
 def time_steps(agent: Agent, drv: Any) -> Counter[str]:

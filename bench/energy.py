@@ -48,7 +48,13 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if p != str(ROOT)]
 from agent.config import load_config  # noqa: E402
 from agent.modelstore.station import StationManifest  # noqa: E402
 from agent.pipeline.policy import PumpEnergyRule, RecommenderConfig, StationState  # noqa: E402
-from bench.closed_loop import StartStopLoop, guard_step, start_stop_targets, station_guard  # noqa: E402
+from bench.closed_loop import (  # noqa: E402
+    StartStopLoop,
+    guard_step,
+    loop_summary,
+    start_stop_targets,
+    station_guard,
+)
 from export.identify import identify  # noqa: E402
 from simulator.physics import Plant, StationParams  # noqa: E402
 from simulator.recorder import record  # noqa: E402
@@ -152,16 +158,7 @@ def run(
         "unmet_demand_m3": plant.unmet_demand_m3,
         "reason_codes": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
         "wall_s": time.perf_counter() - t0,
-        **(
-            loop.summary()
-            if loop is not None
-            else {
-                "run_hours_imbalance_h": 0.0,
-                "max_run_hours_imbalance_h": 0.0,
-                "max_starts_per_hour": 0.0,
-                "run_hours": None,
-            }
-        ),
+        **loop_summary(loop),
     }
 
 

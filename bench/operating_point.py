@@ -57,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if p and Path(p).resolve() not in (ROOT, ROOT / "bench")]
 
 from bench.loadshift import record, shift_schedule  # noqa: E402
+from bench.replay import STATION_ROLES  # noqa: E402
 from simulator.faults import Fault, FaultKind, ScenarioEvent  # noqa: E402
 from simulator.physics import StationParams  # noqa: E402
 
@@ -79,22 +80,7 @@ HOLD_CYCLES = 3600  # bad_input: hold for an hour: a dropout reads as a frozen v
 ON_DELAY_S = 30.0
 SEQ_ON_DELAY_S = 70.0  # the window (60 s) and one frame: the frames that hold a setpoint step
 FAULT_KINDS = tuple(k for k in FaultKind if k != FaultKind.NORMAL)
-ROLES = (
-    "speed:rpm:0:3000:{asset}.Speed",
-    "flow:m3/h:0:300:{asset}.Flow",
-    "suction_pressure:bar:-1:3:{asset}.SuctionPressure",
-    "discharge_pressure:bar:0:10:{asset}.DischargePressure",
-    "motor_current:A:0:60:{asset}.MotorCurrent",
-    "motor_power:kW:0:30:{asset}.MotorPower",
-    "winding_temperature:°C:0:150:{asset}.WindingTemp",
-    "bearing_temperature:°C:0:150:{asset}.BearingTemp",
-    "vibration:mm/s:0:25:{asset}.Vibration",
-    "vibration_1x:mm/s:0:25:{asset}.Vib1x",
-    "vibration_2x:mm/s:0:25:{asset}.Vib2x",
-    "vibration_bearing:mm/s:0:25:{asset}.VibBearing",
-    "vibration_hf:mm/s:0:25:{asset}.VibHF",
-    "ambient_temperature:°C:-40:60:Station.AmbientTemp",
-)  # models/build.sh's roles: the same inputs for every method
+ROLES = STATION_ROLES  # models/build.sh's roles: the same inputs for every method
 OPERATING = ("speed", "flow")
 ASSETS = ("Pump1", "Pump2")
 

@@ -73,6 +73,7 @@ __all__ = [
     "PCA_ANOMALY_ALERT",
     "PCA_BUNDLE",
     "ROLE_TAGS",
+    "STATION_ROLES",
     "FaultCase",
     "FrameScores",
     "RecordSpec",
@@ -118,6 +119,25 @@ ROLE_TAGS: dict[str, str] = {
 }
 """Role → plant tag for one pump (``{pump}``: ``Pump1``, ``Pump2``): what the shipped pca-pump
 bundle was fitted with (models/README.md, ``--role``) and what configs/demo.yaml binds."""
+
+STATION_ROLES: tuple[str, ...] = (
+    "speed:rpm:0:3000:{asset}.Speed",
+    "flow:m3/h:0:300:{asset}.Flow",
+    "suction_pressure:bar:-1:3:{asset}.SuctionPressure",
+    "discharge_pressure:bar:0:10:{asset}.DischargePressure",
+    "motor_current:A:0:60:{asset}.MotorCurrent",
+    "motor_power:kW:0:30:{asset}.MotorPower",
+    "winding_temperature:°C:0:150:{asset}.WindingTemp",
+    "bearing_temperature:°C:0:150:{asset}.BearingTemp",
+    "vibration:mm/s:0:25:{asset}.Vibration",
+    "vibration_1x:mm/s:0:25:{asset}.Vib1x",
+    "vibration_2x:mm/s:0:25:{asset}.Vib2x",
+    "vibration_bearing:mm/s:0:25:{asset}.VibBearing",
+    "vibration_hf:mm/s:0:25:{asset}.VibHF",
+    "ambient_temperature:°C:-40:60:Station.AmbientTemp",
+)
+"""The same roles as ``--role`` specs (``role:unit:low:high:column``, ``{asset}``: ``Pump1``):
+models/build.sh's list, which the export tests and benches train and judge with."""
 
 BINDING_NAME = "pca-pump"
 """The PCA binding's name in the config. ``check_binding`` requires it to be the manifest's

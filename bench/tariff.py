@@ -74,7 +74,13 @@ from agent.pipeline.forecast import forecast_window  # noqa: E402
 from agent.pipeline.policy import PumpEnergyRule, PumpStationModel, RecommenderPump, StationState  # noqa: E402
 from agent.pipeline.schedule import PowerTable, TankBand, plan  # noqa: E402
 from agent.pipeline.tariff import TariffConfig  # noqa: E402
-from bench.closed_loop import StartStopLoop, guard_step, start_stop_targets, station_guard  # noqa: E402
+from bench.closed_loop import (  # noqa: E402
+    StartStopLoop,
+    guard_step,
+    loop_summary,
+    start_stop_targets,
+    station_guard,
+)
 from simulator import Plant, StationParams  # noqa: E402
 from simulator.demand import DemandModel, DemandParams, hourly_series, write_recording  # noqa: E402
 
@@ -189,16 +195,7 @@ def _simulate(
     run.unmet_m3, run.overflow_m3 = plant.unmet_demand_m3, plant.overflow_m3
     run.wall_s = time.perf_counter() - t0
     run.notes["level_end_m"] = plant.level
-    run.notes |= (
-        loop.summary()
-        if loop is not None
-        else {
-            "run_hours_imbalance_h": 0.0,
-            "max_run_hours_imbalance_h": 0.0,
-            "max_starts_per_hour": 0.0,
-            "run_hours": None,
-        }
-    )
+    run.notes |= loop_summary(loop)
     return run
 
 

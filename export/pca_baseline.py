@@ -86,6 +86,7 @@ __all__ = [
     "parallel_analysis",
     "read_csv",
     "resolution",
+    "split_segments",
     "to_onnx",
     "write_bundle",
     "write_refusal",
@@ -613,6 +614,25 @@ def input_roles(
     )
 
 
+def split_segments(
+    paths: Sequence[str | Path],
+    role_columns: Mapping[str, Mapping[str, str]],
+    roles: Sequence[RoleSpec],
+    period_s: float,
+    fraction: float,
+) -> tuple[list[FloatArray], list[FloatArray]]:
+    """Every asset's segments of every recording, each cut in time: the first part (to fit) and
+    the last ``fraction`` (held out), empty pieces dropped."""
+    head_segs: list[FloatArray] = []
+    tail_segs: list[FloatArray] = []
+    for path in paths:
+        for segs in _asset_segments(path, role_columns, roles, period_s).values():
+            head, tail = _split(segs, fraction)
+            head_segs += [s for s in head if len(s)]
+            tail_segs += [s for s in tail if len(s)]
+    return head_segs, tail_segs
+
+
 def fit(
     csv_paths: Sequence[str | Path],
     role_columns: Mapping[str, Mapping[str, str]],
@@ -639,13 +659,8 @@ def fit(
     """
     if not 0 < calibration_fraction < 1:
         raise ValueError("calibration_fraction must be in (0, 1)")
-    fit_segs: list[FloatArray] = []
-    cal_segs: list[FloatArray] = []
-    for path in csv_paths:
-        for segs in _asset_segments(path, role_columns, roles, window.sample_period_s).values():
-            head, tail = _split(segs, calibration_fraction)
-            fit_segs += [s for s in head if len(s)]
-            cal_segs += [s for s in tail if len(s)]
+    period = window.sample_period_s
+    fit_segs, cal_segs = split_segments(csv_paths, role_columns, roles, period, calibration_fraction)
     if not fit_segs:
         raise ValueError("no data in the recordings")
     inputs = input_roles(np.concatenate(fit_segs), roles, operating)

@@ -440,7 +440,7 @@ def fit_bundle(
     from agent.modelstore.signing import sign_bundle
     from agent.replay import alarm_inputs
     from export.evaluate import CalibrationData, calibrate, derived_setup, load_recording, provisional_bundle
-    from export.pca_baseline import RoleSpec, _asset_segments, _split, input_roles
+    from export.pca_baseline import RoleSpec, input_roles, split_segments
 
     cfg = cfg or SequenceConfig()
     specs = [r if isinstance(r, RoleSpec) else RoleSpec.parse(str(r)) for r in roles]
@@ -451,13 +451,8 @@ def fit_bundle(
         raise ValueError(
             "calibration recordings are required: thresholds come from false alerts per day on them"
         )
-    fit_segs: list[FloatArray] = []
-    val_segs: list[FloatArray] = []
-    for p in train_paths:
-        for segs in _asset_segments(p, role_columns, specs, window.sample_period_s).values():
-            head, tail = _split(segs, heldout_fraction)
-            fit_segs += [s for s in head if len(s)]
-            val_segs += [s for s in tail if len(s)]
+    period = window.sample_period_s
+    fit_segs, val_segs = split_segments(train_paths, role_columns, specs, period, heldout_fraction)
     if not fit_segs:
         raise ValueError("no data in the training recordings")
     inputs = input_roles(np.concatenate(fit_segs), specs, operating)

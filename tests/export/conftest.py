@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.replay import STATION_ROLES
 from export.pca_baseline import RoleSpec
 from export.pipeline import (
     DataConfig,
@@ -24,22 +25,7 @@ DEV_PUB = ROOT / "export" / "keys" / "dev-ed25519.pub"
 
 torch.set_num_threads(1)
 
-ROLES = [
-    "speed:rpm:0:3000:{asset}.Speed",
-    "flow:m3/h:0:300:{asset}.Flow",
-    "suction_pressure:bar:-1:3:{asset}.SuctionPressure",
-    "discharge_pressure:bar:0:10:{asset}.DischargePressure",
-    "motor_current:A:0:60:{asset}.MotorCurrent",
-    "motor_power:kW:0:30:{asset}.MotorPower",
-    "winding_temperature:°C:0:150:{asset}.WindingTemp",
-    "bearing_temperature:°C:0:150:{asset}.BearingTemp",
-    "vibration:mm/s:0:25:{asset}.Vibration",
-    "vibration_1x:mm/s:0:25:{asset}.Vib1x",
-    "vibration_2x:mm/s:0:25:{asset}.Vib2x",
-    "vibration_bearing:mm/s:0:25:{asset}.VibBearing",
-    "vibration_hf:mm/s:0:25:{asset}.VibHF",
-    "ambient_temperature:°C:-40:60:Station.AmbientTemp",
-]
+ROLES = list(STATION_ROLES)
 LONG_TARGETS = {"label": "Simulation.Pump{n}.FaultCode", "rul": "Simulation.Pump{n}.TrueRUL",
                 "oracle": "Simulation.OracleSpeed"}
 

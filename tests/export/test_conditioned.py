@@ -16,6 +16,7 @@ import pytest
 from agent.modelstore.bundle import load_bundle
 from agent.modelstore.manifest import FeatureSpec, WindowSpec
 from bench.loadshift import Shift, record
+from bench.replay import STATION_ROLES
 from export.conditioned import ConditionedModel, feature_indices
 from export.pca_baseline import (
     FitResult,
@@ -29,21 +30,10 @@ from export.pca_baseline import (
 )
 from simulator.faults import Fault, FaultKind, ScenarioEvent
 
-ROLES = [
+ROLES = [  # the station's roles less the three vibration bands
     RoleSpec.parse(r)
-    for r in (
-        "speed:rpm:0:3000:{asset}.Speed",
-        "flow:m3/h:0:300:{asset}.Flow",
-        "suction_pressure:bar:-1:3:{asset}.SuctionPressure",
-        "discharge_pressure:bar:0:10:{asset}.DischargePressure",
-        "motor_current:A:0:60:{asset}.MotorCurrent",
-        "motor_power:kW:0:30:{asset}.MotorPower",
-        "winding_temperature:°C:0:150:{asset}.WindingTemp",
-        "bearing_temperature:°C:0:150:{asset}.BearingTemp",
-        "vibration:mm/s:0:25:{asset}.Vibration",
-        "vibration_hf:mm/s:0:25:{asset}.VibHF",
-        "ambient_temperature:°C:-40:60:Station.AmbientTemp",
-    )
+    for r in STATION_ROLES
+    if not r.startswith(("vibration_1x:", "vibration_2x:", "vibration_bearing:"))
 ]
 ASSETS = {a: {r.role: r.column.format(asset=a) for r in ROLES} for a in ("Pump1", "Pump2")}
 WINDOW = WindowSpec(sample_period_s=1.0, length=60, stride=10)
