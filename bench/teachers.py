@@ -26,13 +26,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script (make bench): the repository's export, not bench/export.py
 
-from agent.modelstore.bundle import load_bundle
-from agent.modelstore.manifest import load_manifest
-from agent.pipeline.features import sliding_windows, window_to_input
-from export.data import load_columns
-from export.tables import expand_paths
+import numpy as np  # noqa: E402
+
+from agent.modelstore.bundle import load_bundle  # noqa: E402
+from agent.modelstore.manifest import load_manifest  # noqa: E402
+from agent.pipeline.features import sliding_windows, window_to_input  # noqa: E402
+from export.data import load_columns  # noqa: E402
+from export.tables import expand_paths  # noqa: E402
 
 __all__ = ["judge", "main"]
 
@@ -100,7 +103,14 @@ def judge(bundle_dir: Path, files: Sequence[Path], *, label: str, rul: str, cap:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.teachers", description=__doc__.split("\n\n")[0])
-    ap.add_argument("bundles", nargs="+", type=Path)
+    ap.add_argument(
+        "bundles",
+        nargs="*",
+        type=Path,
+        default=[ROOT / "models" / "fault-mlp", ROOT / "models" / "rul-bearing"],
+        help="bundles to judge (default: the shipped fault-mlp and rul-bearing)",
+    )
+    ap.add_argument("--quick", action="store_true", help="two 6-hour holdout days (make bench --quick)")
     ap.add_argument("--data", nargs="+", default=[], help="recordings (paths or globs)")
     ap.add_argument(
         "--seeds",
@@ -116,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--cap", type=float, default=2.0, help="the RUL horizon (h): the bundle's cap")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
+    if not a.data and not a.seeds:  # make bench: the holdout seeds the chain never read
+        a.seeds, a.hours = ("201-202", 6.0) if a.quick else ("201-206", a.hours)
+        a.dir = ROOT / "build" / "recordings" / ("holdout-quick" if a.quick else "holdout")
+        a.out = a.out or ROOT / "bench" / "results" / ("teachers-quick.json" if a.quick else "teachers.json")
     files = [Path(p) for p in expand_paths(a.data)]
     if a.seeds:
         from export.pipeline import Recordings, RecordingSet, record_all
