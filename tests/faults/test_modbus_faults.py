@@ -254,8 +254,12 @@ async def test_replies_from_the_wrong_unit() -> None:
     assert "reply from the wrong unit: asked 1, got 9" in reasons
     assert "reply from the wrong unit: asked 1, got 2" in reasons
     assert back - t_back <= RESUME_S
-    # reported when the reply comes, not at the timeout: the poll grid held
-    assert all(not r.startswith("timeout") for r in reasons)
+    # reported when the reply comes, not at the timeout: the poll grid held (a wrong unit seen
+    # only at the timeout would time out every poll of the fault; a loaded machine may let one
+    # poll overrun its deadline)
+    wrong = [r for r in reasons if r.startswith("reply from the wrong unit")]
+    timeouts = [r for r in reasons if r.startswith("timeout")]
+    assert len(wrong) >= 2 and len(timeouts) <= 1, reasons
 
 
 async def test_short_replies(agent_log: AgentLog) -> None:
@@ -275,8 +279,12 @@ async def test_short_replies(agent_log: AgentLog) -> None:
             learning = p.cycles[0][1]
             asked, polled = len(srv.faults.requests), len(p.cycles)
             await asyncio.sleep(0.5)
-            # per poll cycle actually run (a busy machine runs fewer or more than 10 in 0.5 s)
-            per_cycle = (len(srv.faults.requests) - asked) / max(1, len(p.cycles) - polled)
+            # per poll cycle actually run (a busy machine runs fewer or more than 10 in 0.5 s):
+            # the reads of a..c, and of the merged span (a..far) that the short reply taught
+            after = list(srv.faults.requests[asked:])
+            cycles = max(1, len(p.cycles) - polled)
+            per_cycle = sum(1 for r in after if r[2:] == (97, 3)) / cycles
+            merged = [r for r in after if r[2] == 97 and r[3] > 3]
             # the table grows (a firmware update, a module added): found within the backoff cap
             await srv.set_registers(1, 100, [4, 0, 0, 0, 5])
             del srv.faults.table_end[1]
@@ -294,7 +302,10 @@ async def test_short_replies(agent_log: AgentLog) -> None:
     # the learning cycle: the neighbours GOOD at once, only the tags past the end BAD
     assert good(learning, "a", "b", "c") and bad(learning, "past", "far")
     assert all(learning[t].quality.reason.startswith("short reply: ") for t in ("past", "far"))
-    assert per_cycle <= 1.5, per_cycle  # remembered: one read of a..c a cycle, not the merged one
+    # remembered: one read of a..c a cycle (one more may straddle the count), the merged one never
+    # again; the tags past the end are only probed, with backoff
+    assert per_cycle <= 1.2 and not merged, (per_cycle, merged)
+    assert sum(1 for r in after if r[2] >= 100) <= 8, after
     assert grown - t_grown <= RESUME_S and fixed - t_fixed <= RESUME_S + 0.3
     broken = [c[t] for c in p.since(t_broken, t_fixed) for t in ("a", "b", "c", "past", "far") if t in c]
     # each merged read loses its last tag, until each tag is read alone (this server answers
