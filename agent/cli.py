@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -60,16 +60,11 @@ from agent.errors import (
 from agent.ops.logging import setup_logging
 from agent.ops.ownership import FILE_NAME as OWNERSHIP_FILE
 from agent.ops.ownership import owned_in_auto
-from agent.record import (
-    FileInfo,
-    RecordConfig,
-    Recorder,
-    RecordTag,
-    default_period,
-    format_utc,
-    tags_to_record,
-)
+from agent.recordconfig import RecordConfig
 from agent.types import Sample, Value
+
+if TYPE_CHECKING:  # the recorder loads for `edge-agent record`, not for `run`
+    from agent.record import FileInfo, RecordTag
 
 __all__ = ["main", "os_user", "parse_value"]
 
@@ -383,6 +378,8 @@ def _size(n: int) -> str:
 
 
 def _hms(t_ms: int | None) -> str:
+    from agent.record import format_utc
+
     return "-" if t_ms is None else format_utc(t_ms)[11:19] + "Z"
 
 
@@ -392,6 +389,7 @@ def _record_setup(cfg: Config, args: argparse.Namespace) -> tuple[list[RecordTag
     from pydantic import ValidationError
 
     from agent.modelstore.manifest import MANIFEST_FILE, load_manifest
+    from agent.record import default_period, tags_to_record
 
     section = cfg.record or RecordConfig()
     chosen = bool(args.tag or args.model)
@@ -423,6 +421,7 @@ def _record_setup(cfg: Config, args: argparse.Namespace) -> tuple[list[RecordTag
 
 def _cmd_record(cfg: Config, args: argparse.Namespace) -> int:
     """Record tags at a period into ``--out`` until Ctrl-C, SIGTERM or ``--duration``."""
+    from agent.record import Recorder
     from agent.running import RunningSource
 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit is a write error, not death

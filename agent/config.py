@@ -19,7 +19,6 @@ appears in ``repr()``, logs or error messages.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import stat
@@ -54,7 +53,7 @@ from agent.pipeline.detectors import DetectorConfig
 from agent.pipeline.guard import GuardConfig
 from agent.pipeline.policy import RecommenderConfig
 from agent.pipeline.tariff import TariffConfig
-from agent.record import RecordConfig
+from agent.recordconfig import RecordConfig
 
 __all__ = [
     "AgentSection",
@@ -971,6 +970,8 @@ def _source_problems(config: Config) -> list[tuple[Loc, str]]:
 
     def hint(source: str, assets: Sequence[str]) -> str:
         pool = sorted({n for a in assets for n in names[a]})
+        import difflib  # only to word an error
+
         close = difflib.get_close_matches(source, pool, n=1)
         return f"; did you mean {close[0]!r}?" if close else ""
 
@@ -1007,6 +1008,8 @@ def _record_problems(config: Config, tags: _TagMap) -> list[tuple[Loc, str]]:
     problems: list[tuple[Loc, str]] = []
     for i, name in enumerate(rec.tags):
         if name not in tags:
+            import difflib  # only to word an error
+
             close = difflib.get_close_matches(name, list(tags), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             problems.append((("record", "tags", i), f"unknown tag {name!r}{hint}"))

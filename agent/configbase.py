@@ -84,7 +84,9 @@ def check_purpose(access: str, purpose: str | None) -> None:
 class FrozenModel(BaseModel):
     """Frozen, and unknown keys are errors (a typo must never be silently ignored)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # defer_build: a model's validator is built when first used, so the sections nested in the
+    # config are built once inside its validator and not again each on its own (memory).
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 class Secret(FrozenModel):

@@ -52,13 +52,11 @@ import structlog
 
 from agent.config import AgentSection, Config, load_config
 from agent.drivers import make_driver
-from agent.energyplan import PlanStatus, TariffPlanner, load_forecast_bundle
 from agent.errors import AgentError, AuditError, ConfigError, ModelError
 from agent.hmi import HmiWriter, block_values, recommender_code, with_sources
 from agent.inference import LoadContext, ModelRunner, Models
 from agent.modelstore.station import StationManifest
 from agent.modelstore.store import Store
-from agent.modelstore.watch import StoreWatcher
 from agent.ops import sdnotify
 from agent.ops.audit import AuditLog
 from agent.ops.host import boot_id
@@ -79,15 +77,18 @@ from agent.pipeline.guard import Guard, GuardDecision
 from agent.pipeline.policy import PumpEnergyRule, StationState
 from agent.pipeline.sources import asset_values, run_detectors
 from agent.pumprun import PumpRunTracker
-from agent.record import Recorder, default_period, tags_to_record
 from agent.running import RunningSource, SampleSink
 from agent.tagtable import TagTable
 from agent.types import Alarm, Quality, Recommendation, Sample, Score, Value, utcnow
 from agent.writeback import StartStopUnit, WriteBack, WriteInputs, grid_for
 
 if TYPE_CHECKING:  # onnxruntime (~28 MB) only when a model is configured, prometheus-client
-    # (~10 MB) only when the metrics endpoint is
+    # (~10 MB) only when the metrics endpoint is; the recorder, the tariff planner and the model
+    # store's watcher only when configured (each a module or three of code a gateway keeps)
+    from agent.energyplan import PlanStatus, TariffPlanner
+    from agent.modelstore.watch import StoreWatcher
     from agent.ops.metrics import MetricsServer
+    from agent.record import Recorder
 
 __all__ = ["STATUS_BITS", "Agent", "AgentView", "freeze_startup_objects"]
 
@@ -274,6 +275,8 @@ class Agent:
         rc = self.config.record
         if rc is None or not rc.enabled:
             return None
+        from agent.record import Recorder, default_period, tags_to_record
+
         tags = tags_to_record(self.config, rc.tags, rc.model)
         period = rc.period_s
         if period is None:
@@ -306,6 +309,7 @@ class Agent:
 
     def _store_watcher(self) -> StoreWatcher:
         from agent.modelstore.configcheck import binding_checker
+        from agent.modelstore.watch import StoreWatcher
 
         trust = self.config.models_trust
         return StoreWatcher(
@@ -321,6 +325,8 @@ class Agent:
         rc = self.config.recommender
         if rc is None or rc.tariff is None or self.rule is None:
             return None
+        from agent.energyplan import TariffPlanner, load_forecast_bundle
+
         trust = self.config.models_trust
         bundle = load_forecast_bundle(
             rc, self._resolve, [self._resolve(k) for k in trust.public_keys], trust.allow_unsigned

@@ -229,6 +229,10 @@ def _session(model: bytes, threads: int, where: str, ident: str) -> Any:
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # No arena and no memory-pattern pre-allocation: these models need a few kB per call, and
+    # an arena per session keeps its high-water mark for good (bench/cycle.py: RSS).
+    opts.enable_cpu_mem_arena = False
+    opts.enable_mem_pattern = False
     opts.log_severity_level = 3  # errors only: warnings about unused initialisers are noise
     if threads > 1:
         # Spinning worker threads burn the cores the pollers and the event loop need.
@@ -246,6 +250,7 @@ def load_bundle(
     variant: str | None = None,
     trusted_keys: Sequence[str | os.PathLike[str]] | None = None,
     allow_unsigned: bool = False,
+    keep_checks: bool = False,
 ) -> Bundle:
     """Load and verify a bundle directory; return it with a ready CPU session.
 
@@ -259,6 +264,11 @@ def load_bundle(
     its ``models_trust``), builds the session for ``variant`` (default: the first listed) from
     the very bytes that were hashed, with ``threads`` intra-op threads and one inter-op
     thread, and checks the session against the manifest. Raises ModelError on any problem.
+
+    The manifest's check vectors (hundreds of windows with their expected outputs: about a
+    megabyte of Python objects per bundle) are validated with the rest and then dropped from
+    the returned manifest unless ``keep_checks``: they serve the install self-test
+    (:mod:`agent.modelstore.selftest` asks for them), not a running agent.
     """
     if threads < 1:
         raise ModelError(f"threads must be >= 1 (got {threads})")
@@ -269,6 +279,8 @@ def load_bundle(
         # The signature first: bytes nobody trusted vouches for are not even parsed.
         key = _signed_by(bundle_dir, manifest_bytes, signature_bytes, trusted_keys, allow_unsigned)
         manifest = parse_manifest(manifest_bytes, bundle_dir / MANIFEST_FILE)
+        if manifest.checks and not keep_checks:
+            manifest = manifest.model_copy(update={"checks": ()})
         chosen = manifest.variant(variant)
         hashes: dict[str, str] = {}
         model_bytes = b""

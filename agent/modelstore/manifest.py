@@ -109,7 +109,7 @@ _SHA256 = r"^[0-9a-f]{64}$"
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 class Normalisation(_Frozen):
@@ -137,8 +137,9 @@ class Normalisation(_Frozen):
                 raise ValueError(f"normalisation {k} must be finite")
         if self.kind == "standard" and not (self.std is not None and self.std > 0):
             raise ValueError("normalisation std must be > 0")
-        if self.kind == "minmax" and not (self.min is not None and self.max is not None
-                                          and self.min < self.max):
+        if self.kind == "minmax" and not (
+            self.min is not None and self.max is not None and self.min < self.max
+        ):
             raise ValueError("normalisation needs min < max")
         return self
 

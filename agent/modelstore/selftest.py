@@ -203,7 +203,9 @@ def selftest(
 
     from agent.modelstore.bundle import load_bundle
 
-    first = load_bundle(bundle_dir, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned)
+    first = load_bundle(
+        bundle_dir, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned, keep_checks=True
+    )
     manifest = first.manifest
     crash = os.environ.get(CRASH_HOOK_ENV)
     if crash:

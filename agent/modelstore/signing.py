@@ -26,6 +26,10 @@ checks the very manifest bytes it parses. Both files are read as every bundle fi
 (:mod:`agent.modelstore.files`: regular files inside the bundle, no links, size-limited).
 Everything here is pure file reading and CPU work: call it from the model store, not the
 event loop.
+
+Verification (the agent's side) is :mod:`agent.modelstore.ed25519`, pure Python; signing and
+key generation (the build machine's side, ``edge-export``) use ``cryptography``, imported
+only when they run, so the agent never loads it for bundles (about 6 MB of resident memory).
 """
 
 from __future__ import annotations
@@ -36,14 +40,15 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from agent.errors import ModelError
+from agent.modelstore import ed25519
 from agent.modelstore.files import MAX_METADATA_BYTES, BundleDir
 from agent.modelstore.manifest import MANIFEST_FILE
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 __all__ = [
     "ALGORITHM",
@@ -61,39 +66,36 @@ SIGNATURE_FILE = "signature.json"
 ALGORITHM = "ed25519"
 
 
-def _raw_public(key: Ed25519PublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+def key_id(public_key: bytes) -> str:
+    """The short fingerprint of a raw 32-byte public key (16 hex digits of its sha256)."""
+    return hashlib.sha256(public_key).hexdigest()[:16]
 
 
-def key_id(key: Ed25519PublicKey) -> str:
-    """The short fingerprint of a public key (16 hex digits of sha256 of its raw bytes)."""
-    return hashlib.sha256(_raw_public(key)).hexdigest()[:16]
-
-
-def load_public_key(path: str | Path) -> Ed25519PublicKey:
-    """Read a PEM public key (or the public half of a PEM private key); ModelError if it is not
-    an ed25519 key or cannot be read."""
+def load_public_key(path: str | Path) -> bytes:
+    """Read a PEM public key (or the public half of a PEM private key) as its raw 32 bytes;
+    ModelError if it is not an ed25519 key or cannot be read."""
     p = Path(path)
     try:
         data = p.read_bytes()
     except OSError as exc:
         raise ModelError(f"cannot read public key {p}: {exc.strerror}") from None
     try:
-        if b"PRIVATE KEY" in data:
-            priv = serialization.load_pem_private_key(data, password=None)
-            if not isinstance(priv, Ed25519PrivateKey):
-                raise ModelError(f"{p}: not an ed25519 key ({type(priv).__name__})")
-            return priv.public_key()
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as exc:
+        return ed25519.public_key_from_pem(data)
+    except ValueError as exc:
         raise ModelError(f"{p}: not a PEM ed25519 key: {exc}") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise ModelError(f"{p}: not an ed25519 public key ({type(key).__name__})")
-    return key
+
+
+def _raw_public(key: Ed25519PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:
     """Read an unencrypted PEM (PKCS#8) ed25519 private key; ModelError otherwise."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     p = Path(path)
     try:
         data = p.read_bytes()
@@ -113,6 +115,9 @@ def generate_key_pair(private_path: str | Path, public_path: str | Path) -> str:
 
     Refuses to overwrite an existing file (a lost signing key cannot be recovered).
     """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     priv_p, pub_p = Path(private_path), Path(public_path)
     for p in (priv_p, pub_p):
         if p.exists():
@@ -129,7 +134,7 @@ def generate_key_pair(private_path: str | Path, public_path: str | Path) -> str:
     priv_p.touch(mode=0o600)
     priv_p.write_bytes(priv_pem)
     pub_p.write_bytes(pub_pem)
-    return key_id(key.public_key())
+    return key_id(_raw_public(key))
 
 
 def sign_bundle(
@@ -150,7 +155,7 @@ def sign_bundle(
     except ModelError as exc:
         raise ModelError(f"cannot sign {d}: {exc}") from None
     key = load_private_key(private_key_path)
-    kid = key_id(key.public_key())
+    kid = key_id(_raw_public(key))
     record = {
         "algorithm": ALGORITHM,
         "key_id": kid,
@@ -217,7 +222,7 @@ def verify_manifest_signature(
         raw = base64.b64decode(str(record.get("signature", "")), validate=True)
     except (binascii.Error, ValueError):
         raise ModelError(f"bundle {d}: {SIGNATURE_FILE} holds no valid base64 signature") from None
-    trusted: dict[str, Ed25519PublicKey] = {}
+    trusted: dict[str, bytes] = {}
     for p in trusted_public_keys:
         k = load_public_key(p)
         trusted[key_id(k)] = k
@@ -228,11 +233,9 @@ def verify_manifest_signature(
         raise ModelError(
             f"bundle {d} is signed by key {kid}, which is not trusted (trusted: {', '.join(sorted(trusted))})"
         )
-    try:
-        key.verify(raw, manifest)
-    except InvalidSignature:
+    if not ed25519.verify(key, raw, manifest):
         raise ModelError(
             f"bundle {d}: signature by key {kid} does not match {signed_file}: the bundle was "
             "modified after signing (tampered) or the signature is corrupt"
-        ) from None
+        )
     return str(kid)

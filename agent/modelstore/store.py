@@ -55,12 +55,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from agent.errors import ModelError
-from agent.modelstore.archive import is_archive, unpack_bundle
 from agent.modelstore.files import MAX_FILE_BYTES, MAX_METADATA_BYTES, MAX_MODEL_BYTES, BundleDir
 from agent.modelstore.fingerprint import fingerprint_of
 from agent.modelstore.manifest import MANIFEST_FILE, Manifest, parse_manifest
-from agent.modelstore.selftest import SelfTestReport, run_selftest
 from agent.modelstore.signing import SIGNATURE_FILE, verify_manifest_signature
+
+if TYPE_CHECKING:  # the install path's modules load when an install runs, not with every agent
+    from agent.modelstore.selftest import SelfTestReport
 
 if TYPE_CHECKING:
     from agent.modelstore.bundle import Bundle
@@ -400,6 +401,8 @@ class Store:
         still current."""
         source = Path(source)
         self._installing = _name_hint(source)
+        from agent.modelstore.archive import is_archive, unpack_bundle
+
         with self._locked():
             (self.root / _TMP).mkdir(exist_ok=True)
             self._clean_leftovers()
@@ -467,6 +470,8 @@ class Store:
             if pending:
                 rec = VersionRecord(version, "pending", _fingerprint(dest), _utc(), signature=signature)
             else:
+                from agent.modelstore.selftest import run_selftest
+
                 try:
                     report = run_selftest(
                         dest, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned,
@@ -557,6 +562,8 @@ class Store:
         pending = [v for v, r in st.versions.items() if r.state == "pending"]
         if not pending:
             return None
+        from agent.modelstore.selftest import run_selftest
+
         with self._locked():
             st = self.state(name)
             for version in pending:
@@ -678,6 +685,8 @@ class Store:
     def incoming(self) -> list[Path]:
         """Bundles dropped into ``incoming/`` (complete ones: a ``.tar.gz``, or a directory
         renamed in without a leading dot), oldest first."""
+        from agent.modelstore.archive import is_archive
+
         d = self.root / INCOMING
         if not d.is_dir():
             return []
@@ -689,6 +698,8 @@ class Store:
         (what a member of the service group does: it cannot write the store itself), with an
         N-period trial when ``trial`` is given (carried in the entry's name). Copied under a
         hidden name, then renamed: the service never sees half a bundle."""
+        from agent.modelstore.archive import is_archive
+
         d = self.root / INCOMING
         stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.getpid()}" + (f"-trial{int(trial)}" if trial else "")
         final = d / (f"{stamp}.tar.gz" if is_archive(source) else stamp)
@@ -739,6 +750,8 @@ def verify_source(
 ) -> tuple[SelfTestReport, Manifest]:
     """Everything an install checks, without installing: :func:`check_source`, then the
     self-test (hashes, sessions, checks, benchmark) in a subprocess on ``src`` itself."""
+    from agent.modelstore.selftest import run_selftest
+
     manifest, _ = check_source(src, trusted_keys, allow_unsigned, check)
     return run_selftest(src, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned), manifest
 

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any, Self
 import structlog
 
 from agent.errors import AgentError
-from agent.ops import certs
 from agent.ops.serving import Connections
 from agent.stats import POLL_BUCKETS_S, LatencyStats
 from agent.types import AlarmState, QualityCode, Sample, utcnow
@@ -179,6 +178,8 @@ class Certificates:
 
     @staticmethod
     def _read(device: str, path: Path, warn_days: int) -> CertState:
+        from agent.ops import certs  # OPC UA only: a Modbus-only agent never loads it
+
         try:
             not_after: datetime | None = certs.show_certificate(path).not_after
         except (OSError, ValueError):
