@@ -93,8 +93,10 @@ class Sink:
         v = bool(value)
         if v and not h.plc.running and not (h.plc.remote and h.plc.perm):
             raise Violation(f"t={h.t}: start requested while remote start or permissive is off")
-        pending = h.last_write is not None and h.plc.running != h.last_write[1]
-        if pending and h.t - h.last_write[0] <= h.target.confirm_timeout_s:
+        # pending: the feedback has not matched the last request since it was sent (a pump that
+        # ran as asked and tripped afterwards confirmed it: a new start then is no second request)
+        pending = h.last_write is not None and not h.confirmed
+        if pending and h.last_write is not None and h.t - h.last_write[0] <= h.target.confirm_timeout_s:
             raise Violation(f"t={h.t}: a new request while the last one waits for confirmation")
         if not v and h.plc.running and h.plc.started and h.t - h.plc.started[-1] < h.target.min_run_s:
             raise Violation(
@@ -108,6 +110,7 @@ class Sink:
         h.plc.request = v
         h.plc.changed_at = h.t
         h.last_write = (h.t, v)
+        h.confirmed = h.plc.running == v
         h.plc.writes.append((h.t, v))
         return v
 
@@ -134,6 +137,7 @@ class Harness:
         self.t = 0.0
         self.plc = Plc()
         self.last_write: tuple[float, bool] | None = None
+        self.confirmed = True  # the running feedback has matched the last request since it was sent
         self.guard = Guard(
             GuardConfig(
                 writes_enabled=True, mode="auto", permissive_tag=PERM, allow_list=[REQ], start_stop=[target]
@@ -155,14 +159,19 @@ class Harness:
     async def step(self, s: Step) -> None:
         self.t += s.dt
         self.plc.remote, self.plc.perm, self.plc.fail = s.remote, s.perm, s.fail_start
-        self.plc.advance(self.t)
+        self.advance()
         if s.restart:
             self.unit = self.new_unit()
         recs = {}
         if s.rec is not None:
             recs[REQ] = Recommendation(REQ, float(s.rec), "test", "test", self.t, self.t + 10)
         await self.unit.step(recs, Table(self), self.t)
+        self.advance()
+
+    def advance(self) -> None:
         self.plc.advance(self.t)
+        if self.last_write is not None and self.plc.running == self.last_write[1]:
+            self.confirmed = True
 
     def check_starts(self) -> None:
         starts = self.plc.started
@@ -221,6 +230,21 @@ def test_start_confirm_run_and_stop_after_the_minimum_run_time(tmp_path: Path) -
     assert h.plc.stopped[0] >= h.plc.started[0] + 600.0  # not before its minimum run time
     kinds = [r.action for r in h.audit.query(kinds=["event"])]
     assert kinds.count("start_stop_request") == 2 and kinds.count("start_stop_confirmed") == 2
+
+
+def test_a_pump_that_tripped_after_a_confirmed_start_may_be_started_again(tmp_path: Path) -> None:
+    """Found by the property below: the start at t=7 is confirmed at t=12, the motor trips at
+    t=13 (the PLC drops the request), and at t=14 a new start is a new request, not a second
+    one in flight. Without rests (FAST) the unit asks again at once; the hour's limit holds."""
+    script = [Step(dt=1.0, rec=0)] * 6 + [
+        Step(dt=1.0, rec=1),
+        Step(dt=5.0, rec=1),
+        Step(dt=1.0, rec=0, fail_start=True),
+        Step(dt=1.0, rec=1),
+    ]
+    h = run(script, tmp_path, make_target(**FAST))
+    assert h.plc.started == [12.0] and h.plc.stopped == [13.0]
+    assert h.plc.writes == [(7.0, True), (14.0, True)]
 
 
 def test_a_start_the_feedback_never_confirms_holds_the_pump(tmp_path: Path) -> None:
