@@ -955,8 +955,9 @@ def _bit_write_problems(config: Config, tags: _TagMap) -> list[tuple[Loc, str]]:
 
 
 def _source_problems(config: Config) -> list[tuple[Loc, str]]:
-    """Every alarm source names a value, a detector or a model output of some asset; every
-    asset's anomaly, fault class and RUL source one of its own."""
+    """Every alarm source names a value, a detector or a model output of some asset (a bad-PV
+    alarm's a value or a model binding); every asset's anomaly, fault class and RUL source one
+    of its own."""
     names: dict[str, set[str]] = {}
     models: dict[str, list[str]] = {}
     for a in config.assets:
@@ -978,6 +979,20 @@ def _source_problems(config: Config) -> list[tuple[Loc, str]]:
     problems: list[tuple[Loc, str]] = []
     everyone = list(names)
     for i, d in enumerate(config.alarms.defs):
+        if d.kind == "bad_pv":
+            # an input's quality: one of an asset's values (a tag), or a model's inputs
+            if not any(d.source in a.values or d.source in models[a.name] for a in config.assets):
+                pool = sorted({n for a in config.assets for n in (*a.values, *models[a.name])})
+                close = difflib.get_close_matches(d.source, pool, n=1)
+                problems.append(
+                    (
+                        ("alarms", "defs", i, "source"),
+                        f"{d.source!r} names no input: a bad_pv alarm watches a value of an asset "
+                        "(values: name → tag) or a model bound to one (every tag it reads)"
+                        + (f"; did you mean {close[0]!r}?" if close else ""),
+                    )
+                )
+            continue
         if not any(known(a, d.source) for a in everyone):
             problems.append(
                 (

@@ -13,7 +13,7 @@ read ``BAD <reason>``, stale ones ``stale``, never a number; an UNCERTAIN value 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 from agent.runtime import STATUS_BITS, AgentView
@@ -136,7 +136,17 @@ def _status_names(word: int) -> str:
     return ",".join(names) or "-"
 
 
-_ASSET_W, _TAG_W, _T2_W, _WORD_W, _SEV_W = 8, 11, 9, 6, 3
+_ASSET_W, _TAG_W, _SCORE_W, _WORD_W, _SEV_W = 8, 11, 9, 6, 3
+
+
+def _anomaly_score(view: AgentView, asset: str, source: str | None) -> float | None:
+    """The asset's latest ``<model>.<output>`` (its ``anomaly_source``); None when unknown."""
+    if source is None:
+        return None
+    for model, by_asset in view.scores.items():
+        if source.startswith(model + ".") and (score := by_asset.get(asset)) is not None:
+            return score.outputs.get(source[len(model) + 1 :])
+    return None
 
 
 def render(
@@ -146,11 +156,14 @@ def render(
     tag_columns: Sequence[tuple[str, str]],
     header: Iterable[str] = (),
     clear: bool = True,
+    anomaly_sources: Mapping[str, str | None] | None = None,
 ) -> str:
     """The screen: header lines, per-asset tags/scores/HMI, recommendations, decisions, alarms.
 
-    ``tag_columns`` are (label, tag pattern with ``{n}`` for the asset number). Every column
-    of the asset table has a fixed width whatever its values, one space apart.
+    ``tag_columns`` are (label, tag pattern with ``{n}`` for the asset number). The ``anomaly``
+    column is each asset's ``anomaly_source`` (``anomaly_sources``: asset → ``<model>.<output>``,
+    the score the HMI shows). Every column of the asset table has a fixed width whatever its
+    values, one space apart.
     """
     out: list[str] = [_CLEAR] if clear else []
     out.extend(header)
@@ -165,25 +178,21 @@ def render(
             [
                 fit_text("asset", _ASSET_W, "<"),
                 *(fit_text(label, _TAG_W) for label, _ in tag_columns),
-                fit_text("T2", _T2_W),
+                fit_text("anomaly", _SCORE_W),
                 fit_text("alarms", _WORD_W),
                 fit_text("sev", _SEV_W),
             ]
         )
     )
     for n, asset in enumerate(assets, start=1):
-        # the T² of whichever model gives one (models score in their own time, in any order)
-        t2 = next(
-            (s[asset].outputs["t2"] for s in view.scores.values() if asset in s and "t2" in s[asset].outputs),
-            None,
-        )
+        score = _anomaly_score(view, asset, (anomaly_sources or {}).get(asset))
         block = view.hmi.get(asset)
         out.append(
             " ".join(
                 [
                     fit_text(asset, _ASSET_W, "<"),
                     *(cell(view.tags.get(pattern.format(n=n)), _TAG_W) for _, pattern in tag_columns),
-                    fit_number(t2, _T2_W, 1) if t2 is not None else fit_text("-", _T2_W),
+                    fit_number(score, _SCORE_W, 2) if score is not None else fit_text("-", _SCORE_W),
                     fit_text(f"0x{block.alarm_word:04X}" if block else "-", _WORD_W),
                     fit_number(block.highest_severity, _SEV_W, 0) if block else fit_text("-", _SEV_W),
                 ]

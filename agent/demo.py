@@ -114,6 +114,7 @@ async def run_demo(
         run_cfg = _with_port(cfg, station.modbus_port)
         agent = Agent(run_cfg, config_path=config_path)
         assets = [a.name for a in run_cfg.assets]
+        scores = {a.name: a.anomaly_source for a in run_cfg.assets}  # what the HMI shows
 
         async def view() -> None:
             n = 0
@@ -123,10 +124,26 @@ async def run_demo(
                 n += 1
                 header = [f"edge-agent demo: {config_path}  (Ctrl-C stops)", *_plant_lines(plant), ""]
                 if live:
-                    print(render(agent.view, assets=assets, tag_columns=_COLUMNS, header=header), flush=True)
+                    print(
+                        render(
+                            agent.view,
+                            assets=assets,
+                            tag_columns=_COLUMNS,
+                            header=header,
+                            anomaly_sources=scores,
+                        ),
+                        flush=True,
+                    )
                 elif n % 5 == 0:
                     print(
-                        render(agent.view, assets=assets, tag_columns=_COLUMNS, header=header, clear=False),
+                        render(
+                            agent.view,
+                            assets=assets,
+                            tag_columns=_COLUMNS,
+                            header=header,
+                            clear=False,
+                            anomaly_sources=scores,
+                        ),
                         flush=True,
                     )
 

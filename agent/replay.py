@@ -17,7 +17,8 @@ one agent cycle per row through the same parts, configured the same way, as
    per window, so batching changes the speed only;
 3. per asset and cycle, :func:`agent.pipeline.sources.asset_values` and
    :func:`~agent.pipeline.sources.run_detectors` (the runtime's own functions) give the alarm
-   engine's inputs: fresh model outputs, the asset's ``values`` tags, the detectors;
+   engine's inputs: fresh model outputs, the asset's ``values`` tags, the detectors, and for
+   bad-PV alarms whether a watched tag was GOOD in the row (the recording has no reason text);
 4. the real :class:`~agent.pipeline.alarms.AlarmEngine` with the config's definitions (limits,
    deadbands, on/off delays, latching, ``enabled``) turns them into transitions.
 
@@ -45,11 +46,11 @@ from agent.errors import ModelError
 from agent.modelstore.binding import ModelBinding
 from agent.modelstore.bundle import Bundle
 from agent.modelstore.manifest import Manifest
-from agent.pipeline.alarms import AlarmEngine, AlarmsConfig
+from agent.pipeline.alarms import AlarmEngine, AlarmsConfig, bad_key
 from agent.pipeline.detectors import Detector, make_detector
 from agent.pipeline.features import FeatureWindows, sliding_windows, window_to_input
 from agent.pipeline.scorer import map_outputs
-from agent.pipeline.sources import asset_values, run_detectors
+from agent.pipeline.sources import asset_values, run_detectors, watched_inputs
 from agent.types import Alarm, AlarmState, Frame, Quality, Sample
 
 __all__ = [
@@ -413,7 +414,7 @@ def alarm_inputs(
                     by_row = np.full(n, np.nan)
                     by_row[sc.rows] = v
                     cols_fast[f"{sc.model}.{o}"] = (by_row, at_frames)
-            inputs.sources[asset.name] = cols_fast
+            inputs.sources[asset.name] = cols_fast | _bad_columns(rec, good, setup, asset)
             continue
         detectors: dict[tuple[str, str], Detector] = {
             (asset.name, d.name): make_detector(d.detector) for d in asset.detectors
@@ -444,15 +445,27 @@ def alarm_inputs(
                     col = cols_out[src] = (np.full(n, np.nan), np.zeros(n, dtype=np.bool_))
                 col[0][k] = math.nan if val is None else val
                 col[1][k] = True
-        inputs.sources[asset.name] = cols_out
+        inputs.sources[asset.name] = cols_out | _bad_columns(rec, good, setup, asset)
     return inputs, scores
+
+
+def _bad_columns(
+    rec: Recording, good: BoolArray, setup: ReplaySetup, asset: AssetConfig
+) -> dict[str, tuple[FloatArray, BoolArray]]:
+    """The bad-PV alarms' inputs (:func:`agent.pipeline.sources.watched_inputs`): 1 in the rows
+    where a watched tag was not GOOD, every row (the runtime reads the tags every cycle)."""
+    out: dict[str, tuple[FloatArray, BoolArray]] = {}
+    for source, tags in watched_inputs(setup.alarms, asset, [b for b, _ in setup.models]).items():
+        bad = np.asarray(~good[:, [rec.column(t) for t in tags]].all(axis=1), dtype=np.float64)
+        out[bad_key(source)] = (bad, np.ones(len(rec.t), dtype=np.bool_))
+    return out
 
 
 def run_alarms(alarms: AlarmsConfig, inputs: AlarmInputs) -> list[Alarm]:
     """Step 4: one :class:`AlarmEngine` over the inputs, every asset every cycle (as the runtime
     evaluates them); returns every transition in order."""
     engine = AlarmEngine(alarms, list(inputs.assets))
-    wanted = {d.source for d in alarms.defs}
+    wanted = {d.input_key for d in alarms.defs}
     tables = {
         asset: [(src, v.tolist(), p.tolist()) for src, (v, p) in cols.items() if src in wanted]
         for asset, cols in inputs.sources.items()

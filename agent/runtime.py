@@ -75,7 +75,7 @@ from agent.pipeline.alarms import AlarmEngine, HmiBlock
 from agent.pipeline.detectors import Detector, make_detector
 from agent.pipeline.guard import Guard, GuardDecision
 from agent.pipeline.policy import PumpEnergyRule, StationState
-from agent.pipeline.sources import asset_values, run_detectors
+from agent.pipeline.sources import asset_values, input_quality, run_detectors, watched_inputs
 from agent.pumprun import PumpRunTracker
 from agent.running import RunningSource, SampleSink
 from agent.tagtable import TagTable
@@ -806,7 +806,11 @@ class Agent:
                     changed = True
             values = self._asset_values(a, now)
             self._run_detectors(a, values)
-            for t in self.alarms.evaluate(a.name, values, now, now_utc):
+            reasons: dict[str, str] = {}
+            if watched := watched_inputs(self.config.alarms, a, self.config.models):  # bad-PV alarms
+                bad, reasons = input_quality(watched, lambda tag: self.table.get(tag, now).quality)
+                values.update(bad)
+            for t in self.alarms.evaluate(a.name, values, now, now_utc, reasons):
                 await self._alarm_transition(t)
                 changed = True
         if changed:

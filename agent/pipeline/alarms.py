@@ -10,7 +10,11 @@ An **alarm** (``kind: alarm``) has a defined operator response and must be ackno
 **alert** (``kind: alert``, e.g. an anomaly score) is a notification without one: it can be
 acknowledged but need not be, it never shows as returned-unacknowledged, and it is kept apart
 on the HMI (``alert_word``; not in ``active_count``, ``unacked_word``, ``highest_severity`` or
-the first-out code).
+the first-out code). A **bad-PV alarm** (``kind: bad_pv``) is an instrument diagnostic alarm: it
+is active while its source's input is not GOOD (a transmitter failed, a device lost, a value out
+of its range or stale) and its text names the tag and the quality reason. It is an alarm on the
+HMI like any other (the operator checks the instrument or the link), so a BAD input is
+annunciated as such instead of reaching a model as a frozen or missing value.
 
 States (:class:`agent.types.AlarmState`)::
 
@@ -37,11 +41,14 @@ A limit alarm is active while the value is beyond a limit: above ``high``/``high
 greater), below ``low``/``low_low``; it clears only once the value is back inside by ``deadband``
 (absolute, in the value's units). Each limit has its own severity; the alarm's severity is the
 highest of its active limits. A classifier alarm is active while the output equals ``equals`` or
-is one of ``in_classes``. ``on_delay_s``: the condition must hold that long (on consecutive good
-samples) before the alarm goes active; ``off_delay_s``: it must be gone that long before it
-clears. A ``None`` or non-finite value is BAD input: the alarm holds its state and any pending
-delay is cancelled (it restarts on the next good sample), so garbage never raises or clears
-anything. A source missing from ``values`` is simply not updated.
+is one of ``in_classes``. A bad-PV alarm reads ``values[bad_key(source)]`` (1 while the input is
+not GOOD, 0 while it is; :mod:`agent.pipeline.sources` gives it) and the reason text from the
+``reasons`` the caller passes (source → ``"<tag> BAD (<reason>)"``). ``on_delay_s``: the
+condition must hold that long (on consecutive good samples) before the alarm goes active;
+``off_delay_s``: it must be gone that long before it clears. A ``None`` or non-finite value
+is BAD input: the alarm holds its state and any pending delay is cancelled (it restarts on the
+next good sample), so garbage never raises or clears anything. A source missing from
+``values`` is simply not updated.
 
 Persistence
 -----------
@@ -76,6 +83,7 @@ __all__ = [
     "AlarmsConfig",
     "HmiBlock",
     "Limit",
+    "bad_key",
 ]
 
 STATE_VERSION = 1
@@ -89,6 +97,12 @@ _LIMIT_NAMES: tuple[str, ...] = ("high_high", "high", "low", "low_low")
 _ACTIVE_STATES = (AlarmState.UNACK, AlarmState.ACKED)
 _EPISODE_STATES = (AlarmState.UNACK, AlarmState.ACKED, AlarmState.RTN_UNACK)
 _SUPPRESSED_STATES = (AlarmState.SHELVED, AlarmState.OUT_OF_SERVICE)
+
+
+def bad_key(source: str) -> str:
+    """The key under which a bad-PV alarm reads whether ``source``'s input is not GOOD (1) or
+    GOOD (0). The ``:`` cannot occur in a value, detector or model output name."""
+    return f"bad:{source}"
 
 
 # --------------------------------------------------------------------------- configuration
@@ -105,17 +119,22 @@ class AlarmDef(FrozenModel):
     """One alarm or alert on one source, for every asset of the engine.
 
     Give either limits (any of ``high``, ``high_high``, ``low``, ``low_low``) or a classifier
-    condition (``equals`` or ``in_classes``, with ``severity``).
+    condition (``equals`` or ``in_classes``, with ``severity``). A ``kind: bad_pv`` alarm takes
+    neither: only ``severity``, a ``response`` and its delays; its ``source`` names one of the
+    asset's ``values`` (that tag) or a model binding (any tag the model reads for the asset).
     """
 
     name: Annotated[str, Field(pattern=_NAME_PATTERN, max_length=64)]
     code: Annotated[int, Field(ge=1, le=16)]
     """1..16; the alarm's bit in the HMI words is ``code - 1``."""
-    kind: Literal["alarm", "alert"] = "alarm"
+    kind: Literal["alarm", "alert", "bad_pv"] = "alarm"
+    """``alarm`` (an operator response), ``alert`` (none: a notification), ``bad_pv`` (an
+    instrument diagnostic alarm on the quality of its source's input)."""
     response: str = ""
     """The operator's defined response; required for an alarm."""
     source: Annotated[str, Field(min_length=1, max_length=128)]
-    """A score output (``anomaly.t2``, ``fault_class``) or a tag role."""
+    """A score output (``anomaly.t2``, ``fault_class``) or a tag role; for ``bad_pv`` a value
+    name or a model binding name."""
     high_high: Limit | None = None
     high: Limit | None = None
     low: Limit | None = None
@@ -132,12 +151,23 @@ class AlarmDef(FrozenModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        if self.kind == "alarm" and not self.response.strip():
+        if self.kind != "alert" and not self.response.strip():
             raise ValueError(
                 "an alarm needs a defined operator response (response: ...); "
                 "a notification without one is kind: alert"
             )
         limits = self.limits()
+        if self.kind == "bad_pv":
+            given = [n for n in (*_LIMIT_NAMES, "equals", "in_classes") if getattr(self, n) is not None]
+            if self.deadband:
+                given.append("deadband")
+            if given:
+                raise ValueError(
+                    f"a bad_pv alarm is active while its input is not GOOD: it takes no {', '.join(given)}"
+                )
+            if self.severity is None:
+                raise ValueError("a bad_pv alarm needs severity: 1..4")
+            return self
         classifier = self.equals is not None or self.in_classes is not None
         if self.equals is not None and self.in_classes is not None:
             raise ValueError("give equals or in_classes, not both")
@@ -170,6 +200,11 @@ class AlarmDef(FrozenModel):
         """The limits given, most severe direction first (``high_high``, ``high``, ``low``, ``low_low``)."""
         found = {name: getattr(self, name) for name in _LIMIT_NAMES}
         return {name: lim for name, lim in found.items() if lim is not None}
+
+    @property
+    def input_key(self) -> str:
+        """The key this definition reads from the values fed to the engine."""
+        return bad_key(self.source) if self.kind == "bad_pv" else self.source
 
     def classes(self) -> frozenset[int]:
         """The class codes that raise a classifier alarm (empty for a limit alarm)."""
@@ -247,7 +282,7 @@ class HmiBlock:
 class _Condition:
     """One limit (or the class condition) with its hysteresis and delay timers."""
 
-    name: str  # "high_high" | "high" | "low" | "low_low" | "class"
+    name: str  # "high_high" | "high" | "low" | "low_low" | "class" | "bad"
     threshold: float
     severity: int
     raw: bool = False  # instantaneous (hysteresis applied), before delays
@@ -266,6 +301,7 @@ class _Slot:
     acked: bool = True
     severity: int = 0  # severity of the current (or last) episode
     value: float | None = None  # last good value
+    reason: str = ""  # bad_pv: why the input is not GOOD (the last reason given while it was not)
     shelved_until_mono: float | None = None
     shelved_until_utc: datetime | None = None
     out_of_service: bool = False
@@ -315,7 +351,9 @@ class _Asset:
 
 
 def _new_slot(d: AlarmDef) -> _Slot:
-    if d.severity is not None:
+    if d.kind == "bad_pv" and d.severity is not None:
+        conds = [_Condition("bad", math.nan, d.severity)]
+    elif d.severity is not None:
         conds = [_Condition("class", math.nan, d.severity)]
     else:
         conds = [_Condition(name, lim.value, lim.severity) for name, lim in d.limits().items()]
@@ -326,6 +364,8 @@ def _new_slot(d: AlarmDef) -> _Slot:
 
 def _raw(slot: _Slot, cond: _Condition, x: float) -> bool:
     """The condition right now, with the deadband on the return side."""
+    if cond.name == "bad":
+        return x != 0.0
     if cond.name == "class":
         r = round(x)
         return r == x and r in slot.classes
@@ -366,26 +406,31 @@ class AlarmEngine:
         values: Mapping[str, float | None],
         now_mono: float,
         now_utc: datetime,
+        reasons: Mapping[str, str] | None = None,
     ) -> list[Alarm]:
         """Feed the latest values of one asset (by source name) and return the transitions.
 
         ``None`` or a non-finite value is BAD input: the alarm holds its state and any pending
         on/off delay is cancelled. Sources absent from ``values`` are not updated; an empty
-        mapping only lets shelves expire.
+        mapping only lets shelves expire. Bad-PV alarms read ``values[bad_key(source)]`` and
+        take their text from ``reasons[source]`` (absent: "not GOOD").
         """
         a = self._asset(asset)
         _require_aware(now_utc)
         updated: list[_Slot] = []
         for slot in a.slots.values():
-            if not slot.d.enabled or slot.d.source not in values:
+            key = slot.d.input_key
+            if not slot.d.enabled or key not in values:
                 continue
-            x = values[slot.d.source]
+            x = values[key]
             if x is None or not math.isfinite(x):
                 for cond in slot.conditions:
                     cond.raw = cond.active  # cancel whatever was pending
                 continue
             x = float(x)
             slot.value = x
+            if slot.d.kind == "bad_pv" and x != 0.0:
+                slot.reason = (reasons or {}).get(slot.d.source, "") or f"{slot.d.source}: not GOOD"
             for cond in slot.conditions:
                 raw = _raw(slot, cond, x)
                 if raw != cond.raw:
@@ -747,7 +792,9 @@ def _message(slot: _Slot, before: AlarmState, state: AlarmState) -> str:
     if state is AlarmState.ACKED and before is AlarmState.UNACK:
         return f"{d.name}: acknowledged"
     active = [c for c in slot.conditions if c.active]
-    if not active or slot.value is None:
+    if active and active[0].name == "bad":
+        text = f"{d.name}: {slot.reason or d.source + ': not GOOD'}"
+    elif not active or slot.value is None:
         text = f"{d.name}: latched, condition cleared" if not active else f"{d.name}: active"
     elif active[0].name == "class":
         text = f"{d.name}: {d.source} = class {slot.value:g}"

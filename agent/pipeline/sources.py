@@ -4,7 +4,10 @@
 cycle (``<binding name>.<output>``; between frames a model's outputs are absent, so the
 engine holds rather than re-reading an old score) and the asset's ``values`` tags (a value
 that is not GOOD is ``None``: BAD input). :func:`run_detectors` then feeds each detector its
-source once per new value and adds ``<name>`` and ``<name>.outlier``.
+source once per new value and adds ``<name>`` and ``<name>.outlier``. :func:`input_quality`
+gives the bad-PV alarms (``kind: bad_pv``) their inputs: per watched source (a ``values`` name,
+or a model binding: every tag the model reads for the asset, :func:`watched_inputs`) 1 while a
+tag of it is not GOOD, with the tag and the quality reason as text.
 
 :class:`agent.runtime.Agent` calls both every cycle with the tag table; :mod:`agent.replay`
 calls them with a recorded row, so a replay feeds the engine exactly what the agent would.
@@ -13,12 +16,15 @@ calls them with a recorded row, so a replay feeds the engine exactly what the ag
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from agent.config import AssetConfig
+from agent.modelstore.binding import ModelBinding
+from agent.pipeline.alarms import AlarmsConfig, bad_key
 from agent.pipeline.detectors import Detector
+from agent.types import Quality
 
-__all__ = ["asset_values", "run_detectors"]
+__all__ = ["asset_values", "input_quality", "run_detectors", "watched_inputs"]
 
 
 def asset_values(
@@ -49,3 +55,39 @@ def run_detectors(
         ready = result.ready and math.isfinite(result.score)
         values[d.name] = result.score if ready else None
         values[f"{d.name}.outlier"] = (1.0 if result.outlier else 0.0) if ready else None
+
+
+def watched_inputs(
+    alarms: AlarmsConfig, asset: AssetConfig, models: Sequence[ModelBinding]
+) -> dict[str, tuple[str, ...]]:
+    """The tags each bad-PV alarm of ``asset`` watches, by its source: a ``values`` name gives
+    that tag, a model binding's name every tag the model reads for the asset (in role order,
+    each once). Sources that name neither for this asset are left out (another asset's)."""
+    out: dict[str, tuple[str, ...]] = {}
+    bindings = {m.name: m for m in models}
+    for d in alarms.defs:
+        if d.kind != "bad_pv" or d.source in out:
+            continue
+        if d.source in asset.values:
+            out[d.source] = (asset.values[d.source],)
+        elif (m := bindings.get(d.source)) is not None and asset.name in m.assets:
+            out[d.source] = tuple(dict.fromkeys(m.assets[asset.name].values()))
+    return out
+
+
+def input_quality(
+    watched: Mapping[str, Sequence[str]], tag_quality: Callable[[str], Quality]
+) -> tuple[dict[str, float | None], dict[str, str]]:
+    """For each watched source: ``bad_key(source)`` → 1.0 when a tag of it is not GOOD, else
+    0.0; and the reason text of a bad one (``"Pump1.Flow BAD (timeout)"``, the first bad tag in
+    order, and how many more are)."""
+    values: dict[str, float | None] = {}
+    reasons: dict[str, str] = {}
+    for source, tags in watched.items():
+        bad = [(tag, q) for tag in tags if not (q := tag_quality(tag)).is_good]
+        values[bad_key(source)] = 1.0 if bad else 0.0
+        if bad:
+            tag, q = bad[0]
+            more = f" (and {len(bad) - 1} more of {len(tags)} inputs)" if len(bad) > 1 else ""
+            reasons[source] = f"{tag} {q}{more}"
+    return values, reasons

@@ -41,6 +41,7 @@ def test_scripted_demo_shows_the_bearing_alarm_and_shifts_load(tmp_path: Path) -
     out = proc.stdout
     summary = out[out.index("=== demo summary ===") :]
     assert "pump1:bearing_defect" in summary
+    assert "model_input_bad" not in summary  # every input GOOD: no instrument alarm
     assert "HMI pump1: alarm word 0x0000" not in summary  # the alarm is on the HMI word
     assert "HMI pump2: alarm word 0x0000" in summary  # and only on pump 1
     # the recommendation shifted load: pump 1 to its minimum-flow speed (above the 1,500 rpm at

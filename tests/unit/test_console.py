@@ -179,6 +179,30 @@ def _view(speed: Value, temp: Value, t2: float, word: int = 5, severity: int = 3
     return view
 
 
+_SOURCES = {"pump1": "pca.t2", "pump2": "pca.t2"}
+
+
+def test_the_anomaly_column_is_each_assets_anomaly_source() -> None:
+    """The score the HMI shows (the asset's ``anomaly_source``), whichever model gives it."""
+    view = _view(2950.0, 30.1, 85_928.0)
+    view.scores["seq-pump"] = {
+        "pump1": Score("seq-pump", "1", "pump1", _T0, {"score": 3.21, "anomaly": 1.0}, 0.01)
+    }
+    screen = render(
+        view,
+        assets=["pump1", "pump2"],
+        tag_columns=_COLUMNS,
+        clear=False,
+        anomaly_sources={"pump1": "seq-pump.score", "pump2": "seq-pump.score"},
+    )
+    header, pump1, pump2 = _table(screen)
+    assert header.split()[-3] == "anomaly"
+    assert pump1.split()[-3] == "3.21"  # not pca's T²
+    assert pump2.split()[-3] == "-"  # no score for pump 2 yet
+    plain = render(view, assets=["pump1"], tag_columns=_COLUMNS, clear=False)
+    assert _table(plain)[1].split()[-3] == "-"  # no anomaly source: nothing shown
+
+
 def _table(screen: str) -> list[str]:
     lines = screen.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("asset"))
@@ -187,7 +211,11 @@ def _table(screen: str) -> list[str]:
 
 def test_t2_no_longer_runs_into_the_temperature() -> None:
     screen = render(
-        _view(2950.0, 30.1, 4_052_695.5), assets=["pump1", "pump2"], tag_columns=_COLUMNS, clear=False
+        _view(2950.0, 30.1, 4_052_695.5),
+        assets=["pump1", "pump2"],
+        tag_columns=_COLUMNS,
+        clear=False,
+        anomaly_sources=_SOURCES,
     )
     header, pump1, pump2 = _table(screen)
     assert pump1.split() == ["pump1", "2950.00", "30.10", "4052695.5", "0x0005", "3"]
@@ -205,7 +233,12 @@ def test_t2_no_longer_runs_into_the_temperature() -> None:
 def test_columns_keep_their_place_whatever_the_values(
     speed: float, temp: float, t2: float, word: int, severity: int
 ) -> None:
-    screen = render(_view(speed, temp, t2, word, severity), assets=["pump1", "pump2"], tag_columns=_COLUMNS)
+    screen = render(
+        _view(speed, temp, t2, word, severity),
+        assets=["pump1", "pump2"],
+        tag_columns=_COLUMNS,
+        anomaly_sources=_SOURCES,
+    )
     header, pump1, pump2 = _table(screen)
     assert len(header) == len(pump1) == len(pump2)
     # The layout: asset, two tag columns, T2, alarm word, severity, one space between columns.
