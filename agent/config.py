@@ -954,6 +954,13 @@ def _bit_write_problems(config: Config, tags: _TagMap) -> list[tuple[Loc, str]]:
     return problems
 
 
+def _close_matches(name: str, pool: list[str]) -> list[str]:
+    """The closest name in ``pool`` (a typo's likely meaning), for an error message; difflib
+    loads only when a config has such an error."""
+    import difflib
+
+    return difflib.get_close_matches(name, pool, n=1)
+
 def _source_problems(config: Config) -> list[tuple[Loc, str]]:
     """Every alarm source names a value, a detector or a model output of some asset (a bad-PV
     alarm's a value or a model binding); every asset's anomaly, fault class and RUL source one
@@ -971,9 +978,7 @@ def _source_problems(config: Config) -> list[tuple[Loc, str]]:
 
     def hint(source: str, assets: Sequence[str]) -> str:
         pool = sorted({n for a in assets for n in names[a]})
-        import difflib  # only to word an error
-
-        close = difflib.get_close_matches(source, pool, n=1)
+        close = _close_matches(source, pool)
         return f"; did you mean {close[0]!r}?" if close else ""
 
     problems: list[tuple[Loc, str]] = []
@@ -983,7 +988,7 @@ def _source_problems(config: Config) -> list[tuple[Loc, str]]:
             # an input's quality: one of an asset's values (a tag), or a model's inputs
             if not any(d.source in a.values or d.source in models[a.name] for a in config.assets):
                 pool = sorted({n for a in config.assets for n in (*a.values, *models[a.name])})
-                close = difflib.get_close_matches(d.source, pool, n=1)
+                close = _close_matches(d.source, pool)
                 problems.append(
                     (
                         ("alarms", "defs", i, "source"),
@@ -1023,9 +1028,7 @@ def _record_problems(config: Config, tags: _TagMap) -> list[tuple[Loc, str]]:
     problems: list[tuple[Loc, str]] = []
     for i, name in enumerate(rec.tags):
         if name not in tags:
-            import difflib  # only to word an error
-
-            close = difflib.get_close_matches(name, list(tags), n=1)
+            close = _close_matches(name, list(tags))
             hint = f"; did you mean {close[0]!r}?" if close else ""
             problems.append((("record", "tags", i), f"unknown tag {name!r}{hint}"))
         elif not tags[name][1].readable:
