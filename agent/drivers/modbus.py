@@ -544,7 +544,9 @@ def _default_client(device: ModbusDevice, trace_packet: TracePacket, trace_conne
         )
     # A silent unit must not make pymodbus close the link shared with healthy units.
     client.set_max_no_responses(2**31)
-    return client
+    from agent.drivers.modbus_lean import make_lean
+
+    return make_lean(client)  # one lock, one timer per request: ours (see there)
 
 
 class ModbusDriver:
