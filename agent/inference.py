@@ -565,9 +565,19 @@ class Models(Sequence[ModelRunner]):
         """Run every tick due at ``now`` and await the scoring of their frames (and the window
         saves): for driving the models by hand on a virtual clock. Returns the frames scored."""
         ticked = self._due(table, now, now_utc or utcnow())
-        scoring = [r.score(f) for r, f in ticked if f is not None]
-        await asyncio.gather(*scoring, *(r.save() for r, _ in ticked))
-        return sum(1 for _, f in ticked if f is not None)
+        scored = [(r, f) for r, f in ticked if f is not None]
+        # A model scored inline never suspends: awaited in turn, without a task each (this
+        # runs every cycle); the rest (executor calls, window saves) together.
+        jobs: list[Awaitable[Any]] = []
+        for r, f in scored:
+            if r.scorer.inline and not r.scorer.busy:
+                await r.score(f)
+            else:
+                jobs.append(r.score(f))
+        jobs.extend(r.save() for r, _ in ticked if r.persist_path is not None)
+        if jobs:
+            await asyncio.gather(*jobs)
+        return len(scored)
 
     async def run(self, table: TagTable, clock: Callable[[], float], beat: Callable[[], None]) -> None:
         """The scheduler (until cancelled): each model ticks on its own period; frames are
