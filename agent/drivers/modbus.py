@@ -602,6 +602,7 @@ class ModbusDriver:
             clock=clock,
         )
         self._tags: dict[str, ModbusTag] = {t.name: t for t in device.tags}
+        self._readers: dict[str, Reader] = {}  # read-backs and explicit reads: make_reader, once
         self._units: dict[int, _Unit] = {}
         for unit_id in device.units:
             unit = _Unit(
@@ -1107,8 +1108,14 @@ class ModbusDriver:
         except (DeviceUnreachable, BadReply) as exc:
             self._note_link(str(exc))
             return _bad(tag, str(exc))
-        value, quality = decode_tag(tag, data)
+        value, quality = self._reader(tag)(data)
         return Sample(tag.name, value, quality, utcnow(), self._clock())
+
+    def _reader(self, tag: ModbusTag) -> Reader:
+        reader = self._readers.get(tag.name)
+        if reader is None:
+            reader = self._readers[tag.name] = make_reader(tag)
+        return reader
 
     def _note_link(self, reason: str) -> None:
         """After a failed request: a link that went down backs off before the next connect."""
@@ -1355,7 +1362,7 @@ class ModbusDriver:
         out: WriteResults = {}
         for w in run:
             offset = w.tag.address - first.address
-            value, quality = decode_tag(w.tag, data[offset : offset + w.tag.register_count])
+            value, quality = self._reader(w.tag)(data[offset : offset + w.tag.register_count])
             if value is None:
                 why = quality.reason
                 out[w.tag.name] = ReadBackFailed(
