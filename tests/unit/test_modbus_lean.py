@@ -25,6 +25,13 @@ FRAMES = [
     bytes([99, 1, 2]),  # unknown function
     bytes([3, 9, 1]),  # byte count past the end
     bytes([8, 0, 0, 0x12, 0x34]),  # diagnostics (a sub-function)
+    bytes([3, 250]) + struct.pack(">125H", *range(0, 65535, 525)),  # 125 registers, the most
+    bytes([4, 0]),  # no register
+    bytes([3, 4]) + struct.pack(">HHH", 1, 2, 3),  # more bytes than the byte count says
+    bytes([3, 3, 1, 2, 3]),  # odd byte count
+    bytes([3, 3, 1, 2, 3, 4]),  # odd byte count, a byte more
+    bytes([3, 6, 1, 2]),  # byte count past the end
+    bytes([3]),  # no byte count
 ]
 
 
