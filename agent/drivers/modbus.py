@@ -593,6 +593,7 @@ class ModbusDriver:
         self._silent_requests = 0
         self._silent_limit = device.breaker.failures + 1
         self._timeout_s = device.timeout_ms / 1000.0
+        self._tcp = isinstance(device, ModbusTcpDevice)
         self._reprobe_s = device.breaker.backoff_max_ms / 1000.0
         b = device.breaker
         self._link = CircuitBreaker(
@@ -652,7 +653,7 @@ class ModbusDriver:
         its timeout; :meth:`_execute` then refuses it as a reply from the wrong unit. Over RTU
         the unit id is covered by the CRC: the wrong unit is reported at the timeout.
         """
-        tcp = isinstance(self.device, ModbusTcpDevice)
+        tcp = self._tcp
         if sending:
             self._sent = True
             if tcp and len(data) >= 8:
