@@ -37,7 +37,7 @@ class TagTable:
 
     def update(self, samples: Iterable[Sample]) -> None:
         """Take a poll's samples (a later sample of a tag replaces the earlier one)."""
-        batch = samples if isinstance(samples, list | tuple) else list(samples)
+        batch = samples if isinstance(samples, (list, tuple)) else list(samples)
         self._latest.update(zip(map(_tag_of, batch), batch, strict=True))  # in C: one poll, one call
         self.updates += len(batch)
 

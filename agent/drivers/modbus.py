@@ -207,7 +207,7 @@ def decode_tag(tag: ModbusTag, words: Sequence[int] | Sequence[bool]) -> tuple[V
             )
     except CodecError as exc:
         return None, Quality.bad(str(exc))
-    if isinstance(raw, str | bool):
+    if isinstance(raw, (str, bool)):
         return raw, Quality.good()
     value: float | int = raw * tag.scale + tag.offset if (tag.scale != 1.0 or tag.offset != 0.0) else raw
     if isinstance(value, float) and not math.isfinite(value):
@@ -399,7 +399,7 @@ def encode_tag(tag: ModbusTag, value: Value) -> list[int] | bool:
     """Engineering value → register words (or a coil bit). Raises WriteRefused with the reason."""
     try:
         if tag.type is codec.DataType.BOOL:
-            if not isinstance(value, bool | int) or value not in (0, 1):
+            if not isinstance(value, (bool, int)) or value not in (0, 1):
                 raise WriteRefused(f"{tag.name}: bool tag takes true/false or 1/0, not {value!r}")
             return bool(value)
         if tag.type is codec.DataType.STRING:

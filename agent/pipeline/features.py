@@ -57,6 +57,7 @@ __all__ = [
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 _GOOD = QualityCode.GOOD
+_REAL = (int, float)  # bool is an int
 _nothing: dict[str, Sample] = {}  # a tick without samples
 
 # A tick later than this many sample periods after the previous one means ticks were missed
@@ -267,8 +268,9 @@ class FeatureWindows:
             if s is None:
                 reasons.append(f"{role}: no sample this tick")
                 continue
-            v = s.value
-            v = float(v) if isinstance(v, int | float) else math.nan  # Sample.as_float, inlined
+            v = s.value  # Sample.as_float, inlined
+            if type(v) is not float:
+                v = float(v) if isinstance(v, _REAL) else math.nan
             if s.quality.code is not _GOOD:
                 reasons.append(f"{role}: {s.quality}")
             elif not isfinite(v):

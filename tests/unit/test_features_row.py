@@ -109,3 +109,14 @@ def test_rows_are_those_of_the_reference(rows: list[Any], policy: str, hold: int
         assert a.reason == b_.reason
         assert [repr(x) for x in a.last_good] == [repr(x) for x in b_.last_good]  # NaN equals NaN
         assert a.bad_run == b_.bad_run
+
+
+def test_a_sample_as_a_float() -> None:
+    import numpy as np
+
+    def as_float(v: object) -> float:
+        return Sample("t", v, Quality.good(), T0, 0.0).as_float()  # type: ignore[arg-type]
+
+    assert as_float(1.5) == 1.5 and as_float(2) == 2.0 and type(as_float(2)) is float
+    assert as_float(True) == 1.0 and as_float(np.float64(2.5)) == 2.5
+    assert all(math.isnan(as_float(v)) for v in (None, "1.5", np.int64(3)))  # as always: not an int
