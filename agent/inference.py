@@ -154,6 +154,13 @@ class ModelRunner:
         self._fresh: dict[str, Score] = {}
         self._k = 0  # UTC grid index of the next tick
         self._mean_roles = {r.role for r in manifest.inputs if r.aggregation == "mean"}
+        self.instant_tags = frozenset(
+            tag
+            for roles in binding.assets.values()
+            for role, tag in roles.items()
+            if role not in self._mean_roles
+        )
+        """Tags read from the tag table at each tick (bound to a role that is not ``mean``)."""
         self._acc: dict[str, _Acc] = {
             tag: _Acc()
             for roles in binding.assets.values()
@@ -239,9 +246,18 @@ class ModelRunner:
         """Whether a tick is due at ``now`` (always, before :meth:`schedule`)."""
         return self.next_tick is None or now >= self.next_tick - _EPSILON_S
 
-    def tick(self, table: TagTable, now: float, now_utc: datetime | None = None) -> Frame | None:
+    def tick(
+        self,
+        table: TagTable,
+        now: float,
+        now_utc: datetime | None = None,
+        *,
+        samples: Mapping[str, Sample] | None = None,
+    ) -> Frame | None:
         """Run the due tick: one row per asset (instant roles from ``table`` at ``now``, mean
         roles from the samples observed since the last tick), then the frame, if one is due.
+        ``samples``: ``table.snapshot(tags, now)`` already taken of at least
+        :attr:`instant_tags` (:class:`Models` reads each tag once for all the runners due).
 
         Ticks missed (the loop was late by whole periods) become bad rows. Call it only when
         :meth:`due`; before :meth:`schedule` it schedules and returns None.
@@ -255,15 +271,14 @@ class ModelRunner:
         k = self._k + skipped
         stamp = datetime.fromtimestamp(k * self.period_s, UTC)
         means = self._take_means(tick_mono, stamp) if self._acc else {}
-        get, mean_roles = table.get, self._mean_roles
+        got = table.snapshot(self.instant_tags, now) if samples is None else samples
+        mean_roles = self._mean_roles
         for asset, roles in self.binding.assets.items():
             if mean_roles:
-                samples = {
-                    role: means[tag] if role in mean_roles else get(tag, now) for role, tag in roles.items()
-                }
+                row = {role: means[tag] if role in mean_roles else got[tag] for role, tag in roles.items()}
             else:
-                samples = {role: get(tag, now) for role, tag in roles.items()}
-            self.windows.push(asset, samples, tick_mono)
+                row = {role: got[tag] for role, tag in roles.items()}
+            self.windows.push(asset, row, tick_mono)
         frame = self.windows.frame(stamp, tick_mono)
         self._k = k + 1
         self.next_tick = tick_mono + self.period_s
@@ -441,6 +456,7 @@ class Models(Sequence[ModelRunner]):
         self.runners: list[ModelRunner] = list(runners)
         self._mean_routes: dict[str, list[ModelRunner]] = {}
         self._wake: asyncio.Event | None = None
+        self._tags_of: dict[tuple[ModelRunner, ...], frozenset[str]] = {}  # due runners → their tags
         self._route()
 
     # ------------------------------------------------------------------ the collection
@@ -461,6 +477,7 @@ class Models(Sequence[ModelRunner]):
     def replace(self, runners: Iterable[ModelRunner]) -> None:
         """Run these runners from now on (a reload); the scheduler picks them up at once."""
         self.runners = list(runners)
+        self._tags_of.clear()
         self._route()
         if self._wake is not None:
             self._wake.set()
@@ -521,11 +538,20 @@ class Models(Sequence[ModelRunner]):
     def _due(self, table: TagTable, now: float, now_utc: datetime) -> list[tuple[ModelRunner, Frame | None]]:
         """Tick every runner due at ``now``: (runner, its frame or None) for each that ticked."""
         ticked: list[tuple[ModelRunner, Frame | None]] = []
-        for r in self.runners:
-            if not r.due(now):
-                continue
+        due = [r for r in self.runners if r.due(now)]
+        if not due:
+            return ticked
+        # Every tag the due runners read, read once (models of one plant share most inputs)
+        key = tuple(due)
+        tags = self._tags_of.get(key)
+        if tags is None:
+            if len(self._tags_of) > 64:  # many periods: combinations of due runners
+                self._tags_of.clear()
+            tags = self._tags_of[key] = frozenset().union(*(r.instant_tags for r in due))
+        samples = table.snapshot(tags, now)
+        for r in due:
             scheduled = r.next_tick is not None
-            frame = r.tick(table, now, now_utc)
+            frame = r.tick(table, now, now_utc, samples=samples)
             if scheduled:
                 ticked.append((r, frame))
         return ticked
@@ -539,9 +565,19 @@ class Models(Sequence[ModelRunner]):
         """Run every tick due at ``now`` and await the scoring of their frames (and the window
         saves): for driving the models by hand on a virtual clock. Returns the frames scored."""
         ticked = self._due(table, now, now_utc or utcnow())
-        scoring = [r.score(f) for r, f in ticked if f is not None]
-        await asyncio.gather(*scoring, *(r.save() for r, _ in ticked))
-        return sum(1 for _, f in ticked if f is not None)
+        scored = [(r, f) for r, f in ticked if f is not None]
+        # A model scored inline never suspends: awaited in turn, without a task each (this
+        # runs every cycle); the rest (executor calls, window saves) together.
+        jobs: list[Awaitable[Any]] = []
+        for r, f in scored:
+            if r.scorer.inline and not r.scorer.busy:
+                await r.score(f)
+            else:
+                jobs.append(r.score(f))
+        jobs.extend(r.save() for r, _ in ticked if r.persist_path is not None)
+        if jobs:
+            await asyncio.gather(*jobs)
+        return len(scored)
 
     async def run(self, table: TagTable, clock: Callable[[], float], beat: Callable[[], None]) -> None:
         """The scheduler (until cancelled): each model ticks on its own period; frames are

@@ -79,6 +79,7 @@ class Quality:
 
 
 _GOOD = Quality(QualityCode.GOOD)
+_REAL = (int, float)  # bool is an int
 
 
 class Sample(NamedTuple):
@@ -116,7 +117,9 @@ class Sample(NamedTuple):
     def as_float(self) -> float:
         """The value as a float (NaN when it has none); callers check quality first."""
         v = self.value
-        if isinstance(v, bool | int | float):
+        if type(v) is float:  # the common case first; a union in isinstance is built per call
+            return v
+        if isinstance(v, _REAL):
             return float(v)
         return math.nan
 

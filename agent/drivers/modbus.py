@@ -207,7 +207,7 @@ def decode_tag(tag: ModbusTag, words: Sequence[int] | Sequence[bool]) -> tuple[V
             )
     except CodecError as exc:
         return None, Quality.bad(str(exc))
-    if isinstance(raw, str | bool):
+    if isinstance(raw, (str, bool)):
         return raw, Quality.good()
     value: float | int = raw * tag.scale + tag.offset if (tag.scale != 1.0 or tag.offset != 0.0) else raw
     if isinstance(value, float) and not math.isfinite(value):
@@ -399,7 +399,7 @@ def encode_tag(tag: ModbusTag, value: Value) -> list[int] | bool:
     """Engineering value → register words (or a coil bit). Raises WriteRefused with the reason."""
     try:
         if tag.type is codec.DataType.BOOL:
-            if not isinstance(value, bool | int) or value not in (0, 1):
+            if not isinstance(value, (bool, int)) or value not in (0, 1):
                 raise WriteRefused(f"{tag.name}: bool tag takes true/false or 1/0, not {value!r}")
             return bool(value)
         if tag.type is codec.DataType.STRING:
@@ -544,7 +544,9 @@ def _default_client(device: ModbusDevice, trace_packet: TracePacket, trace_conne
         )
     # A silent unit must not make pymodbus close the link shared with healthy units.
     client.set_max_no_responses(2**31)
-    return client
+    from agent.drivers.modbus_lean import make_lean
+
+    return make_lean(client)  # one lock, one timer per request: ours (see there)
 
 
 class ModbusDriver:
@@ -591,6 +593,7 @@ class ModbusDriver:
         self._silent_requests = 0
         self._silent_limit = device.breaker.failures + 1
         self._timeout_s = device.timeout_ms / 1000.0
+        self._tcp = isinstance(device, ModbusTcpDevice)
         self._reprobe_s = device.breaker.backoff_max_ms / 1000.0
         b = device.breaker
         self._link = CircuitBreaker(
@@ -600,6 +603,7 @@ class ModbusDriver:
             clock=clock,
         )
         self._tags: dict[str, ModbusTag] = {t.name: t for t in device.tags}
+        self._readers: dict[str, Reader] = {}  # read-backs and explicit reads: make_reader, once
         self._units: dict[int, _Unit] = {}
         for unit_id in device.units:
             unit = _Unit(
@@ -649,7 +653,7 @@ class ModbusDriver:
         its timeout; :meth:`_execute` then refuses it as a reply from the wrong unit. Over RTU
         the unit id is covered by the CRC: the wrong unit is reported at the timeout.
         """
-        tcp = isinstance(self.device, ModbusTcpDevice)
+        tcp = self._tcp
         if sending:
             self._sent = True
             if tcp and len(data) >= 8:
@@ -1105,8 +1109,14 @@ class ModbusDriver:
         except (DeviceUnreachable, BadReply) as exc:
             self._note_link(str(exc))
             return _bad(tag, str(exc))
-        value, quality = decode_tag(tag, data)
+        value, quality = self._reader(tag)(data)
         return Sample(tag.name, value, quality, utcnow(), self._clock())
+
+    def _reader(self, tag: ModbusTag) -> Reader:
+        reader = self._readers.get(tag.name)
+        if reader is None:
+            reader = self._readers[tag.name] = make_reader(tag)
+        return reader
 
     def _note_link(self, reason: str) -> None:
         """After a failed request: a link that went down backs off before the next connect."""
@@ -1353,7 +1363,7 @@ class ModbusDriver:
         out: WriteResults = {}
         for w in run:
             offset = w.tag.address - first.address
-            value, quality = decode_tag(w.tag, data[offset : offset + w.tag.register_count])
+            value, quality = self._reader(w.tag)(data[offset : offset + w.tag.register_count])
             if value is None:
                 why = quality.reason
                 out[w.tag.name] = ReadBackFailed(

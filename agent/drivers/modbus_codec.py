@@ -120,6 +120,8 @@ _NO_ORDER: Final[frozenset[DataType]] = frozenset({DataType.BOOL, DataType.BIT, 
 
 def _dtype(dtype: DataType | str) -> DataType:
     """Return ``dtype`` as a :class:`DataType`; a plain string must be a known type name."""
+    if dtype.__class__ is DataType:  # the common case, without the enum's lookup (every encode)
+        return dtype
     try:
         return DataType(dtype)
     except ValueError:

@@ -34,6 +34,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import repeat
 from typing import Any, Protocol
 
 import numpy as np
@@ -42,7 +43,7 @@ import numpy.typing as npt
 from agent.modelstore.binding import ModelBinding
 from agent.modelstore.manifest import FeatureSpec, InputRole, Manifest
 from agent.tagtable import TagTable
-from agent.types import Frame, Sample, utcnow
+from agent.types import Frame, QualityCode, Sample, utcnow
 
 __all__ = [
     "FeatureWindows",
@@ -55,6 +56,9 @@ __all__ = [
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+_GOOD = QualityCode.GOOD
+_REAL = (int, float)  # bool is an int
+_nothing: dict[str, Sample] = {}  # a tick without samples
 
 # A tick later than this many sample periods after the previous one means ticks were missed
 # (event loop stalled, process paused): the missed rows are inserted as bad.
@@ -257,21 +261,29 @@ class FeatureWindows:
         good = [False] * n
         reasons: list[str] = []
         lo, hi = self._lo, self._hi
+        get = samples.get if samples is not None else _nothing.get
+        isfinite = math.isfinite
         for i, role in enumerate(self.roles):
-            s = samples.get(role) if samples is not None else None
+            s = get(role)
             if s is None:
                 reasons.append(f"{role}: no sample this tick")
                 continue
-            v = s.as_float()
-            if not s.quality.is_good:
+            v = s.value  # Sample.as_float, inlined
+            if type(v) is not float:
+                v = float(v) if isinstance(v, _REAL) else math.nan
+            if s.quality.code is not _GOOD:
                 reasons.append(f"{role}: {s.quality}")
-            elif not math.isfinite(v):
+            elif not isfinite(v):
                 reasons.append(f"{role}: value {s.value!r} is not a finite number")
             elif not lo[i] <= v <= hi[i]:
                 reasons.append(f"{role}: {v:g} outside plausible range [{lo[i]:g}, {hi[i]:g}]")
             else:
                 values[i] = v
                 good[i] = True
+        if not reasons:  # every role GOOD (the common case): nothing held, nothing to explain
+            ring.last_good[:] = values
+            ring.bad_run[:] = repeat(0, n)
+            return values, good, good
         valid = good.copy()
         last_good, bad_run = ring.last_good, ring.bad_run
         bad = held = 0

@@ -8,7 +8,12 @@ Contract of :meth:`Scorer.score`:
   its last :data:`INLINE_WINDOW` calls (at least :data:`INLINE_WARMUP`, the first ones always
   in a thread) each took at most ``inline_budget_s`` (default :data:`INLINE_BUDGET_S`). A small
   model runs inline on the loop: for a model that takes tens of microseconds the hop to a
-  thread and back costs more than the inference. One inline call that goes over the budget
+  thread and back costs more than the inference. What a call took is the CPU time of the
+  thread that ran it when the session has one intra-op thread (the default): in the executor
+  its wall time would also count the wait for the GIL the busy loop holds, and inline the
+  time the OS gave other processes, so a loaded machine would keep a small model in the
+  thread for good; a session with more threads is judged by wall time (its workers' CPU is
+  not the caller's). One inline call that goes over the budget
   sends the next calls to the thread again, until :data:`INLINE_WINDOW` calls in a row are
   within it; so the loop is held up by at most one slow call, by about the model's latency.
   ``inline_budget_s=0`` always uses the thread.
@@ -116,7 +121,7 @@ class Scorer:
         self.bundle = bundle
         self.manifest = bundle.manifest
         self._executor = executor
-        self._inflight: asyncio.Future[tuple[list[npt.NDArray[np.generic]], float]] | None = None
+        self._inflight: asyncio.Future[tuple[list[npt.NDArray[np.generic]], float, float]] | None = None
         self._roles = self.manifest.roles  # a property that builds the tuple each time
         self._dtype = np.float32 if self.manifest.model_input.dtype == "float32" else np.float64
         self.calls = 0
@@ -128,6 +133,7 @@ class Scorer:
         self.inline_calls = 0
         """Calls run inline on the loop (the rest of :attr:`calls` ran in the executor)."""
         self._recent: deque[float] = deque(maxlen=INLINE_WINDOW)
+        self._cpu_cost = bundle.threads == 1  # see the module docstring
 
     @property
     def inline(self) -> bool:
@@ -140,17 +146,19 @@ class Scorer:
         """True while a session call is running (even if its ``score`` was cancelled)."""
         return self._inflight is not None
 
-    def _infer(self, values: npt.NDArray[np.float64]) -> tuple[list[npt.NDArray[np.generic]], float]:
-        # Runs in the executor thread: features, then one batched session call.
-        start = time.perf_counter()
+    def _infer(self, values: npt.NDArray[np.float64]) -> tuple[list[npt.NDArray[np.generic]], float, float]:
+        # Runs in the executor thread (or inline): features, then one batched session call.
+        # Returns the outputs, the wall time and the cost the inline decision is made on.
+        start, cpu = time.perf_counter(), time.thread_time()
         try:
             x = window_to_input(values, self.manifest).astype(self._dtype, copy=False)
         except ValueError as exc:
             raise ModelError(f"model {self.manifest.ident}: {exc}") from None
         outputs = self.bundle.run({self.manifest.model_input.name: x})
-        return outputs, time.perf_counter() - start
+        wall = time.perf_counter() - start
+        return outputs, wall, time.thread_time() - cpu if self._cpu_cost else wall
 
-    def _done(self, fut: asyncio.Future[tuple[list[npt.NDArray[np.generic]], float]]) -> None:
+    def _done(self, fut: asyncio.Future[tuple[list[npt.NDArray[np.generic]], float, float]]) -> None:
         self._inflight = None
         if not fut.cancelled():
             fut.exception()  # retrieved here so a cancelled caller leaves no "never retrieved" warning
@@ -182,7 +190,7 @@ class Scorer:
             if self.inline:
                 self.inline_calls += 1
                 try:
-                    arrays, latency = self._infer(values)
+                    arrays, latency, cost = self._infer(values)
                 except ModelError:
                     self._recent.clear()  # a failing model earns no trust: warm up again
                     raise
@@ -191,8 +199,8 @@ class Scorer:
                 fut = loop.run_in_executor(self._executor, self._infer, values)
                 self._inflight = fut
                 fut.add_done_callback(self._done)
-                arrays, latency = await asyncio.shield(fut)
-            self._recent.append(latency)
+                arrays, latency, cost = await asyncio.shield(fut)
+            self._recent.append(cost)
             results = map_outputs(self.manifest, len(frame.assets), arrays)
         except ModelError as exc:
             self.errors += 1

@@ -104,6 +104,40 @@ async def test_each_model_ticks_and_scores_at_its_own_period(tmp_path: Path) -> 
     assert models.healthy(plant.now)
 
 
+async def test_runners_that_share_tags_tick_as_each_would_alone(tmp_path: Path) -> None:
+    # Models reads each tag once for all the runners due at a tick: the frames are the same
+    # as those of each runner ticking on its own (every quality: good, bad, stale).
+    def load(models: Models, name: str, roles: dict[str, str]) -> None:
+        bundle = write_bundle(
+            tmp_path / name,
+            name=name,
+            period_s=0.2,
+            length=3,
+            roles=[(r, "mm/s" if t == "A" else "bar", (0, 100), "instant") for r, t in roles.items()],
+        )
+        models.replace([*models, models.load(binding(name, bundle, roles))])
+
+    both = Models(context(tmp_path / "both"))
+    load(both, "m1", {"v": "A", "p": "B"})
+    load(both, "m2", {"v": "A", "q": "C"})
+    alone = [Models(context(tmp_path / "a1")), Models(context(tmp_path / "a2"))]
+    load(alone[0], "m1", {"v": "A", "p": "B"})
+    load(alone[1], "m2", {"v": "A", "q": "C"})
+    plants = [Plant(both), *(Plant(m) for m in alone)]
+    for i in range(300):
+        for plant in plants:
+            plant.now = i * 0.05
+            if i < 60:  # then no poll at all: every tag goes stale after its 10 s
+                plant.poll({"A": 1.0 + i % 5, "B": None if i % 16 < 8 else 2.0, "C": 3.0})
+            await plant.advance()
+    for shared, single in zip(both, [alone[0][0], alone[1][0]], strict=True):
+        assert shared.windows.counters == single.windows.counters
+        assert shared.windows.reason("p1") == single.windows.reason("p1")
+        assert shared.latest["p1"].outputs == single.latest["p1"].outputs
+    assert both[0].windows.counters.bad_values > both[1].windows.counters.bad_values > 0
+    assert "stale" in both[1].windows.reason("p1")
+
+
 async def test_mean_is_the_mean_of_the_good_polls_of_the_period(tmp_path: Path) -> None:
     models = fast_and_slow(tmp_path)
     slow = models[1]

@@ -94,6 +94,7 @@ class CountingSession:
         self.inner = inner
         self.gate = gate
         self.delay_s = 0.0  # a slow model, for the inline budget
+        self.wait_s = 0.0  # a call that waits (a GIL held by the loop, the OS running others)
         self.started = threading.Event()
         self.runs: list[tuple[int, ...]] = []
         self.threads: list[int] = []
@@ -104,8 +105,12 @@ class CountingSession:
         self.started.set()
         if self.gate is not None:
             assert self.gate.wait(10), "test gate never opened"
-        if self.delay_s:
-            time.sleep(self.delay_s)
+        if self.wait_s:
+            time.sleep(self.wait_s)
+        if self.delay_s:  # a slow model burns CPU (waiting is not what makes a model slow)
+            end = time.thread_time() + self.delay_s
+            while time.thread_time() < end:
+                pass
         result: list[np.ndarray] = self.inner.run(names, feeds)
         return result
 
@@ -233,6 +238,26 @@ async def test_one_call_over_the_budget_sends_the_model_back_to_the_thread(bundl
     assert scorer.inline
     await scorer.score(frame())
     assert session.threads[-1] == loop_thread
+
+
+async def test_a_call_that_only_waited_keeps_a_small_model_inline(bundle: Bundle) -> None:
+    # On a loaded machine a call's wall time also counts the wait for the GIL (in the thread)
+    # or for a core: with one intra-op thread the model is judged by its thread's CPU time.
+    session = CountingSession(bundle.session)
+    scorer = Scorer(replace(bundle, session=session), inline_budget_s=0.05)
+    session.wait_s = 0.1
+    loop_thread = threading.get_ident()
+    for i in range(INLINE_WARMUP + 2):
+        await scorer.score(frame(seed=i))
+    assert session.threads[INLINE_WARMUP:] == [loop_thread] * 2
+    assert scorer.latency.last_s >= 0.1  # the latency reported is still the wall time
+    # a session with worker threads: its caller's CPU is not its cost, the wall time is
+    session = CountingSession(bundle.session)
+    scorer = Scorer(replace(bundle, session=session, threads=2), inline_budget_s=0.05)
+    session.wait_s = 0.1
+    for i in range(INLINE_WARMUP + 2):
+        await scorer.score(frame(seed=i))
+    assert loop_thread not in session.threads and not scorer.inline
 
 
 async def test_a_zero_budget_always_uses_the_thread(bundle: Bundle) -> None:

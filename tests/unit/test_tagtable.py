@@ -42,3 +42,15 @@ def test_snapshot_covers_every_tag_with_a_limit_or_a_sample_even_new_ones() -> N
         set(table.snapshot(["a"], now=9.0)) == {"a"}
         and not table.snapshot(["a"], now=9.0)["a"].quality.is_good
     )
+
+
+def test_snapshot_is_get_of_each_tag() -> None:
+    # fresh, stale, NaN time, no limit, never seen: the snapshot's fast path and get() agree
+    table = TagTable({"fresh": 2.0, "stale": 2.0, "nan": 2.0, "never": 2.0})
+    table.update([sample("fresh", 1.0, 9.0), sample("stale", 2.0, 5.0), sample("free", 3.0, 0.0)])
+    table.update([Sample("nan", 4.0, Quality.good(), T0, math.nan)])
+    tags = ["fresh", "stale", "nan", "free", "never", "unknown"]
+    snap = table.snapshot(tags, now=10.0)
+    assert list(snap) == tags
+    assert snap == {t: table.get(t, 10.0) for t in tags}
+    assert [t for t, s in snap.items() if s.quality.is_good] == ["fresh", "free"]
