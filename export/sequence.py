@@ -155,14 +155,19 @@ class SequenceNet(nn.Module):
         pooled = torch.cat([h.mean(dim=2), h.amax(dim=2)], dim=1)
         return mon, recon, log_var, self.rough(pooled), z
 
-    def outputs(self, parts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """:meth:`forward`'s outputs from :meth:`parts`."""
+    def standardised(self, parts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(err [B, M, T], rough_res [B, M])`` from :meth:`parts`: the reconstruction error in
+        units of its expected standard deviation and the log-roughness residual (what a teacher
+        hands its student, :func:`distil`)."""
         mon, recon, log_var, rough_pred, _ = parts
-        err = (recon - mon) * torch.exp(-0.5 * log_var)
-        rec = (err * err).mean(dim=2)
         d = mon[:, :, 1:] - mon[:, :, :-1]
         rough = torch.log((d * d).mean(dim=2) + self.eps)
-        return rec, log_var.mean(dim=2), rough - rough_pred, err.mean(dim=2)
+        return (recon - mon) * torch.exp(-0.5 * log_var), rough - rough_pred
+
+    def outputs(self, parts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """:meth:`forward`'s outputs from :meth:`parts`."""
+        err, res = self.standardised(parts)
+        return (err * err).mean(dim=2), parts[2].mean(dim=2), res, err.mean(dim=2)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(rec, log_var_mean, rough_res, level)``: per monitored role the mean over the window
@@ -276,17 +281,15 @@ def _own_loss(net: SequenceNet, parts: Sequence[torch.Tensor]) -> torch.Tensor:
     return rec.mean() + log_var.mean() + (res * res).mean() + 0.1 * (z * z).mean()
 
 
-def _kd_loss(parts: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The teacher's targets: its reconstruction (the error in units of the teacher's expected
-    variance: what its standardised error would be), its log variance and its predicted
-    roughness."""
-    _, recon, log_var, rough_pred, _ = parts
-    t_rec, t_lv, t_rough = teacher
-    return (
-        ((recon - t_rec) ** 2 * torch.exp(-t_lv)).mean()
-        + ((log_var - t_lv) ** 2).mean()
-        + ((rough_pred - t_rough) ** 2).mean()
-    )
+def _kd_loss(
+    net: SequenceNet, parts: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """The teacher's targets: its standardised errors (every role, every sample: how far the
+    window is from what the teacher expects, in units of the spread it expects) and its
+    roughness residuals."""
+    err, res = net.standardised(parts)
+    t_err, t_res = teacher
+    return ((err - t_err) ** 2).mean() + ((res - t_res) ** 2).mean()
 
 
 def _fit_net(
@@ -318,7 +321,8 @@ def _fit_net(
             parts = net.parts(xt[idx])
             loss = _own_loss(net, parts)
             if tt is not None:
-                loss = cfg.alpha * loss + (1 - cfg.alpha) * _kd_loss(parts, [t[idx].float() for t in tt])
+                kd = _kd_loss(net, parts, [t[idx].float() for t in tt])
+                loss = cfg.alpha * loss + (1 - cfg.alpha) * kd
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -511,6 +515,22 @@ def detection_recall(graph: SequenceScore, val: Validation, fpr: float) -> float
     return float(np.mean([np.mean(_batched(graph, x)[0] > thr) for x in val.faults.values()]))
 
 
+def teacher_targets(teacher: SequenceNet, x: F32) -> list[npt.NDArray[np.generic]]:
+    """``teacher``'s standardised errors ``[N, M, T]`` (float16: days of windows fit in memory)
+    and roughness residuals ``[N, M]`` on the transfer windows ``x``."""
+    teacher.eval()
+    err: list[npt.NDArray[np.float16]] = []
+    res: list[npt.NDArray[np.float32]] = []
+    with torch.no_grad():
+        for lo in range(0, len(x), 4096):
+            e, r = teacher.standardised(
+                teacher.parts(torch.from_numpy(np.ascontiguousarray(x[lo : lo + 4096])))
+            )
+            err.append(e.numpy().astype(np.float16))
+            res.append(r.numpy())
+    return [np.concatenate(err), np.concatenate(res)]
+
+
 def _heldout_loss(net: SequenceNet, x_val: F32) -> float:
     net.eval()
     total = 0.0
@@ -558,9 +578,7 @@ def distil(
     teacher = SequenceNet(len(inputs), operating, eps, replace(cfg, channels=cfg.teacher_channels))
     _fit_net(teacher, x_fit, cfg.teacher_epochs, cfg.seed + 1000, cfg, log=tag)
     t_metric = detection_recall(_score_graph(teacher, x_val, monitored), val, cfg.fpr)
-    _, t_rec, t_lv, t_rough, _ = _batched(teacher, x_fit, "parts")
-    targets = [t_rec.astype(np.float16), t_lv.astype(np.float16), t_rough.astype(np.float32)]
-    del t_rec, t_lv
+    targets = teacher_targets(teacher, x_fit)
     if log:
         print(f"  teacher: recall {t_metric:.4f} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
     runs: dict[str, list[tuple[float, float, SequenceScore]]] = {"distilled": [], "scratch": []}
