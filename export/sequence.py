@@ -300,12 +300,11 @@ def _fit_net(
     cfg: SequenceConfig,
     *,
     teacher: Sequence[npt.NDArray[np.generic]] | None = None,
-    lr: float | None = None,
     log: str = "",
 ) -> float:
     """Train ``net`` in place on normal windows ``x`` (with ``teacher``'s targets for the same
     rows: ``alpha`` of its own objective, the rest the teacher's); returns the last epoch's loss."""
-    opt = torch.optim.Adam(net.parameters(), lr=lr or cfg.lr)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
     xt = torch.from_numpy(np.ascontiguousarray(x))
     tt = None if teacher is None else [torch.from_numpy(np.ascontiguousarray(t)) for t in teacher]
@@ -590,7 +589,7 @@ def distil(
         _fit_net(student, x_fit, cfg.epochs, s0, cfg, teacher=targets, log=f"student #{k + 1}" if log else "")
         before.append(detection_recall(_score_graph(student, x_val, monitored), val, cfg.fpr))
         small = prune_net(student, cfg.prune, x_fit[:: max(1, len(x_fit) // 4096)], cfg)
-        _fit_net(small, x_fit, cfg.finetune_epochs, s0 + 1, cfg, teacher=targets, lr=cfg.lr / 3)
+        _fit_net(small, x_fit, cfg.finetune_epochs, s0 + 1, cfg, teacher=targets)
         g = _score_graph(small, x_val, monitored)
         runs["distilled"].append((detection_recall(g, val, cfg.fpr), _heldout_loss(small, x_val), g))
         torch.manual_seed(s0 + 2)
@@ -632,7 +631,7 @@ def distil(
     graph = runs[family][pick][2]
     rep["ships"] = f"{family} student of seed #{pick + 1} (lowest held-out normal loss of {cfg.seeds})"
     info = {
-        "train_loss": runs[family][pick][1],
+        "heldout_loss": runs[family][pick][1],
         "train_windows": float(len(x_fit)),
         "heldout_windows": float(len(x_val)),
         "parameters": float(n_params(graph.net)),
@@ -767,8 +766,9 @@ def _kd_lines(rep: Mapping[str, Any]) -> list[str]:
         f"- distilled and pruned, per seed: {', '.join(f'{v:.4f}' for v in rep['distilled'])}",
         f"- from scratch (same size), per seed: {', '.join(f'{v:.4f}' for v in rep['scratch'])}",
         f"- gate: {rep['gate']['result']}" + (f": {rep['gate']['note']}" if "note" in rep["gate"] else ""),
-        f"distilled {m['distilled_mean']:.4f} ± {m['distilled_sd']:.4f} vs scratch {m['scratch_mean']:.4f} ± "
-        f"{m['scratch_sd']:.4f} over {m['seeds']:.0f} seeds (t = {m['t']:.2f}); ships the {rep['ships']}",
+        f"- verdict: distilled {m['distilled_mean']:.4f} ± {m['distilled_sd']:.4f} vs scratch "
+        f"{m['scratch_mean']:.4f} ± {m['scratch_sd']:.4f} over {m['seeds']:.0f} seeds (t = {m['t']:.2f}); "
+        f"ships the {rep['ships']}",
     ]
 
 
@@ -863,7 +863,7 @@ def fit_bundle(
         **dict(provenance or {}),
     }
     if kd_report is not None:
-        prov["distillation"] = _kd_lines(kd_report)[-1]
+        prov["distillation"] = _kd_lines(kd_report)[-1].removeprefix("- verdict: ")
     common = {"name": name, "version": version, "window": window, "inputs": inputs, "data": data}
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
     try:
