@@ -203,3 +203,13 @@ def test_the_gate_needs_a_label_column_for_every_asset(tmp_path: Path) -> None:
         fit_bundle([p], [p], _columns(), ROLES, ["load"], WINDOW, tmp_path / "o", name="x", cfg=cfg,
                    validation_paths=[p])  # fmt: skip
     assert not (tmp_path / "o").exists()
+
+
+def test_keep_units_is_the_one_selection_of_structured_pruning() -> None:
+    """export.train.keep_units: the MLP students' neurons and the sequence model's channels."""
+    from export.train import keep_units
+
+    imp = torch.tensor([0.1, 3.0, 0.5, 2.0, 0.0, 1.0])
+    assert keep_units(imp, 0.5, 2).tolist() == [1, 3, 5]  # the top half, in their order
+    assert keep_units(imp, 0.1, 2).tolist() == [1, 3]  # at least min_units
+    assert keep_units(imp, 1.0, 2).tolist() == [0, 1, 2, 3, 4, 5]
