@@ -31,6 +31,11 @@ and sets ``thresholds.alarm`` to the lowest value that raises at most ``false_al
 false alerts per asset-day. The ONNX file is one self-contained graph (Conv, MatMul, ReduceMean,
 Log, ReduceMax ...), ``x[batch, T, R] → score[batch]``; the agent runs it unchanged.
 
+With ``--teacher-channels`` (:func:`distil`) a wider teacher's standardised errors and roughness
+residuals are the targets of students that are then pruned channel by channel
+(:func:`prune_net`), gated over seeds against same-size students from scratch on labelled fault
+recordings the chain owns (``--validate``); the family that wins ships, and the report says why.
+
     edge-export sequence --csv normal.csv --csv shifts.csv --calibrate cal.csv \\
         --asset Pump1 --asset Pump2 --role 'speed:rpm:0:3000:{asset}.Speed' ... \\
         --operating speed --operating flow --out build/seq-pump --name seq-pump
@@ -76,11 +81,17 @@ __all__ = [
     "SequenceConfig",
     "SequenceNet",
     "SequenceScore",
+    "Validation",
     "add_arguments",
+    "detection_recall",
+    "distil",
     "fit_bundle",
     "main",
+    "prune_net",
     "run",
+    "teacher_targets",
     "train",
+    "validation_windows",
     "windows_of",
 ]
 
