@@ -213,3 +213,20 @@ def test_keep_units_is_the_one_selection_of_structured_pruning() -> None:
     assert keep_units(imp, 0.5, 2).tolist() == [1, 3, 5]  # the top half, in their order
     assert keep_units(imp, 0.1, 2).tolist() == [1, 3]  # at least min_units
     assert keep_units(imp, 1.0, 2).tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_cli_teacher_without_a_label_column_is_a_one_line_error(tmp_path: Path) -> None:
+    p = _plant(tmp_path / "n.csv", 1, 0.5)
+    proc = subprocess.run(
+        [sys.executable, "-m", "export.cli", "sequence", "--csv", str(p), "--calibrate", str(p),
+         *[a for r in ROLES for a in ("--role", r)], "--operating", "load", "--window", "30",
+         "--stride", "5", "--epochs", "1", "--channels", "4", "--latent", "1", "--teacher-channels", "4",
+         "--validate", str(p), "--out", str(tmp_path / "o"), "--name", "x"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        "error: the distillation gate needs --validate recordings and a --label column for every asset "
+        "(missing: ['x'])"
+    ), proc.stderr
+    assert not (tmp_path / "o").exists()
