@@ -45,15 +45,30 @@ ROLES=(
   --provenance 'recordings=python -m simulator --pumps 2 --hours 48 --sample-period 1, fault-free, seeds 1-6 (fit), 101-106 (check)'
 # The demo's anomaly model: a 1-D CNN over the window conditioned on speed and flow
 # (export/sequence.py), thresholds calibrated through the agent's replay for 0.5 false alerts
-# per pump-day on days it never trained on
+# per pump-day on days it never trained on. A 40-channel teacher; 24-channel students distilled
+# from it and pruned to 16 channels against 16-channel students from scratch over 3 seeds,
+# gated on a fault recording of its own (seed 301: every fault kind twice, 45 min each, 2 h
+# apart; never the bench's seeds); the gate's loser does not ship (models/README.md).
 for s in 101 102; do .venv/bin/python -m bench.loadshift --seed $s --hours 24 --out "$REC/shift-s$s.csv"; done
+FAULTS=() i=0
+for rep in 1 2; do
+  for k in bearing_wear cavitation imbalance motor_electrical valve_blockage sensor_stuck sensor_drift \
+           sensor_spike sensor_dropout; do
+    extra=""; [ "$k" = bearing_wear ] && extra=",time_to_failure=45min"
+    FAULTS+=(--fault "$((1 + i % 2)):$k@$((60 + 120 * i))min,duration=45min$extra"); i=$((i + 1))
+  done
+done
+.venv/bin/python -m simulator --pumps 2 --seed 301 --hours 37 --sample-period 1 "${FAULTS[@]}" \
+  --record "$REC/faults-s301.csv"
 .venv/bin/python -m export.cli sequence \
   --csv "$REC/normal-s1.csv" --csv "$REC/normal-s2.csv" --csv "$REC/normal-s3.csv" \
   --csv "$REC/shift-s1.csv" --csv "$REC/shift-s2.csv" --csv "$REC/shift-s3.csv" \
   --calibrate "$REC/check-s101.csv" --calibrate "$REC/shift-s101.csv" --calibrate "$REC/shift-s102.csv" \
   --asset Pump1 --asset Pump2 "${ROLES[@]}" --operating speed --operating flow \
   --train-stride 20 --on-delay 70 --false-alerts-per-day 0.5 --epochs 12 \
-  --out models/seq-pump --name seq-pump --version 1 --key export/keys/dev-ed25519.pem
+  --teacher-channels 40 --teacher-epochs 20 --channels 24 --prune 0.66 --finetune-epochs 12 --seeds 3 \
+  --validate "$REC/faults-s301.csv" --label Pump1=pump1_fault_code --label Pump2=pump2_fault_code \
+  --out models/seq-pump --name seq-pump --version 2 --key export/keys/dev-ed25519.pem
 # The former anomaly model: T^2/SPE of what speed and flow do not explain (export/conditioned.py)
 .venv/bin/python -m export.pca_baseline \
   --out models/op-pump --name op-pump --version 1 \
@@ -70,9 +85,8 @@ for s in 101 102; do .venv/bin/python -m bench.loadshift --seed $s --hours 24 --
 # Sign the PCA baseline with the development key (ed25519 is deterministic: same file each time),
 # then train, compress, gate, sign the students (export/README.md).
 .venv/bin/python -m export.cli sign models/pca-pump --key export/keys/dev-ed25519.pem
-# ae-pump from the demo chain; fault-mlp and rul-bearing from the teachers' chain (16 labelled
-# days, 6 unlabelled transfer days, ensembles of teachers, students over seeds: export/README.md)
-.venv/bin/python -m export.cli train --config configs/export-demo.yaml --model ae-pump
+# fault-mlp and rul-bearing from the teachers' chain (16 labelled days, 6 unlabelled transfer
+# days, ensembles of teachers, students over seeds: export/README.md)
 .venv/bin/python -m export.cli all --config configs/export-teachers.yaml
 # judged on holdout days the chain never read (seeds 201-206), as the agent runs them
 .venv/bin/python -m bench.teachers models/fault-mlp models/rul-bearing --seeds 201-206 --out bench/results/teachers.json
