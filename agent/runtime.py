@@ -106,6 +106,7 @@ STATUS_BITS = {
     "stopping": 7,
 }
 _DEVICE_LOST_BIT0 = 8  # bits 8..15: device i (config order) lost
+_NUMBER = (bool, int, float)  # built once: an ``int | float`` union is built on every call
 _STOP_DEADLINE_S = 5.0
 
 
@@ -190,6 +191,10 @@ class Agent:
         self.models = Models(context)
         self.models.replace(self.models.load(b) for b in config.models)
         self._fresh: dict[str, dict[str, Score]] = {}  # the models' scores new this cycle
+        # this cycle's values tags by asset (read once, for the alarms and the HMI block)
+        self._tag_values: dict[str, dict[str, float | None]] = {}
+        # the tags each bad-PV alarm watches, by asset, for the config they were made from
+        self._watched: tuple[Config | None, dict[str, dict[str, tuple[str, ...]]]] = (None, {})
         self.alarms = AlarmEngine(config.alarms, [a.name for a in config.assets])
         self.detectors: dict[tuple[str, str], Detector] = {
             (a.name, d.name): make_detector(d.detector) for a in config.assets for d in a.detectors
@@ -732,6 +737,7 @@ class Agent:
             self._cycle_beat()
         now, now_utc = self._clock(), utcnow()
         self._fresh = self.models.take_fresh(now)
+        self._tag_values = {}
         self.view.scores = self.models.latest()
         await self._evaluate_alarms(now, now_utc)
         await self._write_hmi(now)
@@ -763,18 +769,22 @@ class Agent:
         """Values by source name (:func:`agent.pipeline.sources.asset_values`). With ``fresh``,
         model outputs only from a frame scored since the last cycle: between frames (for an
         asset left out of a frame, or from a stale model) the alarm engine gets nothing for them
-        and holds, rather than re-reading an old score."""
+        and holds, rather than re-reading an old score. The ``values`` tags are read once per
+        cycle (the alarms and the HMI block see the same ones)."""
         outputs: dict[str, Mapping[str, float]] = {}
         for m in self.models:
             score = (self._fresh.get(m.name, {}) if fresh else m.latest).get(asset_cfg.name)
             if score is not None:
                 outputs[m.binding.name] = score.outputs
+        tags = self._tag_values.get(asset_cfg.name)
+        if tags is None:
 
-        def tag_value(tag: str) -> float | None:
-            s = self.table.get(tag, now)
-            return s.as_float() if s.quality.is_good else None
+            def tag_value(tag: str) -> float | None:
+                s = self.table.get(tag, now)
+                return s.as_float() if s.quality.is_good else None
 
-        return asset_values(asset_cfg, outputs, tag_value)
+            tags = self._tag_values[asset_cfg.name] = {t: tag_value(t) for t in asset_cfg.values.values()}
+        return asset_values(asset_cfg, outputs, tags.__getitem__)
 
     def _run_detectors(self, asset_cfg: Any, values: dict[str, float | None]) -> None:
         run_detectors(asset_cfg, self.detectors, values)
@@ -800,14 +810,14 @@ class Agent:
         for a in self.config.assets:
             if ack_tag is not None:
                 s = self.table.get(ack_tag, now)
-                ack_value = s.value if s.quality.is_good and isinstance(s.value, bool | int | float) else None
+                ack_value = s.value if s.quality.is_good and isinstance(s.value, _NUMBER) else None
                 for t in self.alarms.on_ack_tag(a.name, ack_value, now, now_utc):
                     await self._alarm_transition(t)
                     changed = True
             values = self._asset_values(a, now)
             self._run_detectors(a, values)
             reasons: dict[str, str] = {}
-            if watched := watched_inputs(self.config.alarms, a, self.config.models):  # bad-PV alarms
+            if watched := self._watched_inputs(a):  # bad-PV alarms
                 bad, reasons = input_quality(watched, lambda tag: self.table.get(tag, now).quality)
                 values.update(bad)
             for t in self.alarms.evaluate(a.name, values, now, now_utc, reasons):
@@ -815,6 +825,15 @@ class Agent:
                 changed = True
         if changed:
             self._save_alarms()
+
+    def _watched_inputs(self, asset_cfg: Any) -> dict[str, tuple[str, ...]]:
+        """:func:`watched_inputs` of the asset, made once per config (a reload makes them anew)."""
+        made_for, by_asset = self._watched
+        if made_for is not self.config:
+            c = self.config
+            by_asset = {a.name: watched_inputs(c.alarms, a, c.models) for a in c.assets}
+            self._watched = (c, by_asset)
+        return by_asset[asset_cfg.name]
 
     async def _write_hmi(self, now: float) -> None:
         blocks: dict[str, dict[str, Value]] = {}
