@@ -191,10 +191,12 @@ class Agent:
         self.models = Models(context)
         self.models.replace(self.models.load(b) for b in config.models)
         self._fresh: dict[str, dict[str, Score]] = {}  # the models' scores new this cycle
-        # this cycle's values tags by asset (read once, for the alarms and the HMI block)
-        self._tag_values: dict[str, dict[str, float | None]] = {}
-        # the tags each bad-PV alarm watches, by asset, for the config they were made from
-        self._watched: tuple[Config | None, dict[str, dict[str, tuple[str, ...]]]] = (None, {})
+        # this cycle's samples of the tags the alarms read, by asset (read once, at one time,
+        # for the alarms and the HMI block)
+        self._samples: dict[str, dict[str, Sample]] = {}
+        # by asset: the tags each bad-PV alarm watches, and every tag the alarms read; for the
+        # config they were made from
+        self._alarm_inputs: tuple[Config | None, dict[str, _AlarmInputs]] = (None, {})
         self.alarms = AlarmEngine(config.alarms, [a.name for a in config.assets])
         self.detectors: dict[tuple[str, str], Detector] = {
             (a.name, d.name): make_detector(d.detector) for a in config.assets for d in a.detectors
@@ -737,7 +739,7 @@ class Agent:
             self._cycle_beat()
         now, now_utc = self._clock(), utcnow()
         self._fresh = self.models.take_fresh(now)
-        self._tag_values = {}
+        self._samples = {}
         self.view.scores = self.models.latest()
         await self._evaluate_alarms(now, now_utc)
         await self._write_hmi(now)
@@ -776,15 +778,22 @@ class Agent:
             score = (self._fresh.get(m.name, {}) if fresh else m.latest).get(asset_cfg.name)
             if score is not None:
                 outputs[m.binding.name] = score.outputs
-        tags = self._tag_values.get(asset_cfg.name)
-        if tags is None:
+        samples = self._samples_of(asset_cfg, now)
 
-            def tag_value(tag: str) -> float | None:
-                s = self.table.get(tag, now)
-                return s.as_float() if s.quality.is_good else None
+        def tag_value(tag: str) -> float | None:
+            s = samples[tag]
+            return s.as_float() if s.quality.is_good else None
 
-            tags = self._tag_values[asset_cfg.name] = {t: tag_value(t) for t in asset_cfg.values.values()}
-        return asset_values(asset_cfg, outputs, tags.__getitem__)
+        return asset_values(asset_cfg, outputs, tag_value)
+
+    def _samples_of(self, asset_cfg: Any, now: float) -> dict[str, Sample]:
+        """The samples of every tag the asset's alarms read (its ``values`` tags and the bad-PV
+        alarms' inputs), taken once per cycle at one ``now`` (:meth:`TagTable.snapshot`)."""
+        samples = self._samples.get(asset_cfg.name)
+        if samples is None:
+            tags = self._alarm_inputs_of(asset_cfg).tags
+            samples = self._samples[asset_cfg.name] = self.table.snapshot(tags, now)
+        return samples
 
     def _run_detectors(self, asset_cfg: Any, values: dict[str, float | None]) -> None:
         run_detectors(asset_cfg, self.detectors, values)
@@ -817,8 +826,9 @@ class Agent:
             values = self._asset_values(a, now)
             self._run_detectors(a, values)
             reasons: dict[str, str] = {}
-            if watched := self._watched_inputs(a):  # bad-PV alarms
-                bad, reasons = input_quality(watched, lambda tag: self.table.get(tag, now).quality)
+            if watched := self._alarm_inputs_of(a).watched:  # bad-PV alarms
+                samples = self._samples_of(a, now)
+                bad, reasons = input_quality(watched, _quality_in(samples))
                 values.update(bad)
             for t in self.alarms.evaluate(a.name, values, now, now_utc, reasons):
                 await self._alarm_transition(t)
@@ -826,13 +836,17 @@ class Agent:
         if changed:
             self._save_alarms()
 
-    def _watched_inputs(self, asset_cfg: Any) -> dict[str, tuple[str, ...]]:
-        """:func:`watched_inputs` of the asset, made once per config (a reload makes them anew)."""
-        made_for, by_asset = self._watched
+    def _alarm_inputs_of(self, asset_cfg: Any) -> _AlarmInputs:
+        """What the asset's alarms read, made once per config (a reload makes it anew)."""
+        made_for, by_asset = self._alarm_inputs
         if made_for is not self.config:
             c = self.config
-            by_asset = {a.name: watched_inputs(c.alarms, a, c.models) for a in c.assets}
-            self._watched = (c, by_asset)
+            by_asset = {}
+            for a in c.assets:
+                watched = watched_inputs(c.alarms, a, c.models)
+                tags = (*a.values.values(), *(t for ts in watched.values() for t in ts))
+                by_asset[a.name] = _AlarmInputs(watched, tuple(dict.fromkeys(tags)))
+            self._alarm_inputs = (c, by_asset)
         return by_asset[asset_cfg.name]
 
     async def _write_hmi(self, now: float) -> None:
@@ -941,6 +955,16 @@ class Agent:
         for i in lost[:8]:
             word |= 1 << (_DEVICE_LOST_BIT0 + i)
         return word
+
+
+def _quality_in(samples: Mapping[str, Sample]) -> Callable[[str], Quality]:
+    return lambda tag: samples[tag].quality
+
+
+@dataclass(frozen=True, slots=True)
+class _AlarmInputs:
+    watched: dict[str, tuple[str, ...]]  # bad-PV source -> the tags it watches (watched_inputs)
+    tags: tuple[str, ...]  # the values tags and the watched ones, each once
 
 
 class _Stopped(Exception):

@@ -430,6 +430,7 @@ class PumpEnergyRule:
         self._handover: frozenset[int] = frozenset()
         self._price: float | None = None
         self._last_plan: _LastPlan | None = None  # see plan()
+        self._summary: tuple[object, str] | None = None  # summary()'s last (inputs, text)
         if station is not None:
             self.use_station(station)
 
@@ -1039,15 +1040,20 @@ class PumpEnergyRule:
         what the plan saves against plain level control ("" before the first plan)."""
         if not self.last_codes:
             return ""
+        # the agent asks every cycle; the plan changes far less often
+        said = (tuple(self.last_codes.items()), self.last_specific_energy, self._price)
+        if self._summary is not None and self._summary[0] == said:
+            return self._summary[1]
         codes = ", ".join(
             f"{a} {int(c)} {c.name.lower().replace('_', ' ')}" for a, c in self.last_codes.items()
         )
-        if self.last_specific_energy is None:
-            return codes
-        spec, base = self.last_specific_energy
-        out = f"{codes}; {spec:.4f} kWh/m³ expected, level control {base:.4f} ({1 - spec / base:+.1%} saved)"
-        if self._price is not None:
-            out += f", {(base - spec) * self._price:+.4f}/m³ at {self._price:g}/kWh"
+        out = codes
+        if self.last_specific_energy is not None:
+            spec, base = self.last_specific_energy
+            out += f"; {spec:.4f} kWh/m³ expected, level control {base:.4f} ({1 - spec / base:+.1%} saved)"
+            if self._price is not None:
+                out += f", {(base - spec) * self._price:+.4f}/m³ at {self._price:g}/kWh"
+        self._summary = (said, out)
         return out
 
     def pump(self, asset: str) -> RecommenderPump | None:

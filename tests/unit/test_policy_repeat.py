@@ -1,7 +1,7 @@
 """The pump-energy rule given the arguments of its previous plan again: the agent cycles far
 more often than the measurements change, so ``plan`` hands back the previous plan then. Every
 call must give exactly what recomputing gives (``_plan``, the rule's own computation, on a twin
-rule fed the same calls), state included, with and without start/stop choices."""
+rule fed the same calls), state and summary included, with and without start/stop choices."""
 
 from __future__ import annotations
 
@@ -59,6 +59,8 @@ def test_a_repeated_plan_is_the_plan_recomputed(start_stop: bool, calls: list[An
         speeds, flows, why, _ = fresh._plan(level, demand, list(unloaded), planned, suction, run, price)
         assert got == (speeds, flows, why)
         assert state(cached) == state(fresh)
+        fresh._summary = None  # the summary recomputed, against the one reused when it repeats
+        assert cached.summary() == fresh.summary() != ""
 
 
 def test_repeats_are_not_recomputed_unless_the_rule_chose_among_pumps() -> None:
