@@ -286,7 +286,9 @@ class Reason(enum.StrEnum):
     @classmethod
     def of(cls, reason: str) -> Reason:
         """The :class:`Reason` a reason string starts with (ValueError if none)."""
-        return cls(reason.split(": ", 1)[0])
+        head = reason.split(": ", 1)[0]
+        member = cls._value2member_map_.get(head)  # what cls(head) looks up, without its call
+        return member if isinstance(member, Reason) else cls(head)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
