@@ -63,23 +63,28 @@ def test_a_repeated_plan_is_the_plan_recomputed(start_stop: bool, calls: list[An
         assert cached.summary() == fresh.summary() != ""
 
 
+def counting(r: PumpEnergyRule) -> list[int]:
+    """Count the rule's computed plans (``_plan`` calls) in the returned list's one item."""
+    n = [0]
+    real = r._plan
+
+    def counted(*a: Any) -> Any:
+        n[0] += 1
+        return real(*a)
+
+    r._plan = counted  # type: ignore[method-assign]
+    return n
+
+
 def test_repeats_are_not_recomputed_unless_the_rule_chose_among_pumps() -> None:
     for start_stop, expected in ((False, 1), (True, 3)):
         r = rule(start_stop)
+        n = counting(r)
         run = {"pump1": PumpRunState(True, 10.0), "pump2": PumpRunState(True, 2.0)}
-        n = 0
-        real = r._plan
-
-        def counted(*a: Any) -> Any:
-            nonlocal n
-            n += 1
-            return real(*a)
-
-        r._plan = counted  # type: ignore[method-assign]
         first = r.plan(3.0, 120.0, [], None, None, run)
         first[0]["pump1"] = -1.0  # the caller's copy: the next plan is not changed by it
         again = [r.plan(3.0, 120.0, [], None, None, run) for _ in range(2)]
-        assert n == expected
+        assert n[0] == expected
         assert again[0] == again[1] and again[0][0]["pump1"] > 0
         r.plan(3.0, 121.0, [], None, None, run)
-        assert n == expected + 1  # new arguments: computed
+        assert n[0] == expected + 1  # new arguments: computed
