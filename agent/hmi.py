@@ -75,6 +75,7 @@ FIELD_ORDER: tuple[str, ...] = DETAIL_FIELDS + WORD_FIELDS
 """The order a block's values are written in (every field of ``AssetHmi``)."""
 
 _HEARTBEAT_MODULO = 65536  # a 16-bit counter: the PLC watches it change
+_FIELDS = frozenset(FIELD_ORDER)
 
 
 class HmiSink(Protocol):
@@ -124,10 +125,15 @@ def with_sources(block: HmiBlock, asset: AssetConfig, shown: Mapping[str, float 
     ``shown`` maps source names to their latest values (None when unknown). A fault class that
     is unknown or not a finite number shows 0 (no class), as the field is an integer code.
     """
+    fault_class, rul = _from_sources(asset, shown)
+    return replace(block, fault_class=fault_class, rul=rul)
+
+
+def _from_sources(asset: AssetConfig, shown: Mapping[str, float | None]) -> tuple[int, float | None]:
+    """``fault_class`` and ``rul`` as :func:`with_sources` fills them in."""
     fault = shown.get(asset.fault_class_source) if asset.fault_class_source else None
     rul = shown.get(asset.rul_source) if asset.rul_source else None
-    fault_class = int(fault) if fault is not None and math.isfinite(fault) else 0
-    return replace(block, fault_class=fault_class, rul=rul)
+    return (int(fault) if fault is not None and math.isfinite(fault) else 0), rul
 
 
 _STEPPING = frozenset({Reason.RATE_LIMITED, Reason.RATE_WAIT})
@@ -165,14 +171,15 @@ def block_values(
     so the HMI keeps its last value rather than a made-up one. ``recommender_reason``: the
     recommender's code for this asset (:func:`recommender_code`; None: no recommender).
     """
-    b = with_sources(block, asset, shown)
+    b = block
+    fault_class, rul = _from_sources(asset, shown)  # as with_sources fills them in
     values: dict[str, Value] = {
         "highest_severity": b.highest_severity,
         "active_count": b.active_count,
         "first_out_code": b.first_out_code,
-        "fault_class": b.fault_class,
+        "fault_class": fault_class,
         "anomaly_score": shown.get(asset.anomaly_source) if asset.anomaly_source else None,
-        "rul": b.rul,
+        "rul": rul,
         "recommender_reason": recommender_reason,
         "alarm_word": b.alarm_word,
         "unacked_word": b.unacked_word,
@@ -249,7 +256,7 @@ class HmiWriter:
         """
         for asset, values in blocks.items():
             fields = self._fields[asset]
-            unknown = values.keys() - set(FIELD_ORDER)
+            unknown = values.keys() - _FIELDS
             if unknown:
                 raise KeyError(f"unknown HMI field(s) for {asset}: {sorted(unknown)}")
             items = [(fields[f], v) for f in FIELD_ORDER if f in fields and (v := values.get(f)) is not None]

@@ -97,7 +97,7 @@ class PumpRunTracker:
             hours = doc["hours"]
             for asset in self.hours:
                 v = hours.get(asset, 0.0)
-                if isinstance(v, int | float) and math.isfinite(v) and v >= 0:
+                if isinstance(v, (int, float)) and math.isfinite(v) and v >= 0:
                     self.hours[asset] = float(v)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.error("run hours not restored: counting from zero", file=str(self.path), error=str(exc))
@@ -132,7 +132,7 @@ class PumpRunTracker:
     ) -> bool | None:
         if target is not None:
             s = table.get(target.running_tag, now)
-            if s.quality.is_good and isinstance(s.value, bool | int | float):
+            if s.quality.is_good and isinstance(s.value, (bool, int, float)):
                 return bool(s.value)
             return None
         if speed_tag is not None:

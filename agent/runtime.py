@@ -106,6 +106,7 @@ STATUS_BITS = {
     "stopping": 7,
 }
 _DEVICE_LOST_BIT0 = 8  # bits 8..15: device i (config order) lost
+_NUMBER = (bool, int, float)  # built once: an ``int | float`` union is built on every call
 _STOP_DEADLINE_S = 5.0
 
 
@@ -190,6 +191,12 @@ class Agent:
         self.models = Models(context)
         self.models.replace(self.models.load(b) for b in config.models)
         self._fresh: dict[str, dict[str, Score]] = {}  # the models' scores new this cycle
+        # this cycle's samples of the tags the alarms read, by asset (read once, at one time,
+        # for the alarms and the HMI block)
+        self._samples: dict[str, dict[str, Sample]] = {}
+        # by asset: the tags each bad-PV alarm watches, and every tag the alarms read; for the
+        # config they were made from
+        self._alarm_inputs: tuple[Config | None, dict[str, _AlarmInputs]] = (None, {})
         self.alarms = AlarmEngine(config.alarms, [a.name for a in config.assets])
         self.detectors: dict[tuple[str, str], Detector] = {
             (a.name, d.name): make_detector(d.detector) for a in config.assets for d in a.detectors
@@ -732,6 +739,7 @@ class Agent:
             self._cycle_beat()
         now, now_utc = self._clock(), utcnow()
         self._fresh = self.models.take_fresh(now)
+        self._samples = {}
         self.view.scores = self.models.latest()
         await self._evaluate_alarms(now, now_utc)
         await self._write_hmi(now)
@@ -763,18 +771,29 @@ class Agent:
         """Values by source name (:func:`agent.pipeline.sources.asset_values`). With ``fresh``,
         model outputs only from a frame scored since the last cycle: between frames (for an
         asset left out of a frame, or from a stale model) the alarm engine gets nothing for them
-        and holds, rather than re-reading an old score."""
+        and holds, rather than re-reading an old score. The ``values`` tags are read once per
+        cycle (the alarms and the HMI block see the same ones)."""
         outputs: dict[str, Mapping[str, float]] = {}
         for m in self.models:
             score = (self._fresh.get(m.name, {}) if fresh else m.latest).get(asset_cfg.name)
             if score is not None:
                 outputs[m.binding.name] = score.outputs
+        samples = self._samples_of(asset_cfg, now)
 
         def tag_value(tag: str) -> float | None:
-            s = self.table.get(tag, now)
+            s = samples[tag]
             return s.as_float() if s.quality.is_good else None
 
         return asset_values(asset_cfg, outputs, tag_value)
+
+    def _samples_of(self, asset_cfg: Any, now: float) -> dict[str, Sample]:
+        """The samples of every tag the asset's alarms read (its ``values`` tags and the bad-PV
+        alarms' inputs), taken once per cycle at one ``now`` (:meth:`TagTable.snapshot`)."""
+        samples = self._samples.get(asset_cfg.name)
+        if samples is None:
+            tags = self._alarm_inputs_of(asset_cfg).tags
+            samples = self._samples[asset_cfg.name] = self.table.snapshot(tags, now)
+        return samples
 
     def _run_detectors(self, asset_cfg: Any, values: dict[str, float | None]) -> None:
         run_detectors(asset_cfg, self.detectors, values)
@@ -800,21 +819,35 @@ class Agent:
         for a in self.config.assets:
             if ack_tag is not None:
                 s = self.table.get(ack_tag, now)
-                ack_value = s.value if s.quality.is_good and isinstance(s.value, bool | int | float) else None
+                ack_value = s.value if s.quality.is_good and isinstance(s.value, _NUMBER) else None
                 for t in self.alarms.on_ack_tag(a.name, ack_value, now, now_utc):
                     await self._alarm_transition(t)
                     changed = True
             values = self._asset_values(a, now)
             self._run_detectors(a, values)
             reasons: dict[str, str] = {}
-            if watched := watched_inputs(self.config.alarms, a, self.config.models):  # bad-PV alarms
-                bad, reasons = input_quality(watched, lambda tag: self.table.get(tag, now).quality)
+            if watched := self._alarm_inputs_of(a).watched:  # bad-PV alarms
+                samples = self._samples_of(a, now)
+                bad, reasons = input_quality(watched, _quality_in(samples))
                 values.update(bad)
             for t in self.alarms.evaluate(a.name, values, now, now_utc, reasons):
                 await self._alarm_transition(t)
                 changed = True
         if changed:
             self._save_alarms()
+
+    def _alarm_inputs_of(self, asset_cfg: Any) -> _AlarmInputs:
+        """What the asset's alarms read, made once per config (a reload makes it anew)."""
+        made_for, by_asset = self._alarm_inputs
+        if made_for is not self.config:
+            c = self.config
+            by_asset = {}
+            for a in c.assets:
+                watched = watched_inputs(c.alarms, a, c.models)
+                tags = (*a.values.values(), *(t for ts in watched.values() for t in ts))
+                by_asset[a.name] = _AlarmInputs(watched, tuple(dict.fromkeys(tags)))
+            self._alarm_inputs = (c, by_asset)
+        return by_asset[asset_cfg.name]
 
     async def _write_hmi(self, now: float) -> None:
         blocks: dict[str, dict[str, Value]] = {}
@@ -922,6 +955,16 @@ class Agent:
         for i in lost[:8]:
             word |= 1 << (_DEVICE_LOST_BIT0 + i)
         return word
+
+
+def _quality_in(samples: Mapping[str, Sample]) -> Callable[[str], Quality]:
+    return lambda tag: samples[tag].quality
+
+
+@dataclass(frozen=True, slots=True)
+class _AlarmInputs:
+    watched: dict[str, tuple[str, ...]]  # bad-PV source -> the tags it watches (watched_inputs)
+    tags: tuple[str, ...]  # the values tags and the watched ones, each once
 
 
 class _Stopped(Exception):

@@ -645,7 +645,7 @@ def grid_for(tag: AnyTag) -> Grid:
 
 def _finite(v: Value) -> float | None:
     """``v`` as a finite float if it is a number (not a bool), else None."""
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         return None
     return float(v)
 
@@ -876,7 +876,7 @@ class StartStopUnit:
             s = await self.sinks[tag].read(tag)
         except DriverError:
             return None
-        return bool(s.value) if s.quality.is_good and isinstance(s.value, bool | int | float) else None
+        return bool(s.value) if s.quality.is_good and isinstance(s.value, (bool, int, float)) else None
 
     async def _confirmed(self, tag: str, value: bool, now: float) -> None:
         self._pending.pop(tag, None)

@@ -251,7 +251,9 @@ async def profile_cycles_of(
 
 
 def time_steps(agent: Agent, drv: Any) -> Counter[str]:
-    """Wrap the steps of a cycle (on these instances, from outside) to sum their wall time.
+    """Wrap the steps of a cycle (on these instances, from outside) to sum their wall time,
+    and their CPU time under ``"cpu " + step`` (``time.process_time``: this process, its
+    threads included).
 
     The steps nest: the HMI and write-back steps include the driver's writes (requests,
     replies, read-backs), which are also counted on their own (``driver writes``)."""
@@ -261,11 +263,12 @@ def time_steps(agent: Agent, drv: Any) -> Counter[str]:
         fn = getattr(obj, name)
 
         async def timed(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 return await fn(*args, **kwargs)
             finally:
                 spent[key] += time.perf_counter() - t0
+                spent["cpu " + key] += time.process_time() - c0
 
         setattr(obj, name, timed)
 
@@ -400,7 +403,12 @@ async def cycle_vs_floor(
         "ratio_p50": pct(agent_s, 50) / pct(floor_s, 50),
         "agent_writes": agent.view.writes,
         "profile": profile,
-        "steps_ms": {k: 1000 * v / n for k, v in measured_steps.items()} if n else {},
+        "steps_ms": {k: 1000 * v / n for k, v in measured_steps.items() if not k.startswith("cpu ")}
+        if n
+        else {},
+        "steps_cpu_ms": {k[4:]: 1000 * v / n for k, v in measured_steps.items() if k.startswith("cpu ")}
+        if n
+        else {},
         "model_calls": sum(s.calls for s in scorers),
         "model_calls_inline": sum(s.inline_calls for s in scorers),
     }
@@ -596,9 +604,11 @@ def report(res: dict[str, Any]) -> dict[str, Any]:
             cells = "".join(f" {v:8.2f}" if v is not None else f" {'':8}" for v in (mean, p50, p99, cpu))
             print(f"{label:46}{cells}")
         if c.get("steps_ms"):
-            print("cycle() by step (wall ms per cycle, the measured cycles):")
+            print(f"cycle() by step (ms per cycle, the measured cycles):{'wall':>11} {'CPU':>8}")
+            cpu_ms = c.get("steps_cpu_ms", {})
             for step, ms in c["steps_ms"].items():
-                print(f"  {step:44}{ms:9.2f}")
+                cpu = f"{cpu_ms[step]:9.2f}" if step in cpu_ms else ""
+                print(f"  {step:53}{ms:9.2f}{cpu}")
         if c.get("model_calls"):
             print(
                 f"model calls run inline on the loop (measured small): "

@@ -97,6 +97,11 @@ _LIMIT_NAMES: tuple[str, ...] = ("high_high", "high", "low", "low_low")
 _ACTIVE_STATES = (AlarmState.UNACK, AlarmState.ACKED)
 _EPISODE_STATES = (AlarmState.UNACK, AlarmState.ACKED, AlarmState.RTN_UNACK)
 _SUPPRESSED_STATES = (AlarmState.SHELVED, AlarmState.OUT_OF_SERVICE)
+# _Slot.key() of the states without a severity
+_KEY_OUT_OF_SERVICE = (AlarmState.OUT_OF_SERVICE, 0)
+_KEY_SHELVED = (AlarmState.SHELVED, 0)
+_KEY_NORMAL = (AlarmState.NORMAL, 0)
+_KEY_RTN_UNACK = (AlarmState.RTN_UNACK, 0)
 
 
 def bad_key(source: str) -> str:
@@ -306,10 +311,8 @@ class _Slot:
     shelved_until_utc: datetime | None = None
     out_of_service: bool = False
     reported: tuple[AlarmState, int] = (AlarmState.NORMAL, 0)
-
-    @property
-    def is_alert(self) -> bool:
-        return self.d.kind == "alert"
+    is_alert: bool = False  # d.kind == "alert" (kept: the engine asks every cycle)
+    input_key: str = ""  # d.input_key (kept: the engine asks every cycle)
 
     @property
     def condition(self) -> bool:
@@ -333,9 +336,15 @@ class _Slot:
         return AlarmState.NORMAL if self.acked else AlarmState.RTN_UNACK
 
     def key(self) -> tuple[AlarmState, int]:
-        """What a transition is judged on: the state, and the severity while active."""
-        state = self.state()
-        return (state, self.severity if state in _ACTIVE_STATES else 0)
+        """What a transition is judged on: the state, and the severity while active
+        (:meth:`state` inlined: every slot is asked every cycle)."""
+        if self.out_of_service or not self.d.enabled:
+            return _KEY_OUT_OF_SERVICE
+        if self.shelved_until_mono is not None:
+            return _KEY_SHELVED
+        if self.active:
+            return (AlarmState.ACKED if self.acked else AlarmState.UNACK), self.severity
+        return _KEY_NORMAL if self.acked else _KEY_RTN_UNACK
 
     def reported_severity(self, state: AlarmState) -> int:
         if state in _SUPPRESSED_STATES or not self.severity:
@@ -357,7 +366,9 @@ def _new_slot(d: AlarmDef) -> _Slot:
         conds = [_Condition("class", math.nan, d.severity)]
     else:
         conds = [_Condition(name, lim.value, lim.severity) for name, lim in d.limits().items()]
-    slot = _Slot(d=d, conditions=conds, classes=d.classes())
+    slot = _Slot(
+        d=d, conditions=conds, classes=d.classes(), is_alert=d.kind == "alert", input_key=d.input_key
+    )
     slot.reported = slot.key()
     return slot
 
@@ -419,8 +430,8 @@ class AlarmEngine:
         _require_aware(now_utc)
         updated: list[_Slot] = []
         for slot in a.slots.values():
-            key = slot.d.input_key
-            if not slot.d.enabled or key not in values:
+            key = slot.input_key
+            if key not in values or not slot.d.enabled:
                 continue
             x = values[key]
             if x is None or not math.isfinite(x):

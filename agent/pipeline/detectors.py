@@ -34,6 +34,7 @@ Not thread-safe; one owner per detector.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Annotated, Literal, Protocol
 
@@ -251,8 +252,40 @@ class StuckDetector(_WindowDetector):
     """A frozen sensor: 1 when the value and the previous window span no more than ``tolerance``."""
 
     def __init__(self, cfg: StuckConfig) -> None:
+        self._win: deque[float] = deque(maxlen=cfg.window)
         super().__init__(cfg.window, 0.5, 0.0)
         self._tolerance = cfg.tolerance
+
+    # The window is kept as Python floats: :meth:`update` runs every cycle, and on a window of
+    # tens of values numpy's per-call cost was most of it. ``_buf`` (what ``batch`` and
+    # ``reset`` use) reads and replaces the same window.
+    @property
+    def _buf(self) -> FloatArray:
+        return np.array(self._win, dtype=np.float64)
+
+    @_buf.setter
+    def _buf(self, values: FloatArray) -> None:
+        self._win = deque(values.tolist(), maxlen=self._window)
+
+    @property
+    def ready(self) -> bool:
+        """The window is full: the next good value will be scored."""
+        return len(self._win) >= self._window
+
+    def update(self, x: float | None) -> DetectorResult:
+        """As the windowed detectors' ``update`` (:meth:`_score_windows` on one window), in
+        Python floats: the same IEEE max, min and difference."""
+        if x is None or not math.isfinite(x):
+            return DetectorResult(math.nan, False, self.ready)
+        x = float(x)
+        win = self._win
+        if len(win) >= self._window:
+            span = max(max(win), x) - min(min(win), x)
+            result = _result(1.0 if span <= self._tolerance else 0.0, self._threshold)
+        else:
+            result = _NOT_READY
+        win.append(x)
+        return result
 
     def _score_windows(self, windows: FloatArray, targets: FloatArray) -> FloatArray:
         hi: FloatArray = np.maximum(windows.max(axis=1), targets)

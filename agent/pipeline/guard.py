@@ -286,7 +286,9 @@ class Reason(enum.StrEnum):
     @classmethod
     def of(cls, reason: str) -> Reason:
         """The :class:`Reason` a reason string starts with (ValueError if none)."""
-        return cls(reason.split(": ", 1)[0])
+        head = reason.split(": ", 1)[0]
+        member = cls._value2member_map_.get(head)  # what cls(head) looks up, without its call
+        return member if isinstance(member, Reason) else cls(head)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -422,7 +424,7 @@ def _bool_of(sample: Sample | None, tag: str, max_age_s: float, now: float) -> b
     v = sample.value
     if isinstance(v, bool):
         return v
-    if isinstance(v, int | float) and math.isfinite(v):
+    if isinstance(v, (int, float)) and math.isfinite(v):
         return v != 0
     return None
 
@@ -578,7 +580,7 @@ class Guard:
             if rec.target_tag != t.tag:
                 bad.append(f"{Reason.WRONG_TARGET}: for {rec.target_tag!r}, not {t.tag!r}")
             value = rec.value
-            if not isinstance(value, int | float) or not math.isfinite(value):
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
                 bad.append(f"{Reason.NOT_FINITE}: {value!r}")
             if bad:
                 return self._reject(target, rec, tuple(bad))
@@ -667,7 +669,7 @@ class Guard:
                 bad.append(f"{Reason.WRONG_TARGET}: for {rec.target_tag!r}, not {t.tag!r}")
             if t.tag not in self._allowed:
                 bad.append(f"{Reason.NOT_ALLOWED}: {t.tag!r}")
-            if not isinstance(rec.value, int | float) or rec.value not in (0, 1):
+            if not isinstance(rec.value, (int, float)) or rec.value not in (0, 1):
                 bad.append(f"{Reason.NOT_FINITE}: a start/stop request is 0 or 1, got {rec.value!r}")
             if bad:
                 return self._reject(target, rec, tuple(bad))
@@ -728,7 +730,7 @@ class Guard:
         if not _fresh(rb.mono, t.max_input_age_s, inputs.now):
             return None, f"{Reason.READBACK_UNAVAILABLE}: stale"
         v = rb.value
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             return None, f"{Reason.READBACK_UNAVAILABLE}: not a finite number"
         if inputs.last_write_at is not None and not rb.mono >= inputs.last_write_at:
             return None, str(Reason.READBACK_PENDING)

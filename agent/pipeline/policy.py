@@ -392,6 +392,20 @@ class _Plan:
     bound: tuple[str, ...]  # constraints that bound the split
 
 
+# plan()'s last call: (arguments, speeds, flows, why, last_stopped, last_codes,
+# last_specific_energy, price)
+_LastPlan = tuple[
+    tuple[object, ...],
+    dict[str, float],
+    dict[str, float],
+    str,
+    set[str],
+    dict[str, ReasonCode],
+    tuple[float, float] | None,
+    float | None,
+]
+
+
 class PumpEnergyRule:
     """The rule-based recommender (see the module docstring). One instance per station."""
 
@@ -415,6 +429,8 @@ class PumpEnergyRule:
         self._rank: list[int] = []  # the duty order of the pumps the rule may start and stop
         self._handover: frozenset[int] = frozenset()
         self._price: float | None = None
+        self._last_plan: _LastPlan | None = None  # see plan()
+        self._summary: tuple[object, str] | None = None  # summary()'s last (inputs, text)
         if station is not None:
             self.use_station(station)
 
@@ -431,6 +447,7 @@ class PumpEnergyRule:
             self.curves = StationCurves.from_bundle(station, [p.min_flow_m3h for p in cfg.pumps])
         self._cache.clear()
         self._ranges.clear()
+        self._last_plan = None
 
     # ------------------------------------------------------------------ the station model
 
@@ -787,6 +804,55 @@ class PumpEnergyRule:
         running state of pumps with a start/stop target (the rule then chooses which of them
         run; without it they all run). The stopped pumps are in :attr:`last_stopped`, each
         pump's code in :attr:`last_codes`."""
+        # The plan is a function of its arguments and the curves, except where the rule chooses
+        # which pumps run (duty order and hand-over are kept from call to call): a call with the
+        # arguments of the one before, and no such choice, gives that call's plan again (the
+        # measurements change far less often than the agent cycles).
+        key = (
+            level_m,
+            demand_m3h,
+            tuple(unloaded),
+            planned_flow_m3h,
+            dict(suction) if suction else None,
+            dict(run) if run else None,
+            price_per_kwh,
+            self.curves,
+        )
+        last = self._last_plan
+        if last is not None and last[0] == key:
+            _, speeds, flows, why, stopped, codes, self.last_specific_energy, self._price = last
+            self.last_stopped, self.last_codes = set(stopped), dict(codes)
+            return dict(speeds), dict(flows), why
+        speeds, flows, why, chose = self._plan(
+            level_m, demand_m3h, unloaded, planned_flow_m3h, suction, run, price_per_kwh
+        )
+        self._last_plan = (
+            (
+                key,
+                speeds,
+                flows,
+                why,
+                set(self.last_stopped),
+                dict(self.last_codes),
+                self.last_specific_energy,
+                self._price,
+            )
+            if not chose
+            else None
+        )
+        return dict(speeds), dict(flows), why
+
+    def _plan(
+        self,
+        level_m: float,
+        demand_m3h: float,
+        unloaded: Sequence[str],
+        planned_flow_m3h: float | None,
+        suction: Mapping[str, tuple[float, float]] | None,
+        run: Mapping[str, PumpRunState] | None,
+        price_per_kwh: float | None,
+    ) -> tuple[dict[str, float], dict[str, float], str, bool]:
+        """:meth:`plan` computed, and whether it chose among pumps (a choice that keeps state)."""
         cfg, m, c = self.config, self.config.station, self.curves
         assets = [p.asset for p in cfg.pumps]
         n = len(assets)
@@ -890,7 +956,7 @@ class PumpEnergyRule:
             else:
                 out[a] = _BOUND_CODES.get(own.split(" ", 2)[-1], ReasonCode.ENERGY_OPTIMUM)
         self.last_codes = out
-        return speeds, flows, why
+        return speeds, flows, why, bool(pool)
 
     def _saving(
         self,
@@ -974,15 +1040,20 @@ class PumpEnergyRule:
         what the plan saves against plain level control ("" before the first plan)."""
         if not self.last_codes:
             return ""
+        # the agent asks every cycle; the plan changes far less often
+        said = (tuple(self.last_codes.items()), self.last_specific_energy, self._price)
+        if self._summary is not None and self._summary[0] == said:
+            return self._summary[1]
         codes = ", ".join(
             f"{a} {int(c)} {c.name.lower().replace('_', ' ')}" for a, c in self.last_codes.items()
         )
-        if self.last_specific_energy is None:
-            return codes
-        spec, base = self.last_specific_energy
-        out = f"{codes}; {spec:.4f} kWh/m³ expected, level control {base:.4f} ({1 - spec / base:+.1%} saved)"
-        if self._price is not None:
-            out += f", {(base - spec) * self._price:+.4f}/m³ at {self._price:g}/kWh"
+        out = codes
+        if self.last_specific_energy is not None:
+            spec, base = self.last_specific_energy
+            out += f"; {spec:.4f} kWh/m³ expected, level control {base:.4f} ({1 - spec / base:+.1%} saved)"
+            if self._price is not None:
+                out += f", {(base - spec) * self._price:+.4f}/m³ at {self._price:g}/kWh"
+        self._summary = (said, out)
         return out
 
     def pump(self, asset: str) -> RecommenderPump | None:
