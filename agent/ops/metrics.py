@@ -42,6 +42,7 @@ from agent.errors import AgentError
 from agent.ops import status
 from agent.ops.metrics_config import MetricsConfig, parse_listen
 from agent.ops.serving import Connections
+from agent.pipeline.alarms import ALARM_KINDS
 from agent.stats import LatencyStats
 
 if TYPE_CHECKING:
@@ -257,7 +258,7 @@ class AgentCollector(Collector):
 
     def _alarm_metrics(self) -> Iterator[Metric]:
         active = _gauge("edge_agent_alarms_active", "severity", "kind")
-        counts = {(str(sev), kind): 0 for sev in range(1, 5) for kind in ("alarm", "alert")}
+        counts: dict[tuple[str, str], int] = {(str(s), kind): 0 for s in range(1, 5) for kind in ALARM_KINDS}
         for row in status.alarm_rows(self._agent.alarms, self._agent.config):
             if row.active:
                 counts[(str(row.severity), row.kind)] += 1

@@ -67,7 +67,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, get_args
 
 from pydantic import Field, model_validator
 
@@ -76,10 +76,12 @@ from agent.errors import AlarmError
 from agent.types import Alarm, AlarmState
 
 __all__ = [
+    "ALARM_KINDS",
     "STATE_VERSION",
     "AlarmDef",
     "AlarmEngine",
     "AlarmError",
+    "AlarmKind",
     "AlarmsConfig",
     "HmiBlock",
     "Limit",
@@ -88,6 +90,11 @@ __all__ = [
 
 STATE_VERSION = 1
 """Version of the :meth:`AlarmEngine.state_dict` format."""
+
+AlarmKind = Literal["alarm", "alert", "bad_pv"]
+"""``alarm`` (an operator response), ``alert`` (none: a notification), ``bad_pv`` (an
+instrument diagnostic alarm on the quality of its source's input)."""
+ALARM_KINDS: tuple[AlarmKind, ...] = get_args(AlarmKind)
 
 Severity = Annotated[int, Field(ge=1, le=4)]
 """1 low, 2 medium, 3 high, 4 critical."""
@@ -132,7 +139,7 @@ class AlarmDef(FrozenModel):
     name: Annotated[str, Field(pattern=_NAME_PATTERN, max_length=64)]
     code: Annotated[int, Field(ge=1, le=16)]
     """1..16; the alarm's bit in the HMI words is ``code - 1``."""
-    kind: Literal["alarm", "alert", "bad_pv"] = "alarm"
+    kind: AlarmKind = "alarm"
     """``alarm`` (an operator response), ``alert`` (none: a notification), ``bad_pv`` (an
     instrument diagnostic alarm on the quality of its source's input)."""
     response: str = ""

@@ -22,6 +22,7 @@ from agent.errors import ConfigError
 from agent.ops.audit import AuditConfig, query_audit
 from agent.ops.metrics import METRICS
 from agent.ops.metrics_config import MetricsConfig
+from agent.pipeline.alarms import ALARM_KINDS
 from simulator import Fault, FaultKind, Plant, serve
 from tests.e2e.plant_fixtures import demo_config_data, modbus_test_config, running_agent, wait_until
 
@@ -118,7 +119,8 @@ async def test_scraped_metrics_and_their_exact_changes_after_faults(tmp_path: Pa
             pca = [dict(k) for k in info if dict(k)["model"] == "pca-pump"]
             assert len(pca) == 1 and pca[0]["version"] == str(manifest["version"])
             assert pca[0]["signature"] == "signed" and pca[0]["variant"].endswith(".onnx")
-            assert len(labelled(m, "edge_agent_alarms_active")) == 8  # 4 severities x alarm/alert
+            # 4 severities x every alarm kind (alarm, alert, bad_pv), zero or not
+            assert len(labelled(m, "edge_agent_alarms_active")) == 4 * len(ALARM_KINDS)
             # every sample of every poll is counted, by quality
             good = val(m, "edge_agent_samples_total", device="plant", quality="GOOD")
             bad = val(m, "edge_agent_samples_total", device="plant", quality="BAD")
