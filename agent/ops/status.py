@@ -114,7 +114,7 @@ class AlarmRow:
     asset: str
     code: int
     name: str
-    kind: str  # "alarm" | "alert"
+    kind: str  # an AlarmKind: "alarm", "alert" or "bad_pv"
     state: AlarmState
     severity: int
 
