@@ -35,7 +35,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import numpy.typing as npt
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
 from agent.modelstore.bundle import load_bundle
@@ -47,6 +47,7 @@ from agent.modelstore.manifest import (
     FileHash,
     Manifest,
     OutputSpec,
+    Stat,
     TensorSpec,
     Variant,
 )
@@ -141,6 +142,8 @@ class NetConfig(_Strict):
     epochs: int | None = None  # a teacher's own epoch count (default: fit.epochs)
     ensemble: Annotated[int, Field(ge=1)] = 1  # a teacher: members from as many seeds, outputs averaged
     log_std: bool = False  # an MLP over summary features: the window std of every role as log(1e-3 + std)
+    # an MLP: every other input as sign(x) log(1 + |x|) in the graph (bounded activations: W8A8)
+    squash: bool = False
 
 
 class FitSettings(_Strict):
@@ -180,13 +183,16 @@ class ModelConfig(_Strict):
     description: str = ""
     out: Path
     data: DataConfig
-    stats: list[Literal["mean", "std", "min", "max", "last", "slope"]] = [
+    stats: list[Stat] = [
         "mean",
         "std",
         "min",
         "max",
         "slope",
     ]
+    # the rows the recent_* stats cover (the last `recent` of the window): a long window for
+    # slow and intermittent faults that still sees the last minute on its own
+    recent: Annotated[int, Field(ge=2)] | None = None
     teachers: list[NetConfig]
     student: NetConfig
     prune: Annotated[float, Field(gt=0, le=1)] = 0.5
@@ -211,6 +217,14 @@ class ModelConfig(_Strict):
     output: OutputNaming = OutputNaming()
     baselines: bool = False  # also build Isolation Forest / LOF / kNN and report their delays
     fit: FitSettings = FitSettings()
+
+    @model_validator(mode="after")
+    def _recent_fits(self) -> ModelConfig:
+        if any(s.startswith("recent_") for s in self.stats) != (self.recent is not None):
+            raise ValueError("recent_* stats need recent (the rows they cover), and recent needs one of them")
+        if self.recent is not None and self.recent > self.data.window.length:
+            raise ValueError(f"recent {self.recent} is longer than the window ({self.data.window.length})")
+        return self
 
 
 class ExportConfig(_Strict):
@@ -343,9 +357,9 @@ def _params(pumps: int) -> Any:
 # --------------------------------------------------------------------------- helpers
 
 
-def _feature_spec(kind: str, stats: Sequence[str]) -> FeatureSpec:
+def _feature_spec(kind: str, stats: Sequence[str], recent: int | None = None) -> FeatureSpec:
     if kind == "summary":
-        return FeatureSpec(kind="summary", stats=tuple(stats))  # type: ignore[arg-type]
+        return FeatureSpec(kind="summary", stats=tuple(stats), recent=recent)  # type: ignore[arg-type]
     return FeatureSpec(kind=kind)  # type: ignore[arg-type]
 
 
@@ -806,11 +820,12 @@ def _no_target(task: _Task, n: int) -> npt.NDArray[np.generic] | None:
 
 
 def _log_inputs(nc: NetConfig, stats: Sequence[str], n_roles: int) -> list[int]:
-    """Indexes of the window std of every role in summary features (stat-major), if ``log_std``."""
-    if not (nc.log_std and nc.arch == "mlp" and nc.features == "summary" and "std" in stats):
+    """Indexes of the window std (and recent_std) of every role in summary features
+    (stat-major), if ``log_std``."""
+    if not (nc.log_std and nc.arch == "mlp" and nc.features == "summary"):
         return []
-    k = list(stats).index("std")
-    return list(range(k * n_roles, (k + 1) * n_roles))
+    spreads = [k for k, s in enumerate(stats) if s in ("std", "recent_std")]
+    return [k * n_roles + i for k in spreads for i in range(n_roles)]
 
 
 def _net(nc: NetConfig, *, n_in: int, n_out: int, spec: DataSpec, stats: Sequence[str] = ()) -> nn.Module:
@@ -828,6 +843,7 @@ def _net(nc: NetConfig, *, n_in: int, n_out: int, spec: DataSpec, stats: Sequenc
         layers=nc.layers,
         dropout=nc.dropout,
         log_inputs=_log_inputs(nc, stats, len(spec.roles)),
+        squash=nc.squash and nc.arch == "mlp",
     )
 
 
@@ -899,7 +915,7 @@ def export_model(
     rep["notes"] += ds.quality
 
     def contract(kind: str) -> Contract:
-        return Contract(inputs, _feature_spec(kind, cfg.stats))
+        return Contract(inputs, _feature_spec(kind, cfg.stats, cfg.recent))
 
     # ---- teachers (teachers branch): every configured teacher (an ensemble of `ensemble`
     # members trained from different seeds when asked); the best on validation teaches
@@ -1039,6 +1055,7 @@ def export_model(
                 hidden,
                 task.n_out(n_in),
                 log_inputs=_log_inputs(cfg.student, cfg.stats, len(spec.roles)),
+                squash=cfg.student.squash,
             )
         scratch, _ = fit(
             scratch,
@@ -1291,7 +1308,7 @@ def export_model(
         f"({'distilled' if distilled else 'trained from scratch'}), "
         f"test {task.metric} {task.score(raw_te, xs_te, te):.4f}."
     )
-    fs = _feature_spec(cfg.student.features, cfg.stats)
+    fs = _feature_spec(cfg.student.features, cfg.stats, cfg.recent)
     manifest = {
         "name": cfg.name,
         "version": cfg.version,

@@ -356,7 +356,7 @@ def feature_affine(
     if features.kind == "flatten":
         return np.tile(off, length), np.tile(sc, length)
     zero = np.zeros_like(off)
-    offs = [zero if stat in ("std", "slope") else off for stat in features.stats]
+    offs = [zero if stat.removeprefix("recent_") in ("std", "slope") else off for stat in features.stats]
     return np.concatenate(offs), np.concatenate([sc for _ in features.stats])
 
 
