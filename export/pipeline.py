@@ -810,6 +810,11 @@ def _unlabelled(cfg: ModelConfig, task: _Task, ds: Dataset) -> Windows:
     return w.take(np.arange(0, len(w), step))
 
 
+def _take(w: Windows, rows: npt.NDArray[np.bool_]) -> Windows:
+    """``w.take(rows)``, or ``w`` itself when every row takes part (no copy of GBs of windows)."""
+    return w if bool(np.all(rows)) else w.take(rows)
+
+
 def _no_target(task: _Task, n: int) -> npt.NDArray[np.generic] | None:
     """Hard targets of ``n`` unlabelled windows: -1 (a class) or NaN (a value)."""
     if task.name == "classifier":
@@ -876,9 +881,9 @@ def export_model(
     inputs = fit_normalisation(spec, ds.train_samples, training_range=ds.training_range)
     task = _Task(cfg, ds)
     tr, va, te = (
-        w.take(task.rows(w, fitting)) for w, fitting in ((ds.train, True), (ds.val, True), (ds.test, False))
+        _take(w, task.rows(w, fitting)) for w, fitting in ((ds.train, True), (ds.val, True), (ds.test, False))
     )
-    va_all = ds.val.take(task.rows(ds.val, False))
+    va_all = _take(ds.val, task.rows(ds.val, False))
     # Thresholds come from the separate normal run when there is one (calibration files),
     # else from the validation windows.
     cal_w = ds.calibration if ds.calibration is not None and len(ds.calibration) else va_all
@@ -986,6 +991,7 @@ def export_model(
     cw = getattr(task, "class_weight", None)
     kd = cfg.distillation != "off"
     extra = _unlabelled(cfg, task, ds)
+    ds.transfer = None  # (its thinned windows are in `extra`: a long window's raw windows are GBs)
     n_unlabelled = len(extra)
     x_kd = np.concatenate([xs_tr, features(extra.x, cs)]) if n_unlabelled else xs_tr
     y_no = _no_target(task, n_unlabelled)
