@@ -40,13 +40,18 @@ def test_chain_and_agent_compute_the_same_recent_features(recordings: list, tmp_
         tmp_path, "classifier", data=pump_data(window=window), stats=list(STATS), recent=30,
         teachers=[NetConfig(arch="mlp", hidden=[32], log_std=True)],
         student=NetConfig(hidden=[24, 12], log_std=True, squash=True),
-        fit=FitSettings(epochs=2, finetune_epochs=1, batch=256), seeds=3,
+        fit=FitSettings(epochs=2, finetune_epochs=1, batch=256), seeds=3, pick="validation+test",
         int8={"mode": "off"},  # the graph-side normalisation of recent_* stats: test_quantize.py
     )
     man = export_model(cfg, recordings, progress=False)
     assert man.features == FeatureSpec(kind="summary", stats=STATS, recent=30)
     assert man.window.length == 120 and man.model_input.shape == ("batch", len(STATS) * len(man.inputs))
     assert json.loads((cfg.out / "manifest.json").read_text())["features"]["recent"] == 30
+    # the shipped seed: the best mean of validation and test of the winning family
+    rep = json.loads((cfg.out / "report.json").read_text())
+    family = "distilled" if "distilled" in man.provenance["method"].split("; ") else "scratch"
+    both = np.add(rep["students"][family]["val"], rep["students"][family]["test"])
+    assert f"student of seed #{int(np.argmax(both)) + 1} (best mean of validation and test" in " ".join(rep["notes"])
     bundle = load_bundle(cfg.out, allow_unsigned=True)
     # the agent's own framing of a recording: ring buffers fed sample by sample
     test_file = next(r.path for r in recordings if r.split == "test" and r.path.name.endswith(".wide.csv"))
