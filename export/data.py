@@ -401,7 +401,8 @@ def _windows_of(
     ends = window.length - 1 + stride * np.arange(len(view))
     view = view[ok]
     ends = ends[ok]
-    last = view[:, -1, :]
+    # a copy: views of the last row would keep every window's float64 copy alive (GBs)
+    last = view[:, -1, :].copy()
     label = np.nan_to_num(last[:, n_roles], nan=NORMAL).astype(np.int64)
     return Windows(
         x=view[:, :, :n_roles].astype(np.float32),
@@ -686,19 +687,22 @@ def build_dataset(
             out["test"].append(_windows_of(full[te:], n_roles, spec.window, stride, p.rec, p.asset, te))
         normal = np.nan_to_num(code[:a], nan=NORMAL) == NORMAL
         samples.append(x[:a][normal])
+    parts.clear()  # the series are cut: only their windows and samples are needed now
     length = spec.window.length
+    # one split at a time, its parts freed as it is joined: a long window's raw windows are GBs
+    joined = {name: Windows.concat(out.pop(name), length, n_roles) for name in list(out)}
     return Dataset(
         spec=spec,
         recordings=tuple(recordings),
-        train=Windows.concat(out["train"], length, n_roles),
-        val=Windows.concat(out["val"], length, n_roles),
-        test=Windows.concat(out["test"], length, n_roles),
+        train=joined["train"],
+        val=joined["val"],
+        test=joined["test"],
         train_samples=np.concatenate(samples),
         labels=labels,
-        calibration=Windows.concat(out["calibration"], length, n_roles),
+        calibration=joined["calibration"],
         quality=quality,
         training_range=training_range,
-        transfer=Windows.concat(out["transfer"], length, n_roles),
+        transfer=joined["transfer"],
     )
 
 

@@ -31,6 +31,10 @@ class MLP(nn.Module):
     taken as ``log(LOG_EPS + x)`` first, inside the graph: standardised by the role's whole
     operating range, a sensor's noise is a few hundredths and a frozen sensor 0, a difference
     a linear layer barely sees and the log makes large.
+
+    ``squash``: every other input taken as ``sign(x) log(1 + |x|)`` first (about the identity
+    near 0, a log for large values): a fault drives some statistics to hundreds of sigmas, and squashed inputs
+    keep every layer's activations within a range 8-bit activations can hold (INT8 W8A8).
     """
 
     def __init__(
@@ -40,12 +44,14 @@ class MLP(nn.Module):
         n_out: int,
         dropout: float = 0.0,
         log_inputs: Sequence[int] = (),
+        squash: bool = False,
     ) -> None:
         super().__init__()
         sizes = [n_in, *hidden, n_out]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
         self.dropout = float(dropout)
         self.log_inputs = tuple(int(i) for i in log_inputs)
+        self.squash = bool(squash)
         mask = torch.zeros(n_in, dtype=torch.bool)
         mask[list(self.log_inputs)] = True
         self.register_buffer("log_mask", mask, persistent=False)
@@ -56,8 +62,12 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(x.shape[0], -1)
-        if self.log_inputs:
-            x = torch.where(self.log_mask, torch.log(LOG_EPS + torch.relu(x)), x)
+        if self.log_inputs or self.squash:
+            # sign(x) log(1 + |x|): asinh's shape in ops every ONNX opset has (no Asinh export)
+            other = torch.sign(x) * torch.log1p(x.abs()) if self.squash else x
+            if self.log_inputs:
+                other = torch.where(self.log_mask, torch.log(LOG_EPS + torch.relu(x)), other)
+            x = other
         for layer in self.layers[:-1]:
             x = torch.relu(layer(x))
             if self.dropout and self.training:
@@ -200,11 +210,12 @@ def build_net(
     layers: int = 2,
     dropout: float = 0.0,
     log_inputs: Sequence[int] = (),
+    squash: bool = False,
 ) -> nn.Module:
     """A network by name: ``mlp``, ``cnn``, ``tcn``, ``transformer`` (sequence input) or
     ``autoencoder``."""
     if arch == "mlp":
-        return MLP(n_in, hidden, n_out, dropout, log_inputs)
+        return MLP(n_in, hidden, n_out, dropout, log_inputs, squash)
     if arch == "autoencoder":
         return AutoEncoder(n_in, hidden, bottleneck)
     if arch == "cnn":

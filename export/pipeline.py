@@ -35,7 +35,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import numpy.typing as npt
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
 from agent.modelstore.bundle import load_bundle
@@ -47,6 +47,7 @@ from agent.modelstore.manifest import (
     FileHash,
     Manifest,
     OutputSpec,
+    Stat,
     TensorSpec,
     Variant,
 )
@@ -141,6 +142,8 @@ class NetConfig(_Strict):
     epochs: int | None = None  # a teacher's own epoch count (default: fit.epochs)
     ensemble: Annotated[int, Field(ge=1)] = 1  # a teacher: members from as many seeds, outputs averaged
     log_std: bool = False  # an MLP over summary features: the window std of every role as log(1e-3 + std)
+    # an MLP: every other input as sign(x) log(1 + |x|) in the graph (bounded activations: W8A8)
+    squash: bool = False
 
 
 class FitSettings(_Strict):
@@ -180,13 +183,16 @@ class ModelConfig(_Strict):
     description: str = ""
     out: Path
     data: DataConfig
-    stats: list[Literal["mean", "std", "min", "max", "last", "slope"]] = [
+    stats: list[Stat] = [
         "mean",
         "std",
         "min",
         "max",
         "slope",
     ]
+    # the rows the recent_* stats cover (the last `recent` of the window): a long window for
+    # slow and intermittent faults that still sees the last minute on its own
+    recent: Annotated[int, Field(ge=2)] | None = None
     teachers: list[NetConfig]
     student: NetConfig
     prune: Annotated[float, Field(gt=0, le=1)] = 0.5
@@ -196,6 +202,9 @@ class ModelConfig(_Strict):
     # gate compares their means and spreads (at least 3, or the gate fails)
     seeds: Annotated[int, Field(ge=1)] = 3
     distillation_min_t: float = 2.0  # the win in standard errors of the difference (Welch's t)
+    # which seed of the winning family ships: the best validation metric, or the best mean of
+    # validation and test (when the validation days miss fault kinds the test days hold)
+    pick: Literal["validation", "validation+test"] = "validation"
     # distil on `all` (the labelled windows, plus `split: transfer` recordings thinned to the
     # training stride) or on the `labelled` windows only
     transfer: Literal["all", "labelled"] = "all"
@@ -211,6 +220,14 @@ class ModelConfig(_Strict):
     output: OutputNaming = OutputNaming()
     baselines: bool = False  # also build Isolation Forest / LOF / kNN and report their delays
     fit: FitSettings = FitSettings()
+
+    @model_validator(mode="after")
+    def _recent_fits(self) -> ModelConfig:
+        if any(s.startswith("recent_") for s in self.stats) != (self.recent is not None):
+            raise ValueError("recent_* stats need recent (the rows they cover), and recent needs one of them")
+        if self.recent is not None and self.recent > self.data.window.length:
+            raise ValueError(f"recent {self.recent} is longer than the window ({self.data.window.length})")
+        return self
 
 
 class ExportConfig(_Strict):
@@ -343,9 +360,9 @@ def _params(pumps: int) -> Any:
 # --------------------------------------------------------------------------- helpers
 
 
-def _feature_spec(kind: str, stats: Sequence[str]) -> FeatureSpec:
+def _feature_spec(kind: str, stats: Sequence[str], recent: int | None = None) -> FeatureSpec:
     if kind == "summary":
-        return FeatureSpec(kind="summary", stats=tuple(stats))  # type: ignore[arg-type]
+        return FeatureSpec(kind="summary", stats=tuple(stats), recent=recent)  # type: ignore[arg-type]
     return FeatureSpec(kind=kind)  # type: ignore[arg-type]
 
 
@@ -796,6 +813,11 @@ def _unlabelled(cfg: ModelConfig, task: _Task, ds: Dataset) -> Windows:
     return w.take(np.arange(0, len(w), step))
 
 
+def _take(w: Windows, rows: npt.NDArray[np.bool_]) -> Windows:
+    """``w.take(rows)``, or ``w`` itself when every row takes part (no copy of GBs of windows)."""
+    return w if bool(np.all(rows)) else w.take(rows)
+
+
 def _no_target(task: _Task, n: int) -> npt.NDArray[np.generic] | None:
     """Hard targets of ``n`` unlabelled windows: -1 (a class) or NaN (a value)."""
     if task.name == "classifier":
@@ -806,11 +828,12 @@ def _no_target(task: _Task, n: int) -> npt.NDArray[np.generic] | None:
 
 
 def _log_inputs(nc: NetConfig, stats: Sequence[str], n_roles: int) -> list[int]:
-    """Indexes of the window std of every role in summary features (stat-major), if ``log_std``."""
-    if not (nc.log_std and nc.arch == "mlp" and nc.features == "summary" and "std" in stats):
+    """Indexes of the window std (and recent_std) of every role in summary features
+    (stat-major), if ``log_std``."""
+    if not (nc.log_std and nc.arch == "mlp" and nc.features == "summary"):
         return []
-    k = list(stats).index("std")
-    return list(range(k * n_roles, (k + 1) * n_roles))
+    spreads = [k for k, s in enumerate(stats) if s in ("std", "recent_std")]
+    return [k * n_roles + i for k in spreads for i in range(n_roles)]
 
 
 def _net(nc: NetConfig, *, n_in: int, n_out: int, spec: DataSpec, stats: Sequence[str] = ()) -> nn.Module:
@@ -828,6 +851,7 @@ def _net(nc: NetConfig, *, n_in: int, n_out: int, spec: DataSpec, stats: Sequenc
         layers=nc.layers,
         dropout=nc.dropout,
         log_inputs=_log_inputs(nc, stats, len(spec.roles)),
+        squash=nc.squash and nc.arch == "mlp",
     )
 
 
@@ -860,9 +884,9 @@ def export_model(
     inputs = fit_normalisation(spec, ds.train_samples, training_range=ds.training_range)
     task = _Task(cfg, ds)
     tr, va, te = (
-        w.take(task.rows(w, fitting)) for w, fitting in ((ds.train, True), (ds.val, True), (ds.test, False))
+        _take(w, task.rows(w, fitting)) for w, fitting in ((ds.train, True), (ds.val, True), (ds.test, False))
     )
-    va_all = ds.val.take(task.rows(ds.val, False))
+    va_all = _take(ds.val, task.rows(ds.val, False))
     # Thresholds come from the separate normal run when there is one (calibration files),
     # else from the validation windows.
     cal_w = ds.calibration if ds.calibration is not None and len(ds.calibration) else va_all
@@ -899,7 +923,7 @@ def export_model(
     rep["notes"] += ds.quality
 
     def contract(kind: str) -> Contract:
-        return Contract(inputs, _feature_spec(kind, cfg.stats))
+        return Contract(inputs, _feature_spec(kind, cfg.stats, cfg.recent))
 
     # ---- teachers (teachers branch): every configured teacher (an ensemble of `ensemble`
     # members trained from different seeds when asked); the best on validation teaches
@@ -970,6 +994,7 @@ def export_model(
     cw = getattr(task, "class_weight", None)
     kd = cfg.distillation != "off"
     extra = _unlabelled(cfg, task, ds)
+    ds.transfer = None  # (its thinned windows are in `extra`: a long window's raw windows are GBs)
     n_unlabelled = len(extra)
     x_kd = np.concatenate([xs_tr, features(extra.x, cs)]) if n_unlabelled else xs_tr
     y_no = _no_target(task, n_unlabelled)
@@ -1039,6 +1064,7 @@ def export_model(
                 hidden,
                 task.n_out(n_in),
                 log_inputs=_log_inputs(cfg.student, cfg.stats, len(spec.roles)),
+                squash=cfg.student.squash,
             )
         scratch, _ = fit(
             scratch,
@@ -1120,13 +1146,19 @@ def export_model(
                     "note": str(exc).split(": ", 1)[1],
                 }
             )
-    # of the winning family, the seed with the best validation metric ships (never chosen on test)
-    pick = max(range(cfg.seeds), key=lambda j: runs[family][j].val)
+    # of the winning family, the seed with the best validation metric ships (never chosen on
+    # test), or with `pick: validation+test` the best mean of the two (then the test metric of
+    # the shipped student is optimistic: judge it on other seeds, bench/teachers.py)
+    pick = max(
+        range(cfg.seeds),
+        key=lambda j: runs[family][j].val + (runs[family][j].test if cfg.pick == "validation+test" else 0.0),
+    )
     chosen = runs[family][pick].net
     distilled = kd and family == "distilled"
+    by = "validation" if cfg.pick == "validation" else "mean of validation and test"
     rep["notes"].append(
-        f"ships the {family} student of seed #{pick + 1} (best validation {task.metric} "
-        f"{runs[family][pick].val:.4f} of {cfg.seeds})"
+        f"ships the {family} student of seed #{pick + 1} (best {by} {task.metric}: validation "
+        f"{runs[family][pick].val:.4f}, test {runs[family][pick].test:.4f}, of {cfg.seeds})"
     )
     rep["notes"].append(
         f"structured pruning kept {cfg.prune:.0%} of every hidden layer: {cfg.student.hidden} -> "
@@ -1291,7 +1323,7 @@ def export_model(
         f"({'distilled' if distilled else 'trained from scratch'}), "
         f"test {task.metric} {task.score(raw_te, xs_te, te):.4f}."
     )
-    fs = _feature_spec(cfg.student.features, cfg.stats)
+    fs = _feature_spec(cfg.student.features, cfg.stats, cfg.recent)
     manifest = {
         "name": cfg.name,
         "version": cfg.version,

@@ -17,7 +17,8 @@
 Every trial is a report row (activations, method, per-channel, FP32 layers, agreement, size,
 FP32 and INT8 latency measured side by side). A setting passes when it passes the gate on the
 test windows and on the windows the bundle carries as checks (the gate the gateway re-runs).
-Of the passing ones, 8-bit activations before 16-bit, then the smallest file (what INT8 brings
+Of the passing ones, 8-bit activations before 16-bit, then per-channel weights before the
+reference row, then the smallest file (what INT8 brings
 to a 30 KB model is bytes; its speed is decided on the gateway, and a layer left in FP32 only
 where it costs the agreement is what the smallest passing file has), then the best agreement;
 when none passes, none ships and the reason gives the numbers.
@@ -205,10 +206,12 @@ def candidate_settings(n_layers: int, reduce_range: bool, activation: str = "uin
     return out
 
 
-def _rank(t: Trial) -> tuple[int, int, float]:
-    """Passing trials, best first: 8-bit activations, then the smallest file, then the best
-    agreement (then the order tried: the choice never depends on a timing)."""
-    return (t.setting.activation_bits, t.size, -t.agreement)
+def _rank(t: Trial) -> tuple[int, bool, int, float]:
+    """Passing trials, best first: 8-bit activations, then per-channel weights (the per-tensor
+    reference row, with its reduce_range, ships only when no per-channel setting passes), then
+    the smallest file, then the best agreement (then the order tried: the choice never depends
+    on a timing)."""
+    return (t.setting.activation_bits, not t.setting.per_channel, t.size, -t.agreement)
 
 
 def search_int8(
@@ -356,7 +359,7 @@ def feature_affine(
     if features.kind == "flatten":
         return np.tile(off, length), np.tile(sc, length)
     zero = np.zeros_like(off)
-    offs = [zero if stat in ("std", "slope") else off for stat in features.stats]
+    offs = [zero if stat.removeprefix("recent_") in ("std", "slope") else off for stat in features.stats]
     return np.concatenate(offs), np.concatenate([sc for _ in features.stats])
 
 

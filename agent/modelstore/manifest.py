@@ -99,7 +99,19 @@ MANIFEST_FILE = "manifest.json"
 Task = Literal["anomaly", "classifier", "rul", "setpoint", "forecast"]
 Aggregation = Literal["instant", "mean"]
 """How one window row of a role is made from the polled samples (see :class:`InputRole`)."""
-Stat = Literal["mean", "std", "min", "max", "last", "slope"]
+Stat = Literal[
+    "mean",
+    "std",
+    "min",
+    "max",
+    "last",
+    "slope",
+    "recent_mean",
+    "recent_std",
+    "recent_min",
+    "recent_max",
+    "recent_slope",
+]
 Dim = int | str
 """A tensor dimension: a fixed size, or a symbolic name (``"batch"``) for a dynamic one."""
 
@@ -214,11 +226,14 @@ class FeatureSpec(_Frozen):
     """How a normalised window [T, R] becomes the model input (per asset).
 
     ``sequence``: [T, R] as is; ``flatten``: [T*R] time-major; ``summary``: for each stat in
-    ``stats``, one value per role ([len(stats) * R], stat-major).
+    ``stats``, one value per role ([len(stats) * R], stat-major). A ``recent_*`` stat is its
+    stat over the last ``recent`` rows of the window only: a long window (slow faults, rare
+    events) that still sees what changed in the last minute.
     """
 
     kind: Literal["sequence", "flatten", "summary"] = "sequence"
     stats: tuple[Stat, ...] = ()
+    recent: Annotated[int, Field(ge=2)] | None = None
 
     @model_validator(mode="after")
     def _stats_fit_kind(self) -> Self:
@@ -226,6 +241,9 @@ class FeatureSpec(_Frozen):
             raise ValueError("stats are required for kind summary (and only for it)")
         if len(set(self.stats)) != len(self.stats):
             raise ValueError("stats must not repeat")
+        uses_recent = any(s.startswith("recent_") for s in self.stats)
+        if uses_recent != (self.recent is not None):
+            raise ValueError("recent_* stats need recent (the rows they cover), and recent needs one of them")
         return self
 
     def shape(self, length: int, n_roles: int) -> tuple[int, ...]:
@@ -393,6 +411,10 @@ class Manifest(_Frozen):
         shape = self.model_input.shape
         if not shape or not isinstance(shape[0], str):
             raise ValueError("model_input.shape must start with the dynamic batch dimension (a name)")
+        if self.features.recent is not None and self.features.recent > self.window.length:
+            raise ValueError(
+                f"features.recent {self.features.recent} is longer than the window ({self.window.length})"
+            )
         expected = self.features.shape(self.window.length, len(self.inputs))
         if tuple(shape[1:]) != expected:
             raise ValueError(

@@ -119,22 +119,31 @@ def window_to_input(values: npt.ArrayLike, manifest: InputContract) -> npt.NDArr
     elif spec.kind == "flatten":
         out = z.reshape(*batch, z.shape[-2] * n_roles)
     else:
+        recent = z[..., -spec.recent :, :] if spec.recent is not None else z
         parts: list[FloatArray] = []
         for stat in spec.stats:
-            if stat == "mean":
-                parts.append(z.mean(axis=-2))
-            elif stat == "std":
-                parts.append(z.std(axis=-2))
-            elif stat == "min":
-                parts.append(z.min(axis=-2))
-            elif stat == "max":
-                parts.append(z.max(axis=-2))
-            elif stat == "last":
-                parts.append(z[..., -1, :])
-            else:
-                parts.append(_slope(z))
+            name, rows = (stat[len("recent_") :], recent) if stat.startswith("recent_") else (stat, z)
+            parts.append(_stat(name, rows))
         out = np.concatenate(parts, axis=-1)
     return out.astype(np.float32)
+
+
+def _stat(name: str, z: FloatArray) -> FloatArray:
+    # One summary statistic per role over the rows of z ([..., T, R] → [..., R]).
+    out: FloatArray
+    if name == "mean":
+        out = z.mean(axis=-2)
+    elif name == "std":
+        out = z.std(axis=-2)
+    elif name == "min":
+        out = z.min(axis=-2)
+    elif name == "max":
+        out = z.max(axis=-2)
+    elif name == "last":
+        out = z[..., -1, :]
+    else:
+        out = _slope(z)
+    return out
 
 
 def sliding_windows(series: npt.ArrayLike, length: int, stride: int) -> FloatArray:

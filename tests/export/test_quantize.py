@@ -54,7 +54,13 @@ def raw_windows(n: int, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "features",
-    [FeatureSpec(kind="summary", stats=STATS), FeatureSpec(kind="flatten"), FeatureSpec(kind="sequence")],
+    [
+        FeatureSpec(kind="summary", stats=STATS),
+        FeatureSpec(kind="summary", stats=(*STATS, "recent_mean", "recent_std", "recent_min",
+                                           "recent_max", "recent_slope"), recent=3),
+        FeatureSpec(kind="flatten"),
+        FeatureSpec(kind="sequence"),
+    ],
 )
 def test_feature_affine_turns_raw_features_into_the_trained_ones(features: FeatureSpec) -> None:
     raw = raw_windows(50)
@@ -143,9 +149,12 @@ def test_search_reports_every_setting_and_ships_the_best_passing() -> None:
     assert len(search.trials) == 25 and not any(t.error for t in search.trials)
     assert search.chosen is not None and search.chosen.passed
     passing = [t for t in search.trials if t.passed]
-    # 8-bit activations first, then the smallest file
+    # 8-bit activations first, then per-channel weights (the reference row only when nothing
+    # else passes), then the smallest file
     assert search.chosen.setting.activation_bits == min(t.setting.activation_bits for t in passing)
-    assert search.chosen.size == min(t.size for t in passing if t.setting.activation_bits == 8)
+    assert search.chosen.setting.per_channel
+    assert search.chosen.size == min(t.size for t in passing if t.setting.activation_bits == 8
+                                     and t.setting.per_channel)
     for t in search.trials:
         got = ot.run_onnx(t.model, x[600:])[0]
         assert t.agreement == pytest.approx(np.mean(np.argmax(got, 1) == np.argmax(ot.run_onnx(fp32, x[600:])[0], 1)))
@@ -247,3 +256,34 @@ def test_int8_off_keeps_the_agent_side_normalisation_and_schema_1(tmp_path: Path
     man, *_ = export(tmp_path, int8=Int8Settings(mode="off"))
     assert man.schema_version == 1 and man.input_normalisation is None and man.agreement == ()
     assert man.inputs[0].normalisation.kind == "standard" and len(man.checks) == 1
+
+
+def test_squashed_inputs_let_8_bit_activations_hold_fault_features() -> None:
+    # fault windows drive a statistic to hundreds of sigmas (a stuck or spiking sensor): an MLP
+    # over them spans orders of magnitude per layer; squashed inputs (sign(x) log(1 + |x|)) keep
+    # every layer in range
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 3000)
+    x = rng.normal(size=(3000, 8)).astype(np.float32)
+    x[y == 1, 0] += rng.uniform(2.0, 400.0, int(np.sum(y == 1))).astype(np.float32)
+    x[y == 2, 1] -= rng.uniform(2.0, 400.0, int(np.sum(y == 2))).astype(np.float32)
+    agreement = {}
+    for squash in (False, True):
+        torch.manual_seed(0)
+        net = MLP(8, [32, 16], 3, squash=squash)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+        xt, yt = torch.from_numpy(x[:2000]), torch.from_numpy(y[:2000])
+        for _ in range(150):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(xt), yt).backward()
+            opt.step()
+        fp32 = to_onnx(ClassifierGraph(net.eval(), 0), torch.from_numpy(x[:2]), "x", ["probs", "fault_score"])
+        if squash:
+            assert "Log" in [n.op_type for n in onnx.load_from_string(fp32).graph.node]
+            with torch.no_grad():
+                want = torch.softmax(net(torch.from_numpy(x[2000:])), 1).numpy()
+            np.testing.assert_allclose(ot.run_onnx(fp32, x[2000:])[0], want, atol=1e-5)
+        q, _ = quantize_int8(fp32, x[:1000], per_channel=True, method="minmax", activation="uint8")
+        agreement[squash] = float(np.mean(
+            np.argmax(ot.run_onnx(q, x[2000:])[0], 1) == np.argmax(ot.run_onnx(fp32, x[2000:])[0], 1)))
+    assert agreement[True] >= gates.INT8_TOP1 > agreement[False], agreement

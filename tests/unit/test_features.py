@@ -24,7 +24,7 @@ ROLES = ("vibration", "current")
 
 def manifest(
     *, length: int = 4, stride: int = 1, kind: str = "sequence", stats: tuple[str, ...] = (),
-    norm: tuple[dict[str, Any], dict[str, Any]] | None = None,
+    norm: tuple[dict[str, Any], dict[str, Any]] | None = None, recent: int | None = None,
 ) -> Manifest:
     norm = norm or (
         {"kind": "standard", "mean": 2.0, "std": 0.5},
@@ -38,7 +38,7 @@ def manifest(
             {"role": "vibration", "unit": "mm/s", "range": [0.0, 50.0], "normalisation": norm[0]},
             {"role": "current", "unit": "A", "range": [0.0, 20.0], "normalisation": norm[1]},
         ],
-        "features": {"kind": kind, "stats": list(stats)},
+        "features": {"kind": kind, "stats": list(stats), **({"recent": recent} if recent else {})},
         "model_input": {"name": "x", "shape": ["batch", *shape]},
         "outputs": [{"name": "y", "meaning": "score"}],
         "variants": [{"file": "model.onnx", "sha256": "0" * 64, "size": 1}],
@@ -100,6 +100,31 @@ def test_summary_stats_in_stat_major_order() -> None:
     out = window_to_input(x, m)
     expected = np.array([2.5, 4.0, np.std([1, 2, 3, 4]), 0.0, 1.0, 4.0, 4.0, 4.0, 4.0, 4.0, 1.0, 0.0])
     np.testing.assert_allclose(out.astype(np.float64), expected, rtol=1e-6)
+
+
+def test_recent_stats_cover_the_last_rows_only() -> None:
+    # a long window with the last minute's statistics beside the whole window's
+    m = manifest(length=6, kind="summary", recent=3,
+                 stats=("mean", "recent_mean", "recent_std", "recent_min", "recent_max", "recent_slope"),
+                 norm=({"kind": "none"}, {"kind": "none"}))
+    x = np.array([[0.0, 9.0], [0.0, 9.0], [0.0, 9.0], [1.0, 2.0], [2.0, 2.0], [3.0, 2.0]])
+    out = window_to_input(x, m).astype(np.float64)
+    whole = window_to_input(x, manifest(length=6, kind="summary", stats=("mean",),
+                                        norm=({"kind": "none"}, {"kind": "none"})))
+    last3 = window_to_input(x[-3:], manifest(length=3, kind="summary", stats=("mean", "std", "min", "max", "slope"),
+                                             norm=({"kind": "none"}, {"kind": "none"})))
+    np.testing.assert_allclose(out, np.concatenate([whole, last3]), rtol=1e-6)
+    np.testing.assert_allclose(out[2:4], [2.0, 2.0])  # recent_mean
+    np.testing.assert_allclose(out[-2:], [1.0, 0.0])  # recent_slope
+
+
+def test_recent_needs_its_stats_and_fits_the_window() -> None:
+    with pytest.raises(ValueError, match=r"recent_\* stats need recent"):
+        manifest(length=6, kind="summary", stats=("recent_mean",))
+    with pytest.raises(ValueError, match=r"recent_\* stats need recent"):
+        manifest(length=6, kind="summary", stats=("mean",), recent=3)
+    with pytest.raises(ValueError, match=r"features\.recent 8 is longer than the window"):
+        manifest(length=6, kind="summary", stats=("recent_mean",), recent=8)
 
 
 @settings(max_examples=40, deadline=None)
