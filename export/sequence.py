@@ -47,8 +47,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -111,6 +112,7 @@ class SequenceNet(nn.Module):
         self.register_buffer("mon_idx", torch.tensor(mon, dtype=torch.int64))
         self.register_buffer("eps", torch.tensor(list(eps), dtype=torch.float32))
         c, k = cfg.channels, cfg.kernel
+        self.channels, self.latent = c, cfg.latent
         pad = k // 2
 
         def branch(n_in: int) -> nn.Sequential:
@@ -132,30 +134,48 @@ class SequenceNet(nn.Module):
         self.log_var = nn.Conv1d(c, len(mon), k, padding=pad)
         self.rough = nn.Sequential(nn.Linear(2 * c, c), nn.ReLU(), nn.Linear(c, len(mon)))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(mon, recon, log_var, rough_pred, z)``: the monitored roles' sequences ``[B, M, T]``,
+        their reconstruction and expected log variance ``[B, M, T]``, the predicted log
+        roughness ``[B, M]`` and the latent ``[B, L]`` (before the training noise): what a
+        teacher hands its student (:func:`distil`)."""
+        xt = x.transpose(1, 2)  # [B, R, T]
+        op = torch.index_select(xt, 1, self.op_idx)
+        mon = torch.index_select(xt, 1, self.mon_idx)
+        z = self.to_latent(self.encoder(xt).mean(dim=2))
+        zn = z
+        if self.training:
+            # a noisy, small summary carries the slow states a window cannot explain (coarse,
+            # large), not the fine offset of one role: a drift stays in the error
+            zn = z + LATENT_NOISE * torch.randn_like(z)
+        h = self.operating(op)
+        zt = zn.unsqueeze(2).expand(-1, -1, h.shape[2])
+        recon = self.decoder(torch.cat([h, zt], dim=1))
+        log_var = torch.clamp(self.log_var(h), -12.0, 6.0)
+        pooled = torch.cat([h.mean(dim=2), h.amax(dim=2)], dim=1)
+        return mon, recon, log_var, self.rough(pooled), z
+
+    def standardised(self, parts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(err [B, M, T], rough_res [B, M])`` from :meth:`parts`: the reconstruction error in
+        units of its expected standard deviation and the log-roughness residual (what a teacher
+        hands its student, :func:`distil`)."""
+        mon, recon, log_var, rough_pred, _ = parts
+        d = mon[:, :, 1:] - mon[:, :, :-1]
+        rough = torch.log((d * d).mean(dim=2) + self.eps)
+        return (recon - mon) * torch.exp(-0.5 * log_var), rough - rough_pred
+
+    def outputs(self, parts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """:meth:`forward`'s outputs from :meth:`parts`."""
+        err, res = self.standardised(parts)
+        return (err * err).mean(dim=2), parts[2].mean(dim=2), res, err.mean(dim=2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(rec, log_var_mean, rough_res, level)``: per monitored role the mean over the window
         of the squared error in units of its expected variance, the mean log variance (the
         Gaussian likelihood's penalty, for training), the log-roughness residual and the mean
         standardised error (a persistent offset: a drift or a shifted relation; noise averages
         out of it over the window, so it is far more sensitive to an offset than ``rec``)."""
-        xt = x.transpose(1, 2)  # [B, R, T]
-        op = torch.index_select(xt, 1, self.op_idx)
-        mon = torch.index_select(xt, 1, self.mon_idx)
-        z = self.to_latent(self.encoder(xt).mean(dim=2))
-        if self.training:
-            # a noisy, small summary carries the slow states a window cannot explain (coarse,
-            # large), not the fine offset of one role: a drift stays in the error
-            z = z + LATENT_NOISE * torch.randn_like(z)
-        h = self.operating(op)
-        zt = z.unsqueeze(2).expand(-1, -1, h.shape[2])
-        recon = self.decoder(torch.cat([h, zt], dim=1))
-        log_var = torch.clamp(self.log_var(h), -12.0, 6.0)
-        err = (recon - mon) * torch.exp(-0.5 * log_var)
-        rec = (err * err).mean(dim=2)
-        d = mon[:, :, 1:] - mon[:, :, :-1]
-        rough = torch.log((d * d).mean(dim=2) + self.eps)
-        pooled = torch.cat([h.mean(dim=2), h.amax(dim=2)], dim=1)
-        return rec, log_var.mean(dim=2), rough - self.rough(pooled), err.mean(dim=2)
+        return self.outputs(self.parts(x))
 
 
 class SequenceScore(nn.Module):
@@ -253,71 +273,97 @@ def _thin(x: F32, n: int, operating: Sequence[int]) -> F32:
 # --------------------------------------------------------------------------- training
 
 
-def train(
-    x_fit: F32, x_val: F32, inputs: Sequence[InputRole], cfg: SequenceConfig, *, log: bool = False
-) -> tuple[SequenceScore, dict[str, float]]:
-    """Train on normal windows ``x_fit`` ``[N, T, R]``; standardise the score's terms on the
-    held-out normal windows ``x_val``. Returns the served graph and training numbers."""
-    from export.train import seed_everything
+def _own_loss(net: SequenceNet, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The Gaussian likelihood of the monitored roles given the operating point, the roughness
+    residual, and a penalty that keeps the latent near unit scale (its training noise's)."""
+    rec, log_var, res, _ = net.outputs(parts)
+    z = parts[4]
+    return rec.mean() + log_var.mean() + (res * res).mean() + 0.1 * (z * z).mean()
 
-    seed_everything(cfg.seed, cfg.threads)
-    operating = [i for i, r in enumerate(inputs) if r.operating]
-    monitored = [i for i, r in enumerate(inputs) if not r.operating]
-    if not operating:
-        raise ValueError(
-            "the sequence model needs at least one operating role (what the plant is asked to do)"
-        )
-    if len(x_fit) < 32 or len(x_val) < 32:
-        raise ValueError(
-            f"too little clean normal data: {len(x_fit)} training and {len(x_val)} held-out windows"
-        )
-    x_fit = _thin(x_fit, cfg.max_windows, operating)
-    net = SequenceNet(len(inputs), operating, _eps(x_fit, inputs, monitored), cfg)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
-    xt = torch.from_numpy(np.ascontiguousarray(x_fit))
-    gen = torch.Generator().manual_seed(cfg.seed)
+
+def _kd_loss(
+    net: SequenceNet, parts: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """The teacher's targets: its standardised errors (every role, every sample: how far the
+    window is from what the teacher expects, in units of the spread it expects) and its
+    roughness residuals."""
+    err, res = net.standardised(parts)
+    t_err, t_res = teacher
+    return ((err - t_err) ** 2).mean() + ((res - t_res) ** 2).mean()
+
+
+def _fit_net(
+    net: SequenceNet,
+    x: F32,
+    epochs: int,
+    seed: int,
+    cfg: SequenceConfig,
+    *,
+    teacher: Sequence[npt.NDArray[np.generic]] | None = None,
+    lr: float | None = None,
+    log: str = "",
+) -> float:
+    """Train ``net`` in place on normal windows ``x`` (with ``teacher``'s targets for the same
+    rows: ``alpha`` of its own objective, the rest the teacher's); returns the last epoch's loss."""
+    opt = torch.optim.Adam(net.parameters(), lr=lr or cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    xt = torch.from_numpy(np.ascontiguousarray(x))
+    tt = None if teacher is None else [torch.from_numpy(np.ascontiguousarray(t)) for t in teacher]
+    gen = torch.Generator().manual_seed(seed)  # the shuffling; the latent noise: torch's seed
     t0 = time.monotonic()
     loss_v = math.nan
-    for epoch in range(cfg.epochs):
+    for epoch in range(epochs):
         net.train()
         perm = torch.randperm(len(xt), generator=gen)
         total = 0.0
         for lo in range(0, len(xt), cfg.batch):
-            xb = xt[perm[lo : lo + cfg.batch]]
-            rec, log_var, res, _ = net(xb)
-            z = net.to_latent(net.encoder(xb.transpose(1, 2)).mean(dim=2))
-            loss = rec.mean() + log_var.mean() + (res * res).mean() + 0.1 * (z * z).mean()
+            idx = perm[lo : lo + cfg.batch]
+            parts = net.parts(xt[idx])
+            loss = _own_loss(net, parts)
+            if tt is not None:
+                kd = _kd_loss(net, parts, [t[idx].float() for t in tt])
+                loss = cfg.alpha * loss + (1 - cfg.alpha) * kd
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * len(xb)
+            total += float(loss.detach()) * len(idx)
         sched.step()
         loss_v = total / len(xt)
         if log:
             print(
-                f"  epoch {epoch + 1}/{cfg.epochs}: loss {loss_v:.4f} ({time.monotonic() - t0:.0f} s)",
+                f"  {log}: epoch {epoch + 1}/{epochs}: loss {loss_v:.4f} ({time.monotonic() - t0:.0f} s)",
                 file=sys.stderr,
             )
     net.eval()
+    return loss_v
+
+
+def _batched(net: nn.Module, x: F32, fn: str = "forward", batch: int = 4096) -> list[FloatArray]:
+    """``net``'s outputs (a tuple of tensors) over ``x`` in eval mode, concatenated."""
+    net.eval()
+    outs: list[list[npt.NDArray[np.generic]]] = []
     with torch.no_grad():
-        rec_l, res_l, lev_l = [], [], []
-        for lo in range(0, len(x_val), 4096):
-            r, _, s, v = net(torch.from_numpy(np.ascontiguousarray(x_val[lo : lo + 4096])))
-            rec_l.append(r.numpy())
-            res_l.append(s.numpy())
-            lev_l.append(v.numpy())
-    rec_v = np.concatenate(rec_l).astype(np.float64)
-    res_v = np.concatenate(res_l).astype(np.float64)
+        for lo in range(0, len(x), batch):
+            r = getattr(net, fn)(torch.from_numpy(np.ascontiguousarray(x[lo : lo + batch])))
+            r = r if isinstance(r, tuple) else (r,)
+            if not outs:
+                outs = [[] for _ in r]
+            for o, v in zip(outs, r, strict=True):
+                o.append(v.numpy())
+    return [np.concatenate(o) for o in outs]
+
+
+def _score_graph(net: SequenceNet, x_val: F32, monitored: Sequence[int]) -> SequenceScore:
+    """The served graph of ``net``: every term standardised on the held-out normal windows."""
+    rec_v, _, res_v, lev_v = (v.astype(np.float64) for v in _batched(net, x_val))
     r_mean = res_v.mean(axis=0)
     r_std = np.maximum(res_v.std(axis=0), 1e-3)
     low = np.minimum((res_v - r_mean) / r_std, 0.0) ** 2
     # a role that rests for a whole window in more than 1 % of normal windows (a quantised slow
     # temperature): a frozen reading of it looks like normal, its roughness term is left out
-    d = np.diff(x_val[:, :, monitored], axis=1)
+    d = np.diff(x_val[:, :, list(monitored)], axis=1)
     resting = np.mean(np.all(d == 0, axis=1), axis=0) > RESTING
     rough_weight = np.where(resting, 0.0, 1.0 / np.maximum(np.quantile(low, TAIL, axis=0), 1.0))
-    lev_v = np.concatenate(lev_l).astype(np.float64)
     graph = SequenceScore(
         net,
         np.maximum(np.quantile(rec_v, TAIL, axis=0), 1e-6),
@@ -327,6 +373,40 @@ def train(
         np.maximum(np.quantile(lev_v**2, TAIL, axis=0), 1e-6),
     )
     graph.eval()
+    return graph
+
+
+def _roles(inputs: Sequence[InputRole]) -> tuple[list[int], list[int]]:
+    operating = [i for i, r in enumerate(inputs) if r.operating]
+    if not operating:
+        raise ValueError(
+            "the sequence model needs at least one operating role (what the plant is asked to do)"
+        )
+    return operating, [i for i, r in enumerate(inputs) if not r.operating]
+
+
+def _check_sizes(x_fit: F32, x_val: F32) -> None:
+    if len(x_fit) < 32 or len(x_val) < 32:
+        raise ValueError(
+            f"too little clean normal data: {len(x_fit)} training and {len(x_val)} held-out windows"
+        )
+
+
+def train(
+    x_fit: F32, x_val: F32, inputs: Sequence[InputRole], cfg: SequenceConfig, *, log: bool = False
+) -> tuple[SequenceScore, dict[str, float]]:
+    """Train on normal windows ``x_fit`` ``[N, T, R]`` from scratch; standardise the score's
+    terms on the held-out normal windows ``x_val``. Returns the served graph and training numbers."""
+    from export.train import seed_everything
+
+    seed_everything(cfg.seed, cfg.threads)
+    operating, monitored = _roles(inputs)
+    _check_sizes(x_fit, x_val)
+    x_fit = _thin(x_fit, cfg.max_windows, operating)
+    net = SequenceNet(len(inputs), operating, _eps(x_fit, inputs, monitored), cfg)
+    t0 = time.monotonic()
+    loss_v = _fit_net(net, x_fit, cfg.epochs, cfg.seed, cfg, log="model" if log else "")
+    graph = _score_graph(net, x_val, monitored)
     info = {
         "train_loss": loss_v,
         "train_windows": float(len(x_fit)),
@@ -335,6 +415,230 @@ def train(
         "train_s": time.monotonic() - t0,
     }
     return graph, info
+
+
+# --------------------------------------------------------------------------- pruning
+
+
+def _in_norm(w: torch.Tensor) -> torch.Tensor:
+    """Per input channel of a Conv1d/Linear weight ``[out, in, ...]``: the norm of its weights."""
+    return w.transpose(0, 1).reshape(w.shape[1], -1).norm(dim=1)
+
+
+def _copy(
+    dst: nn.Module, src: nn.Module, out: torch.Tensor | None = None, inp: torch.Tensor | None = None
+) -> None:
+    w, b = src.weight.data, src.bias.data  # type: ignore[union-attr]
+    if out is not None:
+        w, b = w[out], b[out]
+    if inp is not None:
+        w = w[:, inp]
+    dst.weight.data.copy_(w)  # type: ignore[union-attr]
+    dst.bias.data.copy_(b)  # type: ignore[union-attr]
+
+
+def prune_net(net: SequenceNet, keep: float, x: F32, cfg: SequenceConfig) -> SequenceNet:
+    """A copy of ``net`` with the least important channels of every hidden group removed
+    (structured: the result is a smaller :class:`SequenceNet`, physically smaller and faster).
+    Importance and selection are :func:`export.train.keep_units`' (the MLP students' rule):
+    mean |activation| on ``x`` times the norm of the channel's outgoing weights."""
+    from export.train import keep_units
+
+    c, lat = net.channels, net.latent
+    net.eval()
+    with torch.no_grad():
+        xt = torch.from_numpy(np.ascontiguousarray(x)).transpose(1, 2)
+        op = torch.index_select(xt, 1, net.op_idx)
+        e1 = torch.relu(net.encoder[0](xt))
+        e2 = torch.relu(net.encoder[2](e1))
+        o1 = torch.relu(net.operating[0](op))
+        h = torch.relu(net.operating[2](o1))
+        z = net.to_latent(e2.mean(dim=2))
+        d1 = torch.relu(net.decoder[0](torch.cat([h, z.unsqueeze(2).expand(-1, -1, h.shape[2])], dim=1)))
+        r1 = torch.relu(net.rough[0](torch.cat([h.mean(dim=2), h.amax(dim=2)], dim=1)))
+
+        def act(a: torch.Tensor) -> torch.Tensor:
+            return a.abs().mean(dim=(0, 2)) if a.dim() == 3 else a.abs().mean(dim=0)
+
+        rw = _in_norm(net.rough[0].weight)
+        h_out = torch.sqrt(
+            _in_norm(net.decoder[0].weight)[:c] ** 2
+            + _in_norm(net.log_var.weight) ** 2
+            + rw[:c] ** 2
+            + rw[c:] ** 2
+        )
+        k_e1 = keep_units(act(e1) * _in_norm(net.encoder[2].weight), keep, 2)
+        k_e2 = keep_units(act(e2) * _in_norm(net.to_latent.weight), keep, 2)
+        k_o1 = keep_units(act(o1) * _in_norm(net.operating[2].weight), keep, 2)
+        k_h = keep_units(act(h) * h_out, keep, 2)
+        k_d1 = keep_units(act(d1) * _in_norm(net.decoder[2].weight), keep, 2)
+        k_r1 = keep_units(act(r1) * _in_norm(net.rough[2].weight), keep, 2)
+        n = len(k_h)
+        small = SequenceNet(
+            len(net.op_idx) + len(net.mon_idx),
+            net.op_idx.tolist(),
+            net.eps.tolist(),
+            SequenceConfig(channels=n, latent=lat, kernel=cfg.kernel),
+        )
+        _copy(small.encoder[0], net.encoder[0], out=k_e1)
+        _copy(small.encoder[2], net.encoder[2], out=k_e2, inp=k_e1)
+        _copy(small.to_latent, net.to_latent, inp=k_e2)
+        _copy(small.operating[0], net.operating[0], out=k_o1)
+        _copy(small.operating[2], net.operating[2], out=k_h, inp=k_o1)
+        _copy(small.decoder[0], net.decoder[0], out=k_d1, inp=torch.cat([k_h, c + torch.arange(lat)]))
+        _copy(small.decoder[2], net.decoder[2], inp=k_d1)
+        _copy(small.log_var, net.log_var, inp=k_h)
+        _copy(small.rough[0], net.rough[0], out=k_r1, inp=torch.cat([k_h, c + k_h]))
+        _copy(small.rough[2], net.rough[2], inp=k_r1)
+    small.eval()
+    return small
+
+
+# --------------------------------------------------------------------------- distillation
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Windows the chain owns and never trains on: fault windows by label (their last sample
+    inside a labelled episode of the asset) and normal windows (the calibration days)."""
+
+    faults: Mapping[float, F32]
+    normal: F32
+
+
+def detection_recall(graph: SequenceScore, val: Validation, fpr: float) -> float:
+    """The distillation gate's metric (higher is better): at the score that ``fpr`` of the
+    normal windows exceed, the share of each fault kind's windows above it, averaged over kinds
+    (every kind counts alike, however many windows it has)."""
+    (neg,) = _batched(graph, val.normal)
+    thr = float(np.quantile(neg, 1.0 - fpr))
+    return float(np.mean([np.mean(_batched(graph, x)[0] > thr) for x in val.faults.values()]))
+
+
+def teacher_targets(teacher: SequenceNet, x: F32) -> list[npt.NDArray[np.generic]]:
+    """``teacher``'s standardised errors ``[N, M, T]`` (float16: days of windows fit in memory)
+    and roughness residuals ``[N, M]`` on the transfer windows ``x``."""
+    teacher.eval()
+    err: list[npt.NDArray[np.float16]] = []
+    res: list[npt.NDArray[np.float32]] = []
+    with torch.no_grad():
+        for lo in range(0, len(x), 4096):
+            e, r = teacher.standardised(
+                teacher.parts(torch.from_numpy(np.ascontiguousarray(x[lo : lo + 4096])))
+            )
+            err.append(e.numpy().astype(np.float16))
+            res.append(r.numpy())
+    return [np.concatenate(err), np.concatenate(res)]
+
+
+def _heldout_loss(net: SequenceNet, x_val: F32) -> float:
+    net.eval()
+    total = 0.0
+    with torch.no_grad():
+        for lo in range(0, len(x_val), 4096):
+            xb = torch.from_numpy(np.ascontiguousarray(x_val[lo : lo + 4096]))
+            total += float(_own_loss(net, net.parts(xb))) * len(xb)
+    return total / max(1, len(x_val))
+
+
+def distil(
+    x_fit: F32,
+    x_val: F32,
+    inputs: Sequence[InputRole],
+    cfg: SequenceConfig,
+    val: Validation,
+    *,
+    required: bool = False,
+    log: bool = False,
+) -> tuple[SequenceScore, dict[str, float], dict[str, object]]:
+    """The teacher (``teacher_channels`` wide, ``teacher_epochs``), then per training seed a
+    student (``channels`` wide) distilled from it on every training window (all of them
+    unlabelled normal operation, labelled by the teacher), pruned to ``prune`` of its channels
+    and fine-tuned, against a student of the pruned size trained from scratch on the same
+    windows for as many epochs. The gate (:func:`export.gates.gate_distillation_seeds`) compares
+    the families' :func:`detection_recall` on ``val`` over ``seeds``; the winning family's seed
+    with the lowest held-out normal loss ships (no fault window picks it). Returns the served
+    graph, training numbers and the distillation report."""
+    from export import gates
+    from export.train import n_params, seed_everything
+
+    seed_everything(cfg.seed, cfg.threads)
+    operating, monitored = _roles(inputs)
+    _check_sizes(x_fit, x_val)
+    if not val.faults or len(val.normal) < 100:
+        raise ValueError(
+            f"the distillation gate needs labelled fault windows and normal windows: {len(val.faults)} "
+            f"fault kinds, {len(val.normal)} normal windows"
+        )
+    x_fit = _thin(x_fit, cfg.max_windows, operating)
+    eps = _eps(x_fit, inputs, monitored)
+    t0 = time.monotonic()
+    tag = "" if not log else "teacher"
+    torch.manual_seed(cfg.seed + 1000)
+    teacher = SequenceNet(len(inputs), operating, eps, replace(cfg, channels=cfg.teacher_channels))
+    _fit_net(teacher, x_fit, cfg.teacher_epochs, cfg.seed + 1000, cfg, log=tag)
+    t_metric = detection_recall(_score_graph(teacher, x_val, monitored), val, cfg.fpr)
+    targets = teacher_targets(teacher, x_fit)
+    if log:
+        print(f"  teacher: recall {t_metric:.4f} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
+    runs: dict[str, list[tuple[float, float, SequenceScore]]] = {"distilled": [], "scratch": []}
+    before: list[float] = []
+    for k in range(cfg.seeds):
+        s0 = cfg.seed + 100 + 10 * k
+        torch.manual_seed(s0)
+        student = SequenceNet(len(inputs), operating, eps, cfg)
+        _fit_net(student, x_fit, cfg.epochs, s0, cfg, teacher=targets, log=f"student #{k + 1}" if log else "")
+        before.append(detection_recall(_score_graph(student, x_val, monitored), val, cfg.fpr))
+        small = prune_net(student, cfg.prune, x_fit[:: max(1, len(x_fit) // 4096)], cfg)
+        _fit_net(small, x_fit, cfg.finetune_epochs, s0 + 1, cfg, teacher=targets, lr=cfg.lr / 3)
+        g = _score_graph(small, x_val, monitored)
+        runs["distilled"].append((detection_recall(g, val, cfg.fpr), _heldout_loss(small, x_val), g))
+        torch.manual_seed(s0 + 2)
+        scratch = SequenceNet(len(inputs), operating, eps, replace(cfg, channels=small.channels))
+        _fit_net(scratch, x_fit, cfg.epochs + cfg.finetune_epochs, s0 + 2, cfg)
+        g = _score_graph(scratch, x_val, monitored)
+        runs["scratch"].append((detection_recall(g, val, cfg.fpr), _heldout_loss(scratch, x_val), g))
+        if log:
+            print(
+                f"  seed #{k + 1}: before pruning {before[-1]:.4f}, distilled+pruned "
+                f"{runs['distilled'][-1][0]:.4f}, scratch {runs['scratch'][-1][0]:.4f} "
+                f"({time.monotonic() - t0:.0f} s)",
+                file=sys.stderr,
+            )
+    metric = f"fault-window recall at {cfg.fpr:g} normal-window exceedance (mean over fault kinds)"
+    rep: dict[str, object] = {
+        "metric": metric,
+        "teacher": {"channels": cfg.teacher_channels, "epochs": cfg.teacher_epochs,
+                    "parameters": n_params(teacher), "recall": t_metric},
+        "student_before_pruning": {"channels": cfg.channels, "parameters": n_params(student),
+                                   **gates.seed_stats(before)},
+        "distilled": [r[0] for r in runs["distilled"]],
+        "scratch": [r[0] for r in runs["scratch"]],
+        "validation": {"fault_kinds": len(val.faults),
+                       "fault_windows": int(sum(len(v) for v in val.faults.values())),
+                       "normal_windows": len(val.normal)},
+    }  # fmt: skip
+    family = "distilled"
+    try:
+        m = gates.gate_distillation_seeds(rep["distilled"], rep["scratch"], metric="recall")  # type: ignore[arg-type]
+        rep["gate"] = {"result": "pass (the distilled student ships)", "measured": m}
+    except gates.GateError as exc:
+        if required:
+            raise
+        family = "scratch"
+        rep["gate"] = {"result": "fail (the scratch student ships)", "measured": exc.measured,
+                       "note": str(exc).split(": ", 1)[1]}  # fmt: skip
+    pick = min(range(cfg.seeds), key=lambda j: runs[family][j][1])
+    graph = runs[family][pick][2]
+    rep["ships"] = f"{family} student of seed #{pick + 1} (lowest held-out normal loss of {cfg.seeds})"
+    info = {
+        "train_loss": runs[family][pick][1],
+        "train_windows": float(len(x_fit)),
+        "heldout_windows": float(len(x_val)),
+        "parameters": float(n_params(graph.net)),
+        "train_s": time.monotonic() - t0,
+    }
+    return graph, info, rep
 
 
 def _onnx(graph: SequenceScore, window: WindowSpec, n_roles: int) -> bytes:
@@ -402,6 +706,72 @@ def _write(out: Path, manifest: Manifest, data: bytes, extra: Mapping[str, bytes
     (out / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
 
 
+def validation_windows(
+    fault_paths: Sequence[str | Path],
+    normal_paths: Sequence[str | Path],
+    role_columns: Mapping[str, Mapping[str, str]],
+    labels: Mapping[str, str],
+    specs: Sequence[object],
+    inputs: Sequence[InputRole],
+    window: WindowSpec,
+) -> Validation:
+    """The gate's windows: of ``fault_paths``, per asset, the windows whose last sample lies in
+    a fault (``labels``: asset → its numeric label column, 0 normal, another value a fault
+    kind), grouped by kind; of ``normal_paths`` every window. A window holding a bad sample is
+    skipped, as the agent skips it."""
+    from export.pca_baseline import RoleSpec, _asset_segments
+
+    missing = [a for a in role_columns if a not in labels]
+    if missing or not fault_paths:
+        raise ValueError(
+            f"the distillation gate needs --validate recordings and a --label column for every asset "
+            f"(missing: {missing or list(role_columns)})"
+        )
+    label = RoleSpec("__label__", "", -math.inf, math.inf, "")
+    cols = {a: {**c, label.role: labels[a]} for a, c in role_columns.items()}
+    contract = _Contract(tuple(inputs), FeatureSpec(kind="sequence"))
+    n = len(inputs)
+    faults: dict[float, list[F32]] = {}
+    for path in fault_paths:
+        for segs in _asset_segments(path, cols, [*specs, label], window.sample_period_s).values():  # type: ignore[list-item]
+            for seg in segs:
+                view = sliding_windows(seg, window.length, window.stride)
+                if not len(view):
+                    continue
+                y = view[:, -1, n]
+                ok = np.isfinite(view[:, :, :n]).all(axis=(1, 2)) & np.isfinite(y) & (y != 0)
+                for code in np.unique(y[ok]):
+                    sel = ok & (y == code)
+                    faults.setdefault(float(code), []).append(window_to_input(view[sel][:, :, :n], contract))
+    normal: list[FloatArray] = []
+    for path in normal_paths:
+        for segs in _asset_segments(path, role_columns, specs, window.sample_period_s).values():  # type: ignore[arg-type]
+            normal += segs
+    return Validation(
+        {k: np.concatenate(v) for k, v in sorted(faults.items())},
+        windows_of(normal, inputs, window, window.stride),
+    )
+
+
+def _kd_lines(rep: Mapping[str, Any]) -> list[str]:
+    """The distillation report as markdown lines; the last one is the verdict in one line."""
+    t, b = rep["teacher"], rep["student_before_pruning"]
+    m = rep["gate"]["measured"]
+    return [
+        f"- metric: {rep['metric']}, on {rep['validation']['fault_windows']} fault windows of "
+        f"{rep['validation']['fault_kinds']} kinds and {rep['validation']['normal_windows']} normal windows",
+        f"- teacher: {t['channels']} channels, {t['epochs']} epochs, {t['parameters']} parameters: "
+        f"{t['recall']:.4f}",
+        f"- student before pruning: {b['channels']} channels, {b['parameters']} parameters: "
+        f"{b['mean']:.4f} ± {b['sd']:.4f}",
+        f"- distilled and pruned, per seed: {', '.join(f'{v:.4f}' for v in rep['distilled'])}",
+        f"- from scratch (same size), per seed: {', '.join(f'{v:.4f}' for v in rep['scratch'])}",
+        f"- gate: {rep['gate']['result']}" + (f": {rep['gate']['note']}" if "note" in rep["gate"] else ""),
+        f"distilled {m['distilled_mean']:.4f} ± {m['distilled_sd']:.4f} vs scratch {m['scratch_mean']:.4f} ± "
+        f"{m['scratch_sd']:.4f} over {m['seeds']:.0f} seeds (t = {m['t']:.2f}); ships the {rep['ships']}",
+    ]
+
+
 @dataclass(frozen=True)
 class BundleResult:
     """What :func:`fit_bundle` wrote."""
@@ -429,13 +799,22 @@ def fit_bundle(
     on_delay_s: float | None = None,
     key: Path | None = None,
     provenance: Mapping[str, str] | None = None,
+    validation_paths: Sequence[str | Path] = (),
+    labels: Mapping[str, str] | None = None,
+    distillation: str = "auto",
     log: bool = False,
 ) -> BundleResult:
     """Train on the normal recordings ``train_paths`` (the last ``heldout_fraction`` of each held
     out to standardise the terms), then calibrate ``thresholds.alarm`` through the agent's own
     replay of the normal ``calibration_paths`` (alert on/off delay ``on_delay_s``, default two
     frames less one: what ``edge-export evaluate`` derives) for ``false_alerts_per_day`` per
-    asset-day, and write the bundle to ``out`` (signed with ``key``)."""
+    asset-day, and write the bundle to ``out`` (signed with ``key``).
+
+    With ``cfg.teacher_channels`` the model is distilled (:func:`distil`: teacher, distilled and
+    pruned students against scratch ones over seeds), gated on the labelled fault recordings
+    ``validation_paths`` (``labels``: asset → numeric label column) against the normal windows
+    of ``calibration_paths``; ``distillation`` ``required`` fails when the distilled students
+    do not win, ``auto`` ships the scratch student then. The report says which and why."""
     from agent.modelstore.bundle import load_bundle
     from agent.modelstore.signing import sign_bundle
     from agent.replay import alarm_inputs
@@ -459,7 +838,18 @@ def fit_bundle(
     stride = train_stride or window.stride
     x_fit = windows_of(fit_segs, inputs, window, stride)
     x_val = windows_of(val_segs, inputs, window, window.stride)
-    graph, info = train(x_fit, x_val, inputs, cfg, log=log)
+    kd_report: dict[str, object] | None = None
+    if cfg.teacher_channels:
+        if distillation not in ("auto", "required"):
+            raise ValueError(f"distillation must be auto or required, not {distillation!r}")
+        val = validation_windows(
+            validation_paths, calibration_paths, role_columns, labels or {}, specs, inputs, window
+        )
+        graph, info, kd_report = distil(
+            x_fit, x_val, inputs, cfg, val, required=distillation == "required", log=log
+        )
+    else:
+        graph, info = train(x_fit, x_val, inputs, cfg, log=log)
     data = _onnx(graph, window, len(inputs))
     prov = {
         "method": "sequence-cnn",
@@ -467,11 +857,13 @@ def fit_bundle(
         "assets": " ".join(role_columns),
         "recordings": " ".join(Path(p).name for p in train_paths),
         "calibration": " ".join(Path(p).name for p in calibration_paths),
-        "architecture": f"1-D CNN, {cfg.channels} channels, kernel {cfg.kernel}, latent {cfg.latent}, "
+        "architecture": f"1-D CNN, {graph.net.channels} channels, kernel {cfg.kernel}, latent {cfg.latent}, "
         f"{int(info['parameters'])} parameters",
         "training": f"{cfg.epochs} epochs, seed {cfg.seed}, {int(info['train_windows'])} windows",
         **dict(provenance or {}),
     }
+    if kd_report is not None:
+        prov["distillation"] = _kd_lines(kd_report)[-1]
     common = {"name": name, "version": version, "window": window, "inputs": inputs, "data": data}
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
     try:
@@ -509,18 +901,19 @@ def fit_bundle(
             "on_delay_s": delay,
             **info,
         }
+        if kd_report is not None:
+            report["distillation"] = kd_report
         prov["thresholds"] = (
             f"calibrated through the agent's replay (alert on-delay {delay:g} s) for "
             f"{false_alerts_per_day:g} false alerts per asset-day on {days:.2f} asset-days of "
             f"{prov['calibration']}"
         )
         rep_json = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()
-        rep_md = (
-            "\n".join(
-                [f"# {name}: sequence anomaly model", ""] + [f"- {k}: {v}" for k, v in sorted(report.items())]
-            )
-            + "\n"
-        ).encode()
+        lines = [f"# {name}: sequence anomaly model", ""]
+        lines += [f"- {k}: {v}" for k, v in sorted(report.items()) if k != "distillation"]
+        if kd_report is not None:
+            lines += ["", "## Distillation", "", *_kd_lines(kd_report)]
+        rep_md = ("\n".join(lines) + "\n").encode()
         extra = {"report.json": rep_json, "report.md": rep_md}
         files = {k: FileHash(sha256=hashlib.sha256(v).hexdigest(), size=len(v)) for k, v in extra.items()}
         manifest = _manifest(threshold=threshold, far=far, files=files, provenance=prov, **common)
@@ -557,7 +950,13 @@ def run(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             seed=args.seed,
             max_windows=args.max_windows,
+            teacher_channels=args.teacher_channels,
+            teacher_epochs=args.teacher_epochs,
+            prune=args.prune,
+            finetune_epochs=args.finetune_epochs,
+            seeds=args.seeds,
         )
+        labels = dict(_key_value(kv) for kv in args.label)
         res = fit_bundle(
             args.csv,
             args.calibrate,
@@ -574,12 +973,19 @@ def run(args: argparse.Namespace) -> int:
             on_delay_s=args.on_delay,
             key=args.key,
             provenance=dict(_key_value(kv) for kv in args.provenance),
+            validation_paths=args.validate,
+            labels=labels,
+            distillation=args.distillation,
+            log=args.log,
         )
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     r = {k: float(v) for k, v in res.report.items() if isinstance(v, int | float)}
     signed = "; signed" if args.key else ""
+    kd = res.report.get("distillation")
+    if isinstance(kd, dict):
+        print("\n".join(_kd_lines(kd)))
     print(
         f"wrote {args.out} ({res.manifest.ident}): 1-D CNN, {r['parameters']:.0f} parameters, "
         f"{r['train_windows']:.0f} training windows; threshold {r['threshold']:.4g} for "

@@ -23,6 +23,14 @@ class SequenceConfig:
     seed: int = 0
     max_windows: int = 30_000  # training windows (evenly thinned beyond): affordable on one core
     threads: int = 1
+    # distillation (export/sequence.py ``distil``): off while ``teacher_channels`` is 0
+    teacher_channels: int = 0  # the teacher: the same network, this wide, trained longer
+    teacher_epochs: int = 30
+    alpha: float = 0.5  # weight of the student's own objective against the teacher's targets
+    prune: float = 1.0  # share of every hidden channel group the distilled student keeps
+    finetune_epochs: int = 4  # after pruning
+    seeds: int = 3  # training seeds per student family (the distillation gate needs >= 3)
+    fpr: float = 1e-3  # the gate's metric: fault-window recall at this normal-window exceedance
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -49,9 +57,39 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--channels", type=int, default=SequenceConfig.channels)
     ap.add_argument("--latent", type=int, default=SequenceConfig.latent)
     ap.add_argument("--seed", type=int, default=0)
+    kd = ap.add_argument_group(
+        "distillation",
+        "a wider teacher, students distilled from it and pruned, gated against same-size students "
+        "trained from scratch over --seeds on labelled fault recordings (--validate)",
+    )
+    kd.add_argument(
+        "--teacher-channels", type=int, default=0, help="teacher width (default 0: no teacher, no gate)"
+    )
+    kd.add_argument("--teacher-epochs", type=int, default=SequenceConfig.teacher_epochs)
+    kd.add_argument(
+        "--prune", type=float, default=SequenceConfig.prune,
+        help="share of every hidden channel group the student keeps (default 1: none pruned)",
+    )  # fmt: skip
+    kd.add_argument("--finetune-epochs", type=int, default=SequenceConfig.finetune_epochs)
+    kd.add_argument(
+        "--seeds", type=int, default=SequenceConfig.seeds, help="training seeds per student family"
+    )
+    kd.add_argument(
+        "--validate", action="append", default=[], type=Path,
+        help="recording with labelled faults (never trained on) for the distillation gate (repeat)",
+    )  # fmt: skip
+    kd.add_argument(
+        "--label", action="append", default=[], metavar="ASSET=COLUMN",
+        help="the numeric fault-label column of an asset in --validate (0: normal; repeat)",
+    )  # fmt: skip
+    kd.add_argument(
+        "--distillation", choices=("auto", "required"), default="auto",
+        help="auto: a distilled student that does not win is replaced by the scratch one",
+    )  # fmt: skip
     ap.add_argument("--max-windows", type=int, default=SequenceConfig.max_windows)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--name", required=True)
     ap.add_argument("--version", default="1")
     ap.add_argument("--key", type=Path, help="private key (PEM) to sign the bundle")
     ap.add_argument("--provenance", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--log", action="store_true", help="training progress on stderr")

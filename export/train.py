@@ -40,6 +40,7 @@ __all__ = [
     "balanced_accuracy",
     "confusion",
     "fit",
+    "keep_units",
     "predict",
     "prune_mlp",
     "seed_everything",
@@ -219,6 +220,17 @@ def _mlp_of(net: nn.Module) -> MLP:
     raise TypeError(f"structured pruning needs an MLP student, got {type(net).__name__}")
 
 
+def keep_units(importance: torch.Tensor, keep: float, min_units: int = 4) -> torch.Tensor:
+    """The sorted indices of the ``ceil(keep * width)`` most important units (at least
+    ``min_units``, at most all) of one layer: the selection of every structured pruning here
+    (:func:`prune_mlp`'s neurons, the sequence model's channels in :mod:`export.sequence`).
+    ``importance``: per unit, mean |activation| on data times the norm of its outgoing weights."""
+    width = int(importance.shape[0])
+    n = max(min(width, min_units), math.ceil(keep * width))
+    order = torch.argsort(importance, descending=True, stable=True)[:n]
+    return torch.sort(order).values
+
+
 def prune_mlp(
     net: nn.Module,
     keep: float,
@@ -247,11 +259,8 @@ def prune_mlp(
             acts.append(h.abs().mean(dim=0))
         keep_idx: list[torch.Tensor] = []
         for i, a in enumerate(acts):
-            width = layers[i].out_features
-            n = width if i in protect else max(min(width, min_neurons), math.ceil(keep * width))
-            score = a * layers[i + 1].weight.norm(dim=0)
-            order = torch.argsort(score, descending=True, stable=True)[:n]
-            keep_idx.append(torch.sort(order).values)
+            importance = a * layers[i + 1].weight.norm(dim=0)
+            keep_idx.append(keep_units(importance, 1.0 if i in protect else keep, min_neurons))
         new_layers = []
         prev: torch.Tensor | None = None
         for i, layer in enumerate(layers):

@@ -18,7 +18,7 @@ from agent.modelstore.manifest import WindowSpec
 from export.evaluate import Episode, Labels, derived_setup, evaluate_method, load_recording
 from export.onnx_tools import run_onnx
 from export.pca_baseline import RoleSpec
-from export.sequence import SequenceConfig, SequenceNet, SequenceScore, fit_bundle
+from export.sequence import SequenceConfig, SequenceNet, SequenceScore, fit_bundle, prune_net
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLES = ["load:%:0:100:load", "a:bar:-50:50:a", "b:kW:-50:150:b", "c:degC:-50:50:c"]
@@ -31,7 +31,7 @@ def _plant(
 ) -> Path:
     """Steps of the operating variable every 10 min; ``a`` and ``b`` follow it with a lag
     (``b`` quadratically), ``c`` is slow; ``b`` freezes from ``stuck_at`` s on, or delivers
-    nothing (empty cells) from ``dropout_at`` s on."""
+    nothing (empty cells) from ``dropout_at`` s on; ``fault``: 0, or 1 while ``b`` is frozen."""
     rng = np.random.default_rng(seed)
     n = round(hours * 3600)
     sp = np.repeat(rng.uniform(30, 90, n // 600 + 1), 600)[:n]
@@ -49,10 +49,11 @@ def _plant(
         b[int(dropout_at) :] = np.nan
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["timestamp", "load", "a", "b", "c"])
+        w.writerow(["timestamp", "load", "a", "b", "c", "fault"])
         for k in range(n):
             bk = "" if np.isnan(b[k]) else f"{b[k]:.3f}"
-            w.writerow([f"{T0 + k:.0f}", f"{load[k]:.3f}", f"{a[k]:.3f}", bk, f"{c[k]:.3f}"])
+            fault = int(stuck_at is not None and k >= stuck_at)
+            w.writerow([f"{T0 + k:.0f}", f"{load[k]:.3f}", f"{a[k]:.3f}", bk, f"{c[k]:.3f}", fault])
     return path
 
 
@@ -146,4 +147,59 @@ def test_cli_refuses_an_operating_role_that_is_not_a_role(tmp_path: Path) -> Non
     assert proc.stderr.strip() == (
         "error: operating role(s) ['speed'] are not roles (['load', 'a', 'b', 'c'])"
     ), proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_pruning_keeps_whole_channels_and_all_of_them_changes_nothing() -> None:
+    torch.manual_seed(0)
+    cfg = SequenceConfig(channels=8, latent=2)
+    net = SequenceNet(4, [0], [1e-4] * 3, cfg).eval()
+    x = np.random.default_rng(1).normal(size=(64, 20, 4)).astype(np.float32)
+    same = prune_net(net, 1.0, x, cfg)
+    half = prune_net(net, 0.5, x, cfg)
+    with torch.no_grad():
+        for a, b in zip(net(torch.from_numpy(x)), same(torch.from_numpy(x)), strict=True):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    assert (same.channels, half.channels) == (8, 4)
+    n_params = [sum(p.numel() for p in m.parameters()) for m in (net, half)]
+    assert n_params[1] < 0.4 * n_params[0], n_params
+
+
+def test_distilled_pruned_students_are_gated_against_scratch_over_seeds(tmp_path: Path) -> None:
+    """The teacher, three distilled and pruned students, three from scratch, the gate on a
+    labelled fault recording the chain never trained on; the bundle keeps the scratch
+    model's interface."""
+    train = [_plant(tmp_path / f"train{s}.csv", s, 1.0) for s in (1, 2)]
+    cal = [_plant(tmp_path / "cal.csv", 3, 1.0)]
+    faults = _plant(tmp_path / "faults.csv", 4, 1.0, stuck_at=1800.0)
+    cfg = SequenceConfig(channels=6, latent=1, epochs=2, max_windows=1000, teacher_channels=8,
+                         teacher_epochs=3, prune=0.5, finetune_epochs=1, seeds=3)  # fmt: skip
+    res = fit_bundle(
+        train, cal, _columns(), ROLES, ["load"], WINDOW, tmp_path / "kd", name="seq-test", cfg=cfg,
+        train_stride=5, false_alerts_per_day=2.0, validation_paths=[faults], labels={"unit": "fault"},
+    )  # fmt: skip
+    kd = res.report["distillation"]
+    assert isinstance(kd, dict)
+    assert len(kd["distilled"]) == len(kd["scratch"]) == 3
+    assert all(0.0 <= v <= 1.0 for v in kd["distilled"] + kd["scratch"])
+    assert kd["validation"]["fault_kinds"] == 1 and kd["validation"]["fault_windows"] > 300
+    measured = kd["gate"]["measured"]
+    assert measured["seeds"] == 3 and np.isfinite(measured["t"])
+    family = "distilled" if kd["gate"]["result"].startswith("pass") else "scratch"
+    assert kd["ships"].startswith(family)
+    m = load_bundle(tmp_path / "kd").manifest
+    assert "3 channels" in m.provenance["architecture"]  # the pruned size, whichever family ships
+    assert "t = " in m.provenance["distillation"]
+    assert "## Distillation" in (tmp_path / "kd" / "report.md").read_text(encoding="utf-8")
+    (out,) = m.outputs
+    assert [r.operating for r in m.inputs] == [True, False, False, False]
+    assert (out.name, list(out.thresholds)) == ("score", ["alarm"])
+
+
+def test_the_gate_needs_a_label_column_for_every_asset(tmp_path: Path) -> None:
+    p = _plant(tmp_path / "n.csv", 1, 0.5)
+    cfg = SequenceConfig(channels=4, latent=1, epochs=1, teacher_channels=4)
+    with pytest.raises(ValueError, match=r"a --label column for every asset \(missing: \['unit'\]\)"):
+        fit_bundle([p], [p], _columns(), ROLES, ["load"], WINDOW, tmp_path / "o", name="x", cfg=cfg,
+                   validation_paths=[p])  # fmt: skip
     assert not (tmp_path / "o").exists()

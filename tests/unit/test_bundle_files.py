@@ -131,7 +131,7 @@ def test_a_bundle_path_that_is_a_fifo_is_refused_at_once(tmp_path: Path) -> None
         ("pca-pump", "manifest.json"),
         ("pca-pump", "signature.json"),
         ("pca-pump", "model.onnx"),
-        ("ae-pump", "report.md"),  # a file the manifest lists in `files`
+        ("rul-bearing", "report.md"),  # a file the manifest lists in `files`
     ],
 )
 def test_a_symlink_to_a_valid_file_outside_the_bundle_is_refused(tmp_path: Path, model: str, name: str) -> None:
@@ -200,7 +200,7 @@ def test_a_hidden_parent_reference_in_a_variant_name_is_refused(tmp_path: Path, 
 
 @pytest.mark.parametrize("name", HIDDEN_TRAVERSALS)
 def test_a_hidden_parent_reference_in_a_listed_file_is_refused(tmp_path: Path, name: str) -> None:
-    bundle = signed_copy(tmp_path, "ae-pump")
+    bundle = signed_copy(tmp_path, "rul-bearing")
 
     def point_out(m: dict[str, Any]) -> None:
         m["files"][name] = m["files"].pop("report.md")
@@ -249,7 +249,7 @@ def test_a_model_of_another_size_than_declared_is_refused_before_reading(tmp_pat
     [
         ("pca-pump", "manifest.json", MAX_METADATA_BYTES),
         ("pca-pump", "signature.json", MAX_METADATA_BYTES),
-        ("ae-pump", "report.md", MAX_FILE_BYTES),
+        ("rul-bearing", "report.md", MAX_FILE_BYTES),
     ],
 )
 def test_oversized_metadata_and_listed_files_are_refused(tmp_path: Path, model: str, name: str, limit: int) -> None:
@@ -287,7 +287,7 @@ def test_reading_never_goes_past_the_size_fstat_gave(tmp_path: Path) -> None:
         ("pca-pump", "model.onnx", r"model\.onnx was modified or corrupted: manifest says sha256 [0-9a-f]{64}, "
                                    r"file has sha256 [0-9a-f]{64}"),
         ("pca-pump", "manifest.json", r"does not match manifest\.json: the bundle was modified after signing"),
-        ("ae-pump", "report.md", r"report\.md was modified or corrupted"),
+        ("rul-bearing", "report.md", r"report\.md was modified or corrupted"),
     ],
 )
 def test_a_flipped_byte_is_refused(tmp_path: Path, model: str, name: str, pattern: str) -> None:
