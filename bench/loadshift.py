@@ -23,8 +23,21 @@ from simulator.recorder import _wide, _Writer
 CARRY_MIN_RPM = 1850.0
 """The carrying pump's lowest speed in the schedule's wide moves: below it the two pumps deliver
 little against the station's static head (the PLC's level control runs both at 1,750-2,300 rpm)."""
+CARRY_MAX_RPM = 2500.0
+"""The carrier's highest speed in an unload to any speed: one pump carrying the demand alone."""
+UNLOAD_MAX_RPM = 2000.0
+"""The unloaded pump's highest speed in an unload to any speed (its minimum-flow speed and above)."""
 
-__all__ = ["CARRY_MIN_RPM", "Shift", "ShiftingPlant", "main", "record", "shift_schedule"]
+__all__ = [
+    "CARRY_MAX_RPM",
+    "CARRY_MIN_RPM",
+    "UNLOAD_MAX_RPM",
+    "Shift",
+    "ShiftingPlant",
+    "main",
+    "record",
+    "shift_schedule",
+]
 
 
 @dataclass(frozen=True)
@@ -91,9 +104,10 @@ def shift_schedule(seed: int, hours: float, params: StationParams | None = None)
     * unload one pump to the PLC's minimum speed while the other carries the flow (2300-2900 rpm);
     * move 300-700 rpm of speed from one pump to the other around 1950-2250 rpm;
     * both at one common speed (1800-2600 rpm: the rule's energy optimum moves with the level);
-    * unload one pump to any speed between the PLC's minimum and the carrying pump's speed, the
-      carrier anywhere from ``CARRY_MIN_RPM`` to the PLC's maximum (an alarm unloads a pump to its
-      minimum-flow speed, which moves with the level and the demand);
+    * unload one pump to any speed from the PLC's minimum to ``UNLOAD_MAX_RPM`` (and below the
+      carrier's), the carrier anywhere from ``CARRY_MIN_RPM`` to ``CARRY_MAX_RPM`` (an alarm unloads
+      a pump to its minimum-flow speed, which moves with the level and the demand, and the other
+      carries the demand: a little above the PLC's own speed, not at the maximum);
     * both pumps anywhere in the PLC's speed range, drawn independently, the faster at least
       ``CARRY_MIN_RPM``.
 
@@ -118,9 +132,9 @@ def shift_schedule(seed: int, hours: float, params: StationParams | None = None)
         elif kind == 2:  # both at one speed (the rule's energy optimum moves with the level and demand)
             v = float(rng.uniform(1800.0, 2600.0))
             speeds = {1: v, 2: v}
-        elif kind == 3:  # unload to any speed below the carrier's
-            carry = float(rng.uniform(CARRY_MIN_RPM, hi))
-            speeds = {up: carry, 3 - up: float(rng.uniform(lo, carry))}
+        elif kind == 3:  # unload to any speed below the carrier's, the carrier carrying the demand
+            carry = float(rng.uniform(CARRY_MIN_RPM, CARRY_MAX_RPM))
+            speeds = {up: carry, 3 - up: float(rng.uniform(lo, min(carry, UNLOAD_MAX_RPM)))}
         else:  # both anywhere in the PLC's range, the faster one carrying
             a, b = (float(v) for v in rng.uniform(lo, hi, size=2))
             while max(a, b) < CARRY_MIN_RPM:
