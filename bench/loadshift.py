@@ -20,7 +20,24 @@ from simulator.faults import ScenarioEvent
 from simulator.physics import Plant, StationParams
 from simulator.recorder import _wide, _Writer
 
-__all__ = ["Shift", "ShiftingPlant", "main", "record", "shift_schedule"]
+CARRY_MIN_RPM = 1850.0
+"""The carrying pump's lowest speed in the schedule's wide moves: below it the two pumps deliver
+little against the station's static head (the PLC's level control runs both at 1,750-2,300 rpm)."""
+CARRY_MAX_RPM = 2500.0
+"""The carrier's highest speed in an unload to any speed: one pump carrying the demand alone."""
+UNLOAD_MAX_RPM = 2000.0
+"""The unloaded pump's highest speed in an unload to any speed (its minimum-flow speed and above)."""
+
+__all__ = [
+    "CARRY_MAX_RPM",
+    "CARRY_MIN_RPM",
+    "UNLOAD_MAX_RPM",
+    "Shift",
+    "ShiftingPlant",
+    "main",
+    "record",
+    "shift_schedule",
+]
 
 
 @dataclass(frozen=True)
@@ -80,26 +97,49 @@ def record(
     return path
 
 
-def shift_schedule(seed: int, hours: float) -> list[Shift]:
-    """Every 3 h from 1 h on, for 1 h, one of the moves the agent's pump-energy rule makes
-    (agent/pipeline/policy.py): unload one pump to the PLC's minimum speed while the other
-    carries the flow, move ``delta`` rpm of speed from one pump to the other, or run both at
-    one common speed; then control goes back to the PLC."""
+def shift_schedule(seed: int, hours: float, params: StationParams | None = None) -> list[Shift]:
+    """Every 3 h from 1 h on, for 1 h, one of the moves the agent's pump-energy rule can make
+    (agent/pipeline/policy.py), then control goes back to the PLC. Five kinds, equally likely:
+
+    * unload one pump to the PLC's minimum speed while the other carries the flow (2300-2900 rpm);
+    * move 300-700 rpm of speed from one pump to the other around 1950-2250 rpm;
+    * both at one common speed (1800-2600 rpm: the rule's energy optimum moves with the level);
+    * unload one pump to any speed from the PLC's minimum to ``UNLOAD_MAX_RPM`` (and below the
+      carrier's), the carrier anywhere from ``CARRY_MIN_RPM`` to ``CARRY_MAX_RPM`` (an alarm unloads
+      a pump to its minimum-flow speed, which moves with the level and the demand, and the other
+      carries the demand: a little above the PLC's own speed, not at the maximum);
+    * both pumps anywhere in the PLC's speed range, drawn independently, the faster at least
+      ``CARRY_MIN_RPM``.
+
+    The last two cover the operating envelope the rule reaches (each pump anywhere in the PLC's
+    range, the other carrying the rest), not only the first three's corners. The rule never
+    leaves both pumps near their zero-flow speed (an hour of it empties the tank, which the
+    Guard's level band forbids), hence the carrier's floor."""
+    prm = params or StationParams(pumps=2)
+    lo, hi = prm.min_speed_rpm, prm.max_speed_rpm
     rng = np.random.default_rng(seed)
     out: list[Shift] = []
     t = 3600.0
     while t + 3600.0 <= hours * 3600.0:
-        kind = int(rng.integers(0, 3))
+        kind = int(rng.integers(0, 5))
         up = int(rng.integers(1, 3))
         if kind == 0:  # unload: a pump to its minimum speed, the other carries the flow
-            speeds = {up: float(rng.uniform(2300.0, 2900.0)), 3 - up: 1500.0}
+            speeds = {up: float(rng.uniform(2300.0, 2900.0)), 3 - up: lo}
         elif kind == 1:  # move speed from one pump to the other
             delta = float(rng.uniform(300.0, 700.0))
             base = float(rng.uniform(1950.0, 2250.0))
-            speeds = {up: min(base + delta / 2, 2900.0), 3 - up: max(base - delta / 2, 1500.0)}
-        else:  # both at one speed (the rule's energy optimum moves with the level and demand)
+            speeds = {up: min(base + delta / 2, 2900.0), 3 - up: max(base - delta / 2, lo)}
+        elif kind == 2:  # both at one speed (the rule's energy optimum moves with the level and demand)
             v = float(rng.uniform(1800.0, 2600.0))
             speeds = {1: v, 2: v}
+        elif kind == 3:  # unload to any speed below the carrier's, the carrier carrying the demand
+            carry = float(rng.uniform(CARRY_MIN_RPM, CARRY_MAX_RPM))
+            speeds = {up: carry, 3 - up: float(rng.uniform(lo, min(carry, UNLOAD_MAX_RPM)))}
+        else:  # both anywhere in the PLC's range, the faster one carrying
+            a, b = (float(v) for v in rng.uniform(lo, hi, size=2))
+            while max(a, b) < CARRY_MIN_RPM:
+                a, b = (float(v) for v in rng.uniform(lo, hi, size=2))
+            speeds = {1: a, 2: b}
         out.append(Shift(t, speeds))
         out.append(Shift(t + 3600.0, None))
         t += 3 * 3600.0

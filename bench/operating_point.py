@@ -17,8 +17,9 @@ calibration recordings for ``--false-alerts-per-day`` (default 0.5) per pump-day
 * ``dpca-pump``: dynamic PCA (the last 4 samples of every role), fitted here on the training
   recordings below;
 * ``seq-pump``: the shipped sequence model (``export/sequence.py``: a 1-D CNN over the window,
-  conditioned on speed and flow, distilled and pruned; built by models/build.sh on seeds 1-3,
-  gated on fault seed 301, none of them below); ``--train-seq`` trains one here on the
+  conditioned on speed and flow; built by models/build.sh on the fault-free days 1-3 and the
+  load-shift days 1-6, none of them below; models/README.md says why it is the scratch
+  student, not a distilled one); ``--train-seq`` trains one here on the
   training recordings instead (from scratch, the former default). Its alert's on-delay is
   70 s (``--seq-on-delay``; calibrated with it): the window and one frame, so the frames
   whose window holds a setpoint step's transient cannot raise it alone.

@@ -19,10 +19,9 @@ never used to build or calibrate the model (models/README.md: 1-3 train, 101-102
   hour-long hold of bench/operating_point.py, the held (frozen) values do raise seq-pump's
   alert, which is why the hold is short.
 * The agent's own load shifts (speed setpoints written through the PLC API as the demo's rule
-  writes them) raise no alert of the demo's anomaly model on healthy pumps. seq-pump v1 does
-  not pass this yet (the pump that takes the load: score about 22, alert 99 s after the move;
-  docs/architecture.md), so configs/demo.yaml's alert still reads op-pump (``DEMO_MODEL``);
-  the day seq-pump passes it, the demo's alert and HMI score switch to it (``SEQ_ALERT``).
+  writes them) raise no alert of the demo's anomaly model (``DEMO_MODEL``, configs/demo.yaml's
+  alert: seq-pump since it passed this; its first build alerted the pump that took the load,
+  score about 22, 99 s after the move: docs/architecture.md) on healthy pumps.
 
 The week is scored in batches (``bench.replay.score_recording``: the bad-input policy over the
 series, ``sliding_windows`` + ``window_to_input``, thousands of windows per session call). The

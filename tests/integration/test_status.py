@@ -90,7 +90,7 @@ async def test_status_of_a_running_agent(short_tmp: Path, monkeypatch: pytest.Mo
                 }
             ]
             assert dev["requests"] > 0 and dev["error_rate"] == 0.0
-            assert {m["name"] for m in doc["models"]} == {"pca-pump", "fault-mlp", "rul-bearing", "op-pump"}
+            assert {m["name"] for m in doc["models"]} == {"pca-pump", "fault-mlp", "rul-bearing", "seq-pump"}
             for m in doc["models"]:
                 running = next(r for r in agent.models if r.binding.name == m["name"])
                 assert m["version"] == running.bundle.manifest.version
