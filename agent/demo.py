@@ -123,25 +123,14 @@ async def run_demo(
                     await asyncio.wait_for(stop.wait(), timeout=1.0)
                 n += 1
                 header = [f"edge-agent demo: {config_path}  (Ctrl-C stops)", *_plant_lines(plant), ""]
-                if live:
+                if live or n % 5 == 0:  # a live screen every second, a log every 5 s
                     print(
                         render(
                             agent.view,
                             assets=assets,
                             tag_columns=_COLUMNS,
                             header=header,
-                            anomaly_sources=scores,
-                        ),
-                        flush=True,
-                    )
-                elif n % 5 == 0:
-                    print(
-                        render(
-                            agent.view,
-                            assets=assets,
-                            tag_columns=_COLUMNS,
-                            header=header,
-                            clear=False,
+                            clear=live,
                             anomaly_sources=scores,
                         ),
                         flush=True,
