@@ -207,10 +207,11 @@ def _blocking_alarm_config(tmp_path: Path, port: int) -> Path:
     below any bearing temperature), and the alarm state's temporary file a FIFO."""
     path = agent_config(tmp_path, port)
     data = yaml.safe_load(path.read_text())
+    used = {d["code"] for d in data["alarms"]["defs"]}
     data["alarms"]["defs"].append(
         {
             "name": "always",
-            "code": 8,
+            "code": min(set(range(1, 17)) - used),  # the first code the demo leaves free
             "kind": "alert",
             "source": "bearing_temp",
             "high": {"value": -100, "severity": 1},
