@@ -588,7 +588,10 @@ def _positive(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(full: bool = True) -> argparse.ArgumentParser:
+    """The ``edge-agent`` parser. ``full=False`` leaves out ``models``, ``flash``, ``certs`` and
+    ``service``, whose parsers live in their modules: importing those only to describe their
+    arguments would cost the long-running ``run`` memory it never uses (bench/REPORT.md, RSS)."""
     p = argparse.ArgumentParser(prog="edge-agent", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
     sub = p.add_subparsers(dest="command", required=True)
@@ -673,6 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--modbus-port", type=int, default=None, help="default: the config's; 0 picks a free one")
     d.add_argument("--no-console", action="store_true", help="log lines instead of the live screen")
 
+    if not full:
+        return p
     from agent.modelstore.commands import add_models_parser
 
     add_models_parser(sub)
@@ -720,11 +725,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return rc
 
 
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand's name in ``argv``: its first word that is neither an option nor the
+    value of ``--log-level`` (the only option before the subcommand)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log-level":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "simulate":
         return _cmd_simulate(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser(full=_command_of(argv) != "run").parse_args(argv)
     if args.command == "certs":
         from agent.ops.certs import run_certs
 
