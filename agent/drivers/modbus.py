@@ -504,6 +504,8 @@ class _InvalidStream(Exception):
 
 
 TracePacket = Callable[[bool, bytes], bytes]
+# A poll's reply waiting to be decoded: (samples out, table, request, data, received_at, mono)
+_Pending = tuple[list[Sample], _Table, ReadRequest, Sequence[int] | Sequence[bool], datetime, float]
 TraceConnect = Callable[[bool], None]
 ClientFactory = Callable[[ModbusDevice, TracePacket, TraceConnect], Any]
 
@@ -602,6 +604,9 @@ class ModbusDriver:
             backoff=Backoff(b.backoff_ms / 1000, b.backoff_max_ms / 1000, b.jitter, self._rng),
             clock=clock,
         )
+        # Replies of the poll to decode while the next request is out (_decode_later)
+        self._pending: deque[_Pending] = deque()
+        self._decode_failed: Exception | None = None
         self._tags: dict[str, ModbusTag] = {t.name: t for t in device.tags}
         self._readers: dict[str, Reader] = {}  # read-backs and explicit reads: make_reader, once
         self._units: dict[int, _Unit] = {}
@@ -635,6 +640,8 @@ class ModbusDriver:
 
     async def __aenter__(self) -> Self:
         self._client = self._client_factory(self.device, self._trace_packet, self._trace_connect)
+        if hasattr(getattr(self._client, "ctx", None), "while_waiting"):  # a lean client
+            self._client.ctx.while_waiting = self._decode_soon
         return self
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
@@ -832,6 +839,7 @@ class ModbusDriver:
                 table.retry_refused()  # once per backoff cap: a refusal is not for ever
             illegal = table.planner.illegal_keys
             if illegal:
+                self._decode_pending()  # the samples stay in the order of the requests
                 received_at, mono = utcnow(), time.monotonic()
                 samples.extend(
                     Sample(name, None, Quality.bad(table.refused[name]), received_at, mono)
@@ -845,10 +853,15 @@ class ModbusDriver:
                     # No time left in this cycle: the rest waits for the next one (staleness
                     # turns them BAD if this persists). Never send a request we cannot wait for.
                     self.counters.bump(key, "deferred", len(queue) + 1)
+                    self._decode_pending()
                     return samples
                 self.counters.bump(key, "requests")
                 try:
-                    data = await self._read(unit.unit, table.name, req, budget)
+                    try:
+                        data = await self._read(unit.unit, table.name, req, budget)
+                    except BaseException:
+                        self._decode_pending()  # the samples stay in the order of the requests
+                        raise
                 except DeviceException as exc:
                     unit.problem = f"{exc} at {modbus_reference(table.name, req.start)}"
                     if exc.code == 2:
@@ -886,7 +899,8 @@ class ModbusDriver:
                     samples.extend(_bad_many((table.tags[k] for k in req.keys), str(exc)))
                     continue
                 unit.breaker.record_success()
-                samples.extend(self._decode(table, req, data))
+                self._decode_later(samples, table, req, data)
+        self._decode_pending()
         if unit.refused_everywhere:
             # It answers, but no address it was asked for: as good as absent. One failure per
             # cycle, so the breaker says "lost" once, with the reason, and probes with backoff.
@@ -965,6 +979,37 @@ class ModbusDriver:
     def _decode(self, table: _Table, req: ReadRequest, data: Sequence[int] | Sequence[bool]) -> list[Sample]:
         # One reply, one receive time: every sample of it carries the same stamps.
         return table.columns_for(req).decode(data, utcnow(), self._clock())
+
+    def _decode_later(
+        self, out: list[Sample], table: _Table, req: ReadRequest, data: Sequence[int] | Sequence[bool]
+    ) -> None:
+        """Decode a poll's reply into ``out`` once the next request has left: while the device
+        answers it, not before it is sent (the decoding is off the cycle's critical path).
+
+        The samples carry the stamps of the reply's arrival (taken now), as :meth:`_decode`
+        gives them. The decoding runs when the next request of this connection has been handed
+        to the transport (the lean client's ``while_waiting``, :func:`make_lean`), or in
+        :meth:`_decode_pending`, which :meth:`_poll_unit` calls before anything else reaches
+        ``out`` and before returning it, whichever comes first: the samples keep the order of
+        the requests, and a poll returns every one of them."""
+        self._pending.append((out, table, req, data, utcnow(), self._clock()))
+
+    def _decode_soon(self) -> None:
+        """:meth:`_decode_pending` from the client's send path, which must not raise there."""
+        try:
+            self._decode_pending()
+        except Exception as exc:  # a bug: raised by the poll's next _decode_pending, not lost
+            self._decode_failed = exc
+
+    def _decode_pending(self) -> None:
+        """Decode every reply :meth:`_decode_later` queued, in the order they came."""
+        pending = self._pending
+        while pending:
+            out, table, req, data, received_at, mono = pending.popleft()
+            out.extend(table.columns_for(req).decode(data, received_at, mono))
+        if self._decode_failed is not None:
+            exc, self._decode_failed = self._decode_failed, None
+            raise exc
 
     async def _read(
         self, unit: int, table: str, req: ReadRequest, budget_s: float
