@@ -607,6 +607,11 @@ class ModbusDriver:
         # Replies of the poll to decode while the next request is out (_decode_later)
         self._pending: deque[_Pending] = deque()
         self._decode_failed: Exception | None = None
+        # The request in flight's deadline (loop time) and the one timer that enforces it
+        # (_arm_deadline); _lean: the client is modbus_lean's (its requests await one future)
+        self._deadline = math.inf
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._lean = False
         self._tags: dict[str, ModbusTag] = {t.name: t for t in device.tags}
         self._readers: dict[str, Reader] = {}  # read-backs and explicit reads: make_reader, once
         self._units: dict[int, _Unit] = {}
@@ -640,7 +645,8 @@ class ModbusDriver:
 
     async def __aenter__(self) -> Self:
         self._client = self._client_factory(self.device, self._trace_packet, self._trace_connect)
-        if hasattr(getattr(self._client, "ctx", None), "while_waiting"):  # a lean client
+        self._lean = hasattr(getattr(self._client, "ctx", None), "while_waiting")
+        if self._lean:  # the lean client (modbus_lean.make_lean)
             self._client.ctx.while_waiting = self._decode_soon
         return self
 
@@ -744,6 +750,9 @@ class ModbusDriver:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         client, self._client = self._client, None
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         if client is not None:
             client.close()
 
@@ -1044,8 +1053,12 @@ class ModbusDriver:
                 self._sent, self._received, self._stray_tid, self._missing = False, False, None, 0
                 try:
                     self._in_flight = True
-                    async with asyncio.timeout(budget_s):
+                    if self._lean:
+                        self._arm_deadline(budget_s)
                         rr = await call()
+                    else:
+                        async with asyncio.timeout(budget_s):
+                            rr = await call()
                 except TimeoutError:
                     raise self._no_reply(unit, budget_s) from None
                 except _InvalidStream as exc:
@@ -1086,6 +1099,34 @@ class ModbusDriver:
                     raise BadReply(f"reply from the wrong unit: asked {unit}, got {dev}")
                 return rr
         raise AssertionError("unreachable")
+
+    def _arm_deadline(self, budget_s: float) -> None:
+        """Bound the request about to be sent by ``budget_s``, as ``asyncio.timeout`` would,
+        without a timer per request (a timer armed and cancelled per request costs more than a
+        lean request's own CPU time): one timer stays armed, and when it fires early for the
+        request then in flight (an earlier request's deadline), it is armed again for this
+        one's. When the request's deadline passes, its reply's future gets ``TimeoutError``:
+        the lean client awaits nothing else (:func:`~agent.drivers.modbus_lean.lean_execute`)."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + budget_s
+        self._deadline = when
+        if self._deadline_timer is None or self._deadline_timer.when() > when:
+            if self._deadline_timer is not None:
+                self._deadline_timer.cancel()
+            self._deadline_timer = loop.call_at(when, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        self._deadline_timer = None
+        if not self._in_flight:
+            return  # nothing waits: the next request arms its own
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:
+            self._deadline_timer = loop.call_at(self._deadline, self._deadline_passed)
+            return
+        pending = getattr(getattr(self._client, "ctx", None), "response_future", None)
+        if isinstance(pending, asyncio.Future) and not pending.done():
+            pending.set_exception(TimeoutError())
+            pending.exception()  # retrieved: the request's await raises it (unless cancelled)
 
     def _no_reply(self, unit: int, budget_s: float) -> DriverError:
         """The error of a request that timed out; after too many in a row with nothing at all

@@ -1,9 +1,11 @@
-"""A poll's reply is decoded while the next request is out: same samples, same order, same
-stamps as decoding each reply as it comes (real pymodbus servers on 127.0.0.1)."""
+"""The driver's request path against real pymodbus servers on 127.0.0.1: a poll's reply is
+decoded while the next request is out (same samples, order and stamps as decoding each reply as
+it comes), and one timer bounds every request by its own deadline."""
 
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -128,3 +130,50 @@ async def test_a_decoding_bug_is_raised_by_the_poll_not_lost(monkeypatch: pytest
             with pytest.raises(RuntimeError, match="decoder bug"):
                 await drv.poll(1e12)
             assert not drv._pending
+
+
+# ---------------------------------------------------------------- the request deadline
+# One timer enforces every request's timeout (ModbusDriver._arm_deadline): it must end each
+# request at its own deadline, whether the timer was armed for a later or an earlier one.
+
+SILENT = [
+    {"name": "live", "unit": 1, "table": "holding", "address": 0, "type": "uint16"},
+    {"name": "silent", "unit": 4, "table": "holding", "address": 0, "type": "uint16"},
+]
+
+
+async def test_a_request_ends_at_its_own_deadline_before_an_armed_later_one() -> None:
+    async with (
+        ModbusTestServer(units=[1]) as srv,
+        ModbusDriver(device(srv.port, SILENT, units=[1, 4], timeout_ms=3000)) as drv,
+    ):
+        assert (await drv.read("live")).quality.is_good  # arms the timer 3 s ahead
+        t0 = time.monotonic()
+        got = {s.tag: s for s in await drv.poll(t0 + 0.3)}  # the silent unit: ~0.3 s left
+        elapsed = time.monotonic() - t0
+    assert "timeout" in got["silent"].quality.reason
+    assert elapsed < 1.5, elapsed  # not the 3 s the armed timer was for
+
+
+async def test_a_request_is_not_ended_by_an_earlier_requests_deadline() -> None:
+    async with ModbusTestServer(units=[1]) as srv:
+        dev = device(srv.port, SILENT, units=[1, 4], timeout_ms=600, breaker={"failures": 1})
+        async with ModbusDriver(dev) as drv:
+            await drv.poll(time.monotonic() + 0.1)  # the silent unit times out: its breaker opens
+            got = {s.tag: s for s in await drv.poll(time.monotonic() + 0.1)}
+            assert got["live"].quality.is_good and "skipped" in got["silent"].quality.reason
+            # the timer stays armed for the live unit's request: ~0.1 s
+            t0 = time.monotonic()
+            late = await drv.read("silent")  # 600 ms, while the timer is armed for ~0.1 s
+            elapsed = time.monotonic() - t0
+    assert "within 600 ms" in late.quality.reason
+    assert elapsed >= 0.55, elapsed
+
+
+async def test_the_deadline_timer_leaves_with_the_driver() -> None:
+    async with ModbusTestServer(units=[1]) as srv:
+        async with ModbusDriver(device(srv.port, SILENT[:1], timeout_ms=3000)) as drv:
+            assert (await drv.read("live")).quality.is_good
+            timer = drv._deadline_timer
+            assert timer is not None and not timer.cancelled()
+        assert timer.cancelled() and drv._deadline_timer is None
