@@ -614,6 +614,7 @@ class ModbusDriver:
         self._lean = False
         self._tags: dict[str, ModbusTag] = {t.name: t for t in device.tags}
         self._readers: dict[str, Reader] = {}  # read-backs and explicit reads: make_reader, once
+        self._checked: dict[tuple[str, Purpose], tuple[ModbusTag, int]] = {}  # writes that may go
         self._units: dict[int, _Unit] = {}
         for unit_id in device.units:
             unit = _Unit(
@@ -1219,6 +1220,15 @@ class ModbusDriver:
 
     def _prepare(self, name: str, value: Value, purpose: Purpose) -> _Write:
         """Every check that needs no device: WriteRefused naming the tag and the reason."""
+        checked = self._checked.get((name, purpose))
+        if checked is None:  # checked once per tag and purpose: they depend on the config alone
+            checked = self._checked[(name, purpose)] = self._check_write(name, purpose)
+        tag, unit = checked
+        return _Write(tag, unit, encode_tag(tag, value))
+
+    def _check_write(self, name: str, purpose: Purpose) -> tuple[ModbusTag, int]:
+        """The checks of :meth:`_prepare` that do not depend on the value: the tag and its
+        unit, or WriteRefused naming the tag and the reason."""
         tag = self.tag(name)
         if not tag.writable:
             raise WriteRefused(f"{tag.name} ({tag.reference}) is read-only (access: {tag.access})")
@@ -1237,7 +1247,7 @@ class ModbusDriver:
                     f"{tag.name} ({tag.reference} bit {tag.bit}): unit {unit} is not declared in "
                     "mask_write_units (FC22 is never probed)"
                 )
-        return _Write(tag, unit, encode_tag(tag, value))
+        return tag, unit
 
     def _extends(self, run: list[_Write], w: _Write) -> bool:
         """``w`` may join ``run`` in one request: the next address of the same unit and table."""
@@ -1340,35 +1350,35 @@ class ModbusDriver:
         """Send one request for ``run`` (one tag, or adjacent ones), then read it back."""
         first = run[0]
         tag, unit, client = first.tag, first.unit, self._client
-        what = _describe(run)
         if tag.type is codec.DataType.BIT:
-            await self._write_bit(first, what)
+            await self._write_bit(first, run)
         elif tag.table == "coil":
             bits = [bool(w.payload) for w in run]
             if len(bits) == 1:
-                await self._send(lambda: client.write_coil(tag.address, bits[0], device_id=unit), unit, what)
+                await self._send(lambda: client.write_coil(tag.address, bits[0], device_id=unit), unit, run)
             else:
                 await self._send(
-                    lambda: client.write_coils(tag.address, bits, device_id=unit), unit, what, split=True
+                    lambda: client.write_coils(tag.address, bits, device_id=unit), unit, run, split=True
                 )
         else:
             words = [word for w in run for word in w.words]
             if len(words) == 1:
                 await self._send(
-                    lambda: client.write_register(tag.address, words[0], device_id=unit), unit, what
+                    lambda: client.write_register(tag.address, words[0], device_id=unit), unit, run
                 )
             else:
                 await self._send(
                     lambda: client.write_registers(tag.address, words, device_id=unit),
                     unit,
-                    what,
+                    run,
                     split=len(run) > 1,
                 )
         return await self._read_back(run)
 
-    async def _write_bit(self, w: _Write, what: str) -> None:
+    async def _write_bit(self, w: _Write, run: list[_Write]) -> None:
         tag, unit, client = w.tag, w.unit, self._client
         on, mask = bool(w.words[0]), 1 << (tag.bit or 0)
+        what = _describe(run)  # a bit write is rare: named now
         if tag.bit_write == "mask":
 
             def fc22_refused(exc: DeviceException) -> WriteRefused:
@@ -1384,7 +1394,7 @@ class ModbusDriver:
                     address=tag.address, and_mask=~mask & 0xFFFF, or_mask=mask if on else 0, device_id=unit
                 ),
                 unit,
-                what,
+                run,
                 refused=fc22_refused,
             )
             return
@@ -1402,18 +1412,19 @@ class ModbusDriver:
             self._note_link(str(exc))
             raise DeviceUnreachable(f"{what}: not written: the read before the write failed: {exc}") from None
         word = codec.set_bit(int(current[0]), tag.bit or 0, on)
-        await self._send(lambda: client.write_register(tag.address, word, device_id=unit), unit, what)
+        await self._send(lambda: client.write_register(tag.address, word, device_id=unit), unit, run)
 
     async def _send(
         self,
         call: Callable[[], Any],
         unit: int,
-        what: str,
+        run: list[_Write],
         *,
         split: bool = False,
         refused: Callable[[DeviceException], WriteRefused] | None = None,
     ) -> None:
-        """Send one write request; translate its failure into what it means for the PLC."""
+        """Send one write request for ``run``; translate its failure into what it means for the
+        PLC (the messages name the run's tags: :func:`_describe`, made only then)."""
         try:
             await self._execute(call, unit, self._timeout_s, resend=False)
         except DeviceException as exc:
@@ -1421,14 +1432,14 @@ class ModbusDriver:
                 raise _SplitRun from None
             if refused is not None:
                 raise refused(exc) from None
-            raise WriteRefused(f"{what}: the device refused the write: {exc}") from None
+            raise WriteRefused(f"{_describe(run)}: the device refused the write: {exc}") from None
         except (DeviceUnreachable, BadReply) as exc:
             # No await since _execute returned: _sent is still this request's.
             sent = self._sent
             self._note_link(str(exc))
             if not sent:
-                raise DeviceUnreachable(f"{what}: not sent: {exc}") from None
-            raise WriteUnconfirmed(f"{what}: sent, but {exc}: possibly applied") from None
+                raise DeviceUnreachable(f"{_describe(run)}: not sent: {exc}") from None
+            raise WriteUnconfirmed(f"{_describe(run)}: sent, but {exc}: possibly applied") from None
 
     async def _read_back(self, run: list[_Write]) -> WriteResults:
         """One read of the run's registers (coils) issued after the write's reply, decoded per tag."""

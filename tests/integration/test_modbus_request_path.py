@@ -177,3 +177,27 @@ async def test_the_deadline_timer_leaves_with_the_driver() -> None:
             timer = drv._deadline_timer
             assert timer is not None and not timer.cancelled()
         assert timer.cancelled() and drv._deadline_timer is None
+
+
+# ---------------------------------------------------------------- writes: checks made once
+
+
+async def test_a_writes_checks_are_made_once_per_purpose_and_refusals_every_time() -> None:
+    from agent.errors import WriteRefused
+    from tests.integration.test_modbus_writes import hr, writes
+
+    async with ModbusTestServer(holes=[(50, 60)]) as srv:
+        tags = [hr("sp", 10, purpose="setpoint"), hr("w", 20), hr("gone", 55)]
+        async with ModbusDriver(device(srv.port, tags)) as drv:
+            for _ in range(2):  # the second time from what was checked the first
+                with pytest.raises(WriteRefused, match=r"^sp \(40011\) is a setpoint tag"):
+                    await drv.write("sp", 7, purpose="display")
+                assert await drv.write("sp", 7, purpose="setpoint") == 7
+                with pytest.raises(WriteRefused, match=r"^w: .*70000"):
+                    await drv.write("w", 70000, purpose="display")  # the value is checked each time
+                assert await drv.write("w", 3, purpose="display") == 3
+                with pytest.raises(WriteRefused, match=r"^gone \(40056\): the device refused the write"):
+                    await drv.write("gone", 1, purpose="display")
+            with pytest.raises(WriteRefused, match="unknown tag"):
+                await drv.write("nope", 1, purpose="display")
+            assert writes(srv) == [(6, 10), (6, 20), (6, 55)] * 2
