@@ -554,6 +554,10 @@ def _default_client(device: ModbusDevice, trace_packet: TracePacket, trace_conne
 class ModbusDriver:
     """Source and Sink for one Modbus TCP endpoint or RTU bus and all its units."""
 
+    cert_warning: str | None = None
+    """No certificate, so never a warning (the runtime asks every driver every cycle; an
+    attribute looked up and missing costs an exception each time)."""
+
     def __init__(
         self,
         device: ModbusDevice,

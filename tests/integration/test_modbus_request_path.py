@@ -201,3 +201,9 @@ async def test_a_writes_checks_are_made_once_per_purpose_and_refusals_every_time
             with pytest.raises(WriteRefused, match="unknown tag"):
                 await drv.write("nope", 1, purpose="display")
             assert writes(srv) == [(6, 10), (6, 20), (6, 55)] * 2
+
+
+def test_a_modbus_driver_never_has_a_certificate_warning() -> None:
+    # the runtime reads it from every driver every cycle (status word, warnings)
+    drv = ModbusDriver(device(1502, SILENT[:1]))
+    assert drv.cert_warning is None and "cert_warning" not in vars(drv)
