@@ -48,6 +48,7 @@ import contextlib
 import hashlib
 import json
 import math
+import operator
 import os
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -92,6 +93,14 @@ STALE_INTERVALS = 2.5
 _WINDOW_FORMAT = 1
 _EPSILON_S = 1e-6  # a tick is due this close to its time (float sums of periods)
 _IDLE_WAKE_S = 1.0  # the run loop beats at least this often (watchdog), whatever the periods
+
+
+def _getter(keys: tuple[str, ...]) -> Callable[[Mapping[str, Sample]], tuple[Sample, ...]]:
+    """``lambda m: tuple(m[k] for k in keys)`` in C (``itemgetter`` of one key gives no tuple)."""
+    if len(keys) == 1:
+        (key,) = keys
+        return lambda m: (m[key],)
+    return operator.itemgetter(*keys)
 
 
 @dataclass(slots=True)
@@ -161,6 +170,10 @@ class ModelRunner:
             if role not in self._mean_roles
         )
         """Tags read from the tag table at each tick (bound to a role that is not ``mean``)."""
+        # per asset: its roles, and their samples out of a snapshot in one C call (every tick)
+        self._instant_rows = [
+            (asset, tuple(roles), _getter(tuple(roles.values()))) for asset, roles in binding.assets.items()
+        ]
         self._acc: dict[str, _Acc] = {
             tag: _Acc()
             for roles in binding.assets.values()
@@ -273,12 +286,13 @@ class ModelRunner:
         means = self._take_means(tick_mono, stamp) if self._acc else {}
         got = table.snapshot(self.instant_tags, now) if samples is None else samples
         mean_roles = self._mean_roles
-        for asset, roles in self.binding.assets.items():
-            if mean_roles:
+        if mean_roles:
+            for asset, roles in self.binding.assets.items():
                 row = {role: means[tag] if role in mean_roles else got[tag] for role, tag in roles.items()}
-            else:
-                row = {role: got[tag] for role, tag in roles.items()}
-            self.windows.push(asset, row, tick_mono)
+                self.windows.push(asset, row, tick_mono)
+        else:
+            for asset, role_names, samples_of in self._instant_rows:
+                self.windows.push(asset, dict(zip(role_names, samples_of(got), strict=True)), tick_mono)
         frame = self.windows.frame(stamp, tick_mono)
         self._k = k + 1
         self.next_tick = tick_mono + self.period_s

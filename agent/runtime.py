@@ -131,7 +131,7 @@ class AgentView:
     skipped_cycles: int = 0  # ticks skipped because a cycle overran its interval
     last_cycle_s: float = 0.0
     first_cycle_s: float | None = None
-    tags: dict[str, Sample] = field(default_factory=dict)
+    tags: Mapping[str, Sample] = field(default_factory=dict)  # the table at the cycle's end
     scores: dict[str, dict[str, Score]] = field(default_factory=dict)
     hmi: dict[str, HmiBlock] = field(default_factory=dict)
     alarms: list[Alarm] = field(default_factory=list)  # recent transitions, newest last
@@ -765,7 +765,7 @@ class Agent:
             self.view.writes = sum(self.writeback.outcomes.values()) - self.writeback.outcomes["not_sent"]
             self.view.verify_failures = self.view.writes - self.writeback.outcomes["verified"]
         self.view.cycles += 1
-        self.view.tags = self.table.snapshot(now=now)
+        self.view.tags = self.table.at(now)  # staleness applied when the view reads a tag
 
     def _asset_values(self, asset_cfg: Any, now: float, *, fresh: bool = True) -> dict[str, float | None]:
         """Values by source name (:func:`agent.pipeline.sources.asset_values`). With ``fresh``,

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import operator
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 
 from agent.types import Quality, Sample
 
-__all__ = ["TagTable"]
+__all__ = ["TagTable", "TagsAt"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _tag_of = operator.itemgetter(0)  # Sample.tag
@@ -43,33 +43,27 @@ class TagTable:
 
     def get(self, tag: str, now: float | None = None) -> Sample:
         """The tag's latest sample; BAD "stale" when too old, BAD "no value yet" when never seen."""
-        s = self._latest.get(tag)
-        if now is None:
-            now = self._clock()
-        if s is None:
-            return Sample(tag, None, Quality.bad("no value yet"), _EPOCH, now)
-        limit = self._limits.get(tag)
-        if limit is None or now - s.mono <= limit:  # a NaN time is stale (fail closed)
-            return s
-        age = now - s.mono
-        return Sample(
-            tag,
-            s.value,
-            Quality.bad(f"stale: no update for {age:.1f} s (limit {limit:g} s)"),
-            s.received_at,
-            s.mono,
-            s.source_time,
-        )
+        return _get(self._latest, self._limits, tag, self._clock() if now is None else now)
+
+    def at(self, now: float | None = None) -> TagsAt:
+        """:meth:`snapshot` of every tag at ``now``, as a mapping that applies staleness when a
+        tag is looked up: the same samples, for the price of a copy of the latest ones (the
+        runtime's view of the tags, refreshed every cycle and read far less often)."""
+        now = self._clock() if now is None else now
+        return TagsAt(dict(self._latest), self._limits, self._all_names(), now)
+
+    def _all_names(self) -> tuple[str, ...]:
+        made_for, names = self._names
+        if made_for != len(self._latest):  # tags are never removed: a new one changes the size
+            names = tuple(self._limits.keys() | self._latest.keys())
+            self._names = (len(self._latest), names)
+        return names
 
     def snapshot(self, tags: Iterable[str] | None = None, now: float | None = None) -> dict[str, Sample]:
         """:meth:`get` of ``tags`` (default: every tag with a limit or a sample) at one ``now``."""
         now = self._clock() if now is None else now
         if tags is None:
-            made_for, names = self._names
-            if made_for != len(self._latest):  # tags are never removed: a new one changes the size
-                names = tuple(self._limits.keys() | self._latest.keys())
-                self._names = (len(self._latest), names)
-            tags = names
+            tags = self._all_names()
         # get()'s common case inlined (a sample fresh within its limit): this runs over every
         # tag each cycle; anything else takes get() itself, the reference.
         latest, limits, get = self._latest, self._limits, self.get
@@ -83,3 +77,45 @@ class TagTable:
                     continue
             out[t] = get(t, now)
         return out
+
+
+def _get(latest: Mapping[str, Sample], limits: Mapping[str, float], tag: str, now: float) -> Sample:
+    """:meth:`TagTable.get` over ``latest`` at ``now``."""
+    s = latest.get(tag)
+    if s is None:
+        return Sample(tag, None, Quality.bad("no value yet"), _EPOCH, now)
+    limit = limits.get(tag)
+    if limit is None or now - s.mono <= limit:  # a NaN time is stale (fail closed)
+        return s
+    age = now - s.mono
+    return Sample(
+        tag,
+        s.value,
+        Quality.bad(f"stale: no update for {age:.1f} s (limit {limit:g} s)"),
+        s.received_at,
+        s.mono,
+        s.source_time,
+    )
+
+
+class TagsAt(Mapping[str, Sample]):
+    """Every tag of a :class:`TagTable` as it was at one ``now`` (:meth:`TagTable.at`): the
+    keys and samples of ``snapshot(now=now)``, each looked up when asked for."""
+
+    __slots__ = ("_latest", "_limits", "_names", "now")
+
+    def __init__(
+        self, latest: dict[str, Sample], limits: Mapping[str, float], names: tuple[str, ...], now: float
+    ) -> None:
+        self._latest, self._limits, self._names, self.now = latest, limits, names, now
+
+    def __getitem__(self, tag: str) -> Sample:
+        if tag not in self._latest and tag not in self._limits:
+            raise KeyError(tag)
+        return _get(self._latest, self._limits, tag, self.now)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)

@@ -504,6 +504,8 @@ class _InvalidStream(Exception):
 
 
 TracePacket = Callable[[bool, bytes], bytes]
+# A poll's reply waiting to be decoded: (samples out, table, request, data, received_at, mono)
+_Pending = tuple[list[Sample], _Table, ReadRequest, Sequence[int] | Sequence[bool], datetime, float]
 TraceConnect = Callable[[bool], None]
 ClientFactory = Callable[[ModbusDevice, TracePacket, TraceConnect], Any]
 
@@ -551,6 +553,10 @@ def _default_client(device: ModbusDevice, trace_packet: TracePacket, trace_conne
 
 class ModbusDriver:
     """Source and Sink for one Modbus TCP endpoint or RTU bus and all its units."""
+
+    cert_warning: str | None = None
+    """No certificate, so never a warning (the runtime asks every driver every cycle; an
+    attribute looked up and missing costs an exception each time)."""
 
     def __init__(
         self,
@@ -602,8 +608,17 @@ class ModbusDriver:
             backoff=Backoff(b.backoff_ms / 1000, b.backoff_max_ms / 1000, b.jitter, self._rng),
             clock=clock,
         )
+        # Replies of the poll to decode while the next request is out (_decode_later)
+        self._pending: deque[_Pending] = deque()
+        self._decode_failed: Exception | None = None
+        # The request in flight's deadline (loop time) and the one timer that enforces it
+        # (_arm_deadline); _lean: the client is modbus_lean's (its requests await one future)
+        self._deadline = math.inf
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._lean = False
         self._tags: dict[str, ModbusTag] = {t.name: t for t in device.tags}
         self._readers: dict[str, Reader] = {}  # read-backs and explicit reads: make_reader, once
+        self._checked: dict[tuple[str, Purpose], tuple[ModbusTag, int]] = {}  # writes that may go
         self._units: dict[int, _Unit] = {}
         for unit_id in device.units:
             unit = _Unit(
@@ -635,6 +650,9 @@ class ModbusDriver:
 
     async def __aenter__(self) -> Self:
         self._client = self._client_factory(self.device, self._trace_packet, self._trace_connect)
+        self._lean = hasattr(getattr(self._client, "ctx", None), "while_waiting")
+        if self._lean:  # the lean client (modbus_lean.make_lean)
+            self._client.ctx.while_waiting = self._decode_soon
         return self
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
@@ -737,6 +755,9 @@ class ModbusDriver:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         client, self._client = self._client, None
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         if client is not None:
             client.close()
 
@@ -832,6 +853,7 @@ class ModbusDriver:
                 table.retry_refused()  # once per backoff cap: a refusal is not for ever
             illegal = table.planner.illegal_keys
             if illegal:
+                self._decode_pending()  # the samples stay in the order of the requests
                 received_at, mono = utcnow(), time.monotonic()
                 samples.extend(
                     Sample(name, None, Quality.bad(table.refused[name]), received_at, mono)
@@ -845,10 +867,15 @@ class ModbusDriver:
                     # No time left in this cycle: the rest waits for the next one (staleness
                     # turns them BAD if this persists). Never send a request we cannot wait for.
                     self.counters.bump(key, "deferred", len(queue) + 1)
+                    self._decode_pending()
                     return samples
                 self.counters.bump(key, "requests")
                 try:
-                    data = await self._read(unit.unit, table.name, req, budget)
+                    try:
+                        data = await self._read(unit.unit, table.name, req, budget)
+                    except BaseException:
+                        self._decode_pending()  # the samples stay in the order of the requests
+                        raise
                 except DeviceException as exc:
                     unit.problem = f"{exc} at {modbus_reference(table.name, req.start)}"
                     if exc.code == 2:
@@ -886,7 +913,8 @@ class ModbusDriver:
                     samples.extend(_bad_many((table.tags[k] for k in req.keys), str(exc)))
                     continue
                 unit.breaker.record_success()
-                samples.extend(self._decode(table, req, data))
+                self._decode_later(samples, table, req, data)
+        self._decode_pending()
         if unit.refused_everywhere:
             # It answers, but no address it was asked for: as good as absent. One failure per
             # cycle, so the breaker says "lost" once, with the reason, and probes with backoff.
@@ -966,6 +994,37 @@ class ModbusDriver:
         # One reply, one receive time: every sample of it carries the same stamps.
         return table.columns_for(req).decode(data, utcnow(), self._clock())
 
+    def _decode_later(
+        self, out: list[Sample], table: _Table, req: ReadRequest, data: Sequence[int] | Sequence[bool]
+    ) -> None:
+        """Decode a poll's reply into ``out`` once the next request has left: while the device
+        answers it, not before it is sent (the decoding is off the cycle's critical path).
+
+        The samples carry the stamps of the reply's arrival (taken now), as :meth:`_decode`
+        gives them. The decoding runs when the next request of this connection has been handed
+        to the transport (the lean client's ``while_waiting``, :func:`make_lean`), or in
+        :meth:`_decode_pending`, which :meth:`_poll_unit` calls before anything else reaches
+        ``out`` and before returning it, whichever comes first: the samples keep the order of
+        the requests, and a poll returns every one of them."""
+        self._pending.append((out, table, req, data, utcnow(), self._clock()))
+
+    def _decode_soon(self) -> None:
+        """:meth:`_decode_pending` from the client's send path, which must not raise there."""
+        try:
+            self._decode_pending()
+        except Exception as exc:  # a bug: raised by the poll's next _decode_pending, not lost
+            self._decode_failed = exc
+
+    def _decode_pending(self) -> None:
+        """Decode every reply :meth:`_decode_later` queued, in the order they came."""
+        pending = self._pending
+        while pending:
+            out, table, req, data, received_at, mono = pending.popleft()
+            out.extend(table.columns_for(req).decode(data, received_at, mono))
+        if self._decode_failed is not None:
+            exc, self._decode_failed = self._decode_failed, None
+            raise exc
+
     async def _read(
         self, unit: int, table: str, req: ReadRequest, budget_s: float
     ) -> Sequence[int] | Sequence[bool]:
@@ -999,8 +1058,12 @@ class ModbusDriver:
                 self._sent, self._received, self._stray_tid, self._missing = False, False, None, 0
                 try:
                     self._in_flight = True
-                    async with asyncio.timeout(budget_s):
+                    if self._lean:
+                        self._arm_deadline(budget_s)
                         rr = await call()
+                    else:
+                        async with asyncio.timeout(budget_s):
+                            rr = await call()
                 except TimeoutError:
                     raise self._no_reply(unit, budget_s) from None
                 except _InvalidStream as exc:
@@ -1041,6 +1104,34 @@ class ModbusDriver:
                     raise BadReply(f"reply from the wrong unit: asked {unit}, got {dev}")
                 return rr
         raise AssertionError("unreachable")
+
+    def _arm_deadline(self, budget_s: float) -> None:
+        """Bound the request about to be sent by ``budget_s``, as ``asyncio.timeout`` would,
+        without a timer per request (a timer armed and cancelled per request costs more than a
+        lean request's own CPU time): one timer stays armed, and when it fires early for the
+        request then in flight (an earlier request's deadline), it is armed again for this
+        one's. When the request's deadline passes, its reply's future gets ``TimeoutError``:
+        the lean client awaits nothing else (:func:`~agent.drivers.modbus_lean.lean_execute`)."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + budget_s
+        self._deadline = when
+        if self._deadline_timer is None or self._deadline_timer.when() > when:
+            if self._deadline_timer is not None:
+                self._deadline_timer.cancel()
+            self._deadline_timer = loop.call_at(when, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        self._deadline_timer = None
+        if not self._in_flight:
+            return  # nothing waits: the next request arms its own
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:
+            self._deadline_timer = loop.call_at(self._deadline, self._deadline_passed)
+            return
+        pending = getattr(getattr(self._client, "ctx", None), "response_future", None)
+        if isinstance(pending, asyncio.Future) and not pending.done():
+            pending.set_exception(TimeoutError())
+            pending.exception()  # retrieved: the request's await raises it (unless cancelled)
 
     def _no_reply(self, unit: int, budget_s: float) -> DriverError:
         """The error of a request that timed out; after too many in a row with nothing at all
@@ -1133,6 +1224,15 @@ class ModbusDriver:
 
     def _prepare(self, name: str, value: Value, purpose: Purpose) -> _Write:
         """Every check that needs no device: WriteRefused naming the tag and the reason."""
+        checked = self._checked.get((name, purpose))
+        if checked is None:  # checked once per tag and purpose: they depend on the config alone
+            checked = self._checked[(name, purpose)] = self._check_write(name, purpose)
+        tag, unit = checked
+        return _Write(tag, unit, encode_tag(tag, value))
+
+    def _check_write(self, name: str, purpose: Purpose) -> tuple[ModbusTag, int]:
+        """The checks of :meth:`_prepare` that do not depend on the value: the tag and its
+        unit, or WriteRefused naming the tag and the reason."""
         tag = self.tag(name)
         if not tag.writable:
             raise WriteRefused(f"{tag.name} ({tag.reference}) is read-only (access: {tag.access})")
@@ -1151,7 +1251,7 @@ class ModbusDriver:
                     f"{tag.name} ({tag.reference} bit {tag.bit}): unit {unit} is not declared in "
                     "mask_write_units (FC22 is never probed)"
                 )
-        return _Write(tag, unit, encode_tag(tag, value))
+        return tag, unit
 
     def _extends(self, run: list[_Write], w: _Write) -> bool:
         """``w`` may join ``run`` in one request: the next address of the same unit and table."""
@@ -1254,35 +1354,35 @@ class ModbusDriver:
         """Send one request for ``run`` (one tag, or adjacent ones), then read it back."""
         first = run[0]
         tag, unit, client = first.tag, first.unit, self._client
-        what = _describe(run)
         if tag.type is codec.DataType.BIT:
-            await self._write_bit(first, what)
+            await self._write_bit(first, run)
         elif tag.table == "coil":
             bits = [bool(w.payload) for w in run]
             if len(bits) == 1:
-                await self._send(lambda: client.write_coil(tag.address, bits[0], device_id=unit), unit, what)
+                await self._send(lambda: client.write_coil(tag.address, bits[0], device_id=unit), unit, run)
             else:
                 await self._send(
-                    lambda: client.write_coils(tag.address, bits, device_id=unit), unit, what, split=True
+                    lambda: client.write_coils(tag.address, bits, device_id=unit), unit, run, split=True
                 )
         else:
             words = [word for w in run for word in w.words]
             if len(words) == 1:
                 await self._send(
-                    lambda: client.write_register(tag.address, words[0], device_id=unit), unit, what
+                    lambda: client.write_register(tag.address, words[0], device_id=unit), unit, run
                 )
             else:
                 await self._send(
                     lambda: client.write_registers(tag.address, words, device_id=unit),
                     unit,
-                    what,
+                    run,
                     split=len(run) > 1,
                 )
         return await self._read_back(run)
 
-    async def _write_bit(self, w: _Write, what: str) -> None:
+    async def _write_bit(self, w: _Write, run: list[_Write]) -> None:
         tag, unit, client = w.tag, w.unit, self._client
         on, mask = bool(w.words[0]), 1 << (tag.bit or 0)
+        what = _describe(run)  # a bit write is rare: named now
         if tag.bit_write == "mask":
 
             def fc22_refused(exc: DeviceException) -> WriteRefused:
@@ -1298,7 +1398,7 @@ class ModbusDriver:
                     address=tag.address, and_mask=~mask & 0xFFFF, or_mask=mask if on else 0, device_id=unit
                 ),
                 unit,
-                what,
+                run,
                 refused=fc22_refused,
             )
             return
@@ -1316,18 +1416,19 @@ class ModbusDriver:
             self._note_link(str(exc))
             raise DeviceUnreachable(f"{what}: not written: the read before the write failed: {exc}") from None
         word = codec.set_bit(int(current[0]), tag.bit or 0, on)
-        await self._send(lambda: client.write_register(tag.address, word, device_id=unit), unit, what)
+        await self._send(lambda: client.write_register(tag.address, word, device_id=unit), unit, run)
 
     async def _send(
         self,
         call: Callable[[], Any],
         unit: int,
-        what: str,
+        run: list[_Write],
         *,
         split: bool = False,
         refused: Callable[[DeviceException], WriteRefused] | None = None,
     ) -> None:
-        """Send one write request; translate its failure into what it means for the PLC."""
+        """Send one write request for ``run``; translate its failure into what it means for the
+        PLC (the messages name the run's tags: :func:`_describe`, made only then)."""
         try:
             await self._execute(call, unit, self._timeout_s, resend=False)
         except DeviceException as exc:
@@ -1335,14 +1436,14 @@ class ModbusDriver:
                 raise _SplitRun from None
             if refused is not None:
                 raise refused(exc) from None
-            raise WriteRefused(f"{what}: the device refused the write: {exc}") from None
+            raise WriteRefused(f"{_describe(run)}: the device refused the write: {exc}") from None
         except (DeviceUnreachable, BadReply) as exc:
             # No await since _execute returned: _sent is still this request's.
             sent = self._sent
             self._note_link(str(exc))
             if not sent:
-                raise DeviceUnreachable(f"{what}: not sent: {exc}") from None
-            raise WriteUnconfirmed(f"{what}: sent, but {exc}: possibly applied") from None
+                raise DeviceUnreachable(f"{_describe(run)}: not sent: {exc}") from None
+            raise WriteUnconfirmed(f"{_describe(run)}: sent, but {exc}: possibly applied") from None
 
     async def _read_back(self, run: list[_Write]) -> WriteResults:
         """One read of the run's registers (coils) issued after the write's reply, decoded per tag."""

@@ -19,6 +19,10 @@ pure overhead for it:
   quiet decoder unpacks all of a well-formed reply in one (the same registers; any other
   reply, a byte count that is odd or past the end included, goes through pymodbus's code).
 
+A fourth is the driver's, not pymodbus's: the CPU time between a reply and the next request
+delays the next reply by as much. ``ctx.while_waiting`` (see :func:`make_lean`) runs the
+driver's deferred work right after a request has left, while the device answers it.
+
 Only the driver's own client is changed (an instance, never pymodbus's classes): another
 pymodbus client in the same process keeps pymodbus's behaviour. This module imports pymodbus:
 it is imported when the first client is made, not with the driver.
@@ -89,6 +93,8 @@ async def lean_execute(ctx: Any, no_response_expected: bool, request: ModbusPDU)
     future: asyncio.Future[ModbusPDU] = asyncio.get_running_loop().create_future()
     ctx.response_future = future
     ctx.pdu_send(request)
+    if (idle := ctx.while_waiting) is not None:
+        idle()  # the caller's deferred work, while the device answers
     if no_response_expected:
         return None
     response = await future
@@ -108,8 +114,12 @@ async def lean_execute(ctx: Any, no_response_expected: bool, request: ModbusPDU)
 
 def make_lean(client: Any) -> Any:
     """Give one pymodbus async client (TCP or serial) :func:`lean_execute` and
-    :class:`QuietDecoder`; returns the client."""
+    :class:`QuietDecoder`; returns the client. ``client.ctx.while_waiting`` (None here) may be
+    set to a callable that :func:`lean_execute` calls once each request has been handed to the
+    transport, before it waits for the reply: work that is due before the next reply but not
+    before the request leaves (the driver decodes its previous reply there)."""
     ctx = client.ctx
     ctx.execute = functools.partial(lean_execute, ctx)
+    ctx.while_waiting = None
     ctx.framer.decoder = QuietDecoder()
     return client

@@ -5,6 +5,10 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from agent.tagtable import TagTable
 from agent.types import Quality, Sample
 
@@ -54,3 +58,35 @@ def test_snapshot_is_get_of_each_tag() -> None:
     assert list(snap) == tags
     assert snap == {t: table.get(t, 10.0) for t in tags}
     assert [t for t, s in snap.items() if s.quality.is_good] == ["fresh", "free"]
+
+
+TAGS = ["a", "b", "c", "d", "e"]
+
+
+@given(
+    limits=st.dictionaries(st.sampled_from(TAGS), st.floats(0.1, 5.0), max_size=5),
+    updates=st.lists(
+        st.tuples(
+            st.sampled_from(TAGS),
+            st.floats(allow_nan=True, allow_infinity=False, width=32),
+            st.one_of(st.floats(0.0, 20.0), st.just(math.nan)),
+        ),
+        max_size=12,
+    ),
+    now=st.one_of(st.floats(0.0, 30.0), st.just(math.nan)),
+)
+def test_at_is_the_snapshot_of_every_tag(
+    limits: dict[str, float], updates: list[tuple[str, float, float]], now: float
+) -> None:
+    table = TagTable(limits)
+    table.update(sample(t, v, m) for t, v, m in updates)
+    view, snap = table.at(now), table.snapshot(now=now)
+    table.update([sample(t, 99.0, 0.0) for t in TAGS])  # later updates do not reach the view
+    assert list(view) == list(snap) and len(view) == len(snap)
+    for tag, s in snap.items():
+        got = view[tag]
+        assert (got.tag, got.quality, got.mono, got.received_at) == (s.tag, s.quality, s.mono, s.received_at)
+        assert got.value == s.value or (got.value != got.value and s.value != s.value)  # NaN
+    assert "unknown" not in view and view.get("unknown") is None
+    with pytest.raises(KeyError):
+        view["unknown"]
