@@ -51,7 +51,7 @@ import math
 import operator
 import os
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
@@ -278,11 +278,7 @@ class ModelRunner:
         if self.next_tick is None:
             self.schedule(now, now_utc or utcnow())
             return None
-        late = max(0.0, now - self.next_tick)
-        skipped = int(late // self.period_s)
-        tick_mono = self.next_tick + skipped * self.period_s
-        k = self._k + skipped
-        stamp = datetime.fromtimestamp(k * self.period_s, UTC)
+        tick_mono, k, stamp = self._grid(now, self.next_tick)
         means = self._take_means(tick_mono, stamp) if self._acc else {}
         got = table.snapshot(self.instant_tags, now) if samples is None else samples
         mean_roles = self._mean_roles
@@ -294,10 +290,39 @@ class ModelRunner:
             for asset, role_names, samples_of in self._instant_rows:
                 self.windows.push(asset, dict(zip(role_names, samples_of(got), strict=True)), tick_mono)
         frame = self.windows.frame(stamp, tick_mono)
+        self._closed(tick_mono, k, stamp)
+        return frame
+
+    def follow(self, now: float, now_utc: datetime | None, frame: Frame | None) -> Frame | None:
+        """The due tick of a runner whose windows another runner has just ticked in this pass
+        (:class:`Models` shares one FeatureWindows between runners whose rows mean the same,
+        see :meth:`Models.share_key`): the schedule advances as :meth:`tick` advances it, and
+        ``frame``, that tick's frame, is this model's (renamed for it)."""
+        if self.next_tick is None:
+            self.schedule(now, now_utc or utcnow())
+            return None
+        self._closed(*self._grid(now, self.next_tick))
+        return self.own_frame(frame)
+
+    def own_frame(self, frame: Frame | None) -> Frame | None:
+        """``frame`` under this runner's model name (a shared window names whichever model
+        last installed a bundle on it)."""
+        name = self.bundle.manifest.name
+        if frame is None or frame.model == name:
+            return frame
+        return replace(frame, model=name)
+
+    def _grid(self, now: float, next_tick: float) -> tuple[float, int, datetime]:
+        """The due tick's time, UTC grid index and stamp (ticks missed by whole periods are
+        skipped over: :meth:`tick` makes them bad rows)."""
+        skipped = int(max(0.0, now - next_tick) // self.period_s)
+        k = self._k + skipped
+        return next_tick + skipped * self.period_s, k, datetime.fromtimestamp(k * self.period_s, UTC)
+
+    def _closed(self, tick_mono: float, k: int, stamp: datetime) -> None:
         self._k = k + 1
         self.next_tick = tick_mono + self.period_s
         self.last_tick_utc = stamp
-        return frame
 
     # ------------------------------------------------------------------ scoring
 
@@ -471,6 +496,7 @@ class Models(Sequence[ModelRunner]):
         self._mean_routes: dict[str, list[ModelRunner]] = {}
         self._wake: asyncio.Event | None = None
         self._tags_of: dict[tuple[ModelRunner, ...], frozenset[str]] = {}  # due runners → their tags
+        self._followers: frozenset[ModelRunner] = frozenset()
         self._route()
 
     # ------------------------------------------------------------------ the collection
@@ -502,6 +528,41 @@ class Models(Sequence[ModelRunner]):
             for tag in r.mean_tags:
                 routes.setdefault(tag, []).append(r)
         self._mean_routes = routes
+        self._share()
+
+    @staticmethod
+    def share_key(r: ModelRunner) -> tuple[str, int, int] | None:
+        """What a runner's windows hold, row by row and frame by frame: the meaning of a row
+        (:func:`window_key` of :meth:`ModelRunner.window_inputs`: roles, units, ranges,
+        aggregation, period, length, binding), the stride and how long a bad value is held.
+        Runners with the same key tick the same rows into windows of the same content, so
+        they may share one (None: never shared: a ``mean`` role has its own accumulators, a
+        persisted window its own file)."""
+        if r.mean_tags or r.persist_path is not None:
+            return None
+        w = r.windows
+        return window_key(r.window_inputs()), w.stride, w.hold_limit
+
+    def _share(self) -> None:
+        """Runners with the same :meth:`share_key` tick one FeatureWindows (the first one's)
+        instead of one each (the shipped models all read the same 14 roles of both pumps):
+        only runners in lockstep share, i.e. a runner already sharing it, or both not yet
+        ticked (so a window never holds rows one of them did not see)."""
+        leaders: dict[tuple[str, int, int], ModelRunner] = {}
+        followers: list[ModelRunner] = []
+        for r in self.runners:
+            key = self.share_key(r)
+            if key is None:
+                continue
+            lead = leaders.setdefault(key, r)
+            if lead is r:
+                continue
+            same = r.windows is lead.windows and (r.next_tick, r._k) == (lead.next_tick, lead._k)
+            fresh = all(x.next_tick is None and x.windows.counters.ticks == 0 for x in (r, lead))
+            if same or fresh:
+                r.windows = lead.windows
+                followers.append(r)
+        self._followers = frozenset(followers)
 
     # ------------------------------------------------------------------ loading
 
@@ -563,9 +624,15 @@ class Models(Sequence[ModelRunner]):
                 self._tags_of.clear()
             tags = self._tags_of[key] = frozenset().union(*(r.instant_tags for r in due))
         samples = table.snapshot(tags, now)
+        made: dict[FeatureWindows, Frame | None] = {}  # windows ticked in this pass → frame
+        followers = self._followers
         for r in due:
             scheduled = r.next_tick is not None
-            frame = r.tick(table, now, now_utc, samples=samples)
+            if r in followers and r.windows in made:
+                frame = r.follow(now, now_utc, made[r.windows])
+            else:
+                frame = made[r.windows] = r.tick(table, now, now_utc, samples=samples)
+                frame = r.own_frame(frame)
             if scheduled:
                 ticked.append((r, frame))
         return ticked
