@@ -182,6 +182,7 @@ class StoreWatcher:
         manifest = bundle.manifest
         if same_input_contract(live.bundle.manifest, manifest):
             windows = copy.deepcopy(live.windows)
+            windows.manifest = manifest  # frames named for the trial (a live window may be shared)
         else:
             windows = FeatureWindows(manifest, live.binding)
         scorer = Scorer(bundle)
