@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import hashlib
 import json
 import math
@@ -550,18 +551,22 @@ class Models(Sequence[ModelRunner]):
         ticked (so a window never holds rows one of them did not see)."""
         leaders: dict[tuple[str, int, int], ModelRunner] = {}
         followers: list[ModelRunner] = []
+        ticked_by: dict[FeatureWindows, ModelRunner] = {}
         for r in self.runners:
             key = self.share_key(r)
-            if key is None:
-                continue
-            lead = leaders.setdefault(key, r)
-            if lead is r:
-                continue
-            same = r.windows is lead.windows and (r.next_tick, r._k) == (lead.next_tick, lead._k)
-            fresh = all(x.next_tick is None and x.windows.counters.ticks == 0 for x in (r, lead))
-            if same or fresh:
-                r.windows = lead.windows
-                followers.append(r)
+            lead = r if key is None else leaders.setdefault(key, r)
+            if lead is not r:
+                same = r.windows is lead.windows and (r.next_tick, r._k) == (lead.next_tick, lead._k)
+                fresh = all(x.next_tick is None and x.windows.counters.ticks == 0 for x in (r, lead))
+                if same or fresh:
+                    r.windows = lead.windows
+                    followers.append(r)
+                    continue
+            if r.windows in ticked_by:
+                # a window it shared (carried over by a reload) that another runner ticks and
+                # it may no longer follow (e.g. now persisted): its own copy, as it is now
+                r.windows = copy.deepcopy(r.windows)
+            ticked_by[r.windows] = r
         self._followers = frozenset(followers)
 
     # ------------------------------------------------------------------ loading

@@ -147,3 +147,31 @@ async def test_a_reload_keeps_sharing_only_what_ticks_in_lockstep(
         assert state(r) == state(single), r.name
     assert shared[1].latest["p1"].version == "2" and shared[0].latest["p1"].model == "m1"
     assert late.scorer.calls > 0 and late.windows.counters.ticks < shared[0].windows.counters.ticks
+
+
+async def test_a_runner_that_may_no_longer_follow_gets_its_own_copy(
+    bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    # m2 carried m1's shared window over into a binding that persists its window (which is
+    # never shared): it ticks a copy of its own, and m1's window is ticked once per tick still.
+    shared = Models(context(tmp_path / "shared"))
+    load(shared, bundles, ["m1", "m2"])
+    solo = [Models(context(tmp_path / "s1")), Models(context(tmp_path / "s2"))]
+    load(solo[0], bundles, ["m1"])
+    load(solo[1], bundles, ["m2"])
+    plants = [Plant(shared), *(Plant(m) for m in solo)]
+    polls: list[dict[str, float | None]] = [
+        {"A": 1.0 + i % 7, "B": 2.0 if i % 9 else None} for i in range(160)
+    ]
+    await run(plants, polls[:80], 0.05)
+    for models in (shared, solo[1]):
+        old = models[-1]
+        new = models.load(binding("m2", bundles["m2"], ROLES, persist_window=True))
+        new.carry_over(old)
+        assert new.windows is old.windows
+        models.replace([new if r is old else r for r in models])
+    assert shared[1].windows is not shared[0].windows
+    assert shared[1].windows.snapshot() == shared[0].windows.snapshot()
+    await run(plants, polls[80:], 0.05, t0=4.0)
+    for r, single in zip(shared, [solo[0][0], solo[1][0]], strict=True):
+        assert state(r) == state(single), r.name
