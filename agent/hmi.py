@@ -270,9 +270,18 @@ class HmiWriter:
         written, so the PLC sees it stop and falls back. The status word is written when it
         changed, when due for a refresh, or while failing.
         """
-        if heartbeat and self._heartbeat_tag is not None:
+        if heartbeat:
+            await self.write_heartbeat(now)
+        await self.write_status(status_word, now)
+
+    async def write_heartbeat(self, now: float) -> None:
+        """Advance the heartbeat and write it (the first half of :meth:`write_agent_status`)."""
+        if self._heartbeat_tag is not None:
             self._heartbeat = (self._heartbeat + 1) % _HEARTBEAT_MODULO
             await self._write([(self._heartbeat_tag, self._heartbeat)], "heartbeat", now)
+
+    async def write_status(self, status_word: int, now: float) -> None:
+        """Write the status word when due (the second half of :meth:`write_agent_status`)."""
         tag = self._status_tag
         if tag is not None and self._due(tag, status_word, now):
             await self._write([(tag, status_word)], "status", now)

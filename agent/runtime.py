@@ -741,12 +741,25 @@ class Agent:
         self._fresh = self.models.take_fresh(now)
         self._samples = {}
         self.view.scores = self.models.latest()
-        await self._evaluate_alarms(now, now_utc)
-        await self._write_hmi(now)
-        self._cycle_beat()
-        # The heartbeat before the setpoints: the PLC applies them only while it is alive.
-        self.view.status_word = self.status_word()
-        await self.hmi.write_agent_status(True, self.view.status_word, now)
+        # The heartbeat leaves first: its write and read-back are under way while the alarms
+        # and the HMI blocks are worked out (the driver serialises their requests), and it is
+        # done before the setpoints: the PLC applies them only while it is alive.
+        beat = asyncio.ensure_future(self.hmi.write_heartbeat(now))
+        try:
+            await asyncio.sleep(0)  # its request is sent before the work below
+            await self._evaluate_alarms(now, now_utc)
+            await self._write_hmi(now)
+            self._cycle_beat()
+            self.view.status_word = self.status_word()
+            await self.hmi.write_status(self.view.status_word, now)
+            await beat
+        finally:
+            if not beat.done():  # an error above, or the cycle cancelled: no task left behind
+                beat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beat
+            elif not beat.cancelled():
+                beat.exception()  # retrieved: an error of its own is raised by ``await beat``
         self._cycle_beat()
         if self.writeback is not None:
             inputs = self._write_inputs(now)

@@ -256,7 +256,9 @@ def time_steps(agent: Agent, drv: Any) -> Counter[str]:
     threads included).
 
     The steps nest: the HMI and write-back steps include the driver's writes (requests,
-    replies, read-backs), which are also counted on their own (``driver writes``)."""
+    replies, read-backs), which are also counted on their own (``driver writes``). The
+    heartbeat runs beside the alarms and HMI blocks (``Agent.cycle``): its times include
+    theirs while it waits for its replies."""
     spent: Counter[str] = Counter()
 
     def wrap(obj: Any, name: str, key: str) -> None:
@@ -275,7 +277,8 @@ def time_steps(agent: Agent, drv: Any) -> Counter[str]:
     wrap(agent.models, "advance", "models (ticks, windows, scoring)")
     wrap(agent, "_evaluate_alarms", "alarms (sources, detectors, engine)")
     wrap(agent, "_write_hmi", "HMI blocks")
-    wrap(agent.hmi, "write_agent_status", "HMI heartbeat and status word")
+    wrap(agent.hmi, "write_heartbeat", "HMI heartbeat and status word")
+    wrap(agent.hmi, "write_status", "HMI heartbeat and status word")
     if agent.writeback is not None:
         wrap(agent.writeback, "step", "write-back (Guard, setpoints)")
     wrap(drv, "write_many", "driver writes, inside the above")
