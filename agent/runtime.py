@@ -741,16 +741,20 @@ class Agent:
         self._fresh = self.models.take_fresh(now)
         self._samples = {}
         self.view.scores = self.models.latest()
-        # The heartbeat leaves first: its write and read-back are under way while the alarms
-        # and the HMI blocks are worked out (the driver serialises their requests), and it is
-        # done before the setpoints: the PLC applies them only while it is alive.
+        # The heartbeat leaves first: its write and read-back are under way while the alarms,
+        # the HMI blocks and the recommendations are worked out (the driver serialises their
+        # requests), and it is done before the setpoints: the PLC applies them only while it
+        # is alive.
         beat = asyncio.ensure_future(self.hmi.write_heartbeat(now))
+        inputs: WriteInputs | None = None
         try:
             await asyncio.sleep(0)  # its request is sent before the work below
             await self._evaluate_alarms(now, now_utc)
             await self._write_hmi(now)
             self._cycle_beat()
             self.view.status_word = self.status_word()
+            if self.writeback is not None:
+                inputs = self._write_inputs(now)
             await self.hmi.write_status(self.view.status_word, now)
             await beat
         finally:
@@ -761,8 +765,7 @@ class Agent:
             elif not beat.cancelled():
                 beat.exception()  # retrieved: an error of its own is raised by ``await beat``
         self._cycle_beat()
-        if self.writeback is not None:
-            inputs = self._write_inputs(now)
+        if self.writeback is not None and inputs is not None:
             self.view.recommendations = dict(inputs.recommendations)
             self.view.decisions = await self.writeback.step(inputs)
             if self.start_stop is not None:

@@ -1,7 +1,8 @@
-"""The cycle's heartbeat (agent/runtime.py, Agent.cycle): it leaves before the alarms and HMI
-blocks are worked out (its round trips overlap them), it is done before the setpoints, and a
-cycle that fails or is cancelled leaves no heartbeat task behind. A fake driver at our seam
-(``make_driver``) logs every write; its replies take a while, as a device's do."""
+"""The cycle's heartbeat (agent/runtime.py, Agent.cycle): it leaves before the alarms, HMI
+blocks and recommendations are worked out (its round trips overlap them), it is done before
+the setpoints, and a cycle that fails or is cancelled leaves no heartbeat task behind. A fake
+driver at our seam (``make_driver``) logs every write; its replies take a while, as a
+device's do."""
 
 from __future__ import annotations
 
@@ -88,10 +89,17 @@ def make_agent(
         await inner(now, now_utc)
 
     agent._evaluate_alarms = alarms  # type: ignore[method-assign]
+    made = agent._write_inputs
+
+    def recommendations(now: float) -> Any:
+        events.append("recommendations")
+        return made(now)
+
+    agent._write_inputs = recommendations  # type: ignore[method-assign]
     return agent, driver, events
 
 
-async def test_the_heartbeat_leaves_before_the_alarms_and_is_done_before_the_setpoints(
+async def test_the_heartbeat_leaves_before_the_work_and_is_done_before_the_setpoints(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     agent, _, events = make_agent(tmp_path, monkeypatch)
@@ -99,6 +107,7 @@ async def test_the_heartbeat_leaves_before_the_alarms_and_is_done_before_the_set
         events.clear()
         await agent.cycle()
         assert events.index("heartbeat sent") < events.index("alarms")  # under way during them
+        assert events.index("recommendations") < events.index("heartbeat answered")  # and these
         assert events.index("heartbeat answered") < events.index("setpoints")
         assert events.count("heartbeat sent") == events.count("heartbeat answered") == 1
         if i == 0:  # the status word (written when it changed): made after the alarms
