@@ -81,7 +81,7 @@ def ceiling(bundle_dir: Path, pairs: Sequence[tuple[Path, Path]], *, run_model: 
     model = load_bundle(bundle_dir, allow_unsigned=True) if run_model else None
     names = list(man.outputs[0].labels or ())
     spike_has, spike_ok, drift_z, drift_ok, drift_age = [], [], [], [], []
-    stuck_moves, stuck_ok = [], []
+    stuck_moves, stuck_ok, stuck_tag = [], [], []
     normal_std: list[np.ndarray] = []
     for faulty, clean in pairs:
         for n, asset in enumerate(cols, start=1):
@@ -108,6 +108,7 @@ def ceiling(bundle_dir: Path, pairs: Sequence[tuple[Path, Path]], *, run_model: 
             frozen = np.ptp(raw[m], axis=1) == 0
             moved = np.ptp(np.nan_to_num(vb[m]), axis=1) > 0
             stuck_moves.append(np.any(frozen & moved, axis=1))
+            stuck_tag.append(np.argmax(frozen & moved, axis=1))  # the frozen role (0: none)
             stuck_ok.append(
                 pred[m] == names.index("sensor_stuck") if pred is not None else np.zeros(int(m.sum()), bool)
             )
@@ -131,12 +132,17 @@ def ceiling(bundle_dir: Path, pairs: Sequence[tuple[Path, Path]], *, run_model: 
     noise = np.median(np.concatenate(normal_std), axis=0)  # per role, engineering units
     out: dict[str, Any] = {"bundle": str(bundle_dir), "files": [str(p) for pr in pairs for p in pr]}
     moves, hit = np.concatenate(stuck_moves), np.concatenate(stuck_ok)
+    frozen_tag = np.concatenate(stuck_tag)
     out["sensor_stuck"] = {
         "windows": len(moves),
         "share_frozen_where_the_reading_moved": float(moves.mean()),
         **_recall(
             hit, {"": np.ones(len(hit), bool), "_where_moved": moves, "_steady_anyway": ~moves}, run_model
         ),
+        "by_tag": {
+            man.inputs[k].role: _recall(hit, {"": moves & (frozen_tag == k)}, run_model)
+            for k in np.unique(frozen_tag[moves])
+        },
     }
     has, hit = np.concatenate(spike_has), np.concatenate(spike_ok)
     out["sensor_spike"] = {
