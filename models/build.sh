@@ -89,8 +89,9 @@ done
 # Sign the PCA baseline with the development key (ed25519 is deterministic: same file each time),
 # then train, compress, gate, sign the students (export/README.md).
 .venv/bin/python -m export.cli sign models/pca-pump --key export/keys/dev-ed25519.pem
-# fault-mlp and rul-bearing from the teachers' chain (16 labelled days, 6 unlabelled transfer
-# days, ensembles of teachers, students over seeds: export/README.md)
+# fault-mlp and rul-bearing from the teachers' chain (19 labelled days, 6 unlabelled transfer
+# days, ensembles of teachers, students over seeds: export/README.md; rul-bearing v1 predates
+# the 3 added days)
 .venv/bin/python -m export.cli all --config configs/export-teachers.yaml
 # judged on holdout days the chain never read (seeds 201-206), as the agent runs them
 .venv/bin/python -m bench.teachers models/fault-mlp models/rul-bearing --seeds 201-206 --out bench/results/teachers.json
