@@ -756,7 +756,7 @@ def test_the_property_writes_often() -> None:
     seen: set[str] = set()
     writes = 0
 
-    @settings(max_examples=200, deadline=None, database=None)
+    @settings(max_examples=200, deadline=None, database=None, derandomize=True)
     @given(script=st.lists(STEPS, min_size=10, max_size=40))
     def go(script: list[Step]) -> None:
         nonlocal writes
