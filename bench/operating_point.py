@@ -199,8 +199,11 @@ def _setup(
     from export.evaluate import CalibrationData, calibrate, derived_setup, load_recording
 
     bundle = load_bundle(bundle_dir)
-    setup = derived_setup(bundle, _role_columns(), on_delay_s=on_delay_s, hold_cycles=HOLD_CYCLES)
-    tags = sorted({t for c in _role_columns().values() for t in c.values()})
+    cols = _role_columns()
+    # a role beyond the station's (an ewma history of one): the columns the bundle was built on
+    known = all(r in c for c in cols.values() for r in bundle.manifest.roles)
+    setup = derived_setup(bundle, cols if known else None, on_delay_s=on_delay_s, hold_cycles=HOLD_CYCLES)
+    tags = sorted({t for b, _ in setup.models for c in b.assets.values() for t in c.values()})
     data = []
     for p in cal:
         rec = load_recording([p], tags, 1.0)
@@ -373,6 +376,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--train-seq", action="store_true",
         help="train the sequence model here on the bench's recordings (default: the shipped models/seq-pump)",
     )  # fmt: skip
+    ap.add_argument(
+        "--seq-bundle", type=Path, default=ROOT / "models" / "seq-pump",
+        help="the sequence model to judge (default the shipped models/seq-pump)",
+    )  # fmt: skip
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--plant", choices=("pump", "cstr", "both"), default="both", help="default both")
     args = ap.parse_args(argv)
@@ -400,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             train, cal, BUILD / "seq-pump", target=target, epochs=args.epochs, on_delay_s=args.seq_on_delay
         )
         if args.train_seq
-        else ROOT / "models" / "seq-pump"
+        else args.seq_bundle
     )
     delays = {name: args.seq_on_delay if name == SEQ else ON_DELAY_S for name in bundles}
     setups = {name: _setup(b, cal, args.false_alerts_per_day, delays[name]) for name, b in bundles.items()}
