@@ -17,8 +17,8 @@ calibration recordings for ``--false-alerts-per-day`` (default 0.5) per pump-day
 * ``dpca-pump``: dynamic PCA (the last 4 samples of every role), fitted here on the training
   recordings below;
 * ``seq-pump``: the shipped sequence model (``export/sequence.py``: a 1-D CNN over the window,
-  conditioned on speed, flow, the ambient temperature and the speed's 30 min exponentially
-  weighted mean, ``speed_history``; built by models/build.sh on the fault-free days 1-3 and the
+  conditioned on speed, flow and the speed's 30 min exponentially weighted mean,
+  ``speed_history``; built by models/build.sh on the fault-free days 1-3 and the
   load-shift days 1-6, none of them below; models/README.md says why it is the scratch
   student, not a distilled one); ``--train-seq`` trains one the same way here on the
   training recordings instead, ``--seq-bundle`` judges another bundle. Its alert's on-delay is
@@ -85,7 +85,7 @@ ON_DELAY_S = 30.0
 SEQ_ON_DELAY_S = 30.0  # as the others' (seq-pump v2 needed 70 s: the window and one frame)
 SEQ_HISTORY = "speed_history:rpm:0:3000:{asset}.Speed"  # bound to the speed tag, smoothed by the agent
 SEQ_EWMA = {"speed_history": 1800.0}
-SEQ_OPERATING = ("speed", "flow", "ambient_temperature", "speed_history")
+SEQ_OPERATING = ("speed", "flow", "speed_history")
 FAULT_KINDS = tuple(k for k in FaultKind if k != FaultKind.NORMAL)
 ROLES = STATION_ROLES  # models/build.sh's roles: the same inputs for every method
 OPERATING = ("speed", "flow")

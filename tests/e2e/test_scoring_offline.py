@@ -2,7 +2,7 @@
 
 The shipped ``models/seq-pump`` bundle, bound as configs/demo.yaml binds its anomaly model
 (pump1 and pump2, ``bad_input: hold`` for 3 cycles), with the demo's anomaly alert read from
-seq-pump (``seq-pump.anomaly``, on-delay 70 s: the delay its threshold was calibrated with) and
+seq-pump (``seq-pump.anomaly``, on-delay 30 s: the delay its threshold was calibrated with) and
 the demo's bad-PV alarm (``model_input_bad``, ``kind: bad_pv`` on every tag the model reads).
 The agent's framing and features (``agent/pipeline/features.py``), ``map_outputs`` and the real
 ``AlarmEngine``. Recordings come from the embedded plant at the manifest's 1 s period, on seeds
@@ -85,8 +85,9 @@ DEMO_MODEL = DEMO_ALERT.source.removesuffix(".anomaly")
 
 BINDING_NAME = "seq-pump"
 BUNDLE_DIR = REPO / "models" / BINDING_NAME
-BINDING = make_binding(name=BINDING_NAME, bundle=BUNDLE_DIR)  # the demo's policy: hold 3 cycles
-SEQ_ON_DELAY_S = 70.0  # the window and a frame: its threshold was calibrated with it (models/README.md)
+# configs/demo.yaml's binding (hold 3 cycles; speed_history bound to the speed tag as well)
+BINDING = DEMO_BINDING.model_copy(update={"name": BINDING_NAME, "bundle": BUNDLE_DIR})
+SEQ_ON_DELAY_S = 30.0  # its threshold was calibrated with it (models/README.md)
 SEQ_ALERT = DEMO_ALERT.model_copy(update={"source": f"{BINDING_NAME}.anomaly", "on_delay_s": SEQ_ON_DELAY_S})
 ALERT = SEQ_ALERT
 BAD_PV = DEMO_BAD_PV.model_copy(update={"source": BINDING_NAME})
@@ -248,7 +249,7 @@ async def test_batched_scoring_is_the_agent_tick_path(
 ) -> None:
     """Same frames, same left-out windows, same outputs and same alerts as FeatureWindows + Scorer."""
     rec = _fault_recording(recordings, case)
-    binding: ModelBinding = make_binding(name=BINDING_NAME, bundle=BUNDLE_DIR, bad_input=policy)
+    binding: ModelBinding = BINDING.model_copy(update={"bad_input": policy})  # skip: hold_limit 0
     ticks = await replay_ticks(rec, bundle, binding)
     batch = score_recording(bundle, rec, binding)
 
