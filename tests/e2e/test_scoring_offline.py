@@ -2,7 +2,7 @@
 
 The shipped ``models/seq-pump`` bundle, bound as configs/demo.yaml binds its anomaly model
 (pump1 and pump2, ``bad_input: hold`` for 3 cycles), with the demo's anomaly alert read from
-seq-pump (``seq-pump.anomaly``, on-delay 30 s: the delay its threshold was calibrated with) and
+seq-pump (``seq-pump.anomaly``, on-delay 70 s: the delay its threshold was calibrated with) and
 the demo's bad-PV alarm (``model_input_bad``, ``kind: bad_pv`` on every tag the model reads).
 The agent's framing and features (``agent/pipeline/features.py``), ``map_outputs`` and the real
 ``AlarmEngine``. Recordings come from the embedded plant at the manifest's 1 s period, on seeds
@@ -87,7 +87,7 @@ BINDING_NAME = "seq-pump"
 BUNDLE_DIR = REPO / "models" / BINDING_NAME
 # configs/demo.yaml's binding (hold 3 cycles; speed_history bound to the speed tag as well)
 BINDING = DEMO_BINDING.model_copy(update={"name": BINDING_NAME, "bundle": BUNDLE_DIR})
-SEQ_ON_DELAY_S = 30.0  # its threshold was calibrated with it (models/README.md)
+SEQ_ON_DELAY_S = 70.0  # the window and a frame: its threshold was calibrated with it (models/README.md)
 SEQ_ALERT = DEMO_ALERT.model_copy(update={"source": f"{BINDING_NAME}.anomaly", "on_delay_s": SEQ_ON_DELAY_S})
 ALERT = SEQ_ALERT
 BAD_PV = DEMO_BAD_PV.model_copy(update={"source": BINDING_NAME})
@@ -229,9 +229,12 @@ def test_demo_config_is_the_tested_config() -> None:
         SEQ_ALERT.model_copy(update={"source": DEMO_ALERT.source, "on_delay_s": DEMO_ALERT.on_delay_s})
         == DEMO_ALERT
     )
-    # the on-delay covers the window and a frame: a setpoint step's transient cannot raise it alone
+    # the on-delay covers the window and a frame (a setpoint step's transient cannot raise it
+    # alone), and it is the one the threshold was calibrated with
     w = load_bundle(BUNDLE_DIR).manifest.window
     assert (w.length + w.stride) * w.sample_period_s <= SEQ_ON_DELAY_S
+    report = json.loads((BUNDLE_DIR / "report.json").read_text(encoding="utf-8"))
+    assert report["on_delay_s"] == SEQ_ON_DELAY_S
     assert DEMO.agent.cycle_ms == CYCLE_S * 1000
 
 
