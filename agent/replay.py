@@ -48,7 +48,7 @@ from agent.modelstore.bundle import Bundle
 from agent.modelstore.manifest import Manifest
 from agent.pipeline.alarms import AlarmEngine, AlarmsConfig, bad_key
 from agent.pipeline.detectors import Detector, make_detector
-from agent.pipeline.features import FeatureWindows, sliding_windows, window_to_input
+from agent.pipeline.features import FeatureWindows, ewma_rows, sliding_windows, window_to_input
 from agent.pipeline.scorer import map_outputs
 from agent.pipeline.sources import asset_values, run_detectors, watched_inputs
 from agent.types import Alarm, AlarmState, Frame, Quality, Sample
@@ -301,6 +301,7 @@ def _scores_vectorised(
     for asset, roles in binding.assets.items():
         cols = _columns(rec, roles, m)
         held = held_series(*_tick_rows(rec, good, ticks, cols, m, step), m, binding.hold_limit)
+        held = ewma_rows(held, m.inputs, m.window.sample_period_s)  # as FeatureWindows' rings
         view = sliding_windows(held, length, stride)
         ok = np.isfinite(view).all(axis=(1, 2))
         rows = ticks[length - 1 :: stride][: len(view)][ok]

@@ -58,7 +58,7 @@ from agent.modelstore.binding import ModelBinding
 from agent.modelstore.bundle import Bundle
 from agent.modelstore.manifest import Manifest
 from agent.pipeline.alarms import AlarmsConfig
-from agent.pipeline.features import sliding_windows, window_to_input
+from agent.pipeline.features import ewma_rows, sliding_windows, window_to_input
 from agent.pipeline.scorer import map_outputs
 from agent.replay import AlarmInputs, ReplaySetup, alarm_inputs, held_series, run_alarms
 from agent.replay import Recording as AgentRecording
@@ -320,7 +320,8 @@ def score_series(
     """Score every frame of one asset's gap-free raw series ``[N, R]`` (roles in manifest order)."""
     m = bundle.manifest
     length, stride = m.window.length, m.window.stride
-    view = sliding_windows(bad_input(series, m, hold_limit), length, stride)
+    held = ewma_rows(bad_input(series, m, hold_limit), m.inputs, m.window.sample_period_s)  # as the rings
+    view = sliding_windows(held, length, stride)
     ends = t_s[length - 1 :: stride][: len(view)]
     scored = np.zeros(len(view), dtype=np.bool_)
     outputs: dict[str, FloatArray] = {}

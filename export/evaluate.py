@@ -938,7 +938,7 @@ def provisional_bundle(directory: Path, manifest: Mapping[str, Any], onnx_bytes:
     (directory / "model.onnx").write_bytes(onnx_bytes)
     fields = {k: v for k, v in manifest.items() if k not in ("schema_version", "variants", "files")}
     man = Manifest(
-        schema_version=SCHEMA_VERSION,
+        schema_version=manifest.get("schema_version", SCHEMA_VERSION),  # 2: e.g. an ewma role
         variants=(
             Variant(
                 file="model.onnx",

@@ -62,6 +62,7 @@ import torch
 from torch import nn
 
 from agent.modelstore.manifest import (
+    LATEST_SCHEMA_VERSION,
     MANIFEST_FILE,
     SCHEMA_VERSION,
     FeatureSpec,
@@ -73,7 +74,7 @@ from agent.modelstore.manifest import (
     Variant,
     WindowSpec,
 )
-from agent.pipeline.features import sliding_windows, window_to_input
+from agent.pipeline.features import ewma_rows, sliding_windows, window_to_input
 from export.sequence_args import SequenceConfig, add_arguments
 
 __all__ = [
@@ -252,6 +253,48 @@ def windows_of(
     if not parts:
         return np.empty((0, window.length, len(inputs)), dtype=np.float32)
     return np.concatenate(parts)
+
+
+def with_history(inputs: Sequence[InputRole], ewma: Mapping[str, float]) -> tuple[InputRole, ...]:
+    """``inputs`` with every role named in ``ewma`` (role → time constant, s) made an
+    ``aggregation: ewma`` role: its rows are the exponentially weighted mean of its column
+    (the agent computes the same from its tag, :func:`agent.pipeline.features.ewma_rows`)."""
+    names = [r.role for r in inputs]
+    unknown = sorted(set(ewma) - set(names))
+    if unknown:
+        raise ValueError(f"ewma role(s) {unknown} are not roles ({names})")
+    return tuple(
+        r.model_copy(update={"aggregation": "ewma", "time_constant_s": float(ewma[r.role])})
+        if r.role in ewma
+        else r
+        for r in inputs
+    )
+
+
+def smoothed_segments(
+    segments: Sequence[FloatArray], inputs: Sequence[InputRole], period_s: float
+) -> list[FloatArray]:
+    """Recorded segments ``[N, R]`` as the agent's windows hold them: every ``ewma`` role's
+    column the exponentially weighted mean from the segment's first row (the agent's own
+    definition); recordings without such roles are returned unchanged."""
+    if not any(r.aggregation == "ewma" for r in inputs):
+        return list(segments)
+    return [ewma_rows(seg, inputs, period_s) for seg in segments]
+
+
+def _history_segments(
+    path: str | Path,
+    role_columns: Mapping[str, Mapping[str, str]],
+    specs: Sequence[object],
+    period_s: float,
+    ewma: Sequence[InputRole],
+) -> dict[str, list[FloatArray]]:
+    """Per asset, a recording's segments with every ``ewma`` role smoothed (before any cut:
+    the mean carries the history the agent's carries)."""
+    from export.pca_baseline import _asset_segments
+
+    segs = _asset_segments(path, role_columns, specs, period_s)  # type: ignore[arg-type]
+    return {a: smoothed_segments(v, ewma, period_s) for a, v in segs.items()}
 
 
 def _eps(x: F32, inputs: Sequence[InputRole], monitored: Sequence[int]) -> list[float]:
@@ -671,8 +714,9 @@ def _manifest(
     provenance: Mapping[str, str],
 ) -> Manifest:
     ops = [r.role for r in inputs if r.operating]
+    ewma = any(r.aggregation == "ewma" for r in inputs)
     return Manifest(
-        schema_version=SCHEMA_VERSION,
+        schema_version=LATEST_SCHEMA_VERSION if ewma else SCHEMA_VERSION,
         name=name,
         version=version,
         task="anomaly",
@@ -729,7 +773,7 @@ def validation_windows(
     a fault (``labels``: asset → its numeric label column, 0 normal, another value a fault
     kind), grouped by kind; of ``normal_paths`` every window. A window holding a bad sample is
     skipped, as the agent skips it."""
-    from export.pca_baseline import RoleSpec, _asset_segments
+    from export.pca_baseline import RoleSpec
 
     missing = [a for a in role_columns if a not in labels]
     if missing or not fault_paths:
@@ -743,7 +787,9 @@ def validation_windows(
     n = len(inputs)
     faults: dict[float, list[F32]] = {}
     for path in fault_paths:
-        for segs in _asset_segments(path, cols, [*specs, label], window.sample_period_s).values():  # type: ignore[list-item]
+        for segs in _history_segments(
+            path, cols, [*specs, label], window.sample_period_s, [*inputs, _label_role(label.role)]
+        ).values():
             for seg in segs:
                 view = sliding_windows(seg, window.length, window.stride)
                 if not len(view):
@@ -755,12 +801,16 @@ def validation_windows(
                     faults.setdefault(float(code), []).append(window_to_input(view[sel][:, :, :n], contract))
     normal: list[FloatArray] = []
     for path in normal_paths:
-        for segs in _asset_segments(path, role_columns, specs, window.sample_period_s).values():  # type: ignore[arg-type]
+        for segs in _history_segments(path, role_columns, specs, window.sample_period_s, inputs).values():
             normal += segs
     return Validation(
         {k: np.concatenate(v) for k, v in sorted(faults.items())},
         windows_of(normal, inputs, window, window.stride),
     )
+
+
+def _label_role(name: str) -> InputRole:
+    return InputRole(role=name, unit="", range=(-1e300, 1e300))
 
 
 def _kd_lines(rep: Mapping[str, Any]) -> list[str]:
@@ -813,6 +863,7 @@ def fit_bundle(
     validation_paths: Sequence[str | Path] = (),
     labels: Mapping[str, str] | None = None,
     distillation: str = "auto",
+    ewma: Mapping[str, float] | None = None,
     log: bool = False,
 ) -> BundleResult:
     """Train on the normal recordings ``train_paths`` (the last ``heldout_fraction`` of each held
@@ -825,12 +876,16 @@ def fit_bundle(
     pruned students against scratch ones over seeds), gated on the labelled fault recordings
     ``validation_paths`` (``labels``: asset → numeric label column) against the normal windows
     of ``calibration_paths``; ``distillation`` ``required`` fails when the distilled students
-    do not win, ``auto`` ships the scratch student then. The report says which and why."""
+    do not win, ``auto`` ships the scratch student then. The report says which and why.
+
+    ``ewma`` (role → time constant, s): those roles' rows are the exponentially weighted mean of
+    their column (``aggregation: ewma``: a history longer than the window, e.g. the recent load
+    as an operating variable, computed the agent's way on every recording read here)."""
     from agent.modelstore.bundle import load_bundle
     from agent.modelstore.signing import sign_bundle
     from agent.replay import alarm_inputs
     from export.evaluate import CalibrationData, calibrate, derived_setup, load_recording, provisional_bundle
-    from export.pca_baseline import RoleSpec, input_roles, split_segments
+    from export.pca_baseline import RoleSpec, _split, input_roles
 
     cfg = cfg or SequenceConfig()
     specs = [r if isinstance(r, RoleSpec) else RoleSpec.parse(str(r)) for r in roles]
@@ -842,10 +897,18 @@ def fit_bundle(
             "calibration recordings are required: thresholds come from false alerts per day on them"
         )
     period = window.sample_period_s
-    fit_segs, val_segs = split_segments(train_paths, role_columns, specs, period, heldout_fraction)
+    # which roles are ewma decides how the recordings are read; the normalisation comes after
+    bare = [InputRole(role=r.role, unit=r.unit, range=(r.low, r.high)) for r in specs]
+    history = with_history(bare, ewma or {})
+    fit_segs, val_segs = [], []
+    for path in train_paths:
+        for segs in _history_segments(path, role_columns, specs, period, history).values():
+            head, tail = _split(segs, heldout_fraction)
+            fit_segs += [s for s in head if len(s)]
+            val_segs += [s for s in tail if len(s)]
     if not fit_segs:
         raise ValueError("no data in the training recordings")
-    inputs = input_roles(np.concatenate(fit_segs), specs, operating)
+    inputs = with_history(input_roles(np.concatenate(fit_segs), specs, operating), ewma or {})
     stride = train_stride or window.stride
     x_fit = windows_of(fit_segs, inputs, window, stride)
     x_val = windows_of(val_segs, inputs, window, window.stride)
@@ -968,6 +1031,15 @@ def run(args: argparse.Namespace) -> int:
             seeds=args.seeds,
         )
         labels = dict(_key_value(kv) for kv in args.label)
+        ewma = {}
+        for kv in args.ewma:
+            role, tau = _key_value(kv)
+            try:
+                ewma[role] = float(tau)
+            except ValueError:
+                ewma[role] = math.nan
+            if not (math.isfinite(ewma[role]) and ewma[role] > 0):
+                raise ValueError(f"--ewma {kv}: the time constant must be a positive number of seconds")
         res = fit_bundle(
             args.csv,
             args.calibrate,
@@ -987,6 +1059,7 @@ def run(args: argparse.Namespace) -> int:
             validation_paths=args.validate,
             labels=labels,
             distillation=args.distillation,
+            ewma=ewma,
             log=args.log,
         )
     except (ValueError, OSError) as exc:

@@ -45,6 +45,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--asset", action="append", help="asset name for {asset} in columns (repeat)")
     ap.add_argument("--role", action="append", required=True, help="ROLE:UNIT:LOW:HIGH:COLUMN (repeat)")
     ap.add_argument("--operating", action="append", required=True, help="an operating role (repeat)")
+    ap.add_argument(
+        "--ewma", action="append", default=[], metavar="ROLE=SECONDS",
+        help="the role's rows are the exponentially weighted mean of its column with this time constant "
+        "(a history longer than the window, e.g. the recent load: bind it to the speed tag and mark it "
+        "--operating; the agent computes the same; repeat)",
+    )  # fmt: skip
     ap.add_argument("--period", type=float, default=1.0, help="sample period, s")
     ap.add_argument("--window", type=int, default=60, help="window length, samples")
     ap.add_argument("--stride", type=int, default=10, help="frame stride, samples")

@@ -17,7 +17,7 @@ model needs and what it gives:
   measured and chosen on; ``files``: sha256 of every other file shipped in the bundle.
 * ``checks``: model inputs with the outputs every variant must give (the on-box self-test).
 
-Schema 2 adds two optional fields (a manifest using either says ``"schema_version": 2``, so an
+Schema 2 adds optional fields (a manifest using any says ``"schema_version": 2``, so an
 agent that reads only schema 1 refuses it rather than misreading it; schema 1 bundles load
 unchanged):
 
@@ -28,6 +28,9 @@ unchanged):
 * ``agreement`` (:class:`AgreementGate`): the INT8 agreement gate the export passed, re-run by
   the install self-test on ``checks``: a reduced-precision variant must agree with the checks'
   expected (FP32) outputs on the gateway's own CPU.
+* an input role's ``aggregation: ewma`` with its ``time_constant_s`` (:class:`InputRole`): the
+  role's window rows are the exponentially weighted mean of its tag's values, a history longer
+  than the window (the recent load, an operating variable).
 
 Example (abridged)::
 
@@ -97,7 +100,7 @@ SCHEMA_VERSIONS: tuple[int, ...] = (SCHEMA_VERSION, LATEST_SCHEMA_VERSION)
 MANIFEST_FILE = "manifest.json"
 
 Task = Literal["anomaly", "classifier", "rul", "setpoint", "forecast"]
-Aggregation = Literal["instant", "mean"]
+Aggregation = Literal["instant", "mean", "ewma"]
 """How one window row of a role is made from the polled samples (see :class:`InputRole`)."""
 Stat = Literal[
     "mean",
@@ -181,7 +184,11 @@ class InputRole(_Frozen):
     load: what the plant is asked to do) rather than a condition the model watches.
     ``aggregation`` is what one window row holds, as the training data had it: ``instant``
     the latest value at the tick, ``mean`` the mean of the GOOD samples polled within the
-    sample period that ends at the tick (as historians export period averages).
+    sample period that ends at the tick (as historians export period averages); ``ewma``
+    (schema 2) the exponentially weighted mean of the role's values at every tick since the
+    model started, with time constant ``time_constant_s`` (a slow state the window cannot hold,
+    such as the heat the last hour's load left in a motor:
+    :func:`agent.pipeline.features.ewma_rows` is the one definition).
     """
 
     role: Annotated[str, Field(pattern=_ROLE, max_length=64)]
@@ -192,6 +199,13 @@ class InputRole(_Frozen):
     aggregation: Aggregation = "instant"
     training_range: tuple[float, float] | None = None
     operating: bool = False
+    time_constant_s: Annotated[float, Field(gt=0, le=10 * 86400)] | None = None
+
+    @model_validator(mode="after")
+    def _time_constant_fits_aggregation(self) -> Self:
+        if (self.aggregation == "ewma") != (self.time_constant_s is not None):
+            raise ValueError("time_constant_s is required for aggregation ewma (and only for it)")
+        return self
 
     @field_validator("range")
     @classmethod
@@ -442,6 +456,7 @@ class Manifest(_Frozen):
 
     def _schema_2_fields(self, outs: list[str]) -> None:
         used = [k for k in ("input_normalisation", "agreement") if getattr(self, k)]
+        used += [f"aggregation ewma ({r.role})" for r in self.inputs if r.aggregation == "ewma"]
         if used and self.schema_version < LATEST_SCHEMA_VERSION:
             raise ValueError(
                 f"{', '.join(used)} need schema_version {LATEST_SCHEMA_VERSION} "

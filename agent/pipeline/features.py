@@ -17,6 +17,11 @@ the manifest's plausible range is *bad*. With ``bad_input: skip`` the asset is l
 frames until the bad row has left its window; with ``hold`` the last good value stands in for
 at most ``hold_cycles`` consecutive ticks (then as ``skip``).
 
+A role with ``aggregation: ewma`` holds, in its window rows, the exponentially weighted mean of
+its (good or held) values at every tick since the model started (:func:`ewma_rows` is the
+definition; its state survives a restart in :meth:`FeatureWindows.snapshot`): a history longer
+than the window, such as the recent load that sets a motor's temperature.
+
 ``Frame.good_mask`` is True where the value was GOOD and fresh and False where a held value
 stands in, so later stages (the Guard: "every input the model used was GOOD and fresh") can
 tell the two apart. (agent/types.py's docstring counts held values as True; since an emitted
@@ -49,6 +54,8 @@ __all__ = [
     "FeatureWindows",
     "InputContract",
     "WindowCounters",
+    "ewma_alpha",
+    "ewma_rows",
     "normalise",
     "sliding_windows",
     "window_to_input",
@@ -163,6 +170,43 @@ def sliding_windows(series: npt.ArrayLike, length: int, stride: int) -> FloatArr
     return out
 
 
+def ewma_alpha(time_constant_s: float, period_s: float) -> float:
+    """The weight of the newest value in an exponentially weighted mean with this time
+    constant, updated once per ``period_s``."""
+    return -math.expm1(-period_s / time_constant_s)
+
+
+def _ewma_roles(inputs: Sequence[InputRole], period_s: float) -> list[tuple[int, float]]:
+    return [
+        (i, ewma_alpha(r.time_constant_s, period_s))
+        for i, r in enumerate(inputs)
+        if r.aggregation == "ewma" and r.time_constant_s is not None
+    ]
+
+
+def _ewma_step(state: float, x: float, alpha: float) -> float:
+    # the one update rule (FeatureWindows per tick, ewma_rows per series): starts at the first value
+    return x if state != state else state + alpha * (x - state)
+
+
+def ewma_rows(series: npt.ArrayLike, inputs: Sequence[InputRole], period_s: float) -> FloatArray:
+    """A series ``[N, R]`` of tick rows (roles in ``inputs`` order, NaN where a value is not
+    valid, as :func:`agent.replay.held_series` gives it) with every ``aggregation: ewma`` role's
+    column replaced by what :class:`FeatureWindows` holds for it: the exponentially weighted mean
+    of the role's valid values since the first row (NaN where the value is not valid; the mean
+    is kept across it). Other columns are returned as they are (a copy)."""
+    out = np.array(series, dtype=np.float64)
+    for i, alpha in _ewma_roles(inputs, period_s):
+        col = out[:, i].tolist()
+        state = math.nan
+        for k, x in enumerate(col):
+            if x == x:
+                state = _ewma_step(state, x, alpha)
+                col[k] = state
+        out[:, i] = col
+    return out
+
+
 @dataclass(slots=True)
 class WindowCounters:
     """What :class:`FeatureWindows` did, for metrics and status."""
@@ -179,9 +223,11 @@ class WindowCounters:
 class _Ring:
     """One asset's window: values, validity (good or held) and goodness per row and role."""
 
-    __slots__ = ("bad_run", "filled", "good", "last_good", "pending", "pos", "reason", "valid", "values")
+    __slots__ = (
+        "bad_run", "ewma", "filled", "good", "last_good", "pending", "pos", "reason", "valid", "values",
+    )  # fmt: skip
 
-    def __init__(self, length: int, n_roles: int) -> None:
+    def __init__(self, length: int, n_roles: int, n_ewma: int = 0) -> None:
         self.values: FloatArray = np.full((length, n_roles), np.nan)
         self.valid: BoolArray = np.zeros((length, n_roles), dtype=np.bool_)
         self.good: BoolArray = np.zeros((length, n_roles), dtype=np.bool_)
@@ -189,6 +235,7 @@ class _Ring:
         self.filled = 0
         self.last_good: list[float] = [math.nan] * n_roles
         self.bad_run: list[int] = [0] * n_roles
+        self.ewma: list[float] = [math.nan] * n_ewma  # state of every ewma role (FeatureWindows._ewma)
         self.pending: Mapping[str, Sample] | None = None
         self.reason = "window not full yet"
 
@@ -229,10 +276,14 @@ class FeatureWindows:
         self.hold_limit = binding.hold_limit
         self._lo = [float(r.range[0]) for r in manifest.inputs]
         self._hi = [float(r.range[1]) for r in manifest.inputs]
-        self._rings = {a: _Ring(self.length, len(self.roles)) for a in self.assets}
+        self._ewma = _ewma_roles(manifest.inputs, self.period_s)
+        self._rings = {a: self._ring() for a in self.assets}
         self._tick_mono: float | None = None
         self._pending_mono: float | None = None
         self.counters = WindowCounters(not_ready=dict.fromkeys(self.assets, 0))
+
+    def _ring(self) -> _Ring:
+        return _Ring(self.length, len(self.roles), len(self._ewma))
 
     # ------------------------------------------------------------------ feeding
 
@@ -292,6 +343,8 @@ class FeatureWindows:
         if not reasons:  # every role GOOD (the common case): nothing held, nothing to explain
             ring.last_good[:] = values
             ring.bad_run[:] = repeat(0, n)
+            if self._ewma:
+                self._smooth(ring, values, good)
             return values, good, good
         valid = good.copy()
         last_good, bad_run = ring.last_good, ring.bad_run
@@ -311,7 +364,16 @@ class FeatureWindows:
         self.counters.held_values += held
         if reasons and not all(valid):
             ring.reason = "; ".join(reasons)
+        if self._ewma:
+            self._smooth(ring, values, valid)
         return values, valid, good
+
+    def _smooth(self, ring: _Ring, values: list[float], valid: list[bool]) -> None:
+        # an ewma role's row: its mean so far (the raw value stays in last_good for hold)
+        state = ring.ewma
+        for k, (i, alpha) in enumerate(self._ewma):
+            if valid[i]:
+                state[k] = values[i] = _ewma_step(state[k], values[i], alpha)
 
     # ------------------------------------------------------------------ framing
 
@@ -384,6 +446,7 @@ class FeatureWindows:
                 "good": rows(ring.ordered(ring.good), n),
                 "last_good": [None if math.isnan(v) else v for v in ring.last_good],
                 "bad_run": list(ring.bad_run),
+                "ewma": [None if math.isnan(v) else v for v in ring.ewma],
             }
         return {"ticks": self.counters.ticks, "assets": assets}
 
@@ -397,7 +460,7 @@ class FeatureWindows:
         try:
             for name in self.assets:
                 saved = data["assets"][name]
-                ring = _Ring(self.length, n_roles)
+                ring = self._ring()
                 values = np.array(
                     [[math.nan if v is None else float(v) for v in row] for row in saved["values"]],
                     dtype=np.float64,
@@ -413,6 +476,11 @@ class FeatureWindows:
                 if not len(last_good) == len(bad_run) == n_roles:
                     raise ValueError(f"asset {name}: last_good and bad_run need {n_roles} roles")
                 ring.last_good, ring.bad_run = last_good, bad_run
+                # a snapshot from before ewma roles existed has none: the mean restarts
+                saved_ewma = saved.get("ewma") or [None] * len(self._ewma)
+                if len(saved_ewma) != len(self._ewma):
+                    raise ValueError(f"asset {name}: ewma needs {len(self._ewma)} values")
+                ring.ewma = [math.nan if v is None else float(v) for v in saved_ewma]
                 rings[name] = ring
             ticks = int(data["ticks"])
         except (KeyError, TypeError, ValueError) as exc:

@@ -85,7 +85,8 @@ DEMO_MODEL = DEMO_ALERT.source.removesuffix(".anomaly")
 
 BINDING_NAME = "seq-pump"
 BUNDLE_DIR = REPO / "models" / BINDING_NAME
-BINDING = make_binding(name=BINDING_NAME, bundle=BUNDLE_DIR)  # the demo's policy: hold 3 cycles
+# configs/demo.yaml's binding (hold 3 cycles; speed_history bound to the speed tag as well)
+BINDING = DEMO_BINDING.model_copy(update={"name": BINDING_NAME, "bundle": BUNDLE_DIR})
 SEQ_ON_DELAY_S = 70.0  # the window and a frame: its threshold was calibrated with it (models/README.md)
 SEQ_ALERT = DEMO_ALERT.model_copy(update={"source": f"{BINDING_NAME}.anomaly", "on_delay_s": SEQ_ON_DELAY_S})
 ALERT = SEQ_ALERT
@@ -228,9 +229,12 @@ def test_demo_config_is_the_tested_config() -> None:
         SEQ_ALERT.model_copy(update={"source": DEMO_ALERT.source, "on_delay_s": DEMO_ALERT.on_delay_s})
         == DEMO_ALERT
     )
-    # the on-delay covers the window and a frame: a setpoint step's transient cannot raise it alone
+    # the on-delay covers the window and a frame (a setpoint step's transient cannot raise it
+    # alone), and it is the one the threshold was calibrated with
     w = load_bundle(BUNDLE_DIR).manifest.window
     assert (w.length + w.stride) * w.sample_period_s <= SEQ_ON_DELAY_S
+    report = json.loads((BUNDLE_DIR / "report.json").read_text(encoding="utf-8"))
+    assert report["on_delay_s"] == SEQ_ON_DELAY_S
     assert DEMO.agent.cycle_ms == CYCLE_S * 1000
 
 
@@ -248,7 +252,7 @@ async def test_batched_scoring_is_the_agent_tick_path(
 ) -> None:
     """Same frames, same left-out windows, same outputs and same alerts as FeatureWindows + Scorer."""
     rec = _fault_recording(recordings, case)
-    binding: ModelBinding = make_binding(name=BINDING_NAME, bundle=BUNDLE_DIR, bad_input=policy)
+    binding: ModelBinding = BINDING.model_copy(update={"bad_input": policy})  # skip: hold_limit 0
     ticks = await replay_ticks(rec, bundle, binding)
     batch = score_recording(bundle, rec, binding)
 

@@ -453,7 +453,7 @@ def test_aggregation_is_optional_instant_by_default_and_checked(tmp_path: Path) 
     data["inputs"][1]["aggregation"] = "mean"
     assert load_manifest(write_bundle(tmp_path / "b", model, data)).role("motor_current").aggregation == "mean"
     data["inputs"][1]["aggregation"] = "median"
-    with pytest.raises(ModelError, match=r"inputs\[1\]\.aggregation: Input should be 'instant' or 'mean'"):
+    with pytest.raises(ModelError, match=r"inputs\[1\]\.aggregation: Input should be 'instant', 'mean' or 'ewma'"):
         load_manifest(write_bundle(tmp_path / "c", model, data))
 
 
@@ -463,4 +463,4 @@ def test_every_shipped_bundle_still_loads_and_verifies() -> None:
     for bundle in sorted(p.parent for p in (root / "models").glob("*/manifest.json")):
         loaded = load_bundle(bundle, trusted_keys=[pub])
         assert loaded.signature.state == "signed"
-        assert {r.aggregation for r in loaded.manifest.inputs} == {"instant"}
+        assert {r.aggregation for r in loaded.manifest.inputs} <= {"instant", "ewma"}  # ewma: of instant samples
