@@ -575,7 +575,7 @@ def test_property_inputs_reach_every_action() -> None:
     """Guard against a vacuous property: the input strategy must produce writes and clamps."""
     seen: set[Action] = set()
 
-    @settings(max_examples=300, deadline=None, database=None, derandomize=True)
+    @settings(max_examples=300, deadline=None, database=None)
     @given(st.data())
     def run(data: st.DataObject) -> None:
         cfg = data.draw(guard_configs())

@@ -379,7 +379,7 @@ def test_the_property_starts_pumps(tmp_path: Path) -> None:
     """Against a vacuous property: its scripts start and stop the pump."""
     starts = stops = 0
 
-    @settings(max_examples=40, deadline=None, database=None, derandomize=True)
+    @settings(max_examples=40, deadline=None, database=None)
     @given(script=st.lists(STEPS, min_size=20, max_size=60))
     def go(script: list[Step]) -> None:
         nonlocal starts, stops
