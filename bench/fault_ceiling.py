@@ -208,7 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-model", action="store_true", help="only the share of windows that show a fault")
     ap.add_argument("--dir", type=Path, default=ROOT / "build" / "recordings" / "ceiling")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--quick", action="store_true", help="the first seed only (make bench --quick)")
     a = ap.parse_args(argv)
+    if a.quick:
+        a.seeds = a.seeds.split(",")[0]
     pairs = [_record_pair(int(s), a.hours, a.pumps, a.dir) for s in a.seeds.split(",")]
     r = ceiling(a.bundle, pairs, run_model=not a.no_model)
     print(json.dumps(r, indent=2))
