@@ -113,11 +113,10 @@ def test_shared_windows_tick_as_each_runner_would_alone(
             assert s.model == r.bundle.manifest.name  # each model scored its own frames
 
 
-async def test_a_reload_keeps_sharing_only_what_ticks_in_lockstep(
-    bundles: dict[str, Path], tmp_path: Path
-) -> None:
-    # A new version of a follower carries its window over (same inputs): it keeps sharing and
-    # scores under its own name; a runner added later with an empty window ticks its own.
+def _m1_m2_shared_and_alone(
+    bundles: dict[str, Path], tmp_path: Path, n_polls: int
+) -> tuple[Models, list[Models], list[Plant], list[dict[str, float | None]]]:
+    """m1 and m2 sharing a window, each of them alone, the plants that poll them, and polls."""
     shared = Models(context(tmp_path / "shared"))
     load(shared, bundles, ["m1", "m2"])
     solo = [Models(context(tmp_path / "s1")), Models(context(tmp_path / "s2"))]
@@ -125,8 +124,17 @@ async def test_a_reload_keeps_sharing_only_what_ticks_in_lockstep(
     load(solo[1], bundles, ["m2"])
     plants = [Plant(shared), *(Plant(m) for m in solo)]
     polls: list[dict[str, float | None]] = [
-        {"A": 1.0 + i % 7, "B": 2.0 if i % 9 else None} for i in range(200)
+        {"A": 1.0 + i % 7, "B": 2.0 if i % 9 else None} for i in range(n_polls)
     ]
+    return shared, solo, plants, polls
+
+
+async def test_a_reload_keeps_sharing_only_what_ticks_in_lockstep(
+    bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    # A new version of a follower carries its window over (same inputs): it keeps sharing and
+    # scores under its own name; a runner added later with an empty window ticks its own.
+    shared, solo, plants, polls = _m1_m2_shared_and_alone(bundles, tmp_path, 200)
     await run(plants, polls[:100], 0.05)
     v2 = write_bundle(
         tmp_path / "m2v2", name="m2", version="2", period_s=0.2, length=3,
@@ -154,15 +162,7 @@ async def test_a_runner_that_may_no_longer_follow_gets_its_own_copy(
 ) -> None:
     # m2 carried m1's shared window over into a binding that persists its window (which is
     # never shared): it ticks a copy of its own, and m1's window is ticked once per tick still.
-    shared = Models(context(tmp_path / "shared"))
-    load(shared, bundles, ["m1", "m2"])
-    solo = [Models(context(tmp_path / "s1")), Models(context(tmp_path / "s2"))]
-    load(solo[0], bundles, ["m1"])
-    load(solo[1], bundles, ["m2"])
-    plants = [Plant(shared), *(Plant(m) for m in solo)]
-    polls: list[dict[str, float | None]] = [
-        {"A": 1.0 + i % 7, "B": 2.0 if i % 9 else None} for i in range(160)
-    ]
+    shared, solo, plants, polls = _m1_m2_shared_and_alone(bundles, tmp_path, 160)
     await run(plants, polls[:80], 0.05)
     for models in (shared, solo[1]):
         old = models[-1]
