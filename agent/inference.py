@@ -68,6 +68,7 @@ from agent.types import Frame, Quality, Sample, Score, utcnow
 
 if TYPE_CHECKING:  # onnxruntime only when a model is configured
     from agent.modelstore.bundle import Bundle
+    from agent.modelstore.manifest import Manifest
     from agent.modelstore.store import Store
     from agent.pipeline.scorer import Scorer
 
@@ -80,6 +81,7 @@ __all__ = [
     "ModelRunner",
     "Models",
     "window_key",
+    "window_meaning",
 ]
 
 log = structlog.get_logger("agent.inference")
@@ -122,6 +124,24 @@ class Aggregate:
     count: int
     first_mono: float
     last_mono: float
+
+
+def window_meaning(manifest: Manifest, assets: Mapping[str, Any]) -> dict[str, Any]:
+    """What a window row of ``manifest`` bound to ``assets`` means: every role's unit, range and
+    aggregation (an ``ewma`` role's time constant too: its rows are another mean with another
+    one), the sample period, the length and the tags bound per asset."""
+    roles: list[list[Any]] = []
+    for r in manifest.inputs:
+        role: list[Any] = [r.role, r.unit, list(r.range), r.aggregation]
+        if r.aggregation == "ewma":  # after the others: every other role's meaning is unchanged
+            role.append(r.time_constant_s)
+        roles.append(role)
+    return {
+        "roles": roles,
+        "period_s": manifest.window.sample_period_s,
+        "length": manifest.window.length,
+        "assets": assets,
+    }
 
 
 def window_key(runner_inputs: Mapping[str, Any]) -> str:
@@ -204,13 +224,7 @@ class ModelRunner:
         """What a window row means: roles (unit, range, aggregation), period, length and the
         tags bound per asset. A saved window is used only by a runner with the same (a new
         bundle version or another ``hold_cycles`` keeps it)."""
-        m = self.bundle.manifest
-        return {
-            "roles": [[r.role, r.unit, list(r.range), r.aggregation] for r in m.inputs],
-            "period_s": self.period_s,
-            "length": m.window.length,
-            "assets": self.binding.assets,
-        }
+        return window_meaning(self.bundle.manifest, self.binding.assets)
 
     # ------------------------------------------------------------------ feeding
 

@@ -114,3 +114,25 @@ def test_snapshot_carries_the_mean_across_a_restart_and_an_old_snapshot_restarts
     old.restore(saved, missed=0)
     restarted = feed(old, speeds[6:], start=6)
     assert restarted[0][-1, 1] == speeds[6]  # the mean restarts at the first value
+
+
+def test_a_windows_meaning_includes_an_ewma_roles_time_constant() -> None:
+    """Two models whose windows differ only in an ewma role's time constant hold other rows: a
+    saved window, a reload's carry-over and a shared window (agent.inference) must tell them
+    apart; a role that is not ewma means what it meant before the time constant existed."""
+    from agent.inference import window_key, window_meaning
+
+    assets = {"p1": {"speed": "p1.n", "load": "p1.n"}}
+    keys = {
+        tau: window_key(window_meaning(Manifest.model_validate(manifest(tau=tau)), assets))
+        for tau in (20.0, 60.0)
+    }
+    assert keys[20.0] != keys[60.0]
+    instant = Manifest.model_validate(manifest(schema=1, tau=None, aggregation="instant"))
+    former = {  # the meaning as it was written before ewma roles: saved windows stay valid
+        "roles": [[r.role, r.unit, list(r.range), r.aggregation] for r in instant.inputs],
+        "period_s": 2.0,
+        "length": 3,
+        "assets": assets,
+    }
+    assert window_meaning(instant, assets) == former
