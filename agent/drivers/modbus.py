@@ -93,7 +93,7 @@ EXCEPTION_NAMES: dict[int, str] = {
 }
 # Exceptions that mean "this unit is not there", for the breaker.
 _UNIT_DOWN_CODES = frozenset({10, 11})
-_MARGIN_S = 0.005  # leave this much of the cycle for bookkeeping
+_MARGIN_S = 0.010  # leave this much of the cycle for bookkeeping
 _MIN_BUDGET_S = 0.010  # below this, a request is deferred to the next cycle, not sent
 
 
