@@ -5,18 +5,22 @@ Contract of :meth:`Scorer.score`:
 * Called from the event loop. The features (:func:`~agent.pipeline.features.window_to_input`)
   and the session call run in an executor thread (the default one, i.e. what
   :func:`asyncio.to_thread` uses, unless one is given), unless the model is measured *small*:
-  its last :data:`INLINE_WINDOW` calls (at least :data:`INLINE_WARMUP`, the first ones always
-  in a thread) each took at most ``inline_budget_s`` (default :data:`INLINE_BUDGET_S`). A small
-  model runs inline on the loop: for a model that takes tens of microseconds the hop to a
-  thread and back costs more than the inference. What a call took is the CPU time of the
-  thread that ran it when the session has one intra-op thread (the default): in the executor
-  its wall time would also count the wait for the GIL the busy loop holds, and inline the
-  time the OS gave other processes, so a loaded machine would keep a small model in the
-  thread for good; a session with more threads is judged by wall time (its workers' CPU is
-  not the caller's). One inline call that goes over the budget
-  sends the next calls to the thread again, until :data:`INLINE_WINDOW` calls in a row are
-  within it; so the loop is held up by at most one slow call, by about the model's latency.
-  ``inline_budget_s=0`` always uses the thread.
+  of its last :data:`INLINE_WINDOW` calls (at least :data:`INLINE_WARMUP`, the first ones
+  always in a thread) the median took at most ``inline_budget_s`` (default
+  :data:`INLINE_BUDGET_S`) and none more than :data:`INLINE_CAP` times that. A small model runs
+  inline on the loop: for a model that takes tens of microseconds the hop to a thread and back
+  costs more than the inference. The median, not the slowest call, decides because a call
+  after the loop was idle runs on cold caches, several times its usual cost (bench/cycle.py:
+  200-1,200 us for a call of 80-120 us warm): judged by its slowest call, a small model would
+  keep going to the thread, where its calls are colder still and each hop costs CPU as well.
+  What a call took is the CPU time of the thread that ran it when the session has one
+  intra-op thread (the default): in the executor its wall time would also count the wait for
+  the GIL the busy loop holds, and inline the time the OS gave other processes, so a loaded
+  machine would keep a small model in the thread for good; a session with more threads is
+  judged by wall time (its workers' CPU is not the caller's). One inline call over the cap
+  sends the next calls to the thread again, until it has left the window; so the loop is held
+  up by at most one call longer than ``INLINE_CAP * inline_budget_s``, by about the model's
+  latency. ``inline_budget_s=0`` always uses the thread.
 * Every asset in the frame goes into ONE batched session call (the batch dimension).
 * One call per model at a time: a frame arriving while the previous call is still running is
   skipped (``[]`` is returned) and counted in :attr:`Scorer.skipped`. Calls never stack.
@@ -48,14 +52,24 @@ from agent.pipeline.features import window_to_input
 from agent.stats import LatencyStats
 from agent.types import Frame, Score
 
-__all__ = ["INLINE_BUDGET_S", "INLINE_WARMUP", "INLINE_WINDOW", "LatencyStats", "Scorer", "map_outputs"]
+__all__ = [
+    "INLINE_BUDGET_S",
+    "INLINE_CAP",
+    "INLINE_WARMUP",
+    "INLINE_WINDOW",
+    "LatencyStats",
+    "Scorer",
+    "map_outputs",
+]
 
 INLINE_BUDGET_S = 0.001
 """A model whose recent calls each took at most this long runs inline on the event loop."""
 INLINE_WARMUP = 3
 """The first calls of a model always run in the executor (its latency is not known yet)."""
 INLINE_WINDOW = 8
-"""How many recent latencies decide: all of them within the budget to run inline."""
+"""How many recent latencies decide: their median within the budget to run inline."""
+INLINE_CAP = 4.0
+"""No recent call may have taken more than this many budgets to run inline."""
 
 log = structlog.get_logger("agent.scorer")
 
@@ -139,7 +153,10 @@ class Scorer:
     def inline(self) -> bool:
         """True when the next call runs inline on the loop (see the module docstring)."""
         recent = self._recent
-        return len(recent) >= INLINE_WARMUP and max(recent) <= self.inline_budget_s
+        if len(recent) < INLINE_WARMUP or max(recent) > INLINE_CAP * self.inline_budget_s:
+            return False
+        ordered = sorted(recent)
+        return ordered[(len(ordered) - 1) // 2] <= self.inline_budget_s  # the median (the lower one)
 
     @property
     def busy(self) -> bool:
