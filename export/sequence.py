@@ -80,6 +80,7 @@ from export.sequence_args import SequenceConfig, add_arguments
 __all__ = [
     "BundleResult",
     "SequenceConfig",
+    "SequenceEnsemble",
     "SequenceNet",
     "SequenceScore",
     "Validation",
@@ -176,10 +177,14 @@ class SequenceNet(nn.Module):
         rough = torch.log((d * d).mean(dim=2) + self.eps)
         return (recon - mon) * torch.exp(-0.5 * log_var), rough - rough_pred
 
+    def targets(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`standardised` of ``x``: what this net, as a teacher, hands its students."""
+        return self.standardised(self.parts(x))
+
     def outputs(self, parts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """:meth:`forward`'s outputs from :meth:`parts`."""
         err, res = self.standardised(parts)
-        return (err * err).mean(dim=2), parts[2].mean(dim=2), res, err.mean(dim=2)
+        return _summary(err, res, parts[2])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(rec, log_var_mean, rough_res, level)``: per monitored role the mean over the window
@@ -190,6 +195,43 @@ class SequenceNet(nn.Module):
         return self.outputs(self.parts(x))
 
 
+def _summary(err: torch.Tensor, res: torch.Tensor, log_var: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """:meth:`SequenceNet.forward`'s outputs from standardised errors ``[B, M, T]``, roughness
+    residuals ``[B, M]`` and expected log variances ``[B, M, T]``."""
+    return (err * err).mean(dim=2), log_var.mean(dim=2), res, err.mean(dim=2)
+
+
+class SequenceEnsemble(nn.Module):
+    """Teachers trained with different seeds, as one: their standardised errors and roughness
+    residuals averaged (:meth:`targets`, the students' targets, :func:`distil`); ``forward`` is
+    :meth:`SequenceNet.forward`'s on those averages, so it is scored and gated as one net is."""
+
+    def __init__(self, members: Sequence[SequenceNet]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.channels = members[0].channels
+
+    def _all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        errs, ress, lvs = [], [], []
+        for m in self.members:
+            parts = m.parts(x)  # type: ignore[operator]
+            e, r = m.standardised(parts)  # type: ignore[operator]
+            errs.append(e)
+            ress.append(r)
+            lvs.append(parts[2])
+        return (torch.stack(errs).mean(dim=0), torch.stack(ress).mean(dim=0), torch.stack(lvs).mean(dim=0))
+
+    def targets(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The members' standardised errors ``[B, M, T]`` and roughness residuals ``[B, M]``, averaged."""
+        err, res, _ = self._all(x)
+        return err, res
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return _summary(*self._all(x))
+
+
 class SequenceScore(nn.Module):
     """The served graph: ``score`` = the largest of the ``2 M`` terms, each in units of its own
     99.9th percentile on held-out normal windows (so no single heavy-tailed role sets the
@@ -198,7 +240,7 @@ class SequenceScore(nn.Module):
 
     def __init__(
         self,
-        net: SequenceNet,
+        net: SequenceNet | SequenceEnsemble,
         rec_scale: FloatArray,
         rough_mean: FloatArray,
         rough_std: FloatArray,
@@ -406,7 +448,7 @@ def _batched(net: nn.Module, x: F32, fn: str = "forward", batch: int = 4096) -> 
     return [np.concatenate(o) for o in outs]
 
 
-def _score_graph(net: SequenceNet, x_val: F32, monitored: Sequence[int]) -> SequenceScore:
+def _score_graph(net: SequenceNet | SequenceEnsemble, x_val: F32, monitored: Sequence[int]) -> SequenceScore:
     """The served graph of ``net``: every term standardised on the held-out normal windows."""
     rec_v, _, res_v, lev_v = (v.astype(np.float64) for v in _batched(net, x_val))
     r_mean = res_v.mean(axis=0)
@@ -568,17 +610,16 @@ def detection_recall(graph: SequenceScore, val: Validation, fpr: float) -> float
     return float(np.mean([np.mean(_batched(graph, x)[0] > thr) for x in val.faults.values()]))
 
 
-def teacher_targets(teacher: SequenceNet, x: F32) -> list[npt.NDArray[np.generic]]:
+def teacher_targets(teacher: SequenceNet | SequenceEnsemble, x: F32) -> list[npt.NDArray[np.generic]]:
     """``teacher``'s standardised errors ``[N, M, T]`` (float16: days of windows fit in memory)
-    and roughness residuals ``[N, M]`` on the transfer windows ``x``."""
+    and roughness residuals ``[N, M]`` on the transfer windows ``x`` (an ensemble's: its
+    members' averaged)."""
     teacher.eval()
     err: list[npt.NDArray[np.float16]] = []
     res: list[npt.NDArray[np.float32]] = []
     with torch.no_grad():
         for lo in range(0, len(x), 4096):
-            e, r = teacher.standardised(
-                teacher.parts(torch.from_numpy(np.ascontiguousarray(x[lo : lo + 4096])))
-            )
+            e, r = teacher.targets(torch.from_numpy(np.ascontiguousarray(x[lo : lo + 4096])))
             err.append(e.numpy().astype(np.float16))
             res.append(r.numpy())
     return [np.concatenate(err), np.concatenate(res)]
@@ -604,7 +645,9 @@ def distil(
     required: bool = False,
     log: bool = False,
 ) -> tuple[SequenceScore, dict[str, float], dict[str, object]]:
-    """The teacher (``teacher_channels`` wide, ``teacher_epochs``), then per training seed a
+    """The teacher (``teacher_channels`` wide, ``teacher_epochs``; with ``teacher_ensemble``
+    above 1 that many, trained with different seeds, their targets averaged:
+    :class:`SequenceEnsemble`), then per training seed a
     student (``channels`` wide) distilled from it on every training window (all of them
     unlabelled normal operation, labelled by the teacher), pruned to ``prune`` of its channels
     and fine-tuned, against a student of the pruned size trained from scratch on the same
@@ -625,11 +668,22 @@ def distil(
         )
     x_fit = _thin(x_fit, cfg.max_windows, operating)
     eps = _eps(x_fit, inputs, monitored)
+    if cfg.teacher_ensemble < 1:
+        raise ValueError(f"teacher_ensemble must be at least 1, not {cfg.teacher_ensemble}")
     t0 = time.monotonic()
-    tag = "" if not log else "teacher"
-    torch.manual_seed(cfg.seed + 1000)
-    teacher = SequenceNet(len(inputs), operating, eps, replace(cfg, channels=cfg.teacher_channels))
-    _fit_net(teacher, x_fit, cfg.teacher_epochs, cfg.seed + 1000, cfg, log=tag)
+    members: list[SequenceNet] = []
+    member_metric: list[float] = []
+    for j in range(cfg.teacher_ensemble):
+        s_t = cfg.seed + 1000 + 10 * j  # the first member is the single teacher's seed
+        torch.manual_seed(s_t)
+        tnet = SequenceNet(len(inputs), operating, eps, replace(cfg, channels=cfg.teacher_channels))
+        _fit_net(tnet, x_fit, cfg.teacher_epochs, s_t, cfg, log=f"teacher #{j + 1}" if log else "")
+        members.append(tnet)
+        if cfg.teacher_ensemble > 1:
+            member_metric.append(detection_recall(_score_graph(tnet, x_val, monitored), val, cfg.fpr))
+            if log:
+                print(f"  teacher #{j + 1}: recall {member_metric[-1]:.4f}", file=sys.stderr)
+    teacher: SequenceNet | SequenceEnsemble = members[0] if len(members) == 1 else SequenceEnsemble(members)
     t_metric = detection_recall(_score_graph(teacher, x_val, monitored), val, cfg.fpr)
     targets = teacher_targets(teacher, x_fit)
     if log:
@@ -662,7 +716,8 @@ def distil(
     rep: dict[str, object] = {
         "metric": metric,
         "teacher": {"channels": cfg.teacher_channels, "epochs": cfg.teacher_epochs,
-                    "parameters": n_params(teacher), "recall": t_metric},
+                    "parameters": n_params(teacher), "recall": t_metric,
+                    "members": len(members), "member_recall": member_metric},
         "student_before_pruning": {"channels": cfg.channels, "parameters": n_params(student),
                                    **gates.seed_stats(before)},
         "distilled": [r[0] for r in runs["distilled"]],
@@ -817,10 +872,16 @@ def _kd_lines(rep: Mapping[str, Any]) -> list[str]:
     """The distillation report as markdown lines; the last one is the verdict in one line."""
     t, b = rep["teacher"], rep["student_before_pruning"]
     m = rep["gate"]["measured"]
+    n = t.get("members", 1)
+    ens = (
+        f"ensemble of {n} (seeds; alone: {', '.join(f'{v:.4f}' for v in t['member_recall'])}), "
+        if n > 1
+        else ""
+    )
     return [
         f"- metric: {rep['metric']}, on {rep['validation']['fault_windows']} fault windows of "
         f"{rep['validation']['fault_kinds']} kinds and {rep['validation']['normal_windows']} normal windows",
-        f"- teacher: {t['channels']} channels, {t['epochs']} epochs, {t['parameters']} parameters: "
+        f"- teacher: {ens}{t['channels']} channels, {t['epochs']} epochs, {t['parameters']} parameters: "
         f"{t['recall']:.4f}",
         f"- student before pruning: {b['channels']} channels, {b['parameters']} parameters: "
         f"{b['mean']:.4f} ± {b['sd']:.4f}",
@@ -1026,6 +1087,7 @@ def run(args: argparse.Namespace) -> int:
             max_windows=args.max_windows,
             teacher_channels=args.teacher_channels,
             teacher_epochs=args.teacher_epochs,
+            teacher_ensemble=args.teacher_ensemble,
             prune=args.prune,
             finetune_epochs=args.finetune_epochs,
             seeds=args.seeds,

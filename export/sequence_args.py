@@ -26,6 +26,7 @@ class SequenceConfig:
     # distillation (export/sequence.py ``distil``): off while ``teacher_channels`` is 0
     teacher_channels: int = 0  # the teacher: the same network, this wide, trained longer
     teacher_epochs: int = 30
+    teacher_ensemble: int = 1  # teachers trained with different seeds, their targets averaged
     alpha: float = 0.5  # weight of the student's own objective against the teacher's targets
     prune: float = 1.0  # share of every hidden channel group the distilled student keeps
     finetune_epochs: int = 4  # after pruning
@@ -72,6 +73,11 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         "--teacher-channels", type=int, default=0, help="teacher width (default 0: no teacher, no gate)"
     )
     kd.add_argument("--teacher-epochs", type=int, default=SequenceConfig.teacher_epochs)
+    kd.add_argument(
+        "--teacher-ensemble", type=int, default=SequenceConfig.teacher_ensemble, metavar="N",
+        help="N teachers trained with different seeds; their standardised errors and roughness "
+        "residuals, averaged, are the students' targets (default 1)",
+    )  # fmt: skip
     kd.add_argument(
         "--prune", type=float, default=SequenceConfig.prune,
         help="share of every hidden channel group the student keeps (default 1: none pruned)",

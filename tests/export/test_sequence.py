@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,17 @@ from agent.modelstore.manifest import WindowSpec
 from export.evaluate import Episode, Labels, derived_setup, evaluate_method, load_recording
 from export.onnx_tools import run_onnx
 from export.pca_baseline import RoleSpec
-from export.sequence import SequenceConfig, SequenceNet, SequenceScore, fit_bundle, prune_net
+from export.sequence import (
+    SequenceConfig,
+    SequenceEnsemble,
+    SequenceNet,
+    SequenceScore,
+    Validation,
+    distil,
+    fit_bundle,
+    prune_net,
+    teacher_targets,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLES = ["load:%:0:100:load", "a:bar:-50:50:a", "b:kW:-50:150:b", "c:degC:-50:50:c"]
@@ -196,6 +207,56 @@ def test_distilled_pruned_students_are_gated_against_scratch_over_seeds(tmp_path
     assert (out.name, list(out.thresholds)) == ("score", ["alarm"])
 
 
+def test_an_ensemble_teacher_hands_its_members_averaged_targets() -> None:
+    """The students' targets are the members' standardised errors and roughness residuals
+    averaged, and the ensemble is scored as one net is (its outputs from those averages)."""
+    torch.manual_seed(0)
+    cfg = SequenceConfig(channels=4, latent=1)
+    a, b = (SequenceNet(3, [0], [1e-4, 1e-4], cfg).eval() for _ in range(2))
+    x = np.random.default_rng(0).normal(size=(16, 20, 3)).astype(np.float32)
+    ens = SequenceEnsemble([a, b]).eval()
+    got = teacher_targets(ens, x)
+    ta, tb = teacher_targets(a, x), teacher_targets(b, x)
+    for g, u, v in zip(got, ta, tb, strict=True):
+        np.testing.assert_allclose(g.astype(np.float64), (u.astype(np.float64) + v) / 2, rtol=2e-3, atol=2e-3)
+        assert not np.allclose(g.astype(np.float64), u.astype(np.float64), atol=1e-2)  # not one member's
+    with torch.no_grad():
+        rec, _, res, level = ens(torch.from_numpy(x))
+    err = got[0].astype(np.float64)
+    np.testing.assert_allclose(rec.numpy(), (err * err).mean(axis=2), rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(level.numpy(), err.mean(axis=2), rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(res.numpy(), got[1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="at least one member"):
+        SequenceEnsemble([])
+
+
+def test_distil_trains_an_ensemble_of_teachers_and_gates_over_seeds() -> None:
+    """``teacher_ensemble`` teachers with different seeds, each one's recall and the ensemble's
+    in the report; the students and the gate are the single teacher's."""
+    from agent.modelstore.manifest import InputRole
+
+    rng = np.random.default_rng(0)
+    load = np.cumsum(rng.normal(0, 0.1, size=(360, 20, 1)), axis=1)
+    x = np.concatenate([load, 0.5 * load + rng.normal(0, 0.1, size=(360, 20, 2))], axis=2).astype(np.float32)
+    stuck = x[:100].copy()
+    stuck[:, :, 2] = stuck[:, :1, 2]
+    inputs = [
+        InputRole(role=r, unit="", range=(-10.0, 10.0), operating=r == "load") for r in ("load", "a", "b")
+    ]
+    cfg = SequenceConfig(channels=4, latent=1, epochs=1, teacher_channels=6, teacher_epochs=1,
+                         teacher_ensemble=2, prune=0.5, finetune_epochs=1, seeds=3)  # fmt: skip
+    _, _, rep = distil(x[:240], x[240:], inputs, cfg, Validation({1.0: stuck}, x[240:]))
+    t = rep["teacher"]
+    assert isinstance(t, dict)
+    assert t["members"] == 2 and len(t["member_recall"]) == 2
+    assert all(0.0 <= v <= 1.0 for v in [*t["member_recall"], t["recall"]])
+    one = SequenceNet(3, [0], [1e-4, 1e-4], SequenceConfig(channels=6, latent=1))
+    assert t["parameters"] == 2 * sum(p.numel() for p in one.parameters())
+    assert rep["gate"]["measured"]["seeds"] == 3  # type: ignore[index]
+    with pytest.raises(ValueError, match="teacher_ensemble must be at least 1, not 0"):
+        distil(x[:240], x[240:], inputs, replace(cfg, teacher_ensemble=0), Validation({1.0: stuck}, x[240:]))
+
+
 def test_the_gate_needs_a_label_column_for_every_asset(tmp_path: Path) -> None:
     p = _plant(tmp_path / "n.csv", 1, 0.5)
     cfg = SequenceConfig(channels=4, latent=1, epochs=1, teacher_channels=4)
@@ -221,6 +282,7 @@ def test_cli_teacher_without_a_label_column_is_a_one_line_error(tmp_path: Path) 
         [sys.executable, "-m", "export.cli", "sequence", "--csv", str(p), "--calibrate", str(p),
          *[a for r in ROLES for a in ("--role", r)], "--operating", "load", "--window", "30",
          "--stride", "5", "--epochs", "1", "--channels", "4", "--latent", "1", "--teacher-channels", "4",
+         "--teacher-ensemble", "2",
          "--validate", str(p), "--out", str(tmp_path / "o"), "--name", "x"],
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )  # fmt: skip
