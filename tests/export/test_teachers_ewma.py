@@ -93,3 +93,15 @@ def test_an_ewma_role_must_be_a_role(recordings: list[Recording]) -> None:
         data_spec(pump_data(ewma={"nope": 60.0}), recordings)
     with pytest.raises(ValueError, match="greater than 0"):
         pump_data(ewma={"vibration": 0.0})
+
+
+def test_the_reference_config_binds_each_reference_to_its_tag() -> None:
+    from export.pipeline import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "export-teachers-ref.yaml")
+    (m,) = cfg.models
+    spec = data_spec(m.data)
+    cols = spec.columns("Pump1")
+    assert set(spec.ewma) == {r for r in cols if r.endswith("_ref")} and len(spec.ewma) == 5
+    assert all(cols[r] == cols[r.removesuffix("_ref")] and spec.ewma[r] == 600.0 for r in spec.ewma)
+    assert not str(m.out).startswith("models")  # never built over the shipped bundle
