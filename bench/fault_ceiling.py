@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 from agent.modelstore.bundle import load_bundle  # noqa: E402
 from agent.modelstore.manifest import load_manifest  # noqa: E402
 from agent.pipeline.features import sliding_windows, window_to_input  # noqa: E402
+from bench.teachers import agent_rows  # noqa: E402
 from export.data import load_columns  # noqa: E402
 
 __all__ = ["ceiling", "main"]
@@ -97,8 +98,9 @@ def ceiling(bundle_dir: Path, pairs: Sequence[tuple[Path, Path]], *, run_model: 
             normal = ok & (code == 0)
             normal_std.append(raw[normal].std(axis=1))
             pred = None
-            if model is not None:
-                x = window_to_input(raw[ok], man)
+            if model is not None:  # the model's input as the agent holds it (ewma roles smoothed)
+                held = sliding_windows(agent_rows(a, man), w.length, w.stride)
+                x = window_to_input(held[ok, :, : len(roles)], man)
                 p = np.concatenate([model.run({"x": x[i : i + 4096]})[0] for i in range(0, len(x), 4096)])
                 pred = np.full(len(raw), -1)
                 pred[ok] = p.argmax(1)

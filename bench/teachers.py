@@ -32,12 +32,26 @@ sys.path.insert(0, str(ROOT))  # run as a script (make bench): the repository's 
 import numpy as np  # noqa: E402
 
 from agent.modelstore.bundle import load_bundle  # noqa: E402
-from agent.modelstore.manifest import load_manifest  # noqa: E402
-from agent.pipeline.features import sliding_windows, window_to_input  # noqa: E402
+from agent.modelstore.manifest import Manifest, load_manifest  # noqa: E402
+from agent.pipeline.features import ewma_rows, sliding_windows, window_to_input  # noqa: E402
 from export.data import load_columns  # noqa: E402
 from export.tables import expand_paths  # noqa: E402
 
-__all__ = ["judge", "main"]
+__all__ = ["agent_rows", "judge", "main"]
+
+
+def agent_rows(series: np.ndarray, man: Manifest) -> np.ndarray:
+    """A recorded series ``[N, >= R]`` (the manifest's roles first) as the agent's windows hold
+    it: a value outside its role's plausible range is not valid (NaN), and every ``ewma`` role is
+    its exponentially weighted mean since the first row (:func:`agent.pipeline.features.ewma_rows`,
+    as the agent computes it from the stream and the export chain from its recordings)."""
+    r = len(man.inputs)
+    lo = np.array([x.range[0] for x in man.inputs])
+    hi = np.array([x.range[1] for x in man.inputs])
+    out = np.array(series, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        out[:, :r][(out[:, :r] < lo) | (out[:, :r] > hi)] = np.nan
+    return ewma_rows(out, man.inputs, man.window.sample_period_s)
 
 
 def _windows(bundle_dir: Path, files: Sequence[Path], target: str) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +66,7 @@ def _windows(bundle_dir: Path, files: Sequence[Path], target: str) -> tuple[np.n
         for n, asset in enumerate(cols, start=1):
             names = [cols[asset][r.role] for r in man.inputs] + [target.format(n=n, asset=asset)]
             (series,) = load_columns(f, names, w.sample_period_s)
-            view = sliding_windows(series, w.length, w.stride)
+            view = sliding_windows(agent_rows(series, man), w.length, w.stride)
             raw = view[:, :, : len(man.inputs)]
             ok = np.all(np.isfinite(raw) & (raw >= lo) & (raw <= hi), axis=(1, 2))
             xs.append(window_to_input(raw[ok], man))

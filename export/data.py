@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.modelstore.manifest import FeatureSpec, InputRole, Normalisation, WindowSpec
-from agent.pipeline.features import sliding_windows, window_to_input
+from agent.pipeline.features import ewma_rows, sliding_windows, window_to_input
 from export.pca_baseline import RoleSpec, resolution
 from export.tables import DataError, Table, TimestampSpec, _open_text, read_table
 
@@ -55,6 +55,7 @@ __all__ = [
     "column_quality",
     "features",
     "fit_normalisation",
+    "history_roles",
     "load_columns",
     "read_long_csv",
     "resolution",
@@ -133,6 +134,7 @@ class DataSpec:
     operating: tuple[str, ...] = ()
     options: ReadOptions = field(default_factory=ReadOptions)
     aggregation: Mapping[str, str] = field(default_factory=dict)  # role → "mean" (default instant)
+    ewma: Mapping[str, float] = field(default_factory=dict)  # role → time constant (s): ``aggregation: ewma``
 
     def column(self, template: str, asset: str) -> str:
         return template.format(asset=asset, n=self.assets.index(asset) + 1)
@@ -642,8 +644,24 @@ def _resolve_roles(
         tuple(o for o in spec.operating if o in {r.role for r in roles}),
         spec.options,
         spec.aggregation,
+        {k: v for k, v in spec.ewma.items() if k in {r.role for r in roles}},
     )
     return resolved, keep, tuple(ranges)
+
+
+def history_roles(spec: DataSpec) -> tuple[InputRole, ...]:
+    """The resolved spec's roles as the manifest's ``aggregation`` sees them (no normalisation):
+    what :func:`agent.pipeline.features.ewma_rows` needs to smooth a recording's ``ewma`` roles."""
+    return tuple(
+        InputRole(
+            role=r.role,
+            unit=r.unit,
+            range=(r.low, r.high),
+            aggregation="ewma" if r.role in spec.ewma else "instant",
+            time_constant_s=spec.ewma.get(r.role),
+        )
+        for r in spec.roles
+    )
 
 
 def build_dataset(
@@ -672,9 +690,12 @@ def build_dataset(
     tr_stride = train_stride or stride
     out: dict[str, list[Windows]] = {"train": [], "val": [], "test": [], "calibration": [], "transfer": []}
     samples: list[FloatArray] = []
+    history = history_roles(spec) if spec.ewma else ()
     for p in parts:
         rec = recordings[p.rec]
         x = _plausible(p.x[:, keep], spec.roles)
+        if history:  # the agent's ewma over the whole recording (from its first row), before any cut
+            x = ewma_rows(x, history, spec.window.sample_period_s)
         code = _codes(p.label, by_name)
         full = np.concatenate([x, np.stack([code, p.rul, p.oracle], axis=1)], axis=1)
         if rec.split != "train":
@@ -739,7 +760,14 @@ def fit_normalisation(
                 ),
                 training_range=tr,
                 operating=r.role in spec.operating,
-                aggregation="mean" if spec.aggregation.get(r.role) == "mean" else "instant",
+                aggregation=(
+                    "ewma"
+                    if r.role in spec.ewma
+                    else "mean"
+                    if spec.aggregation.get(r.role) == "mean"
+                    else "instant"
+                ),
+                time_constant_s=spec.ewma.get(r.role),
             )
         )
     return tuple(out)

@@ -54,6 +54,10 @@ class DataConfig(FrozenModel):
     assets: list[str] = ["plant"]
     operating: list[str] = []
     aggregation: Literal["instant", "mean"] = "instant"  # what a row is: the value, or the period's mean
+    # role → time constant (s): the role's rows are the exponentially weighted mean of its column
+    # (``aggregation: ewma``, as the agent holds it): bind a second role to the same column for a
+    # reference slower than the window
+    ewma: dict[str, Annotated[float, Field(gt=0, le=10 * 86400)]] = {}
     range_margin: Annotated[float, Field(ge=0)] = 3.0
     constant: Literal["refuse", "drop"] = "refuse"
     min_distinct: Annotated[int, Field(ge=2)] = 3
@@ -131,6 +135,12 @@ def read_events(path: Path, ts: TimestampSpec, assets: Sequence[str] | None = No
     return tuple(out)
 
 
+def _check_ewma(d: DataConfig, roles: Sequence[str]) -> None:
+    unknown = sorted(set(d.ewma) - set(roles))
+    if unknown:
+        raise DataError(f"data.ewma: no role(s) {unknown} among the roles {list(roles)}")
+
+
 def data_spec(d: DataConfig, recordings: Sequence[Recording] = ()) -> DataSpec:
     """The data spec of a model: roles from ROLE:UNIT:LOW:HIGH:COLUMN strings, or mapped in
     bulk from the columns of the first training recording (units from an agent recording's
@@ -166,12 +176,14 @@ def data_spec(d: DataConfig, recordings: Sequence[Recording] = ()) -> DataSpec:
         if unknown:
             raise DataError(f"data.operating: no role(s) {unknown}")
         agg = {r.role: d.aggregation for r in roles}
+        _check_ewma(d, [r.role for r in roles])
         return DataSpec(
             roles,
             tuple(d.assets),
             d.window,
             operating=tuple(d.operating),
             aggregation=agg,
+            ewma=dict(d.ewma),
             **common,  # type: ignore[arg-type]
         )
     first = next((r for r in recordings if r.split == "train"), None)
@@ -202,6 +214,7 @@ def data_spec(d: DataConfig, recordings: Sequence[Recording] = ()) -> DataSpec:
     for r in recordings:  # an agent recording's manifest knows its tags' units
         if r.path.is_dir():
             units.update(read_units(r.path))
+    _check_ewma(d, list(first_map))
     roles = []
     for role, column in first_map.items():
         o = overrides.get(role, RoleOverride())
@@ -218,5 +231,6 @@ def data_spec(d: DataConfig, recordings: Sequence[Recording] = ()) -> DataSpec:
             role: (o.aggregation if (o := overrides.get(role)) and o.aggregation else d.aggregation)
             for role in first_map
         },
+        ewma=dict(d.ewma),
         **common,  # type: ignore[arg-type]
     )

@@ -54,6 +54,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from agent.modelstore.manifest import (
+    LATEST_SCHEMA_VERSION,
     MANIFEST_FILE,
     SCHEMA_VERSION,
     FeatureSpec,
@@ -366,7 +367,10 @@ def write_bundle(
         files[fname] = FileHash(sha256=_sha256(raw), size=len(raw))
     alpha_each = model.false_alarm_rate / 2.0
     manifest = Manifest(
-        schema_version=SCHEMA_VERSION,
+        # an ewma role (the teachers chain's reference roles) needs schema 2; others stay 1
+        schema_version=(
+            LATEST_SCHEMA_VERSION if any(r.aggregation == "ewma" for r in inputs) else SCHEMA_VERSION
+        ),
         name=name,
         version=version,
         task="anomaly",

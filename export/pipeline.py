@@ -360,6 +360,15 @@ def _params(pumps: int) -> Any:
 # --------------------------------------------------------------------------- helpers
 
 
+def _has_ewma(fields: Mapping[str, Any]) -> bool:
+    """Whether a manifest's inputs hold an ``aggregation: ewma`` role (schema 2); a template's
+    inputs may be plain dicts."""
+    return any(
+        (r.get("aggregation") if isinstance(r, dict) else getattr(r, "aggregation", None)) == "ewma"
+        for r in fields.get("inputs", ())
+    )
+
+
 def _feature_spec(kind: str, stats: Sequence[str], recent: int | None = None) -> FeatureSpec:
     if kind == "summary":
         return FeatureSpec(kind="summary", stats=tuple(stats), recent=recent)  # type: ignore[arg-type]
@@ -660,7 +669,7 @@ def package(
         fields.setdefault("checks", checks)
         if agreement:
             fields["agreement"] = agreement
-        v2 = fields.get("input_normalisation") is not None or bool(agreement)
+        v2 = fields.get("input_normalisation") is not None or bool(agreement) or _has_ewma(fields)
         man = Manifest(
             schema_version=LATEST_SCHEMA_VERSION if v2 else SCHEMA_VERSION,
             variants=tuple(vlist),
@@ -715,7 +724,8 @@ def _replay_detection(
     in_name = manifest["model_input"].name
     onnx_bytes = to_onnx(graph, torch.from_numpy(x_example[:2]), in_name, [o.name for o in outs])
     with tempfile.TemporaryDirectory(prefix="edge-export-replay.") as tmp:
-        student = provisional_bundle(Path(tmp) / "student", manifest, onnx_bytes)
+        v = LATEST_SCHEMA_VERSION if _has_ewma(manifest) else SCHEMA_VERSION
+        student = provisional_bundle(Path(tmp) / "student", {**manifest, "schema_version": v}, onnx_bytes)
         write_pca_bundle(
             Path(tmp) / "pca",
             pca,
