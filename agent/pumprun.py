@@ -12,7 +12,8 @@ plans with it, the Guard enforces the same limits again on every request.
 The agent's own counts are kept in ``state_dir/run_hours.json`` (temporary file, fsync, rename,
 fsync of the directory) every ``save_every_s`` and at shutdown, so they survive restarts; a
 file that cannot be read starts the counts at zero with a log line. Not thread-safe: call from
-the event loop (the write itself runs in a thread).
+the event loop (the write itself runs in a thread, in the background: the cycle never waits
+for it; at shutdown :meth:`PumpRunTracker.persist` with ``force`` waits).
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class PumpRunTracker:
         self._seen: dict[str, float] = {}  # asset → mono of the last observation that saw it run
         self._dirty = False
         self._next_save = -math.inf
+        self._writing: asyncio.Task[None] | None = None
         self._load()
 
     def _load(self) -> None:
@@ -151,16 +153,45 @@ class PumpRunTracker:
 
     async def persist(self, now: float, *, force: bool = False) -> None:
         """Write the counts when due (every ``save_every_s``) or ``force``; never raises for
-        an I/O error (logged; the counts stay in memory and are written again later)."""
-        if self.path is None or not (self._dirty or force) or (now < self._next_save and not force):
+        an I/O error (logged; the counts stay in memory and are written again when next due).
+
+        A due write runs in the background (a task, the file in a thread): the cycle that
+        found it due does not wait for the disk (two fsyncs, milliseconds), one write at a
+        time (one due while the last still runs is made in a later cycle). ``force`` (at
+        shutdown) waits for a write in flight, then writes and waits for that too."""
+        if self.path is None:
+            return
+        if force:
+            await self.flush()
+        elif self._writing is not None or not self._dirty or now < self._next_save:
             return
         self._next_save = now + self.save_every_s
         doc = {"version": 1, "hours": dict(self.hours)}
+        self._dirty = False  # counts added from now on make it dirty again
+        if force:
+            await self._write(self.path, doc)
+            return
+        task = asyncio.create_task(self._write(self.path, doc), name="save run hours")
+        self._writing = task
+        task.add_done_callback(self._written)
+
+    async def flush(self) -> None:
+        """Wait for the write in flight, if any (it is not cancelled with the caller)."""
+        if self._writing is not None:
+            await asyncio.wait([self._writing])
+
+    async def _write(self, path: Path, doc: Mapping[str, Any]) -> None:
         try:
-            await asyncio.to_thread(write_json_atomic, self.path, doc)
-            self._dirty = False
+            await asyncio.to_thread(write_json_atomic, path, doc)
         except OSError as exc:
-            log.warning("run hours not saved", file=str(self.path), error=str(exc))
+            self._dirty = True
+            log.warning("run hours not saved", file=str(path), error=str(exc))
+
+    def _written(self, task: asyncio.Task[None]) -> None:
+        self._writing = None
+        if not task.cancelled() and (exc := task.exception()) is not None:  # not an OSError: a bug
+            self._dirty = True
+            log.error("run hours not saved", file=str(self.path), error=repr(exc))
 
 
 def _limits(

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,6 +47,11 @@ def _table(now: float, **values: object) -> TagTable:
     return t
 
 
+async def _persist_and_flush(tr: PumpRunTracker, now: float) -> None:
+    await tr.persist(now)
+    await tr.flush()
+
+
 def test_counts_run_hours_from_the_feedback_and_keeps_them_across_restarts(tmp_path: Path) -> None:
     tr = PumpRunTracker(_rc(), [TARGET], tmp_path, save_every_s=60)
     history: dict[str, StartHistory] = {"R1": ((), T0 - 7200, None)}
@@ -56,7 +64,7 @@ def test_counts_run_hours_from_the_feedback_and_keeps_them_across_restarts(tmp_p
     assert set(states) == {"pump1"}  # only pumps with a start/stop target get a run state
     s = states["pump1"]
     assert s.running is True and s.run_hours == pytest.approx(1.0) and s.may_stop and s.starts_left == 3
-    asyncio.run(tr.persist(3600.0))
+    asyncio.run(_persist_and_flush(tr, 3600.0))
     doc = json.loads((tmp_path / RUN_HOURS_FILE).read_text())
     assert doc["hours"]["pump1"] == pytest.approx(1.0)
     # a gap the agent did not watch is not counted; a new agent goes on from the file
@@ -106,3 +114,56 @@ def test_an_unreadable_file_starts_from_zero(tmp_path: Path) -> None:
     assert PumpRunTracker(_rc(), [TARGET], tmp_path).hours == {"pump1": 0.0, "pump2": 0.0}
     (tmp_path / RUN_HOURS_FILE).write_text(json.dumps({"hours": {"pump1": -5, "pump2": 7.5}}))
     assert PumpRunTracker(_rc(), [TARGET], tmp_path).hours == {"pump1": 0.0, "pump2": 7.5}
+
+
+async def test_a_due_write_runs_in_the_background_one_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cycle that finds the counts due does not wait for the disk; a shutdown (force) waits
+    # for the write in flight and writes the newest counts.
+    import agent.pumprun as pumprun
+
+    gate = threading.Event()
+    writes: list[dict[str, float]] = []
+    real = pumprun.write_json_atomic
+
+    def slow(path: Path, doc: Mapping[str, Any]) -> None:
+        assert gate.wait(10), "test gate never opened"
+        writes.append(dict(doc["hours"]))
+        real(path, doc)
+
+    monkeypatch.setattr(pumprun, "write_json_atomic", slow)
+    tr = PumpRunTracker(_rc(), [TARGET], tmp_path, save_every_s=60)
+    h: dict[str, StartHistory] = {"R1": ((), None, None)}
+    tr.observe(_table(0.0, F1=True), 0.0, T0, h.get)
+    tr.observe(_table(10.0, F1=True), 10.0, T0 + 10, h.get)
+    await asyncio.wait_for(tr.persist(10.0), 1)  # returns while the write is held
+    assert not (tmp_path / RUN_HOURS_FILE).exists()
+    tr.observe(_table(20.0, F1=True), 20.0, T0 + 20, h.get)
+    await tr.persist(80.0)  # due again, but one write at a time: nothing new started
+    gate.set()
+    await tr.persist(90.0, force=True)  # waits for the first, then writes the newest counts
+    assert writes == [
+        {"pump1": pytest.approx(10 / 3600), "pump2": 0.0},
+        {"pump1": pytest.approx(20 / 3600), "pump2": 0.0},
+    ]
+    doc = json.loads((tmp_path / RUN_HOURS_FILE).read_text())
+    assert doc["hours"]["pump1"] == pytest.approx(20 / 3600)
+
+
+async def test_a_failed_write_is_made_again_when_next_due(tmp_path: Path) -> None:
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where the state directory should be")
+    tr = PumpRunTracker(_rc(), [TARGET], blocker, save_every_s=60)
+    h: dict[str, StartHistory] = {"R1": ((), None, None)}
+    tr.observe(_table(0.0, F1=True), 0.0, T0, h.get)
+    tr.observe(_table(10.0, F1=True), 10.0, T0 + 10, h.get)
+    await tr.persist(10.0)
+    await tr.flush()  # the write failed (logged), the counts stay dirty
+    blocker.unlink()
+    await tr.persist(30.0)  # not due yet
+    await tr.flush()
+    assert not blocker.exists()
+    await tr.persist(70.0)
+    await tr.flush()
+    assert json.loads((blocker / RUN_HOURS_FILE).read_text())["hours"]["pump1"] == pytest.approx(10 / 3600)
