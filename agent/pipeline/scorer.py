@@ -63,7 +63,8 @@ __all__ = [
 ]
 
 INLINE_BUDGET_S = 0.001
-"""A model whose recent calls each took at most this long runs inline on the event loop."""
+"""A model whose recent calls took at most this long at the median runs inline on the event loop
+(and none more than :data:`INLINE_CAP` times it)."""
 INLINE_WARMUP = 3
 """The first calls of a model always run in the executor (its latency is not known yet)."""
 INLINE_WINDOW = 8
