@@ -54,9 +54,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from agent.modelstore.manifest import (
-    LATEST_SCHEMA_VERSION,
     MANIFEST_FILE,
-    SCHEMA_VERSION,
     FeatureSpec,
     InputRole,
     Manifest,
@@ -65,6 +63,7 @@ from agent.modelstore.manifest import (
     TensorSpec,
     Variant,
     WindowSpec,
+    schema_version_for,
 )
 from agent.pipeline.features import sliding_windows, window_to_input
 
@@ -367,10 +366,7 @@ def write_bundle(
         files[fname] = FileHash(sha256=_sha256(raw), size=len(raw))
     alpha_each = model.false_alarm_rate / 2.0
     manifest = Manifest(
-        # an ewma role (the teachers chain's reference roles) needs schema 2; others stay 1
-        schema_version=(
-            LATEST_SCHEMA_VERSION if any(r.aggregation == "ewma" for r in inputs) else SCHEMA_VERSION
-        ),
+        schema_version=schema_version_for(inputs),  # 2 with an ewma role (the teachers chain's references)
         name=name,
         version=version,
         task="anomaly",

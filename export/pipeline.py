@@ -40,16 +40,16 @@ from torch import nn
 
 from agent.modelstore.bundle import load_bundle
 from agent.modelstore.manifest import (
-    LATEST_SCHEMA_VERSION,
     MANIFEST_FILE,
-    SCHEMA_VERSION,
     FeatureSpec,
     FileHash,
+    InputRole,
     Manifest,
     OutputSpec,
     Stat,
     TensorSpec,
     Variant,
+    schema_version_for,
 )
 from agent.modelstore.signing import sign_bundle
 from export import baselines, gates, quantize, report
@@ -360,13 +360,9 @@ def _params(pumps: int) -> Any:
 # --------------------------------------------------------------------------- helpers
 
 
-def _has_ewma(fields: Mapping[str, Any]) -> bool:
-    """Whether a manifest's inputs hold an ``aggregation: ewma`` role (schema 2); a template's
-    inputs may be plain dicts."""
-    return any(
-        (r.get("aggregation") if isinstance(r, dict) else getattr(r, "aggregation", None)) == "ewma"
-        for r in fields.get("inputs", ())
-    )
+def _roles(fields: Mapping[str, Any]) -> tuple[InputRole, ...]:
+    """A manifest template's inputs as roles (a template may hold them as plain dicts)."""
+    return tuple(InputRole.model_validate(r) for r in fields["inputs"])
 
 
 def _feature_spec(kind: str, stats: Sequence[str], recent: int | None = None) -> FeatureSpec:
@@ -669,9 +665,8 @@ def package(
         fields.setdefault("checks", checks)
         if agreement:
             fields["agreement"] = agreement
-        v2 = fields.get("input_normalisation") is not None or bool(agreement) or _has_ewma(fields)
         man = Manifest(
-            schema_version=LATEST_SCHEMA_VERSION if v2 else SCHEMA_VERSION,
+            schema_version=schema_version_for(_roles(fields), fields.get("input_normalisation"), agreement),
             variants=tuple(vlist),
             files=files,
             provenance=prov,
@@ -724,7 +719,7 @@ def _replay_detection(
     in_name = manifest["model_input"].name
     onnx_bytes = to_onnx(graph, torch.from_numpy(x_example[:2]), in_name, [o.name for o in outs])
     with tempfile.TemporaryDirectory(prefix="edge-export-replay.") as tmp:
-        v = LATEST_SCHEMA_VERSION if _has_ewma(manifest) else SCHEMA_VERSION
+        v = schema_version_for(_roles(manifest), manifest.get("input_normalisation"))
         student = provisional_bundle(Path(tmp) / "student", {**manifest, "schema_version": v}, onnx_bytes)
         write_pca_bundle(
             Path(tmp) / "pca",

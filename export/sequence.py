@@ -62,9 +62,7 @@ import torch
 from torch import nn
 
 from agent.modelstore.manifest import (
-    LATEST_SCHEMA_VERSION,
     MANIFEST_FILE,
-    SCHEMA_VERSION,
     FeatureSpec,
     FileHash,
     InputRole,
@@ -73,6 +71,7 @@ from agent.modelstore.manifest import (
     TensorSpec,
     Variant,
     WindowSpec,
+    schema_version_for,
 )
 from agent.pipeline.features import ewma_rows, sliding_windows, window_to_input
 from export.sequence_args import SequenceConfig, add_arguments
@@ -769,9 +768,8 @@ def _manifest(
     provenance: Mapping[str, str],
 ) -> Manifest:
     ops = [r.role for r in inputs if r.operating]
-    ewma = any(r.aggregation == "ewma" for r in inputs)
     return Manifest(
-        schema_version=LATEST_SCHEMA_VERSION if ewma else SCHEMA_VERSION,
+        schema_version=schema_version_for(inputs),
         name=name,
         version=version,
         task="anomaly",

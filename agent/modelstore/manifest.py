@@ -56,6 +56,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -88,12 +89,15 @@ __all__ = [
     "WindowSpec",
     "load_manifest",
     "parse_manifest",
+    "schema_2_fields",
+    "schema_version_for",
 ]
 
 SCHEMA_VERSION: Literal[1] = 1
 """The base schema: what a manifest that uses no schema-2 field says (every older bundle)."""
 LATEST_SCHEMA_VERSION: Literal[2] = 2
-"""The schema a manifest with ``input_normalisation`` or ``agreement`` must say."""
+"""The schema a manifest with ``input_normalisation``, ``agreement`` or an ``ewma`` role must say
+(:func:`schema_version_for`)."""
 SCHEMA_VERSIONS: tuple[int, ...] = (SCHEMA_VERSION, LATEST_SCHEMA_VERSION)
 """The manifest schemas this agent reads; a bundle written for another version is refused."""
 
@@ -455,8 +459,7 @@ class Manifest(_Frozen):
         return self
 
     def _schema_2_fields(self, outs: list[str]) -> None:
-        used = [k for k in ("input_normalisation", "agreement") if getattr(self, k)]
-        used += [f"aggregation ewma ({r.role})" for r in self.inputs if r.aggregation == "ewma"]
+        used = schema_2_fields(self.inputs, self.input_normalisation, self.agreement)
         if used and self.schema_version < LATEST_SCHEMA_VERSION:
             raise ValueError(
                 f"{', '.join(used)} need schema_version {LATEST_SCHEMA_VERSION} "
@@ -542,6 +545,28 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
     with BundleDir(p.parent) as bundle:
         data = bundle.read(p.name, limit=MAX_METADATA_BYTES)
     return parse_manifest(data, p)
+
+
+
+def schema_2_fields(
+    inputs: Sequence[InputRole],
+    input_normalisation: GraphNormalisation | None = None,
+    agreement: Sequence[AgreementGate] = (),
+) -> list[str]:
+    """What of these manifest fields needs :data:`LATEST_SCHEMA_VERSION` (empty: none)."""
+    used = [k for k, v in (("input_normalisation", input_normalisation), ("agreement", agreement)) if v]
+    return used + [f"aggregation ewma ({r.role})" for r in inputs if r.aggregation == "ewma"]
+
+
+def schema_version_for(
+    inputs: Sequence[InputRole],
+    input_normalisation: GraphNormalisation | None = None,
+    agreement: Sequence[AgreementGate] = (),
+) -> int:
+    """The oldest schema version that holds these fields: what an exporter writes, so a bundle
+    that uses no schema-2 field stays readable by agents that know only schema 1."""
+    used = schema_2_fields(inputs, input_normalisation, agreement)
+    return LATEST_SCHEMA_VERSION if used else SCHEMA_VERSION
 
 
 def parse_manifest(data: bytes, source: str | os.PathLike[str]) -> Manifest:
