@@ -74,10 +74,11 @@ from agent.modelstore.manifest import (
     schema_version_for,
 )
 from agent.pipeline.features import ewma_rows, sliding_windows, window_to_input
-from export.sequence_args import SequenceConfig, add_arguments
+from export.sequence_args import VOTES, SequenceConfig, add_arguments
 
 __all__ = [
     "BundleResult",
+    "ScoreVote",
     "SequenceConfig",
     "SequenceEnsemble",
     "SequenceNet",
@@ -266,6 +267,43 @@ class SequenceScore(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.terms(x).amax(dim=1)
+
+
+class ScoreVote(nn.Module):
+    """The served graph of a score ensemble: ``members`` (:class:`SequenceScore` graphs of nets
+    trained with different seeds), each one's score divided by ``scales`` (its own 99.9th
+    percentile on held-out normal windows, so the members are comparable: 1 is equally rare for
+    each), combined by ``vote``: ``mean``, ``median`` or ``min`` (every member must see it).
+    One graph, ``x[B, T, R] → score[B]``, as a single model's: the agent runs it unchanged."""
+
+    def __init__(self, members: Sequence[SequenceScore], scales: Sequence[float], vote: str = "mean") -> None:
+        super().__init__()
+        if not members or len(scales) != len(members) or not all(v > 0 for v in scales):
+            raise ValueError(f"{len(members)} members need as many positive scales, not {list(scales)}")
+        if vote not in VOTES:
+            raise ValueError(f"vote must be one of {VOTES}, not {vote!r}")
+        self.members = nn.ModuleList(members)
+        self.vote = vote
+        self.register_buffer("scales", torch.tensor(list(scales), dtype=torch.float32))
+
+    @property
+    def channels(self) -> int:
+        """The members' width."""
+        return int(self.members[0].net.channels)  # type: ignore[union-attr]
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, N]``: every member's score in units of its scale."""
+        return torch.stack([m(x) for m in self.members], dim=1) / self.scales
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.scores(x)
+        if self.vote == "mean":
+            return s.mean(dim=1)
+        if self.vote == "min":
+            return s.amin(dim=1)
+        n = len(self.members)
+        top = torch.topk(s, n // 2 + 1, dim=1).values  # the median: the (n // 2 + 1)-th largest
+        return top[:, -1] if n % 2 else 0.5 * (top[:, -1] + top[:, -2])
 
 
 # --------------------------------------------------------------------------- data
@@ -488,24 +526,46 @@ def _check_sizes(x_fit: F32, x_val: F32) -> None:
 
 def train(
     x_fit: F32, x_val: F32, inputs: Sequence[InputRole], cfg: SequenceConfig, *, log: bool = False
-) -> tuple[SequenceScore, dict[str, float]]:
+) -> tuple[SequenceScore | ScoreVote, dict[str, float]]:
     """Train on normal windows ``x_fit`` ``[N, T, R]`` from scratch; standardise the score's
-    terms on the held-out normal windows ``x_val``. Returns the served graph and training numbers."""
-    from export.train import seed_everything
+    terms on the held-out normal windows ``x_val``. Returns the served graph and training numbers.
 
+    With ``cfg.score_ensemble`` above 1, that many models are trained with the seeds
+    ``seed``, ``seed + 10`` ... (the first is the single model) and served as one
+    :class:`ScoreVote` (their scores, each in units of its own 99.9th percentile on ``x_val``,
+    combined by ``cfg.vote``)."""
+    from export.train import n_params, seed_everything
+
+    if cfg.score_ensemble < 1 or cfg.vote not in VOTES:
+        raise ValueError(
+            f"score_ensemble must be at least 1 (not {cfg.score_ensemble}) and vote one of {VOTES} "
+            f"(not {cfg.vote!r})"
+        )
     seed_everything(cfg.seed, cfg.threads)
     operating, monitored = _roles(inputs)
     _check_sizes(x_fit, x_val)
     x_fit = _thin(x_fit, cfg.max_windows, operating)
-    net = SequenceNet(len(inputs), operating, _eps(x_fit, inputs, monitored), cfg)
+    eps = _eps(x_fit, inputs, monitored)
     t0 = time.monotonic()
-    loss_v = _fit_net(net, x_fit, cfg.epochs, cfg.seed, cfg, log="model" if log else "")
-    graph = _score_graph(net, x_val, monitored)
+    members: list[SequenceScore] = []
+    losses: list[float] = []
+    for k in range(cfg.score_ensemble):
+        seed = cfg.seed + 10 * k
+        if k:
+            torch.manual_seed(seed)
+        net = SequenceNet(len(inputs), operating, eps, cfg)
+        name = "model" if cfg.score_ensemble == 1 else f"member #{k + 1} (seed {seed})"
+        losses.append(_fit_net(net, x_fit, cfg.epochs, seed, cfg, log=name if log else ""))
+        members.append(_score_graph(net, x_val, monitored))
+    graph: SequenceScore | ScoreVote = members[0]
+    if len(members) > 1:
+        scales = [float(np.quantile(_batched(m, x_val)[0], TAIL)) for m in members]
+        graph = ScoreVote(members, scales, cfg.vote)
     info = {
-        "train_loss": loss_v,
+        "train_loss": float(np.mean(losses)),
         "train_windows": float(len(x_fit)),
         "heldout_windows": float(len(x_val)),
-        "parameters": float(sum(p.numel() for p in net.parameters())),
+        "parameters": float(n_params(graph)),
         "train_s": time.monotonic() - t0,
     }
     return graph, info
@@ -600,7 +660,7 @@ class Validation:
     normal: F32
 
 
-def detection_recall(graph: SequenceScore, val: Validation, fpr: float) -> float:
+def detection_recall(graph: SequenceScore | ScoreVote, val: Validation, fpr: float) -> float:
     """The distillation gate's metric (higher is better): at the score that ``fpr`` of the
     normal windows exceed, the share of each fault kind's windows above it, averaged over kinds
     (every kind counts alike, however many windows it has)."""
@@ -748,7 +808,7 @@ def distil(
     return graph, info, rep
 
 
-def _onnx(graph: SequenceScore, window: WindowSpec, n_roles: int) -> bytes:
+def _onnx(graph: SequenceScore | ScoreVote, window: WindowSpec, n_roles: int) -> bytes:
     from export.onnx_tools import to_onnx
 
     example = torch.zeros(2, window.length, n_roles)
@@ -766,8 +826,12 @@ def _manifest(
     far: float,
     files: Mapping[str, FileHash],
     provenance: Mapping[str, str],
+    vote: str = "",
 ) -> Manifest:
     ops = [r.role for r in inputs if r.operating]
+    # a score ensemble: the members' scores, each in units of its normal tail, combined
+    combined = f"; the {vote} over seed-trained members of each one's score in units of its normal tail"
+    combined = combined if vote else ""
     return Manifest(
         schema_version=schema_version_for(inputs),
         name=name,
@@ -776,7 +840,7 @@ def _manifest(
         description=(
             "temporal anomaly model: a 1-D CNN over the window reconstructs every monitored role and "
             f"its roughness given the operating variables ({', '.join(ops)}); the score is the largest "
-            "standardised error"
+            f"standardised error{combined}"
         ),
         window=window,
         inputs=tuple(inputs),
@@ -786,7 +850,7 @@ def _manifest(
             OutputSpec(
                 name="score",
                 meaning="largest standardised reconstruction or roughness error of a monitored role "
-                "given the operating point (about 1 in normal operation)",
+                f"given the operating point{combined} (about 1 in normal operation)",
                 thresholds={"alarm": float(threshold)},
                 false_alarm_rate=float(far),
             ),
@@ -947,6 +1011,10 @@ def fit_bundle(
     from export.pca_baseline import RoleSpec, _split, input_roles
 
     cfg = cfg or SequenceConfig()
+    if cfg.teacher_channels and cfg.score_ensemble > 1:
+        raise ValueError(
+            "a score ensemble (--score-ensemble) and distillation (--teacher-channels) exclude each other"
+        )
     specs = [r if isinstance(r, RoleSpec) else RoleSpec.parse(str(r)) for r in roles]
     unknown = [o for o in operating if o not in [r.role for r in specs]]
     if unknown:
@@ -990,14 +1058,23 @@ def fit_bundle(
         "assets": " ".join(role_columns),
         "recordings": " ".join(Path(p).name for p in train_paths),
         "calibration": " ".join(Path(p).name for p in calibration_paths),
-        "architecture": f"1-D CNN, {graph.net.channels} channels, kernel {cfg.kernel}, latent {cfg.latent}, "
-        f"{int(info['parameters'])} parameters",
+        "architecture": f"1-D CNN, {graph.channels if isinstance(graph, ScoreVote) else graph.net.channels} "
+        f"channels, kernel {cfg.kernel}, latent {cfg.latent}, {int(info['parameters'])} parameters",
         "training": f"{cfg.epochs} epochs, seed {cfg.seed}, {int(info['train_windows'])} windows",
         **dict(provenance or {}),
     }
     if kd_report is not None:
         prov["distillation"] = _kd_lines(kd_report)[-1].removeprefix("- verdict: ")
+    vote = ""
+    if isinstance(graph, ScoreVote):
+        vote = graph.vote
+        seeds = ", ".join(str(cfg.seed + 10 * k) for k in range(len(graph.members)))
+        prov["architecture"] = f"score ensemble of {len(graph.members)} ({vote}): " + prov["architecture"]
+        windows = int(info["train_windows"])
+        prov["training"] = f"{cfg.epochs} epochs per member, seeds {seeds}, {windows} windows"
+        info = {**info, "score_ensemble": float(len(graph.members))}
     common = {"name": name, "version": version, "window": window, "inputs": inputs, "data": data}
+    common["vote"] = vote
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
     try:
         bundle = provisional_bundle(
@@ -1089,6 +1166,8 @@ def run(args: argparse.Namespace) -> int:
             prune=args.prune,
             finetune_epochs=args.finetune_epochs,
             seeds=args.seeds,
+            score_ensemble=args.score_ensemble,
+            vote=args.vote,
         )
         labels = dict(_key_value(kv) for kv in args.label)
         ewma = {}

@@ -7,7 +7,9 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SequenceConfig", "add_arguments"]
+__all__ = ["VOTES", "SequenceConfig", "add_arguments"]
+
+VOTES = ("mean", "median", "min")  # how a score ensemble's members combine
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,9 @@ class SequenceConfig:
     finetune_epochs: int = 4  # after pruning
     seeds: int = 3  # training seeds per student family (the distillation gate needs >= 3)
     fpr: float = 1e-3  # the gate's metric: fault-window recall at this normal-window exceedance
+    # a score ensemble (export/sequence.py ``ScoreVote``): off while 1
+    score_ensemble: int = 1  # members trained with different seeds, served as one graph
+    vote: str = "mean"  # how their standardised scores combine: mean, median or min
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -64,6 +69,15 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--channels", type=int, default=SequenceConfig.channels)
     ap.add_argument("--latent", type=int, default=SequenceConfig.latent)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--score-ensemble", type=int, default=SequenceConfig.score_ensemble, metavar="N",
+        help="N models trained with different seeds (--seed, +10, +20 ...), each one's score divided by "
+        "its 99.9th percentile on held-out normal windows, combined by --vote in one graph (default 1)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--vote", choices=VOTES, default=SequenceConfig.vote,
+        help="how the --score-ensemble members' scores combine: mean, median, min (all must agree)",
+    )  # fmt: skip
     kd = ap.add_argument_group(
         "distillation",
         "a wider teacher, students distilled from it and pruned, gated against same-size students "
