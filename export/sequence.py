@@ -78,6 +78,7 @@ from export.sequence_args import VOTES, SequenceConfig, add_arguments
 
 __all__ = [
     "BundleResult",
+    "FusedVote",
     "ScoreVote",
     "SequenceConfig",
     "SequenceEnsemble",
@@ -296,14 +297,136 @@ class ScoreVote(nn.Module):
         return torch.stack([m(x) for m in self.members], dim=1) / self.scales
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.scores(x)
-        if self.vote == "mean":
-            return s.mean(dim=1)
-        if self.vote == "min":
-            return s.amin(dim=1)
-        n = len(self.members)
-        top = torch.topk(s, n // 2 + 1, dim=1).values  # the median: the (n // 2 + 1)-th largest
-        return top[:, -1] if n % 2 else 0.5 * (top[:, -1] + top[:, -2])
+        return _vote(self.scores(x), self.vote, len(self.members))
+
+    def fused(self) -> FusedVote:
+        """The same function as one net of ``N`` times the width (:class:`FusedVote`): what is
+        exported (one call runs about as many graph nodes as a single member)."""
+        return FusedVote(self)
+
+
+def _vote(s: torch.Tensor, vote: str, n: int) -> torch.Tensor:
+    """``[B, n]`` comparable member scores → ``[B]`` by ``vote``."""
+    if vote == "mean":
+        return s.mean(dim=1)
+    if vote == "min":
+        return s.amin(dim=1)
+    top = torch.topk(s, n // 2 + 1, dim=1).values  # the median: the (n // 2 + 1)-th largest
+    return top[:, -1] if n % 2 else 0.5 * (top[:, -1] + top[:, -2])
+
+
+def _stack(layers: Sequence[nn.Module], *, groups: int = 1) -> nn.Module:
+    """The members' layers side by side: their output channels concatenated; with ``groups``
+    (a Conv1d over the previous stacked layer) each member reads only its own channels."""
+    first = layers[0]
+    w = torch.cat([m.weight.data for m in layers])  # type: ignore[union-attr]
+    b = torch.cat([m.bias.data for m in layers])  # type: ignore[union-attr]
+    if isinstance(first, nn.Conv1d):
+        out: nn.Module = nn.Conv1d(
+            first.in_channels * groups, w.shape[0], first.kernel_size[0],
+            padding=first.padding[0], dilation=first.dilation[0], groups=groups,  # type: ignore[arg-type]
+        )  # fmt: skip
+    else:
+        out = nn.Linear(w.shape[1], w.shape[0])
+    out.weight.data.copy_(w)  # type: ignore[union-attr]
+    out.bias.data.copy_(b)  # type: ignore[union-attr]
+    return out
+
+
+def _blocks(layers: Sequence[nn.Module], splits: Sequence[int], kernel: bool = False) -> nn.Module:
+    """The members' layers as one dense layer over the stacked inputs: member ``k`` reads its
+    own share of every input part (``splits``: the part widths of one member's input, e.g. its
+    ``h`` and its latent; the stacked input holds each part for all members, member-major) and
+    nothing else (the rest of its weights zero)."""
+    n = len(layers)
+    ws = [m.weight.data for m in layers]  # type: ignore[union-attr]
+    out_w = ws[0].shape[0]
+    w = torch.zeros(n * out_w, n * sum(splits), *ws[0].shape[2:])
+    for k, wk in enumerate(ws):
+        lo = 0
+        for j, width in enumerate(splits):
+            base = n * sum(splits[:j]) + k * width
+            w[k * out_w : (k + 1) * out_w, base : base + width] = wk[:, lo : lo + width]
+            lo += width
+    if kernel:
+        out: nn.Module = nn.Conv1d(w.shape[1], w.shape[0], 1)
+    else:
+        out = nn.Linear(w.shape[1], w.shape[0])
+    out.weight.data.copy_(w)  # type: ignore[union-attr]
+    out.bias.data.copy_(torch.cat([m.bias.data for m in layers]))  # type: ignore[union-attr]
+    return out
+
+
+class FusedVote(nn.Module):
+    """A :class:`ScoreVote` as one net: every member's layer stacked into one (grouped
+    convolutions, block-diagonal dense layers), the shared inputs and roughness computed once.
+    The same function (to float rounding), with as many graph nodes as one member: an
+    onnxruntime call of a small model costs per node more than per multiply."""
+
+    def __init__(self, ens: ScoreVote) -> None:
+        super().__init__()
+        nets: list[SequenceNet] = [m.net for m in ens.members]  # type: ignore[misc]
+        if not all(isinstance(n, SequenceNet) for n in nets):
+            raise ValueError("only members over a single SequenceNet can be fused")
+        first = nets[0]
+        same = all(
+            n.channels == first.channels and n.latent == first.latent and torch.equal(n.op_idx, first.op_idx)
+            and torch.equal(n.mon_idx, first.mon_idx) and torch.equal(n.eps, first.eps)
+            for n in nets
+        )  # fmt: skip
+        if not same:
+            raise ValueError("fused members need the same width, latent, roles and roughness floor")
+        g = len(nets)
+        c, lat = first.channels, first.latent
+        self.n, self.m, self.vote = g, len(first.mon_idx), ens.vote
+        for name in ("op_idx", "mon_idx", "eps"):
+            self.register_buffer(name, getattr(first, name).clone())
+        self.encoder = nn.Sequential(
+            _stack([n.encoder[0] for n in nets]), nn.ReLU(),
+            _stack([n.encoder[2] for n in nets], groups=g), nn.ReLU(),
+        )  # fmt: skip
+        self.to_latent = _blocks([n.to_latent for n in nets], [c])
+        self.operating = nn.Sequential(
+            _stack([n.operating[0] for n in nets]), nn.ReLU(),
+            _stack([n.operating[2] for n in nets], groups=g), nn.ReLU(),
+        )  # fmt: skip
+        self.decoder = nn.Sequential(
+            _blocks([n.decoder[0] for n in nets], [c, lat], kernel=True), nn.ReLU(),
+            _stack([n.decoder[2] for n in nets], groups=g),
+        )  # fmt: skip
+        self.log_var = _stack([n.log_var for n in nets], groups=g)
+        self.rough = nn.Sequential(
+            _blocks([n.rough[0] for n in nets], [c, c]), nn.ReLU(), _blocks([n.rough[2] for n in nets], [c])
+        )
+        for name in ("rec_scale", "rough_mean", "rough_std", "rough_weight", "level_scale"):
+            self.register_buffer(name, torch.cat([getattr(m, name) for m in ens.members]))
+        self.register_buffer("scales", ens.scales.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xt = x.transpose(1, 2)  # [B, R, T]
+        op = torch.index_select(xt, 1, self.op_idx)
+        mon = torch.index_select(xt, 1, self.mon_idx)
+        z = self.to_latent(self.encoder(xt).mean(dim=2))
+        h = self.operating(op)
+        recon = self.decoder(torch.cat([h, z.unsqueeze(2).expand(-1, -1, h.shape[2])], dim=1))
+        log_var = torch.clamp(self.log_var(h), -12.0, 6.0)
+        rough_pred = self.rough(torch.cat([h.mean(dim=2), h.amax(dim=2)], dim=1))
+        d = mon[:, :, 1:] - mon[:, :, :-1]
+        rough = torch.log((d * d).mean(dim=2) + self.eps)
+        err = (recon - mon.repeat(1, self.n, 1)) * torch.exp(-0.5 * log_var)
+        rec, level = (err * err).mean(dim=2), err.mean(dim=2)
+        res = rough.repeat(1, self.n) - rough_pred
+        zr = torch.clamp((res - self.rough_mean) / self.rough_std, max=0.0)
+        shape = (-1, self.n, self.m)
+        terms = torch.cat(
+            [
+                (rec / self.rec_scale).reshape(shape),
+                (zr * zr * self.rough_weight).reshape(shape),
+                (level * level / self.level_scale).reshape(shape),
+            ],
+            dim=2,
+        )
+        return _vote(terms.amax(dim=2) / self.scales, self.vote, self.n)
 
 
 # --------------------------------------------------------------------------- data
@@ -812,7 +935,8 @@ def _onnx(graph: SequenceScore | ScoreVote, window: WindowSpec, n_roles: int) ->
     from export.onnx_tools import to_onnx
 
     example = torch.zeros(2, window.length, n_roles)
-    return to_onnx(graph, example, "x", ["score"])
+    served: nn.Module = graph.fused() if isinstance(graph, ScoreVote) else graph
+    return to_onnx(served, example, "x", ["score"])
 
 
 def _manifest(
