@@ -386,6 +386,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--seq-bundle", type=Path, default=ROOT / "models" / "seq-pump",
         help="the sequence model to judge (default the shipped models/seq-pump)",
     )  # fmt: skip
+    ap.add_argument(
+        "--also-seq", type=Path, action="append", default=[], metavar="BUNDLE",
+        help="a further sequence model judged beside --seq-bundle, the same way (repeat)",
+    )  # fmt: skip
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--plant", choices=("pump", "cstr", "both"), default="both", help="default both")
     args = ap.parse_args(argv)
@@ -415,7 +419,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.train_seq
         else args.seq_bundle
     )
-    delays = {name: args.seq_on_delay if name == SEQ else ON_DELAY_S for name in bundles}
+    also = {f"{SEQ.split(' ')[0]} {p.name}": p for p in args.also_seq}
+    bundles.update(also)
+    delays = {name: args.seq_on_delay if name == SEQ or name in also else ON_DELAY_S for name in bundles}
     setups = {name: _setup(b, cal, args.false_alerts_per_day, delays[name]) for name, b in bundles.items()}
     names = list(bundles)
     hours = 24.0

@@ -94,3 +94,17 @@ def test_cli_refuses_an_ensemble_with_a_teacher_in_one_line(tmp_path: Path) -> N
         "error: a score ensemble (--score-ensemble) and distillation (--teacher-channels) exclude each other"
     ), proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_the_fused_net_is_the_ensemble_and_refuses_members_it_cannot_stack() -> None:
+    ens = ScoreVote([_member(s) for s in range(3)], [1.0, 2.0, 0.5], "median")
+    x = torch.from_numpy(np.random.default_rng(2).normal(size=(32, WINDOW.length, 4)).astype(np.float32))
+    with torch.no_grad():
+        torch.testing.assert_close(ens.fused()(x), ens(x), rtol=1e-5, atol=1e-6)
+    torch.manual_seed(9)
+    wider = SequenceScore(
+        SequenceNet(4, [0], [1e-4] * 3, SequenceConfig(channels=6, latent=1)),
+        *(np.ones(3) for _ in range(5)),
+    )
+    with pytest.raises(ValueError, match="same width"):
+        ScoreVote([_member(0), wider], [1.0, 1.0]).fused()
