@@ -97,9 +97,12 @@ def record(
     return path
 
 
-def shift_schedule(seed: int, hours: float, params: StationParams | None = None) -> list[Shift]:
-    """Every 3 h from 1 h on, for 1 h, one of the moves the agent's pump-energy rule can make
-    (agent/pipeline/policy.py), then control goes back to the PLC. Five kinds, equally likely:
+def shift_schedule(
+    seed: int, hours: float, params: StationParams | None = None, *, every_h: float = 3.0, hold_h: float = 1.0
+) -> list[Shift]:
+    """Every ``every_h`` (3 h) from 1 h on, for ``hold_h`` (1 h), one of the moves the agent's
+    pump-energy rule can make (agent/pipeline/policy.py), then control goes back to the PLC.
+    Five kinds, equally likely:
 
     * unload one pump to the PLC's minimum speed while the other carries the flow (2300-2900 rpm);
     * move 300-700 rpm of speed from one pump to the other around 1950-2250 rpm;
@@ -118,9 +121,11 @@ def shift_schedule(seed: int, hours: float, params: StationParams | None = None)
     prm = params or StationParams(pumps=2)
     lo, hi = prm.min_speed_rpm, prm.max_speed_rpm
     rng = np.random.default_rng(seed)
+    if not 0 < hold_h < every_h:
+        raise ValueError(f"the hold ({hold_h:g} h) must be shorter than the period ({every_h:g} h)")
     out: list[Shift] = []
     t = 3600.0
-    while t + 3600.0 <= hours * 3600.0:
+    while t + hold_h * 3600.0 <= hours * 3600.0:
         kind = int(rng.integers(0, 5))
         up = int(rng.integers(1, 3))
         if kind == 0:  # unload: a pump to its minimum speed, the other carries the flow
@@ -141,8 +146,8 @@ def shift_schedule(seed: int, hours: float, params: StationParams | None = None)
                 a, b = (float(v) for v in rng.uniform(lo, hi, size=2))
             speeds = {1: a, 2: b}
         out.append(Shift(t, speeds))
-        out.append(Shift(t + 3600.0, None))
-        t += 3 * 3600.0
+        out.append(Shift(t + hold_h * 3600.0, None))
+        t += every_h * 3600.0
     return out
 
 
@@ -153,8 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, required=True)
     ap.add_argument("--hours", type=float, required=True)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--every", type=float, default=3.0, help="hours from one move to the next (default 3)")
+    ap.add_argument(
+        "--hold", type=float, default=1.0, help="hours a move is held, then the PLC takes it back (default 1)"
+    )
     args = ap.parse_args(argv)
-    shifts = shift_schedule(args.seed, args.hours)
+    shifts = shift_schedule(args.seed, args.hours, every_h=args.every, hold_h=args.hold)
     record(args.out, seed=args.seed, hours=args.hours, shifts=shifts)
     print(f"wrote {args.out}: {args.hours:g} h, seed {args.seed}, {len(shifts) // 2} load shifts")
     return 0
