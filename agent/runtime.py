@@ -740,9 +740,6 @@ class Agent:
                 log.info("model store reload", result=line)
             self._cycle_beat()
         now, now_utc = self._clock(), utcnow()
-        self._fresh = self.models.take_fresh(now)
-        self._samples = {}
-        self.view.scores = self.models.latest()
         # The heartbeat leaves first: its write and read-back are under way while the alarms,
         # the HMI blocks and the recommendations are worked out (the driver serialises their
         # requests), and it is done before the setpoints: the PLC applies them only while it
@@ -751,6 +748,9 @@ class Agent:
         inputs: WriteInputs | None = None
         try:
             await asyncio.sleep(0)  # its request is sent before the work below
+            self._fresh = self.models.take_fresh(now)
+            self._samples = {}
+            self.view.scores = self.models.latest()
             await self._evaluate_alarms(now, now_utc)
             await self._write_hmi(now)
             self._cycle_beat()
