@@ -28,7 +28,10 @@ Contract of :meth:`Scorer.score`:
   model stays busy until the thread is done, so a cancelled call can never overlap the next.
   :meth:`Scorer.drain` waits for it (shutdown: "drain scorer").
 * Outputs are mapped to named values per the manifest; an output with an ``"alarm"``
-  threshold adds ``<name>_alarm`` (0/1), and ``anomaly`` is 1 when any of them is.
+  threshold adds ``<name>_alarm`` (0/1), and ``anomaly`` is 1 when any of them is; a positive
+  threshold also ``<name>_ratio``, the output over it (1.0 at the threshold: an alert can then
+  take a second, shorter-delayed limit far above the threshold without naming the bundle's
+  calibrated value, configs/demo.yaml's ``anomaly``).
 * Failures (onnxruntime errors, wrong output shapes, non-finite outputs) raise ModelError and
   are counted; the first failure and the recovery are logged once each.
 """
@@ -112,6 +115,8 @@ def map_outputs(
                     flag = 1.0 if value > alarm else 0.0
                     outputs[f"{spec.name}_alarm"] = flag
                     outputs["anomaly"] = max(outputs.get("anomaly", 0.0), flag)
+                    if alarm > 0:
+                        outputs[f"{spec.name}_ratio"] = value / alarm
             else:
                 row = values[i]
                 if spec.labels is not None:
