@@ -815,8 +815,11 @@ def run_evaluation(
     classical: bool = True,
     calibration: Sequence[str | Path] = (),
     false_alerts_per_day: float = 1.0,
+    fast_delay_s: float | None = None,
 ) -> tuple[list[MethodResult], dict[str, Any]]:
-    """``edge-export evaluate``: every method on the same data; returns results and the JSON."""
+    """``edge-export evaluate``: every method on the same data; returns results and the JSON.
+    ``fast_delay_s`` (with ``calibration``): the model's calibrated alerts get a fast level
+    (:func:`with_fast_limits`), reported in the notes and judged with it."""
     bundle = _load(bundle_path)
     m = bundle.manifest
     notes: list[str] = []
@@ -877,6 +880,8 @@ def run_evaluation(
     else:
         labels = Labels()
     cal_recs = [load_recording(calibration, tags, period)] if calibration else []
+    if fast_delay_s and not cal_recs:
+        raise ValueError("a fast level is set from calibration data: give --calibrate with --fast-delay")
     if cal_recs:
         notes.append(
             f"thresholds calibrated on {', '.join(map(str, calibration))} for {false_alerts_per_day:g} "
@@ -891,6 +896,16 @@ def run_evaluation(
             if srcs:
                 inputs = [(alarm_inputs(r, s)[0], r.period_s) for r in cal_recs]
                 s = replace(s, alarms=calibrate(s.alarms, inputs, false_alerts_per_day, srcs))
+                if fast_delay_s and name == methods[0][0]:
+                    s = replace(s, alarms=with_fast_limits(s.alarms, inputs, fast_delay_s, srcs))
+                    notes.extend(
+                        f"{d.name}: fast level {d.high_high.value:.6g} on {d.source} "
+                        f"({d.high_high.value / d.high.value:.2f}x its calibrated threshold "
+                        f"{d.high.value:.6g}), raised after {fast_delay_s:g} s at severity "
+                        f"{d.high_high.severity}"
+                        for d in s.alarms.defs
+                        if d.source in srcs and d.high is not None and d.high_high is not None
+                    )
         results.append(evaluate_method(name, rec, s, labels)[0])
     if classical:
         for label, (assets, alarms) in classical_setups(main_tags, period, delay).items():

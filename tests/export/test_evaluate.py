@@ -162,6 +162,34 @@ def test_fast_limit_raises_sooner_far_beyond_and_never_on_its_calibration_data()
         with_fast_limits(alarms, cal, 70.0)
 
 
+def test_evaluate_cli_sets_a_fast_level_from_the_calibration_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_bundle(tmp_path / "tiny", period_s=30.0, columns=COLUMNS)
+    data = _data(tmp_path, 2880, 30.0, {"p1": [(700, 760, 20.0)]}, seed=1)
+    cal = _data(tmp_path, 2880, 30.0, {}, seed=7)
+    events = tmp_path / "events.csv"
+    events.write_text(
+        f"start,end,asset,class\n{iso(T0 + timedelta(seconds=21000))},{iso(T0 + timedelta(seconds=22800))},p1,surge\n"
+    )
+    delays = {}
+    for fast in ([], ["--fast-delay", "30"]):
+        out = tmp_path / f"out{len(fast)}"
+        rc = main(["evaluate", str(tmp_path / "tiny"), "--data", str(data), "--events", str(events),
+                   "--calibrate", str(cal), "--no-classical", "--out", str(out), *fast])
+        assert rc == 0
+        doc = json.loads((out / "evaluation.json").read_text())
+        (ep,) = [e for e in doc["methods"][0]["per_episode"] if e["class"] == "surge"]
+        delays[bool(fast)] = ep["delay_s"]
+        notes = [n for n in doc["notes"] if "fast level" in n]
+        assert len(notes) == (1 if fast else 0)
+    assert "raised after 30 s at severity 2" in notes[0]
+    assert delays[True] < delays[False]  # far above its threshold: the fast level raised it sooner
+    capsys.readouterr()
+    rc = main(["evaluate", str(tmp_path / "tiny"), "--data", str(data), "--fast-delay", "30"])
+    assert rc == 2 and "give --calibrate with --fast-delay" in capsys.readouterr().err
+
+
 def test_label_column_episodes_take_class_names_from_the_data(tmp_path: Path) -> None:
     path = tmp_path / "labelled.csv"
     rows = ["timestamp,P1.Level,p1_state,p2_state"]
