@@ -534,6 +534,10 @@ class CalibrationData:
         return n
 
 
+def _calibration_sets(data: Sequence[CalibrationData | tuple[AlarmInputs, float]]) -> list[CalibrationData]:
+    return [d if isinstance(d, CalibrationData) else CalibrationData(d[0], d[1]) for d in data]
+
+
 def calibrate(
     alarms: AlarmsConfig,
     data: Sequence[CalibrationData | tuple[AlarmInputs, float]],
@@ -550,7 +554,7 @@ def calibrate(
     source's observed values: the lowest value whose replay stays within the budget (a higher
     threshold never raises more, up to the chatter of off-delays).
     """
-    sets = [d if isinstance(d, CalibrationData) else CalibrationData(d[0], d[1]) for d in data]
+    sets = _calibration_sets(data)
     todo = [d for d in alarms.defs if d.high is not None and (sources is None or d.source in sources)]
     if not todo:
         raise ValueError("nothing to calibrate: no alarm definition with a high limit on the sources")
@@ -602,7 +606,7 @@ def sustained_peak(
     last value between frames), its running minimum over ``hold_s``, the maximum of that."""
     from numpy.lib.stride_tricks import sliding_window_view
 
-    sets = [d if isinstance(d, CalibrationData) else CalibrationData(d[0], d[1]) for d in data]
+    sets = _calibration_sets(data)
     best = -math.inf
     for c in sets:
         n = max(1, round(hold_s / c.period_s)) + 1  # samples spanning hold_s
