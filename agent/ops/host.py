@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from pathlib import Path
 
 __all__ = ["boot_id", "release_free_heap"]
@@ -27,9 +26,8 @@ def release_free_heap() -> bool:
     by itself), counted in its RSS for as long as it runs. Called once when start-up is done.
     False where the C library has no ``malloc_trim`` (musl, other systems): nothing is done.
     """
-    name = ctypes.util.find_library("c")
     try:
-        trim = ctypes.CDLL(name).malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim  # the process's own symbols: its C library's
     except (AttributeError, OSError):
         return False
     trim.argtypes = [ctypes.c_size_t]
