@@ -92,6 +92,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--no-classical", action="store_true", help="leave out the 3-sigma and EWMA detectors")
     e.add_argument("--calibrate", nargs="+", default=[], help="normal data: calibrate alert thresholds first")
     e.add_argument("--false-alerts-per-day", type=float, default=1.0, help="calibration target (default 1)")
+    e.add_argument(
+        "--fast-delay", type=float,
+        help="with --calibrate: give the model's alerts a fast level with this on-delay, s "
+        "(twice what the calibration data held that long; a limit with its own on-delay)",
+    )  # fmt: skip
     e.add_argument("--out", type=Path, default=Path("."), help="directory for evaluation.json (default: .)")
     f = sub.add_parser("forecast", help="train the demand forecast bundle from recordings")
     f.add_argument("--data", nargs="+", required=True, type=Path, help="training recordings (CSV)")
@@ -282,6 +287,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         classical=not args.no_classical,
         calibration=args.calibrate,
         false_alerts_per_day=args.false_alerts_per_day,
+        fast_delay_s=args.fast_delay,
     )
     print(f"{doc['model']} on {doc['rows']} rows ({doc['days']:.2f} days, every {doc['period_s']:g} s)")
     for n in doc["notes"]:

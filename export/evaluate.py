@@ -57,6 +57,7 @@ from export.dataconfig import read_events
 from export.tables import TimestampSpec, parse_times, read_table
 
 __all__ = [
+    "FAST_MARGIN",
     "CalibrationData",
     "Episode",
     "Labels",
@@ -80,7 +81,9 @@ __all__ = [
     "spec_assets",
     "spec_recordings",
     "summarise_delays",
+    "sustained_peak",
     "threshold_at",
+    "with_fast_limits",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -531,6 +534,10 @@ class CalibrationData:
         return n
 
 
+def _calibration_sets(data: Sequence[CalibrationData | tuple[AlarmInputs, float]]) -> list[CalibrationData]:
+    return [d if isinstance(d, CalibrationData) else CalibrationData(d[0], d[1]) for d in data]
+
+
 def calibrate(
     alarms: AlarmsConfig,
     data: Sequence[CalibrationData | tuple[AlarmInputs, float]],
@@ -547,7 +554,7 @@ def calibrate(
     source's observed values: the lowest value whose replay stays within the budget (a higher
     threshold never raises more, up to the chatter of off-delays).
     """
-    sets = [d if isinstance(d, CalibrationData) else CalibrationData(d[0], d[1]) for d in data]
+    sets = _calibration_sets(data)
     todo = [d for d in alarms.defs if d.high is not None and (sources is None or d.source in sources)]
     if not todo:
         raise ValueError("nothing to calibrate: no alarm definition with a high limit on the sources")
@@ -584,6 +591,68 @@ def calibrate(
                 lo = mid + 1
         new[d.code] = _with_high(d, float(cand[lo]))
     return alarms.model_copy(update={"defs": tuple(new[c.code] for c in alarms.defs)})
+
+
+FAST_MARGIN = 2.0
+"""How far above what normal operation held for the fast delay :func:`with_fast_limits` puts
+the fast limit."""
+
+
+def sustained_peak(
+    data: Sequence[CalibrationData | tuple[AlarmInputs, float]], source: str, hold_s: float
+) -> float:
+    """The highest level ``source`` stayed above for ``hold_s`` on the calibration ``data``
+    (normal time only): per asset, the engine's view of the source (a model output holds its
+    last value between frames), its running minimum over ``hold_s``, the maximum of that."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    sets = _calibration_sets(data)
+    best = -math.inf
+    for c in sets:
+        n = max(1, round(hold_s / c.period_s)) + 1  # samples spanning hold_s
+        for asset, cols in c.inputs.sources.items():
+            if source not in cols:
+                continue
+            v, present = cols[source]
+            last = np.maximum.accumulate(np.where(present, np.arange(len(v)), -1))  # index of the held value
+            held = np.where(last >= 0, v[np.maximum(last, 0)], np.nan)
+            held = np.where(np.isfinite(held), held, -np.inf)  # BAD input: the engine holds, raises nothing
+            held[~_normal_mask(c.inputs.t, c.labels.for_asset(asset))] = -np.inf
+            if len(held) >= n:
+                best = max(best, float(sliding_window_view(held, n).min(axis=1).max()))
+    return best
+
+
+def with_fast_limits(
+    alarms: AlarmsConfig,
+    data: Sequence[CalibrationData | tuple[AlarmInputs, float]],
+    delay_s: float,
+    sources: Sequence[str] | None = None,
+    margin: float = FAST_MARGIN,
+) -> AlarmsConfig:
+    """Give each calibrated alert on ``sources`` (default: every definition with a ``high``
+    limit and none above it) a ``high_high`` limit with its own, shorter on-delay ``delay_s``:
+    ``margin`` times the highest level the source held for ``delay_s`` in the normal
+    calibration ``data`` (and at least ``margin`` times the ``high`` limit), one severity up.
+    An exceedance that far beyond anything normal operation sustained is no transient: the
+    alert annunciates after ``delay_s`` instead of its own on-delay, at the higher severity.
+    Run it after :func:`calibrate` (the ``high`` limit is the calibrated one)."""
+    new = []
+    for d in alarms.defs:
+        if d.high is None or d.high_high is not None or (sources is not None and d.source not in sources):
+            new.append(d)
+            continue
+        if not 0 <= delay_s < d.on_delay_s:
+            raise ValueError(
+                f"alarm {d.name}: the fast delay {delay_s:g} s must be shorter than its {d.on_delay_s:g} s"
+            )
+        peak = sustained_peak(data, d.source, delay_s)
+        if not math.isfinite(peak):
+            raise ValueError(f"alarm {d.name}: its source {d.source!r} has no value in the calibration data")
+        value = margin * max(peak, d.high.value)
+        limit = Limit(value=value, severity=min(4, d.high.severity + 1), on_delay_s=delay_s)
+        new.append(d.model_copy(update={"high_high": limit}))
+    return alarms.model_copy(update={"defs": tuple(new)})
 
 
 def _with_high(d: AlarmDef, value: float) -> AlarmDef:
@@ -750,8 +819,11 @@ def run_evaluation(
     classical: bool = True,
     calibration: Sequence[str | Path] = (),
     false_alerts_per_day: float = 1.0,
+    fast_delay_s: float | None = None,
 ) -> tuple[list[MethodResult], dict[str, Any]]:
-    """``edge-export evaluate``: every method on the same data; returns results and the JSON."""
+    """``edge-export evaluate``: every method on the same data; returns results and the JSON.
+    ``fast_delay_s`` (with ``calibration``): the model's calibrated alerts get a fast level
+    (:func:`with_fast_limits`), reported in the notes and judged with it."""
     bundle = _load(bundle_path)
     m = bundle.manifest
     notes: list[str] = []
@@ -812,6 +884,8 @@ def run_evaluation(
     else:
         labels = Labels()
     cal_recs = [load_recording(calibration, tags, period)] if calibration else []
+    if fast_delay_s and not cal_recs:
+        raise ValueError("a fast level is set from calibration data: give --calibrate with --fast-delay")
     if cal_recs:
         notes.append(
             f"thresholds calibrated on {', '.join(map(str, calibration))} for {false_alerts_per_day:g} "
@@ -826,6 +900,16 @@ def run_evaluation(
             if srcs:
                 inputs = [(alarm_inputs(r, s)[0], r.period_s) for r in cal_recs]
                 s = replace(s, alarms=calibrate(s.alarms, inputs, false_alerts_per_day, srcs))
+                if fast_delay_s and name == methods[0][0]:
+                    s = replace(s, alarms=with_fast_limits(s.alarms, inputs, fast_delay_s, srcs))
+                    notes.extend(
+                        f"{d.name}: fast level {d.high_high.value:.6g} on {d.source} "
+                        f"({d.high_high.value / d.high.value:.2f}x its calibrated threshold "
+                        f"{d.high.value:.6g}), raised after {fast_delay_s:g} s at severity "
+                        f"{d.high_high.severity}"
+                        for d in s.alarms.defs
+                        if d.source in srcs and d.high is not None and d.high_high is not None
+                    )
         results.append(evaluate_method(name, rec, s, labels)[0])
     if classical:
         for label, (assets, alarms) in classical_setups(main_tags, period, delay).items():

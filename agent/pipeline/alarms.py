@@ -44,7 +44,9 @@ highest of its active limits. A classifier alarm is active while the output equa
 is one of ``in_classes``. A bad-PV alarm reads ``values[bad_key(source)]`` (1 while the input is
 not GOOD, 0 while it is; :mod:`agent.pipeline.sources` gives it) and the reason text from the
 ``reasons`` the caller passes (source → ``"<tag> BAD (<reason>)"``). ``on_delay_s``: the
-condition must hold that long (on consecutive good samples) before the alarm goes active;
+condition must hold that long (on consecutive good samples) before the alarm goes active (a
+limit may have its own: ``high_high: {value: 3, severity: 2, on_delay_s: 30}`` beside the
+alarm's 70 s raises it after 30 s far beyond its ``high``, after 70 s just beyond it);
 ``off_delay_s``: it must be gone that long before it clears. A ``None`` or non-finite value
 is BAD input: the alarm holds its state and any pending delay is cancelled (it restarts on the
 next good sample), so garbage never raises or clears anything. A source missing from
@@ -121,10 +123,15 @@ def bad_key(source: str) -> str:
 
 
 class Limit(FrozenModel):
-    """One limit of a limit alarm: the threshold and the severity while it is exceeded."""
+    """One limit of a limit alarm: the threshold and the severity while it is exceeded, and
+    optionally an on-delay of its own (default: the alarm's ``on_delay_s``)."""
 
     value: Annotated[float, Field(allow_inf_nan=False)]
     severity: Severity
+    on_delay_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    """How long this limit must be exceeded before it counts; e.g. a ``high_high`` far above a
+    model score's threshold with a shorter delay than the alarm's: an exceedance that large is
+    no transient, so it annunciates sooner (at the higher severity)."""
 
 
 class AlarmDef(FrozenModel):
@@ -297,6 +304,7 @@ class _Condition:
     name: str  # "high_high" | "high" | "low" | "low_low" | "class" | "bad"
     threshold: float
     severity: int
+    on_delay_s: float | None = None  # the limit's own on-delay (None: the alarm's)
     raw: bool = False  # instantaneous (hysteresis applied), before delays
     since: float = 0.0  # monotonic time ``raw`` last changed
     active: bool = False  # after on/off delays
@@ -372,7 +380,9 @@ def _new_slot(d: AlarmDef) -> _Slot:
     elif d.severity is not None:
         conds = [_Condition("class", math.nan, d.severity)]
     else:
-        conds = [_Condition(name, lim.value, lim.severity) for name, lim in d.limits().items()]
+        conds = [
+            _Condition(name, lim.value, lim.severity, lim.on_delay_s) for name, lim in d.limits().items()
+        ]
     slot = _Slot(
         d=d, conditions=conds, classes=d.classes(), is_alert=d.kind == "alert", input_key=d.input_key
     )
@@ -454,7 +464,12 @@ class AlarmEngine:
                 if raw != cond.raw:
                     cond.raw, cond.since = raw, now_mono
                 if raw != cond.active:
-                    delay = slot.d.on_delay_s if raw else slot.d.off_delay_s
+                    if not raw:
+                        delay = slot.d.off_delay_s
+                    elif cond.on_delay_s is None:
+                        delay = slot.d.on_delay_s
+                    else:
+                        delay = cond.on_delay_s
                     if now_mono - cond.since >= delay:
                         cond.active = raw
             updated.append(slot)

@@ -10,7 +10,8 @@ Two parts:
   tick (agent/inference.py schedules it), fed from TagTable samples or the period's means, with
   a quality mask and the configured bad-input policy. It emits
   a :class:`~agent.types.Frame` of raw values every ``stride`` ticks for the assets whose whole
-  window is valid; the scorer turns it into the model input with :func:`window_to_input`.
+  window is valid; the scorer turns it into the model input with :class:`FeatureFunction`
+  (:func:`window_to_input` with the manifest read once).
 
 A model never sees unknown garbage: a sample that is not GOOD, not a finite number, or outside
 the manifest's plausible range is *bad*. With ``bad_input: skip`` the asset is left out of
@@ -51,6 +52,7 @@ from agent.tagtable import TagTable
 from agent.types import Frame, QualityCode, Sample, utcnow
 
 __all__ = [
+    "FeatureFunction",
     "FeatureWindows",
     "InputContract",
     "WindowCounters",
@@ -84,21 +86,7 @@ class InputContract(Protocol):
 
 def normalise(values: npt.ArrayLike, contract: InputContract) -> FloatArray:
     """``(x - offset) / scale`` per role along the last axis (float64)."""
-    x = np.asarray(values, dtype=np.float64)
-    offset = np.array([r.normalisation.offset for r in contract.inputs], dtype=np.float64)
-    scale = np.array([r.normalisation.scale for r in contract.inputs], dtype=np.float64)
-    out: FloatArray = (x - offset) / scale
-    return out
-
-
-def _slope(z: FloatArray) -> FloatArray:
-    # Least-squares slope per role over the window, in normalised units per tick.
-    t = z.shape[-2]
-    if t < 2:
-        return np.zeros(z.shape[:-2] + z.shape[-1:], dtype=np.float64)
-    tt = np.arange(t, dtype=np.float64) - (t - 1) / 2.0
-    out: FloatArray = np.einsum("t,...tr->...r", tt, z) / float(np.sum(tt * tt))
-    return out
+    return FeatureFunction(contract).normalise(values)
 
 
 def window_to_input(values: npt.ArrayLike, manifest: InputContract) -> npt.NDArray[np.float32]:
@@ -108,49 +96,102 @@ def window_to_input(values: npt.ArrayLike, manifest: InputContract) -> npt.NDArr
     order, oldest row first. Returns ``[*features.shape(T, R)]`` (with the same leading batch
     axes). Raises ValueError when the shape does not fit the manifest or a value is not finite:
     windows with gaps must be skipped (or held) before they reach this function.
+    (:class:`FeatureFunction` is the same with the manifest read once, for repeated calls.)
     """
-    x = np.asarray(values, dtype=np.float64)
-    n_roles = len(manifest.inputs)
-    if x.ndim < 2 or x.shape[-1] != n_roles:
-        raise ValueError(
-            f"window shape {list(x.shape)} does not fit {n_roles} roles: expected [..., T, {n_roles}]"
+    return FeatureFunction(manifest)(values)
+
+
+class FeatureFunction:
+    """:func:`window_to_input` for one contract, with what it reads from the manifest prepared
+    once: the scorer calls it every frame, on windows of a few thousand values, where numpy's
+    per-call overhead is most of the cost (and more on cold caches). Every statistic is computed
+    as numpy's own function computes it (``mean``: the sum over the rows divided by their
+    count; ``std``: the square root of the mean squared deviation from that mean), so the result
+    is bit for bit what training saw (tests/unit/test_features.py holds it to the numpy
+    functions)."""
+
+    __slots__ = ("_flat", "_n_roles", "_offset", "_plan", "_recent", "_scale", "_sequence", "_slope_weights")
+
+    def __init__(self, contract: InputContract) -> None:
+        inputs = contract.inputs
+        spec = contract.features
+        self._n_roles = len(inputs)
+        self._offset = np.array([r.normalisation.offset for r in inputs], dtype=np.float64)
+        self._scale = np.array([r.normalisation.scale for r in inputs], dtype=np.float64)
+        self._sequence = spec.kind == "sequence"
+        self._flat = spec.kind == "flatten"
+        self._recent = spec.recent
+        # per stat: its name and whether it covers the recent rows only
+        self._plan = tuple(
+            (stat[len("recent_") :], True) if stat.startswith("recent_") else (stat, False)
+            for stat in spec.stats
         )
-    if not np.all(np.isfinite(x)):
-        raise ValueError("window contains values that are not finite (NaN/inf): skip or hold them first")
-    z = normalise(x, manifest)
-    spec = manifest.features
-    batch = z.shape[:-2]
-    out: FloatArray
-    if spec.kind == "sequence":
-        out = z
-    elif spec.kind == "flatten":
-        out = z.reshape(*batch, z.shape[-2] * n_roles)
-    else:
-        recent = z[..., -spec.recent :, :] if spec.recent is not None else z
-        parts: list[FloatArray] = []
-        for stat in spec.stats:
-            name, rows = (stat[len("recent_") :], recent) if stat.startswith("recent_") else (stat, z)
-            parts.append(_stat(name, rows))
-        out = np.concatenate(parts, axis=-1)
-    return out.astype(np.float32)
+        self._slope_weights: dict[int, tuple[FloatArray, float]] = {}  # rows → weights, sum of squares
 
+    def normalise(self, values: npt.ArrayLike) -> FloatArray:
+        """``(x - offset) / scale`` per role along the last axis (float64)."""
+        x = np.asarray(values, dtype=np.float64)
+        out: FloatArray = (x - self._offset) / self._scale
+        return out
 
-def _stat(name: str, z: FloatArray) -> FloatArray:
-    # One summary statistic per role over the rows of z ([..., T, R] → [..., R]).
-    out: FloatArray
-    if name == "mean":
-        out = z.mean(axis=-2)
-    elif name == "std":
-        out = z.std(axis=-2)
-    elif name == "min":
-        out = z.min(axis=-2)
-    elif name == "max":
-        out = z.max(axis=-2)
-    elif name == "last":
-        out = z[..., -1, :]
-    else:
-        out = _slope(z)
-    return out
+    def __call__(self, values: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        x = np.asarray(values, dtype=np.float64)
+        n_roles = self._n_roles
+        if x.ndim < 2 or x.shape[-1] != n_roles:
+            raise ValueError(
+                f"window shape {list(x.shape)} does not fit {n_roles} roles: expected [..., T, {n_roles}]"
+            )
+        if not np.isfinite(x).all():
+            raise ValueError("window contains values that are not finite (NaN/inf): skip or hold them first")
+        z = self.normalise(x)
+        batch = z.shape[:-2]
+        if self._sequence:
+            return z.astype(np.float32)
+        if self._flat:
+            return z.reshape(*batch, z.shape[-2] * n_roles).astype(np.float32)
+        out = np.empty((*batch, len(self._plan) * n_roles), dtype=np.float32)
+        sums: dict[bool, FloatArray] = {}  # per row set: the sum over its rows (mean and std)
+        for k, (name, recent) in enumerate(self._plan):
+            rows = z[..., -self._recent :, :] if recent and self._recent is not None else z
+            out[..., k * n_roles : (k + 1) * n_roles] = self._stat(name, rows, recent, sums)
+        return out
+
+    def _stat(self, name: str, z: FloatArray, key: bool, sums: dict[bool, FloatArray]) -> FloatArray:
+        # One summary statistic per role over the rows of z ([..., T, R] → [..., R]).
+        out: FloatArray
+        t = z.shape[-2]
+        if name in ("mean", "std"):
+            total = sums.get(key)
+            if total is None:
+                total = sums[key] = np.add.reduce(z, axis=-2)
+            if name == "mean":
+                out = total / t  # np.mean
+            else:  # np.std (ddof 0): the same operations in the same order
+                dev = z - total[..., None, :] / t
+                np.multiply(dev, dev, out=dev)
+                out = np.sqrt(np.add.reduce(dev, axis=-2) / t)
+        elif name == "min":
+            out = np.minimum.reduce(z, axis=-2)
+        elif name == "max":
+            out = np.maximum.reduce(z, axis=-2)
+        elif name == "last":
+            out = z[..., -1, :]
+        else:
+            out = self._slope(z)
+        return out
+
+    def _slope(self, z: FloatArray) -> FloatArray:
+        # Least-squares slope per role over the window, in normalised units per tick.
+        t = z.shape[-2]
+        if t < 2:
+            return np.zeros(z.shape[:-2] + z.shape[-1:], dtype=np.float64)
+        weights = self._slope_weights.get(t)
+        if weights is None:
+            tt = np.arange(t, dtype=np.float64) - (t - 1) / 2.0
+            weights = self._slope_weights[t] = (tt, float(np.sum(tt * tt)))
+        tt, denominator = weights
+        out: FloatArray = np.einsum("t,...tr->...r", tt, z) / denominator
+        return out
 
 
 def sliding_windows(series: npt.ArrayLike, length: int, stride: int) -> FloatArray:

@@ -2,7 +2,7 @@
 
 Contract of :meth:`Scorer.score`:
 
-* Called from the event loop. The features (:func:`~agent.pipeline.features.window_to_input`)
+* Called from the event loop. The features (:class:`~agent.pipeline.features.FeatureFunction`)
   and the session call run in an executor thread (the default one, i.e. what
   :func:`asyncio.to_thread` uses, unless one is given), unless the model is measured *small*:
   of its last :data:`INLINE_WINDOW` calls (at least :data:`INLINE_WARMUP`, the first ones
@@ -28,7 +28,10 @@ Contract of :meth:`Scorer.score`:
   model stays busy until the thread is done, so a cancelled call can never overlap the next.
   :meth:`Scorer.drain` waits for it (shutdown: "drain scorer").
 * Outputs are mapped to named values per the manifest; an output with an ``"alarm"``
-  threshold adds ``<name>_alarm`` (0/1), and ``anomaly`` is 1 when any of them is.
+  threshold adds ``<name>_alarm`` (0/1), and ``anomaly`` is 1 when any of them is; a positive
+  threshold also ``<name>_ratio``, the output over it (1.0 at the threshold: an alert can then
+  take a second, shorter-delayed limit far above the threshold without naming the bundle's
+  calibrated value, configs/demo.yaml's ``anomaly``).
 * Failures (onnxruntime errors, wrong output shapes, non-finite outputs) raise ModelError and
   are counted; the first failure and the recovery are logged once each.
 """
@@ -48,7 +51,7 @@ import structlog
 from agent.errors import ModelError
 from agent.modelstore.bundle import Bundle
 from agent.modelstore.manifest import Manifest
-from agent.pipeline.features import window_to_input
+from agent.pipeline.features import FeatureFunction
 from agent.stats import LatencyStats
 from agent.types import Frame, Score
 
@@ -102,27 +105,29 @@ def map_outputs(
         if not np.all(np.isfinite(arr)):
             raise ModelError(f"{who} output {spec.name}: session returned values that are not finite")
         alarm = spec.thresholds.get("alarm")
+        values = arr.tolist()  # Python floats: one conversion, not one per element
         for i in range(n_assets):
             outputs, label = results[i]
             if arr.ndim == 1:
-                value = float(arr[i])
+                value = values[i]
                 outputs[spec.name] = value
                 if alarm is not None:
                     flag = 1.0 if value > alarm else 0.0
                     outputs[f"{spec.name}_alarm"] = flag
                     outputs["anomaly"] = max(outputs.get("anomaly", 0.0), flag)
+                    if alarm > 0:
+                        outputs[f"{spec.name}_ratio"] = value / alarm
             else:
-                row = arr[i]
+                row = values[i]
                 if spec.labels is not None:
-                    for name, v in zip(spec.labels, row, strict=True):
-                        outputs[f"{spec.name}.{name}"] = float(v)
-                    best = int(np.argmax(row))
+                    outputs.update(zip([f"{spec.name}.{name}" for name in spec.labels], row, strict=True))
+                    best = row.index(max(row))  # np.argmax: the first of the largest
                     outputs[f"{spec.name}.class"] = float(best)  # the class code, for HMI tags
                     if label is None:
                         label = spec.labels[best]
                 else:
                     for j, v in enumerate(row):
-                        outputs[f"{spec.name}[{j}]"] = float(v)
+                        outputs[f"{spec.name}[{j}]"] = v
             results[i] = (outputs, label)
     return results
 
@@ -149,6 +154,7 @@ class Scorer:
         """Calls run inline on the loop (the rest of :attr:`calls` ran in the executor)."""
         self._recent: deque[float] = deque(maxlen=INLINE_WINDOW)
         self._cpu_cost = bundle.threads == 1  # see the module docstring
+        self._features = FeatureFunction(self.manifest)
 
     @property
     def inline(self) -> bool:
@@ -169,7 +175,7 @@ class Scorer:
         # Returns the outputs, the wall time and the cost the inline decision is made on.
         start, cpu = time.perf_counter(), time.thread_time()
         try:
-            x = window_to_input(values, self.manifest).astype(self._dtype, copy=False)
+            x = self._features(values).astype(self._dtype, copy=False)
         except ValueError as exc:
             raise ModelError(f"model {self.manifest.ident}: {exc}") from None
         outputs = self.bundle.run({self.manifest.model_input.name: x})

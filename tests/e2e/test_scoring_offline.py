@@ -2,7 +2,8 @@
 
 The shipped ``models/seq-pump`` bundle, bound as configs/demo.yaml binds its anomaly model
 (pump1 and pump2, ``bad_input: hold`` for 3 cycles), with the demo's anomaly alert read from
-seq-pump (``seq-pump.anomaly``, on-delay 70 s: the delay its threshold was calibrated with) and
+seq-pump (``seq-pump.score_ratio`` above 1, on-delay 70 s: the delay its threshold was calibrated with;
+above 2, 30 s: its fast level) and
 the demo's bad-PV alarm (``model_input_bad``, ``kind: bad_pv`` on every tag the model reads).
 The agent's framing and features (``agent/pipeline/features.py``), ``map_outputs`` and the real
 ``AlarmEngine``. Recordings come from the embedded plant at the manifest's 1 s period, on seeds
@@ -79,7 +80,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO_PATH = REPO / "configs" / "demo.yaml"
 DEMO = load_config(DEMO_PATH)
 (DEMO_ALERT,) = [d for d in DEMO.alarms.defs if d.name == "anomaly"]
-DEMO_MODEL = DEMO_ALERT.source.removesuffix(".anomaly")
+DEMO_MODEL, DEMO_OUTPUT = DEMO_ALERT.source.rsplit(".", 1)
 (DEMO_BINDING,) = [m for m in DEMO.models if m.name == DEMO_MODEL]
 (DEMO_BAD_PV,) = [d for d in DEMO.alarms.defs if d.kind == "bad_pv" and d.source == DEMO_MODEL]
 
@@ -88,7 +89,7 @@ BUNDLE_DIR = REPO / "models" / BINDING_NAME
 # configs/demo.yaml's binding (hold 3 cycles; speed_history bound to the speed tag as well)
 BINDING = DEMO_BINDING.model_copy(update={"name": BINDING_NAME, "bundle": BUNDLE_DIR})
 SEQ_ON_DELAY_S = 70.0  # the window and a frame: its threshold was calibrated with it (models/README.md)
-SEQ_ALERT = DEMO_ALERT.model_copy(update={"source": f"{BINDING_NAME}.anomaly", "on_delay_s": SEQ_ON_DELAY_S})
+SEQ_ALERT = DEMO_ALERT.model_copy(update={"source": f"{BINDING_NAME}.{DEMO_OUTPUT}", "on_delay_s": SEQ_ON_DELAY_S})
 ALERT = SEQ_ALERT
 BAD_PV = DEMO_BAD_PV.model_copy(update={"source": BINDING_NAME})
 ALARMS = AlarmsConfig(defs=(ALERT,))
@@ -217,7 +218,12 @@ def test_demo_config_is_the_tested_config() -> None:
     alerted exactly so (only the source and its calibrated on-delay differ)."""
     for asset in DEMO.assets:
         assert asset.anomaly_source is not None and asset.anomaly_source.startswith(f"{DEMO_MODEL}.")
-    assert DEMO_ALERT.kind == "alert" and DEMO_ALERT.high is not None and DEMO_ALERT.high.value == 0.5
+    # the score over the bundle's calibrated threshold: above 1 for the calibrated on-delay, and a
+    # fast level far above it with a shorter one of its own
+    assert DEMO_ALERT.kind == "alert" and DEMO_OUTPUT == "score_ratio"
+    assert DEMO_ALERT.high is not None and DEMO_ALERT.high.value == 1.0
+    hh = DEMO_ALERT.high_high
+    assert hh is not None and hh.value >= 2.0 and hh.on_delay_s is not None and hh.on_delay_s < DEMO_ALERT.on_delay_s
     assert (DEMO_BINDING.assets, DEMO_BINDING.bad_input, DEMO_BINDING.hold_limit) == (
         BINDING.assets,
         BINDING.bad_input,

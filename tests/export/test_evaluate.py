@@ -9,14 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.replay import Recording, alarm_inputs
+from agent.pipeline.alarms import AlarmDef, AlarmsConfig
+from agent.replay import AlarmInputs, Recording, alarm_inputs
 from export.cli import main
 from export.evaluate import (
+    CalibrationData,
+    Episode,
+    Labels,
     calibrate,
     derived_setup,
     false_alerts_per_day,
     label_column_episodes,
     load_recording,
+    sustained_peak,
+    with_fast_limits,
 )
 from tests.replay_fixtures import T0, iso, make_bundle, step_series, write_wide_csv
 
@@ -113,6 +119,75 @@ def test_calibration_reaches_its_budget_on_calibration_data_and_is_reported_on_o
     # reported on separate data: a number, not the target by construction
     other = false_alerts_per_day(tuned, alarm_inputs(test, setup)[0], 60.0)
     assert np.isfinite(other) and other >= 0
+
+
+def _frames(levels: list[tuple[float, int]], frame_s: int = 10) -> AlarmInputs:
+    """One asset's score at 1 s cycles, present every ``frame_s`` (a model's frames):
+    ``levels`` are (value, seconds) runs."""
+    v = np.concatenate([np.full(n, x) for x, n in levels])
+    present = np.zeros(len(v), dtype=bool)
+    present[::frame_s] = True
+    t = T0.timestamp() + np.arange(len(v), dtype=np.float64)
+    return AlarmInputs(t, ("p1",), {"p1": {"m.score": (v, present)}})
+
+
+def test_sustained_peak_is_the_highest_level_held_for_the_delay() -> None:
+    # a 10 s frame at 10, a 40 s plateau at 3, a 60 s plateau at 8 inside a labelled episode
+    inputs = _frames([(0.5, 100), (10.0, 10), (0.5, 100), (3.0, 40), (0.5, 100), (8.0, 60), (0.5, 100)])
+    t0 = float(inputs.t[0])
+    labels = Labels((Episode(t0 + 345, t0 + 420, "p1", "fault"),))
+    data = [CalibrationData(inputs, 1.0, labels)]
+    assert sustained_peak(data, "m.score", 30.0) == 3.0  # the spike is too short, the episode not normal
+    assert sustained_peak(data, "m.score", 5.0) == 10.0
+    assert sustained_peak([CalibrationData(inputs, 1.0)], "m.score", 30.0) == 8.0  # unlabelled: normal
+
+
+def test_fast_limit_raises_sooner_far_beyond_and_never_on_its_calibration_data() -> None:
+    alert = AlarmDef.model_validate({"name": "anomaly", "code": 1, "kind": "alert", "source": "m.score",
+                                     "high": {"value": 1.0, "severity": 1}, "on_delay_s": 70.0, "off_delay_s": 30.0})
+    alarms = AlarmsConfig(defs=(alert,))
+    cal = [(_frames([(0.5, 200), (2.0, 60), (0.5, 200), (1.5, 100), (0.5, 200)]), 1.0)]
+    fast = with_fast_limits(alarms, cal, 30.0)
+    (d,) = fast.defs
+    assert d.high == alert.high and d.on_delay_s == 70.0
+    assert d.high_high is not None and d.high_high.on_delay_s == 30.0 and d.high_high.severity == 2
+    assert d.high_high.value == 2 * 2.0  # the margin over the 60 s plateau at 2.0
+    # the calibration data: what it raised before, no more
+    assert false_alerts_per_day(fast, cal[0][0], 1.0) == false_alerts_per_day(alarms, cal[0][0], 1.0)
+    # an exceedance far beyond: raised after 30 s by the fast limit, never by the slow one alone
+    step = _frames([(0.5, 200), (9.0, 50), (0.5, 200)])
+    assert false_alerts_per_day(alarms, step, 1.0) == 0
+    assert false_alerts_per_day(fast, step, 1.0) > 0
+    with pytest.raises(ValueError, match="must be shorter"):
+        with_fast_limits(alarms, cal, 70.0)
+
+
+def test_evaluate_cli_sets_a_fast_level_from_the_calibration_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_bundle(tmp_path / "tiny", period_s=30.0, columns=COLUMNS)
+    data = _data(tmp_path, 2880, 30.0, {"p1": [(700, 760, 20.0)]}, seed=1)
+    cal = _data(tmp_path, 2880, 30.0, {}, seed=7)
+    events = tmp_path / "events.csv"
+    events.write_text(
+        f"start,end,asset,class\n{iso(T0 + timedelta(seconds=21000))},{iso(T0 + timedelta(seconds=22800))},p1,surge\n"
+    )
+    delays = {}
+    for fast in ([], ["--fast-delay", "30"]):
+        out = tmp_path / f"out{len(fast)}"
+        rc = main(["evaluate", str(tmp_path / "tiny"), "--data", str(data), "--events", str(events),
+                   "--calibrate", str(cal), "--no-classical", "--out", str(out), *fast])
+        assert rc == 0
+        doc = json.loads((out / "evaluation.json").read_text())
+        (ep,) = [e for e in doc["methods"][0]["per_episode"] if e["class"] == "surge"]
+        delays[bool(fast)] = ep["delay_s"]
+        notes = [n for n in doc["notes"] if "fast level" in n]
+        assert len(notes) == (1 if fast else 0)
+    assert "raised after 30 s at severity 2" in notes[0]
+    assert delays[True] < delays[False]  # far above its threshold: the fast level raised it sooner
+    capsys.readouterr()
+    rc = main(["evaluate", str(tmp_path / "tiny"), "--data", str(data), "--fast-delay", "30"])
+    assert rc == 2 and "give --calibrate with --fast-delay" in capsys.readouterr().err
 
 
 def test_label_column_episodes_take_class_names_from_the_data(tmp_path: Path) -> None:

@@ -154,6 +154,28 @@ def test_on_delay_ignores_short_excursions() -> None:
     assert out[0].value == 85 and RESPONSE in out[0].message and "HIGH limit 80" in out[0].message
 
 
+def test_a_limit_with_its_own_on_delay_raises_sooner_far_beyond() -> None:
+    # an anomaly score's alert: 70 s just above its threshold, 30 s far above it
+    rig = Rig(adef(kind="alert", response="", high=hi(1.0, 1),
+                   high_high={"value": 3.0, "severity": 2, "on_delay_s": 30}, on_delay_s=70))
+    # far above for 29 s, then just above: nothing before 70 s of exceeding the high limit
+    assert rig.series("temp", [5.0] * 29 + [1.5] * 41) == []
+    out = rig.series("temp", [1.5])
+    assert states(out) == [(AlarmState.UNACK, 1)]  # 70 s after the first sample above 1.0
+    rig.series("temp", [0.5] * 5)
+    rig.ack()
+    assert rig.state() is AlarmState.NORMAL
+    # far above: raised after 30 s at the high_high severity, not after 70
+    assert rig.series("temp", [5.0] * 30) == []
+    out = rig.series("temp", [5.0])
+    assert states(out) == [(AlarmState.UNACK, 2)] and "HIGH_HIGH limit 3" in out[0].message
+
+
+def test_a_limits_on_delay_is_validated() -> None:
+    with pytest.raises(ValidationError, match="greater than or equal to 0"):
+        adef(high={"value": 1.0, "severity": 1, "on_delay_s": -1})
+
+
 def test_off_delay_holds_through_short_returns() -> None:
     rig = Rig(adef(high=hi(80), off_delay_s=3))
     assert states(rig.series("temp", [85])) == [(AlarmState.UNACK, 2)]

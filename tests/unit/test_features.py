@@ -14,7 +14,7 @@ from hypothesis.extra import numpy as hnp
 
 from agent.modelstore.binding import ModelBinding
 from agent.modelstore.manifest import Manifest
-from agent.pipeline.features import FeatureWindows, sliding_windows, window_to_input
+from agent.pipeline.features import FeatureFunction, FeatureWindows, sliding_windows, window_to_input
 from agent.tagtable import TagTable
 from agent.types import Frame, Quality, Sample
 
@@ -134,6 +134,34 @@ def test_batched_equals_one_by_one(x: np.ndarray) -> None:
     batched = window_to_input(x, m)
     singles = np.stack([window_to_input(w, m) for w in x])
     np.testing.assert_allclose(batched, singles, rtol=1e-6, atol=1e-5)
+
+
+def _numpy_summary(z: np.ndarray, stats: tuple[str, ...], recent: int | None) -> np.ndarray:
+    # the statistics as numpy's own functions give them (what the bundles were trained on)
+    parts = []
+    for stat in stats:
+        name, rows = (stat[len("recent_"):], z[..., -recent:, :]) if stat.startswith("recent_") else (stat, z)
+        t = np.arange(rows.shape[-2], dtype=np.float64) - (rows.shape[-2] - 1) / 2.0
+        parts.append({
+            "mean": lambda r: r.mean(axis=-2), "std": lambda r: r.std(axis=-2),
+            "min": lambda r: r.min(axis=-2), "max": lambda r: r.max(axis=-2), "last": lambda r: r[..., -1, :],
+            "slope": lambda r, t=t: np.einsum("t,...tr->...r", t, r) / float(np.sum(t * t)),
+        }[name](rows))
+    return np.concatenate(parts, axis=-1).astype(np.float32)
+
+
+@settings(max_examples=40, deadline=None)
+@given(hnp.arrays(np.float64, (2, 6, 2), elements=st.floats(-1e3, 1e3)))
+def test_feature_function_is_bit_for_bit_the_numpy_statistics(x: np.ndarray) -> None:
+    # the scorer's prepared feature function computes mean and std from one sum: it must
+    # still give exactly what np.mean / np.std give, which the shipped bundles were trained on
+    stats = ("mean", "std", "min", "max", "last", "slope", "recent_mean", "recent_std", "recent_slope")
+    m = manifest(length=6, kind="summary", stats=stats, recent=3)
+    z = (x - np.array([2.0, 0.0])) / np.array([0.5, 20.0])
+    expected = _numpy_summary(z, stats, 3)
+    assert np.array_equal(FeatureFunction(m)(x), expected)
+    assert np.array_equal(window_to_input(x, m), expected)
+    assert np.array_equal(window_to_input(x[0], m), expected[0])
 
 
 def test_window_to_input_refuses_nan_and_wrong_shape() -> None:

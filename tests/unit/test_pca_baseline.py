@@ -303,5 +303,5 @@ async def test_shipped_pca_pump_bundle_loads_and_scores_two_pumps_in_one_call() 
     scores = await scorer.score(f)
     assert runs == [2]
     for s in scores:
-        assert set(s.outputs) == {"t2", "spe", "t2_alarm", "spe_alarm", "anomaly"}
+        assert set(s.outputs) == {"t2", "spe", "t2_alarm", "spe_alarm", "t2_ratio", "spe_ratio", "anomaly"}
         assert np.isfinite(s.outputs["t2"]) and np.isfinite(s.outputs["spe"])

@@ -142,6 +142,7 @@ async def test_two_assets_scored_by_one_session_in_one_call(bundle: Bundle) -> N
         assert s.outputs["score"] == pytest.approx(float(x[i] @ W), rel=1e-5)
         assert s.outputs["score_alarm"] == (1.0 if x[i] @ W > 5.0 else 0.0)
         assert s.outputs["anomaly"] == s.outputs["score_alarm"]
+        assert s.outputs["score_ratio"] == pytest.approx(float(x[i] @ W) / 5.0, rel=1e-5)
         probs = [s.outputs[f"probs.{label}"] for label in LABELS]
         assert sum(probs) == pytest.approx(1.0, rel=1e-5)
         assert s.label == LABELS[int(np.argmax(probs))]
