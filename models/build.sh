@@ -74,7 +74,8 @@ done
   --operating speed --operating flow --operating speed_history \
   --ewma speed_history=1800 \
   --train-stride 20 --on-delay 70 --false-alerts-per-day 0.5 --epochs 12 \
-  --out models/seq-pump --name seq-pump --version 3 --key export/keys/dev-ed25519.pem
+  --score-ensemble 2 --vote min \
+  --out models/seq-pump --name seq-pump --version 4 --key export/keys/dev-ed25519.pem
 # Distillation was tried on these recordings' predecessors and lost its gate (models/README.md):
 # add --teacher-channels 40 --teacher-epochs 20 --channels 24 --prune 0.66 --finetune-epochs 12
 # --seeds 3 --validate "$REC/faults-s301.csv" --label Pump1=pump1_fault_code
