@@ -90,3 +90,22 @@ def test_the_chain_appends_them_by_class_name_and_refuses_unknown_ones() -> None
         with_synthetic_faults(
             SyntheticFaults(roles=["level"], drift="drift", drift_windows=3), ds, seed=0, what="model m"  # type: ignore[arg-type]
         )
+
+
+def test_the_synthetic_config_names_classes_and_roles_of_its_data() -> None:
+    from pathlib import Path
+
+    from export.dataconfig import data_spec
+    from export.pipeline import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "export-teachers-synthetic.yaml")
+    (m,) = cfg.models
+    assert m.synthetic is not None and not str(m.out).startswith("models")  # never over the shipped bundle
+    roles = {r.role for r in data_spec(m.data).roles}
+    assert set(m.synthetic.roles) <= roles and len(m.synthetic.roles) == 5
+    classes = set(m.data.classes.values())
+    assert {m.synthetic.stuck, m.synthetic.drift} <= classes
+    assert m.synthetic.stuck_windows > 0 and m.synthetic.drift_windows > 0
+    # the test seeds are never trained on, in either form
+    train = {s for st in cfg.recordings.sets if st.split != "test" for s in st.seeds}
+    assert not train & {s for st in cfg.recordings.sets if st.split == "test" for s in st.seeds}
