@@ -82,7 +82,7 @@ def ceiling(bundle_dir: Path, pairs: Sequence[tuple[Path, Path]], *, run_model: 
     model = load_bundle(bundle_dir, allow_unsigned=True) if run_model else None
     names = list(man.outputs[0].labels or ())
     spike_has, spike_ok, drift_z, drift_ok, drift_age = [], [], [], [], []
-    stuck_moves, stuck_ok, stuck_tag = [], [], []
+    stuck_moves, stuck_ok, stuck_tag, stuck_pred = [], [], [], []
     normal_std: list[np.ndarray] = []
     for faulty, clean in pairs:
         for n, asset in enumerate(cols, start=1):
@@ -114,6 +114,7 @@ def ceiling(bundle_dir: Path, pairs: Sequence[tuple[Path, Path]], *, run_model: 
             stuck_ok.append(
                 pred[m] == names.index("sensor_stuck") if pred is not None else np.zeros(int(m.sum()), bool)
             )
+            stuck_pred.append(pred[m] if pred is not None else np.full(int(m.sum()), -1))
             # onset row of every run of a code: the age of a drift window
             lab = a[:, -1]
             for kind, has, okl in ((SPIKE, spike_has, spike_ok), (DRIFT, None, drift_ok)):
@@ -135,6 +136,7 @@ def ceiling(bundle_dir: Path, pairs: Sequence[tuple[Path, Path]], *, run_model: 
     out: dict[str, Any] = {"bundle": str(bundle_dir), "files": [str(p) for pr in pairs for p in pr]}
     moves, hit = np.concatenate(stuck_moves), np.concatenate(stuck_ok)
     frozen_tag = np.concatenate(stuck_tag)
+    called = np.concatenate(stuck_pred)
     out["sensor_stuck"] = {
         "windows": len(moves),
         "share_frozen_where_the_reading_moved": float(moves.mean()),
@@ -142,7 +144,11 @@ def ceiling(bundle_dir: Path, pairs: Sequence[tuple[Path, Path]], *, run_model: 
             hit, {"": np.ones(len(hit), bool), "_where_moved": moves, "_steady_anyway": ~moves}, run_model
         ),
         "by_tag": {
-            man.inputs[k].role: _recall(hit, {"": moves & (frozen_tag == k)}, run_model)
+            man.inputs[k].role: {
+                **_recall(hit, {"": moves & (frozen_tag == k)}, run_model),
+                # what the classifier called the frozen windows of this tag (every class it chose)
+                "called": _called(called[moves & (frozen_tag == k)], names) if run_model else None,
+            }
             for k in np.unique(frozen_tag[moves])
         },
     }
@@ -189,6 +195,13 @@ def _recall(hit: np.ndarray, parts: dict[str, np.ndarray], run_model: bool) -> d
         out[f"windows{suffix}"] = int(m.sum())
         out[f"recall{suffix}"] = float(hit[m].mean()) if run_model and m.any() else None
     return out
+
+
+def _called(pred: np.ndarray, names: Sequence[str]) -> dict[str, int]:
+    """How many windows the classifier gave each class, most first."""
+    kinds, counts = np.unique(pred, return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    return {names[int(kinds[i])]: int(counts[i]) for i in order}
 
 
 def _onset(label: np.ndarray, end: int) -> int:

@@ -53,6 +53,7 @@ from agent.modelstore.manifest import (
 )
 from agent.modelstore.signing import sign_bundle
 from export import baselines, gates, quantize, report
+from export.augment import drifted_windows, frozen_windows
 from export.data import (
     NORMAL,
     Contract,
@@ -93,7 +94,16 @@ from export.train import (
     seed_everything,
 )
 
-__all__ = ["ExportConfig", "ModelConfig", "export_model", "load_config", "package", "record_all"]
+__all__ = [
+    "ExportConfig",
+    "ModelConfig",
+    "SyntheticFaults",
+    "export_model",
+    "load_config",
+    "package",
+    "record_all",
+    "with_synthetic_faults",
+]
 
 # --------------------------------------------------------------------------- config
 
@@ -176,6 +186,23 @@ class OutputNaming(_Strict):
     meaning: str = ""
 
 
+class SyntheticFaults(_Strict):
+    """Synthetic sensor-fault windows added to a classifier's labelled training windows
+    (:mod:`export.augment`): copies of normal windows with one of ``roles`` frozen (class
+    ``stuck``) or offset (class ``drift``), so every tag a sensor fault can hit is taught, not
+    only the tags the labelled days happened to hit. Class names are the data's (``classes``)."""
+
+    roles: Annotated[list[str], Field(min_length=1)]
+    stuck: str | None = None  # the frozen-sensor class
+    stuck_windows: Annotated[int, Field(ge=0)] = 0
+    stuck_max_age_s: Annotated[float, Field(ge=0)] = 1800.0  # the freeze began up to this long before
+    drift: str | None = None  # the drifting-sensor class
+    drift_windows: Annotated[int, Field(ge=0)] = 0
+    # the offset's size: uniform in [drift_min_share, 1] x drift_max_share of the role's sensor range
+    drift_max_share: Annotated[float, Field(gt=0)] = 0.08
+    drift_min_share: Annotated[float, Field(ge=0, le=1)] = 0.25
+
+
 class ModelConfig(_Strict):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._\-]*$")]
     version: str = "1"
@@ -218,6 +245,7 @@ class ModelConfig(_Strict):
     detection_gate: bool = True
     rul_cap_h: float = 8.0
     output: OutputNaming = OutputNaming()
+    synthetic: SyntheticFaults | None = None  # a classifier's synthetic sensor-fault windows
     baselines: bool = False  # also build Isolation Forest / LOF / kNN and report their delays
     fit: FitSettings = FitSettings()
 
@@ -784,6 +812,49 @@ def _replay_detection(
 # --------------------------------------------------------------------------- the chain
 
 
+def with_synthetic_faults(sf: SyntheticFaults, ds: Dataset, *, seed: int, what: str) -> Windows:
+    """``ds.train`` with the synthetic sensor-fault windows of ``sf`` appended (their values
+    from ``ds.train``'s own normal windows; see :mod:`export.augment`)."""
+    names = [r.role for r in ds.spec.roles]
+    missing = [r for r in sf.roles if r not in names]
+    if missing:
+        raise ValueError(f"{what}: synthetic.roles {missing} are not inputs of the model ({names})")
+    idx = [names.index(r) for r in sf.roles]
+    code_of = {v: k for k, v in ds.labels.items()}
+    parts = [ds.train]
+    for kind, cls, n in (("stuck", sf.stuck, sf.stuck_windows), ("drift", sf.drift, sf.drift_windows)):
+        if cls is None or n == 0:
+            continue
+        if cls not in code_of:
+            raise ValueError(f"{what}: synthetic.{kind} {cls!r} is not a class of the data {sorted(code_of)}")
+        if kind == "stuck":
+            parts.append(
+                frozen_windows(
+                    ds.train,
+                    idx,
+                    code_of[cls],
+                    n,
+                    max_age_s=sf.stuck_max_age_s,
+                    period_s=ds.spec.window.sample_period_s,
+                    seed=seed,
+                )
+            )
+        else:
+            span = [ds.spec.roles[i].high - ds.spec.roles[i].low for i in idx]
+            parts.append(
+                drifted_windows(
+                    ds.train,
+                    idx,
+                    code_of[cls],
+                    n,
+                    max_offset=[sf.drift_max_share * s for s in span],
+                    min_share=sf.drift_min_share,
+                    seed=seed + 1,
+                )
+            )
+    return Windows.concat(parts, ds.spec.window.length, len(names))
+
+
 def _fitcfg(s: FitSettings, seed: int, desc: str, progress: bool, epochs: int | None = None) -> FitConfig:
     return FitConfig(
         epochs=epochs if epochs is not None else s.epochs,
@@ -886,6 +957,11 @@ def export_model(
         keep[normal] = False
         keep[normal[:: max(1, round(1 / cfg.normal_fraction))]] = True
         ds.train = ds.train.take(keep)
+    n_synthetic = 0
+    if cfg.synthetic is not None:
+        n0 = len(ds.train)
+        ds.train = with_synthetic_faults(cfg.synthetic, ds, seed=seed, what=f"model {cfg.name}")
+        n_synthetic = len(ds.train) - n0
     inputs = fit_normalisation(spec, ds.train_samples, training_range=ds.training_range)
     task = _Task(cfg, ds)
     tr, va, te = (
@@ -917,6 +993,7 @@ def export_model(
             "train_seeds": sorted({r.seed for r in recordings if r.split == "train" and r.seed is not None}),
             "test_seeds": sorted({r.seed for r in recordings if r.split == "test" and r.seed is not None}),
             "calibration_windows": len(ds.calibration) if ds.calibration is not None else 0,
+            "synthetic_windows": n_synthetic,
             "classes": {str(k): v for k, v in ds.labels.items()},
             "inputs": [
                 {"role": r.role, "unit": r.unit, "range": [r.low, r.high], "training_range": list(t)}

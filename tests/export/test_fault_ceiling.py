@@ -31,6 +31,10 @@ def test_the_clean_day_differs_only_by_the_sensor_faults(tmp_path: Path) -> None
         assert k["windows"] > 0 and 0.0 <= k["recall"] <= 1.0
         other = "_without" if kind == "sensor_spike" else "_steady_anyway"
         assert k[f"windows{part}"] + k[f"windows{other}"] == k["windows"]
+    assert r["sensor_stuck"]["by_tag"]
+    for tag in r["sensor_stuck"]["by_tag"].values():  # every frozen window is called something
+        assert sum(tag["called"].values()) == tag["windows"]
+        assert tag["called"].get("sensor_stuck", 0) == round(tag["recall"] * tag["windows"])
     d = r["sensor_drift"]
     assert d["windows"] == sum(b["windows"] for b in d["by_minutes_after_onset"].values())
     # the first minutes of a drift are the windows it hides in
