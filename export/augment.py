@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from export.data import NORMAL, Windows
 
-__all__ = ["frozen_windows"]
+__all__ = ["drifted_windows", "frozen_windows"]
 
 
 def frozen_windows(
@@ -43,12 +43,10 @@ def frozen_windows(
     """
     if not roles or n < 0:
         raise ValueError("frozen_windows needs at least one role and n >= 0")
-    normal = np.flatnonzero(w.label == NORMAL)
-    if not len(normal) or n == 0:
+    drawn = _normal_copies(w, n, seed)
+    if drawn is None:
         return w.take(np.zeros(len(w), bool))
-    rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(normal, size=n, replace=n > len(normal)))
-    out = w.take(pick)
+    rng, pick, out = drawn
     x = out.x.copy()
     role = np.asarray(roles, np.int64)[rng.integers(0, len(roles), n)]
     length = w.x.shape[1]
@@ -65,6 +63,20 @@ def frozen_windows(
         out.asset,
         out.end,
     )
+
+
+def _normal_copies(
+    w: Windows, n: int, seed: int
+) -> tuple[np.random.Generator, npt.NDArray[np.int64], Windows] | None:
+    """``n`` windows of normal operation drawn from ``w`` (with replacement when it has fewer):
+    the generator that drew them (its later draws depend on these), their indexes, the windows.
+    None when ``w`` holds no normal window or ``n`` is 0."""
+    normal = np.flatnonzero(w.label == NORMAL)
+    if not len(normal) or n == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(normal, size=n, replace=n > len(normal)))
+    return rng, pick, w.take(pick)
 
 
 def _source(w: Windows, i: int, row: int, length: int) -> int:
@@ -96,12 +108,10 @@ def drifted_windows(
     """
     if not roles or len(max_offset) != len(roles) or n < 0:
         raise ValueError("drifted_windows needs roles, one max_offset per role and n >= 0")
-    normal = np.flatnonzero(w.label == NORMAL)
-    if not len(normal) or n == 0:
+    drawn = _normal_copies(w, n, seed)
+    if drawn is None:
         return w.take(np.zeros(len(w), bool))
-    rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(normal, size=n, replace=n > len(normal)))
-    out = w.take(pick)
+    rng, _, out = drawn
     x = out.x.copy()
     k = rng.integers(0, len(roles), n)
     role = np.asarray(roles, np.int64)[k]
