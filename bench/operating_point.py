@@ -236,7 +236,7 @@ _INPUTS: dict[tuple[int, Path], object] = {}  # (the setup's models, recording) 
 def _evaluate(setup: object, tags: list[str], path: Path, labels: object) -> object:
     """Replay ``path`` through ``setup``'s models and alarms; methods that differ only in their
     alarms (seq-pump with and without its fast level) share the models' replay."""
-    from export.evaluate import _run_episodes, load_recording, score_method
+    from export.evaluate import load_recording, score_alarms
 
     key = (id(setup.models), path)  # type: ignore[attr-defined]
     if key not in _INPUTS:
@@ -246,10 +246,7 @@ def _evaluate(setup: object, tags: list[str], path: Path, labels: object) -> obj
         _INPUTS.clear()  # one recording's inputs at a time (memory): the methods run per recording
         _INPUTS[key] = (alarm_inputs(rec, setup)[0], rec.period_s)  # type: ignore[arg-type]
     inputs, period = _INPUTS[key]  # type: ignore[misc]
-    alarms = setup.alarms  # type: ignore[attr-defined]
-    res = score_method("m", inputs, _run_episodes(alarms, inputs), labels, period)  # type: ignore[arg-type]
-    res.thresholds = {d.source: d.high.value for d in alarms.defs if d.high is not None}
-    return res
+    return score_alarms("m", inputs, setup.alarms, labels, period)  # type: ignore[attr-defined,arg-type]
 
 
 # --------------------------------------------------------------------------- the second plant

@@ -77,6 +77,7 @@ __all__ = [
     "merge_results",
     "provisional_bundle",
     "render_table",
+    "score_alarms",
     "score_method",
     "spec_assets",
     "spec_recordings",
@@ -492,10 +493,17 @@ def evaluate_method(
 ) -> tuple[MethodResult, AlarmInputs]:
     """Replay ``rec`` through ``setup`` and score its alarms."""
     inputs, _ = alarm_inputs(rec, setup)
-    found = _run_episodes(setup.alarms, inputs)
-    res = score_method(method, inputs, found, labels, rec.period_s)
-    res.thresholds = _thresholds(setup.alarms)
-    return res, inputs
+    return score_alarms(method, inputs, setup.alarms, labels, rec.period_s), inputs
+
+
+def score_alarms(
+    method: str, inputs: AlarmInputs, alarms: AlarmsConfig, labels: Labels, period_s: float
+) -> MethodResult:
+    """Run ``alarms`` over a replay's engine inputs and score them (:func:`evaluate_method`
+    without the replay: alarm settings compared on one replay of the models)."""
+    res = score_method(method, inputs, _run_episodes(alarms, inputs), labels, period_s)
+    res.thresholds = _thresholds(alarms)
+    return res
 
 
 def _thresholds(alarms: AlarmsConfig) -> dict[str, float]:
