@@ -236,8 +236,12 @@ async def test_silent_unit_does_not_slow_the_live_unit_on_the_same_connection() 
                 await task
     periods = sorted(b - a for a, b in itertools.pairwise(stamps))
     assert len(periods) > 40
-    p99 = periods[int(0.99 * (len(periods) - 1))]
-    assert p99 <= interval + 0.050, f"p99 period {p99 * 1000:.0f} ms"
+    # Waiting for the silent unit would hold a poll for its 1 s timeout, every time the breaker
+    # lets it be asked again (about 7 times in 6 s): no period comes near the timeout, and a
+    # late tick (a loaded machine: 1 in 60 was seen) is rare.
+    assert periods[-1] < 0.5, f"longest period {periods[-1] * 1000:.0f} ms"
+    late = [p for p in periods if p > interval + 0.050]
+    assert len(late) <= 3, f"{len(late)} periods over {1000 * interval + 50:.0f} ms: {late}"
     assert dead_reasons and all(r for r in dead_reasons)
     assert any("not responding" in r for r in dead_reasons)
 

@@ -72,20 +72,22 @@ class SlowSource:
 
 
 async def test_overrun_skips_ticks_and_never_stacks() -> None:
-    src = SlowSource([0.0, 0.27, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    # a 200 ms interval: the margins (50 ms before the tick the slow poll overruns into,
+    # 100 ms after it) hold on a loaded CI machine
+    src = SlowSource([0.0, 0.45, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
     got: list[Sample] = []
-    runner = RunningSource(src, 0.1, got.extend)
+    runner = RunningSource(src, 0.2, got.extend)
     task = asyncio.create_task(runner.run())
-    await asyncio.sleep(0.75)
+    await asyncio.sleep(1.5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert runner.counters.overruns == 1
     assert runner.counters.skipped_ticks == 2
-    # ticks at 0, 0.1 (slow, to 0.37), then 0.4, 0.5, 0.6, 0.7 → 6 polls, no burst
+    # ticks at 0, 0.2 (slow, to 0.65), then 0.8, 1.0, 1.2, 1.4 → 6 polls, no burst
     assert 5 <= src.calls <= 7
     gaps = [b.mono - a.mono for a, b in itertools.pairwise(got)]
-    assert min(gaps) > 0.02  # polls never stacked back to back
+    assert min(gaps) > 0.05  # polls never stacked back to back (a burst: microseconds apart)
 
 
 def test_tag_table_turns_stale_values_bad() -> None:
