@@ -12,7 +12,6 @@ import csv
 import gzip
 import json
 import math
-import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -36,14 +35,12 @@ def pump_run():
     return progpy_source.simulate(6.0, seed=3)
 
 
-def test_cstr_is_seeded_and_fast() -> None:
-    t0 = time.perf_counter()
+def test_cstr_is_seeded() -> None:
+    # (how fast it simulates is bench/operating_point.py's to report, not a timed assert here)
     a = cstr.simulate(10.0, seed=5)
-    elapsed = time.perf_counter() - t0
     b = cstr.simulate(10.0, seed=5)
     c = cstr.simulate(10.0, seed=6)
     assert len(a) == 10 * 480  # 180 s samples
-    assert elapsed < 1.0, f"ten plant days took {elapsed:.2f} s"
     np.testing.assert_array_equal(a.matrix(), b.matrix())
     np.testing.assert_array_equal(a.label, b.label)
     assert a.episodes == b.episodes
