@@ -80,3 +80,23 @@ def test_an_unknown_or_every_role_privileged_is_one_clear_error(
         with pytest.raises(ValueError, match="privileged") as e:
             export_model(cfg, recordings, progress=False)
         assert what in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_shipped_recipe_hides_only_references_of_the_students_tags() -> None:
+    """configs/export-teachers-privileged.yaml (fault-mlp v3): every privileged role is an ewma
+    reference of a tag the student reads, and no seed is both trained on and tested on."""
+    from export.pipeline import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "export-teachers-privileged.yaml")
+    (m,) = cfg.models
+    assert str(m.out) == "models/fault-mlp" and m.seeds >= 8 and m.distillation_min_t == 2.0
+    assert isinstance(m.data.roles, list)  # ROLE:UNIT:LOW:HIGH:COLUMN
+    column = {r.split(":")[0]: r.rsplit(":", 1)[1] for r in m.data.roles}
+    students = [r for r in column if r not in m.privileged]
+    assert len(students) == 14 and set(m.privileged) == set(m.data.ewma)
+    assert all(column[p] in {column[s] for s in students} for p in m.privileged)
+    train = {s for st in cfg.recordings.sets if st.split == "train" for s in st.seeds}
+    transfer = {s for st in cfg.recordings.sets if st.split == "transfer" for s in st.seeds}
+    test = {s for st in cfg.recordings.sets if st.split == "test" for s in st.seeds}
+    assert transfer and not (train & transfer) and not (test & (train | transfer))
+    assert not (train | transfer | test) & set(range(201, 207))  # the holdout (bench/teachers.py)
