@@ -58,6 +58,8 @@ __all__ = [
     "history_roles",
     "load_columns",
     "read_long_csv",
+    "reference_gaps",
+    "reference_pairs",
     "resolution",
     "resolve_columns",
     "role_name",
@@ -339,6 +341,18 @@ class Windows:
         m = np.asarray(mask)
         return Windows(
             self.x[m], self.label[m], self.rul[m], self.oracle[m], self.rec[m], self.asset[m], self.end[m]
+        )
+
+    def with_roles(self, keep: Sequence[int]) -> Windows:
+        """The same windows with only the roles (last axis) ``keep``, in that order."""
+        return Windows(
+            np.ascontiguousarray(self.x[:, :, list(keep)]),
+            self.label,
+            self.rul,
+            self.oracle,
+            self.rec,
+            self.asset,
+            self.end,
         )
 
     @staticmethod
@@ -771,6 +785,30 @@ def fit_normalisation(
             )
         )
     return tuple(out)
+
+
+def reference_pairs(spec: DataSpec, refs: Sequence[str]) -> list[tuple[int, int]]:
+    """``(reference, tag)`` role indexes of ``spec`` for every role in ``refs`` bound to the same
+    column as a role not in ``refs`` (a ``data.ewma`` reference and its tag; same column for
+    every asset)."""
+    names = [r.role for r in spec.roles]
+    cols = [spec.columns(a) for a in spec.assets]
+    pairs = []
+    for ref in refs:
+        tags = [j for j, t in enumerate(names) if t not in refs and all(c[t] == c[ref] for c in cols)]
+        if tags:
+            pairs.append((names.index(ref), tags[0]))
+    return pairs
+
+
+def reference_gaps(x: npt.NDArray[np.generic], pairs: Sequence[tuple[int, int]]) -> npt.NDArray[np.generic]:
+    """A copy of ``x`` (rows or windows, roles along the last axis) with each reference column
+    of ``pairs`` replaced by its tag minus it: how far the tag moved from its own recent level,
+    free of the level itself (a level late in a day may lie where training never was)."""
+    out = x.copy()
+    for ref, tag in pairs:
+        out[..., ref] = x[..., tag] - x[..., ref]
+    return out
 
 
 _CHUNK = 8192

@@ -28,7 +28,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -64,6 +64,8 @@ from export.data import (
     build_dataset,
     features,
     fit_normalisation,
+    reference_gaps,
+    reference_pairs,
 )
 from export.dataconfig import DataConfig, data_spec
 from export.evaluate import chain_detection, provisional_bundle, render_table, threshold_at
@@ -246,6 +248,9 @@ class ModelConfig(_Strict):
     rul_cap_h: float = 8.0
     output: OutputNaming = OutputNaming()
     synthetic: SyntheticFaults | None = None  # a classifier's synthetic sensor-fault windows
+    # roles only the teachers see (learning using privileged information): the students and the
+    # bundle leave them out; a `data.ewma` reference enters a teacher as its tag minus it
+    privileged: list[str] = []
     baselines: bool = False  # also build Isolation Forest / LOF / kNN and report their delays
     fit: FitSettings = FitSettings()
 
@@ -962,7 +967,20 @@ def export_model(
         n0 = len(ds.train)
         ds.train = with_synthetic_faults(cfg.synthetic, ds, seed=seed, what=f"model {cfg.name}")
         n_synthetic = len(ds.train) - n0
-    inputs = fit_normalisation(spec, ds.train_samples, training_range=ds.training_range)
+    names = [r.role for r in spec.roles]
+    missing = sorted(set(cfg.privileged) - set(names))
+    if missing or (cfg.privileged and set(names) <= set(cfg.privileged)):
+        raise ValueError(
+            f"model {cfg.name}: privileged {missing or cfg.privileged} must be some, not all, "
+            f"of the roles {names}"
+        )
+    # the teachers' privileged references as their gaps (tag minus reference), normalised as such
+    pairs = reference_pairs(spec, cfg.privileged)
+
+    def teacher_x(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return reference_gaps(x, pairs) if pairs else x
+
+    inputs = fit_normalisation(spec, teacher_x(ds.train_samples), training_range=ds.training_range)
     task = _Task(cfg, ds)
     tr, va, te = (
         _take(w, task.rows(w, fitting)) for w, fitting in ((ds.train, True), (ds.val, True), (ds.test, False))
@@ -1012,7 +1030,7 @@ def export_model(
     best: tuple[float, nn.Module, str, NetConfig] | None = None
     for i, tc in enumerate(cfg.teachers):
         c = contract(tc.features)
-        xt, xv = features(tr.x, c), features(va.x, c)
+        xt, xv = features(teacher_x(tr.x), c), features(teacher_x(va.x), c)
         if task.name == "anomaly" and tc.arch != "autoencoder":
             raise ValueError(f"model {cfg.name}: an anomaly teacher must be an autoencoder")
         members = []
@@ -1042,13 +1060,14 @@ def export_model(
             )
             members.append(member)
         net: nn.Module = members[0] if len(members) == 1 else Ensemble(members)
-        xva, xte = features(va_all.x, c), features(te.x, c)
+        xva, xte = features(teacher_x(va_all.x), c), features(teacher_x(te.x), c)
         val = task.score(predict(net, xva), xva, va_all)
         rep["models"].append(
             {
                 "role": f"teacher {i + 1}",
                 "arch": f"{tc.arch} ({tc.features})"
-                + (f" x{tc.ensemble} ensemble" if tc.ensemble > 1 else ""),
+                + (f" x{tc.ensemble} ensemble" if tc.ensemble > 1 else "")
+                + (f" + privileged {list(cfg.privileged)}" if cfg.privileged else ""),
                 "params": n_params(net),
                 "val": val,
                 "test": task.score(predict(net, xte), xte, te),
@@ -1066,10 +1085,6 @@ def export_model(
     # same-size students trained from scratch; the distilled ones learn on the transfer set
     # (every training window and the unlabelled `split: transfer` recordings, labelled by the
     # teacher), the scratch ones on the labelled windows only
-    cs = contract(cfg.student.features)
-    xs_tr, xs_va, xs_te = features(tr.x, cs), features(va.x, cs), features(te.x, cs)
-    xs_va_all = features(va_all.x, cs)
-    n_in = int(np.prod(xs_tr.shape[1:]))
     ct = contract(t_feat)
     if cfg.student.arch not in ("mlp", "autoencoder"):
         raise ValueError(f"model {cfg.name}: the student must be an mlp or autoencoder (structured pruning)")
@@ -1078,20 +1093,37 @@ def export_model(
     extra = _unlabelled(cfg, task, ds)
     ds.transfer = None  # (its thinned windows are in `extra`: a long window's raw windows are GBs)
     n_unlabelled = len(extra)
-    x_kd = np.concatenate([xs_tr, features(extra.x, cs)]) if n_unlabelled else xs_tr
-    y_no = _no_target(task, n_unlabelled)
-    y_kd = None if y_tr is None or y_no is None else np.concatenate([y_tr, y_no])
     t_kd = (
         predict(
             teacher,
-            np.concatenate([features(tr.x, ct), features(extra.x, ct)])
+            np.concatenate([features(teacher_x(tr.x), ct), features(teacher_x(extra.x), ct)])
             if n_unlabelled
-            else features(tr.x, ct),
+            else features(teacher_x(tr.x), ct),
         )
         if kd
         else None
     )
-    t_va = predict(teacher, features(va.x, ct)) if kd else None
+    t_va = predict(teacher, features(teacher_x(va.x), ct)) if kd else None
+    if cfg.privileged:  # the teachers are done: the students and the bundle never see these roles
+        keep = [i for i, n in enumerate(names) if n not in cfg.privileged]
+        tr, va, te, va_all, cal_w, extra = (w.with_roles(keep) for w in (tr, va, te, va_all, cal_w, extra))
+        spec = replace(
+            spec,
+            roles=tuple(spec.roles[i] for i in keep),
+            operating=tuple(o for o in spec.operating if o not in cfg.privileged),
+            ewma={k: v for k, v in spec.ewma.items() if k not in cfg.privileged},
+        )
+        inputs = tuple(inputs[i] for i in keep)
+        rep["data"]["inputs"] = [rep["data"]["inputs"][i] for i in keep]
+        rep["data"]["privileged"] = list(cfg.privileged)
+        rep["notes"].append(f"privileged roles (teachers only): {', '.join(cfg.privileged)}")
+    cs = contract(cfg.student.features)
+    xs_tr, xs_va, xs_te = features(tr.x, cs), features(va.x, cs), features(te.x, cs)
+    xs_va_all = features(va_all.x, cs)
+    n_in = int(np.prod(xs_tr.shape[1:]))
+    x_kd = np.concatenate([xs_tr, features(extra.x, cs)]) if n_unlabelled else xs_tr
+    y_no = _no_target(task, n_unlabelled)
+    y_kd = None if y_tr is None or y_no is None else np.concatenate([y_tr, y_no])
     rep["data"]["transfer_windows"] = {"labelled": len(tr), "unlabelled": n_unlabelled}
     runs: dict[str, list[_Run]] = {"distilled": [], "scratch": []}
     big = 0

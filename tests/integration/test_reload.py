@@ -155,7 +155,7 @@ async def test_reload_applies_live_changes_and_refuses_the_rest(tmp_path: Path) 
         assert all(a is b for a, b in zip(agent.models[1:], models[1:], strict=True))  # windows kept
         assert lines[1] == "pca-pump: installed pca-pump v1 (new binding)"
         assert lines[2:] == [
-            "fault-mlp: unchanged (fault-mlp v2)",
+            "fault-mlp: unchanged (fault-mlp v3)",
             "rul-bearing: unchanged (rul-bearing v1)",
             "seq-pump: unchanged (seq-pump v4)",
         ]
