@@ -859,6 +859,7 @@ def distil(
     required: bool = False,
     log: bool = False,
     graphs: dict[str, list[SequenceScore | ScoreVote]] | None = None,
+    ship_distilled: bool = False,
 ) -> tuple[SequenceScore, dict[str, float], dict[str, object]]:
     """The teacher (``teacher_channels`` wide, ``teacher_epochs``; with ``teacher_ensemble``
     above 1 that many, trained with different seeds, their targets averaged:
@@ -873,7 +874,9 @@ def distil(
     with the lowest held-out normal loss ships (no fault window picks it). Returns the served
     graph, training numbers and the distillation report; ``graphs``, when given, receives every
     served graph trained (``teacher``, ``distilled``, ``scratch``: one per seed) for a judge of
-    other metrics (the operating days of bench/seqdistill.py)."""
+    other metrics (the operating days of bench/seqdistill.py). ``ship_distilled``: the distilled
+    family ships whatever this gate says (the family was gated on those other metrics); the gate
+    is still measured and reported."""
     from export import gates
     from export.train import n_params, seed_everything
 
@@ -967,8 +970,9 @@ def distil(
     except gates.GateError as exc:
         if required:
             raise
-        family = "scratch"
-        rep["gate"] = {"result": "fail (the scratch student ships)", "measured": exc.measured,
+        family = "distilled" if ship_distilled else "scratch"
+        why = " all the same: its gate is another (--distillation distilled)" if ship_distilled else ""
+        rep["gate"] = {"result": f"fail (the {family} student ships{why})", "measured": exc.measured,
                        "note": str(exc).split(": ", 1)[1]}  # fmt: skip
     if graphs is not None:
         graphs["teacher"] = [t_graph]
@@ -1181,7 +1185,9 @@ def fit_bundle(
     pruned students against scratch ones over seeds), gated on the labelled fault recordings
     ``validation_paths`` (``labels``: asset → numeric label column) against the normal windows
     of ``calibration_paths``; ``distillation`` ``required`` fails when the distilled students
-    do not win, ``auto`` ships the scratch student then. The report says which and why.
+    do not win, ``auto`` ships the scratch student then, ``distilled`` ships the distilled one
+    whatever the gate says (a family gated on other metrics: bench/seqdistill.py). The report
+    says which and why.
 
     ``ewma`` (role → time constant, s): those roles' rows are the exponentially weighted mean of
     their column (``aggregation: ewma``: a history longer than the window, e.g. the recent load
@@ -1336,14 +1342,22 @@ def fit_bundle(
 
     kd_report: dict[str, object] | None = None
     if cfg.teacher_channels:
-        if distillation not in ("auto", "required"):
-            raise ValueError(f"distillation must be auto or required, not {distillation!r}")
+        if distillation not in ("auto", "required", "distilled"):
+            raise ValueError(f"distillation must be auto, required or distilled, not {distillation!r}")
         val = validation_windows(
             validation_paths, calibration_paths, role_columns, labels or {}, specs, inputs, window
         )
         graphs: dict[str, list[SequenceScore | ScoreVote]] = {}
         graph, info, kd_report = distil(
-            x_fit, x_val, inputs, cfg, val, required=distillation == "required", log=log, graphs=graphs
+            x_fit,
+            x_val,
+            inputs,
+            cfg,
+            val,
+            required=distillation == "required",
+            log=log,
+            graphs=graphs,
+            ship_distilled=distillation == "distilled",
         )
         if every_graph is not None:
             for fam, gs in graphs.items():

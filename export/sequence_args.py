@@ -126,8 +126,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         "for judges of other metrics, e.g. bench/seqdistill.py",
     )  # fmt: skip
     kd.add_argument(
-        "--distillation", choices=("auto", "required"), default="auto",
-        help="auto: a distilled student that does not win is replaced by the scratch one",
+        "--distillation", choices=("auto", "required", "distilled"), default="auto",
+        help="auto: a distilled student that does not win is replaced by the scratch one; required: "
+        "fail then; distilled: it ships all the same (its family won another gate, e.g. bench/seqdistill.py; "
+        "this one is still reported)",
     )  # fmt: skip
     ap.add_argument("--max-windows", type=int, default=SequenceConfig.max_windows)
     ap.add_argument("--out", required=True, type=Path)

@@ -83,6 +83,9 @@ def test_distil_from_a_score_ensemble_keeps_every_graph_and_refuses_one_member()
         for g in graphs[f]
     )
     assert any(graph is g for g in graphs["distilled"] + graphs["scratch"])  # what ships is one of them
+    # gated elsewhere (bench/seqdistill.py): the distilled family ships whatever the recall gate says
+    _, _, forced = distil(x[:240], x[240:], inputs, replace(cfg, seeds=2), val, ship_distilled=True)
+    assert str(forced["ships"]).startswith("distilled student") and "gate" in forced
     for bad in (replace(cfg, teacher_ensemble=1), replace(cfg, teacher_vote="max")):
         with pytest.raises(ValueError, match="teacher_vote must be one of"):
             distil(x[:240], x[240:], inputs, bad, val)
