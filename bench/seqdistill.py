@@ -45,23 +45,27 @@ TARGET = 0.5  # false alerts per pump-day, as the bundles are calibrated
 __all__ = ["gate", "judge", "main"]
 
 
-def judge(bundle: Path, rec: Path = REC) -> dict[str, object]:
-    """One bundle on the validation days: threshold, alerts after changes (and how many changes),
-    false alerts per pump-day, fault episodes detected (of how many) and per kind the delays (min)."""
+def judge(
+    bundle: Path, rec: Path = REC, shift_days: Sequence[int] = SHIFT_DAYS, fault_day: str = FAULT_DAY
+) -> dict[str, object]:
+    """One bundle on the validation days (``shift_days``: load-shift seeds, 24 h, recorded as
+    ``rec/shift-s<seed>.csv``; ``fault_day``: a labelled fault recording in ``rec``): threshold,
+    alerts after changes (and how many changes), false alerts per pump-day, fault episodes
+    detected (of how many) and per kind the delays (min)."""
     from bench.loadshift import shift_schedule
     from export.evaluate import Labels
 
     setup, tags = op._setup(bundle, [rec / c for c in CALIBRATION], TARGET, ON_DELAY_S)
     after = changes = false = 0
     days = 0.0
-    for seed in SHIFT_DAYS:
+    for seed in shift_days:
         starts = [s.at_s for s in shift_schedule(seed, 24.0)]
         changes += 2 * len(starts)  # every change moves both pumps
         days += 2.0
         res = op._evaluate(setup, tags, rec / f"shift-s{seed}.csv", Labels())
         false += sum(v["false_alerts"] for v in res.per_asset.values())  # type: ignore[attr-defined]
         after += op.alerts_after_changes(res, starts)
-    path = rec / FAULT_DAY
+    path = rec / fault_day
     res = op._evaluate(setup, tags, path, op._labels(path))
     kinds: dict[str, list[float | None]] = {}
     for e in res.episodes:  # type: ignore[attr-defined]
@@ -110,11 +114,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--scratch", type=Path, nargs="+", required=True, help="one bundle per seed")
     ap.add_argument("--also", type=Path, nargs="*", default=[], help="further bundles, judged alone")
     ap.add_argument("--recordings", type=Path, default=REC)
+    ap.add_argument(
+        "--shift-days", type=int, nargs="+", default=list(SHIFT_DAYS),
+        help="load-shift day seeds (RECORDINGS/shift-s<seed>.csv, 24 h; default 111 112)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--fault-day", default=FAULT_DAY, help=f"fault recording in RECORDINGS (default {FAULT_DAY})"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "bench" / "seqdistill.json")
     args = ap.parse_args(argv)
     results: dict[str, dict[str, object]] = {}
     for b in [*args.distilled, *args.scratch, *args.also]:
-        results[str(b)] = judge(b, args.recordings)
+        results[str(b)] = judge(b, args.recordings, args.shift_days, args.fault_day)
         r = results[str(b)]
         print(f"{b}: threshold {r['threshold']}, {r['after']}/{r['changes']} alerts after changes, "
               f"{r['false_per_pump_day']:.2f} false alerts per pump-day, {r['detected']}/{r['episodes']} "
