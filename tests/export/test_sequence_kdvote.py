@@ -128,3 +128,21 @@ def test_every_graph_is_written_as_a_calibrated_bundle(tmp_path: Path) -> None:
     )
     t = load_bundle(tmp_path / "all" / "teacher").manifest
     assert "score ensemble of 2 (min)" in t.provenance["architecture"] and "min over" in t.description
+
+
+def test_the_operating_gate_is_the_pre_registered_rule() -> None:
+    """bench/seqdistill.py: fewer alerts after changes by more than 2 pooled standard errors,
+    false alerts per pump-day no higher, fault episodes detected no fewer."""
+    from bench.seqdistill import gate
+
+    def runs(after: list[int], fpd: float = 1.0, det: int = 18) -> list[dict[str, object]]:
+        return [{"after": a, "false_per_pump_day": fpd, "detected": det} for a in after]
+
+    # this evening's run: distilled 6, 5, 6 against scratch 5, 4, 3 (2.5 SE the wrong way)
+    lost = gate(runs([6, 5, 6]), runs([5, 4, 3]))
+    assert not lost["wins"] and lost["after"]["margin_se"] == pytest.approx(-2.5)  # type: ignore[index]
+    assert gate(runs([1, 2, 1]), runs([5, 6, 5]))["wins"]
+    assert not gate(runs([1, 2, 1]), runs([5, 6, 5], fpd=0.9))["wins"]  # more false alerts a day
+    assert not gate(runs([1, 2, 1], det=17), runs([5, 6, 5]))["wins"]  # fewer episodes detected
+    assert not gate(runs([0, 6, 0]), runs([5, 4, 3]))["wins"]  # within the seeds' spread
+    assert gate(runs([2, 2, 2]), runs([3, 3, 3]))["wins"]  # no spread: any difference counts
