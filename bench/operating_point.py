@@ -98,7 +98,7 @@ ROLES = STATION_ROLES  # models/build.sh's roles: the same inputs for every meth
 OPERATING = ("speed", "flow")
 ASSETS = ("Pump1", "Pump2")
 
-__all__ = ["build_dpca", "build_seq", "fault_events", "main"]
+__all__ = ["alerts_after_changes", "build_dpca", "build_seq", "fault_events", "main"]
 
 
 def fault_events(n_per_kind: int) -> tuple[list[ScenarioEvent], float]:
@@ -247,6 +247,17 @@ def _evaluate(setup: object, tags: list[str], path: Path, labels: object) -> obj
         _INPUTS[key] = (alarm_inputs(rec, setup)[0], rec.period_s)  # type: ignore[arg-type]
     inputs, period = _INPUTS[key]  # type: ignore[misc]
     return score_alarms("m", inputs, setup.alarms, labels, period)  # type: ignore[attr-defined,arg-type]
+
+
+def alerts_after_changes(res: object, starts: Sequence[float]) -> int:
+    """How many of ``res``'s alerts (a replay's ``score_alarms``) were raised within
+    ``AFTER_CHANGE_S`` after a setpoint change at ``starts`` (s from the simulator's epoch)."""
+    epoch = StationParams().epoch_datetime.timestamp()
+    n = 0
+    for a in res.alarms:  # type: ignore[attr-defined]
+        t0 = dt.datetime.fromisoformat(a["raised"].replace("Z", "+00:00")).timestamp() - epoch
+        n += any(0.0 <= t0 - s <= AFTER_CHANGE_S for s in starts)
+    return n
 
 
 # --------------------------------------------------------------------------- the second plant
@@ -477,11 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in names:
             res = _evaluate(*setups[name], path, Labels())
             false_alerts[name] += sum(v["false_alerts"] for v in res.per_asset.values())  # type: ignore[attr-defined]
-            epoch = StationParams().epoch_datetime.timestamp()
-            for a in res.alarms:  # type: ignore[attr-defined]
-                t0 = dt.datetime.fromisoformat(a["raised"].replace("Z", "+00:00")).timestamp() - epoch
-                if any(0.0 <= t0 - s <= AFTER_CHANGE_S for s in starts):
-                    after[name] += 1
+            after[name] += alerts_after_changes(res, starts)
     episodes: dict[str, list[dict[str, object]]] = {name: [] for name in names}
     fault_false = {name: 0 for name in names}
     for seed in fault_seeds:

@@ -299,6 +299,21 @@ class ScoreVote(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _vote(self.scores(x), self.vote, len(self.members))
 
+    def targets(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """As a teacher (:func:`distil` with ``teacher_vote``): per window, the members'
+        standardised errors ``[B, M, T]`` and roughness residuals ``[B, M]`` combined as the vote
+        combines their scores (:func:`_vote_weights`: min hands the lowest-scoring member's, so a
+        student that follows them scores what the vote scores)."""
+        w = _vote_weights(self.scores(x), self.vote)
+        err = res = None
+        for k, m in enumerate(self.members):
+            e, r = m.net.targets(x)  # type: ignore[union-attr,operator]
+            wk = w[:, k : k + 1]
+            err = wk.unsqueeze(2) * e if err is None else err + wk.unsqueeze(2) * e
+            res = wk * r if res is None else res + wk * r
+        assert err is not None and res is not None
+        return err, res
+
     def fused(self) -> FusedVote:
         """The same function as one net of ``N`` times the width (:class:`FusedVote`): what is
         exported (one call runs about as many graph nodes as a single member)."""
@@ -313,6 +328,21 @@ def _vote(s: torch.Tensor, vote: str, n: int) -> torch.Tensor:
         return s.amin(dim=1)
     top = torch.topk(s, n // 2 + 1, dim=1).values  # the median: the (n // 2 + 1)-th largest
     return top[:, -1] if n % 2 else 0.5 * (top[:, -1] + top[:, -2])
+
+
+def _vote_weights(s: torch.Tensor, vote: str) -> torch.Tensor:
+    """``[B, n]`` member scores → ``[B, n]`` weights summing to 1 per row, such that the weighted
+    sum of the scores is :func:`_vote`'s (min: one-hot at the lowest; median: the middle one, or
+    the two middle ones halved; mean: uniform): how a teacher's members' targets combine."""
+    n = s.shape[1]
+    if vote == "mean":
+        return torch.full_like(s, 1.0 / n)
+    order = torch.argsort(s, dim=1)
+    picks = [0] if vote == "min" else ([n // 2] if n % 2 else [n // 2 - 1, n // 2])
+    w = torch.zeros_like(s)
+    for j in picks:
+        w.scatter_add_(1, order[:, j : j + 1], torch.full_like(s[:, :1], 1.0 / len(picks)))
+    return w
 
 
 def _stack(layers: Sequence[nn.Module], *, groups: int = 1) -> nn.Module:
@@ -792,10 +822,12 @@ def detection_recall(graph: SequenceScore | ScoreVote, val: Validation, fpr: flo
     return float(np.mean([np.mean(_batched(graph, x)[0] > thr) for x in val.faults.values()]))
 
 
-def teacher_targets(teacher: SequenceNet | SequenceEnsemble, x: F32) -> list[npt.NDArray[np.generic]]:
+def teacher_targets(
+    teacher: SequenceNet | SequenceEnsemble | ScoreVote, x: F32
+) -> list[npt.NDArray[np.generic]]:
     """``teacher``'s standardised errors ``[N, M, T]`` (float16: days of windows fit in memory)
     and roughness residuals ``[N, M]`` on the transfer windows ``x`` (an ensemble's: its
-    members' averaged)."""
+    members' averaged; a score ensemble's: combined per window by its vote)."""
     teacher.eval()
     err: list[npt.NDArray[np.float16]] = []
     res: list[npt.NDArray[np.float32]] = []
@@ -826,17 +858,25 @@ def distil(
     *,
     required: bool = False,
     log: bool = False,
+    graphs: dict[str, list[SequenceScore | ScoreVote]] | None = None,
+    ship_distilled: bool = False,
 ) -> tuple[SequenceScore, dict[str, float], dict[str, object]]:
     """The teacher (``teacher_channels`` wide, ``teacher_epochs``; with ``teacher_ensemble``
     above 1 that many, trained with different seeds, their targets averaged:
-    :class:`SequenceEnsemble`), then per training seed a
+    :class:`SequenceEnsemble`; with ``teacher_vote`` a score ensemble of them instead, trained
+    as :func:`train` trains one, whose targets are combined per window by its vote:
+    :meth:`ScoreVote.targets`), then per training seed a
     student (``channels`` wide) distilled from it on every training window (all of them
     unlabelled normal operation, labelled by the teacher), pruned to ``prune`` of its channels
     and fine-tuned, against a student of the pruned size trained from scratch on the same
     windows for as many epochs. The gate (:func:`export.gates.gate_distillation_seeds`) compares
     the families' :func:`detection_recall` on ``val`` over ``seeds``; the winning family's seed
     with the lowest held-out normal loss ships (no fault window picks it). Returns the served
-    graph, training numbers and the distillation report."""
+    graph, training numbers and the distillation report; ``graphs``, when given, receives every
+    served graph trained (``teacher``, ``distilled``, ``scratch``: one per seed) for a judge of
+    other metrics (the operating days of bench/seqdistill.py). ``ship_distilled``: the distilled
+    family ships whatever this gate says (the family was gated on those other metrics); the gate
+    is still measured and reported."""
     from export import gates
     from export.train import n_params, seed_everything
 
@@ -852,21 +892,36 @@ def distil(
     eps = _eps(x_fit, inputs, monitored)
     if cfg.teacher_ensemble < 1:
         raise ValueError(f"teacher_ensemble must be at least 1, not {cfg.teacher_ensemble}")
+    if cfg.teacher_vote and (cfg.teacher_vote not in VOTES or cfg.teacher_ensemble < 2):
+        raise ValueError(
+            f"teacher_vote must be one of {VOTES} (not {cfg.teacher_vote!r}) over a teacher_ensemble of "
+            f"at least 2 (not {cfg.teacher_ensemble})"
+        )
     t0 = time.monotonic()
-    members: list[SequenceNet] = []
     member_metric: list[float] = []
-    for j in range(cfg.teacher_ensemble):
-        s_t = cfg.seed + 1000 + 10 * j  # the first member is the single teacher's seed
-        torch.manual_seed(s_t)
-        tnet = SequenceNet(len(inputs), operating, eps, replace(cfg, channels=cfg.teacher_channels))
-        _fit_net(tnet, x_fit, cfg.teacher_epochs, s_t, cfg, log=f"teacher #{j + 1}" if log else "")
-        members.append(tnet)
-        if cfg.teacher_ensemble > 1:
-            member_metric.append(detection_recall(_score_graph(tnet, x_val, monitored), val, cfg.fpr))
-            if log:
-                print(f"  teacher #{j + 1}: recall {member_metric[-1]:.4f}", file=sys.stderr)
-    teacher: SequenceNet | SequenceEnsemble = members[0] if len(members) == 1 else SequenceEnsemble(members)
-    t_metric = detection_recall(_score_graph(teacher, x_val, monitored), val, cfg.fpr)
+    teacher: SequenceNet | SequenceEnsemble | ScoreVote
+    if cfg.teacher_vote:
+        tcfg = replace(cfg, channels=cfg.teacher_channels, epochs=cfg.teacher_epochs,
+                       score_ensemble=cfg.teacher_ensemble, vote=cfg.teacher_vote)  # fmt: skip
+        voted, _ = train(x_fit, x_val, inputs, tcfg, log=log)
+        assert isinstance(voted, ScoreVote)
+        teacher = t_graph = voted
+        member_metric = [detection_recall(m, val, cfg.fpr) for m in voted.members]  # type: ignore[arg-type]
+    else:
+        members: list[SequenceNet] = []
+        for j in range(cfg.teacher_ensemble):
+            s_t = cfg.seed + 1000 + 10 * j  # the first member is the single teacher's seed
+            torch.manual_seed(s_t)
+            tnet = SequenceNet(len(inputs), operating, eps, replace(cfg, channels=cfg.teacher_channels))
+            _fit_net(tnet, x_fit, cfg.teacher_epochs, s_t, cfg, log=f"teacher #{j + 1}" if log else "")
+            members.append(tnet)
+            if cfg.teacher_ensemble > 1:
+                member_metric.append(detection_recall(_score_graph(tnet, x_val, monitored), val, cfg.fpr))
+        teacher = members[0] if len(members) == 1 else SequenceEnsemble(members)
+        t_graph = _score_graph(teacher, x_val, monitored)
+    if log and member_metric:
+        print(f"  teacher members: recall {', '.join(f'{v:.4f}' for v in member_metric)}", file=sys.stderr)
+    t_metric = detection_recall(t_graph, val, cfg.fpr)
     targets = teacher_targets(teacher, x_fit)
     if log:
         print(f"  teacher: recall {t_metric:.4f} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
@@ -898,8 +953,8 @@ def distil(
     rep: dict[str, object] = {
         "metric": metric,
         "teacher": {"channels": cfg.teacher_channels, "epochs": cfg.teacher_epochs,
-                    "parameters": n_params(teacher), "recall": t_metric,
-                    "members": len(members), "member_recall": member_metric},
+                    "parameters": n_params(teacher), "recall": t_metric, "vote": cfg.teacher_vote,
+                    "members": cfg.teacher_ensemble, "member_recall": member_metric},
         "student_before_pruning": {"channels": cfg.channels, "parameters": n_params(student),
                                    **gates.seed_stats(before)},
         "distilled": [r[0] for r in runs["distilled"]],
@@ -915,9 +970,14 @@ def distil(
     except gates.GateError as exc:
         if required:
             raise
-        family = "scratch"
-        rep["gate"] = {"result": "fail (the scratch student ships)", "measured": exc.measured,
+        family = "distilled" if ship_distilled else "scratch"
+        why = " all the same: its gate is another (--distillation distilled)" if ship_distilled else ""
+        rep["gate"] = {"result": f"fail (the {family} student ships{why})", "measured": exc.measured,
                        "note": str(exc).split(": ", 1)[1]}  # fmt: skip
+    if graphs is not None:
+        graphs["teacher"] = [t_graph]
+        for fam, rs in runs.items():
+            graphs[fam] = [r[2] for r in rs]
     pick = min(range(cfg.seeds), key=lambda j: runs[family][j][1])
     graph = runs[family][pick][2]
     rep["ships"] = f"{family} student of seed #{pick + 1} (lowest held-out normal loss of {cfg.seeds})"
@@ -1059,8 +1119,9 @@ def _kd_lines(rep: Mapping[str, Any]) -> list[str]:
     t, b = rep["teacher"], rep["student_before_pruning"]
     m = rep["gate"]["measured"]
     n = t.get("members", 1)
+    kind = f"score ensemble ({t['vote']} vote)" if t.get("vote") else "ensemble"
     ens = (
-        f"ensemble of {n} (seeds; alone: {', '.join(f'{v:.4f}' for v in t['member_recall'])}), "
+        f"{kind} of {n} (seeds; alone: {', '.join(f'{v:.4f}' for v in t['member_recall'])}), "
         if n > 1
         else ""
     )
@@ -1112,6 +1173,7 @@ def fit_bundle(
     distillation: str = "auto",
     ewma: Mapping[str, float] | None = None,
     log: bool = False,
+    every_graph: Path | None = None,
 ) -> BundleResult:
     """Train on the normal recordings ``train_paths`` (the last ``heldout_fraction`` of each held
     out to standardise the terms), then calibrate ``thresholds.alarm`` through the agent's own
@@ -1123,16 +1185,19 @@ def fit_bundle(
     pruned students against scratch ones over seeds), gated on the labelled fault recordings
     ``validation_paths`` (``labels``: asset → numeric label column) against the normal windows
     of ``calibration_paths``; ``distillation`` ``required`` fails when the distilled students
-    do not win, ``auto`` ships the scratch student then. The report says which and why.
+    do not win, ``auto`` ships the scratch student then, ``distilled`` ships the distilled one
+    whatever the gate says (a family gated on other metrics: bench/seqdistill.py). The report
+    says which and why.
 
     ``ewma`` (role → time constant, s): those roles' rows are the exponentially weighted mean of
     their column (``aggregation: ewma``: a history longer than the window, e.g. the recent load
-    as an operating variable, computed the agent's way on every recording read here)."""
-    from agent.modelstore.bundle import load_bundle
-    from agent.modelstore.signing import sign_bundle
-    from agent.replay import alarm_inputs
-    from export.evaluate import CalibrationData, calibrate, derived_setup, load_recording, provisional_bundle
+    as an operating variable, computed the agent's way on every recording read here).
+
+    With distillation and ``every_graph``, every graph it trained (the teacher, each seed's
+    distilled and scratch students) is also written there as a bundle calibrated the same way
+    (``teacher``, ``distilled-1`` ..., ``scratch-1`` ...), for judges of other metrics."""
     from export.pca_baseline import RoleSpec, _split, input_roles
+    from export.train import n_params
 
     cfg = cfg or SequenceConfig()
     if cfg.teacher_channels and cfg.score_ensemble > 1:
@@ -1163,107 +1228,146 @@ def fit_bundle(
     stride = train_stride or window.stride
     x_fit = windows_of(fit_segs, inputs, window, stride)
     x_val = windows_of(val_segs, inputs, window, window.stride)
+
+    def write(
+        graph: SequenceScore | ScoreVote,
+        info: dict[str, float],
+        kd_report: dict[str, object] | None,
+        out: Path,
+    ) -> BundleResult:
+        """``graph`` calibrated through the replay and written to ``out`` as a bundle."""
+        from agent.modelstore.bundle import load_bundle
+        from agent.modelstore.signing import sign_bundle
+        from agent.replay import alarm_inputs
+        from export.evaluate import (
+            CalibrationData,
+            calibrate,
+            derived_setup,
+            load_recording,
+            provisional_bundle,
+        )
+
+        data = _onnx(graph, window, len(inputs))
+        width = graph.channels if isinstance(graph, ScoreVote) else graph.net.channels
+        prov = {
+            "method": "sequence-cnn",
+            "columns": json.dumps({a: dict(c) for a, c in role_columns.items()}, sort_keys=True),
+            "assets": " ".join(role_columns),
+            "recordings": " ".join(Path(p).name for p in train_paths),
+            "calibration": " ".join(Path(p).name for p in calibration_paths),
+            "architecture": f"1-D CNN, {width} channels, kernel {cfg.kernel}, latent {cfg.latent}, "
+            f"{int(info['parameters'])} parameters",
+            "training": f"{cfg.epochs} epochs, seed {cfg.seed}, {int(info['train_windows'])} windows",
+            **dict(provenance or {}),
+        }
+        if kd_report is not None:
+            prov["distillation"] = _kd_lines(kd_report)[-1].removeprefix("- verdict: ")
+        vote = ""
+        if isinstance(graph, ScoreVote):
+            vote = graph.vote
+            seeds = ", ".join(str(cfg.seed + 10 * k) for k in range(len(graph.members)))
+            prov["architecture"] = f"score ensemble of {len(graph.members)} ({vote}): " + prov["architecture"]
+            windows = int(info["train_windows"])
+            prov["training"] = f"{cfg.epochs} epochs per member, seeds {seeds}, {windows} windows"
+            info = {**info, "score_ensemble": float(len(graph.members))}
+        common = {"name": name, "version": version, "window": window, "inputs": inputs, "data": data}
+        common["vote"] = vote
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+        try:
+            bundle = provisional_bundle(
+                tmp / "provisional",
+                _manifest(threshold=1e30, far=1e-3, files={}, provenance=prov, **common).model_dump(
+                    mode="json"
+                ),
+                data,
+            )
+            frame_s = window.stride * window.sample_period_s
+            delay = frame_s if on_delay_s is None else on_delay_s
+            setup = derived_setup(bundle, role_columns, on_delay_s=delay)
+            tags = sorted({t for cols in role_columns.values() for t in cols.values()})
+            cal = []
+            for p in calibration_paths:
+                rec = load_recording([p], tags, window.sample_period_s)
+                cal.append(CalibrationData(alarm_inputs(rec, setup)[0], rec.period_s))
+            alarms = calibrate(setup.alarms, cal, false_alerts_per_day)
+            d = alarms.defs[0]
+            assert d.high is not None
+            threshold = float(d.high.value)
+            seen = [cols[d.source] for c in cal for cols in c.inputs.sources.values() if d.source in cols]
+            frames = np.concatenate([v[p & np.isfinite(v)] for v, p in seen])
+            # the share of normal frames above it (never 0 in a manifest: half a frame when none is)
+            far = max(float(np.mean(frames > threshold)) if len(frames) else 0.0, 0.5 / max(1, len(frames)))
+            days = sum(c.normal_days() for c in cal)
+            report: dict[str, object] = {
+                "name": name,
+                "method": "sequence-cnn",
+                "threshold": threshold,
+                "false_alerts_per_day_target": false_alerts_per_day,
+                "false_alerts_calibration": sum(c.false_alerts(alarms) for c in cal),
+                "calibration_asset_days": days,
+                "calibration_frames": len(frames),
+                "frame_exceedance": far,
+                "on_delay_s": delay,
+                **info,
+            }
+            if kd_report is not None:
+                report["distillation"] = kd_report
+            prov["thresholds"] = (
+                f"calibrated through the agent's replay (alert on-delay {delay:g} s) for "
+                f"{false_alerts_per_day:g} false alerts per asset-day on {days:.2f} asset-days of "
+                f"{prov['calibration']}"
+            )
+            rep_json = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()
+            lines = [f"# {name}: sequence anomaly model", ""]
+            lines += [f"- {k}: {v}" for k, v in sorted(report.items()) if k != "distillation"]
+            if kd_report is not None:
+                lines += ["", "## Distillation", "", *_kd_lines(kd_report)]
+            rep_md = ("\n".join(lines) + "\n").encode()
+            extra = {"report.json": rep_json, "report.md": rep_md}
+            files = {k: FileHash(sha256=hashlib.sha256(v).hexdigest(), size=len(v)) for k, v in extra.items()}
+            manifest = _manifest(threshold=threshold, far=far, files=files, provenance=prov, **common)
+            final = tmp / "bundle"
+            _write(final, manifest, data, extra)
+            load_bundle(final)  # what the agent will load
+            if key is not None:
+                sign_bundle(final, key)
+            if out.exists():
+                shutil.rmtree(out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            final.chmod(0o755)
+            shutil.move(str(final), str(out))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return BundleResult(out, manifest, report)
+
     kd_report: dict[str, object] | None = None
     if cfg.teacher_channels:
-        if distillation not in ("auto", "required"):
-            raise ValueError(f"distillation must be auto or required, not {distillation!r}")
+        if distillation not in ("auto", "required", "distilled"):
+            raise ValueError(f"distillation must be auto, required or distilled, not {distillation!r}")
         val = validation_windows(
             validation_paths, calibration_paths, role_columns, labels or {}, specs, inputs, window
         )
+        graphs: dict[str, list[SequenceScore | ScoreVote]] = {}
         graph, info, kd_report = distil(
-            x_fit, x_val, inputs, cfg, val, required=distillation == "required", log=log
+            x_fit,
+            x_val,
+            inputs,
+            cfg,
+            val,
+            required=distillation == "required",
+            log=log,
+            graphs=graphs,
+            ship_distilled=distillation == "distilled",
         )
+        if every_graph is not None:
+            for fam, gs in graphs.items():
+                for k, g in enumerate(gs):
+                    sub = every_graph / (fam if fam == "teacher" else f"{fam}-{k + 1}")
+                    n = float(n_params(g.fused() if isinstance(g, ScoreVote) else g.net))
+                    write(g, {**info, "parameters": n}, None, sub)
     else:
         graph, info = train(x_fit, x_val, inputs, cfg, log=log)
-    data = _onnx(graph, window, len(inputs))
-    prov = {
-        "method": "sequence-cnn",
-        "columns": json.dumps({a: dict(c) for a, c in role_columns.items()}, sort_keys=True),
-        "assets": " ".join(role_columns),
-        "recordings": " ".join(Path(p).name for p in train_paths),
-        "calibration": " ".join(Path(p).name for p in calibration_paths),
-        "architecture": f"1-D CNN, {graph.channels if isinstance(graph, ScoreVote) else graph.net.channels} "
-        f"channels, kernel {cfg.kernel}, latent {cfg.latent}, {int(info['parameters'])} parameters",
-        "training": f"{cfg.epochs} epochs, seed {cfg.seed}, {int(info['train_windows'])} windows",
-        **dict(provenance or {}),
-    }
-    if kd_report is not None:
-        prov["distillation"] = _kd_lines(kd_report)[-1].removeprefix("- verdict: ")
-    vote = ""
-    if isinstance(graph, ScoreVote):
-        vote = graph.vote
-        seeds = ", ".join(str(cfg.seed + 10 * k) for k in range(len(graph.members)))
-        prov["architecture"] = f"score ensemble of {len(graph.members)} ({vote}): " + prov["architecture"]
-        windows = int(info["train_windows"])
-        prov["training"] = f"{cfg.epochs} epochs per member, seeds {seeds}, {windows} windows"
-        info = {**info, "score_ensemble": float(len(graph.members))}
-    common = {"name": name, "version": version, "window": window, "inputs": inputs, "data": data}
-    common["vote"] = vote
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
-    try:
-        bundle = provisional_bundle(
-            tmp / "provisional",
-            _manifest(threshold=1e30, far=1e-3, files={}, provenance=prov, **common).model_dump(mode="json"),
-            data,
-        )
-        frame_s = window.stride * window.sample_period_s
-        delay = frame_s if on_delay_s is None else on_delay_s
-        setup = derived_setup(bundle, role_columns, on_delay_s=delay)
-        tags = sorted({t for cols in role_columns.values() for t in cols.values()})
-        cal = []
-        for p in calibration_paths:
-            rec = load_recording([p], tags, window.sample_period_s)
-            cal.append(CalibrationData(alarm_inputs(rec, setup)[0], rec.period_s))
-        alarms = calibrate(setup.alarms, cal, false_alerts_per_day)
-        d = alarms.defs[0]
-        assert d.high is not None
-        threshold = float(d.high.value)
-        seen = [cols[d.source] for c in cal for cols in c.inputs.sources.values() if d.source in cols]
-        frames = np.concatenate([v[p & np.isfinite(v)] for v, p in seen])
-        # the share of normal frames above it (never 0 in a manifest: half a frame when none is)
-        far = max(float(np.mean(frames > threshold)) if len(frames) else 0.0, 0.5 / max(1, len(frames)))
-        days = sum(c.normal_days() for c in cal)
-        report: dict[str, object] = {
-            "name": name,
-            "method": "sequence-cnn",
-            "threshold": threshold,
-            "false_alerts_per_day_target": false_alerts_per_day,
-            "false_alerts_calibration": sum(c.false_alerts(alarms) for c in cal),
-            "calibration_asset_days": days,
-            "calibration_frames": len(frames),
-            "frame_exceedance": far,
-            "on_delay_s": delay,
-            **info,
-        }
-        if kd_report is not None:
-            report["distillation"] = kd_report
-        prov["thresholds"] = (
-            f"calibrated through the agent's replay (alert on-delay {delay:g} s) for "
-            f"{false_alerts_per_day:g} false alerts per asset-day on {days:.2f} asset-days of "
-            f"{prov['calibration']}"
-        )
-        rep_json = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()
-        lines = [f"# {name}: sequence anomaly model", ""]
-        lines += [f"- {k}: {v}" for k, v in sorted(report.items()) if k != "distillation"]
-        if kd_report is not None:
-            lines += ["", "## Distillation", "", *_kd_lines(kd_report)]
-        rep_md = ("\n".join(lines) + "\n").encode()
-        extra = {"report.json": rep_json, "report.md": rep_md}
-        files = {k: FileHash(sha256=hashlib.sha256(v).hexdigest(), size=len(v)) for k, v in extra.items()}
-        manifest = _manifest(threshold=threshold, far=far, files=files, provenance=prov, **common)
-        final = tmp / "bundle"
-        _write(final, manifest, data, extra)
-        load_bundle(final)  # what the agent will load
-        if key is not None:
-            sign_bundle(final, key)
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        final.chmod(0o755)
-        shutil.move(str(final), str(out))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return BundleResult(out, manifest, report)
+    return write(graph, info, kd_report, out)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -1287,6 +1391,7 @@ def run(args: argparse.Namespace) -> int:
             teacher_channels=args.teacher_channels,
             teacher_epochs=args.teacher_epochs,
             teacher_ensemble=args.teacher_ensemble,
+            teacher_vote=args.teacher_vote or "",
             prune=args.prune,
             finetune_epochs=args.finetune_epochs,
             seeds=args.seeds,
@@ -1324,6 +1429,7 @@ def run(args: argparse.Namespace) -> int:
             distillation=args.distillation,
             ewma=ewma,
             log=args.log,
+            every_graph=args.every_graph,
         )
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -29,6 +29,10 @@ class SequenceConfig:
     teacher_channels: int = 0  # the teacher: the same network, this wide, trained longer
     teacher_epochs: int = 30
     teacher_ensemble: int = 1  # teachers trained with different seeds, their targets averaged
+    # with a vote the teacher is a score ensemble of ``teacher_ensemble`` members (seeds seed,
+    # seed + 10 ...: what ``score_ensemble``/``vote`` train) and each window's targets are the
+    # members' combined as the vote combines their scores (min: the lowest-scoring member's)
+    teacher_vote: str = ""
     alpha: float = 0.5  # weight of the student's own objective against the teacher's targets
     prune: float = 1.0  # share of every hidden channel group the distilled student keeps
     finetune_epochs: int = 4  # after pruning
@@ -93,6 +97,13 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         "residuals, averaged, are the students' targets (default 1)",
     )  # fmt: skip
     kd.add_argument(
+        "--teacher-vote", choices=VOTES, default=SequenceConfig.teacher_vote,
+        help="the teacher is a score ensemble of --teacher-ensemble members (seeds --seed, +10 ..., "
+        "--teacher-channels wide, --teacher-epochs: what --score-ensemble N --vote V trains); on every "
+        "transfer window the students' targets are the members' combined as this vote combines their "
+        "scores (min: the lowest-scoring member's, mean: averaged)",
+    )  # fmt: skip
+    kd.add_argument(
         "--prune", type=float, default=SequenceConfig.prune,
         help="share of every hidden channel group the student keeps (default 1: none pruned)",
     )  # fmt: skip
@@ -109,8 +120,16 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         help="the numeric fault-label column of an asset in --validate (0: normal; repeat)",
     )  # fmt: skip
     kd.add_argument(
-        "--distillation", choices=("auto", "required"), default="auto",
-        help="auto: a distilled student that does not win is replaced by the scratch one",
+        "--every-graph", type=Path, metavar="DIR",
+        help="also write every trained graph (teacher, each seed's distilled and scratch student) to "
+        "DIR as a bundle calibrated as --out is (DIR/teacher, DIR/distilled-1 ..., DIR/scratch-1 ...): "
+        "for judges of other metrics, e.g. bench/seqdistill.py",
+    )  # fmt: skip
+    kd.add_argument(
+        "--distillation", choices=("auto", "required", "distilled"), default="auto",
+        help="auto: a distilled student that does not win is replaced by the scratch one; required: "
+        "fail then; distilled: it ships all the same (its family won another gate, e.g. bench/seqdistill.py; "
+        "this one is still reported)",
     )  # fmt: skip
     ap.add_argument("--max-windows", type=int, default=SequenceConfig.max_windows)
     ap.add_argument("--out", required=True, type=Path)

@@ -82,6 +82,13 @@ done
 # --label Pump2=pump2_fault_code to run it again (the gate's loser does not ship).
 # With --teacher-ensemble 3 (three such teachers, their targets averaged) on these recordings it
 # lost again: distilled 0.843 ± 0.074 against scratch 0.900 ± 0.049 (t = -1.12; models/README.md).
+# v4 itself as the teacher (7 Dec): replace --epochs 12 --score-ensemble 2 --vote min with
+# --teacher-channels 16 --teacher-epochs 12 --teacher-ensemble 2 --teacher-vote min --channels 24
+# --epochs 8 --prune 0.66 --finetune-epochs 4 --seeds 3 --validate "$REC/faults-s301.csv"
+# --label Pump1=pump1_fault_code --label Pump2=pump2_fault_code --every-graph build/seqdistill/graphs
+# --distillation distilled, then python -m bench.seqdistill --distilled build/seqdistill/graphs/distilled-*
+# --scratch build/seqdistill/graphs/scratch-*: it lost the pre-registered gate on the validation days
+# (alerts after 64 changes: distilled 5.67 ± 0.58, scratch 4.00 ± 1.00; models/README.md).
 # The former anomaly model: T^2/SPE of what speed and flow do not explain (export/conditioned.py)
 .venv/bin/python -m export.pca_baseline \
   --out models/op-pump --name op-pump --version 1 \
