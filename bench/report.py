@@ -33,9 +33,13 @@ BENCH = ROOT / "bench"
 
 # The order `make bench` runs them in; scripts found in bench/ but not named here run after.
 BENCHMARKS = ("acquisition", "cycle", "scoring", "export", "energy", "tariff")
-# bench/ modules that are libraries or servers for the benchmarks, not benchmarks.
+# bench/ modules that are libraries or servers for the benchmarks, or gates run on bundles an
+# export built (seqdistill: models/README.md), not benchmarks of what the repository ships.
 HELPERS = frozenset(
-    {"report", "rss", "opcua_server", "replay", "loadshift", "closed_loop", "profiling", "__init__"}
+    {
+        "report", "rss", "opcua_server", "replay", "loadshift", "closed_loop", "profiling", "seqdistill",
+        "__init__",
+    }
 )
 FLAGS_OF_INTEREST = (
     "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "sve", "i8mm",
