@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from agent.modelstore.bundle import load_bundle
-from agent.modelstore.manifest import WindowSpec
+from agent.modelstore.manifest import InputRole, WindowSpec
 from export.evaluate import Episode, Labels, derived_setup, evaluate_method, load_recording
 from export.onnx_tools import run_onnx
 from export.pca_baseline import RoleSpec
@@ -230,11 +230,9 @@ def test_an_ensemble_teacher_hands_its_members_averaged_targets() -> None:
         SequenceEnsemble([])
 
 
-def test_distil_trains_an_ensemble_of_teachers_and_gates_over_seeds() -> None:
-    """``teacher_ensemble`` teachers with different seeds, each one's recall and the ensemble's
-    in the report; the students and the gate are the single teacher's."""
-    from agent.modelstore.manifest import InputRole
-
+def load_windows() -> tuple[np.ndarray, list[InputRole], np.ndarray]:
+    """360 windows of 20 samples: an operating ``load`` (a random walk) and two roles that follow
+    it with noise; and 100 of them with ``b`` frozen at its first value (the faults)."""
     rng = np.random.default_rng(0)
     load = np.cumsum(rng.normal(0, 0.1, size=(360, 20, 1)), axis=1)
     x = np.concatenate([load, 0.5 * load + rng.normal(0, 0.1, size=(360, 20, 2))], axis=2).astype(np.float32)
@@ -243,6 +241,13 @@ def test_distil_trains_an_ensemble_of_teachers_and_gates_over_seeds() -> None:
     inputs = [
         InputRole(role=r, unit="", range=(-10.0, 10.0), operating=r == "load") for r in ("load", "a", "b")
     ]
+    return x, inputs, stuck
+
+
+def test_distil_trains_an_ensemble_of_teachers_and_gates_over_seeds() -> None:
+    """``teacher_ensemble`` teachers with different seeds, each one's recall and the ensemble's
+    in the report; the students and the gate are the single teacher's."""
+    x, inputs, stuck = load_windows()
     cfg = SequenceConfig(channels=4, latent=1, epochs=1, teacher_channels=6, teacher_epochs=1,
                          teacher_ensemble=2, prune=0.5, finetune_epochs=1, seeds=3)  # fmt: skip
     _, _, rep = distil(x[:240], x[240:], inputs, cfg, Validation({1.0: stuck}, x[240:]))

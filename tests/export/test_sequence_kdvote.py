@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from agent.modelstore.bundle import load_bundle
-from agent.modelstore.manifest import InputRole
 from export.sequence import (
     ScoreVote,
     SequenceConfig,
@@ -24,7 +23,7 @@ from export.sequence import (
     fit_bundle,
     teacher_targets,
 )
-from tests.export.test_sequence import ROLES, WINDOW, _columns, _plant
+from tests.export.test_sequence import ROLES, WINDOW, _columns, _plant, load_windows
 from tests.export.test_sequence_vote import _member
 
 
@@ -53,20 +52,10 @@ def test_a_min_vote_teacher_hands_each_window_the_lowest_scoring_members_targets
         np.testing.assert_allclose(g.astype(np.float64), want.astype(np.float64), rtol=2e-3, atol=2e-3)
 
 
-def _windows() -> tuple[np.ndarray, list[InputRole], np.ndarray]:
-    rng = np.random.default_rng(0)
-    load = np.cumsum(rng.normal(0, 0.1, size=(360, 20, 1)), axis=1)
-    x = np.concatenate([load, 0.5 * load + rng.normal(0, 0.1, size=(360, 20, 2))], axis=2).astype(np.float32)
-    stuck = x[:100].copy()
-    stuck[:, :, 2] = stuck[:, :1, 2]
-    inputs = [
-        InputRole(role=r, unit="", range=(-10.0, 10.0), operating=r == "load") for r in ("load", "a", "b")
-    ]
-    return x, inputs, stuck
 
 
 def test_distil_from_a_score_ensemble_keeps_every_graph_and_refuses_one_member() -> None:
-    x, inputs, stuck = _windows()
+    x, inputs, stuck = load_windows()
     cfg = SequenceConfig(channels=4, latent=1, epochs=1, teacher_channels=3, teacher_epochs=1,
                          teacher_ensemble=2, teacher_vote="min", prune=0.5, finetune_epochs=1, seeds=3)  # fmt: skip
     graphs: dict[str, list[SequenceScore | ScoreVote]] = {}
