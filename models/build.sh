@@ -89,6 +89,8 @@ done
 # --distillation distilled, then python -m bench.seqdistill --distilled build/seqdistill/graphs/distilled-*
 # --scratch build/seqdistill/graphs/scratch-*: it lost the pre-registered gate on the validation days
 # (alerts after 64 changes: distilled 5.67 ± 0.58, scratch 4.00 ± 1.00; models/README.md).
+# With --finetune-epochs 12 (scratch then 20 epochs) it lost again: 4.33 ± 0.58 against 4.67 ± 2.89
+# (0.20 SE; the drift mostly won back: 7.6-17.5 min; models/README.md).
 # The former anomaly model: T^2/SPE of what speed and flow do not explain (export/conditioned.py)
 .venv/bin/python -m export.pca_baseline \
   --out models/op-pump --name op-pump --version 1 \
