@@ -1229,6 +1229,8 @@ def fit_bundle(
     x_fit = windows_of(fit_segs, inputs, window, stride)
     x_val = windows_of(val_segs, inputs, window, window.stride)
 
+    recordings: list[Any] = []  # the calibration days, as write() reads them
+
     def write(
         graph: SequenceScore | ScoreVote,
         info: dict[str, float],
@@ -1284,11 +1286,11 @@ def fit_bundle(
             frame_s = window.stride * window.sample_period_s
             delay = frame_s if on_delay_s is None else on_delay_s
             setup = derived_setup(bundle, role_columns, on_delay_s=delay)
-            tags = sorted({t for cols in role_columns.values() for t in cols.values()})
-            cal = []
-            for p in calibration_paths:
-                rec = load_recording([p], tags, window.sample_period_s)
-                cal.append(CalibrationData(alarm_inputs(rec, setup)[0], rec.period_s))
+            if not recordings:  # read once: --every-graph calibrates every graph on the same days
+                tags = sorted({t for cols in role_columns.values() for t in cols.values()})
+                period = window.sample_period_s
+                recordings.extend(load_recording([p], tags, period) for p in calibration_paths)
+            cal = [CalibrationData(alarm_inputs(rec, setup)[0], rec.period_s) for rec in recordings]
             alarms = calibrate(setup.alarms, cal, false_alerts_per_day)
             d = alarms.defs[0]
             assert d.high is not None
