@@ -252,11 +252,20 @@ def _schedule(plant: Plant, n: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=100_000)
+    parser.add_argument("--json", type=Path, help="also write the verdict here (the CI test reads it)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         report = asyncio.run(soak(args.cycles, Path(tmp) / "state"))
     print(report.table())
     problems = report.problems()
+    if args.json is not None:
+        verdict = {
+            "problems": problems,
+            "changed_decisions": report.changed_decisions,
+            "audited_decisions": report.audited_decisions,
+            "plant_writes": report.plant_writes,
+        }
+        args.json.write_text(json.dumps(verdict, indent=2) + "\n")
     for p in problems:
         print("FAILED:", p)
     print("soak: OK" if not problems else f"soak: {len(problems)} problem(s)")
