@@ -741,9 +741,9 @@ class Agent:
             self._cycle_beat()
         now, now_utc = self._clock(), utcnow()
         # The heartbeat leaves first: its write and read-back are under way while the alarms,
-        # the HMI blocks and the recommendations are worked out (the driver serialises their
-        # requests), and it is done before the setpoints: the PLC applies them only while it
-        # is alive.
+        # the HMI blocks, the recommendations and the Guard's decisions are worked out (the
+        # driver serialises their requests), and it is done before any setpoint is written:
+        # the PLC applies them only while it is alive.
         beat = asyncio.ensure_future(self.hmi.write_heartbeat(now))
         inputs: WriteInputs | None = None
         try:
@@ -758,6 +758,9 @@ class Agent:
             if self.writeback is not None:
                 inputs = self._write_inputs(now)
             await self.hmi.write_status(self.view.status_word, now)
+            if self.writeback is not None and inputs is not None:
+                self.view.recommendations = dict(inputs.recommendations)
+                self.view.decisions = await self.writeback.step(inputs, after=beat)
             await beat
         finally:
             if not beat.done():  # an error above, or the cycle cancelled: no task left behind
@@ -768,8 +771,6 @@ class Agent:
                 beat.exception()  # retrieved: an error of its own is raised by ``await beat``
         self._cycle_beat()
         if self.writeback is not None and inputs is not None:
-            self.view.recommendations = dict(inputs.recommendations)
-            self.view.decisions = await self.writeback.step(inputs)
             if self.start_stop is not None:
                 self.view.decisions |= await self.start_stop.step(
                     inputs.recommendations,

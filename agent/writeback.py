@@ -291,12 +291,26 @@ class WriteBack:
 
     # ------------------------------------------------------------------ per cycle
 
-    async def step(self, inputs: WriteInputs) -> dict[str, GuardDecision]:
-        """Decide (and write where allowed) for every target; returns the decisions."""
+    async def step(
+        self, inputs: WriteInputs, *, after: asyncio.Future[Any] | None = None
+    ) -> dict[str, GuardDecision]:
+        """Decide (and write where allowed) for every target; returns the decisions.
+
+        ``after``: what must be done before any write of this step (the cycle's heartbeat:
+        the PLC applies a setpoint only while the agent is alive). A decision to write waits
+        for it, then is audited and sent; the rest of the step (origins, decisions, holds)
+        runs while it is under way. Its error, or its cancellation, ends the step there.
+        """
         for tag, st in self._states.items():
             await self._refresh_origin(tag, st)
             now = self._clock()
             decision = self.guard.decide(tag, self._guard_inputs(tag, st, inputs, now))
+            if decision.writes and after is not None and not after.done():
+                await after
+                now = self._clock()
+                decision = self.guard.decide(tag, self._guard_inputs(tag, st, inputs, now))
+            elif decision.writes and after is not None:
+                after.result()  # raises its error: no write after a failed or cancelled beat
             self.decisions[tag] = decision
             self.actions[(str(decision.action), _code(decision))] += 1
             await self._apply(tag, st, decision, inputs, now)

@@ -1,6 +1,6 @@
 """The cycle's heartbeat (agent/runtime.py, Agent.cycle): it leaves before the alarms, HMI
-blocks and recommendations are worked out (its round trips overlap them), it is done before
-the setpoints, and a cycle that fails or is cancelled leaves no heartbeat task behind. A fake
+blocks, recommendations and the Guard's decisions are worked out (its round trips overlap
+them), it is done before the setpoints (the write-back is handed it), and a cycle that fails or is cancelled leaves no heartbeat task behind. A fake
 driver at our seam (``make_driver``) logs every write; its replies take a while, as a
 device's do."""
 
@@ -66,7 +66,10 @@ class Setpoints:
         self.events = events
         self.outcomes: Counter[str] = Counter()
 
-    async def step(self, inputs: Any) -> dict[str, Any]:
+    async def step(self, inputs: Any, *, after: asyncio.Future[Any] | None = None) -> dict[str, Any]:
+        self.events.append("decisions")  # made while the heartbeat is under way
+        assert after is not None, "the cycle hands the write-back its heartbeat"
+        await after  # as WriteBack.step does before a write (tests/unit/test_writeback.py)
         self.events.append("setpoints")
         return {}
 
@@ -108,8 +111,11 @@ async def test_the_heartbeat_leaves_before_the_work_and_is_done_before_the_setpo
         await agent.cycle()
         assert events.index("heartbeat sent") < events.index("alarms")  # under way during them
         assert events.index("recommendations") < events.index("heartbeat answered")  # and these
+        if "status sent" not in events:  # (the status word, when due, is written before them)
+            assert events.index("decisions") < events.index("heartbeat answered")  # the Guard's
         assert events.index("heartbeat answered") < events.index("setpoints")
         assert events.count("heartbeat sent") == events.count("heartbeat answered") == 1
+        assert events.index("decisions") < events.index("setpoints")
         if i == 0:  # the status word (written when it changed): made after the alarms
             assert events.index("alarms") < events.index("status sent") < events.index("setpoints")
     assert agent.hmi.stats["Agent.Heartbeat"].written == 3

@@ -41,7 +41,7 @@ from agent.errors import AuditError, ReadBackFailed, WriteRefused, WriteUnconfir
 from agent.pipeline.guard import Guard, GuardConfig, SetpointTarget
 from agent.pipeline.quantize import Grid
 from agent.tagtable import TagTable
-from agent.types import Decision, Quality, Recommendation, Sample, Value
+from agent.types import Action, Decision, Quality, Recommendation, Sample, Value
 from agent.writeback import WriteBack, WriteInputs
 
 SP = "P1.speed_sp"
@@ -289,6 +289,7 @@ class Harness:
         self.previous_value = start_value
         self.stale_available = False
         self.corrupt_reads = 0
+        self.after: asyncio.Future[Any] | None = None  # what the step's writes wait for (the cycle's heartbeat)
         self.wb = self._new()
 
     def _new(self) -> WriteBack:
@@ -357,7 +358,7 @@ class Harness:
             inputs_mono=now,
             model_healthy=True,
         )
-        await self.wb.step(inputs)
+        await self.wb.step(inputs, after=self.after)
         if self.plc.value != before:
             self.previous_value = before
             self.stale_available = not s.stale_in_send
@@ -445,6 +446,40 @@ def test_a_healthy_ramp_reaches_its_target_at_the_rate() -> None:
     assert h.plc.received, "nothing written"
     assert h.plc.value == pytest.approx(2900.0, abs=0.01)
     assert h.wb.outcomes["verified"] == len(h.plc.received)
+
+
+@pytest.mark.parametrize("beat", ["answered", "failed"])
+def test_a_write_waits_for_the_heartbeat_a_hold_does_not(beat: str) -> None:
+    """Agent.cycle hands the step its heartbeat (``after``): a decision to write is audited and
+    sent only once the heartbeat is done, and not at all when it raised; the step decides
+    while it is under way and a hold never waits for it."""
+
+    async def main() -> None:
+        h = Harness(make_target(), 2000.0)
+        for s in ramp(3):
+            await h.run_step(s)
+        assert h.plc.received, "the ramp writes"
+        sent, rows = len(h.plc.received), len(h.audit.rows)
+        h.after = asyncio.get_running_loop().create_future()
+        step = asyncio.create_task(h.run_step(Step()))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not step.done(), "the write went without waiting for the heartbeat"
+        assert len(h.plc.received) == sent and len(h.audit.rows) == rows  # neither sent nor audited
+        if beat == "answered":
+            h.after.set_result(None)
+            await step
+            assert len(h.plc.received) == sent + 1
+        else:
+            h.after.set_exception(RuntimeError("the heartbeat task failed"))
+            with pytest.raises(RuntimeError, match="heartbeat task failed"):
+                await step
+            assert len(h.plc.received) == sent and len(h.audit.rows) == rows
+        h.after = asyncio.get_running_loop().create_future()  # never done
+        await asyncio.wait_for(h.run_step(Step(perm=False)), 5)  # a hold: decided and audited
+        assert h.wb.decisions[SP].action is Action.HOLD
+
+    asyncio.run(main())
 
 
 def test_stale_readback_during_the_send_is_not_the_origin() -> None:
