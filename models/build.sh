@@ -91,6 +91,9 @@ done
 # (alerts after 64 changes: distilled 5.67 ± 0.58, scratch 4.00 ± 1.00; models/README.md).
 # With --finetune-epochs 12 (scratch then 20 epochs) it lost again: 4.33 ± 0.58 against 4.67 ± 2.89
 # (0.20 SE; the drift mostly won back: 7.6-17.5 min; models/README.md).
+# With --seeds 6 (the same flags), judged once on fresh days 115-118 and fault day 303, it lost:
+# 9.83 ± 4.62 alerts after 128 changes against scratch 7.50 ± 3.83 (-0.95 SE), 1.60 against 1.27
+# false alerts per pump-day; v4 there 9 and 1.12 (models/README.md).
 # The former anomaly model: T^2/SPE of what speed and flow do not explain (export/conditioned.py)
 .venv/bin/python -m export.pca_baseline \
   --out models/op-pump --name op-pump --version 1 \
