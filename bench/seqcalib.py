@@ -98,7 +98,7 @@ def _raised_s(res: object) -> list[tuple[str, float]]:
 
 def _settings(
     bundle: Path,
-    rec: Path,
+    cal_rec: Path,
     calibration: Sequence[str],
     targets: Sequence[float],
     on_delay_s: float,
@@ -114,7 +114,7 @@ def _settings(
     setup = derived_setup(b, cols if known else None, on_delay_s=on_delay_s, hold_cycles=op.HOLD_CYCLES)
     tags = sorted({t for bb, _ in setup.models for c in bb.assets.values() for t in c.values()})
     data = {
-        name: op._cal_data(setup, tags, [rec / name])
+        name: op._cal_data(setup, tags, [cal_rec / name])
         for name in dict.fromkeys([*BUNDLE_CALIBRATION, *calibration])
     }
     runs: list[tuple[str, Sequence[str], float]] = [("bundle's days, 0.5", BUNDLE_CALIBRATION, 0.5)]
@@ -139,9 +139,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--bundle", type=Path, default=ROOT / "models" / "seq-pump")
-    ap.add_argument("--recordings", type=Path, default=REC)
+    ap.add_argument("--recordings", type=Path, default=REC, help="the validation days' directory")
+    ap.add_argument("--calibration-recordings", type=Path, default=REC, help="the calibration days' dir")
     ap.add_argument(
-        "--calibrate", nargs="+", default=list(CALIBRATION), help="calibration recordings in RECORDINGS"
+        "--calibrate",
+        nargs="+",
+        default=list(CALIBRATION),
+        help="calibration recordings in CALIBRATION_RECORDINGS",
     )
     ap.add_argument(
         "--targets", type=float, nargs="+", default=list(TARGETS), help="false alerts per pump-day"
@@ -158,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rec: Path = args.recordings
     setup, tags, settings = _settings(
-        args.bundle, rec, args.calibrate, args.targets, args.on_delay, args.fast_delay
+        args.bundle, args.calibration_recordings, args.calibrate, args.targets, args.on_delay, args.fast_delay
     )  # fmt: skip
     out: dict[str, dict[str, object]] = {
         n: {"target": s["target"], "days": s["days"], "pump_days": s["pump_days"],
