@@ -38,6 +38,7 @@ BENCHMARKS = ("acquisition", "cycle", "scoring", "export", "energy", "tariff")
 HELPERS = frozenset(
     {
         "report", "rss", "opcua_server", "replay", "loadshift", "closed_loop", "profiling", "seqdistill",
+        "seqcalib",
         "__init__",
     }
 )

@@ -17,7 +17,7 @@ def test_every_benchmark_script_is_run_in_the_documented_order() -> None:
     listed = [n for n in BENCHMARKS if n in names]
     assert names[: len(listed)] == listed
     assert {"acquisition", "cycle", "scoring", "export"} <= set(names)
-    assert not {"rss", "opcua_server", "replay", "report", "seqdistill"} & set(names)
+    assert not {"rss", "opcua_server", "replay", "report", "seqdistill", "seqcalib"} & set(names)
 
 
 def test_the_report_names_the_machine_and_a_failed_benchmark() -> None:
