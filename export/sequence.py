@@ -1150,6 +1150,128 @@ class BundleResult:
     report: dict[str, object]
 
 
+CALIBRATION_FACTS = (
+    "name",
+    "method",
+    "threshold",
+    "false_alerts_per_day_target",
+    "false_alerts_calibration",
+    "calibration_asset_days",
+    "calibration_frames",
+    "frame_exceedance",
+    "on_delay_s",
+)  # what write_calibrated() puts in report.json; every other fact is the caller's
+
+
+def _with_threshold(
+    m: Manifest, threshold: float, far: float, files: Mapping[str, FileHash], provenance: Mapping[str, str]
+) -> Manifest:
+    """``m`` with its score's alarm threshold and false-alarm rate, files and provenance replaced."""
+    outputs = tuple(
+        o.model_copy(
+            update={"thresholds": {**o.thresholds, "alarm": float(threshold)}, "false_alarm_rate": float(far)}
+        )
+        for o in m.outputs
+    )
+    return m.model_copy(update={"outputs": outputs, "files": dict(files), "provenance": dict(provenance)})
+
+
+def write_calibrated(
+    data: bytes,
+    template: Manifest,
+    role_columns: Mapping[str, Mapping[str, str]],
+    calibration_paths: Sequence[str | Path],
+    out: Path,
+    *,
+    false_alerts_per_day: float,
+    on_delay_s: float,
+    facts: Mapping[str, object] | None = None,
+    kd_report: Mapping[str, Any] | None = None,
+    key: Path | None = None,
+    recordings: list[Any] | None = None,
+) -> BundleResult:
+    """The served graph ``data`` (``model.onnx``) with the manifest ``template`` (name, version,
+    window, inputs, provenance with its ``calibration`` line; its threshold is replaced),
+    calibrated through the agent's own replay of the normal ``calibration_paths`` (assets and
+    tags: ``role_columns``; alert on-delay ``on_delay_s``) for ``false_alerts_per_day`` per
+    asset-day (:func:`export.evaluate.calibrate`), written to ``out`` (replaced) and signed with
+    ``key``: ``thresholds.alarm``, ``false_alarm_rate`` (the share of normal frames above it),
+    the provenance ``thresholds`` line, report.json and report.md (the calibration's facts, then
+    ``facts``, then the distillation report ``kd_report``). ``recordings``: a cache of the read
+    calibration days (empty: filled) for calibrating several graphs on the same days. What
+    ``edge-export sequence`` and ``edge-export recalibrate`` both write."""
+    from agent.modelstore.bundle import load_bundle
+    from agent.modelstore.signing import sign_bundle
+    from agent.replay import alarm_inputs
+    from export.evaluate import CalibrationData, calibrate, derived_setup, load_recording, provisional_bundle
+
+    name = template.name
+    window = template.window
+    prov = dict(template.provenance)
+    recordings = [] if recordings is None else recordings
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    try:
+        provisional = _with_threshold(template, 1e30, 1e-3, {}, prov)
+        bundle = provisional_bundle(tmp / "provisional", provisional.model_dump(mode="json"), data)
+        delay = on_delay_s
+        setup = derived_setup(bundle, role_columns, on_delay_s=delay)
+        if not recordings:
+            tags = sorted({t for cols in role_columns.values() for t in cols.values()})
+            period = window.sample_period_s
+            recordings.extend(load_recording([p], tags, period) for p in calibration_paths)
+        cal = [CalibrationData(alarm_inputs(rec, setup)[0], rec.period_s) for rec in recordings]
+        alarms = calibrate(setup.alarms, cal, false_alerts_per_day)
+        d = alarms.defs[0]
+        assert d.high is not None
+        threshold = float(d.high.value)
+        seen = [cols[d.source] for c in cal for cols in c.inputs.sources.values() if d.source in cols]
+        frames = np.concatenate([v[p & np.isfinite(v)] for v, p in seen])
+        # the share of normal frames above it (never 0 in a manifest: half a frame when none is)
+        far = max(float(np.mean(frames > threshold)) if len(frames) else 0.0, 0.5 / max(1, len(frames)))
+        days = sum(c.normal_days() for c in cal)
+        report: dict[str, object] = {
+            "name": name,
+            "method": "sequence-cnn",
+            "threshold": threshold,
+            "false_alerts_per_day_target": false_alerts_per_day,
+            "false_alerts_calibration": sum(c.false_alerts(alarms) for c in cal),
+            "calibration_asset_days": days,
+            "calibration_frames": len(frames),
+            "frame_exceedance": far,
+            "on_delay_s": delay,
+            **dict(facts or {}),
+        }
+        if kd_report is not None:
+            report["distillation"] = kd_report
+        prov["thresholds"] = (
+            f"calibrated through the agent's replay (alert on-delay {delay:g} s) for "
+            f"{false_alerts_per_day:g} false alerts per asset-day on {days:.2f} asset-days of "
+            f"{prov['calibration']}"
+        )
+        rep_json = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()
+        lines = [f"# {name}: sequence anomaly model", ""]
+        lines += [f"- {k}: {v}" for k, v in sorted(report.items()) if k != "distillation"]
+        if kd_report is not None:
+            lines += ["", "## Distillation", "", *_kd_lines(kd_report)]
+        rep_md = ("\n".join(lines) + "\n").encode()
+        extra = {"report.json": rep_json, "report.md": rep_md}
+        files = {k: FileHash(sha256=hashlib.sha256(v).hexdigest(), size=len(v)) for k, v in extra.items()}
+        manifest = _with_threshold(template, threshold, far, files, prov)
+        final = tmp / "bundle"
+        _write(final, manifest, data, extra)
+        load_bundle(final)  # what the agent will load
+        if key is not None:
+            sign_bundle(final, key)
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        final.chmod(0o755)
+        shutil.move(str(final), str(out))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return BundleResult(out, manifest, report)
+
+
 def fit_bundle(
     train_paths: Sequence[str | Path],
     calibration_paths: Sequence[str | Path],
@@ -1229,7 +1351,7 @@ def fit_bundle(
     x_fit = windows_of(fit_segs, inputs, window, stride)
     x_val = windows_of(val_segs, inputs, window, window.stride)
 
-    recordings: list[Any] = []  # the calibration days, as write() reads them
+    recordings: list[Any] = []  # the calibration days, read once (--every-graph: every graph on them)
 
     def write(
         graph: SequenceScore | ScoreVote,
@@ -1238,17 +1360,6 @@ def fit_bundle(
         out: Path,
     ) -> BundleResult:
         """``graph`` calibrated through the replay and written to ``out`` as a bundle."""
-        from agent.modelstore.bundle import load_bundle
-        from agent.modelstore.signing import sign_bundle
-        from agent.replay import alarm_inputs
-        from export.evaluate import (
-            CalibrationData,
-            calibrate,
-            derived_setup,
-            load_recording,
-            provisional_bundle,
-        )
-
         data = _onnx(graph, window, len(inputs))
         width = graph.channels if isinstance(graph, ScoreVote) else graph.net.channels
         prov = {
@@ -1272,75 +1383,17 @@ def fit_bundle(
             windows = int(info["train_windows"])
             prov["training"] = f"{cfg.epochs} epochs per member, seeds {seeds}, {windows} windows"
             info = {**info, "score_ensemble": float(len(graph.members))}
-        common = {"name": name, "version": version, "window": window, "inputs": inputs, "data": data}
-        common["vote"] = vote
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
-        try:
-            bundle = provisional_bundle(
-                tmp / "provisional",
-                _manifest(threshold=1e30, far=1e-3, files={}, provenance=prov, **common).model_dump(
-                    mode="json"
-                ),
-                data,
-            )
-            frame_s = window.stride * window.sample_period_s
-            delay = frame_s if on_delay_s is None else on_delay_s
-            setup = derived_setup(bundle, role_columns, on_delay_s=delay)
-            if not recordings:  # read once: --every-graph calibrates every graph on the same days
-                tags = sorted({t for cols in role_columns.values() for t in cols.values()})
-                period = window.sample_period_s
-                recordings.extend(load_recording([p], tags, period) for p in calibration_paths)
-            cal = [CalibrationData(alarm_inputs(rec, setup)[0], rec.period_s) for rec in recordings]
-            alarms = calibrate(setup.alarms, cal, false_alerts_per_day)
-            d = alarms.defs[0]
-            assert d.high is not None
-            threshold = float(d.high.value)
-            seen = [cols[d.source] for c in cal for cols in c.inputs.sources.values() if d.source in cols]
-            frames = np.concatenate([v[p & np.isfinite(v)] for v, p in seen])
-            # the share of normal frames above it (never 0 in a manifest: half a frame when none is)
-            far = max(float(np.mean(frames > threshold)) if len(frames) else 0.0, 0.5 / max(1, len(frames)))
-            days = sum(c.normal_days() for c in cal)
-            report: dict[str, object] = {
-                "name": name,
-                "method": "sequence-cnn",
-                "threshold": threshold,
-                "false_alerts_per_day_target": false_alerts_per_day,
-                "false_alerts_calibration": sum(c.false_alerts(alarms) for c in cal),
-                "calibration_asset_days": days,
-                "calibration_frames": len(frames),
-                "frame_exceedance": far,
-                "on_delay_s": delay,
-                **info,
-            }
-            if kd_report is not None:
-                report["distillation"] = kd_report
-            prov["thresholds"] = (
-                f"calibrated through the agent's replay (alert on-delay {delay:g} s) for "
-                f"{false_alerts_per_day:g} false alerts per asset-day on {days:.2f} asset-days of "
-                f"{prov['calibration']}"
-            )
-            rep_json = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()
-            lines = [f"# {name}: sequence anomaly model", ""]
-            lines += [f"- {k}: {v}" for k, v in sorted(report.items()) if k != "distillation"]
-            if kd_report is not None:
-                lines += ["", "## Distillation", "", *_kd_lines(kd_report)]
-            rep_md = ("\n".join(lines) + "\n").encode()
-            extra = {"report.json": rep_json, "report.md": rep_md}
-            files = {k: FileHash(sha256=hashlib.sha256(v).hexdigest(), size=len(v)) for k, v in extra.items()}
-            manifest = _manifest(threshold=threshold, far=far, files=files, provenance=prov, **common)
-            final = tmp / "bundle"
-            _write(final, manifest, data, extra)
-            load_bundle(final)  # what the agent will load
-            if key is not None:
-                sign_bundle(final, key)
-            if out.exists():
-                shutil.rmtree(out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            final.chmod(0o755)
-            shutil.move(str(final), str(out))
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return BundleResult(out, manifest, report)
+        template = _manifest(
+            name=name, version=version, window=window, inputs=inputs, data=data, threshold=1e30, far=1e-3,
+            files={}, provenance=prov, vote=vote,
+        )  # fmt: skip
+        frame_s = window.stride * window.sample_period_s
+        return write_calibrated(
+            data, template, role_columns, calibration_paths, out,
+            false_alerts_per_day=false_alerts_per_day,
+            on_delay_s=frame_s if on_delay_s is None else on_delay_s,
+            facts=info, kd_report=kd_report, key=key, recordings=recordings,
+        )  # fmt: skip
 
     kd_report: dict[str, object] | None = None
     if cfg.teacher_channels:
