@@ -91,11 +91,14 @@ __all__ = [
     "fit_bundle",
     "main",
     "prune_net",
+    "recalibrate",
     "run",
+    "run_recalibrate",
     "teacher_targets",
     "train",
     "validation_windows",
     "windows_of",
+    "write_calibrated",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -1423,6 +1426,122 @@ def fit_bundle(
     else:
         graph, info = train(x_fit, x_val, inputs, cfg, log=log)
     return write(graph, info, kd_report, out)
+
+
+def recalibrate(
+    bundle_dir: Path,
+    calibration_paths: Sequence[str | Path],
+    out: Path,
+    *,
+    version: str,
+    false_alerts_per_day: float,
+    on_delay_s: float | None = None,
+    key: Path | None = None,
+) -> BundleResult:
+    """The sequence bundle ``bundle_dir`` (hashes verified) with a new alert threshold: its own
+    ``model.onnx``, byte for byte, calibrated through the agent's replay of
+    ``calibration_paths`` (its provenance ``columns`` bind roles to columns; alert on-delay
+    ``on_delay_s``, default its report's) for ``false_alerts_per_day`` per asset-day, as
+    :func:`fit_bundle` calibrates (:func:`write_calibrated`), written to ``out`` as ``version``
+    (signed with ``key``). The report keeps the training facts and says what it was
+    recalibrated from. ValueError (nothing written) for anything else than that."""
+    from agent.modelstore.bundle import load_bundle
+
+    src = Path(bundle_dir)
+    if not (src / MANIFEST_FILE).is_file():
+        raise ValueError(f"{src}: not a bundle (no {MANIFEST_FILE})")
+    m = load_bundle(src, keep_checks=True).manifest  # hashes and sizes verified (ModelError)
+    prov = dict(m.provenance)
+    if prov.get("method") != "sequence-cnn" or m.features.kind != "sequence":
+        raise ValueError(
+            f"{src}: not a sequence bundle (provenance method {prov.get('method')!r}, features "
+            f"{m.features.kind!r}): only edge-export sequence bundles can be recalibrated"
+        )
+    try:
+        columns = json.loads(prov["columns"])
+        role_columns = {str(a): {str(r): str(c) for r, c in cols.items()} for a, cols in columns.items()}
+    except (KeyError, ValueError, AttributeError, TypeError):
+        raise ValueError(f"{src}: its provenance has no valid 'columns' (role → column per asset)") from None
+    if not role_columns or any(set(m.roles) - set(c) for c in role_columns.values()):
+        raise ValueError(
+            f"{src}: its provenance 'columns' does not bind every role {list(m.roles)} per asset"
+        )
+    (variant,) = m.variants if len(m.variants) == 1 else (None,)
+    if variant is None or variant.file != MODEL_FILE or len(m.outputs) != 1:
+        raise ValueError(f"{src}: not a sequence bundle (one {MODEL_FILE}, one score output expected)")
+    data = (src / MODEL_FILE).read_bytes()
+    if hashlib.sha256(data).hexdigest() != variant.sha256:
+        raise ValueError(f"{src}/{MODEL_FILE} changed while it was read")
+    try:
+        old = json.loads((src / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise ValueError(f"{src}: no readable report.json (the training facts and the on-delay)") from None
+    if on_delay_s is None:
+        on_delay_s = old.get("on_delay_s") if isinstance(old.get("on_delay_s"), int | float) else None
+        if on_delay_s is None:
+            raise ValueError(f"{src}: its report.json has no on_delay_s: give --on-delay")
+    if not (math.isfinite(on_delay_s) and on_delay_s >= 0):
+        raise ValueError(f"--on-delay must be a non-negative number of seconds, not {on_delay_s:g}")
+    if version == m.version:
+        raise ValueError(f"--version {version} is {src}'s own version: a new threshold is a new version")
+    if not calibration_paths:
+        raise ValueError("calibration recordings are required: the threshold comes from false alerts per day")
+    missing = [str(p) for p in calibration_paths if not Path(p).exists()]
+    if missing:
+        raise ValueError(f"calibration recording(s) not found: {' '.join(missing)}")
+    out = Path(out)
+    if out.exists() and out.resolve() != src.resolve():
+        try:
+            other = json.loads((out / MANIFEST_FILE).read_text(encoding="utf-8")).get("name")
+        except (OSError, ValueError, AttributeError):
+            other = None
+        if other != m.name and not (out.is_dir() and not any(out.iterdir())):
+            raise ValueError(f"{out} exists and is not a bundle of {m.name}: refusing to replace it")
+    threshold = m.outputs[0].thresholds.get("alarm")
+    target = old.get("false_alerts_per_day_target")
+    prov["calibration"] = " ".join(Path(p).name for p in calibration_paths)
+    prov["recalibrated"] = (
+        f"from version {m.version} (threshold {threshold:.6g}"
+        + (f", {target:g} false alerts per asset-day" if isinstance(target, int | float) else "")
+        + f" on {m.provenance.get('calibration', '?')}); same {MODEL_FILE}"
+    )
+    facts = {k: v for k, v in old.items() if k not in CALIBRATION_FACTS and k != "distillation"}
+    facts["recalibrated_from"] = f"version {m.version}, threshold {threshold}"
+    kd = old.get("distillation")
+    template = m.model_copy(update={"version": version, "provenance": prov})
+    return write_calibrated(
+        data, template, role_columns, calibration_paths, out,
+        false_alerts_per_day=false_alerts_per_day, on_delay_s=float(on_delay_s),
+        facts=facts, kd_report=kd if isinstance(kd, dict) else None, key=key,
+    )  # fmt: skip
+
+
+def run_recalibrate(args: argparse.Namespace) -> int:
+    """Run ``edge-export recalibrate`` with parsed ``args``; prints a summary, returns the exit code."""
+    from agent.errors import ModelError
+
+    try:
+        res = recalibrate(
+            args.bundle,
+            args.calibrate,
+            args.out,
+            version=args.version,
+            false_alerts_per_day=args.false_alerts_per_day,
+            on_delay_s=args.on_delay,
+            key=args.key,
+        )
+    except (ModelError, ValueError, OSError) as exc:  # a bundle that fails its hashes too
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    r = res.report
+    signed = "; signed" if args.key else ""
+    print(
+        f"wrote {args.out} ({res.manifest.ident}, {res.manifest.provenance['recalibrated']}): threshold "
+        f"{float(str(r['threshold'])):.4g} for {args.false_alerts_per_day:g} false alerts per asset-day "
+        f"({r['false_alerts_calibration']} in {float(str(r['calibration_asset_days'])):.2f} calibration "
+        f"asset-days){signed}"
+    )
+    return 0
 
 
 # --------------------------------------------------------------------------- CLI
