@@ -119,6 +119,9 @@ def test_cli_refuses_bad_inputs_in_one_line(plant: tuple[Path, list[Path]], tmp_
     man = json.loads((no_cols / "manifest.json").read_text())
     del man["provenance"]["columns"]
     (no_cols / "manifest.json").write_text(json.dumps(man))
+    tampered = tmp_path / "tampered"
+    shutil.copytree(src, tampered)
+    (tampered / "report.json").write_text("{}")
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
@@ -128,6 +131,7 @@ def test_cli_refuses_bad_inputs_in_one_line(plant: tuple[Path, list[Path]], tmp_
     cases = {
         "not a sequence bundle": (ROOT / "models" / "fault-mlp", "--calibrate", day, *common, "--out", out),
         "no valid 'columns'": (no_cols, "--calibrate", day, *common, "--out", out),
+        "the manifest says": (tampered, "--calibrate", day, *common, "--out", out),
         "not found: nope.csv": (src, "--calibrate", day, "nope.csv", *common, "--out", out),
         "not a bundle of seq-test": (src, "--calibrate", day, *common, "--out", other),
         "own version": (src, "--calibrate", day, *target, "--version", "1", "--out", out),
