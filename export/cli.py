@@ -15,6 +15,8 @@
     edge-export baseline --config configs/export-example.yaml --out build/baselines  # PCA + dynamic PCA
     edge-export sequence --csv normal.csv --calibrate cal.csv --role ... --operating speed \\
         --out build/seq-pump --name seq-pump               # the temporal anomaly model (export/sequence.py)
+    edge-export recalibrate models/seq-pump --calibrate day1.csv day2.csv --false-alerts-per-day 0.1 \
+        --version 5 --out models/seq-pump --key KEY.pem   # its threshold only: the same model.onnx
     edge-export forecast --data rec/*.csv --test unseen/*.csv --config configs/export-forecast.yaml \\
         --out models/demand-forecast                       # the demand forecast bundle
     edge-export identify --data rec1.csv rec2/ --config configs/demo.yaml --out models/station \
@@ -121,6 +123,19 @@ def _parser() -> argparse.ArgumentParser:
         "sequence", help="a 1-D CNN anomaly model over the window, calibrated by false alerts per day"
     )
     _sequence_arguments(q)
+    rc = sub.add_parser(
+        "recalibrate",
+        help="a sequence bundle recalibrated (new threshold, version, signature): the same model.onnx",
+    )
+    rc.add_argument("bundle", type=Path, help="an edge-export sequence bundle")
+    rc.add_argument("--calibrate", nargs="+", required=True, help="normal recordings (CSV) to calibrate on")
+    rc.add_argument("--false-alerts-per-day", type=float, required=True, help="per asset-day")
+    rc.add_argument("--out", required=True, type=Path, help="the new bundle (may be BUNDLE itself)")
+    rc.add_argument("--version", required=True, help="the new bundle's version")
+    rc.add_argument("--key", type=Path, help="private key (PEM) to sign the new bundle")
+    rc.add_argument(
+        "--on-delay", type=float, help="alert on-delay, s (default: the bundle's report.json on_delay_s)"
+    )
     a = sub.add_parser("all", help="the whole chain: record, every model, sign")
     a.add_argument("--config", required=True, type=Path)
     a.add_argument("--no-sign", action="store_true")
@@ -377,6 +392,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from export.sequence import run as _cmd_sequence
 
             return _cmd_sequence(args)
+        if args.cmd == "recalibrate":
+            from export.sequence import run_recalibrate
+
+            return run_recalibrate(args)
         return _cmd_train(args, every=True)
     except ConfigError as exc:
         print("\n".join(f"error: {p}" for p in exc.problems), file=sys.stderr)

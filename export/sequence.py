@@ -91,11 +91,14 @@ __all__ = [
     "fit_bundle",
     "main",
     "prune_net",
+    "recalibrate",
     "run",
+    "run_recalibrate",
     "teacher_targets",
     "train",
     "validation_windows",
     "windows_of",
+    "write_calibrated",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -1150,6 +1153,128 @@ class BundleResult:
     report: dict[str, object]
 
 
+CALIBRATION_FACTS = (
+    "name",
+    "method",
+    "threshold",
+    "false_alerts_per_day_target",
+    "false_alerts_calibration",
+    "calibration_asset_days",
+    "calibration_frames",
+    "frame_exceedance",
+    "on_delay_s",
+)  # what write_calibrated() puts in report.json; every other fact is the caller's
+
+
+def _with_threshold(
+    m: Manifest, threshold: float, far: float, files: Mapping[str, FileHash], provenance: Mapping[str, str]
+) -> Manifest:
+    """``m`` with its score's alarm threshold and false-alarm rate, files and provenance replaced."""
+    outputs = tuple(
+        o.model_copy(
+            update={"thresholds": {**o.thresholds, "alarm": float(threshold)}, "false_alarm_rate": float(far)}
+        )
+        for o in m.outputs
+    )
+    return m.model_copy(update={"outputs": outputs, "files": dict(files), "provenance": dict(provenance)})
+
+
+def write_calibrated(
+    data: bytes,
+    template: Manifest,
+    role_columns: Mapping[str, Mapping[str, str]],
+    calibration_paths: Sequence[str | Path],
+    out: Path,
+    *,
+    false_alerts_per_day: float,
+    on_delay_s: float,
+    facts: Mapping[str, object] | None = None,
+    kd_report: Mapping[str, Any] | None = None,
+    key: Path | None = None,
+    recordings: list[Any] | None = None,
+) -> BundleResult:
+    """The served graph ``data`` (``model.onnx``) with the manifest ``template`` (name, version,
+    window, inputs, provenance with its ``calibration`` line; its threshold is replaced),
+    calibrated through the agent's own replay of the normal ``calibration_paths`` (assets and
+    tags: ``role_columns``; alert on-delay ``on_delay_s``) for ``false_alerts_per_day`` per
+    asset-day (:func:`export.evaluate.calibrate`), written to ``out`` (replaced) and signed with
+    ``key``: ``thresholds.alarm``, ``false_alarm_rate`` (the share of normal frames above it),
+    the provenance ``thresholds`` line, report.json and report.md (the calibration's facts, then
+    ``facts``, then the distillation report ``kd_report``). ``recordings``: a cache of the read
+    calibration days (empty: filled) for calibrating several graphs on the same days. What
+    ``edge-export sequence`` and ``edge-export recalibrate`` both write."""
+    from agent.modelstore.bundle import load_bundle
+    from agent.modelstore.signing import sign_bundle
+    from agent.replay import alarm_inputs
+    from export.evaluate import CalibrationData, calibrate, derived_setup, load_recording, provisional_bundle
+
+    name = template.name
+    window = template.window
+    prov = dict(template.provenance)
+    recordings = [] if recordings is None else recordings
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    try:
+        provisional = _with_threshold(template, 1e30, 1e-3, {}, prov)
+        bundle = provisional_bundle(tmp / "provisional", provisional.model_dump(mode="json"), data)
+        delay = on_delay_s
+        setup = derived_setup(bundle, role_columns, on_delay_s=delay)
+        if not recordings:
+            tags = sorted({t for cols in role_columns.values() for t in cols.values()})
+            period = window.sample_period_s
+            recordings.extend(load_recording([p], tags, period) for p in calibration_paths)
+        cal = [CalibrationData(alarm_inputs(rec, setup)[0], rec.period_s) for rec in recordings]
+        alarms = calibrate(setup.alarms, cal, false_alerts_per_day)
+        d = alarms.defs[0]
+        assert d.high is not None
+        threshold = float(d.high.value)
+        seen = [cols[d.source] for c in cal for cols in c.inputs.sources.values() if d.source in cols]
+        frames = np.concatenate([v[p & np.isfinite(v)] for v, p in seen])
+        # the share of normal frames above it (never 0 in a manifest: half a frame when none is)
+        far = max(float(np.mean(frames > threshold)) if len(frames) else 0.0, 0.5 / max(1, len(frames)))
+        days = sum(c.normal_days() for c in cal)
+        report: dict[str, object] = {
+            "name": name,
+            "method": "sequence-cnn",
+            "threshold": threshold,
+            "false_alerts_per_day_target": false_alerts_per_day,
+            "false_alerts_calibration": sum(c.false_alerts(alarms) for c in cal),
+            "calibration_asset_days": days,
+            "calibration_frames": len(frames),
+            "frame_exceedance": far,
+            "on_delay_s": delay,
+            **dict(facts or {}),
+        }
+        if kd_report is not None:
+            report["distillation"] = kd_report
+        prov["thresholds"] = (
+            f"calibrated through the agent's replay (alert on-delay {delay:g} s) for "
+            f"{false_alerts_per_day:g} false alerts per asset-day on {days:.2f} asset-days of "
+            f"{prov['calibration']}"
+        )
+        rep_json = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()
+        lines = [f"# {name}: sequence anomaly model", ""]
+        lines += [f"- {k}: {v}" for k, v in sorted(report.items()) if k != "distillation"]
+        if kd_report is not None:
+            lines += ["", "## Distillation", "", *_kd_lines(kd_report)]
+        rep_md = ("\n".join(lines) + "\n").encode()
+        extra = {"report.json": rep_json, "report.md": rep_md}
+        files = {k: FileHash(sha256=hashlib.sha256(v).hexdigest(), size=len(v)) for k, v in extra.items()}
+        manifest = _with_threshold(template, threshold, far, files, prov)
+        final = tmp / "bundle"
+        _write(final, manifest, data, extra)
+        load_bundle(final)  # what the agent will load
+        if key is not None:
+            sign_bundle(final, key)
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        final.chmod(0o755)
+        shutil.move(str(final), str(out))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return BundleResult(out, manifest, report)
+
+
 def fit_bundle(
     train_paths: Sequence[str | Path],
     calibration_paths: Sequence[str | Path],
@@ -1229,7 +1354,7 @@ def fit_bundle(
     x_fit = windows_of(fit_segs, inputs, window, stride)
     x_val = windows_of(val_segs, inputs, window, window.stride)
 
-    recordings: list[Any] = []  # the calibration days, as write() reads them
+    recordings: list[Any] = []  # the calibration days, read once (--every-graph: every graph on them)
 
     def write(
         graph: SequenceScore | ScoreVote,
@@ -1238,17 +1363,6 @@ def fit_bundle(
         out: Path,
     ) -> BundleResult:
         """``graph`` calibrated through the replay and written to ``out`` as a bundle."""
-        from agent.modelstore.bundle import load_bundle
-        from agent.modelstore.signing import sign_bundle
-        from agent.replay import alarm_inputs
-        from export.evaluate import (
-            CalibrationData,
-            calibrate,
-            derived_setup,
-            load_recording,
-            provisional_bundle,
-        )
-
         data = _onnx(graph, window, len(inputs))
         width = graph.channels if isinstance(graph, ScoreVote) else graph.net.channels
         prov = {
@@ -1272,75 +1386,17 @@ def fit_bundle(
             windows = int(info["train_windows"])
             prov["training"] = f"{cfg.epochs} epochs per member, seeds {seeds}, {windows} windows"
             info = {**info, "score_ensemble": float(len(graph.members))}
-        common = {"name": name, "version": version, "window": window, "inputs": inputs, "data": data}
-        common["vote"] = vote
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
-        try:
-            bundle = provisional_bundle(
-                tmp / "provisional",
-                _manifest(threshold=1e30, far=1e-3, files={}, provenance=prov, **common).model_dump(
-                    mode="json"
-                ),
-                data,
-            )
-            frame_s = window.stride * window.sample_period_s
-            delay = frame_s if on_delay_s is None else on_delay_s
-            setup = derived_setup(bundle, role_columns, on_delay_s=delay)
-            if not recordings:  # read once: --every-graph calibrates every graph on the same days
-                tags = sorted({t for cols in role_columns.values() for t in cols.values()})
-                period = window.sample_period_s
-                recordings.extend(load_recording([p], tags, period) for p in calibration_paths)
-            cal = [CalibrationData(alarm_inputs(rec, setup)[0], rec.period_s) for rec in recordings]
-            alarms = calibrate(setup.alarms, cal, false_alerts_per_day)
-            d = alarms.defs[0]
-            assert d.high is not None
-            threshold = float(d.high.value)
-            seen = [cols[d.source] for c in cal for cols in c.inputs.sources.values() if d.source in cols]
-            frames = np.concatenate([v[p & np.isfinite(v)] for v, p in seen])
-            # the share of normal frames above it (never 0 in a manifest: half a frame when none is)
-            far = max(float(np.mean(frames > threshold)) if len(frames) else 0.0, 0.5 / max(1, len(frames)))
-            days = sum(c.normal_days() for c in cal)
-            report: dict[str, object] = {
-                "name": name,
-                "method": "sequence-cnn",
-                "threshold": threshold,
-                "false_alerts_per_day_target": false_alerts_per_day,
-                "false_alerts_calibration": sum(c.false_alerts(alarms) for c in cal),
-                "calibration_asset_days": days,
-                "calibration_frames": len(frames),
-                "frame_exceedance": far,
-                "on_delay_s": delay,
-                **info,
-            }
-            if kd_report is not None:
-                report["distillation"] = kd_report
-            prov["thresholds"] = (
-                f"calibrated through the agent's replay (alert on-delay {delay:g} s) for "
-                f"{false_alerts_per_day:g} false alerts per asset-day on {days:.2f} asset-days of "
-                f"{prov['calibration']}"
-            )
-            rep_json = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()
-            lines = [f"# {name}: sequence anomaly model", ""]
-            lines += [f"- {k}: {v}" for k, v in sorted(report.items()) if k != "distillation"]
-            if kd_report is not None:
-                lines += ["", "## Distillation", "", *_kd_lines(kd_report)]
-            rep_md = ("\n".join(lines) + "\n").encode()
-            extra = {"report.json": rep_json, "report.md": rep_md}
-            files = {k: FileHash(sha256=hashlib.sha256(v).hexdigest(), size=len(v)) for k, v in extra.items()}
-            manifest = _manifest(threshold=threshold, far=far, files=files, provenance=prov, **common)
-            final = tmp / "bundle"
-            _write(final, manifest, data, extra)
-            load_bundle(final)  # what the agent will load
-            if key is not None:
-                sign_bundle(final, key)
-            if out.exists():
-                shutil.rmtree(out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            final.chmod(0o755)
-            shutil.move(str(final), str(out))
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return BundleResult(out, manifest, report)
+        template = _manifest(
+            name=name, version=version, window=window, inputs=inputs, data=data, threshold=1e30, far=1e-3,
+            files={}, provenance=prov, vote=vote,
+        )  # fmt: skip
+        frame_s = window.stride * window.sample_period_s
+        return write_calibrated(
+            data, template, role_columns, calibration_paths, out,
+            false_alerts_per_day=false_alerts_per_day,
+            on_delay_s=frame_s if on_delay_s is None else on_delay_s,
+            facts=info, kd_report=kd_report, key=key, recordings=recordings,
+        )  # fmt: skip
 
     kd_report: dict[str, object] | None = None
     if cfg.teacher_channels:
@@ -1370,6 +1426,122 @@ def fit_bundle(
     else:
         graph, info = train(x_fit, x_val, inputs, cfg, log=log)
     return write(graph, info, kd_report, out)
+
+
+def recalibrate(
+    bundle_dir: Path,
+    calibration_paths: Sequence[str | Path],
+    out: Path,
+    *,
+    version: str,
+    false_alerts_per_day: float,
+    on_delay_s: float | None = None,
+    key: Path | None = None,
+) -> BundleResult:
+    """The sequence bundle ``bundle_dir`` (hashes verified) with a new alert threshold: its own
+    ``model.onnx``, byte for byte, calibrated through the agent's replay of
+    ``calibration_paths`` (its provenance ``columns`` bind roles to columns; alert on-delay
+    ``on_delay_s``, default its report's) for ``false_alerts_per_day`` per asset-day, as
+    :func:`fit_bundle` calibrates (:func:`write_calibrated`), written to ``out`` as ``version``
+    (signed with ``key``). The report keeps the training facts and says what it was
+    recalibrated from. ValueError (nothing written) for anything else than that."""
+    from agent.modelstore.bundle import load_bundle
+
+    src = Path(bundle_dir)
+    if not (src / MANIFEST_FILE).is_file():
+        raise ValueError(f"{src}: not a bundle (no {MANIFEST_FILE})")
+    m = load_bundle(src, keep_checks=True).manifest  # hashes and sizes verified (ModelError)
+    prov = dict(m.provenance)
+    if prov.get("method") != "sequence-cnn" or m.features.kind != "sequence":
+        raise ValueError(
+            f"{src}: not a sequence bundle (provenance method {prov.get('method')!r}, features "
+            f"{m.features.kind!r}): only edge-export sequence bundles can be recalibrated"
+        )
+    try:
+        columns = json.loads(prov["columns"])
+        role_columns = {str(a): {str(r): str(c) for r, c in cols.items()} for a, cols in columns.items()}
+    except (KeyError, ValueError, AttributeError, TypeError):
+        raise ValueError(f"{src}: its provenance has no valid 'columns' (role → column per asset)") from None
+    if not role_columns or any(set(m.roles) - set(c) for c in role_columns.values()):
+        raise ValueError(
+            f"{src}: its provenance 'columns' does not bind every role {list(m.roles)} per asset"
+        )
+    (variant,) = m.variants if len(m.variants) == 1 else (None,)
+    if variant is None or variant.file != MODEL_FILE or len(m.outputs) != 1:
+        raise ValueError(f"{src}: not a sequence bundle (one {MODEL_FILE}, one score output expected)")
+    data = (src / MODEL_FILE).read_bytes()
+    if hashlib.sha256(data).hexdigest() != variant.sha256:
+        raise ValueError(f"{src}/{MODEL_FILE} changed while it was read")
+    try:
+        old = json.loads((src / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise ValueError(f"{src}: no readable report.json (the training facts and the on-delay)") from None
+    if on_delay_s is None:
+        on_delay_s = old.get("on_delay_s") if isinstance(old.get("on_delay_s"), int | float) else None
+        if on_delay_s is None:
+            raise ValueError(f"{src}: its report.json has no on_delay_s: give --on-delay")
+    if not (math.isfinite(on_delay_s) and on_delay_s >= 0):
+        raise ValueError(f"--on-delay must be a non-negative number of seconds, not {on_delay_s:g}")
+    if version == m.version:
+        raise ValueError(f"--version {version} is {src}'s own version: a new threshold is a new version")
+    if not calibration_paths:
+        raise ValueError("calibration recordings are required: the threshold comes from false alerts per day")
+    missing = [str(p) for p in calibration_paths if not Path(p).exists()]
+    if missing:
+        raise ValueError(f"calibration recording(s) not found: {' '.join(missing)}")
+    out = Path(out)
+    if out.exists() and out.resolve() != src.resolve():
+        try:
+            other = json.loads((out / MANIFEST_FILE).read_text(encoding="utf-8")).get("name")
+        except (OSError, ValueError, AttributeError):
+            other = None
+        if other != m.name and not (out.is_dir() and not any(out.iterdir())):
+            raise ValueError(f"{out} exists and is not a bundle of {m.name}: refusing to replace it")
+    threshold = m.outputs[0].thresholds.get("alarm")
+    target = old.get("false_alerts_per_day_target")
+    prov["calibration"] = " ".join(Path(p).name for p in calibration_paths)
+    prov["recalibrated"] = (
+        f"from version {m.version} (threshold {threshold:.6g}"
+        + (f", {target:g} false alerts per asset-day" if isinstance(target, int | float) else "")
+        + f" on {m.provenance.get('calibration', '?')}); same {MODEL_FILE}"
+    )
+    facts = {k: v for k, v in old.items() if k not in CALIBRATION_FACTS and k != "distillation"}
+    facts["recalibrated_from"] = f"version {m.version}, threshold {threshold}"
+    kd = old.get("distillation")
+    template = m.model_copy(update={"version": version, "provenance": prov})
+    return write_calibrated(
+        data, template, role_columns, calibration_paths, out,
+        false_alerts_per_day=false_alerts_per_day, on_delay_s=float(on_delay_s),
+        facts=facts, kd_report=kd if isinstance(kd, dict) else None, key=key,
+    )  # fmt: skip
+
+
+def run_recalibrate(args: argparse.Namespace) -> int:
+    """Run ``edge-export recalibrate`` with parsed ``args``; prints a summary, returns the exit code."""
+    from agent.errors import ModelError
+
+    try:
+        res = recalibrate(
+            args.bundle,
+            args.calibrate,
+            args.out,
+            version=args.version,
+            false_alerts_per_day=args.false_alerts_per_day,
+            on_delay_s=args.on_delay,
+            key=args.key,
+        )
+    except (ModelError, ValueError, OSError) as exc:  # a bundle that fails its hashes too
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    r = res.report
+    signed = "; signed" if args.key else ""
+    print(
+        f"wrote {args.out} ({res.manifest.ident}, {res.manifest.provenance['recalibrated']}): threshold "
+        f"{float(str(r['threshold'])):.4g} for {args.false_alerts_per_day:g} false alerts per asset-day "
+        f"({r['false_alerts_calibration']} in {float(str(r['calibration_asset_days'])):.2f} calibration "
+        f"asset-days){signed}"
+    )
+    return 0
 
 
 # --------------------------------------------------------------------------- CLI

@@ -53,7 +53,10 @@ ROLES=(
 # thresholds calibrated through the agent's replay for 0.5 false alerts per pump-day with a 70 s
 # on-delay (the window and a frame; with 30 s the detection is faster but, calibrated on short
 # days, it alerts twice as often after moves: models/README.md) on days it never trained on
-for s in 101 102; do .venv/bin/python -m bench.loadshift --seed $s --hours 24 --out "$REC/shift-s$s.csv"; done
+# (103-106, recorded the same way, calibrate v5 below)
+for s in 101 102 103 104 105 106; do
+  .venv/bin/python -m bench.loadshift --seed $s --hours 24 --out "$REC/shift-s$s.csv"
+done
 # the fault day of the distillation gate (below: every fault kind twice, 45 min each, 2 h apart)
 FAULTS=() i=0
 for rep in 1 2; do
@@ -76,6 +79,14 @@ done
   --train-stride 20 --on-delay 70 --false-alerts-per-day 0.5 --epochs 12 \
   --score-ensemble 2 --vote min \
   --out models/seq-pump --name seq-pump --version 4 --key export/keys/dev-ed25519.pem
+# v5: that graph unchanged (model.onnx byte for byte), its threshold recalibrated through the agent's
+# replay for 0.1 false alerts per pump-day on 16 pump-days (check-s101, shift-s101..s106): fewer alerts
+# after setpoint changes and false alerts per pump-day on the validation days at a slower valve
+# blockage (models/README.md, seq-pump: "A lower false-alert target, calibrated on more days")
+CALIB=("$REC/check-s101.csv")
+for s in 101 102 103 104 105 106; do CALIB+=("$REC/shift-s$s.csv"); done
+.venv/bin/python -m export.cli recalibrate models/seq-pump --calibrate "${CALIB[@]}" \
+  --false-alerts-per-day 0.1 --version 5 --key export/keys/dev-ed25519.pem --out models/seq-pump
 # Distillation was tried on these recordings' predecessors and lost its gate (models/README.md):
 # add --teacher-channels 40 --teacher-epochs 20 --channels 24 --prune 0.66 --finetune-epochs 12
 # --seeds 3 --validate "$REC/faults-s301.csv" --label Pump1=pump1_fault_code

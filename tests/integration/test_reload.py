@@ -157,7 +157,7 @@ async def test_reload_applies_live_changes_and_refuses_the_rest(tmp_path: Path) 
         assert lines[2:] == [
             "fault-mlp: unchanged (fault-mlp v3)",
             "rul-bearing: unchanged (rul-bearing v1)",
-            "seq-pump: unchanged (seq-pump v4)",
+            "seq-pump: unchanged (seq-pump v5)",
         ]
 
         # a Guard setting: refused as a whole, even with a live change beside it
