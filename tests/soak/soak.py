@@ -161,8 +161,8 @@ async def soak(cycles: int, state_dir: Path, *, samples: int = 10) -> SoakReport
         assert agent.writeback is not None
         step = agent.writeback.step
 
-        async def recording_step(inputs: Any) -> dict[str, GuardDecision]:
-            out = await step(inputs)
+        async def recording_step(inputs: Any, **kw: Any) -> dict[str, GuardDecision]:
+            out = await step(inputs, **kw)
             changes.add(out.values())
             return out
 
