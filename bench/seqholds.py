@@ -25,7 +25,9 @@ event's); of those the hours settled there (speed_history also within the speed 
 half an hour or more), settled with the other pump within the speed band of its speed, and with
 the same history (speed_history within the speed band of the event's). ``--at DAY:ASSET:HOURS``
 keeps only the events holding that time (to read one alert of another run's days without reading
-the rest). Prints the events and writes ``build/holds/seqholds.json``.
+the rest). Beside them the pump-hours of the training and validation days in the two
+situations the events fall in (:func:`coverage`) and how often ``shift_schedule`` draws such a
+hold (:func:`schedule_share`). Prints the events and writes ``build/holds/seqholds.json``.
 Reported, never asserted.
 """
 
@@ -163,7 +165,7 @@ def _region_hours(
 
 
 def _training(
-    bundle: object, cols: dict[str, dict[str, str]], names: Sequence[str]
+    bundle: object, cols: dict[str, dict[str, str]], names: Sequence[str], rec_dir: Path = REC
 ) -> list[dict[str, np.ndarray]]:
     """Per training day and pump: speed, flow and speed_history every 10 s (ewma at 1 s)."""
     from agent.pipeline.features import ewma_rows
@@ -175,7 +177,7 @@ def _training(
     out: list[dict[str, np.ndarray]] = []
     for name in names:
         tags = sorted({cols[a][r] for a in cols for r in roles})
-        rec = load_recording([REC / name], tags, 1.0)
+        rec = load_recording([rec_dir / name], tags, 1.0)
         xs = {
             a: ewma_rows(np.stack([rec.values[:, rec.column(cols[a][r])] for r in roles], axis=1), ins, 1.0)[
                 ::10
@@ -190,6 +192,39 @@ def _training(
             })  # fmt: skip
         print(f"  read {name}", flush=True)
     return out
+
+
+def coverage(days: Sequence[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Pump-hours of ``days`` (:func:`_training`'s arrays) in the two situations the events fall
+    in (models/README.md): a pump settled at 1,800-1,950 rpm carrying flow (> 20 m3/h) beside the
+    other at <= 1,600 rpm; a pump at >= 2,900 rpm, and of that with speed_history <= 2,300 rpm."""
+    h = {"pump_h": 0.0, "carrier_1800_1950_beside_le1600": 0.0, "ge2900": 0.0, "ge2900_history_le2300": 0.0}
+    for d in days:
+        w = d["period"][0] / 3600.0
+        settled = np.abs(d["hist"] - d["speed"]) <= 100.0
+        carrier = (d["speed"] >= 1800.0) & (d["speed"] <= 1950.0) & settled & (d["other"] <= 1600.0)
+        top = d["speed"] >= 2900.0
+        h["pump_h"] += len(d["speed"]) * w
+        h["carrier_1800_1950_beside_le1600"] += float((carrier & (d["flow"] > 20.0)).sum()) * w
+        h["ge2900"] += float(top.sum()) * w
+        h["ge2900_history_le2300"] += float((top & (d["hist"] <= 2300.0)).sum()) * w
+    return {k: round(v, 2) for k, v in h.items()}
+
+
+def schedule_share(seeds: Sequence[int], hours: float) -> tuple[int, int]:
+    """Of the moves ``shift_schedule`` draws for ``seeds``: how many put one pump <= 1,950 rpm
+    beside the other <= 1,600 rpm, and how many moves in all."""
+    from bench.loadshift import shift_schedule
+
+    n = total = 0
+    for seed in seeds:
+        for sh in shift_schedule(seed, hours):
+            if sh.speeds is None:
+                continue
+            total += 1
+            v = sorted(sh.speeds.values())
+            n += len(v) == 2 and v[1] <= 1950.0 and v[0] <= 1600.0
+    return n, total
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -302,8 +337,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             ]  # fmt: skip
         print(f"day {seed}: {sum(1 for e in found if e['day'] == seed)} events", flush=True)
+    summary: dict[str, object] = {}
     if args.train:
         train = _training(bundle, cols, args.train)
+        summary["train_coverage"] = coverage(train)
+        if not args.at:
+            days = [f"shift-s{d}.csv" for d in args.shift_days]
+            summary["validation_coverage"] = coverage(_training(bundle, cols, days, args.recordings))
+            summary["moves_validation"] = schedule_share(args.shift_days, 24.0)
+        summary["moves_train"] = schedule_share(range(1, 7), 48.0)
+        summary["moves_draws_2000_2999"] = schedule_share(range(2000, 3000), 48.0)
+        print(f"coverage (pump-hours) and moves (such a pair, all): {json.dumps(summary)}")
         for ev in found:
             op_point = (float(ev[k]) for k in ("speed", "flow", "other_speed", "speed_history"))  # type: ignore[arg-type]
             near, settled, pair, same = _region_hours(train, *op_point, args.speed_band, args.flow_band)
@@ -316,7 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(ev))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
-        json.dumps({"threshold": thr, "near": args.near, "events": found}, indent=2, default=str) + "\n",
+        json.dumps({"threshold": thr, "near": args.near, "events": found, **summary}, indent=2, default=str)
+        + "\n",
         encoding="utf-8",
     )
     print(f"wrote {args.out}")
