@@ -38,7 +38,7 @@ BENCHMARKS = ("acquisition", "cycle", "scoring", "export", "energy", "tariff")
 HELPERS = frozenset(
     {
         "report", "rss", "opcua_server", "replay", "loadshift", "closed_loop", "profiling", "seqdistill",
-        "seqcalib",
+        "seqcalib", "seqholds",
         "__init__",
     }
 )
