@@ -44,7 +44,7 @@ SHIFT_DAYS = (111, 112, 119, 120)
 FAULT_DAYS = ("faults-s301.csv", "faults-s304.csv")
 DAY_S = 86400.0
 
-__all__ = ["after_change_coverage", "alert_times", "main"]
+__all__ = ["after_change_coverage", "alert_times", "main", "raised_s"]
 
 
 def after_change_coverage(
@@ -86,7 +86,9 @@ def _median(v: Sequence[float]) -> float | None:
     return float(np.median(v)) if len(v) else None
 
 
-def _raised_s(res: object) -> list[tuple[str, float]]:
+def raised_s(res: object) -> list[tuple[str, float]]:
+    """``(asset, t)`` of each alert the replay ``res`` raised, t in s from the simulator's epoch
+    (the time base of bench/loadshift.py's schedules)."""
     import datetime as dt
 
     epoch = op.StationParams().epoch_datetime.timestamp()
@@ -185,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             o["false"] += sum(v["false_alerts"] for v in res.per_asset.values())  # type: ignore[attr-defined,operator]
             o["after"] += op.alerts_after_changes(res, starts)  # type: ignore[operator]
             o["coverage"].append(cover)  # type: ignore[attr-defined]
-            for asset, t in _raised_s(res):
+            for asset, t in raised_s(res):
                 (a,) = alert_times([t], starts, moves)
                 o["alerts"].append({"day": seed, "asset": asset, **a})  # type: ignore[attr-defined]
     for day in args.fault_days:

@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if p and Path(p).resolve() not in (ROOT, ROOT / "bench")]
 
 from bench import operating_point as op  # noqa: E402
+from bench.seqcalib import raised_s  # noqa: E402
 
 REC = ROOT / "build" / "recordings"
 SHIFT_DAYS = (111, 112, 119, 120)
@@ -268,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = args.recordings / f"shift-s{seed}.csv"
         shifts = shift_schedule(seed, 24.0)
         res = op._evaluate(setup, tags, path, Labels())
-        raised = op_seqcalib_raised(res, epoch)
+        raised = raised_s(res)
         rec = load_recording([path], tags, 1.0)
         frames = _frames(rec, setup, sess)
         plc_cols = {a: rec.column(cols[a]["speed"]) for a in cols}
@@ -366,16 +367,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(f"wrote {args.out}")
     return 0
-
-
-def op_seqcalib_raised(res: object, epoch: float) -> list[tuple[str, float]]:
-    """``(asset, t)`` of each alert ``res`` raised, s from the simulator's epoch."""
-    import datetime as dt
-
-    return [
-        (str(a["asset"]), dt.datetime.fromisoformat(a["raised"].replace("Z", "+00:00")).timestamp() - epoch)
-        for a in res.alarms  # type: ignore[attr-defined]
-    ]
 
 
 if __name__ == "__main__":

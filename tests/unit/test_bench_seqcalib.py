@@ -27,3 +27,16 @@ def test_an_alert_is_placed_after_the_last_change_before_it() -> None:
     )
     assert out[2]["change"] == "take-back" and out[2]["since_change_min"] == 30.0 and out[2]["after_change"]
     assert out[3]["change"] == "move" and not out[3]["after_change"]
+
+
+def test_an_alerts_time_is_counted_from_the_simulators_epoch() -> None:
+    import datetime as dt
+    from types import SimpleNamespace
+
+    from bench import operating_point as op
+    from bench.seqcalib import raised_s
+
+    epoch = op.StationParams().epoch_datetime
+    at = (epoch + dt.timedelta(hours=2, seconds=5)).astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    res = SimpleNamespace(alarms=[{"asset": "Pump2", "raised": at}])
+    assert raised_s(res) == [("Pump2", pytest.approx(7205.0))]
