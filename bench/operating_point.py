@@ -56,7 +56,7 @@ import argparse
 import datetime as dt
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +98,15 @@ ROLES = STATION_ROLES  # models/build.sh's roles: the same inputs for every meth
 OPERATING = ("speed", "flow")
 ASSETS = ("Pump1", "Pump2")
 
-__all__ = ["alerts_after_changes", "build_dpca", "build_seq", "fault_events", "main"]
+__all__ = [
+    "alerts_after_changes",
+    "build_dpca",
+    "build_seq",
+    "delays_by_kind",
+    "fault_events",
+    "main",
+    "raised_s",
+]
 
 
 def fault_events(n_per_kind: int) -> tuple[list[ScenarioEvent], float]:
@@ -249,15 +257,31 @@ def _evaluate(setup: object, tags: list[str], path: Path, labels: object) -> obj
     return score_alarms("m", inputs, setup.alarms, labels, period)  # type: ignore[attr-defined,arg-type]
 
 
+def raised_s(res: object) -> list[tuple[str, float]]:
+    """``(asset, t)`` of each alert the replay ``res`` (``score_alarms``) raised, t in s from the
+    simulator's epoch (the time base of bench/loadshift.py's schedules)."""
+    epoch = StationParams().epoch_datetime.timestamp()
+    return [
+        (str(a["asset"]), dt.datetime.fromisoformat(a["raised"].replace("Z", "+00:00")).timestamp() - epoch)
+        for a in res.alarms  # type: ignore[attr-defined]
+    ]
+
+
 def alerts_after_changes(res: object, starts: Sequence[float]) -> int:
     """How many of ``res``'s alerts (a replay's ``score_alarms``) were raised within
     ``AFTER_CHANGE_S`` after a setpoint change at ``starts`` (s from the simulator's epoch)."""
-    epoch = StationParams().epoch_datetime.timestamp()
-    n = 0
-    for a in res.alarms:  # type: ignore[attr-defined]
-        t0 = dt.datetime.fromisoformat(a["raised"].replace("Z", "+00:00")).timestamp() - epoch
-        n += any(0.0 <= t0 - s <= AFTER_CHANGE_S for s in starts)
-    return n
+    return sum(any(0.0 <= t0 - s <= AFTER_CHANGE_S for s in starts) for _, t0 in raised_s(res))
+
+
+def delays_by_kind(episodes: Sequence[Mapping[str, object]], ndigits: int) -> dict[str, list[float | None]]:
+    """Per fault kind (an episode's ``class``), in episode order, each episode's detection delay
+    in minutes rounded to ``ndigits`` (None: not detected)."""
+    kinds: dict[str, list[float | None]] = {}
+    for e in episodes:
+        kinds.setdefault(str(e["class"]), []).append(
+            round(float(e["delay_s"]) / 60, ndigits) if e["detected"] else None  # type: ignore[arg-type]
+        )
+    return kinds
 
 
 # --------------------------------------------------------------------------- the second plant

@@ -44,7 +44,7 @@ SHIFT_DAYS = (111, 112, 119, 120)
 FAULT_DAYS = ("faults-s301.csv", "faults-s304.csv")
 DAY_S = 86400.0
 
-__all__ = ["after_change_coverage", "alert_times", "main", "raised_s"]
+__all__ = ["after_change_coverage", "alert_times", "main"]
 
 
 def after_change_coverage(
@@ -84,18 +84,6 @@ def alert_times(
 
 def _median(v: Sequence[float]) -> float | None:
     return float(np.median(v)) if len(v) else None
-
-
-def raised_s(res: object) -> list[tuple[str, float]]:
-    """``(asset, t)`` of each alert the replay ``res`` raised, t in s from the simulator's epoch
-    (the time base of bench/loadshift.py's schedules)."""
-    import datetime as dt
-
-    epoch = op.StationParams().epoch_datetime.timestamp()
-    return [
-        (str(a["asset"]), dt.datetime.fromisoformat(a["raised"].replace("Z", "+00:00")).timestamp() - epoch)
-        for a in res.alarms  # type: ignore[attr-defined]
-    ]
 
 
 def _settings(
@@ -187,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             o["false"] += sum(v["false_alerts"] for v in res.per_asset.values())  # type: ignore[attr-defined,operator]
             o["after"] += op.alerts_after_changes(res, starts)  # type: ignore[operator]
             o["coverage"].append(cover)  # type: ignore[attr-defined]
-            for asset, t in raised_s(res):
+            for asset, t in op.raised_s(res):
                 (a,) = alert_times([t], starts, moves)
                 o["alerts"].append({"day": seed, "asset": asset, **a})  # type: ignore[attr-defined]
     for day in args.fault_days:
@@ -199,11 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out[name]["fault_false"] += sum(v["false_alerts"] for v in res.per_asset.values())  # type: ignore[attr-defined,operator]
     for name, o in out.items():
         eps: list[dict[str, object]] = o["episodes"]  # type: ignore[assignment]
-        kinds: dict[str, list[float | None]] = {}
-        for e in eps:
-            kinds.setdefault(str(e["class"]), []).append(
-                round(float(e["delay_s"]) / 60, 2) if e["detected"] else None  # type: ignore[arg-type]
-            )
+        kinds = op.delays_by_kind(eps, 2)
         o["per_kind"] = {
             k: {"detected": sum(v is not None for v in d), "episodes": len(d),
                 "median_delay_min": _median([v for v in d if v is not None]),

@@ -67,11 +67,7 @@ def judge(
         after += op.alerts_after_changes(res, starts)
     path = rec / fault_day
     res = op._evaluate(setup, tags, path, op._labels(path))
-    kinds: dict[str, list[float | None]] = {}
-    for e in res.episodes:  # type: ignore[attr-defined]
-        kinds.setdefault(str(e["class"]), []).append(
-            round(float(e["delay_s"]) / 60, 1) if e["detected"] else None
-        )
+    kinds = op.delays_by_kind(res.episodes, 1)  # type: ignore[attr-defined]
     return {
         "threshold": [d.high.value for d in setup.alarms.defs if d.high is not None],  # type: ignore[attr-defined]
         "after": after,

@@ -45,7 +45,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if p and Path(p).resolve() not in (ROOT, ROOT / "bench")]
 
 from bench import operating_point as op  # noqa: E402
-from bench.seqcalib import raised_s  # noqa: E402
 
 REC = ROOT / "build" / "recordings"
 SHIFT_DAYS = (111, 112, 119, 120)
@@ -269,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = args.recordings / f"shift-s{seed}.csv"
         shifts = shift_schedule(seed, 24.0)
         res = op._evaluate(setup, tags, path, Labels())
-        raised = raised_s(res)
+        raised = op.raised_s(res)
         rec = load_recording([path], tags, 1.0)
         frames = _frames(rec, setup, sess)
         plc_cols = {a: rec.column(cols[a]["speed"]) for a in cols}

@@ -29,14 +29,25 @@ def test_an_alert_is_placed_after_the_last_change_before_it() -> None:
     assert out[3]["change"] == "move" and not out[3]["after_change"]
 
 
-def test_an_alerts_time_is_counted_from_the_simulators_epoch() -> None:
+def test_an_alerts_time_is_counted_from_the_simulators_epoch() -> None:  # bench/operating_point.py
     import datetime as dt
     from types import SimpleNamespace
 
     from bench import operating_point as op
-    from bench.seqcalib import raised_s
 
     epoch = op.StationParams().epoch_datetime
     at = (epoch + dt.timedelta(hours=2, seconds=5)).astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
     res = SimpleNamespace(alarms=[{"asset": "Pump2", "raised": at}])
-    assert raised_s(res) == [("Pump2", pytest.approx(7205.0))]
+    assert op.raised_s(res) == [("Pump2", pytest.approx(7205.0))]
+
+
+def test_delays_are_grouped_by_kind_in_episode_order() -> None:
+    from bench import operating_point as op
+
+    eps = [
+        {"class": "stuck", "detected": True, "delay_s": 93.0},
+        {"class": "drift", "detected": False, "delay_s": 0.0},
+        {"class": "stuck", "detected": True, "delay_s": 600.0},
+    ]
+    assert op.delays_by_kind(eps, 1) == {"stuck": [1.6, 10.0], "drift": [None]}
+    assert op.delays_by_kind(eps, 2)["stuck"] == [1.55, 10.0]
