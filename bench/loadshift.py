@@ -27,10 +27,16 @@ CARRY_MAX_RPM = 2500.0
 """The carrier's highest speed in an unload to any speed: one pump carrying the demand alone."""
 UNLOAD_MAX_RPM = 2000.0
 """The unloaded pump's highest speed in an unload to any speed (its minimum-flow speed and above)."""
+LOW_CARRY_MAX_RPM = 2000.0
+"""The carrier's highest speed in a low-carrier move (``low_carrier``): the bottom of its range."""
+LOW_UNLOAD_MAX_RPM = 1600.0
+"""The unloaded pump's highest speed in a low-carrier move: at or near its zero-flow speed."""
 
 __all__ = [
     "CARRY_MAX_RPM",
     "CARRY_MIN_RPM",
+    "LOW_CARRY_MAX_RPM",
+    "LOW_UNLOAD_MAX_RPM",
     "UNLOAD_MAX_RPM",
     "Shift",
     "ShiftingPlant",
@@ -98,7 +104,13 @@ def record(
 
 
 def shift_schedule(
-    seed: int, hours: float, params: StationParams | None = None, *, every_h: float = 3.0, hold_h: float = 1.0
+    seed: int,
+    hours: float,
+    params: StationParams | None = None,
+    *,
+    every_h: float = 3.0,
+    hold_h: float = 1.0,
+    low_carrier: float = 0.0,
 ) -> list[Shift]:
     """Every ``every_h`` (3 h) from 1 h on, for ``hold_h`` (1 h), one of the moves the agent's
     pump-energy rule can make (agent/pipeline/policy.py), then control goes back to the PLC.
@@ -117,15 +129,31 @@ def shift_schedule(
     The last two cover the operating envelope the rule reaches (each pump anywhere in the PLC's
     range, the other carrying the rest), not only the first three's corners. The rule never
     leaves both pumps near their zero-flow speed (an hour of it empties the tank, which the
-    Guard's level band forbids), hence the carrier's floor."""
+    Guard's level band forbids), hence the carrier's floor.
+
+    ``low_carrier`` (0 to 1, default 0): the share of moves drawn instead as a **low-carrier
+    move**: one pump unloaded to the PLC's minimum up to ``LOW_UNLOAD_MAX_RPM`` (no flow) beside a
+    carrier at ``CARRY_MIN_RPM`` to ``LOW_CARRY_MAX_RPM`` for the whole hold, and the PLC's refill
+    to its maximum after the take-back (the level fell meanwhile). The five kinds draw it about one
+    move in 92; a model that never saw an hour of it reads it as a fault (models/README.md,
+    seq-pump). With 0 the schedule is the five kinds' draw for draw (the same random stream)."""
     prm = params or StationParams(pumps=2)
     lo, hi = prm.min_speed_rpm, prm.max_speed_rpm
     rng = np.random.default_rng(seed)
     if not 0 < hold_h < every_h:
         raise ValueError(f"the hold ({hold_h:g} h) must be shorter than the period ({every_h:g} h)")
+    if not 0.0 <= low_carrier <= 1.0:
+        raise ValueError(f"low_carrier ({low_carrier:g}) is a share of the moves, from 0 to 1")
     out: list[Shift] = []
     t = 3600.0
     while t + hold_h * 3600.0 <= hours * 3600.0:
+        if low_carrier > 0.0 and rng.random() < low_carrier:
+            up = int(rng.integers(1, 3))
+            carry = float(rng.uniform(CARRY_MIN_RPM, LOW_CARRY_MAX_RPM))
+            speeds = {up: carry, 3 - up: float(rng.uniform(lo, LOW_UNLOAD_MAX_RPM))}
+            out += [Shift(t, speeds), Shift(t + hold_h * 3600.0, None)]
+            t += every_h * 3600.0
+            continue
         kind = int(rng.integers(0, 5))
         up = int(rng.integers(1, 3))
         if kind == 0:  # unload: a pump to its minimum speed, the other carries the flow
@@ -162,8 +190,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--hold", type=float, default=1.0, help="hours a move is held, then the PLC takes it back (default 1)"
     )
+    ap.add_argument(
+        "--low-carrier",
+        type=float,
+        default=0.0,
+        help="share of moves drawn as a carrier at 1,850-2,000 rpm beside an unload at no flow (default 0)",
+    )
     args = ap.parse_args(argv)
-    shifts = shift_schedule(args.seed, args.hours, every_h=args.every, hold_h=args.hold)
+    shifts = shift_schedule(
+        args.seed, args.hours, every_h=args.every, hold_h=args.hold, low_carrier=args.low_carrier
+    )
     record(args.out, seed=args.seed, hours=args.hours, shifts=shifts)
     print(f"wrote {args.out}: {args.hours:g} h, seed {args.seed}, {len(shifts) // 2} load shifts")
     return 0

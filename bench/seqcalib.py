@@ -93,8 +93,10 @@ def _settings(
     targets: Sequence[float],
     on_delay_s: float,
     fast_s: float,
+    bundle_days: bool = True,
 ) -> tuple[dict[str, object], list[str], dict[str, dict[str, object]]]:
-    """The bundle's setup and, per setting, its calibrated alarms (and the fast level's)."""
+    """The bundle's setup and, per setting, its calibrated alarms (and the fast level's); with
+    ``bundle_days`` also models/build.sh's first calibration (3 days, 0.5 a pump-day)."""
     from agent.modelstore.bundle import load_bundle
     from export.evaluate import calibrate, derived_setup, with_fast_limits
 
@@ -105,9 +107,11 @@ def _settings(
     tags = sorted({t for bb, _ in setup.models for c in bb.assets.values() for t in c.values()})
     data = {
         name: op._cal_data(setup, tags, [cal_rec / name])
-        for name in dict.fromkeys([*BUNDLE_CALIBRATION, *calibration])
+        for name in dict.fromkeys([*(BUNDLE_CALIBRATION if bundle_days else ()), *calibration])
     }
-    runs: list[tuple[str, Sequence[str], float]] = [("bundle's days, 0.5", BUNDLE_CALIBRATION, 0.5)]
+    runs: list[tuple[str, Sequence[str], float]] = []
+    if bundle_days:
+        runs.append(("bundle's days, 0.5", BUNDLE_CALIBRATION, 0.5))
     runs += [(f"{len(calibration)} days, {t:g}", calibration, t) for t in targets]
     settings: dict[str, dict[str, object]] = {}
     for name, days, target in runs:
@@ -144,7 +148,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--shift-days", type=int, nargs="+", default=list(SHIFT_DAYS), help="load-shift seeds (24 h)"
     )
     ap.add_argument(
+        "--hold-days", type=int, nargs="*", default=[],
+        help="low-carrier load-shift seeds (holds-s<seed>.csv, 24 h, bench.loadshift --low-carrier)",
+    )  # fmt: skip
+    ap.add_argument("--low-carrier", type=float, default=0.5, help="the hold days' --low-carrier (0.5)")
+    ap.add_argument(
         "--fault-days", nargs="*", default=list(FAULT_DAYS), help="fault recordings in RECORDINGS"
+    )
+    ap.add_argument(
+        "--no-bundle-days", action="store_true", help="skip the 3-day 0.5 calibration of models/build.sh"
     )
     ap.add_argument("--on-delay", type=float, default=op.SEQ_ON_DELAY_S)
     ap.add_argument("--fast-delay", type=float, default=op.SEQ_FAST_DELAY_S, help="0: no fast level")
@@ -152,32 +164,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rec: Path = args.recordings
     setup, tags, settings = _settings(
-        args.bundle, args.calibration_recordings, args.calibrate, args.targets, args.on_delay, args.fast_delay
+        args.bundle, args.calibration_recordings, args.calibrate, args.targets, args.on_delay,
+        args.fast_delay, bundle_days=not args.no_bundle_days,
     )  # fmt: skip
     out: dict[str, dict[str, object]] = {
         n: {"target": s["target"], "days": s["days"], "pump_days": s["pump_days"],
             "threshold": [d.high.value for d in s["alarms"].defs if d.high is not None],  # type: ignore[attr-defined]
             "fast_level": [d.high_high.value for d in s["alarms"].defs if d.high_high is not None],  # type: ignore[attr-defined]
-            "after": 0, "changes": 0, "false": 0, "pump_days_shift": 0.0, "coverage": [], "alerts": [],
+            "after": 0, "changes": 0, "false": 0, "pump_days_shift": 0.0, "false_hold": 0,
+            "pump_days_hold": 0.0, "coverage": [], "alerts": [],
             "episodes": [], "fault_false": 0}
         for n, s in settings.items()
     }  # fmt: skip
-    for seed in args.shift_days:
-        shifts = shift_schedule(seed, 24.0)
+    days = [(seed, "shift", 0.0) for seed in args.shift_days]
+    days += [(seed, "holds", args.low_carrier) for seed in args.hold_days]
+    for seed, stem, low in days:
+        shifts = shift_schedule(seed, 24.0, low_carrier=low)
         starts = [s.at_s for s in shifts]
         moves = [s.speeds is not None for s in shifts]
         cover = after_change_coverage(starts)
+        kind = "shift" if stem == "shift" else "hold"
         for name, s in settings.items():
-            res = op._evaluate(replace(setup, alarms=s["alarms"]), tags, rec / f"shift-s{seed}.csv", Labels())  # type: ignore[type-var]
+            path = rec / f"{stem}-s{seed}.csv"
+            res = op._evaluate(replace(setup, alarms=s["alarms"]), tags, path, Labels())  # type: ignore[type-var]
             o = out[name]
             o["changes"] += 2 * len(starts)  # type: ignore[operator]  # every change moves both pumps
-            o["pump_days_shift"] += 2.0  # type: ignore[operator]
-            o["false"] += sum(v["false_alerts"] for v in res.per_asset.values())  # type: ignore[attr-defined,operator]
+            o[f"pump_days_{kind}"] += 2.0  # type: ignore[operator]
+            false = sum(v["false_alerts"] for v in res.per_asset.values())  # type: ignore[attr-defined]
+            o["false" if kind == "shift" else "false_hold"] += false  # type: ignore[operator]
             o["after"] += op.alerts_after_changes(res, starts)  # type: ignore[operator]
             o["coverage"].append(cover)  # type: ignore[attr-defined]
             for asset, t in op.raised_s(res):
                 (a,) = alert_times([t], starts, moves)
-                o["alerts"].append({"day": seed, "asset": asset, **a})  # type: ignore[attr-defined]
+                o["alerts"].append({"day": f"{stem}-s{seed}", "asset": asset, **a})  # type: ignore[attr-defined]
     for day in args.fault_days:
         path = rec / day
         labels = op._labels(path)
@@ -197,19 +216,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         o["detected"] = sum(bool(e["detected"]) for e in eps)
         o["n_episodes"] = len(eps)
         o["false_per_pump_day"] = o["false"] / o["pump_days_shift"] if o["pump_days_shift"] else None  # type: ignore[operator]
+        o["false_per_pump_day_hold"] = o["false_hold"] / o["pump_days_hold"] if o["pump_days_hold"] else None  # type: ignore[operator]
         after_alerts = [a for a in o["alerts"] if a["after_change"]]  # type: ignore[attr-defined]
         print(f"{name}: threshold {o['threshold']}, fast level {o['fast_level']} (calibrated on "
               f"{o['pump_days']:.1f} pump-days); {o['after']}/{o['changes']} alerts after changes "
               f"({len(after_alerts)} of {len(o['alerts'])} alerts within 30 min after a change; those 30 min "  # type: ignore[arg-type]
               f"cover {np.mean(o['coverage']):.3f} of the time), {o['false_per_pump_day']:.2f} false alerts "  # type: ignore[arg-type]
-              f"per pump-day; {o['detected']}/{o['n_episodes']} episodes, {o['fault_false']} false alerts "
+              f"per pump-day ({o['false_hold']} on {o['pump_days_hold']:g} low-carrier pump-days); "
+              f"{o['detected']}/{o['n_episodes']} episodes, {o['fault_false']} false alerts "
               "on the fault days", flush=True)  # fmt: skip
         for k, v in o["per_kind"].items():  # type: ignore[attr-defined]
             n = f"{v['detected']}/{v['episodes']}"
             print(f"    {k}: {n}, median {v['median_delay_min']} min {v['delays_min']}")
         for a in o["alerts"]:  # type: ignore[attr-defined]
             tail = " (after a change)" if a["after_change"] else ""
-            print(f"    alert day {a['day']} {a['asset']} at {a['t_h']:.2f} h: {a['since_change_min']} min "
+            print(f"    alert {a['day']} {a['asset']} at {a['t_h']:.2f} h: {a['since_change_min']} min "
                   f"after a {a['change']}{tail}")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
