@@ -87,6 +87,10 @@ CALIB=("$REC/check-s101.csv")
 for s in 101 102 103 104 105 106; do CALIB+=("$REC/shift-s$s.csv"); done
 .venv/bin/python -m export.cli recalibrate models/seq-pump --calibrate "${CALIB[@]}" \
   --false-alerts-per-day 0.1 --version 5 --key export/keys/dev-ed25519.pem --out models/seq-pump
+# v6 candidates (8 Dec; models/seq-pump-candidates.md has the rules and commands): days with low-carrier
+# holds (bench.loadshift --low-carrier 0.5), a 5 min speed mean, every training window (--max-windows),
+# four-member ensembles, the header pressure or the tank level as operating inputs: none passed its
+# rule with a second training seed (models/README.md, seq-pump: "Both hypotheses tried"); v5 stays.
 # Distillation was tried on these recordings' predecessors and lost its gate (models/README.md):
 # add --teacher-channels 40 --teacher-epochs 20 --channels 24 --prune 0.66 --finetune-epochs 12
 # --seeds 3 --validate "$REC/faults-s301.csv" --label Pump1=pump1_fault_code
