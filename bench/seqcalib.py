@@ -13,11 +13,14 @@ setting. On the validation days:
 * load-shift days (``--shift-days``, 24 h, ``python -m bench.loadshift``): alerts raised within
   30 min after a setpoint change, false alerts per pump-day, and where in time every alert fell
   (time since the last change, which change: a move or the PLC's take-back), beside the
-  fraction of pump-time the 30 min after changes cover;
+  fraction of pump-time the 30 min after changes cover; low-carrier days (``--hold-days``,
+  ``holds-s<seed>.csv``, ``python -m bench.loadshift --low-carrier``) the same, their false
+  alerts per pump-day apart;
 * fault days (``--fault-days``, models/build.sh's schedule): episodes detected, delays per kind,
   false alerts outside the episodes.
 
-Prints the tables and writes ``build/calib/seqcalib.json``. Reported, never asserted.
+``--targets 0.1 --no-bundle-days`` judges a bundle calibrated as v5 is (models/build.sh) and
+nothing else. Prints the tables and writes ``build/calib/seqcalib.json``. Reported, never asserted.
 """
 
 from __future__ import annotations
