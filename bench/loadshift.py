@@ -151,32 +151,35 @@ def shift_schedule(
             up = int(rng.integers(1, 3))
             carry = float(rng.uniform(CARRY_MIN_RPM, LOW_CARRY_MAX_RPM))
             speeds = {up: carry, 3 - up: float(rng.uniform(lo, LOW_UNLOAD_MAX_RPM))}
-            out += [Shift(t, speeds), Shift(t + hold_h * 3600.0, None)]
-            t += every_h * 3600.0
-            continue
-        kind = int(rng.integers(0, 5))
-        up = int(rng.integers(1, 3))
-        if kind == 0:  # unload: a pump to its minimum speed, the other carries the flow
-            speeds = {up: float(rng.uniform(2300.0, 2900.0)), 3 - up: lo}
-        elif kind == 1:  # move speed from one pump to the other
-            delta = float(rng.uniform(300.0, 700.0))
-            base = float(rng.uniform(1950.0, 2250.0))
-            speeds = {up: min(base + delta / 2, 2900.0), 3 - up: max(base - delta / 2, lo)}
-        elif kind == 2:  # both at one speed (the rule's energy optimum moves with the level and demand)
-            v = float(rng.uniform(1800.0, 2600.0))
-            speeds = {1: v, 2: v}
-        elif kind == 3:  # unload to any speed below the carrier's, the carrier carrying the demand
-            carry = float(rng.uniform(CARRY_MIN_RPM, CARRY_MAX_RPM))
-            speeds = {up: carry, 3 - up: float(rng.uniform(lo, min(carry, UNLOAD_MAX_RPM)))}
-        else:  # both anywhere in the PLC's range, the faster one carrying
-            a, b = (float(v) for v in rng.uniform(lo, hi, size=2))
-            while max(a, b) < CARRY_MIN_RPM:
-                a, b = (float(v) for v in rng.uniform(lo, hi, size=2))
-            speeds = {1: a, 2: b}
+        else:
+            speeds = _one_of_five(rng, lo, hi)
         out.append(Shift(t, speeds))
         out.append(Shift(t + hold_h * 3600.0, None))
         t += every_h * 3600.0
     return out
+
+
+def _one_of_five(rng: np.random.Generator, lo: float, hi: float) -> dict[int, float]:
+    """One move of :func:`shift_schedule`'s five kinds, equally likely (its docstring)."""
+    kind = int(rng.integers(0, 5))
+    up = int(rng.integers(1, 3))
+    if kind == 0:  # unload: a pump to its minimum speed, the other carries the flow
+        return {up: float(rng.uniform(2300.0, 2900.0)), 3 - up: lo}
+    if kind == 1:  # move speed from one pump to the other
+        delta = float(rng.uniform(300.0, 700.0))
+        base = float(rng.uniform(1950.0, 2250.0))
+        return {up: min(base + delta / 2, 2900.0), 3 - up: max(base - delta / 2, lo)}
+    if kind == 2:  # both at one speed (the rule's energy optimum moves with the level and demand)
+        v = float(rng.uniform(1800.0, 2600.0))
+        return {1: v, 2: v}
+    if kind == 3:  # unload to any speed below the carrier's, the carrier carrying the demand
+        carry = float(rng.uniform(CARRY_MIN_RPM, CARRY_MAX_RPM))
+        return {up: carry, 3 - up: float(rng.uniform(lo, min(carry, UNLOAD_MAX_RPM)))}
+    # both anywhere in the PLC's range, the faster one carrying
+    a, b = (float(v) for v in rng.uniform(lo, hi, size=2))
+    while max(a, b) < CARRY_MIN_RPM:
+        a, b = (float(v) for v in rng.uniform(lo, hi, size=2))
+    return {1: a, 2: b}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

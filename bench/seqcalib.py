@@ -179,14 +179,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "episodes": [], "fault_false": 0}
         for n, s in settings.items()
     }  # fmt: skip
-    days = [(seed, "shift", 0.0) for seed in args.shift_days]
-    days += [(seed, "holds", args.low_carrier) for seed in args.hold_days]
-    for seed, stem, low in days:
+    days = [(seed, "shift", "shift", 0.0) for seed in args.shift_days]
+    days += [(seed, "holds", "hold", args.low_carrier) for seed in args.hold_days]
+    for seed, stem, kind, low in days:
         shifts = shift_schedule(seed, 24.0, low_carrier=low)
         starts = [s.at_s for s in shifts]
         moves = [s.speeds is not None for s in shifts]
         cover = after_change_coverage(starts)
-        kind = "shift" if stem == "shift" else "hold"
         for name, s in settings.items():
             path = rec / f"{stem}-s{seed}.csv"
             res = op._evaluate(replace(setup, alarms=s["alarms"]), tags, path, Labels())  # type: ignore[type-var]
